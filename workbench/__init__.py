@@ -1,0 +1,103 @@
+"""Inference Workbench: take a PyTorch / Hugging Face model to a fast, checked production engine.
+
+This module only re-exports. Names resolve lazily (PEP 562), so `import workbench` imports neither torch nor
+onnxruntime; each stage imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # errors
+    "WorkbenchError": "workbench.errors",
+    "ConfigError": "workbench.errors",
+    "ModelSourceError": "workbench.errors",
+    "DataError": "workbench.errors",
+    "ExportError": "workbench.errors",
+    "QuantizationError": "workbench.errors",
+    "AccuracyError": "workbench.errors",
+    "TritonExportError": "workbench.errors",
+    "MissingDependency": "workbench.errors",
+    "DependencyConflict": "workbench.errors",
+    "DeviceUnavailable": "workbench.errors",
+    # model sources and data
+    "load_model": "workbench.models",
+    "HFModelSource": "workbench.models",
+    "ModuleSource": "workbench.models",
+    "OnnxSource": "workbench.models",
+    "bundled_model_path": "workbench.models",
+    "read_sentences": "workbench.data",
+    "load_sentence_splits": "workbench.data",
+    "SentenceSplits": "workbench.data",
+    "tokenize_batches": "workbench.data",
+    # stages
+    "ExportConfig": "workbench.stages.export",
+    "export_onnx": "workbench.stages.export",
+    "FusionConfig": "workbench.stages.surgery",
+    "fuse_transformer": "workbench.stages.surgery",
+    "DynamicQuantConfig": "workbench.stages.precision",
+    "quantize_dynamic": "workbench.stages.precision",
+    "AccuracyBudget": "workbench.stages.accuracy",
+    "compare_candidates": "workbench.stages.accuracy",
+    "BenchmarkConfig": "workbench.stages.benchmark",
+    "benchmark": "workbench.stages.benchmark",
+    "choose_candidate": "workbench.stages.benchmark",
+    "TritonConfig": "workbench.stages.triton",
+    "export_triton": "workbench.stages.triton",
+    "parse_model_config": "workbench.stages.triton",
+    # runners
+    "OnnxRuntimeRunner": "workbench.backends.onnxrt",
+    "PyTorchRunner": "workbench.backends.pytorch",
+    # the chained workflow
+    "Pipeline": "workbench.pipeline",
+    "PipelineParameters": "workbench.pipeline",
+    "format_summary": "workbench.summary",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from workbench.backends.onnxrt import OnnxRuntimeRunner
+    from workbench.backends.pytorch import PyTorchRunner
+    from workbench.data import SentenceSplits, load_sentence_splits, read_sentences, tokenize_batches
+    from workbench.errors import (
+        AccuracyError,
+        ConfigError,
+        DataError,
+        DependencyConflict,
+        DeviceUnavailable,
+        ExportError,
+        MissingDependency,
+        ModelSourceError,
+        QuantizationError,
+        TritonExportError,
+        WorkbenchError,
+    )
+    from workbench.models import HFModelSource, ModuleSource, OnnxSource, bundled_model_path, load_model
+    from workbench.pipeline import Pipeline, PipelineParameters
+    from workbench.stages.accuracy import AccuracyBudget, compare_candidates
+    from workbench.stages.benchmark import BenchmarkConfig, benchmark, choose_candidate
+    from workbench.stages.export import ExportConfig, export_onnx
+    from workbench.stages.precision import DynamicQuantConfig, quantize_dynamic
+    from workbench.stages.surgery import FusionConfig, fuse_transformer
+    from workbench.stages.triton import TritonConfig, export_triton, parse_model_config
+    from workbench.summary import format_summary

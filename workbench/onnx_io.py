@@ -1,0 +1,74 @@
+"""Load and save ONNX models, with external data when they are too large for one protobuf."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from workbench._lazy import require
+from workbench.models import check_onnx_file
+
+# Protobuf's hard limit is 2 GiB; stay well below it so graph metadata never tips a model over.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+
+
+def load_onnx(path: str | os.PathLike[str]) -> Any:
+    """Load an ONNX model with its external data, after checking that the file is complete."""
+    onnx = require("onnx", purpose="Reading an ONNX model")
+    check_onnx_file(Path(path))
+    return onnx.load(str(path), load_external_data=True)
+
+
+def save_onnx(model: Any, path: str | os.PathLike[str]) -> Path:
+    """Save `model` to `path` atomically: nothing appears at `path` unless the whole save succeeds.
+
+    Models at or above ~1.8 GB are written with their weights in `<name>.data` beside the .onnx file.
+    """
+    onnx = require("onnx", purpose="Saving an ONNX model")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data_name = f"{path.name}.data"
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        external = model.ByteSize() >= EXTERNAL_DATA_THRESHOLD_BYTES if _has_no_external(model) else True
+        staged = staging / path.name
+        if external:
+            # save_model moves the weights out of the proto it is given: save a copy, keep the caller's intact
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            onnx.save_model(
+                copy, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                location=data_name, size_threshold=1024,
+            )
+        else:
+            onnx.save_model(model, str(staged))
+        # weights first, so a reader never sees a model whose data file is missing
+        if (staging / data_name).exists():
+            os.replace(staging / data_name, path.parent / data_name)
+        elif (path.parent / data_name).exists():
+            (path.parent / data_name).unlink()  # a stale data file from an earlier, larger save
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _has_no_external(model: Any) -> bool:
+    # ByteSize() is only meaningful when every tensor is inline.
+    onnx = require("onnx", purpose="Saving an ONNX model")
+    return not any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
+    )
+
+
+def model_size_mb(path: str | os.PathLike[str]) -> float:
+    """Size on disk of an ONNX model and its external data file, in MB (10^6 bytes)."""
+    path = Path(path)
+    total = path.stat().st_size
+    data = path.parent / f"{path.name}.data"
+    if data.exists():
+        total += data.stat().st_size
+    return total / 1e6
