@@ -25,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
             path = args.path / "summary.json" if args.path.is_dir() else args.path
             if not path.is_file():
                 raise WorkbenchError(f"No summary at {path}.", fix="run `make demo` (or the quickstart notebook) first")
-            print(format_summary(json.loads(path.read_text())))
+            try:
+                print(format_summary(json.loads(path.read_text())))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise WorkbenchError(
+                    f"{path} is not a workbench summary ({type(exc).__name__}: {exc}).",
+                    fix="point at the summary.json a quickstart run wrote",
+                ) from exc
         elif args.command == "doctor":
             from workbench.doctor import report
 
