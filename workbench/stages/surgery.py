@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -113,6 +114,31 @@ def _op_counts(model: Any) -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node))
 
 
+def fuse_proto(model: Any, config: FusionConfig = FusionConfig()) -> tuple[Any, dict[str, int]]:
+    """Fuse an in-memory model; returns (fused model, fused op counts). `model` is not modified."""
+    onnx = require("onnx", purpose="Transformer fusion")
+    optimizer = require("onnxruntime.transformers.optimizer", purpose="Transformer fusion")
+    private = onnx.ModelProto()
+    private.CopyFrom(model)  # the optimizer edits the proto it is given
+    try:
+        optimized = optimizer.optimize_model(private, model_type=config.model_type, num_heads=config.num_heads,
+                                             hidden_size=config.hidden_size, opt_level=config.opt_level)
+    except Exception as exc:
+        raise WorkbenchError(
+            f"onnxruntime's transformer optimizer failed: {type(exc).__name__}: {exc}",
+            fix="check FusionConfig.model_type, num_heads and hidden_size against the model's config.json",
+        ) from exc
+    statistics = optimized.get_fused_operator_statistics()
+    # what the optimizer's own save does: sort the graph, declare the com.microsoft opset of the fused ops
+    optimized.topological_sort()
+    fused = optimized.model
+    if any(n.domain == "com.microsoft" for n in fused.graph.node) and not any(
+        o.domain == "com.microsoft" for o in fused.opset_import
+    ):
+        fused.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return fused, {op: int(statistics.get(op, 0)) for op in FUSED_OP_TYPES}
+
+
 def fuse_transformer(
     model_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -128,31 +154,11 @@ def fuse_transformer(
     Raises:
         WorkbenchError: The optimizer failed, or the fused model does not match the input model.
     """
-    onnx = require("onnx", purpose="Transformer fusion")
-    optimizer = require("onnxruntime.transformers.optimizer", purpose="Transformer fusion")
     from workbench.onnx_io import load_onnx, save_onnx
 
     started = time.perf_counter()
     original = load_onnx(model_path)
-    try:
-        optimized = optimizer.optimize_model(
-            onnx.load(str(model_path)),  # a private copy: the optimizer edits the proto it is given
-            model_type=config.model_type,
-            num_heads=config.num_heads,
-            hidden_size=config.hidden_size,
-            opt_level=config.opt_level,
-        )
-    except Exception as exc:
-        raise WorkbenchError(
-            f"onnxruntime's transformer optimizer failed on {model_path}: {type(exc).__name__}: {exc}",
-            fix="check FusionConfig.model_type, num_heads and hidden_size against the model's config.json",
-        ) from exc
-    statistics = optimized.get_fused_operator_statistics()
-    fused_ops = {op: int(statistics.get(op, 0)) for op in FUSED_OP_TYPES}
-    with tempfile.TemporaryDirectory(prefix="workbench-fuse-") as folder:
-        # the optimizer's own save sorts the graph and declares the com.microsoft opset its fused ops need
-        optimized.save_model_to_file(str(Path(folder) / "fused.onnx"))
-        fused = onnx.load(str(Path(folder) / "fused.onnx"))
+    fused, fused_ops = fuse_proto(original, config)
     max_abs_diff = None
     if check_feeds:
         max_abs_diff = max_output_difference(original, fused, check_feeds)
@@ -189,3 +195,235 @@ def max_output_difference(model_a: Any, model_b: Any, feeds: list[dict[str, np.n
                 for name in set(out_a) & set(out_b):
                     worst = max(worst, float(np.max(np.abs(out_a[name].astype(np.float64) - out_b[name]))))
         return worst
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running in-memory models, checking edits, and the surgery plan runner
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_model(model: Any, feeds_list: list[dict[str, np.ndarray]], output_names: list[str] | None = None,
+              *, repeats: int = 0) -> tuple[list[dict[str, np.ndarray]], float | None]:
+    """Run an in-memory model on each feed dict; with `repeats`, also the median latency (ms) of feeds[0]."""
+    from workbench.backends.onnxrt import OnnxRuntimeRunner
+    from workbench.onnx_io import save_onnx
+
+    with tempfile.TemporaryDirectory(prefix="workbench-run-") as folder:
+        path = save_onnx(model, Path(folder) / "model.onnx")
+        with OnnxRuntimeRunner(path, output_names=output_names) as runner:
+            try:
+                results = [runner.infer(feeds) for feeds in feeds_list]
+            except Exception as exc:
+                raise WorkbenchError(f"onnxruntime could not run the model: {type(exc).__name__}: {exc}",
+                                     fix="check the feeds' names, dtypes and shapes against the model's inputs") from exc
+            latency = None
+            if repeats and feeds_list:
+                timings = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    runner.infer(feeds_list[0])
+                    timings.append((time.perf_counter() - started) * 1000.0)
+                latency = float(np.median(timings))
+    return results, latency
+
+
+def run_tensors(model: Any, feeds: dict[str, np.ndarray], names: Any) -> dict[str, np.ndarray]:
+    """Values of any tensors of `model` (graph inputs, intermediates or outputs) on one feed dict."""
+    from workbench.stages.edits import AddOutputs
+
+    names = list(names)
+    values = {n: feeds[n] for n in names if n in feeds}
+    wanted = [n for n in names if n not in feeds]
+    if wanted:
+        exposed = AddOutputs(tuple(wanted)).apply(model)
+        (outputs,), _ = run_model(exposed, [feeds], wanted)
+        values.update(outputs)
+    return values
+
+
+@dataclass(frozen=True)
+class GraphDiff:
+    """What an edit changed: op counts, node count, size and (optionally) latency on the sample inputs."""
+
+    op_counts_before: dict[str, int]
+    op_counts_after: dict[str, int]
+    size_mb_before: float
+    size_mb_after: float
+    latency_ms_before: float | None = None
+    latency_ms_after: float | None = None
+
+    @property
+    def nodes_before(self) -> int:
+        return sum(self.op_counts_before.values())
+
+    @property
+    def nodes_after(self) -> int:
+        return sum(self.op_counts_after.values())
+
+    @property
+    def op_changes(self) -> dict[str, int]:
+        """op type -> change in count, for op types whose count changed."""
+        ops = set(self.op_counts_before) | set(self.op_counts_after)
+        changes = {op: self.op_counts_after.get(op, 0) - self.op_counts_before.get(op, 0) for op in sorted(ops)}
+        return {op: delta for op, delta in changes.items() if delta}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nodes_before": self.nodes_before, "nodes_after": self.nodes_after, "op_changes": self.op_changes,
+                "size_mb_before": self.size_mb_before, "size_mb_after": self.size_mb_after,
+                "latency_ms_before": self.latency_ms_before, "latency_ms_after": self.latency_ms_after}
+
+
+@dataclass(frozen=True)
+class EditCheck:
+    """How the edited model compares with its input model on the sample inputs."""
+
+    compared: tuple[tuple[str, str], ...]  # (tensor of the input model, output of the edited model)
+    max_abs_diff: float
+    atol: float
+    enforced: bool  # False for edits allowed to change values (a lossy cast): reported, never raised
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.atol
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"compared": [list(pair) for pair in self.compared], "max_abs_diff": self.max_abs_diff,
+                "atol": self.atol, "enforced": self.enforced, "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class EditReport:
+    """One edit: what it was, what it changed, how it checked out."""
+
+    edit: Any
+    diff: GraphDiff
+    check: EditCheck | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edit": self.edit.to_plan_entry(), "diff": self.diff.to_dict(),
+                "check": self.check.to_dict() if self.check else None, "seconds": self.seconds}
+
+    def _repr_html_(self) -> str:
+        return _reports_html([self])
+
+
+def _model_size_mb(model: Any) -> float:
+    return sum(np.prod(t.dims, dtype=np.int64) * _bytes_per_element(t.data_type) for t in model.graph.initializer) / 1e6
+
+
+def _bytes_per_element(data_type: int) -> int:
+    return {1: 4, 2: 1, 3: 1, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}.get(data_type, 4)
+
+
+def check_edit(before: Any, after: Any, edit: Any, feeds: list[dict[str, np.ndarray]], atol: float = 1e-4,
+               *, repeats: int = 0) -> tuple[EditCheck, float | None, float | None]:
+    """Run `before` and `after` on the same sample inputs and compare the tensors `edit` says must agree.
+
+    Returns the check and, with `repeats`, the median latency of each model on the first feed dict (ms).
+    """
+    pairs = edit.compare_pairs(before, after)
+    if not pairs:
+        raise WorkbenchError(f"{edit.describe()} leaves no output to compare with the input model.",
+                             fix="keep at least one output, or check this edit by hand")
+    before_names = [b for b, _ in pairs]
+    exposed = before
+    if any(name not in {o.name for o in before.graph.output} for name in before_names):
+        from workbench.stages.edits import AddOutputs
+
+        exposed = AddOutputs(tuple(before_names)).apply(before)
+    adapted = [edit.adapt_feeds(f, before) for f in feeds]
+    reference_feeds = adapted if edit.reference_takes_adapted_feeds else feeds
+    expected, latency_before = run_model(exposed, reference_feeds, before_names, repeats=repeats)
+    actual, latency_after = run_model(after, adapted, [a for _, a in pairs], repeats=repeats)
+    worst = 0.0
+    for exp, act in zip(expected, actual):
+        for b, a in pairs:
+            if exp[b].shape != act[a].shape:
+                raise WorkbenchError(f"{edit.describe()}: output {a!r} has shape {act[a].shape}, "
+                                     f"but {b!r} had {exp[b].shape} before the edit.")
+            worst = max(worst, float(np.max(np.abs(act[a].astype(np.float64) - exp[b].astype(np.float64)), initial=0.0)))
+    enforced = edit.preserves_outputs and not getattr(edit, "lossy", False)
+    return EditCheck(tuple(pairs), worst, atol, enforced), latency_before, latency_after
+
+
+def apply_edit(model: Any, edit: Any, *, check_feeds: list[dict[str, np.ndarray]] | None = None,
+               atol: float = 1e-4, latency_repeats: int = 0) -> tuple[Any, EditReport]:
+    """Apply one edit to an in-memory model and check it; returns (edited model, report).
+
+    Raises:
+        WorkbenchError: The edit cannot apply, or (for an edit that must preserve outputs) the edited model's
+            outputs differ from the input model's by more than `atol` on `check_feeds`.
+    """
+    started = time.perf_counter()
+    edited = edit.apply(model)
+    check = latency_before = latency_after = None
+    if check_feeds:
+        check, latency_before, latency_after = check_edit(model, edited, edit, check_feeds, atol,
+                                                          repeats=latency_repeats)
+        if check.enforced and not check.passed:
+            raise WorkbenchError(
+                f"{edit.describe()} changed the model's outputs: max abs diff {check.max_abs_diff:.3e} > atol {atol:g} "
+                f"(compared {[a for _, a in check.compared]}).",
+                expected="an edit that preserves what the model computes",
+                fix="inspect the edited graph; if the change is intended, raise atol for this step",
+            )
+    diff = GraphDiff(_op_counts(model), _op_counts(edited), _model_size_mb(model), _model_size_mb(edited),
+                     latency_before, latency_after)
+    return edited, EditReport(edit, diff, check, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class SurgeryResult:
+    """The edited model on disk, the plan that made it, and one report per edit."""
+
+    path: Path
+    plan: Any
+    reports: tuple[EditReport, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "plan": json.loads(self.plan.to_json()),
+                "reports": [r.to_dict() for r in self.reports]}
+
+    def _repr_html_(self) -> str:
+        return f"<b>Surgery</b> -> <code>{self.path}</code>" + _reports_html(self.reports)
+
+
+def _reports_html(reports: Any) -> str:
+    rows = []
+    for r in reports:
+        changes = ", ".join(f"{op} {delta:+d}" for op, delta in r.diff.op_changes.items()) or "no op changes"
+        if r.check is None:
+            check = "not checked"
+        else:
+            check = f"{'ok' if r.check.passed else ('FAIL' if r.check.enforced else 'differs (allowed)')} " \
+                    f"max abs {r.check.max_abs_diff:.2e}"
+        latency = ("" if r.diff.latency_ms_before is None
+                   else f"{r.diff.latency_ms_before:.2f} -> {r.diff.latency_ms_after:.2f} ms")
+        rows.append(f"<tr><td><code>{r.edit.describe()}</code></td><td>{r.diff.nodes_before} -> {r.diff.nodes_after}"
+                    f"</td><td>{changes}</td><td>{check}</td><td>{latency}</td></tr>")
+    return ("<table><tr><th>edit</th><th>nodes</th><th>ops</th><th>check</th><th>latency</th></tr>"
+            f"{''.join(rows)}</table>")
+
+
+def run_surgery(model_path: str | os.PathLike[str], output_path: str | os.PathLike[str], plan: Any, *,
+                check_feeds: list[dict[str, np.ndarray]] | None = None, atol: float = 1e-4,
+                latency_repeats: int = 0) -> SurgeryResult:
+    """Apply every edit of `plan` in order, checking each; write the result only if all of them succeed.
+
+    Raises:
+        WorkbenchError: An edit failed or broke the model; nothing is written.
+    """
+    from workbench.onnx_io import load_onnx, save_onnx
+
+    model = load_onnx(model_path)
+    feeds = check_feeds
+    reports = []
+    for edit in plan.edits:
+        edited, report = apply_edit(model, edit, check_feeds=feeds, atol=atol, latency_repeats=latency_repeats)
+        if feeds:
+            feeds = [edit.adapt_feeds(f, model) for f in feeds]  # the next edit sees the edited interface
+        model = edited
+        reports.append(report)
+    save_onnx(model, output_path)
+    return SurgeryResult(Path(output_path), plan, tuple(reports))
