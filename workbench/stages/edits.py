@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from workbench._lazy import require
+from workbench._shapes import best_effort_shape_inference, copy_model, symbolic_shape_inference
 from workbench.config import StageConfig
 from workbench.errors import ConfigError, WorkbenchError
 
@@ -27,11 +28,7 @@ class GraphEditError(WorkbenchError):
     """An edit cannot be applied to this graph (a name that is not there, a shape that cannot hold...)."""
 
 
-def _copy(model: Any) -> Any:
-    onnx = require("onnx", purpose="Editing ONNX graphs")
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
+_copy = copy_model
 
 
 def _gs() -> Any:
@@ -157,9 +154,8 @@ class InferShapes(Edit):
 
     def apply(self, model: Any) -> Any:
         if self.symbolic:
-            symbolic = require("onnxruntime.tools.symbolic_shape_infer", purpose="Symbolic shape inference")
             try:
-                return symbolic.SymbolicShapeInference.infer_shapes(_copy(model), auto_merge=True)
+                return symbolic_shape_inference(model)
             except Exception as exc:
                 raise GraphEditError(f"Symbolic shape inference failed: {type(exc).__name__}: {exc}",
                                      fix="try InferShapes(symbolic=False), or fold constants first") from exc
@@ -398,12 +394,7 @@ class AddOutputs(Edit):
 
 def tensor_types(model: Any) -> dict[str, tuple[int, list[Any]]]:
     """Tensor name -> (ONNX elem type, dims) for every tensor shape inference can type."""
-    onnx = require("onnx", purpose="Shape inference")
-    try:
-        symbolic = require("onnxruntime.tools.symbolic_shape_infer", purpose="Symbolic shape inference")
-        inferred = symbolic.SymbolicShapeInference.infer_shapes(_copy(model), auto_merge=True)
-    except Exception:  # symbolic inference does not know every graph: plain ONNX inference is the fallback
-        inferred = onnx.shape_inference.infer_shapes(_copy(model))
+    inferred = best_effort_shape_inference(model)
     found = {}
     for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         tensor_type = info.type.tensor_type

@@ -1,0 +1,38 @@
+"""Thin ipywidgets views over the library's stage calls, plus the helpers that build them.
+
+Re-exports only, resolved lazily (PEP 562): `import workbench.ui` imports nothing; using a name imports
+ipywidgets and the module that defines it, never torch or onnxruntime (each view imports its stage when it runs).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "StageView": "workbench.ui.base",
+    "controls_for": "workbench.ui.controls",
+    "config_from_controls": "workbench.ui.controls",
+    "field_labels": "workbench.ui.controls",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'workbench.ui' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from workbench.ui.base import StageView
+    from workbench.ui.controls import config_from_controls, controls_for, field_labels
