@@ -219,3 +219,39 @@ def test_truncated_file_is_a_clear_error(exported, tmp_path):
 def test_unknown_edit_kind_in_a_plan(tmp_path):
     with pytest.raises(ConfigError, match="Unknown edit kind"):
         E.SurgeryPlan.from_json('[{"kind": "make_it_fast"}]')
+
+
+@pytest.mark.slow
+def test_model_above_2gb_round_trips_through_an_edit(tmp_path):
+    """Two tables of just over 1 GiB each: the model only fits in files with external data."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from workbench.onnx_io import model_size_mb, save_onnx
+
+    rows = (2**30 + 2**24) // (256 * 4)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table_a", "idx"], ["a"], axis=0),
+         helper.make_node("Gather", ["table_b", "idx"], ["b"], axis=0),
+         helper.make_node("Add", ["a", "b"], ["y"])],
+        "big", [helper.make_tensor_value_info("idx", TensorProto.INT64, ["k"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["k", 256])],
+    )
+    for name, offset in (("table_a", 0), ("table_b", 1000)):
+        table = np.zeros((rows, 256), dtype=np.float32)
+        table[:, 0] = np.arange(rows) % 997 + offset
+        graph.initializer.append(numpy_helper.from_array(table, name))
+        del table
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = save_onnx(model, tmp_path / "big.onnx")
+    del model, graph
+    assert (tmp_path / "big.onnx.data").is_file() and model_size_mb(source) > 2147
+
+    feeds = [{"idx": np.array([0, 5, rows - 1], dtype=np.int64)}]
+    result = run_surgery(source, tmp_path / "renamed.onnx", E.SurgeryPlan((E.RenameTensors({"y": "sum"}),)),
+                         check_feeds=feeds)
+    assert result.reports[0].check.passed and result.reports[0].check.max_abs_diff == 0.0
+    assert (tmp_path / "renamed.onnx.data").is_file() and model_size_mb(result.path) > 2147
+    header = onnx.load(str(result.path), load_external_data=False)
+    assert [o.name for o in header.graph.output] == ["sum"]
+    onnx.checker.check_model(str(result.path))

@@ -33,3 +33,20 @@ def test_tiny_bert_fuses_and_matches(tiny_model_dir, tiny_bert_onnx, tmp_path):
 def test_fusion_config_reads_the_model_config(tiny_model_dir):
     config = FusionConfig.for_source(load_model(tiny_model_dir("distilbert")))
     assert (config.model_type, config.num_heads, config.hidden_size) == ("bert", 4, 32)
+
+
+@pytest.mark.slow
+def test_minilm_fuses_fully_and_matches_the_unfused_graph(tmp_path):
+    from workbench.data import load_sentence_splits
+    from workbench.stages.export import export_onnx
+
+    source = load_model()
+    texts = load_sentence_splits(max_eval=32).evaluation
+    exported = export_onnx(source, tmp_path / "minilm.onnx", check_texts=texts)
+    feeds = tokenize_batches(source.load_tokenizer(), texts, batch_size=8, sequence_length=128,
+                             input_names=exported.input_names)
+    result = fuse_transformer(exported.path, tmp_path / "fused.onnx", FusionConfig.for_source(source),
+                              check_feeds=feeds)
+    assert result.fused_ops["Attention"] >= 6 and result.fused_ops["SkipLayerNormalization"] >= 12
+    assert result.fused_ops["EmbedLayerNormalization"] >= 1 and result.fused_ops["BiasGelu"] >= 6
+    assert result.max_abs_diff < 1e-4
