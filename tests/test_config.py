@@ -25,8 +25,7 @@ NON_DEFAULT = [
     AccuracyBudget(embedding_cosine_mean=0.9, embedding_cosine_min=-0.5, output_cosine_min=0.8),
     PipelineParameters(model_path="some/model", data_dir="data", output_dir="runs/x", sequence_length=64,
                        benchmark_batch_sizes=(1, 2), threads=4, triton_model_name="m", overwrite=True),
-    DynamicQuantConfig(per_channel=False, weight_type="uint8", reduce_range=True, op_types=("MatMul", "Gemm"),
-                       nodes_to_exclude=("node_a",)),
+    DynamicQuantConfig(per_channel=False, weight_type="uint8", reduce_range=True, op_types=("MatMul", "Gemm")),
 ]
 
 

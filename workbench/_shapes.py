@@ -17,7 +17,7 @@ from workbench._lazy import require
 
 
 @contextlib.contextmanager
-def _inside_temporary_directory() -> Iterator[None]:
+def inside_temporary_directory() -> Iterator[None]:
     previous = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="workbench-shapes-") as folder:
         os.chdir(folder)
@@ -53,7 +53,7 @@ def partial_symbolic_shape_inference(model: Any) -> tuple[Any, bool]:
     symbolic = require("onnxruntime.tools.symbolic_shape_infer", purpose="Symbolic shape inference")
     engine_type = symbolic.SymbolicShapeInference
     copy = copy_model(model)
-    with _inside_temporary_directory():
+    with inside_temporary_directory():
         if not all(hasattr(engine_type, step) for step in ("_preprocess", "_infer_impl", "_update_output_from_vi")):
             return engine_type.infer_shapes(copy, auto_merge=True), True
         engine = engine_type(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose

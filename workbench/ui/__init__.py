@@ -15,6 +15,8 @@ _EXPORTS: dict[str, str] = {
     "controls_for": "workbench.ui.controls",
     "config_from_controls": "workbench.ui.controls",
     "field_labels": "workbench.ui.controls",
+    "InspectView": "workbench.ui.surgery",
+    "SurgeryView": "workbench.ui.surgery",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -36,3 +38,4 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.ui.base import StageView
     from workbench.ui.controls import config_from_controls, controls_for, field_labels
+    from workbench.ui.surgery import InspectView, SurgeryView
