@@ -322,6 +322,20 @@ def test_show_in_netron_serves_the_model_on_localhost(tiny_bert_onnx, feeds, tmp
                 netron.stop(view.netron_address)
 
 
+def test_show_in_netron_leaves_the_root_logger_as_it_was(tiny_bert_onnx, monkeypatch):
+    import logging
+
+    netron = pytest.importorskip("netron")
+    monkeypatch.setattr(logging.root, "handlers", [])  # as in a fresh kernel
+    level = logging.root.level
+    view = InspectView(tiny_bert_onnx)
+    try:
+        assert view.show_in_netron() is not None
+        assert logging.root.handlers == [] and logging.root.level == level  # netron did not call basicConfig
+    finally:
+        netron.stop(view.netron_address)
+
+
 def test_without_netron_there_is_no_button_and_a_note_says_why(tiny_bert_onnx, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "netron", None)  # makes `import netron` fail, as if not installed
     assert not ui_surgery.netron_available()
@@ -334,11 +348,19 @@ def test_without_netron_there_is_no_button_and_a_note_says_why(tiny_bert_onnx, t
         assert view.show_in_netron() is None and "pip install netron" in panel_text(view)
 
 
-def test_netron_errors_show_in_the_panel(tmp_path):
+def test_netron_errors_show_in_the_panel(tiny_bert_onnx, tmp_path):
     pytest.importorskip("netron")
     view = InspectView(tmp_path / "missing.onnx")
     assert view.show_in_netron() is None
     assert "FileNotFoundError" in panel_text(view) and view.netron_output.outputs == ()
+    # a model that disappears after it was shown: the panel says so and the stale frame goes
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(tiny_bert_onnx.read_bytes())
+    view = InspectView(copy)
+    assert view.show_in_netron() is not None and len(view.netron_output.outputs) == 1
+    copy.unlink()
+    assert view.show_in_netron() is None and view.netron_url is None and view.netron_output.outputs == ()
+    assert "FileNotFoundError" in panel_text(view)
 
 
 # -- light imports ------------------------------------------------------------------------------------------------

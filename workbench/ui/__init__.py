@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "field_labels": "workbench.ui.controls",
     "InspectView": "workbench.ui.surgery",
     "SurgeryView": "workbench.ui.surgery",
+    "PrecisionView": "workbench.ui.precision",
 }
 
 __all__ = sorted(_EXPORTS)

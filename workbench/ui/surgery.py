@@ -13,9 +13,12 @@ Nothing heavy is imported when a view is built; each library call imports what i
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib.util
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +41,18 @@ def netron_available() -> bool:
         return importlib.util.find_spec("netron") is not None
     except (ImportError, ValueError):
         return False
+
+
+@contextlib.contextmanager
+def _logging_left_alone() -> Iterator[None]:
+    """Keep netron from configuring the root logger (it calls logging.basicConfig(level=INFO) when the root
+    has no handler, which would make every library's INFO messages appear in the notebook from then on)."""
+    guard = logging.NullHandler()
+    logging.root.addHandler(guard)
+    try:
+        yield
+    finally:
+        logging.root.removeHandler(guard)
 
 
 class _NetronMixin:
@@ -86,11 +101,14 @@ class _NetronMixin:
             if self.netron_address is not None:
                 netron.stop(self.netron_address)
                 self.netron_address = None
-            self.netron_address = tuple(netron.start(path, address=(NETRON_HOST, 0), browse=False))  # type: ignore[assignment]
+            with _logging_left_alone():
+                host, port = netron.start(path, address=(NETRON_HOST, 0), browse=False)
         except Exception as exc:
             self.error_output.value = _error_html(exc)  # type: ignore[attr-defined]
+            self.netron_output.outputs = ()  # the earlier server (if any) is gone: so is its frame
+            self.netron_url = None
             return None
-        host, port = self.netron_address  # type: ignore[misc]
+        self.netron_address = (host, port)
         self.netron_url = f"http://{host}:{port}"
         frame = IFrame(self.netron_url, width="100%", height=NETRON_HEIGHT)
         self.netron_output.outputs = ({"output_type": "display_data", "data": mime_bundle(frame), "metadata": {}},)
