@@ -295,7 +295,7 @@ def table(rows: list[dict[str, Any]], timings: Any, threads: int, args: argparse
 
 def calibration_lines(c: dict[str, Any]) -> list[str]:
     lines = [f"# calibration: static QDQ MinMax, {c['samples']} sentences, batch {c['batch']}, seq {c['seq']}, "
-             f"cache {c['cache_dir']}{' (reused)' if c['cache_dir_reused'] else ' (temporary)'}"]
+             f"cache {c['cache_dir']}{' (--cache-dir)' if c['cache_dir_reused'] else ' (temporary)'}"]
     for key, label in (("minmax_first", "first run "), ("minmax_second", "second run")):
         if key in c:
             run = c[key]

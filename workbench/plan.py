@@ -54,11 +54,14 @@ class PrecisionPlan:
         method: "int8_dynamic", "int8_static", "fp16" or "fp32" (no conversion).
         options: The method's config (DynamicQuantConfig, StaticQuantConfig or Fp16Config); None: its defaults.
         nodes: Node name -> NodePrecision, for the nodes that do not run at the method's precision.
+        smoothing: A SmoothingConfig to apply before converting (SmoothQuant: activation outliers move into
+            the weights, calibrated on the conversion's calibration data), or None.
     """
 
     method: str = "int8_dynamic"
     options: Any = None
     nodes: Mapping[str, NodePrecision] = field(default_factory=dict)
+    smoothing: Any = None
 
     PRESETS: ClassVar[dict[str, tuple[str, str]]] = {
         # preset -> (method, the method config's preset)
@@ -89,6 +92,10 @@ class PrecisionPlan:
         nodes = {name: value if isinstance(value, NodePrecision) else NodePrecision(**value)
                  for name, value in dict(self.nodes).items()}
         object.__setattr__(self, "nodes", nodes)
+        if isinstance(self.smoothing, Mapping):
+            from workbench.stages.smooth import SmoothingConfig
+
+            object.__setattr__(self, "smoothing", SmoothingConfig.from_dict(dict(self.smoothing)))
 
     @classmethod
     def preset(cls, name: str) -> PrecisionPlan:
@@ -124,7 +131,8 @@ class PrecisionPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "options": self.options.to_dict() if self.options is not None else None,
-                "nodes": {name: dict(node.__dict__) for name, node in sorted(self.nodes.items())}}
+                "nodes": {name: dict(node.__dict__) for name, node in sorted(self.nodes.items())},
+                "smoothing": self.smoothing.to_dict() if self.smoothing is not None else None}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -132,7 +140,7 @@ class PrecisionPlan:
     @classmethod
     def from_json(cls, text: str) -> PrecisionPlan:
         values = json.loads(text)
-        unknown = set(values) - {"method", "options", "nodes"}
+        unknown = set(values) - {"method", "options", "nodes", "smoothing"}
         if unknown:
             raise ConfigError(f"PrecisionPlan JSON has unknown keys {sorted(unknown)}.")
         return cls(**values)
@@ -168,6 +176,9 @@ class PrecisionPlan:
         """
         from workbench.stages import precision
 
+        if self.smoothing is not None:
+            return self._convert_smoothed(model_path, output_path, calibration_feeds=calibration_feeds,
+                                          cache_dir=cache_dir, progress=progress)
         if self.method == "int8_dynamic":
             return precision.quantize_dynamic(model_path, output_path, self.options, keep_fp32=self.keep_fp32)
         if self.method == "int8_static":
@@ -178,9 +189,28 @@ class PrecisionPlan:
                                           scan_feeds=calibration_feeds)
         raise ConfigError("A PrecisionPlan with method 'fp32' converts nothing.", fix="use the FP32 model as it is")
 
+    def _convert_smoothed(self, model_path: Any, output_path: Any, **options: Any) -> Any:
+        import tempfile
+
+        from workbench.errors import DataError
+        from workbench.stages.smooth import smooth_activations
+
+        if not options.get("calibration_feeds"):
+            raise DataError("A plan with smoothing needs calibration_feeds to measure activation ranges.",
+                            fix="pass calibration_feeds=tokenize_batches(tokenizer, calibration_sentences, ...)")
+        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".smooth.", dir=Path(output_path).parent) as folder:
+            smoothed = smooth_activations(model_path, Path(folder) / "smoothed.onnx", options["calibration_feeds"],
+                                          self.smoothing)
+            result = replace(self, smoothing=None).convert(smoothed.path, output_path, **options)
+        return replace(result, notes=(*result.notes, f"smoothed the inputs of {len(smoothed.smoothed)} nodes "
+                                                     f"(alpha {self.smoothing.alpha}) before converting"))
+
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><td><code>{name}</code></td><td>{node.precision}</td><td>{node.reason}</td>"
                        f"<td>{node.note}</td></tr>" for name, node in sorted(self.nodes.items()))
         table = (f"<table><tr><th>node</th><th>precision</th><th>why</th><th></th></tr>{rows}</table>"
                  if rows else " No exceptions.")
-        return f"<b>Precision plan</b>: {self.method}, every node at {self.default_precision} except:{table}"
+        smoothing = f", SmoothQuant alpha {self.smoothing.alpha}" if self.smoothing is not None else ""
+        return (f"<b>Precision plan</b>: {self.method}{smoothing}, every node at {self.default_precision} "
+                f"except:{table}")

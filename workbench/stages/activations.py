@@ -15,7 +15,7 @@ How it is measured, in two passes over the feeds, one chunk of feeds at a time:
    with the count known from pass 1, p99.99 reads only the top 0.01% (plus one) of the values, so it is exact
    (np.percentile's linear interpolation) while holding one ten-thousandth of the values.
 
-Memory: one chunk's activations (`chunk_size` feed dicts) plus, per tensor, its histogram and 0.01% of its
+Memory: one feed dict's activations plus, per tensor, its histogram and 0.01% of its
 values. Time: the model runs twice over the data.
 
 Non-finite values (inf, NaN) are counted in `nonfinite` and left out of every other statistic.
@@ -86,10 +86,11 @@ class TensorStats:
         return 1.0 if self.max_abs == 0 else math.inf
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: non-finite numbers (no finite values seen; an infinite ratio) become None."""
+        numbers = {key: _json_float(getattr(self, key)) for key in ("min", "max", "max_abs", "mean", "std",
+                                                                    "p9999_abs", "outlier_ratio")}
         return {"name": self.name, "node": self.node, "op_type": self.op_type, "position": self.position,
-                "count": self.count, "nonfinite": self.nonfinite, "min": self.min, "max": self.max,
-                "max_abs": self.max_abs, "mean": self.mean, "std": self.std, "p9999_abs": self.p9999_abs,
-                "outlier_ratio": _json_float(self.outlier_ratio), "histogram": list(self.histogram),
+                "count": self.count, "nonfinite": self.nonfinite, **numbers, "histogram": list(self.histogram),
                 "edges": list(self.edges)}
 
 
@@ -159,15 +160,15 @@ class ActivationStats:
                 continue
             color = colors[i % len(colors)]
             floor = [r.p9999_abs if r.p9999_abs > 0 else r.max_abs for r in rows]
-            custom = [[r.name, r.node, r.min, r.max, r.mean, r.std, r.outlier_ratio] for r in rows]
-            hover = ("%{customdata[0]}<br>node %{customdata[1]} (" + op_type + ")<br>"
+            custom = [[r.name, r.node, r.min, r.max, r.mean, r.std, r.outlier_ratio, r.max_abs, r.p9999_abs]
+                      for r in rows]
+            hover = ("%{customdata[0]}<br>node %{customdata[1]} (" + html.escape(op_type) + ")<br>"
                      "min %{customdata[2]:.4g}, max %{customdata[3]:.4g}<br>mean %{customdata[4]:.4g}, "
-                     "std %{customdata[5]:.4g}<br>p99.99 |x| %{base:.4g}, max |x| %{customdata[7]:.4g}<br>"
-                     "outlier ratio %{customdata[6]:.3g}<extra></extra>")
+                     "std %{customdata[5]:.4g}<br>p99.99 |x| %{customdata[8]:.4g}, max |x| %{customdata[7]:.4g}"
+                     "<br>outlier ratio %{customdata[6]:.3g}<extra></extra>")
             figure.add_bar(x=[r.position for r in rows], base=floor,
-                           y=[r.max_abs - f for r, f in zip(rows, floor)],
-                           customdata=[c + [r.max_abs] for c, r in zip(custom, rows)], hovertemplate=hover,
-                           name=op_type, legendgroup=op_type, marker_color=color)
+                           y=[r.max_abs - f for r, f in zip(rows, floor)], customdata=custom,
+                           hovertemplate=hover, name=op_type, legendgroup=op_type, marker_color=color)
             figure.add_scatter(x=[r.position for r in rows], y=floor, mode="markers", legendgroup=op_type,
                                showlegend=False, marker={"symbol": "line-ew-open", "size": 10, "color": color},
                                name=f"{op_type} p{PERCENTILE:g}", hoverinfo="skip")
@@ -242,7 +243,6 @@ def activation_statistics(
     *,
     bins: int = 64,
     max_tensors: int | None = None,
-    chunk_size: int = 8,
 ) -> ActivationStats:
     """Run the FP32 model on `feeds` with its float node outputs exposed and measure each tensor's values.
 
@@ -255,18 +255,17 @@ def activation_statistics(
         feeds: Feed dicts (e.g. calibration data from workbench.data.tokenize_batches).
         bins: Histogram bins per tensor, over [min, max].
         max_tensors: Measure only the first this many float tensors in graph order (None: all).
-        chunk_size: Feed dicts per model run; bounds memory (activations of one chunk are held at a time).
 
     Raises:
         DataError: `feeds` is empty, or its dicts do not match the model's inputs (names, dtypes, ranks).
-        ConfigError: bins, max_tensors or chunk_size is not positive.
+        ConfigError: bins or max_tensors is not positive.
     """
     from workbench.onnx_io import load_onnx
     from workbench.stages.calibrate import validate_feeds
     from workbench.stages.edits import AddOutputs
-    from workbench.stages.surgery import run_model
+    from workbench.stages.surgery import model_session
 
-    for name, value in (("bins", bins), ("max_tensors", max_tensors), ("chunk_size", chunk_size)):
+    for name, value in (("bins", bins), ("max_tensors", max_tensors)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"activation_statistics: {name} must be a positive whole number, got {value!r}.")
     feeds = list(feeds)
@@ -279,42 +278,40 @@ def activation_statistics(
     if not names:
         return ActivationStats(Path(model_path), (), len(feeds), bins)
     exposed = AddOutputs(tuple(names)).apply(model)
-    chunks = [feeds[i:i + chunk_size] for i in range(0, len(feeds), chunk_size)]
+    with model_session(exposed, names) as run:  # one session for both passes
 
-    def results() -> Any:
-        for chunk in chunks:
-            outputs, _ = run_model(exposed, chunk, names)
-            yield from outputs
-            del outputs
+        def results() -> Any:
+            for feed in feeds:  # one feed dict's activations in memory at a time
+                yield run(feed)
 
-    # pass 1: ranges, mean and variance
-    running = {name: _Running() for name in names}
-    for outputs in results():
+        # pass 1: ranges, mean and variance
+        running = {name: _Running() for name in names}
+        for outputs in results():
+            for name in names:
+                running[name].add(np.asarray(outputs[name], dtype=np.float64).ravel())
+
+        # pass 2: histograms over the ranges found in pass 1, and the largest |x| the percentile needs
+        edges, keep = {}, {}
         for name in names:
-            running[name].add(np.asarray(outputs[name], dtype=np.float64).ravel())
-
-    # pass 2: histograms over the ranges found in pass 1, and the largest |x| the percentile needs
-    edges, keep = {}, {}
-    for name in names:
-        r = running[name]
-        low, high = (r.low, r.high) if r.count else (0.0, 0.0)
-        if low == high:  # np.histogram's own convention for a constant tensor
-            low, high = low - 0.5, high + 0.5
-        edges[name] = np.linspace(low, high, bins + 1)
-        keep[name] = _top_count(r.count, PERCENTILE)
-    counts = {name: np.zeros(bins, np.int64) for name in names}
-    largest = {name: np.empty(0, np.float64) for name in names}
-    for outputs in results():
-        for name in names:
-            values = np.asarray(outputs[name], dtype=np.float64).ravel()
-            values = values[np.isfinite(values)]
-            if not values.size:
-                continue
-            e = edges[name]
-            values = np.clip(values, e[0], e[-1])  # a re-run can differ in the last bit; keep every value
-            counts[name] += np.histogram(values, bins=e)[0]
-            largest[name] = _largest(np.concatenate([largest[name], _largest(np.abs(values), keep[name])]),
-                                     keep[name])
+            r = running[name]
+            low, high = (r.low, r.high) if r.count else (0.0, 0.0)
+            if low == high:  # np.histogram's own convention for a constant tensor
+                low, high = low - 0.5, high + 0.5
+            edges[name] = np.linspace(low, high, bins + 1)
+            keep[name] = _top_count(r.count, PERCENTILE)
+        counts = {name: np.zeros(bins, np.int64) for name in names}
+        largest = {name: np.empty(0, np.float64) for name in names}
+        for outputs in results():
+            for name in names:
+                values = np.asarray(outputs[name], dtype=np.float64).ravel()
+                values = values[np.isfinite(values)]
+                if not values.size:
+                    continue
+                e = edges[name]
+                values = np.clip(values, e[0], e[-1])  # a re-run can differ in the last bit; keep every value
+                counts[name] += np.histogram(values, bins=bins, range=(e[0], e[-1]))[0]  # equal bins: the fast path
+                largest[name] = _largest(np.concatenate([largest[name], _largest(np.abs(values), keep[name])]),
+                                         keep[name])
 
     rows = []
     for position, (name, node, op_type) in enumerate(tensors):
@@ -323,7 +320,8 @@ def activation_statistics(
         rows.append(TensorStats(
             name=name, node=node, op_type=op_type, position=position, count=r.count, nonfinite=r.nonfinite,
             min=r.low if r.count else math.nan, max=r.high if r.count else math.nan, max_abs=max_abs,
-            mean=r.mean if r.count else math.nan, std=math.sqrt(r.m2 / r.count) if r.count else math.nan,
+            mean=min(max(r.mean, r.low), r.high) if r.count else math.nan,  # rounding never leaves the range
+            std=math.sqrt(r.m2 / r.count) if r.count else math.nan,
             p9999_abs=_percentile(largest[name], r.count, PERCENTILE),
             histogram=tuple(int(c) for c in counts[name]), edges=tuple(float(e) for e in edges[name]),
         ))

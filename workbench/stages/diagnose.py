@@ -140,7 +140,7 @@ def diagnose(
     """
     from workbench.onnx_io import load_onnx
     from workbench.stages.edits import AddOutputs, tensor_types
-    from workbench.stages.surgery import run_model
+    from workbench.stages.surgery import model_session
 
     if not feeds:
         raise DataError("No evaluation inputs to diagnose on.", fix="pass feed dicts from tokenize_batches()")
@@ -163,16 +163,17 @@ def diagnose(
     squared_norm = dict.fromkeys(matched, 0.0)
     candidate_norm = dict.fromkeys(matched, 0.0)
     dot = dict.fromkeys(matched, 0.0)
-    for feed in feeds:  # one batch at a time: memory holds one batch's tensors, not the whole set
-        (expected,), _ = run_model(reference_run, [dict(feed)], matched)
-        (actual,), _ = run_model(candidate_run, [dict(feed)], matched)
-        for name in matched:
-            a = expected[name].astype(np.float64).ravel()
-            b = actual[name].astype(np.float64).ravel()
-            squared_error[name] += float(np.dot(a - b, a - b))
-            squared_norm[name] += float(np.dot(a, a))
-            candidate_norm[name] += float(np.dot(b, b))
-            dot[name] += float(np.dot(a, b))
+    with model_session(reference_run, matched) as run_reference, \
+            model_session(candidate_run, matched) as run_candidate:
+        for feed in feeds:  # one batch at a time: memory holds one batch's tensors, not the whole set
+            expected, actual = run_reference(feed), run_candidate(feed)
+            for name in matched:
+                a = expected[name].astype(np.float64).ravel()
+                b = actual[name].astype(np.float64).ravel()
+                squared_error[name] += float(np.dot(a - b, a - b))
+                squared_norm[name] += float(np.dot(a, a))
+                candidate_norm[name] += float(np.dot(b, b))
+                dot[name] += float(np.dot(a, b))
     relative = {n: float(np.sqrt(squared_error[n] / squared_norm[n])) if squared_norm[n] > 0 else
                 float(np.sqrt(squared_error[n])) for n in matched}
     cosine = {n: dot[n] / np.sqrt(squared_norm[n] * candidate_norm[n]) if squared_norm[n] * candidate_norm[n] > 0

@@ -287,7 +287,7 @@ def quantize_static(
     from workbench.stages.calibrate import calibrate, validate_feeds
 
     started = time.perf_counter()
-    validate_feeds(list(calibration_feeds), model_path)
+    validate_feeds(list(calibration_feeds or []), model_path)
     _check_node_names(load_onnx(model_path), keep_fp32, "keep_fp32")
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)

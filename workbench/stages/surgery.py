@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 import tempfile
 import time
 from collections import Counter
@@ -217,28 +219,44 @@ def max_abs_difference(a: np.ndarray, b: np.ndarray, feeds: dict[str, np.ndarray
 # ----------------------------------------------------------------------------------------------------------
 
 
-def run_model(model: Any, feeds_list: list[dict[str, np.ndarray]], output_names: list[str] | None = None,
-              *, repeats: int = 0) -> tuple[list[dict[str, np.ndarray]], float | None]:
-    """Run an in-memory model on each feed dict; with `repeats`, also the median latency (ms) of feeds[0]."""
+@contextlib.contextmanager
+def model_session(model: Any, output_names: Sequence[str] | None = None) -> Iterator[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]]:
+    """An in-memory model ready to run many feed dicts: saved and loaded once, for as long as the block lasts.
+
+    Yields a function feed dict -> outputs; raises WorkbenchError when onnxruntime cannot run a feed.
+    """
     from workbench.backends.onnxrt import OnnxRuntimeRunner
     from workbench.onnx_io import save_onnx
 
     with tempfile.TemporaryDirectory(prefix="workbench-run-") as folder:
         path = save_onnx(model, Path(folder) / "model.onnx")
         with OnnxRuntimeRunner(path, output_names=output_names) as runner:
-            try:
-                results = [runner.infer(feeds) for feeds in feeds_list]
-            except Exception as exc:
-                raise WorkbenchError(f"onnxruntime could not run the model: {type(exc).__name__}: {exc}",
-                                     fix="check the feeds' names, dtypes and shapes against the model's inputs") from exc
-            latency = None
-            if repeats and feeds_list:
-                timings = []
-                for _ in range(repeats):
-                    started = time.perf_counter()
-                    runner.infer(feeds_list[0])
-                    timings.append((time.perf_counter() - started) * 1000.0)
-                latency = float(np.median(timings))
+
+            def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+                try:
+                    return runner.infer(dict(feeds))
+                except Exception as exc:
+                    raise WorkbenchError(
+                        f"onnxruntime could not run the model: {type(exc).__name__}: {exc}",
+                        fix="check the feeds' names, dtypes and shapes against the model's inputs",
+                    ) from exc
+
+            yield run
+
+
+def run_model(model: Any, feeds_list: list[dict[str, np.ndarray]], output_names: list[str] | None = None,
+              *, repeats: int = 0) -> tuple[list[dict[str, np.ndarray]], float | None]:
+    """Run an in-memory model on each feed dict; with `repeats`, also the median latency (ms) of feeds[0]."""
+    with model_session(model, output_names) as run:
+        results = [run(feeds) for feeds in feeds_list]
+        latency = None
+        if repeats and feeds_list:
+            timings = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                run(feeds_list[0])
+                timings.append((time.perf_counter() - started) * 1000.0)
+            latency = float(np.median(timings))
     return results, latency
 
 
