@@ -202,7 +202,10 @@ class PrecisionPlan:
         with tempfile.TemporaryDirectory(prefix=".smooth.", dir=Path(output_path).parent) as folder:
             smoothed = smooth_activations(model_path, Path(folder) / "smoothed.onnx", options["calibration_feeds"],
                                           self.smoothing)
-            result = replace(self, smoothing=None).convert(smoothed.path, output_path, **options)
+            # a node kept in FP32 keeps its smoothing Mul in FP32 too, or the Mul's output is still quantized
+            muls = [f"{name}_smooth" for name in self.keep_fp32 if name in smoothed.smoothed]
+            plain = replace(self, smoothing=None).pin(muls, note="smoothing Mul of a node kept in FP32")
+            result = plain.convert(smoothed.path, output_path, **options)
         return replace(result, notes=(*result.notes, f"smoothed the inputs of {len(smoothed.smoothed)} nodes "
                                                      f"(alpha {self.smoothing.alpha}) before converting"))
 

@@ -2,13 +2,16 @@
 an accuracy budget.
 
 1. Convert with the plan as given and evaluate it; if it meets the budget, stop.
-2. Diagnose it layer by layer and rank its quantized nodes by the error they cause.
-3. Pin the whole ranking to FP32 (the budget must be reachable at all), then bisect over the ranked prefix
+2. Before pinning whole nodes, try the cheap fix: activation smoothing (SmoothQuant), which keeps every node in
+   INT8 and only adds an elementwise Mul per smoothed node. If the smoothed plan meets the budget, stop; if it
+   is closer, search on from it.
+3. Diagnose it layer by layer and rank its quantized nodes by the error they cause.
+4. Pin the whole ranking to FP32 (the budget must be reachable at all), then bisect over the ranked prefix
    for the shortest one that meets the budget: about log2(N) trials for N quantized nodes.
-4. Try to unpin each pin, least sensitive first; keep an unpin whenever the budget still holds.
+5. Try to unpin each pin, least sensitive first; keep an unpin whenever the budget still holds.
 
 Every trial re-converts from a PrecisionPlan and re-evaluates, and is recorded (pins, accuracy, latency). The
-search spends at most 2 + ceil(log2(N)) + `max_prune_trials` evaluations.
+search spends at most 3 + ceil(log2(N)) + `max_prune_trials` evaluations.
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ class AutofixConfig(StageConfig):
     """Search settings.
 
     Attributes:
+        try_smoothing: Try SmoothQuant before pinning nodes (needs calibration feeds).
+        smoothing_alpha: The smoothing strength tried.
         max_prune_trials: Trials spent trying to drop pins once the budget holds.
         latency_iterations: Timed runs per trial (batch 1), for the latency-vs-accuracy chart.
         threads: onnxruntime threads for the trials' latency; None: all cores.
     """
 
+    try_smoothing: bool = True
+    smoothing_alpha: float = 0.75
     max_prune_trials: int = 8
     latency_iterations: int = 20
     threads: int | None = None
@@ -63,6 +70,7 @@ class Trial:
     latency_ms: float
     path: Path
     pinned_parameters: int = 0  # weights the pins keep in FP32: a noise-free proxy for what the pins cost
+    smoothed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         values = dict(self.__dict__)
@@ -147,7 +155,7 @@ class AutofixResult:
 
 def trial_budget(quantized_count: int, max_prune_trials: int) -> int:
     """The most evaluations the search can spend for N quantized nodes."""
-    return 2 + math.ceil(math.log2(max(quantized_count, 1))) + max_prune_trials
+    return 3 + math.ceil(math.log2(max(quantized_count, 1))) + max_prune_trials
 
 
 def autofix(
@@ -197,7 +205,7 @@ def autofix(
         latency_feed = {k: v[:1] for k, v in latency_feed.items()}
 
     def evaluate(pins: Sequence[str], stage: str) -> Trial:
-        key = frozenset(pins)
+        key = (frozenset(pins), plan.smoothing)
         if key in evaluated:
             return evaluated[key]
         index = len(trials)
@@ -216,7 +224,7 @@ def autofix(
                 timings.append((time.perf_counter() - tick) * 1000.0)
         trial = Trial(index, stage, tuple(pins), float(accuracy.embedding_cosine_mean),
                       float(accuracy.embedding_cosine_min), bool(accuracy), float(np.median(timings)), result.path,
-                      sum(weight_sizes.get(p, 0) for p in pins))
+                      sum(weight_sizes.get(p, 0) for p in pins), plan.smoothing is not None)
         trials.append(trial)
         evaluated[key] = trial
         if progress:
@@ -227,10 +235,28 @@ def autofix(
     notes: list[str] = []
     diagnosis = None
     ranking: list[tuple[str, float]] = []
-    if start.meets_budget:
-        notes.append("the starting candidate already meets the budget: nothing to pin")
+    current = start
+    if not start.meets_budget and config.try_smoothing and plan.smoothing is None and calibration_feeds:
+        from dataclasses import replace
+
+        from workbench.stages.smooth import SmoothingConfig
+
+        unsmoothed = plan
+        plan = replace(plan, smoothing=SmoothingConfig(alpha=config.smoothing_alpha))
+        smoothed = evaluate((), "smooth")
+        if _closer(smoothed, start, budget):
+            current = smoothed
+            notes.append(f"SmoothQuant (alpha {config.smoothing_alpha}) took the candidate from mean "
+                         f"{start.cosine_mean:.5f} / min {start.cosine_min:.5f} to {smoothed.cosine_mean:.5f} / "
+                         f"{smoothed.cosine_min:.5f}")
+        else:
+            plan = unsmoothed
+            notes.append("SmoothQuant did not bring the candidate closer to the budget; searching without it")
+    if current.meets_budget:
+        if current is start:
+            notes.append("the starting candidate already meets the budget: nothing to pin")
     else:
-        diagnosis = diagnose(model_path, start.path, evaluation_feeds)
+        diagnosis = diagnose(model_path, current.path, evaluation_feeds)
         ranking = diagnosis.sensitivity()
         order = [name for name, _ in ranking]
         everything = evaluate(order, "all pinned")
@@ -257,6 +283,10 @@ def autofix(
                 pins = fewer
     passing = [t for t in trials if t.meets_budget]
     best = min(passing, key=lambda t: (t.pinned_parameters, t.latency_ms))
+    if not best.smoothed:
+        from dataclasses import replace
+
+        plan = replace(plan, smoothing=None)
     final_plan = plan.pin([p for p in best.pins if p not in plan.nodes], reason="sensitivity", note="autofix")
     fixed_path = output_dir / "fixed.onnx"
     from workbench.onnx_io import load_onnx, save_onnx
@@ -274,3 +304,12 @@ def _weight_sizes(model_path: str | os.PathLike[str]) -> dict[str, int]:
     model = load_onnx(model_path)
     sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer}
     return {n.name: sum(sizes.get(i, 0) for i in n.input) for n in model.graph.node}
+
+
+def _closer(trial: Trial, than: Trial, budget: Any) -> bool:
+    """Whether `trial` misses the budget by less than `than` does (sum of the shortfalls of mean and min)."""
+
+    def shortfall(t: Trial) -> float:
+        return max(0.0, budget.embedding_cosine_mean - t.cosine_mean) + max(0.0, budget.embedding_cosine_min - t.cosine_min)
+
+    return shortfall(trial) < shortfall(than)
