@@ -223,6 +223,8 @@ def _local_errors(reference: Any, candidate: Any, nodes: Sequence[str],
     from workbench.stages.edits import AddOutputs
     from workbench.stages.surgery import run_model
 
+    if not nodes:
+        return {}
     onnx = require("onnx", purpose="Diagnosis")
     initializers = {t.name for t in reference.graph.initializer}
     by_name = {n.name: n for n in reference.graph.node}
