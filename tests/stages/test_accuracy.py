@@ -1,6 +1,9 @@
-"""Accuracy stage: Polygraphy comparison, the embedding metric, and a budget that fails when it should."""
+"""Accuracy stage: Polygraphy comparison, output checks, task metrics, charts, and a budget that fails when
+it should."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -9,9 +12,15 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from workbench.data import tokenize_batches  # noqa: E402
-from workbench.errors import DataError  # noqa: E402
+from workbench.errors import ConfigError, DataError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages.accuracy import AccuracyBudget, compare_candidates, mean_pooled_embeddings  # noqa: E402
+from workbench.stages.accuracy import (  # noqa: E402
+    ERROR_HISTOGRAM_EDGES,
+    AccuracyBudget,
+    OutputCheck,
+    compare_candidates,
+    mean_pooled_embeddings,
+)
 from workbench.stages.precision import DynamicQuantConfig, quantize_dynamic  # noqa: E402
 
 TEXTS = ["the cat sat on the mat", "quarterly revenue grew 12%", "how do I reset my password?",
@@ -77,3 +86,250 @@ def test_mean_pooling_ignores_padding():
 def test_feeds_without_attention_mask_are_rejected(tiny_bert_onnx):
     with pytest.raises(DataError, match="attention_mask"):
         compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, [{"input_ids": np.ones((1, 4), np.int64)}])
+
+
+# --- per-output checks (Polygraphy compare functions) ---------------------------------------------------------
+
+NO_BUDGET = AccuracyBudget(embedding_cosine_mean=-1.0, embedding_cosine_min=-1.0)  # only the checks decide
+
+
+@pytest.fixture(scope="module")
+def noisy_bert(tiny_bert_onnx, tmp_path_factory):
+    return _noisy_copy(tiny_bert_onnx, tmp_path_factory.mktemp("noisy") / "noisy.onnx", scale=0.05)
+
+
+@pytest.mark.parametrize("check, statistic, recorded", [
+    (OutputCheck("cosine", threshold=0.9999), "cosine similarity", "cosine_min"),
+    (OutputCheck("simple", atol=1e-4, rtol=1e-4), "max abs diff", "max_rel"),
+    (OutputCheck("simple", atol=1e-3, stat="mean"), "mean abs diff", "mean_abs"),
+    (OutputCheck("simple", atol=1e-3, stat="median"), "median abs diff", "median_abs"),
+    (OutputCheck("simple", rtol=1e-3, stat="quantile", quantile=0.9), "0.9-quantile rel diff", "quantile_rel"),
+    (OutputCheck("l2", threshold=1e-3), "L2 norm", "l2_max"),
+    (OutputCheck("snr", threshold=40.0), "SNR", "snr_min"),
+], ids=["cosine", "simple-max", "simple-mean", "simple-median", "simple-quantile", "l2", "snr"])
+def test_each_output_check_passes_identical_and_fails_noisy(tiny_bert_onnx, noisy_bert, feeds, check, statistic,
+                                                            recorded):
+    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx, "noisy": noisy_bert}, feeds,
+                                budget=NO_BUDGET, output_checks={"": check})
+    assert report.output_checks == {"last_hidden_state": check}
+    same, noisy = report["same"], report["noisy"]
+    assert same and same.checks[0].passed and same.checks[0].batches == len(feeds)
+    assert not report and not noisy
+    assert len(noisy.failures) == 1, noisy.failures
+    line = noisy.failures[0]
+    assert "'last_hidden_state'" in line and statistic in line and f"{len(feeds)}/{len(feeds)} batches fail" in line
+    result = noisy.checks[0]
+    assert not result and result.batches_failed == len(feeds) and result.message == line
+    assert recorded in noisy.outputs["last_hidden_state"]
+    limit = check.tolerances[0] if check.atol is not None else (
+        check.tolerances[1] if check.kind == "simple" else check.limit)
+    assert f"{limit:g}" in line  # the line names the threshold
+    shown = {f"{v:{spec}}" for v in result.values.values() for spec in (".5g", ".6g", ".6f")}
+    assert any(text in line for text in shown), (line, result.values)  # and the value
+
+
+def test_simple_check_records_polygraphys_statistics(tiny_bert_onnx, noisy_bert, feeds):
+    report = compare_candidates(tiny_bert_onnx, {"noisy": noisy_bert}, feeds, budget=NO_BUDGET,
+                                output_checks={"last_hidden_state": OutputCheck("simple", atol=10.0,
+                                                                                stat="quantile", quantile=0.5)})
+    stats = report["noisy"].outputs["last_hidden_state"]
+    assert report, report["noisy"].failures  # a loose tolerance passes
+    for key in ("cosine_mean", "cosine_min", "max_abs", "mean_abs", "median_abs", "max_rel", "mean_rel",
+                "median_rel", "quantile_abs", "quantile_rel"):
+        assert np.isfinite(stats[key]), key
+    assert stats["quantile"] == 0.5
+    assert 0 < stats["median_abs"] <= stats["max_abs"] and 0 < stats["quantile_abs"] <= stats["max_abs"]
+    assert "l2_max" not in stats and "snr_min" not in stats  # computed only where a check asks for them
+    checked = report["noisy"].checks[0]
+    assert checked.passed and set(checked.values) == {"quantile_absdiff", "quantile_reldiff", "quantile"}
+
+
+def test_named_output_check_overrides_the_default(tiny_bert_onnx, noisy_bert, feeds):
+    checks = {"": OutputCheck("cosine", threshold=-1.0), "last_hidden_state": OutputCheck("snr", threshold=40.0)}
+    report = compare_candidates(tiny_bert_onnx, {"noisy": noisy_bert}, feeds, budget=NO_BUDGET, output_checks=checks)
+    assert [c.check.kind for c in report["noisy"].checks] == ["snr"] and not report
+
+
+def test_output_checks_are_validated(tiny_bert_onnx, feeds):
+    with pytest.raises(ConfigError, match="no_such_output"):
+        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds,
+                           output_checks={"no_such_output": OutputCheck()})
+    with pytest.raises(ConfigError, match="OutputCheck"):
+        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, output_checks={"": 0.99})
+    with pytest.raises(ConfigError, match="atol"):
+        OutputCheck("simple", threshold=0.1)
+    with pytest.raises(ConfigError, match="threshold"):
+        OutputCheck("cosine", atol=0.1)
+    with pytest.raises(ConfigError):
+        OutputCheck("psnr")
+    with pytest.raises(ConfigError):
+        OutputCheck("simple", atol=1e-3, stat="elemwise")
+    with pytest.raises(ConfigError):
+        OutputCheck("cosine", threshold=1.5)
+    assert OutputCheck("cosine").limit == 0.997 and OutputCheck("snr").limit == 20.0  # Polygraphy's defaults
+    assert OutputCheck("simple").tolerances == (1e-5, 1e-5)
+    assert OutputCheck("simple", atol=1e-3).tolerances == (1e-3, 0.0)  # an absolute-only check
+    assert OutputCheck.from_json(OutputCheck("simple", rtol=0.1, stat="mean").to_json()) == OutputCheck(
+        "simple", rtol=0.1, stat="mean")
+
+
+def test_output_checks_accept_dicts(tiny_bert_onnx, feeds):
+    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds,
+                                output_checks={"": {"kind": "l2", "threshold": 0.0}})
+    assert report and report["same"].checks[0].check == OutputCheck("l2", threshold=0.0)
+
+
+def test_statistics_and_error_histogram_are_recorded_without_checks(tiny_bert_onnx, noisy_bert, feeds):
+    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx, "noisy": noisy_bert}, feeds)
+    elements = sum(f["input_ids"].size for f in feeds) * 32  # hidden size 32
+    same = report["same"].error_histograms["last_hidden_state"]
+    noisy = report["noisy"].error_histograms["last_hidden_state"]
+    assert len(same) == len(ERROR_HISTOGRAM_EDGES) + 1
+    assert sum(same) == sum(noisy) == elements
+    assert same[0] == elements  # identical: every difference is below the first edge (exact zeros)
+    assert noisy[0] < elements and sum(noisy[1:]) > 0
+    assert report["same"].checks == () and set(report["noisy"].outputs["last_hidden_state"]) >= {
+        "max_rel", "mean_rel", "median_abs", "median_rel"}
+    json.dumps(report.to_dict(), allow_nan=False)  # strict JSON
+
+
+def test_to_dict_is_strict_json_with_infinite_snr(tiny_bert_onnx, feeds):
+    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds,
+                                output_checks={"": OutputCheck("snr")})
+    assert report["same"].outputs["last_hidden_state"]["snr_min"] == float("inf")
+    encoded = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert encoded["candidates"][0]["outputs"]["last_hidden_state"]["snr_min"] is None
+    assert encoded["task"] == "embedding" and encoded["candidates"][0]["checks"][0]["passed"] is True
+
+
+# --- task metrics ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    """A tiny BERT sequence classifier (3 labels) exported to ONNX, its noisy copy, and feeds."""
+    from tests.tiny_models import build_tiny_model
+    from workbench.stages.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("classifier")
+    source = load_model(build_tiny_model("bert", folder / "hf", classifier=True))
+    path = export_onnx(source, folder / "classifier.onnx").path
+    feeds = tokenize_batches(source.load_tokenizer(), TEXTS, batch_size=2, sequence_length=24)
+    return path, _noisy_copy(path, folder / "noisy.onnx", scale=0.5), feeds
+
+
+def test_classification_task_is_detected_and_measured(classifier):
+    path, noisy, feeds = classifier
+    report = compare_candidates(path, {"same": path, "noisy": noisy}, feeds)
+    assert report.task == "classification" and report  # no classification budget set: nothing to miss
+    same, other = report["same"].task_metrics, report["noisy"].task_metrics
+    assert same["argmax_agreement"] == 1.0 and same["logit_max_abs"] == 0.0 and same["argmax_disagreements"] == 0
+    assert other["argmax_agreement"] < 1.0 or other["logit_max_abs"] > 0.0
+    assert report["same"].embedding_cosine_mean is None and report["same"].per_sentence_cosine == ()
+    assert "argmax agreement" in report._repr_html_()
+
+
+def test_classification_budget_fails_a_noisy_classifier(classifier):
+    path, noisy, feeds = classifier
+    budget = AccuracyBudget(argmax_agreement_min=1.0, logit_max_abs=1e-6)
+    report = compare_candidates(path, {"same": path, "noisy": noisy}, feeds, budget=budget, task="classification")
+    assert report["same"] and not report["noisy"] and not report
+    assert any(line.startswith(("argmax agreement", "logit max abs")) for line in report["noisy"].failures)
+
+
+def test_classification_budget_on_a_model_without_logits_fails_loudly(tiny_bert_onnx, feeds):
+    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds,
+                                budget=AccuracyBudget(argmax_agreement_min=0.9))
+    assert not report and "not measured" in report["same"].failures[0]
+    with pytest.raises(DataError, match="logits"):
+        compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds, task="classification")
+
+
+def test_task_function_metrics_are_recorded(tiny_bert_onnx, noisy_bert, feeds):
+    calls = []
+
+    def hidden_error(reference_outputs, candidate_outputs, joined_feeds):
+        calls.append((reference_outputs["last_hidden_state"].shape, joined_feeds["input_ids"].shape))
+        difference = reference_outputs["last_hidden_state"] - candidate_outputs["last_hidden_state"]
+        return {"max_abs": np.abs(difference).max(), "rows": len(joined_feeds["input_ids"])}
+
+    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx, "noisy": noisy_bert}, feeds,
+                                task=hidden_error)
+    assert report.task == "custom:hidden_error"
+    assert report["same"].task_metrics == {"max_abs": 0.0, "rows": float(len(TEXTS))}
+    assert report["noisy"].task_metrics["max_abs"] > 0.0
+    assert calls == [((len(TEXTS), 24, 32), (len(TEXTS), 24))] * 2  # once per candidate, every batch joined
+    assert report["noisy"].embedding_cosine_mean is None
+
+
+def test_task_function_results_are_validated(tiny_bert_onnx, feeds, tiny_model_dir):
+    with pytest.raises(ConfigError, match="not a dict"):
+        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, task=lambda r, c, f: 1.0)
+    with pytest.raises(ConfigError, match="not a number"):
+        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, task=lambda r, c, f: {"m": "high"})
+    ragged = tokenize_batches(load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=2,
+                              sequence_length=24, padding="longest")
+    with pytest.raises(DataError, match="padding"):
+        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, ragged, task=lambda r, c, f: {})
+
+
+def test_task_none_records_raw_outputs_only(tiny_bert_onnx, noisy_bert, feeds):
+    report = compare_candidates(tiny_bert_onnx, {"noisy": noisy_bert}, feeds, task=None)
+    assert report and report.task is None  # no task metric: the embedding budget does not apply
+    assert report["noisy"].task_metrics == {} and report["noisy"].embedding_cosine_mean is None
+    assert report["noisy"].outputs["last_hidden_state"]["cosine_min"] < 1.0
+
+
+def test_task_is_validated(tiny_bert_onnx, feeds):
+    with pytest.raises(ConfigError):
+        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, task="regression")
+    with pytest.raises(ConfigError, match="embedding_output"):
+        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, task="embedding", embedding_output=None)
+    with pytest.raises(DataError, match="no_such_output"):
+        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, embedding_output="no_such_output")
+
+
+def test_embedding_output_none_still_gives_raw_outputs(tiny_bert_onnx, feeds):
+    report = compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, embedding_output=None)
+    assert report.task is None and report["x"].embedding_cosine_mean is None and report["x"].outputs
+
+
+def test_classification_budget_fields_round_trip_and_validate():
+    budget = AccuracyBudget(argmax_agreement_min=0.98, logit_max_abs=0.5)
+    assert AccuracyBudget.from_json(budget.to_json()) == budget
+    with pytest.raises(ConfigError):
+        AccuracyBudget(argmax_agreement_min=1.5)
+    with pytest.raises(ConfigError):
+        AccuracyBudget(logit_max_abs=-1.0)
+
+
+# --- charts ---------------------------------------------------------------------------------------------------
+
+def test_metric_figure_has_a_box_per_candidate_and_the_budget_lines(tiny_bert_onnx, noisy_bert, feeds):
+    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx, "noisy": noisy_bert}, feeds)
+    figure = report.metric_figure()
+    assert [t.type for t in figure.data] == ["box", "box"] and [t.name for t in figure.data] == ["same", "noisy"]
+    assert figure.data[0].boxpoints == "all" and len(figure.data[1].y) == len(TEXTS)
+    assert sorted(s.y0 for s in figure.layout.shapes) == sorted(
+        [report.budget.embedding_cosine_min, report.budget.embedding_cosine_mean])
+    assert [t.type for t in report.metric_figure("violin").data] == ["violin", "violin"]
+    with pytest.raises(ConfigError):
+        report.metric_figure("pie")
+
+
+def test_error_histogram_figure_has_a_trace_per_candidate(tiny_bert_onnx, noisy_bert, feeds):
+    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx, "noisy": noisy_bert}, feeds)
+    figure = report.error_histogram_figure()
+    assert [t.name for t in figure.data] == ["same", "noisy"] and figure.layout.xaxis.type == "log"
+    same = np.asarray(figure.data[0].y[:-1])  # the last point repeats the last step
+    assert same[0] == pytest.approx(1.0) and np.asarray(figure.data[1].y[:-1]).sum() == pytest.approx(1.0)
+    assert len(report.error_histogram_figure("last_hidden_state").data) == 2
+    with pytest.raises(DataError, match="no_such_output"):
+        report.error_histogram_figure("no_such_output")
+
+
+def test_metric_figure_needs_the_embedding_task(classifier):
+    path, _, feeds = classifier
+    report = compare_candidates(path, {"same": path}, feeds)
+    with pytest.raises(DataError, match="embedding"):
+        report.metric_figure()
+    assert [t.name for t in report.error_histogram_figure("logits").data] == ["same"]
