@@ -35,3 +35,20 @@ def tiny_bert_onnx(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(params=sorted(TINY_CONFIGS))
 def tiny_kind(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+FUSED_TINY_TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;"]
+
+
+@pytest.fixture(scope="session")
+def fused_tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory: pytest.TempPathFactory):
+    """(The tiny BERT fused as the pipeline fuses it, calibration-style feeds: batch 1, 16 tokens)."""
+    from workbench.data import tokenize_batches
+    from workbench.models import load_model
+    from workbench.stages.surgery import FusionConfig, fuse_transformer
+
+    source = load_model(tiny_model_dir("bert"))
+    path = fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",
+                            FusionConfig.for_source(source)).path
+    feeds = tokenize_batches(source.load_tokenizer(), FUSED_TINY_TEXTS, batch_size=1, sequence_length=16)
+    return path, feeds

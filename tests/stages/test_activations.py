@@ -25,7 +25,7 @@ TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my passwo
 
 
 @pytest.fixture(scope="module")
-def fused_tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
+def fused_tiny_longer(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
     from workbench.stages.surgery import FusionConfig, fuse_transformer
 
     source = load_model(tiny_model_dir("bert"))
@@ -36,8 +36,8 @@ def fused_tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_stats(fused_tiny) -> ActivationStats:
-    path, feeds = fused_tiny
+def tiny_stats(fused_tiny_longer) -> ActivationStats:
+    path, feeds = fused_tiny_longer
     return activation_statistics(path, feeds, bins=32)  # several feed dicts: merging is exercised
 
 
@@ -59,8 +59,8 @@ def _mul_model(path, x_shape, factor: float):
     return path
 
 
-def test_stats_cover_matmul_and_attention_outputs(fused_tiny, tiny_stats):
-    path, _ = fused_tiny
+def test_stats_cover_matmul_and_attention_outputs(fused_tiny_longer, tiny_stats):
+    path, _ = fused_tiny_longer
     ops = {r.op_type for r in tiny_stats.rows}
     assert {"MatMul", "Attention"} <= ops
     model = onnx.load(str(path))
@@ -84,8 +84,8 @@ def test_statistics_are_consistent(tiny_stats):
         assert row.edges[0] <= row.min and row.edges[-1] >= row.max
 
 
-def test_counts_are_the_elements_seen(fused_tiny, tiny_stats):
-    _, feeds = fused_tiny
+def test_counts_are_the_elements_seen(fused_tiny_longer, tiny_stats):
+    _, feeds = fused_tiny_longer
     hidden = tiny_stats["last_hidden_state"]
     tokens = sum(f["input_ids"].size for f in feeds)
     assert hidden.count == tokens * 32  # hidden size 32
@@ -171,14 +171,14 @@ def test_report_html_and_dict(tiny_stats):
     assert all(t["outlier_ratio"] is None or t["outlier_ratio"] >= 1 for t in data["tensors"])
 
 
-def test_max_tensors_keeps_the_first_in_graph_order(fused_tiny, tiny_stats):
-    path, feeds = fused_tiny
+def test_max_tensors_keeps_the_first_in_graph_order(fused_tiny_longer, tiny_stats):
+    path, feeds = fused_tiny_longer
     few = activation_statistics(path, feeds[:1], max_tensors=3)
     assert few.names == tiny_stats.names[:3]
 
 
-def test_input_model_is_unchanged(fused_tiny, tmp_path):
-    path, feeds = fused_tiny
+def test_input_model_is_unchanged(fused_tiny_longer, tmp_path):
+    path, feeds = fused_tiny_longer
     before = _digest(path)
     activation_statistics(path, feeds[:2])
     assert _digest(path) == before
@@ -186,8 +186,8 @@ def test_input_model_is_unchanged(fused_tiny, tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["empty", "names", "dtypes"])
-def test_bad_feeds_are_a_data_error(fused_tiny, bad):
-    path, feeds = fused_tiny
+def test_bad_feeds_are_a_data_error(fused_tiny_longer, bad):
+    path, feeds = fused_tiny_longer
     data = {"empty": [], "names": [{"ids": f["input_ids"]} for f in feeds],
             "dtypes": [{k: v.astype("int32") for k, v in f.items()} for f in feeds]}[bad]
     with pytest.raises(DataError):
@@ -195,8 +195,8 @@ def test_bad_feeds_are_a_data_error(fused_tiny, bad):
 
 
 @pytest.mark.parametrize("option", [{"bins": 0}, {"max_tensors": 0}, {"bins": -1}])
-def test_bad_options_are_a_config_error(fused_tiny, option):
-    path, feeds = fused_tiny
+def test_bad_options_are_a_config_error(fused_tiny_longer, option):
+    path, feeds = fused_tiny_longer
     with pytest.raises(ConfigError):
         activation_statistics(path, feeds, **option)
 

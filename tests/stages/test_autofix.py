@@ -14,7 +14,6 @@ from workbench.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.accuracy import AccuracyBudget, compare_candidates  # noqa: E402
 from workbench.stages.autofix import AutofixConfig, autofix, trial_budget  # noqa: E402
 from workbench.stages.diagnose import diagnose, quantized_nodes  # noqa: E402
-from tests.stages.test_precision import fused_tiny  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import DataError, QuantizationError  # noqa: E402
-from workbench.models import load_model  # noqa: E402
 from workbench.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.accuracy import AccuracyBudget, CandidateAccuracy, compare_candidates  # noqa: E402
 from workbench.stages.autofix import AutofixConfig, autofix  # noqa: E402
@@ -28,17 +26,6 @@ from workbench.stages.precision import QuantizeResult  # noqa: E402
 TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;"]
 # The tiny BERT loses ~2e-5 of embedding cosine to dynamic INT8: this budget needs pins, the relaxed one none.
 STRICT = AccuracyBudget(embedding_cosine_mean=0.99999, embedding_cosine_min=0.99999)
-
-
-@pytest.fixture(scope="module")
-def fused_tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
-    from workbench.stages.surgery import FusionConfig, fuse_transformer
-
-    source = load_model(tiny_model_dir("bert"))
-    path = fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",
-                            FusionConfig.for_source(source)).path
-    feeds = tokenize_batches(source.load_tokenizer(), TEXTS, batch_size=1, sequence_length=16)
-    return path, feeds
 
 
 @pytest.fixture(scope="module")

@@ -46,25 +46,10 @@ def test_unknown_excluded_node_is_an_error_and_writes_nothing(tiny_bert_onnx, tm
 
 import numpy as np  # noqa: E402
 
-from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import DataError  # noqa: E402
-from workbench.models import load_model  # noqa: E402
 from workbench.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.calibrate import CalibrationConfig  # noqa: E402
 from workbench.stages.precision import Fp16Config, StaticQuantConfig, convert_fp16, quantize_static  # noqa: E402
-
-TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;"]
-
-
-@pytest.fixture(scope="module")
-def fused_tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
-    from workbench.stages.surgery import FusionConfig, fuse_transformer
-
-    source = load_model(tiny_model_dir("bert"))
-    path = fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",
-                            FusionConfig.for_source(source)).path
-    feeds = tokenize_batches(source.load_tokenizer(), TEXTS, batch_size=1, sequence_length=16)
-    return path, feeds
 
 
 def _quantized_nodes(path) -> set[str]:

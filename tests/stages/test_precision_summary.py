@@ -12,8 +12,6 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("polygraphy")
 
-from workbench.data import tokenize_batches  # noqa: E402
-from workbench.models import load_model  # noqa: E402
 from workbench.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.accuracy import AccuracyBudget, compare_candidates  # noqa: E402
 from workbench.stages.precision_summary import (  # noqa: E402
@@ -21,19 +19,6 @@ from workbench.stages.precision_summary import (  # noqa: E402
     precision_summary,
     write_precision_summary,
 )
-
-TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;"]
-
-
-@pytest.fixture(scope="module")
-def fused_tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
-    from workbench.stages.surgery import FusionConfig, fuse_transformer
-
-    source = load_model(tiny_model_dir("bert"))
-    path = fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",
-                            FusionConfig.for_source(source)).path
-    feeds = tokenize_batches(source.load_tokenizer(), TEXTS, batch_size=1, sequence_length=16)
-    return path, feeds
 
 
 def test_summary_of_real_candidates(fused_tiny, tmp_path):

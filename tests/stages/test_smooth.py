@@ -11,7 +11,6 @@ from workbench.errors import ConfigError, DataError  # noqa: E402
 from workbench.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.smooth import SmoothingConfig, smooth_activations  # noqa: E402
 from workbench.stages.surgery import max_output_difference  # noqa: E402
-from tests.stages.test_precision import fused_tiny  # noqa: E402,F401  (the fused tiny BERT fixture)
 
 
 def test_smoothing_preserves_outputs_and_names(fused_tiny, tmp_path):

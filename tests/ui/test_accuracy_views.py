@@ -13,9 +13,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 go = pytest.importorskip("plotly.graph_objects")
 
-from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import AccuracyError, ConfigError, QuantizationError  # noqa: E402
-from workbench.models import load_model  # noqa: E402
 from workbench.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.accuracy import AccuracyBudget, ComparisonReport  # noqa: E402
 from workbench.stages.autofix import AutofixConfig, AutofixResult  # noqa: E402
@@ -23,19 +21,7 @@ from workbench.stages.diagnose import Diagnosis  # noqa: E402
 from workbench.stages.fixes import PlanEvaluation  # noqa: E402
 from workbench.ui import AccuracyView, DiagnosisView, FixView  # noqa: E402
 
-TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;"]
 PRESET = "cpu_int8_dynamic"
-
-
-@pytest.fixture(scope="module")
-def fused_tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
-    from workbench.stages.surgery import FusionConfig, fuse_transformer
-
-    source = load_model(tiny_model_dir("bert"))
-    path = fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",
-                            FusionConfig.for_source(source)).path
-    feeds = tokenize_batches(source.load_tokenizer(), TEXTS, batch_size=1, sequence_length=16)
-    return path, feeds
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import html
 
 import pytest
@@ -11,26 +10,11 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 go = pytest.importorskip("plotly.graph_objects")
 
-from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import DataError, QuantizationError  # noqa: E402
-from workbench.models import load_model  # noqa: E402
 from workbench.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.activations import ActivationStats  # noqa: E402
 from workbench.stages.precision import QuantizeResult  # noqa: E402
 from workbench.ui import PrecisionView  # noqa: E402
-
-TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;"]
-
-
-@pytest.fixture(scope="module")
-def fused_tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
-    from workbench.stages.surgery import FusionConfig, fuse_transformer
-
-    source = load_model(tiny_model_dir("bert"))
-    path = fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",
-                            FusionConfig.for_source(source)).path
-    feeds = tokenize_batches(source.load_tokenizer(), TEXTS, batch_size=1, sequence_length=16)
-    return path, feeds
 
 
 @pytest.fixture
