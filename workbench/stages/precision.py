@@ -6,11 +6,13 @@ place those names come from.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -81,6 +83,35 @@ class QuantizeResult:
                 f"{self.seconds:.1f} s.{notes}")
 
 
+@contextlib.contextmanager
+def _published(output_path: Path, converter: str, model_path: Any) -> Iterator[Path]:
+    """A staged model path in a private folder beside `output_path`; published there only if the block succeeds.
+
+    onnxruntime's own exceptions become QuantizationError; the workbench's errors (bad data, a pinned node that
+    is not there) pass through. The staging folder is removed either way.
+    """
+    from workbench.errors import WorkbenchError
+    from workbench.onnx_io import save_onnx
+
+    onnx = require("onnx", purpose="Quantization")
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".quantize.", suffix=".partial", dir=output_path.parent))
+    try:
+        staged = staging / "model.onnx"
+        try:
+            yield staged
+        except WorkbenchError:
+            raise
+        except Exception as exc:
+            raise QuantizationError(
+                f"onnxruntime's {converter} failed on {model_path}: {type(exc).__name__}: {exc}",
+                fix="check that the model runs in onnxruntime; restrict op_types to ('MatMul',) on unusual graphs",
+            ) from exc
+        save_onnx(onnx.load(str(staged)), output_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _check_node_names(model: Any, names: tuple[str, ...], what: str) -> None:
     known = {node.name for node in model.graph.node}
     missing = [n for n in names if n not in known]
@@ -115,39 +146,27 @@ def quantize_dynamic(
     """
     onnx = require("onnx", purpose="INT8 quantization")
     quantization = require("onnxruntime.quantization", purpose="INT8 quantization")
-    from workbench.onnx_io import load_onnx, model_size_mb, save_onnx
+    from workbench.onnx_io import load_onnx, model_size_mb
 
     started = time.perf_counter()
     model = load_onnx(model_path)
     _check_node_names(model, keep_fp32, "keep_fp32")
     weight_type = quantization.QuantType.QInt8 if config.weight_type == "int8" else quantization.QuantType.QUInt8
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".quantize.", suffix=".partial", dir=output_path.parent))
-    try:
-        staged = staging / "model.onnx"
-        try:
-            quantization.quantize_dynamic(
-                str(model_path),
-                str(staged),
-                op_types_to_quantize=list(config.op_types) or None,
-                per_channel=config.per_channel,
-                reduce_range=config.reduce_range,
-                weight_type=weight_type,
-                nodes_to_exclude=list(keep_fp32),
-                # Fused ops (Attention, SkipLayerNormalization...) have no type inference in onnx; without this
-                # quantization fails on fused graphs.
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        except Exception as exc:
-            raise QuantizationError(
-                f"onnxruntime's quantize_dynamic failed on {model_path}: {type(exc).__name__}: {exc}",
-                fix="check that the model loads in onnxruntime; on unusual graphs restrict op_types to ('MatMul',)",
-            ) from exc
-        quantized = onnx.load(str(staged))
-        save_onnx(quantized, output_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _published(output_path, "quantize_dynamic", model_path) as staged:
+        quantization.quantize_dynamic(
+            str(model_path),
+            str(staged),
+            op_types_to_quantize=list(config.op_types) or None,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            weight_type=weight_type,
+            nodes_to_exclude=list(keep_fp32),
+            # Fused ops (Attention, SkipLayerNormalization...) have no type inference in onnx; without this
+            # quantization fails on fused graphs.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    quantized = onnx.load(str(output_path), load_external_data=False)
     counts = Counter(node.op_type for node in quantized.graph.node)
     return QuantizeResult(
         path=output_path,
@@ -283,49 +302,37 @@ def quantize_static(
     """
     onnx = require("onnx", purpose="INT8 quantization")
     quantization = require("onnxruntime.quantization", purpose="INT8 quantization")
-    from workbench.onnx_io import load_onnx, model_size_mb, save_onnx
+    from workbench.onnx_io import load_onnx, model_size_mb
     from workbench.stages.calibrate import calibrate, validate_feeds
 
     started = time.perf_counter()
     validate_feeds(list(calibration_feeds or []), model_path)
     _check_node_names(load_onnx(model_path), keep_fp32, "keep_fp32")
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".quantize.", suffix=".partial", dir=output_path.parent))
-    try:
+    with _published(output_path, "quantize_static", model_path) as staged:
         prepared = Path(model_path)
         if config.preprocess:
-            prepared = preprocess_for_quantization(model_path, staging / "preprocessed.onnx")
+            prepared = preprocess_for_quantization(model_path, staged.parent / "preprocessed.onnx")
         calibration = calibrate(prepared, list(calibration_feeds), config.calibration, cache_dir=cache_dir,
                                 progress=progress)
-        staged = staging / "model.onnx"
-        try:
-            quantization.quantize_static(
-                str(prepared),
-                str(staged),
-                calibration_data_reader=None,  # the ranges come from the calibration cache
-                quant_format=getattr(quantization.QuantFormat, config.quant_format),
-                op_types_to_quantize=list(config.op_types) or None,
-                per_channel=config.per_channel,
-                reduce_range=config.reduce_range,
-                activation_type=_quant_type(quantization, config.activation_type),
-                weight_type=_quant_type(quantization, config.weight_type),
-                nodes_to_exclude=list(keep_fp32),
-                calibrate_method=getattr(quantization.CalibrationMethod, config.calibration.method),
-                calibration_cache_path=str(calibration.cache_path),
-                extra_options={"ActivationSymmetric": config.activation_symmetric,
-                               "WeightSymmetric": config.weight_symmetric,
-                               "DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        except Exception as exc:
-            raise QuantizationError(
-                f"onnxruntime's quantize_static failed on {model_path}: {type(exc).__name__}: {exc}",
-                fix="check that the model runs in onnxruntime; restrict op_types to ('MatMul',) on unusual graphs",
-            ) from exc
-        quantized = onnx.load(str(staged))
-        save_onnx(quantized, output_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        quantization.quantize_static(
+            str(prepared),
+            str(staged),
+            calibration_data_reader=None,  # the ranges come from the calibration cache
+            quant_format=getattr(quantization.QuantFormat, config.quant_format),
+            op_types_to_quantize=list(config.op_types) or None,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            activation_type=_quant_type(quantization, config.activation_type),
+            weight_type=_quant_type(quantization, config.weight_type),
+            nodes_to_exclude=list(keep_fp32),
+            calibrate_method=getattr(quantization.CalibrationMethod, config.calibration.method),
+            calibration_cache_path=str(calibration.cache_path),
+            extra_options={"ActivationSymmetric": config.activation_symmetric,
+                           "WeightSymmetric": config.weight_symmetric,
+                           "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    quantized = onnx.load(str(output_path), load_external_data=False)
     counts = Counter(node.op_type for node in quantized.graph.node)
     notes = []
     if config.quant_format == "QDQ" and counts["QuantizeLinear"] <= 2 * max(1, counts["MatMul"] // 10):
