@@ -18,6 +18,12 @@ _EXPORTS: dict[str, str] = {
     "InspectView": "workbench.ui.surgery",
     "SurgeryView": "workbench.ui.surgery",
     "PrecisionView": "workbench.ui.precision",
+    "BenchmarkView": "workbench.ui.deploy",
+    "ChoiceView": "workbench.ui.deploy",
+    "ExportView": "workbench.ui.deploy",
+    "AccuracyView": "workbench.ui.accuracy",
+    "DiagnosisView": "workbench.ui.accuracy",
+    "FixView": "workbench.ui.accuracy",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -37,6 +43,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from workbench.ui.accuracy import AccuracyView, DiagnosisView, FixView
     from workbench.ui.base import StageView
     from workbench.ui.controls import config_from_controls, controls_for, field_labels
+    from workbench.ui.deploy import BenchmarkView, ChoiceView, ExportView
     from workbench.ui.surgery import InspectView, SurgeryView
