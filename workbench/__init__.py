@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "QuantizationError": "workbench.errors",
     "AccuracyError": "workbench.errors",
     "TritonExportError": "workbench.errors",
+    "TritonServerError": "workbench.errors",
     "MissingDependency": "workbench.errors",
     "DependencyConflict": "workbench.errors",
     "DeviceUnavailable": "workbench.errors",
@@ -49,7 +50,9 @@ _EXPORTS: dict[str, str] = {
     "choose_candidate": "workbench.stages.benchmark",
     "TritonConfig": "workbench.stages.triton",
     "export_triton": "workbench.stages.triton",
+    "export_triton_ensemble": "workbench.stages.triton",
     "parse_model_config": "workbench.stages.triton",
+    "TritonServer": "workbench.triton_server",
     # runners
     "OnnxRuntimeRunner": "workbench.backends.onnxrt",
     "PyTorchRunner": "workbench.backends.pytorch",
@@ -90,6 +93,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ModelSourceError,
         QuantizationError,
         TritonExportError,
+        TritonServerError,
         WorkbenchError,
     )
     from workbench.models import HFModelSource, ModuleSource, OnnxSource, bundled_model_path, load_model
@@ -99,5 +103,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.stages.export import ExportConfig, export_onnx
     from workbench.stages.precision import DynamicQuantConfig, quantize_dynamic
     from workbench.stages.surgery import FusionConfig, fuse_transformer
-    from workbench.stages.triton import TritonConfig, export_triton, parse_model_config
+    from workbench.stages.triton import TritonConfig, export_triton, export_triton_ensemble, parse_model_config
     from workbench.summary import format_summary
+    from workbench.triton_server import TritonServer

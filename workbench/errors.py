@@ -52,6 +52,10 @@ class TritonExportError(WorkbenchError):
     """A Triton model repository could not be written, or its config is invalid."""
 
 
+class TritonServerError(TritonExportError):
+    """A Triton server did not start, or refused to load a model; the message carries the server's own text."""
+
+
 class MissingDependency(WorkbenchError, ImportError):
     """An optional package is not installed; the message names the extra that provides it."""
 

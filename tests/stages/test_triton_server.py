@@ -8,6 +8,7 @@ batched by Triton's dynamic batcher, and wiring mistakes must fail with the serv
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -194,10 +195,21 @@ def test_server_stops_and_reports_a_missing_repository(tmp_path):
             server.load("nothing_here")
     assert not server.running and server.pid is None
     with pytest.raises(ProcessLookupError):
-        import os
-
-        os.kill(pid, 0)
+        os.killpg(pid, 0)  # the server and its whole process group are gone
     assert "Started HTTPService at 127.0.0.1" in server.log_tail(100_000)
+    server.stop()  # twice is fine
+    with pytest.raises(TritonServerError, match="not running"):
+        server.load("anything")
+
+
+def test_a_server_that_ignores_sigterm_too_long_is_killed_with_its_stubs(tiny_repository, tmp_path):
+    server = TritonServer(tiny_repository.repository, models=[tiny_repository.models["tokenizer"].model_name],
+                          stop_timeout_s=0.01)
+    with server:
+        pid, prefix = server.pid, server._shm_prefix
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    assert not list(Path("/dev/shm").glob(f"{prefix}*"))  # nothing of the killed stubs is left in shared memory
 
 
 # ------------------------------------------------------------------------------------------ MiniLM, INT8
