@@ -236,14 +236,40 @@ class Pipeline:
         return choice
 
     def export_triton(self) -> Any:
-        """Write the chosen model as a Triton model repository under output_dir/triton_repository."""
-        from workbench.stages.triton import TritonConfig, export_triton
+        """Write the chosen model as a Triton model repository under output_dir/triton_repository.
+
+        With a tokenizer (Hugging Face and .onnx sources), the repository serves raw text: a tokenizer model, the
+        chosen ONNX model with dynamic batching, mean pooling + normalisation for embedding models, and an
+        ensemble wiring them; plus a README and provenance.json. A ModuleSource gets the ONNX model alone.
+        """
+        from workbench.stages.triton import TritonConfig, export_triton, export_triton_ensemble
 
         choice = self._require("choose")
         name = self.parameters.triton_model_name or _triton_name(self.source.name)
-        result = export_triton(self.candidates[choice.name], self.output_dir / "triton_repository",
-                               TritonConfig(model_name=name, max_batch_size=max(8, *self.parameters.benchmark_batch_sizes)),
-                               overwrite=self.parameters.overwrite)
+        candidate = self.candidates[choice.name]
+        repository = self.output_dir / "triton_repository"
+        config = TritonConfig(model_name=name, max_batch_size=max(8, *self.parameters.benchmark_batch_sizes),
+                              warmup=True, warmup_sequence_length=self.parameters.sequence_length)
+        tokenizer_dir = None
+        if isinstance(self.source, HFModelSource):
+            tokenizer_dir = self.source.path
+        elif isinstance(self.source, OnnxSource):
+            tokenizer_dir = self.source.tokenizer_path or self.source.path.parent
+        if tokenizer_dir is None:
+            result = export_triton(candidate, repository, config, overwrite=self.parameters.overwrite)
+        else:
+            report, timings = self.results.get("compare"), self.results.get("benchmark")
+            accuracy = report[choice.name].to_dict() if report is not None else None
+            speed = ({"p50_ms": {f"batch {r.batch}, seq {r.seq}": r.p50_ms for r in timings.rows if r.name == choice.name},
+                      "machine": timings.machine} if timings is not None else None)
+            feature_extraction = getattr(self.source, "task", "feature-extraction") == "feature-extraction"
+            result = export_triton_ensemble(
+                candidate, repository, tokenizer_dir, config, sequence_length=self.parameters.sequence_length,
+                pooling="mean" if feature_extraction else None,
+                provenance={"source_model": str(getattr(self.source, "path", self.source.name)),
+                            "chosen": choice.name, "chosen_reason": choice.reason, "accuracy": accuracy,
+                            "speed": speed, "quantization": self.quant_config.to_dict()},
+                overwrite=self.parameters.overwrite)
         self.results["export_triton"] = result
         return result
 

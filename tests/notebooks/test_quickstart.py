@@ -51,10 +51,16 @@ def test_quickstart_runs_under_papermill_and_writes_the_summary(tmp_path):
     assert 0.97 < int8["cosine_mean"] < 0.99999 and 0.9 < int8["cosine_min"] <= int8["cosine_mean"]
     assert summary["pytorch_latency_ms_p50"] > 0
     assert summary["chosen"] in candidates and candidates[summary["chosen"]]["meets_budget"]
-    model_dir = Path(summary["triton_repository"]) / summary["triton_model"]
-    assert (model_dir / "config.pbtxt").is_file() and (model_dir / "1" / "model.onnx").is_file()
+    repository = Path(summary["triton_repository"])
     from workbench.stages.triton import parse_model_config
 
-    config = parse_model_config((model_dir / "config.pbtxt").read_text())
-    assert config.max_batch_size > 0 and config.HasField("dynamic_batching")
-    assert [i.name for i in config.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    configs = {p.parent.name: parse_model_config(p.read_text()) for p in repository.glob("*/config.pbtxt")}
+    assert summary["triton_model"] in configs and configs[summary["triton_model"]].platform == "ensemble"
+    onnx_models = [name for name, config in configs.items() if config.backend == "onnxruntime"]
+    assert len(onnx_models) == 1
+    model = configs[onnx_models[0]]
+    assert model.max_batch_size > 0 and model.HasField("dynamic_batching")
+    assert [i.name for i in model.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert (repository / onnx_models[0] / "1" / "model.onnx").is_file()
+    provenance = json.loads((repository / "provenance.json").read_text())
+    assert provenance["chosen"] == summary["chosen"]

@@ -57,7 +57,8 @@ class OnnxRuntimeRunner(BaseRunner):
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
         self.session = ort.InferenceSession(str(self.path), options, providers=list(self.providers))
         active = self.session.get_providers()
-        missing = [p for p in self.providers if p not in active]
+        # a provider may be given as (name, options): compare by name
+        missing = [p for p in (p if isinstance(p, str) else p[0] for p in self.providers) if p not in active]
         if missing:
             self.session = None
             raise DeviceUnavailable(
