@@ -543,3 +543,14 @@ def test_concurrency_with_onnxruntime_sessions(tiny_bert_onnx):
     assert [r.concurrency for r in result.rows] == [1, 2]
     assert all(r.requests > 0 and r.requests_per_s > 0 for r in result.rows)
     assert result.name == "model"
+
+
+def test_candidates_table_says_which_engines_are_not_available_here():
+    """Without TensorRT (this machine) the table and its HTML say so, with the reason and the extra to install."""
+    import importlib.util
+
+    table = candidates_table(REPORT, TIMINGS, 1, 128)
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: nothing is unavailable")
+    assert "TensorRT" in table.unavailable and "[gpu]" in table.unavailable["TensorRT"]
+    assert "TensorRT: not available" in table._repr_html_()

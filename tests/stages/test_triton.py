@@ -709,3 +709,27 @@ def test_ensemble_follows_int32_model_inputs(tiny_model_dir, tmp_path):
     assert [(i.name, pb2.DataType.Name(i.data_type)) for i in pooling.input] == [
         ("token_vectors", "TYPE_FP32"), ("attention_mask", "TYPE_INT32")]
     assert [list(o.dims) for o in pooling.output] == [[1]]
+
+
+def test_tensorrt_engine_export_writes_a_tensorrt_plan_model(tmp_path):
+    """A .plan cannot be loaded here (no TensorRT, no GPU): its config and files are what can be checked."""
+    from workbench.stages.triton import export_triton_engine
+
+    onnx_path = _token_model(tmp_path / "m.onnx")
+    engine = tmp_path / "m.plan"
+    engine.write_bytes(b"not a real engine, but the bytes must be copied as they are")
+    result = export_triton_engine(engine, onnx_path, tmp_path / "repo", TritonConfig.preset("gpu", model_name="trt"))
+    config = parse_model_config((tmp_path / "repo" / "trt" / "config.pbtxt").read_text())
+    assert (config.platform, config.backend, config.default_model_filename) == ("tensorrt_plan", "tensorrt",
+                                                                                "model.plan")
+    assert [i.name for i in config.input] == ["input_ids", "flags"] and config.max_batch_size > 0
+    assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
+    assert (tmp_path / "repo" / "trt" / "1" / "model.plan").read_bytes() == engine.read_bytes()
+    assert result.model_name == "trt"
+    before = sorted(p.name for p in (tmp_path / "repo" / "trt").rglob("*"))
+    with pytest.raises(TritonExportError, match="already exists"):
+        export_triton_engine(engine, onnx_path, tmp_path / "repo", TritonConfig.preset("gpu", model_name="trt"))
+    assert sorted(p.name for p in (tmp_path / "repo" / "trt").rglob("*")) == before
+    with pytest.raises(TritonExportError, match="does not exist or is empty"):
+        export_triton_engine(tmp_path / "missing.plan", onnx_path, tmp_path / "repo2")
+    assert not (tmp_path / "repo2").exists()

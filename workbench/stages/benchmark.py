@@ -738,6 +738,8 @@ class CandidatesTable(list):
     batch: int = 1
     seq: int = 0
     latency_ceiling_ms: float | None = None
+    #: Engines that could not be candidates on this machine, with the reason (e.g. TensorRT without a GPU).
+    unavailable: dict[str, str] = {}
 
     def _repr_html_(self) -> str:
         def number(value: Any, digits: int) -> str:
@@ -755,10 +757,12 @@ class CandidatesTable(list):
             for r in self)
         ceiling = (f"; latency ceiling {self.latency_ceiling_ms:g} ms p90" if self.latency_ceiling_ms is not None
                    else "")
+        missing = "".join(f"<br><i>{html.escape(engine)}: not available ({html.escape(reason)})</i>"
+                          for engine, reason in self.unavailable.items())
         return (f"<b>Candidates</b> at batch {self.batch}, seq {self.seq}{ceiling}<table><tr><th>candidate</th>"
                 "<th>p50 ms</th><th>p90 ms</th><th>samples/s</th><th>vs pytorch</th><th>cos mean</th>"
                 "<th>cos min</th><th>meets budget</th><th>under ceiling</th><th>Pareto</th></tr>"
-                f"{body}</table>")
+                f"{body}</table>{missing}")
 
 
 def _cosines(candidate: Any) -> tuple[float | None, float | None]:
@@ -842,7 +846,16 @@ def candidates_table(
         })
     for row_dict, flag in zip(table, _pareto_flags([(r["p50_ms"], r["cosine_mean"]) for r in table])):
         row_dict["pareto"] = flag
+    table.unavailable = unavailable_engines()
     return table
+
+
+def unavailable_engines() -> dict[str, str]:
+    """Engines the workbench supports that cannot run on this machine, each with the reason."""
+    from workbench.stages.tensorrt import tensorrt_status
+
+    available, reason = tensorrt_status()
+    return {} if available else {"TensorRT": reason.removeprefix("TensorRT: not available — ")}
 
 
 def pareto_figure(

@@ -674,6 +674,62 @@ def export_triton(
     return _write_model_folder(repository, config.model_name, text, populate, overwrite=overwrite)
 
 
+TENSORRT_PLATFORM = "tensorrt_plan"
+TENSORRT_BACKEND = "tensorrt"
+TENSORRT_FILENAME = "model.plan"
+
+
+def export_triton_engine(
+    engine_path: str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str],
+    repository: str | os.PathLike[str],
+    config: TritonConfig = TritonConfig.preset("gpu"),
+    *,
+    overwrite: bool = False,
+) -> TritonExportResult:
+    """Write a TensorRT engine into a Triton model repository as a `tensorrt_plan` model.
+
+    An engine file cannot be read without TensorRT, so the config's inputs and outputs come from the ONNX model
+    the engine was built from (same names, types and dims; the build keeps them). Writes
+    `<repository>/<model_name>/config.pbtxt` and `<version>/model.plan`, atomically, after a strict parse.
+    An engine runs only on the GPU model and TensorRT version it was built with: the config's instance kind
+    should be KIND_GPU (the default preset here).
+
+    Raises:
+        TritonExportError: The engine file is missing or empty, the folder exists without overwrite, or the
+            ONNX graph cannot be described (see export_triton).
+        ConfigError: The config asks for onnxruntime's TensorRT accelerator, which does not apply to an engine.
+    """
+    if not isinstance(config, TritonConfig):
+        raise ConfigError(f"export_triton_engine() takes a TritonConfig, not {type(config).__name__}.")
+    if config.ort_gpu_tensorrt_fp16:
+        raise ConfigError(
+            "ort_gpu_tensorrt_fp16 configures onnxruntime's TensorRT accelerator; a TensorRT engine is already built.",
+            fix="set ort_gpu_tensorrt_fp16=False for export_triton_engine",
+        )
+    engine = Path(engine_path)
+    if not engine.is_file() or engine.stat().st_size == 0:
+        raise TritonExportError(
+            f"TensorRT engine {engine} does not exist or is empty.",
+            fix="build it first with workbench.stages.tensorrt.build_engine(..., engine_path=...)",
+        )
+    path, model = _load_checked(onnx_path)
+    repository = Path(repository)
+    cfg = _config_from_model(model, config, path)
+    cfg.platform, cfg.backend, cfg.default_model_filename = TENSORRT_PLATFORM, TENSORRT_BACKEND, TENSORRT_FILENAME
+    text = render_model_config(cfg)
+    if parse_model_config(text) != cfg:
+        raise TritonExportError("The rendered Triton config does not parse back to the config it was rendered from.",
+                                fix="report this as a workbench bug, with the model and the TritonConfig")
+
+    def populate(folder: Path) -> None:
+        version = folder / str(config.version)
+        version.mkdir()
+        shutil.copyfile(engine, version / TENSORRT_FILENAME)
+
+    return _write_model_folder(repository, config.model_name, text, populate, overwrite=overwrite)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Text in, embeddings out: tokenizer + model + pooling as one Triton ensemble
 
