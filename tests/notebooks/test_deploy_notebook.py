@@ -57,10 +57,12 @@ def test_deploy_notebook_runs_under_papermill_and_writes_the_summary(tmp_path):
     # the Triton repository: a model folder whose config parses strictly with Triton's schema
     repository = Path(summary["triton_repository"])
     assert repository.is_dir() and repository.parent == output_dir
-    model_dir = repository / summary["triton_model"]
-    config = parse_model_config((model_dir / "config.pbtxt").read_text())
-    assert config.name == summary["triton_model"] and config.max_batch_size >= 2
-    assert config.HasField("dynamic_batching") and (model_dir / "1" / "model.onnx").is_file()
+    configs = {p.parent.name: parse_model_config(p.read_text()) for p in repository.glob("*/config.pbtxt")}
+    ensemble = configs[summary["triton_model"]]  # text in, embeddings out
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size >= 2
+    (model_name,) = [name for name, config in configs.items() if config.backend == "onnxruntime"]
+    model = configs[model_name]
+    assert model.HasField("dynamic_batching") and (repository / model_name / "1" / "model.onnx").is_file()
     # what the notebook showed: charts, the candidates table, the three views, and no errors
     notebook = nbformat.read(executed, as_version=4)
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
