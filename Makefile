@@ -11,7 +11,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lab clean doctor
+.PHONY: setup demo test test-fast lab clean doctor browser-deps
 
 setup: $(STAMP)
 
@@ -36,8 +36,19 @@ demo: setup
 		-p output_dir ../runs/quickstart --log-level WARNING
 	$(BIN)/python -m workbench summary runs/quickstart/summary.json
 
-test: setup
+test: setup browser-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# What tests/browser needs: Debian's chromium (never `playwright install`: it cannot download a browser here) and the
+# playwright + voila packages (in the dev extra). Never fails: without them the browser test skips and says why.
+browser-deps: setup
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "browser-deps: apt-get could not install chromium; the browser test will skip"; \
+	else echo "browser-deps: /usr/bin/chromium is missing and apt-get is unavailable (or not root); the browser test will skip"; fi
+	@$(BIN)/python -c "import playwright, voila" 2>/dev/null || $(BIN)/python -m pip install --quiet playwright voila \
+		|| echo "browser-deps: pip could not install playwright and voila; the browser test will skip"
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

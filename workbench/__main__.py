@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench summary PATH`, `python -m workbench doctor`."""
+"""Command line: `python -m workbench run RECIPE`, `python -m workbench summary PATH`, `python -m workbench doctor`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = commands.add_parser("summary", help="print the table of a run's summary.json")
     summary.add_argument("path", type=Path, help="summary.json, or the run folder that holds it")
     commands.add_parser("doctor", help="check the installation: versions, ONNX Runtime conflicts, GPU, TensorRT")
+    run = commands.add_parser("run", help="replay a recipe headless (one progress step per pipeline step) and "
+                                          "print the summary table")
+    run.add_argument("recipe", type=Path, help="recipe.json (Workbench.save_recipe), or the run folder that holds it")
+    run.add_argument("--output-dir", type=Path, default=None,
+                     help="where the replay writes (default: the recipe's own output_dir)")
+    run.add_argument("--no-check-inputs", action="store_true",
+                     help="replay even when the model or sentence files differ from the recorded sha256")
+    run.add_argument("--check", action="store_true",
+                     help="exit with an error when a model file differs from the one the recording wrote")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     from workbench.errors import WorkbenchError
@@ -32,6 +42,16 @@ def main(argv: list[str] | None = None) -> int:
                     f"{path} is not a workbench summary ({type(exc).__name__}: {exc}).",
                     fix="point at the summary.json a quickstart run wrote",
                 ) from exc
+        elif args.command == "run":
+            from workbench.recipe import finish, replay
+            from workbench.summary import format_summary
+
+            pipeline = replay(args.recipe, output_dir=args.output_dir, progress=not args.quiet,
+                              check_inputs=not args.no_check_inputs, check=args.check, save=False)
+            summary = finish(pipeline)
+            print(format_summary(summary))
+            print(pipeline.output_check)
+            print(f"summary: {pipeline.output_dir / 'summary.json'}")
         elif args.command == "doctor":
             from workbench.doctor import report
 

@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "AccuracyView": "workbench.ui.accuracy",
     "DiagnosisView": "workbench.ui.accuracy",
     "FixView": "workbench.ui.accuracy",
+    "Workbench": "workbench.ui.workbench",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -48,3 +49,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.ui.controls import config_from_controls, controls_for, field_labels
     from workbench.ui.deploy import BenchmarkView, ChoiceView, ExportView
     from workbench.ui.surgery import InspectView, SurgeryView
+    from workbench.ui.workbench import Workbench
