@@ -60,6 +60,8 @@ _EXPORTS: dict[str, str] = {
     "Pipeline": "workbench.pipeline",
     "PipelineParameters": "workbench.pipeline",
     "format_summary": "workbench.summary",
+    "Recipe": "workbench.recipe",
+    "run_recipe": "workbench.recipe",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -104,5 +106,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.stages.precision import DynamicQuantConfig, quantize_dynamic
     from workbench.stages.surgery import FusionConfig, fuse_transformer
     from workbench.stages.triton import TritonConfig, export_triton, export_triton_ensemble, parse_model_config
+    from workbench.recipe import Recipe, run_recipe
     from workbench.summary import format_summary
     from workbench.triton_server import TritonServer
