@@ -64,7 +64,8 @@ def test_a_replay_twice_writes_identical_model_files(recorded, tmp_path):
     assert model_hashes(tmp_path / "b") == original
     for name, summary in zip(("a", "b"), summaries, strict=True):
         assert json.loads((tmp_path / name / "summary.json").read_text()) == json.loads(json.dumps(summary))
-        assert [c["name"] for c in summary["candidates"]] == ["fp32", "fp32_fused", "int8_dynamic_per_channel"]
+        assert [c["name"] for c in summary["candidates"]] == ["fp32", "fp32_fused", "int8_dynamic_per_channel",
+                                                             "int8_dynamic_smoothquant"]
         assert summary["parameters"]["output_dir"] == str(tmp_path / name)
         # a replay records itself: same steps, same model files
         replayed = Recipe.load(tmp_path / name)
@@ -74,8 +75,8 @@ def test_a_replay_twice_writes_identical_model_files(recorded, tmp_path):
 
 def test_the_recipe_holds_steps_configs_versions_and_input_hashes(recorded, tiny_model_dir):
     pipeline, recipe, output_dir = recorded
-    assert recipe.step_names == ("export", "fuse", "quantize", "compare", "benchmark", "choose", "export_triton",
-                                 "write_summary")
+    assert recipe.step_names == ("export", "fuse", "quantize", "quantize_smoothquant", "compare", "benchmark",
+                                 "choose", "export_triton", "write_summary")
     assert recipe.parameters.model_path == str(tiny_model_dir("bert").resolve())
     assert recipe.parameters.output_dir == str(output_dir)
     assert recipe.last("export").config == {"export_config": ExportConfig()}

@@ -38,11 +38,13 @@ RECIPE_VERSION = 1
 RECIPE_FILE = "recipe.json"
 
 # The Pipeline's step methods, in their usual order.
-STEPS = ("export", "fuse", "quantize", "compare", "benchmark", "choose", "export_triton", "write_summary")
+STEPS = ("export", "fuse", "quantize", "quantize_smoothquant", "compare", "benchmark", "choose", "export_triton",
+         "write_summary")
 # Step -> the Pipeline attributes (configs) it reads; the recipe records them and replay sets them back.
 STEP_CONFIGS: dict[str, tuple[str, ...]] = {
     "export": ("export_config",),
     "quantize": ("quant_config",),
+    "quantize_smoothquant": ("quant_config",),
     "compare": ("budget",),
     "write_summary": ("budget",),
 }
@@ -374,6 +376,9 @@ class RecordingPipeline(Pipeline):
 
     def quantize(self) -> Any:
         return self._record("quantize", super().quantize)
+
+    def quantize_smoothquant(self) -> Any:
+        return self._record("quantize_smoothquant", super().quantize_smoothquant)
 
     def compare(self) -> Any:
         return self._record("compare", super().compare)

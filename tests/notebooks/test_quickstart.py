@@ -39,7 +39,7 @@ def test_quickstart_runs_under_papermill_and_writes_the_summary(tmp_path):
     summary = json.loads((output_dir / "summary.json").read_text())
     assert STABLE_KEYS <= set(summary)
     candidates = {c["name"]: c for c in summary["candidates"]}
-    assert set(candidates) == {"fp32", "fp32_fused", "int8_dynamic_per_channel"}
+    assert set(candidates) == {"fp32", "fp32_fused", "int8_dynamic_per_channel", "int8_dynamic_smoothquant"}
     for candidate in candidates.values():
         assert Path(candidate["path"]).is_file()
         assert candidate["latency_ms_p50"] > 0
@@ -49,6 +49,8 @@ def test_quickstart_runs_under_papermill_and_writes_the_summary(tmp_path):
     assert candidates["fp32_fused"]["cosine_min"] > 0.9999
     int8 = candidates["int8_dynamic_per_channel"]
     assert 0.97 < int8["cosine_mean"] < 0.99999 and 0.9 < int8["cosine_min"] <= int8["cosine_mean"]
+    smoothed = candidates["int8_dynamic_smoothquant"]  # SmoothQuant must not make INT8 worse
+    assert smoothed["cosine_mean"] >= int8["cosine_mean"] - 1e-3 and smoothed["cosine_min"] > 0.9
     assert summary["pytorch_latency_ms_p50"] > 0
     assert summary["chosen"] in candidates and candidates[summary["chosen"]]["meets_budget"]
     repository = Path(summary["triton_repository"])
