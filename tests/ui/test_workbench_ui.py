@@ -203,6 +203,16 @@ def test_the_notebook_has_a_parameters_cell_then_one_cell_and_no_outputs():
     assert len(code) == 2 and "parameters" in code[0].metadata.get("tags", [])
     for name in ("model_path = None", "output_dir = ", "recipe = None"):
         assert name in code[0].source
-    assert "Workbench.from_parameters(" in code[1].source and "Workbench.from_recipe(" in code[1].source
+    assert "Workbench.from_notebook(" in code[1].source and "recipe=recipe" in code[1].source
     assert all(not cell.outputs and cell.execution_count is None for cell in code)
     assert notebook.metadata["kernelspec"]["name"] == "python3"
+
+
+def test_from_notebook_uses_the_recipe_when_given_and_the_parameters_otherwise(wb, tmp_path):
+    path = wb.save_recipe(tmp_path / "recipe.json")
+    from_recipe = Workbench.from_notebook(recipe=path, output_dir=str(tmp_path / "replay"), model_path="ignored")
+    assert from_recipe.recipe.parameters.model_path == wb.recipe.parameters.model_path
+    assert from_recipe.pipeline.parameters.output_dir == str(tmp_path / "replay")
+    fresh = Workbench.from_notebook(recipe=None, model_path=wb.recipe.parameters.model_path,
+                                    output_dir=str(tmp_path / "fresh"), max_eval_samples=4)
+    assert fresh.pipeline.parameters.max_eval_samples == 4

@@ -421,6 +421,16 @@ class Workbench:
         return cls(PipelineParameters.from_dict(parameters))
 
     @classmethod
+    def from_notebook(cls, *, recipe: Any = None, output_dir: str | None = None, **parameters: Any) -> Workbench:
+        """The notebook's one call. With `recipe`, start from it (only `output_dir` overrides it: the other
+        notebook parameters are ignored, so a replay uses the recorded settings); else from `parameters`."""
+        if recipe:
+            overrides = {"output_dir": output_dir} if output_dir is not None else {}
+            return cls.from_recipe(recipe, **overrides)
+        return cls.from_parameters(output_dir=output_dir, **parameters) if output_dir is not None else \
+            cls.from_parameters(**parameters)
+
+    @classmethod
     def from_recipe(cls, recipe: Any, *, load: bool = True, **overrides: Any) -> Workbench:
         """A Workbench whose controls hold a recipe's parameters and step configs (the last call of each step).
 
