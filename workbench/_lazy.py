@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sys
 from types import ModuleType
+from typing import Any
 
 from workbench.errors import DependencyConflict, MissingDependency
 
@@ -78,3 +80,26 @@ def require(module: str, *, purpose: str, extra: str | None = None) -> ModuleTyp
             f"{purpose} needs the Python package '{top}', which is not installed.",
             fix=fix,
         ) from exc
+
+
+def lazy_exports(package: str, exports: dict[str, str], public: list[str]) -> tuple[Any, Any]:
+    """Module-level `__getattr__` and `__dir__` (PEP 562) for a package that re-exports names lazily.
+
+    Args:
+        package: The package's `__name__`.
+        exports: Public name -> the module that defines it; imported on first access, then cached.
+        public: What `dir(package)` lists (its `__all__`).
+    """
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)  # cache: later lookups skip __getattr__
+        return value
+
+    def __dir__() -> list[str]:
+        return public
+
+    return __getattr__, __dir__

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from workbench.config import StageConfig, check_positive
 from workbench.errors import ConfigError, WorkbenchError
-from workbench.models import HFModelSource, ModelSource, ModuleSource, OnnxSource, load_model
+from workbench.models import HFModelSource, ModelSource, OnnxSource, load_model
 from workbench.stages.accuracy import AccuracyBudget
 from workbench.stages.benchmark import BenchmarkConfig
 from workbench.stages.export import ExportConfig
@@ -131,6 +131,15 @@ class Pipeline:
         with OnnxRuntimeRunner(self._require("reference")) as runner:
             return tuple(runner.input_specs())
 
+    @property
+    def candidate_models(self) -> dict[str, Path]:
+        """Candidate name -> ONNX model, the reference left out (it is what candidates are compared with)."""
+        return {name: path for name, path in self.candidates.items() if name != "reference"}
+
+    def pytorch_module(self) -> Any:
+        """The source's torch module (the latency baseline), or None for an .onnx source."""
+        return None if isinstance(self.source, OnnxSource) else self.source.load_module()
+
     def evaluation_feeds(self) -> list[dict[str, Any]]:
         """Evaluation sentences tokenized as a batching server feeds them: padded to the sequence length."""
         from workbench.data import tokenize_batches
@@ -221,8 +230,7 @@ class Pipeline:
         """Compare every candidate with the FP32 reference on the held-out sentences (Polygraphy)."""
         from workbench.stages.accuracy import compare_candidates
 
-        candidates = {k: v for k, v in self.candidates.items() if k != "reference"}
-        report = compare_candidates(self._require("reference"), candidates, self.evaluation_feeds(),
+        report = compare_candidates(self._require("reference"), self.candidate_models, self.evaluation_feeds(),
                                     budget=self.budget, threads=self.parameters.threads)
         self.results["compare"] = report
         return report
@@ -237,13 +245,14 @@ class Pipeline:
                                  sequence_lengths=(self.parameters.sequence_length,),
                                  iterations=self.parameters.benchmark_iterations, threads=self.parameters.threads)
         runners: list[Any] = []
-        if isinstance(self.source, (HFModelSource, ModuleSource)):
+        module = self.pytorch_module()
+        if module is not None:
             output_names = self.results["export"].output_names if self.results.get("export") else ("last_hidden_state",)
-            runners.append(PyTorchRunner(self.source.load_module(), output_names=output_names, name="pytorch",
+            runners.append(PyTorchRunner(module, output_names=output_names, name="pytorch",
                                          threads=config.effective_threads))
         runners += [
             OnnxRuntimeRunner(path, name=name, intra_op_threads=config.effective_threads, allow_spinning=False)
-            for name, path in self.candidates.items() if name != "reference"
+            for name, path in self.candidate_models.items()
         ]
         result = benchmark(runners, self._feeds_for, config)
         self.results["benchmark"] = result

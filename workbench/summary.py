@@ -30,9 +30,7 @@ def build_summary(pipeline: Any) -> dict[str, Any]:
     triton = pipeline.results.get("export_triton")
     seq = parameters.sequence_length
     candidates = []
-    for name, path in pipeline.candidates.items():
-        if name == "reference":
-            continue
+    for name, path in pipeline.candidate_models.items():
         accuracy = report[name] if report is not None else None
         candidates.append({
             "name": name,

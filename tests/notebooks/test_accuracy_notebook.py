@@ -10,6 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tests.notebooks.checks import committed_code_cells
+
 papermill = pytest.importorskip("papermill")
 ort = pytest.importorskip("onnxruntime")
 
@@ -19,26 +21,7 @@ PARAMETERS = ("model_path", "data_dir", "output_dir", "sequence_length", "max_ca
 
 
 def test_notebook_is_committed_without_outputs_and_has_a_parameters_cell():
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(notebook)
-    code_cells = [c for c in notebook.cells if c.cell_type == "code"]
-    assert "parameters" in code_cells[0].metadata.get("tags", [])
-    for name in PARAMETERS:
-        assert f"{name} =" in code_cells[0].source
-    assert all(not c.outputs and c.execution_count is None for c in code_cells)
-    assert notebook.metadata.kernelspec.name == "python3"
-    assert sum("parameters" in c.metadata.get("tags", []) for c in code_cells) == 1
-
-
-def test_notebook_cells_only_call_the_library():
-    """No function, class, loop or branch in the notebook: logic lives in the library."""
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    logic = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While, ast.If, ast.Try, ast.With,
-             ast.Lambda, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            found = [type(n).__name__ for n in ast.walk(ast.parse(cell.source)) if isinstance(n, logic)]
-            assert not found, (found, cell.source)
+    committed_code_cells(NOTEBOOK, PARAMETERS)
 
 
 def test_summary_is_written_by_one_library_call():

@@ -8,6 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tests.notebooks.checks import committed_code_cells
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "deploy.ipynb"
 PARAMETERS = {"model_path": "None", "data_dir": "None", "output_dir": '"../runs/deploy"', "sequence_length": "128",
               "max_eval_samples": "32", "benchmark_batch_sizes": "[1, 8]", "benchmark_iterations": "20",
@@ -15,13 +17,9 @@ PARAMETERS = {"model_path": "None", "data_dir": "None", "output_dir": '"../runs/
 
 
 def test_notebook_is_committed_without_outputs_and_has_a_parameters_cell():
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(notebook)
-    code_cells = [c for c in notebook.cells if c.cell_type == "code"]
-    assert "parameters" in code_cells[0].metadata.get("tags", [])
+    code_cells = committed_code_cells(NOTEBOOK, tuple(PARAMETERS))
     assigned = dict(line.split("#")[0].split("=", 1) for line in code_cells[0].source.splitlines() if "=" in line)
     assert {name.strip(): value.strip() for name, value in assigned.items()} == PARAMETERS
-    assert all(not c.outputs and c.execution_count is None for c in code_cells)
     source = "\n".join(c.source for c in code_cells)
     for call in ("pipeline.export()", "pipeline.fuse()", "pipeline.quantize()", "pipeline.compare()",
                  "pipeline.benchmark()", "candidates_table(", "pareto_figure(", "pipeline.choose()",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import pytest
+
+from tests.notebooks.checks import committed_code_cells
 
 papermill = pytest.importorskip("papermill")
 pytest.importorskip("onnxruntime")
@@ -16,13 +17,8 @@ STABLE_KEYS = {"model", "reference", "candidates", "pytorch_latency_ms_p50", "ch
 
 
 def test_notebook_is_committed_without_outputs_and_has_a_parameters_cell():
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    code_cells = [c for c in notebook.cells if c.cell_type == "code"]
-    assert "parameters" in code_cells[0].metadata.get("tags", [])
-    for name in ("model_path", "data_dir", "output_dir", "sequence_length", "max_calibration_samples",
-                 "max_eval_samples"):
-        assert f"{name} =" in code_cells[0].source
-    assert all(not c.outputs and c.execution_count is None for c in code_cells)
+    committed_code_cells(NOTEBOOK, ("model_path", "data_dir", "output_dir", "sequence_length",
+                                    "max_calibration_samples", "max_eval_samples"))
 
 
 @pytest.mark.slow
