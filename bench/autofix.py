@@ -19,15 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from workbench.backends.onnxrt import OnnxRuntimeRunner
-from workbench.backends.pytorch import PyTorchRunner
+from workbench.engines.onnxruntime import OnnxRuntimeRunner
+from workbench.engines.pytorch import PyTorchRunner
 from workbench.data import tokenize_batches
 from workbench.pipeline import Pipeline, PipelineParameters
-from workbench.plan import PrecisionPlan
-from workbench.stages.accuracy import AccuracyBudget
-from workbench.stages.autofix import AutofixConfig, autofix
-from workbench.stages.benchmark import BenchmarkConfig, benchmark
-from workbench.stages.diagnose import diagnose, quantized_nodes
+from workbench.stages.precision.plan import PrecisionPlan
+from workbench.stages.accuracy.compare import AccuracyBudget
+from workbench.stages.accuracy.autofix import AutofixConfig, autofix
+from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
+from workbench.stages.accuracy.diagnose import diagnose, quantized_nodes
 
 STARTS = {"static_qdq_int8": "cpu_int8_static", "dynamic_int8_per_channel": "cpu_int8_dynamic"}
 

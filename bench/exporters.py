@@ -14,13 +14,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from workbench.backends.onnxrt import OnnxRuntimeRunner
+from workbench.engines.onnxruntime import OnnxRuntimeRunner
 from workbench.data import load_sentence_splits, tokenize_batches
 from workbench.models import load_model
-from workbench.stages.benchmark import BenchmarkConfig, benchmark
+from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
 from workbench.stages.export import ExportConfig, export_onnx
-from workbench.stages.precision import quantize_dynamic
-from workbench.stages.surgery import FusionConfig, fuse_transformer
+from workbench.stages.precision.quantize import quantize_dynamic
+from workbench.stages.fusion import FusionConfig, fuse_transformer
 
 
 def main() -> int:

@@ -14,12 +14,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from workbench.backends.onnxrt import OnnxRuntimeRunner
+from workbench.engines.onnxruntime import OnnxRuntimeRunner
 from workbench.data import load_sentence_splits, tokenize_batches
 from workbench.models import load_model
-from workbench.stages.benchmark import BenchmarkConfig, benchmark
+from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
 from workbench.stages.export import export_onnx
-from workbench.stages.surgery import FusionConfig, fuse_transformer, max_output_difference
+from workbench.stages.fusion import FusionConfig, fuse_transformer
+from workbench.engines.onnxruntime import max_output_difference
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Latency of PyTorch FP32, ONNX Runtime FP32 (plain and fused) and the INT8 candidates on MiniLM, in ONE run.
 
-Candidates (all INT8 ones are built from the fused FP32 graph with workbench.plan.PrecisionPlan presets):
+Candidates (all INT8 ones are built from the fused FP32 graph with workbench.stages.precision.plan.PrecisionPlan presets):
 
     pytorch_fp32                   PyTorch eager, FP32
     ort_fp32                       ONNX Runtime, the TorchScript export
@@ -10,7 +10,7 @@ Candidates (all INT8 ones are built from the fused FP32 graph with workbench.pla
     ort_int8_static_qdq_minmax     preset cpu_int8_static: QDQ, uint8 activations, MinMax ranges calibrated on
                                    data/calibration.txt, one sentence per feed (batch 1) padded to 128 tokens
 
-All candidates are measured in one process, in one run, interleaved run by run (workbench.stages.benchmark), with
+All candidates are measured in one process, in one run, interleaved run by run (workbench.stages.benchmark.latency), with
 onnxruntime's thread spinning off and intra-op threads set explicitly for torch and every session (see
 "Measuring speed here" in shared/measured-facts.md). Compare ratios within one run only. The machine's load
 average is printed before and after: other work on the machine slows every candidate, not only one.
@@ -118,12 +118,13 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, folder: Path, started: float) -> tuple[Any, Any, int, int]:
-    from workbench.backends.onnxrt import OnnxRuntimeRunner
-    from workbench.backends.pytorch import PyTorchRunner
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
+    from workbench.engines.pytorch import PyTorchRunner
     from workbench.data import CALIBRATION_FILE, default_data_dir, read_sentences, tokenize_batches
     from workbench.pipeline import Pipeline, PipelineParameters
-    from workbench.plan import PrecisionPlan
-    from workbench.stages.benchmark import BenchmarkConfig, benchmark, benchmark_concurrency
+    from workbench.stages.precision.plan import PrecisionPlan
+    from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
+    from workbench.stages.benchmark.concurrency import benchmark_concurrency
 
     pipeline = Pipeline(PipelineParameters(model_path=args.model_path, output_dir=str(folder), max_eval_samples=16))
     pipeline.export()

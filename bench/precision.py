@@ -5,7 +5,7 @@ QDQ INT8 calibrated with MinMax, Entropy and Percentile, static QOperator INT8 (
 preset, with its overflow scan on a few calibration feeds). The fused FP32 model is a row too.
 
 - Latency: p50 at each batch size, sequence 128, every candidate in this one process, interleaved run by run
-  (workbench.stages.benchmark.benchmark), onnxruntime thread spinning off and intra-op threads set explicitly
+  (workbench.stages.benchmark.latency.benchmark), onnxruntime thread spinning off and intra-op threads set explicitly
   (see "Measuring speed here" in shared/measured-facts.md). Compare ratios within one run only.
 - Accuracy: mean and min cosine of mean-pooled sentence embeddings vs the FP32 *unfused* export, on the
   evaluation sentences padded to 128 tokens in batches of 8 (as a batching server feeds them).
@@ -42,7 +42,7 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 import onnxruntime, onnxruntime.quantization.calibrate
-from workbench.stages.calibrate import CalibrationConfig, calibrate
+from workbench.stages.precision.calibrate import CalibrationConfig, calibrate
 
 def peak_mb():
     # VmHWM: the peak RSS of this process's own address space. ru_maxrss would not do here: Linux keeps it
@@ -132,15 +132,15 @@ def main() -> int:
 def run(args: argparse.Namespace, folder: Path, threads: int, started: float) -> tuple[list, dict, dict, str]:
     import numpy as np
 
-    from workbench.backends.onnxrt import OnnxRuntimeRunner
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
     from workbench.data import tokenize_batches
-    from workbench.onnx_io import model_size_mb
+    from workbench.onnx.io import model_size_mb
     from workbench.pipeline import Pipeline, PipelineParameters
-    from workbench.plan import PrecisionPlan
-    from workbench.stages.accuracy import compare_candidates
-    from workbench.stages.benchmark import BenchmarkConfig, benchmark
-    from workbench.stages.calibrate import CalibrationConfig
-    from workbench.stages.precision import StaticQuantConfig, preprocess_for_quantization
+    from workbench.stages.precision.plan import PrecisionPlan
+    from workbench.stages.accuracy.compare import compare_candidates
+    from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
+    from workbench.stages.precision.calibrate import CalibrationConfig
+    from workbench.stages.precision.quantize import StaticQuantConfig, preprocess_for_quantization
 
     cache_dir = Path(args.cache_dir).resolve() if args.cache_dir else folder / "calibration-cache"
     pipeline = Pipeline(PipelineParameters(
@@ -266,7 +266,7 @@ def table(rows: list[dict[str, Any]], timings: Any, threads: int, args: argparse
     machine = timings.machine
     lines = [
         f"# {machine['processor']}, {machine['cpu_count']} cores; onnxruntime runners with allow_spinning=False "
-        f"and intra_op_threads={threads}, interleaved run by run by workbench.stages.benchmark.benchmark "
+        f"and intra_op_threads={threads}, interleaved run by run by workbench.stages.benchmark.latency.benchmark "
         f"({args.warmup} warm-up + {args.iterations} timed runs per candidate and batch)",
         f"# cosine: mean-pooled sentence embeddings vs the FP32 unfused export, {eval_sentences} evaluation "
         f"sentences padded to {args.seq}, batch 8; candidates built from the fused FP32 model",

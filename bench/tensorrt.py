@@ -12,7 +12,7 @@ Candidates, each skipped with a note when this machine cannot run it:
 
 Accuracy: mean and min cosine of mean-pooled sentence embeddings vs PyTorch FP32 on the CPU, on the evaluation
 sentences padded to --seq tokens in batches of 8. Latency: p50 per batch size, every candidate in this process,
-interleaved run by run (workbench.stages.benchmark.benchmark), numpy in and numpy out (host-device copies
+interleaved run by run (workbench.stages.benchmark.latency.benchmark), numpy in and numpy out (host-device copies
 included for every GPU candidate alike). Compare ratios within one run only.
 
     python bench/tensorrt.py               # a table
@@ -31,7 +31,7 @@ from typing import Any
 # Run as a script, this file's folder is sys.path[0], and this file would be what `import tensorrt` finds.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from workbench.backends.base import BaseRunner
+from workbench.engines.base import BaseRunner
 
 EXIT_MISSING = 2
 EVAL_BATCH = 8
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default=None, help="keep the models and engines here (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    from workbench.backends.tensorrt import tensorrt_status
+    from workbench.engines.tensorrt import tensorrt_status
 
     available, reason = tensorrt_status()
     if not available:
@@ -94,15 +94,15 @@ def _first_line(exc: BaseException) -> str:
 def _run(args: argparse.Namespace, folder: Path, status: str) -> int:
     import numpy as np
 
-    from workbench.backends.onnxrt import OnnxRuntimeRunner
-    from workbench.backends.pytorch import PyTorchRunner
-    from workbench.backends.tensorrt import TensorRTRunner, ort_gpu_providers
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
+    from workbench.engines.pytorch import PyTorchRunner
+    from workbench.engines.tensorrt import TensorRTRunner, ort_gpu_providers
     from workbench.data import tokenize_batches
     from workbench.errors import WorkbenchError
     from workbench.pipeline import Pipeline, PipelineParameters
-    from workbench.plan import PrecisionPlan
-    from workbench.stages.accuracy import mean_pooled_embeddings
-    from workbench.stages.benchmark import BenchmarkConfig, benchmark
+    from workbench.stages.precision.plan import PrecisionPlan
+    from workbench.stages.accuracy.compare import mean_pooled_embeddings
+    from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
     from workbench.stages.tensorrt import (
         TensorRTConfig,
         build_engine,

@@ -45,7 +45,7 @@ def fused_tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory: pytest.TempPath
     """(The tiny BERT fused as the pipeline fuses it, calibration-style feeds: batch 1, 16 tokens)."""
     from workbench.data import tokenize_batches
     from workbench.models import load_model
-    from workbench.stages.surgery import FusionConfig, fuse_transformer
+    from workbench.stages.fusion import FusionConfig, fuse_transformer
 
     source = load_model(tiny_model_dir("bert"))
     path = fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.backends.tensorrt import tensorrt_status
+from workbench.engines.tensorrt import tensorrt_status
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "tensorrt.py"
 

@@ -10,10 +10,10 @@ import pytest
 from workbench.config import StageConfig
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.pipeline import PipelineParameters
-from workbench.stages.accuracy import AccuracyBudget
-from workbench.stages.benchmark import BenchmarkConfig
+from workbench.stages.accuracy.compare import AccuracyBudget
+from workbench.stages.benchmark.latency import BenchmarkConfig
 from workbench.stages.export import ExportConfig
-from workbench.stages.precision import DynamicQuantConfig
+from workbench.stages.precision.quantize import DynamicQuantConfig
 
 CONFIGS = [ExportConfig, BenchmarkConfig, AccuracyBudget, PipelineParameters, DynamicQuantConfig]
 

@@ -54,7 +54,7 @@ def test_all_light_config_names_together_stay_light():
 @pytest.mark.parametrize(
     "module",
     ["workbench.errors", "workbench._lazy", "workbench._files", "workbench.config", "workbench.models",
-     "workbench.data", "workbench.onnx_io", "workbench.summary", "workbench.doctor", "workbench.__main__"],
+     "workbench.data", "workbench.onnx.io", "workbench.summary", "workbench.doctor", "workbench.__main__"],
 )
 def test_core_modules_import_light(module):
     assert _heavy_modules_after(f"import {module}") == []

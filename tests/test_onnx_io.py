@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import workbench.onnx_io as onnx_io
+import workbench.onnx.io as onnx_io
 from workbench.errors import ModelSourceError
-from workbench.onnx_io import load_onnx, model_size_mb, save_onnx
+from workbench.onnx.io import load_onnx, model_size_mb, save_onnx
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402

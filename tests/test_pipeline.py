@@ -12,7 +12,7 @@ pytest.importorskip("tritonclient")
 
 from workbench.errors import ConfigError, WorkbenchError  # noqa: E402
 from workbench.pipeline import Pipeline, PipelineParameters  # noqa: E402
-from workbench.stages.accuracy import AccuracyBudget  # noqa: E402
+from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
 
 SMALL = {"sequence_length": 16, "max_eval_samples": 8, "max_calibration_samples": 8, "eval_batch_size": 4,
          "benchmark_batch_sizes": (1,), "benchmark_iterations": 2}

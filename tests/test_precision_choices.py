@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from workbench.errors import ConfigError
-from workbench.plan import PrecisionPlan
-from workbench.precision_choices import parse_node_names, plan_from_choices, preset_choices
+from workbench.stages.precision.plan import PrecisionPlan
+from workbench.stages.precision.choices import parse_node_names, plan_from_choices, preset_choices
 
 
 def test_no_choices_is_the_preset():

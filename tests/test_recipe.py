@@ -27,9 +27,9 @@ from workbench.recipe import (  # noqa: E402
     replay,
     run_recipe,
 )
-from workbench.stages.accuracy import AccuracyBudget  # noqa: E402
+from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
 from workbench.stages.export import ExportConfig  # noqa: E402
-from workbench.stages.precision import DynamicQuantConfig  # noqa: E402
+from workbench.stages.precision.quantize import DynamicQuantConfig  # noqa: E402
 
 SMALL = {"sequence_length": 16, "max_eval_samples": 8, "max_calibration_samples": 8, "eval_batch_size": 4,
          "benchmark_batch_sizes": (1,), "benchmark_iterations": 2}

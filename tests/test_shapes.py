@@ -8,8 +8,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
-from workbench._shapes import best_effort_shape_inference, symbolic_shape_inference  # noqa: E402
-from workbench.stages.edits import GraphEditError, InferShapes  # noqa: E402
+from workbench.onnx.shapes import best_effort_shape_inference, symbolic_shape_inference  # noqa: E402
+from workbench.stages.surgery.edits import GraphEditError, InferShapes  # noqa: E402
 
 
 def _unknown_op_model():

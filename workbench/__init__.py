@@ -40,23 +40,23 @@ _EXPORTS: dict[str, str] = {
     # stages
     "ExportConfig": "workbench.stages.export",
     "export_onnx": "workbench.stages.export",
-    "FusionConfig": "workbench.stages.surgery",
-    "fuse_transformer": "workbench.stages.surgery",
-    "DynamicQuantConfig": "workbench.stages.precision",
-    "quantize_dynamic": "workbench.stages.precision",
-    "AccuracyBudget": "workbench.stages.accuracy",
-    "compare_candidates": "workbench.stages.accuracy",
-    "BenchmarkConfig": "workbench.stages.benchmark",
-    "benchmark": "workbench.stages.benchmark",
-    "choose_candidate": "workbench.stages.benchmark",
-    "TritonConfig": "workbench.stages.triton",
-    "export_triton": "workbench.stages.triton",
-    "export_triton_ensemble": "workbench.stages.triton",
-    "parse_model_config": "workbench.stages.triton",
-    "TritonServer": "workbench.triton_server",
+    "FusionConfig": "workbench.stages.fusion",
+    "fuse_transformer": "workbench.stages.fusion",
+    "DynamicQuantConfig": "workbench.stages.precision.quantize",
+    "quantize_dynamic": "workbench.stages.precision.quantize",
+    "AccuracyBudget": "workbench.stages.accuracy.compare",
+    "compare_candidates": "workbench.stages.accuracy.compare",
+    "BenchmarkConfig": "workbench.stages.benchmark.latency",
+    "benchmark": "workbench.stages.benchmark.latency",
+    "choose_candidate": "workbench.stages.choose",
+    "TritonConfig": "workbench.triton.config",
+    "export_triton": "workbench.triton.model",
+    "export_triton_ensemble": "workbench.triton.ensemble",
+    "parse_model_config": "workbench.triton.config",
+    "TritonServer": "workbench.triton.server",
     # runners
-    "OnnxRuntimeRunner": "workbench.backends.onnxrt",
-    "PyTorchRunner": "workbench.backends.pytorch",
+    "OnnxRuntimeRunner": "workbench.engines.onnxruntime",
+    "PyTorchRunner": "workbench.engines.pytorch",
     # the chained workflow
     "Pipeline": "workbench.pipeline",
     "PipelineParameters": "workbench.pipeline",
@@ -72,8 +72,8 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from workbench.backends.onnxrt import OnnxRuntimeRunner
-    from workbench.backends.pytorch import PyTorchRunner
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
+    from workbench.engines.pytorch import PyTorchRunner
     from workbench.data import SentenceSplits, load_sentence_splits, read_sentences, tokenize_batches
     from workbench.errors import (
         AccuracyError,
@@ -91,12 +91,15 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from workbench.models import HFModelSource, ModuleSource, OnnxSource, bundled_model_path, load_model
     from workbench.pipeline import Pipeline, PipelineParameters
-    from workbench.stages.accuracy import AccuracyBudget, compare_candidates
-    from workbench.stages.benchmark import BenchmarkConfig, benchmark, choose_candidate
+    from workbench.stages.accuracy.compare import AccuracyBudget, compare_candidates
+    from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
+    from workbench.stages.choose import choose_candidate
     from workbench.stages.export import ExportConfig, export_onnx
-    from workbench.stages.precision import DynamicQuantConfig, quantize_dynamic
-    from workbench.stages.surgery import FusionConfig, fuse_transformer
-    from workbench.stages.triton import TritonConfig, export_triton, export_triton_ensemble, parse_model_config
+    from workbench.stages.precision.quantize import DynamicQuantConfig, quantize_dynamic
+    from workbench.stages.fusion import FusionConfig, fuse_transformer
+    from workbench.triton.config import TritonConfig, parse_model_config
+    from workbench.triton.model import export_triton
+    from workbench.triton.ensemble import export_triton_ensemble
     from workbench.recipe import Recipe, run_recipe
     from workbench.summary import format_summary
-    from workbench.triton_server import TritonServer
+    from workbench.triton.server import TritonServer

@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 from workbench.config import StageConfig, check_positive
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import HFModelSource, ModelSource, OnnxSource, load_model
-from workbench.stages.accuracy import AccuracyBudget
-from workbench.stages.benchmark import BenchmarkConfig
+from workbench.stages.accuracy.compare import AccuracyBudget
+from workbench.stages.benchmark.latency import BenchmarkConfig
 from workbench.stages.export import ExportConfig
-from workbench.stages.precision import DynamicQuantConfig
+from workbench.stages.precision.quantize import DynamicQuantConfig
 
 SUMMARY_FILE = "summary.json"
 SUMMARY_VERSION = 1
@@ -126,7 +126,7 @@ class Pipeline:
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        from workbench.backends.onnxrt import OnnxRuntimeRunner
+        from workbench.engines.onnxruntime import OnnxRuntimeRunner
 
         with OnnxRuntimeRunner(self._require("reference")) as runner:
             return tuple(runner.input_specs())
@@ -183,7 +183,7 @@ class Pipeline:
 
     def fuse(self) -> Any:
         """Fuse transformer subgraphs (Attention, LayerNorm, GELU) with onnxruntime's optimizer."""
-        from workbench.stages.surgery import FusionConfig, fuse_transformer
+        from workbench.stages.fusion import FusionConfig, fuse_transformer
 
         config = FusionConfig.for_source(self.source)
         result = fuse_transformer(self._require("reference"), self.output_dir / "model_fused.onnx", config,
@@ -194,7 +194,7 @@ class Pipeline:
 
     def quantize(self) -> Any:
         """Dynamic INT8 (per-channel weights by default) on the fused graph when there is one."""
-        from workbench.stages.precision import quantize_dynamic
+        from workbench.stages.precision.quantize import quantize_dynamic
 
         base = self.candidates.get("fp32_fused", self._require("reference"))
         name = "int8_dynamic_per_channel" if self.quant_config.per_channel else "int8_dynamic_per_tensor"
@@ -212,8 +212,8 @@ class Pipeline:
         from dataclasses import replace
 
         from workbench.data import tokenize_batches
-        from workbench.plan import PrecisionPlan
-        from workbench.stages.smooth import SmoothingConfig
+        from workbench.stages.precision.plan import PrecisionPlan
+        from workbench.stages.precision.smooth import SmoothingConfig
 
         base = self.candidates.get("fp32_fused", self._require("reference"))
         calibration = tokenize_batches(self.tokenizer, self.sentences.calibration,
@@ -228,7 +228,7 @@ class Pipeline:
 
     def compare(self) -> Any:
         """Compare every candidate with the FP32 reference on the held-out sentences (Polygraphy)."""
-        from workbench.stages.accuracy import compare_candidates
+        from workbench.stages.accuracy.compare import compare_candidates
 
         report = compare_candidates(self._require("reference"), self.candidate_models, self.evaluation_feeds(),
                                     budget=self.budget, threads=self.parameters.threads)
@@ -237,9 +237,9 @@ class Pipeline:
 
     def benchmark(self) -> Any:
         """Time PyTorch and every candidate, interleaved, at batch sizes x the sequence length."""
-        from workbench.backends.onnxrt import OnnxRuntimeRunner
-        from workbench.backends.pytorch import PyTorchRunner
-        from workbench.stages.benchmark import benchmark
+        from workbench.engines.onnxruntime import OnnxRuntimeRunner
+        from workbench.engines.pytorch import PyTorchRunner
+        from workbench.stages.benchmark.latency import benchmark
 
         config = BenchmarkConfig(batch_sizes=self.parameters.benchmark_batch_sizes,
                                  sequence_lengths=(self.parameters.sequence_length,),
@@ -260,7 +260,7 @@ class Pipeline:
 
     def choose(self, batch: int = 1) -> Any:
         """The fastest candidate at `batch` that meets the accuracy budget."""
-        from workbench.stages.benchmark import choose_candidate
+        from workbench.stages.choose import choose_candidate
 
         choice = choose_candidate(self._require("compare"), self._require("benchmark"), batch=batch,
                                   seq=self.parameters.sequence_length)
@@ -274,7 +274,9 @@ class Pipeline:
         chosen ONNX model with dynamic batching, mean pooling + normalisation for embedding models, and an
         ensemble wiring them; plus a README and provenance.json. A ModuleSource gets the ONNX model alone.
         """
-        from workbench.stages.triton import TritonConfig, export_triton, export_triton_ensemble
+        from workbench.triton.config import TritonConfig
+        from workbench.triton.model import export_triton
+        from workbench.triton.ensemble import export_triton_ensemble
 
         choice = self._require("choose")
         name = self.parameters.triton_model_name or _triton_name(self.source.name)

@@ -68,9 +68,9 @@ class RecipeError(WorkbenchError):
 
 
 def _config_types() -> dict[str, type]:
-    from workbench.stages.accuracy import AccuracyBudget
+    from workbench.stages.accuracy.compare import AccuracyBudget
     from workbench.stages.export import ExportConfig
-    from workbench.stages.precision import DynamicQuantConfig
+    from workbench.stages.precision.quantize import DynamicQuantConfig
 
     return {"export_config": ExportConfig, "quant_config": DynamicQuantConfig, "budget": AccuracyBudget}
 

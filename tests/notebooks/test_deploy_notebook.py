@@ -33,7 +33,7 @@ def test_deploy_notebook_runs_under_papermill_and_writes_the_summary(tmp_path):
     papermill = pytest.importorskip("papermill")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tritonclient.grpc.model_config_pb2")
-    from workbench.stages.triton import parse_model_config
+    from workbench.triton.config import parse_model_config
 
     output_dir = tmp_path / "run"
     executed = tmp_path / "executed.ipynb"

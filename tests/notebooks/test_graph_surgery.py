@@ -52,7 +52,7 @@ def test_graph_surgery_runs_under_papermill_and_writes_the_summary(tmp_path):
     assert {i.name: i.type.tensor_type.elem_type for i in model.graph.input} == dict.fromkeys(
         ["input_ids", "attention_mask", "token_type_ids"], onnx.TensorProto.INT32)
     assert sum(n.op_type == "Attention" for n in model.graph.node) == fused["Attention"]
-    from workbench.stages.edits import SurgeryPlan
+    from workbench.stages.surgery.edits import SurgeryPlan
 
     plan = SurgeryPlan.from_json((output_dir / "surgery_plan.json").read_text())
     assert [e.kind for e in plan.edits] == PLAN_KINDS and json.loads(plan.to_json()) == summary["plan"]

@@ -50,7 +50,7 @@ def test_quickstart_runs_under_papermill_and_writes_the_summary(tmp_path):
     assert summary["pytorch_latency_ms_p50"] > 0
     assert summary["chosen"] in candidates and candidates[summary["chosen"]]["meets_budget"]
     repository = Path(summary["triton_repository"])
-    from workbench.stages.triton import parse_model_config
+    from workbench.triton.config import parse_model_config
 
     configs = {p.parent.name: parse_model_config(p.read_text()) for p in repository.glob("*/config.pbtxt")}
     assert summary["triton_model"] in configs and configs[summary["triton_model"]].platform == "ensemble"

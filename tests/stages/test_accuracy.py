@@ -14,14 +14,14 @@ pytest.importorskip("onnxruntime")
 from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import ConfigError, DataError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages.accuracy import (  # noqa: E402
+from workbench.stages.accuracy.compare import (  # noqa: E402
     ERROR_HISTOGRAM_EDGES,
     AccuracyBudget,
     OutputCheck,
     compare_candidates,
     mean_pooled_embeddings,
 )
-from workbench.stages.precision import DynamicQuantConfig, quantize_dynamic  # noqa: E402
+from workbench.stages.precision.quantize import DynamicQuantConfig, quantize_dynamic  # noqa: E402
 
 TEXTS = ["the cat sat on the mat", "quarterly revenue grew 12%", "how do I reset my password?",
          "SELECT * FROM users;", "a much longer sentence that goes on and on about nothing in particular"]

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import ConfigError, DataError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages.activations import ActivationStats, TensorStats, activation_statistics  # noqa: E402
+from workbench.stages.precision.activations import ActivationStats, TensorStats, activation_statistics  # noqa: E402
 
 TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;",
          "a somewhat longer sentence, with punctuation and 42 numbers"]
@@ -26,7 +26,7 @@ TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my passwo
 
 @pytest.fixture(scope="module")
 def fused_tiny_longer(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
-    from workbench.stages.surgery import FusionConfig, fuse_transformer
+    from workbench.stages.fusion import FusionConfig, fuse_transformer
 
     source = load_model(tiny_model_dir("bert"))
     path = fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",

@@ -10,10 +10,10 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from workbench.errors import AccuracyError, DataError  # noqa: E402
-from workbench.plan import PrecisionPlan  # noqa: E402
-from workbench.stages.accuracy import AccuracyBudget, compare_candidates  # noqa: E402
-from workbench.stages.autofix import AutofixConfig, autofix, trial_budget  # noqa: E402
-from workbench.stages.diagnose import diagnose, quantized_nodes  # noqa: E402
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
+from workbench.stages.accuracy.compare import AccuracyBudget, compare_candidates  # noqa: E402
+from workbench.stages.accuracy.autofix import AutofixConfig, autofix, trial_budget  # noqa: E402
+from workbench.stages.accuracy.diagnose import diagnose, quantized_nodes  # noqa: E402
 
 
 @pytest.fixture(scope="module")

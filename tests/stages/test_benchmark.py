@@ -16,21 +16,10 @@ import numpy as np
 import pytest
 
 from workbench.errors import ConfigError, DataError, WorkbenchError
-from workbench.stages.accuracy import AccuracyBudget
-from workbench.stages.benchmark import (
-    BenchmarkConfig,
-    BenchmarkResult,
-    BenchmarkRow,
-    CandidatesTable,
-    Choice,
-    ChoiceConfig,
-    ConcurrencyResult,
-    benchmark,
-    benchmark_concurrency,
-    candidates_table,
-    choose_candidate,
-    pareto_figure,
-)
+from workbench.stages.accuracy.compare import AccuracyBudget
+from workbench.stages.benchmark.latency import BenchmarkConfig, BenchmarkResult, BenchmarkRow, benchmark
+from workbench.stages.choose import CandidatesTable, Choice, ChoiceConfig, candidates_table, choose_candidate, pareto_figure
+from workbench.stages.benchmark.concurrency import ConcurrencyResult, benchmark_concurrency
 
 FEEDS = {"x": np.zeros((1, 4), dtype=np.int64)}
 HAS_PROC = os.path.exists("/proc/self/status")
@@ -516,7 +505,7 @@ def test_pareto_figure_draws_the_front_and_the_limits():
 def test_benchmark_candidates_times_onnx_files_and_pytorch(tiny_model_dir, tiny_bert_onnx):
     pytest.importorskip("onnxruntime")
     from workbench.models import load_model
-    from workbench.stages.benchmark import benchmark_candidates, feeds_from_sentences
+    from workbench.stages.benchmark.latency import benchmark_candidates, feeds_from_sentences
 
     source = load_model(tiny_model_dir("bert"))
     feeds = feeds_from_sentences(source.load_tokenizer(), ["a short sentence", "another one"],
@@ -533,7 +522,7 @@ def test_benchmark_candidates_times_onnx_files_and_pytorch(tiny_model_dir, tiny_
 
 def test_concurrency_with_onnxruntime_sessions(tiny_bert_onnx):
     pytest.importorskip("onnxruntime")
-    from workbench.backends.onnxrt import OnnxRuntimeRunner
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
 
     feeds = {"input_ids": np.ones((1, 16), dtype=np.int64), "attention_mask": np.ones((1, 16), dtype=np.int64),
              "token_type_ids": np.zeros((1, 16), dtype=np.int64)}

@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import DataError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages.calibrate import CalibrationConfig, FeedReader, calibrate  # noqa: E402
+from workbench.stages.precision.calibrate import CalibrationConfig, FeedReader, calibrate  # noqa: E402
 
 TEXTS = ["the cat sat", "revenue grew 12% to $4.5 million in the third quarter", "why?", "SELECT 1;"]
 
@@ -18,7 +18,7 @@ TEXTS = ["the cat sat", "revenue grew 12% to $4.5 million in the third quarter",
 @pytest.fixture(scope="module")
 def fused(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
     """The tiny BERT fused, as the pipeline calibrates it (its attention mask lives inside Attention)."""
-    from workbench.stages.surgery import FusionConfig, fuse_transformer
+    from workbench.stages.fusion import FusionConfig, fuse_transformer
 
     source = load_model(tiny_model_dir("bert"))
     return fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",
@@ -54,7 +54,7 @@ def test_cache_key_changes_with_data_and_method_not_with_chunking(tiny_bert_onnx
 
 def test_minmax_ranges_cover_the_data(tiny_bert_onnx, feeds, tmp_path):
     """The graph output's calibrated range must contain every value the model produced on the data."""
-    from workbench.backends.onnxrt import OnnxRuntimeRunner
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
 
     result = calibrate(tiny_bert_onnx, feeds, CalibrationConfig(), cache_dir=tmp_path, progress=False)
     with OnnxRuntimeRunner(tiny_bert_onnx) as runner:

@@ -13,9 +13,11 @@ pytest.importorskip("onnxruntime")
 from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import ConfigError, WorkbenchError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages import edits as E  # noqa: E402
+from workbench.stages.surgery import edits as E  # noqa: E402
 from workbench.stages.export import ExportConfig, export_onnx  # noqa: E402
-from workbench.stages.surgery import FusionConfig, apply_edit, run_surgery, run_tensors  # noqa: E402
+from workbench.stages.fusion import FusionConfig  # noqa: E402
+from workbench.stages.surgery.run import apply_edit, run_surgery
+from workbench.stages.surgery.edits import run_tensors
 
 TEXTS = ["hello there", "a somewhat longer sentence, with punctuation and 42 numbers", "short"]
 
@@ -226,7 +228,7 @@ def test_model_above_2gb_round_trips_through_an_edit(tmp_path):
     """Two tables of just over 1 GiB each: the model only fits in files with external data."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from workbench.onnx_io import model_size_mb, save_onnx
+    from workbench.onnx.io import model_size_mb, save_onnx
 
     rows = (2**30 + 2**24) // (256 * 4)
     graph = helper.make_graph(

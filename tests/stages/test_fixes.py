@@ -10,18 +10,18 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from workbench.errors import DataError, QuantizationError  # noqa: E402
-from workbench.plan import PrecisionPlan  # noqa: E402
-from workbench.stages.accuracy import AccuracyBudget, CandidateAccuracy, compare_candidates  # noqa: E402
-from workbench.stages.autofix import AutofixConfig, autofix  # noqa: E402
-from workbench.stages.diagnose import quantized_nodes  # noqa: E402
-from workbench.stages.fixes import (  # noqa: E402
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
+from workbench.stages.accuracy.compare import AccuracyBudget, CandidateAccuracy, compare_candidates  # noqa: E402
+from workbench.stages.accuracy.autofix import AutofixConfig, autofix  # noqa: E402
+from workbench.stages.accuracy.diagnose import quantized_nodes  # noqa: E402
+from workbench.stages.accuracy.fixes import (  # noqa: E402
     ACCURACY_SUMMARY_VERSION,
     PlanEvaluation,
     accuracy_summary,
     evaluate_plan,
     write_accuracy_summary,
 )
-from workbench.stages.precision import QuantizeResult  # noqa: E402
+from workbench.stages.precision.quantize import QuantizeResult  # noqa: E402
 
 TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;"]
 # The tiny BERT loses ~2e-5 of embedding cosine to dynamic INT8: this budget needs pins, the relaxed one none.
@@ -148,7 +148,7 @@ def test_accuracy_summary_when_the_start_meets_the_budget(fused_tiny, tmp_path):
 
 
 def test_accuracy_summary_records_a_given_diagnosis(fixed, fused_tiny, tmp_path):
-    from workbench.stages.diagnose import diagnose
+    from workbench.stages.accuracy.diagnose import diagnose
 
     result, report = fixed
     path, feeds = fused_tiny

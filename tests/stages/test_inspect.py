@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from workbench.errors import ConfigError, ModelSourceError, WorkbenchError  # noqa: E402
-from workbench.stages.inspect import GraphSummary, NodeTable, inspect_model, node_table  # noqa: E402
+from workbench.stages.surgery.inspect import GraphSummary, NodeTable, inspect_model, node_table  # noqa: E402
 
 BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -407,7 +407,7 @@ def test_weight_size_figure(bert_summary):
 
 
 def test_importing_the_module_stays_light():
-    code = ("import json, sys\nimport workbench.stages.inspect\n"
+    code = ("import json, sys\nimport workbench.stages.surgery.inspect\n"
             "print(json.dumps(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'plotly') if m in sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

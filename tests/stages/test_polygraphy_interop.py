@@ -19,7 +19,7 @@ from tests.stages.test_accuracy import TEXTS, _noisy_copy  # noqa: E402
 from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import ConfigError, DataError, ModelSourceError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages.accuracy import load_polygraphy_inputs, save_polygraphy_data  # noqa: E402
+from workbench.stages.accuracy.compare import load_polygraphy_inputs, save_polygraphy_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_inputs_round_trip_exactly(feeds, saved):
 
 
 def test_outputs_are_polygraphy_run_results(tiny_bert_onnx, feeds, saved):
-    from workbench.backends.onnxrt import OnnxRuntimeRunner
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
 
     results = RunResults.load(str(saved.outputs))
     assert list(results.keys()) == ["reference"] and len(results["reference"]) == len(feeds)

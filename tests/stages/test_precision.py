@@ -10,7 +10,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from workbench.errors import QuantizationError  # noqa: E402
-from workbench.stages.precision import DynamicQuantConfig, quantize_dynamic  # noqa: E402
+from workbench.stages.precision.quantize import DynamicQuantConfig, quantize_dynamic  # noqa: E402
 
 
 def _digest(path) -> str:
@@ -47,9 +47,9 @@ def test_unknown_excluded_node_is_an_error_and_writes_nothing(tiny_bert_onnx, tm
 import numpy as np  # noqa: E402
 
 from workbench.errors import DataError  # noqa: E402
-from workbench.plan import PrecisionPlan  # noqa: E402
-from workbench.stages.calibrate import CalibrationConfig  # noqa: E402
-from workbench.stages.precision import Fp16Config, StaticQuantConfig, convert_fp16, quantize_static  # noqa: E402
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
+from workbench.stages.precision.calibrate import CalibrationConfig  # noqa: E402
+from workbench.stages.precision.quantize import Fp16Config, StaticQuantConfig, convert_fp16, quantize_static  # noqa: E402
 
 
 def _quantized_nodes(path) -> set[str]:
@@ -134,7 +134,7 @@ def test_overflow_scan_flags_nodes_beyond_fp16(tmp_path):
     """A graph that multiplies by 1e6 overflows FP16; the scan keeps exactly that node in FP32."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from workbench.stages.precision import fp16_overflow_scan
+    from workbench.stages.precision.quantize import fp16_overflow_scan
 
     graph = helper.make_graph(
         [helper.make_node("Mul", ["x", "big"], ["scaled"], name="scale_up"),

@@ -12,9 +12,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("polygraphy")
 
-from workbench.plan import PrecisionPlan  # noqa: E402
-from workbench.stages.accuracy import AccuracyBudget, compare_candidates  # noqa: E402
-from workbench.stages.precision_summary import (  # noqa: E402
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
+from workbench.stages.accuracy.compare import AccuracyBudget, compare_candidates  # noqa: E402
+from workbench.stages.precision.summary import (  # noqa: E402
     PRECISION_SUMMARY_VERSION,
     precision_summary,
     write_precision_summary,

@@ -8,9 +8,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from workbench.errors import ConfigError, DataError  # noqa: E402
-from workbench.plan import PrecisionPlan  # noqa: E402
-from workbench.stages.smooth import SmoothingConfig, smooth_activations  # noqa: E402
-from workbench.stages.surgery import max_output_difference  # noqa: E402
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
+from workbench.stages.precision.smooth import SmoothingConfig, smooth_activations  # noqa: E402
+from workbench.engines.onnxruntime import max_output_difference  # noqa: E402
 
 
 def test_smoothing_preserves_outputs_and_names(fused_tiny, tmp_path):

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 
 from workbench.data import tokenize_batches  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages.surgery import FusionConfig, fuse_transformer  # noqa: E402
+from workbench.stages.fusion import FusionConfig, fuse_transformer  # noqa: E402
 
 
 def test_tiny_bert_fuses_and_matches(tiny_model_dir, tiny_bert_onnx, tmp_path):

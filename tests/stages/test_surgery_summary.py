@@ -11,12 +11,11 @@ pytest.importorskip("onnxruntime")
 
 from workbench.data import tokenize_batches  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages import edits as E  # noqa: E402
-from workbench.stages.surgery import (  # noqa: E402
-    FUSED_OP_TYPES,
+from workbench.stages.surgery import edits as E  # noqa: E402
+from workbench.stages.fusion import FUSED_OP_TYPES, FusionConfig  # noqa: E402
+from workbench.stages.surgery.run import run_surgery  # noqa: E402
+from workbench.stages.surgery.summary import (  # noqa: E402
     SURGERY_SUMMARY_VERSION,
-    FusionConfig,
-    run_surgery,
     surgery_summary,
     write_surgery_summary,
 )

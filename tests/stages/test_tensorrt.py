@@ -24,7 +24,7 @@ from workbench.errors import (
     MissingDependency,
     ModelSourceError,
 )
-from workbench.plan import PrecisionPlan
+from workbench.stages.precision.plan import PrecisionPlan
 from workbench.stages import tensorrt as stage
 from workbench.stages.tensorrt import (
     CalibrationFeeds,
@@ -167,7 +167,7 @@ def test_profile_for_needs_input_names():
 
 
 def test_profile_from_the_benchmark_choices():
-    from workbench.stages.benchmark import BenchmarkConfig
+    from workbench.stages.benchmark.latency import BenchmarkConfig
 
     bench = BenchmarkConfig.preset("thorough")  # batches (1, 8, 32), sequences (32, 128, 512)
     profile = profile_from_choices(INPUTS, bench.batch_sizes, bench.sequence_lengths)
@@ -544,7 +544,7 @@ def test_an_int8_pin_sets_only_the_compute_precision(monkeypatch):
 
 
 def test_the_stage_reports_the_backends_status():
-    from workbench.backends import tensorrt as backend
+    from workbench.engines import tensorrt as backend
 
     assert tensorrt_status is backend.tensorrt_status
 
@@ -568,7 +568,7 @@ def test_build_engine_without_tensorrt_names_the_gpu_extra(tiny_bert_onnx, tmp_p
 
 
 def test_build_engine_with_tensorrt_but_no_gpu_is_device_unavailable(tiny_bert_onnx, tmp_path, monkeypatch):
-    from workbench.backends import tensorrt as backend
+    from workbench.engines import tensorrt as backend
 
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt())
     monkeypatch.setattr(backend, "gpu_status", lambda: (False, "nvidia-smi is not on PATH (simulated)"))
@@ -593,7 +593,7 @@ def test_argument_errors_come_before_the_missing_tensorrt(tiny_bert_onnx):
 def _require_tensorrt_and_gpu():
     pytest.importorskip("tensorrt", reason="TensorRT is not installed: it needs NVIDIA's package index and a GPU, "
                                            "neither available on this machine")
-    from workbench.backends.tensorrt import gpu_status
+    from workbench.engines.tensorrt import gpu_status
 
     has_gpu, why = gpu_status()
     if not has_gpu:
@@ -601,9 +601,9 @@ def _require_tensorrt_and_gpu():
 
 
 def _compare_with_onnxruntime(engine_path, onnx_path, feeds):
-    from workbench.backends.onnxrt import OnnxRuntimeRunner
-    from workbench.backends.tensorrt import TensorRTRunner
-    from workbench.stages.accuracy import mean_pooled_embeddings
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
+    from workbench.engines.tensorrt import TensorRTRunner
+    from workbench.stages.accuracy.compare import mean_pooled_embeddings
 
     with TensorRTRunner(engine_path) as trt_runner, OnnxRuntimeRunner(onnx_path) as ort_runner:
         cosines = []

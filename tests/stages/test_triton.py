@@ -13,14 +13,8 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
 from workbench.errors import ConfigError, ModelSourceError, TritonExportError, WorkbenchError  # noqa: E402
-from workbench.stages.triton import (  # noqa: E402
-    TritonConfig,
-    TritonExportResult,
-    export_triton,
-    model_config_from_onnx,
-    parse_model_config,
-    render_model_config,
-)
+from workbench.triton.config import TritonConfig, parse_model_config, render_model_config  # noqa: E402
+from workbench.triton.model import TritonExportResult, export_triton, model_config_from_onnx  # noqa: E402
 
 
 def _save(model, path: Path) -> Path:
@@ -352,7 +346,7 @@ def test_truncated_or_missing_onnx_is_a_workbench_error(tmp_path):
 
 def test_importing_the_stage_stays_light():
     code = (
-        "import sys, workbench.stages.triton\n"
+        "import sys, workbench.triton.config, workbench.triton.model, workbench.triton.ensemble\n"
         "heavy = [m for m in ('onnx', 'tritonclient', 'google.protobuf', 'torch', 'onnxruntime') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
@@ -412,7 +406,7 @@ def test_invalid_new_options_are_config_errors(changes):
 
 # ----------------------------------------------------------------------------------------------- ensemble
 
-from workbench.stages.triton import (  # noqa: E402
+from workbench.triton.ensemble import (  # noqa: E402
     TritonEnsembleResult,
     check_ensemble,
     ensemble_model_names,
@@ -537,7 +531,7 @@ def test_ensemble_refuses_existing_entries_before_writing(tiny_bert_onnx, tiny_m
 def test_ensemble_failure_while_moving_into_place_restores_the_old_repository(
     tiny_bert_onnx, tiny_model_dir, tmp_path, monkeypatch
 ):
-    import workbench.stages.triton as stage
+    import workbench.triton.writer as stage
 
     repository = tmp_path / "repo"
     _ensemble(tiny_bert_onnx, tiny_model_dir, repository)
@@ -598,7 +592,7 @@ def test_ensemble_rejects_inputs_a_tokenizer_cannot_produce(tiny_model_dir, tmp_
 def test_ensemble_refuses_a_tokenizer_the_server_would_apply_differently(
     tiny_bert_onnx, tiny_model_dir, tmp_path, monkeypatch
 ):
-    from workbench.stages.triton_python import tokenizer_model
+    from workbench.triton.python_models import tokenizer_model
 
     real_encode = tokenizer_model.encode
 
@@ -633,8 +627,8 @@ def test_check_ensemble_reports_wiring_mistakes(tiny_bert_onnx, tiny_model_dir, 
 
 def test_pooling_model_is_the_workbench_pooling():
     np = pytest.importorskip("numpy")
-    from workbench.stages.accuracy import mean_pooled_embeddings
-    from workbench.stages.triton_python.pooling_model import mean_pool
+    from workbench.stages.accuracy.compare import mean_pooled_embeddings
+    from workbench.triton.python_models.pooling_model import mean_pool
 
     rng = np.random.default_rng(0)
     hidden = rng.normal(size=(3, 7, 5)).astype(np.float32)
@@ -646,7 +640,7 @@ def test_pooling_model_is_the_workbench_pooling():
 
 def test_onnxruntime_backend_checks_config_against_the_graph(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from workbench.stages.triton_python.onnxruntime_model import check_io
+    from workbench.triton.python_models.onnxruntime_model import check_io
 
     onnx_path = _token_model(tmp_path / "tokens.onnx")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -663,7 +657,7 @@ def test_onnxruntime_backend_checks_config_against_the_graph(tmp_path):
 
 def test_missing_pytriton_names_the_triton_extra(tmp_path, monkeypatch):
     pytest.importorskip("tritonclient.http")
-    import workbench.triton_server as server_module
+    import workbench.triton.server as server_module
     from workbench.errors import MissingDependency
 
     monkeypatch.setattr(server_module.importlib.util, "find_spec", lambda name: None)
@@ -674,7 +668,7 @@ def test_missing_pytriton_names_the_triton_extra(tmp_path, monkeypatch):
 
 def test_importing_the_server_module_stays_light():
     code = (
-        "import sys, workbench.triton_server, workbench.stages.triton_python\n"
+        "import sys, workbench.triton.server, workbench.triton.python_models\n"
         "heavy = [m for m in ('onnx', 'tritonclient', 'google.protobuf', 'torch', 'onnxruntime', 'numpy')"
         " if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -713,7 +707,7 @@ def test_ensemble_follows_int32_model_inputs(tiny_model_dir, tmp_path):
 
 def test_tensorrt_engine_export_writes_a_tensorrt_plan_model(tmp_path):
     """A .plan cannot be loaded here (no TensorRT, no GPU): its config and files are what can be checked."""
-    from workbench.stages.triton import export_triton_engine
+    from workbench.triton.model import export_triton_engine
 
     onnx_path = _token_model(tmp_path / "m.onnx")
     engine = tmp_path / "m.plan"

@@ -23,18 +23,14 @@ if importlib.util.find_spec("pytriton") is None:
 import numpy as np  # noqa: E402
 import tritonclient.http as http  # noqa: E402
 
-from workbench.backends.onnxrt import OnnxRuntimeRunner  # noqa: E402
+from workbench.engines.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import TritonServerError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages.accuracy import mean_pooled_embeddings  # noqa: E402
-from workbench.stages.triton import (  # noqa: E402
-    TritonConfig,
-    export_triton_ensemble,
-    parse_model_config,
-    render_model_config,
-)
-from workbench.triton_server import TritonServer, copy_for_cpu  # noqa: E402
+from workbench.stages.accuracy.compare import mean_pooled_embeddings  # noqa: E402
+from workbench.triton.config import TritonConfig, parse_model_config, render_model_config  # noqa: E402
+from workbench.triton.ensemble import export_triton_ensemble  # noqa: E402
+from workbench.triton.server import TritonServer, copy_for_cpu  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -216,7 +212,7 @@ def test_a_server_that_ignores_sigterm_too_long_is_killed_with_its_stubs(tiny_re
 
 
 def test_minilm_dynamic_int8_ensemble_serves_the_workbench_embeddings(tmp_path):
-    from workbench.plan import PrecisionPlan
+    from workbench.stages.precision.plan import PrecisionPlan
     from workbench.stages.export import export_onnx
 
     source = load_model()

@@ -14,11 +14,11 @@ pytest.importorskip("onnxruntime")
 go = pytest.importorskip("plotly.graph_objects")
 
 from workbench.errors import AccuracyError, ConfigError, QuantizationError  # noqa: E402
-from workbench.plan import PrecisionPlan  # noqa: E402
-from workbench.stages.accuracy import AccuracyBudget, ComparisonReport  # noqa: E402
-from workbench.stages.autofix import AutofixConfig, AutofixResult  # noqa: E402
-from workbench.stages.diagnose import Diagnosis  # noqa: E402
-from workbench.stages.fixes import PlanEvaluation  # noqa: E402
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
+from workbench.stages.accuracy.compare import AccuracyBudget, ComparisonReport  # noqa: E402
+from workbench.stages.accuracy.autofix import AutofixConfig, AutofixResult  # noqa: E402
+from workbench.stages.accuracy.diagnose import Diagnosis  # noqa: E402
+from workbench.stages.accuracy.fixes import PlanEvaluation  # noqa: E402
 from workbench.ui import AccuracyView, DiagnosisView, FixView  # noqa: E402
 
 PRESET = "cpu_int8_dynamic"
@@ -122,7 +122,7 @@ def test_accuracy_view_shows_the_figures_the_real_report_offers(fused_tiny, cand
 
 
 def test_accuracy_view_disables_run_while_running(fused_tiny, candidate, monkeypatch):
-    import workbench.stages.accuracy as accuracy
+    import workbench.stages.accuracy.compare as accuracy
 
     path, feeds = fused_tiny
     view = AccuracyView(path, {"int8": candidate}, feeds)
@@ -142,7 +142,7 @@ def test_diagnosis_view_shows_the_nodes_and_the_figure(diagnosis, candidate, fus
 
 
 def test_diagnosis_view_shows_table_then_chart(fused_tiny, candidate, monkeypatch):
-    import workbench.stages.diagnose as diagnose_stage
+    import workbench.stages.accuracy.diagnose as diagnose_stage
 
     view = DiagnosisView(fused_tiny[0], candidate, fused_tiny[1][:2])
     seen = record_buttons_during(monkeypatch, diagnose_stage, "diagnose", view, [view.run_button])
@@ -283,7 +283,7 @@ def test_autofix_then_rerun_converts_the_fixed_plan(fused_tiny, tmp_path):
 
 
 def test_autofix_failure_shows_the_error_and_keeps_the_result(fix_view, monkeypatch):
-    import workbench.stages.autofix as autofix_stage
+    import workbench.stages.accuracy.autofix as autofix_stage
 
     fix_view.click()
     first = fix_view.result
@@ -301,7 +301,7 @@ def test_autofix_failure_shows_the_error_and_keeps_the_result(fix_view, monkeypa
 
 
 def test_rerun_disables_every_button_while_running(fix_view, monkeypatch):
-    import workbench.stages.fixes as fixes
+    import workbench.stages.accuracy.fixes as fixes
 
     buttons = [fix_view.run_button, fix_view.autofix_button, fix_view.pin_button, fix_view.unpin_button]
     seen = record_buttons_during(monkeypatch, fixes, "evaluate_plan", fix_view, buttons)
@@ -320,7 +320,7 @@ def test_fix_view_needs_a_precision_plan(fused_tiny, tmp_path):
 def test_building_the_views_imports_nothing_heavy(tmp_path):
     code = (
         "import sys, json\n"
-        "from workbench.plan import PrecisionPlan\n"
+        "from workbench.stages.precision.plan import PrecisionPlan\n"
         "from workbench.ui import AccuracyView, DiagnosisView, FixView\n"
         f"m = {str(tmp_path / 'm.onnx')!r}\n"
         "AccuracyView(m, {'int8': m}, [])\n"

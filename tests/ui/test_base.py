@@ -320,7 +320,7 @@ def test_import_workbench_ui_is_light():
         "import sys, json, workbench.ui as ui\n"
         "ui.StageView, ui.controls_for, ui.config_from_controls\n"
         "from workbench.stages.export import ExportConfig, EXPORTERS\n"
-        "from workbench.stages.benchmark import BenchmarkConfig\n"
+        "from workbench.stages.benchmark.latency import BenchmarkConfig\n"
         "ui.config_from_controls(ExportConfig, ui.controls_for(ExportConfig, choices={'exporter': EXPORTERS}))\n"
         "ui.config_from_controls(BenchmarkConfig, ui.controls_for(BenchmarkConfig))\n"
         "print(json.dumps([m for m in ('torch', 'onnxruntime', 'tensorrt') if m in sys.modules]))\n"

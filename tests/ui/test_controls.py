@@ -11,7 +11,7 @@ import pytest
 
 from workbench.config import StageConfig
 from workbench.errors import ConfigError
-from workbench.stages.benchmark import BenchmarkConfig
+from workbench.stages.benchmark.latency import BenchmarkConfig
 from workbench.stages.export import EXPORTERS, ExportConfig
 from workbench.ui import config_from_controls, controls_for, field_labels
 
@@ -227,10 +227,10 @@ def test_export_config_dropdown_and_cross_field_check():
 
 def _project_configs():
     from workbench.pipeline import PipelineParameters
-    from workbench.stages.accuracy import AccuracyBudget
-    from workbench.stages.precision import DynamicQuantConfig
-    from workbench.stages.surgery import FusionConfig
-    from workbench.stages.triton import TritonConfig
+    from workbench.stages.accuracy.compare import AccuracyBudget
+    from workbench.stages.precision.quantize import DynamicQuantConfig
+    from workbench.stages.fusion import FusionConfig
+    from workbench.triton.config import TritonConfig
 
     return [FusionConfig(), FusionConfig.preset("minilm"), DynamicQuantConfig(), AccuracyBudget(),
             AccuracyBudget(output_cosine_min=0.999), TritonConfig(), PipelineParameters(),

@@ -18,19 +18,21 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
 from workbench.errors import ConfigError, TritonExportError, WorkbenchError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages import benchmark as benchmark_stage  # noqa: E402
-from workbench.stages import triton as triton_stage  # noqa: E402
-from workbench.stages.accuracy import AccuracyBudget  # noqa: E402
-from workbench.stages.benchmark import (  # noqa: E402
+from workbench.stages import choose as choose_stage  # noqa: E402
+from workbench.stages.benchmark import latency as benchmark_stage  # noqa: E402
+from workbench.triton import config as triton_stage  # noqa: E402
+from workbench.triton import model as triton_model  # noqa: E402
+from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
+from workbench.stages.benchmark.latency import (  # noqa: E402
     BenchmarkConfig,
     BenchmarkResult,
     BenchmarkRow,
-    Choice,
     benchmark_candidates,
-    choose_candidate,
     feeds_from_sentences,
 )
-from workbench.stages.triton import TritonConfig, TritonExportResult, parse_model_config  # noqa: E402
+from workbench.stages.choose import Choice, choose_candidate  # noqa: E402
+from workbench.triton.config import TritonConfig, parse_model_config  # noqa: E402
+from workbench.triton.model import TritonExportResult
 from workbench.ui import BenchmarkView, ChoiceView, ExportView  # noqa: E402
 
 TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;"]
@@ -40,7 +42,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
     """The tiny BERT's source, a feeds_for, and two candidates: the FP32 export and a dynamic INT8 of it."""
-    from workbench.plan import PrecisionPlan
+    from workbench.stages.precision.plan import PrecisionPlan
 
     source = load_model(tiny_model_dir("bert"))
     feeds_for = feeds_from_sentences(source.load_tokenizer(), TEXTS, input_names=INPUTS)
@@ -53,7 +55,7 @@ def tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
 def measured(tiny):
     """A real accuracy report and benchmark of the two candidates (relaxed budget; batches 1 and 2)."""
     from workbench.data import tokenize_batches
-    from workbench.stages.accuracy import compare_candidates
+    from workbench.stages.accuracy.compare import compare_candidates
 
     source, feeds_for, candidates = tiny
     feeds = tokenize_batches(source.load_tokenizer(), TEXTS, batch_size=2, sequence_length=16, input_names=INPUTS)
@@ -257,7 +259,7 @@ def test_choice_view_on_a_hand_made_comparison():
 
 def test_choice_view_disables_run_while_running(measured, monkeypatch):
     view = ChoiceView(*measured)
-    seen = record_button_during(monkeypatch, benchmark_stage, "choose_candidate", view)
+    seen = record_button_during(monkeypatch, choose_stage, "choose_candidate", view)
     view.click()
     assert seen == [(True, True, "running...")] and not view.run_button.disabled
 
@@ -326,7 +328,7 @@ def test_export_view_shows_a_bad_model_name_and_writes_nothing(tiny_bert_onnx, t
 
 def test_export_view_disables_run_while_running(tiny_bert_onnx, tmp_path, monkeypatch):
     view = ExportView(tiny_bert_onnx, tmp_path / "repo")
-    seen = record_button_during(monkeypatch, triton_stage, "export_triton", view)
+    seen = record_button_during(monkeypatch, triton_model, "export_triton", view)
     view.click()
     assert seen == [(True, True, "running...")]
     assert not view.run_button.disabled and view.error is None
@@ -336,11 +338,6 @@ def test_export_view_with_a_tokenizer_writes_the_ensemble(tiny_bert_onnx, tiny_m
     repository = tmp_path / "repo"
     view = ExportView(tiny_bert_onnx, repository, tiny_model_dir("bert"), config=TritonConfig(model_name="tiny"),
                       sequence_length=16)
-    if not hasattr(triton_stage, "export_triton_ensemble"):
-        view.click()
-        assert isinstance(view.error, ConfigError) and "cannot serve a tokenizer" in panel_text(view)
-        assert not repository.exists()
-        return
     view.click()
     assert view.error is None, panel_text(view)
     configs = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))

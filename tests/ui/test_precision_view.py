@@ -11,9 +11,9 @@ ort = pytest.importorskip("onnxruntime")
 go = pytest.importorskip("plotly.graph_objects")
 
 from workbench.errors import DataError, QuantizationError  # noqa: E402
-from workbench.plan import PrecisionPlan  # noqa: E402
-from workbench.stages.activations import ActivationStats  # noqa: E402
-from workbench.stages.precision import QuantizeResult  # noqa: E402
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
+from workbench.stages.precision.activations import ActivationStats  # noqa: E402
+from workbench.stages.precision.quantize import QuantizeResult  # noqa: E402
 from workbench.ui import PrecisionView  # noqa: E402
 
 

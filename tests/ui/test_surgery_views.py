@@ -19,10 +19,10 @@ go = pytest.importorskip("plotly.graph_objects")
 from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import ConfigError, ModelSourceError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages import edits as E  # noqa: E402
-from workbench.stages.edits import EDIT_TYPES, GraphEditError, SurgeryPlan  # noqa: E402
-from workbench.stages.inspect import GraphSummary, NodeTable  # noqa: E402
-from workbench.stages.surgery import SurgeryResult  # noqa: E402
+from workbench.stages.surgery import edits as E  # noqa: E402
+from workbench.stages.surgery.edits import EDIT_TYPES, GraphEditError, SurgeryPlan  # noqa: E402
+from workbench.stages.surgery.inspect import GraphSummary, NodeTable  # noqa: E402
+from workbench.stages.surgery.run import SurgeryResult  # noqa: E402
 from workbench.ui import InspectView, SurgeryView  # noqa: E402
 from workbench.ui import surgery as ui_surgery  # noqa: E402
 
@@ -93,7 +93,7 @@ def test_inspect_view_shows_summary_charts_and_node_table(tiny_bert_onnx):
 
 
 def test_filter_re_shows_the_table_through_node_table_filter(tiny_bert_onnx, monkeypatch):
-    import workbench.stages.inspect as inspect_stage
+    import workbench.stages.surgery.inspect as inspect_stage
 
     calls = []
     real = inspect_stage.node_table
@@ -214,7 +214,7 @@ def test_the_plan_can_be_set_from_code(tiny_bert_onnx, tmp_path):
 
 def test_a_plan_built_with_the_controls_runs_checked_and_writes_the_model(tiny_bert_onnx, feeds, tmp_path,
                                                                           monkeypatch):
-    import workbench.stages.surgery as surgery_stage
+    import workbench.stages.surgery.run as surgery_stage
 
     seen = []
     real = surgery_stage.run_surgery
@@ -271,7 +271,7 @@ def test_a_graph_edit_error_is_shown_and_nothing_is_written(tiny_bert_onnx, feed
     assert isinstance(view.error, GraphEditError)
     text = panel_text(view)
     assert "GraphEditError: RenameTensors renames tensors: ['no_such_tensor'] not in the graph." in text
-    assert "Fix: look the names up with workbench.stages.inspect.node_table(model)" in text
+    assert "Fix: look the names up with workbench.stages.surgery.inspect.node_table(model)" in text
     assert "failed: GraphEditError" in view.status.value and not view.run_button.disabled
     assert view.result is earlier and view.output.outputs == earlier_outputs
     assert hashlib.sha256(output.read_bytes()).hexdigest() == written  # the earlier file is untouched

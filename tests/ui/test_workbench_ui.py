@@ -16,7 +16,7 @@ pytest.importorskip("plotly.graph_objects")
 
 from workbench.errors import ConfigError  # noqa: E402
 from workbench.recipe import RECIPE_FILE, Recipe, RecordingPipeline, file_sha256  # noqa: E402
-from workbench.stages.accuracy import AccuracyBudget  # noqa: E402
+from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
 from workbench.ui import Workbench  # noqa: E402
 from workbench.ui.workbench import STEP_KEYS  # noqa: E402
 

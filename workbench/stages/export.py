@@ -220,10 +220,10 @@ def export_onnx(
             fix="pass it straight to the next stage (fusion, quantization), or load the PyTorch model instead",
         )
     torch = require("torch", purpose="Exporting a PyTorch model")
-    from workbench.backends.onnxrt import OnnxRuntimeRunner
-    from workbench.backends.pytorch import PyTorchRunner
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
+    from workbench.engines.pytorch import PyTorchRunner
     from workbench.data import tokenize_batches
-    from workbench.onnx_io import save_onnx
+    from workbench.onnx.io import save_onnx
 
     started = time.perf_counter()
     module = source.load_module()

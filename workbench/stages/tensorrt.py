@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from workbench._lazy import require
-from workbench.backends.tensorrt import (
+from workbench.engines.tensorrt import (
     TensorRTRunner,
     require_tensorrt,
     tensorrt_status,
@@ -510,7 +510,7 @@ class CalibrationFeeds:
         return len(self.feeds)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        from workbench.backends.tensorrt import _cast, _numpy_dtype
+        from workbench.engines.tensorrt import _cast, _numpy_dtype
 
         for feed in self.feeds:
             if self.input_metadata is None:

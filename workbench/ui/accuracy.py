@@ -35,7 +35,7 @@ REPORT_FIGURES = ("metric_figure", "error_histogram_figure")
 
 
 def _budget_class() -> type:
-    from workbench.stages.accuracy import AccuracyBudget
+    from workbench.stages.accuracy.compare import AccuracyBudget
 
     return AccuracyBudget
 
@@ -95,7 +95,7 @@ class AccuracyView(StageView):
         super().__init__(title=title, config_base=budget)
 
     def _run(self) -> Any:
-        from workbench.stages.accuracy import compare_candidates
+        from workbench.stages.accuracy.compare import compare_candidates
 
         return compare_candidates(self.reference, self.candidates, self.feeds, budget=self.config())
 
@@ -142,7 +142,7 @@ class DiagnosisView(StageView):
         super().__init__(title=title)
 
     def _run(self) -> Any:
-        from workbench.stages.diagnose import diagnose
+        from workbench.stages.accuracy.diagnose import diagnose
 
         return diagnose(self.reference, self.candidate, self.feeds)
 
@@ -260,7 +260,7 @@ class FixView(StageView):
 
     @plan.setter
     def plan(self, plan: Any) -> None:
-        from workbench.plan import PrecisionPlan
+        from workbench.stages.precision.plan import PrecisionPlan
 
         if not isinstance(plan, PrecisionPlan):
             raise ConfigError(f"FixView.plan must be a PrecisionPlan, got {type(plan).__name__}.",
@@ -270,7 +270,7 @@ class FixView(StageView):
 
     def names(self) -> tuple[str, ...]:
         """The node names typed in the nodes control."""
-        from workbench.precision_choices import parse_node_names
+        from workbench.stages.precision.choices import parse_node_names
 
         return parse_node_names(self.nodes.value)
 
@@ -329,14 +329,14 @@ class FixView(StageView):
         budget = self.config()
         if self._action == "autofix":
             return self._autofix(budget)
-        from workbench.stages.fixes import evaluate_plan
+        from workbench.stages.accuracy.fixes import evaluate_plan
 
         return evaluate_plan(self.model_path, self.plan, self.evaluation_feeds, self.output_dir / "manual.onnx",
                              reference=self.reference, budget=budget, calibration_feeds=self.calibration_feeds,
                              cache_dir=self.cache_dir)
 
     def _autofix(self, budget: Any) -> Any:
-        from workbench.stages.autofix import AutofixConfig, autofix
+        from workbench.stages.accuracy.autofix import AutofixConfig, autofix
 
         self.trials = []
         self.progress.value = "<b>Auto-fix trials</b>"

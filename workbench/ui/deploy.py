@@ -17,8 +17,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from workbench.errors import ConfigError
-from workbench.stages.benchmark import BenchmarkConfig  # light: numpy only
+from workbench.stages.benchmark.latency import BenchmarkConfig  # light: numpy only
 from workbench.ui.base import StageView
 from workbench.ui.controls import controls_for
 
@@ -29,13 +28,13 @@ class BenchmarkView(StageView):
     """Time every candidate (and the PyTorch module, the baseline), interleaved, in this process.
 
     Controls: the fields of BenchmarkConfig (batch sizes, sequence lengths, warm-up, iterations, threads, time
-    budget). Run calls `workbench.stages.benchmark.benchmark_candidates`, which builds one runner per candidate
+    budget). Run calls `workbench.stages.benchmark.latency.benchmark_candidates`, which builds one runner per candidate
     (onnxruntime spinning off, threads set explicitly) and calls `benchmark`. Shows the table, latency vs batch
     size and, with a PyTorch module, the speed-up over it.
 
     Args:
         candidates: Name -> .onnx file.
-        feeds_for: (batch, sequence) -> feed dict (e.g. `workbench.stages.benchmark.feeds_from_sentences`).
+        feeds_for: (batch, sequence) -> feed dict (e.g. `workbench.stages.benchmark.latency.feeds_from_sentences`).
         pytorch_module: The torch.nn.Module the candidates came from, timed as "pytorch"; None: no baseline.
         config: The settings the controls start from; default BenchmarkConfig().
         title: Heading of the view.
@@ -62,7 +61,7 @@ class BenchmarkView(StageView):
         super().__init__(title=title, config_base=config)
 
     def _run(self) -> Any:
-        from workbench.stages import benchmark as stage
+        from workbench.stages.benchmark import latency as stage
 
         return stage.benchmark_candidates(self.candidates, self.feeds_for, self.config(),
                                           pytorch_module=self.pytorch_module)
@@ -79,11 +78,11 @@ class ChoiceView(StageView):
 
     Controls: objective ("latency" or "throughput"), batch size and sequence length (those benchmarked; changing
     the objective moves the batch size to its default: 1 for latency, the largest for throughput) and a latency
-    ceiling on p90 in ms (empty: none). Run calls `workbench.stages.benchmark.choose_candidate`; the view shows
+    ceiling on p90 in ms (empty: none). Run calls `workbench.stages.choose.choose_candidate`; the view shows
     the Choice, the candidates table and the latency-vs-accuracy chart with its Pareto front.
 
     Args:
-        accuracy: A ComparisonReport (workbench.stages.accuracy.compare_candidates, or Pipeline.compare()).
+        accuracy: A ComparisonReport (workbench.stages.accuracy.compare.compare_candidates, or Pipeline.compare()).
         timings: A BenchmarkResult of the same candidates.
         title: Heading of the view.
 
@@ -101,7 +100,7 @@ class ChoiceView(StageView):
         super().__init__(title=title)
 
     def _controls(self) -> dict[str, widgets.Widget]:
-        from workbench.stages.benchmark import OBJECTIVES, ChoiceConfig
+        from workbench.stages.choose import OBJECTIVES, ChoiceConfig
 
         batches = tuple(self.timings.config.batch_sizes)
         seqs = tuple(self.timings.config.sequence_lengths)
@@ -117,20 +116,20 @@ class ChoiceView(StageView):
         self.controls["batch"].value = self._default_batch[change["new"]]
 
     def config(self) -> Any:
-        from workbench.stages.benchmark import ChoiceConfig
+        from workbench.stages.choose import ChoiceConfig
         from workbench.ui.controls import config_from_controls
 
         return config_from_controls(ChoiceConfig, self.controls)
 
     def _run(self) -> Any:
-        from workbench.stages import benchmark as stage
+        from workbench.stages import choose as stage
 
         config = self.config()
         return stage.choose_candidate(self.accuracy, self.timings, batch=config.batch, seq=config.seq,
                                       objective=config.objective, latency_ceiling_ms=config.latency_ceiling_ms)
 
     def _show(self, choice: Any) -> None:
-        from workbench.stages.benchmark import candidates_table, pareto_figure
+        from workbench.stages.choose import candidates_table, pareto_figure
 
         ceiling = choice.constraints.get("latency_ceiling_ms")
         self.table = candidates_table(self.accuracy, self.timings, choice.batch, choice.seq,
@@ -145,14 +144,14 @@ class ExportView(StageView):
 
     Controls: the fields of TritonConfig (model name, batching, instances, version, ...) and "overwrite"
     (replace an existing model folder of the same name; without it an existing folder is an error and nothing
-    changes). Run calls `workbench.stages.triton.export_triton` (with a tokenizer folder:
+    changes). Run calls `workbench.triton.model.export_triton` (with a tokenizer folder:
     `export_triton_ensemble`) and shows what was written and the config.
 
     Args:
         model_path: The .onnx file to serve (the chosen candidate).
         repository: The model repository folder (created if missing; other models in it are left alone).
         tokenizer_dir: A Hugging Face tokenizer folder: Run then writes the text-in, embeddings-out ensemble
-            (tokenizer + model + pooling, `workbench.stages.triton.export_triton_ensemble`) instead of the
+            (tokenizer + model + pooling, `workbench.triton.ensemble.export_triton_ensemble`) instead of the
             model alone.
         sequence_length: Tokens per text the served tokenizer pads and truncates to (with tokenizer_dir).
         config: The TritonConfig the controls start from; default TritonConfig().
@@ -185,7 +184,7 @@ class ExportView(StageView):
         super().__init__(title=title, config_base=config)
 
     def _controls(self) -> dict[str, widgets.Widget]:
-        from workbench.stages.triton import INSTANCE_KINDS, TritonConfig
+        from workbench.triton.config import INSTANCE_KINDS, TritonConfig
 
         controls = controls_for(self.config_base if self.config_base is not None else TritonConfig,
                                 choices={"instance_kind": INSTANCE_KINDS})
@@ -197,23 +196,17 @@ class ExportView(StageView):
         return controls
 
     def config(self) -> Any:
-        from workbench.stages.triton import TritonConfig
+        from workbench.triton.config import TritonConfig
         from workbench.ui.controls import config_from_controls
 
         return config_from_controls(TritonConfig, self.controls, base=self.config_base)
 
     def _run(self) -> Any:
-        from workbench.stages import triton
+        from workbench.triton import ensemble, model
 
         config = self.config()
         overwrite = bool(self.overwrite.value)
         if self.tokenizer_dir is None:
-            return triton.export_triton(self.model_path, self.repository, config, overwrite=overwrite)
-        export_ensemble = getattr(triton, "export_triton_ensemble", None)
-        if export_ensemble is None:
-            raise ConfigError(
-                "This workbench's Triton stage writes the model alone; it cannot serve a tokenizer.",
-                fix="leave tokenizer_dir=None and tokenize on the client",
-            )
-        return export_ensemble(self.model_path, self.repository, self.tokenizer_dir, config,
+            return model.export_triton(self.model_path, self.repository, config, overwrite=overwrite)
+        return ensemble.export_triton_ensemble(self.model_path, self.repository, self.tokenizer_dir, config,
                                sequence_length=self.sequence_length, overwrite=overwrite)

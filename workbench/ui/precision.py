@@ -2,7 +2,7 @@
 
     PrecisionView(model_path, output_path, calibration_feeds, cache_dir=...)
 
-Run builds the plan with `workbench.precision_choices.plan_from_choices` (the preset, the choices that apply
+Run builds the plan with `workbench.stages.precision.choices.plan_from_choices` (the preset, the choices that apply
 to its method, the nodes to keep in FP32) and calls ONE stage: `plan.convert(model_path, output_path,
 calibration_feeds=..., cache_dir=...)`. Calibration's progress bar (tqdm.auto, from the library) shows in the
 view while it runs. "Show activation statistics" calls `activation_statistics` on the first few calibration
@@ -95,9 +95,9 @@ class PrecisionView(StageView):
     # -- controls ----------------------------------------------------------------------------------------------
 
     def _controls(self) -> dict[str, widgets.Widget]:
-        from workbench.plan import PrecisionPlan
-        from workbench.stages.calibrate import CALIBRATION_METHODS
-        from workbench.stages.precision import ACTIVATION_TYPES
+        from workbench.stages.precision.plan import PrecisionPlan
+        from workbench.stages.precision.calibrate import CALIBRATION_METHODS
+        from workbench.stages.precision.quantize import ACTIVATION_TYPES
 
         def styled(widget: widgets.Widget, tooltip: str) -> widgets.Widget:
             widget.style, widget.layout, widget.tooltip = dict(_STYLE), widgets.Layout(**_LAYOUT), tooltip
@@ -127,7 +127,7 @@ class PrecisionView(StageView):
 
     def _apply_preset(self, preset: str) -> None:
         """Set the choice controls to the preset's values; disable those its method does not use."""
-        from workbench.precision_choices import preset_choices
+        from workbench.stages.precision.choices import preset_choices
 
         values = preset_choices(preset)
         for name, control in self._choice_controls.items():
@@ -142,7 +142,7 @@ class PrecisionView(StageView):
     # -- running -----------------------------------------------------------------------------------------------
 
     def _run(self) -> Any:
-        from workbench.precision_choices import plan_from_choices
+        from workbench.stages.precision.choices import plan_from_choices
 
         self.plan = plan_from_choices(self.preset.value, keep_fp32=self.keep_fp32.value, **self.choices())
         self.progress.outputs = ()
@@ -169,7 +169,7 @@ class PrecisionView(StageView):
         Both buttons are disabled meanwhile. A failure (no calibration data, say) is shown in the error panel and
         the status line, keeps the previous `.stats`, and returns None.
         """
-        from workbench.stages.activations import activation_statistics
+        from workbench.stages.precision.activations import activation_statistics
 
         if self._running:
             return None

@@ -173,7 +173,7 @@ class InspectView(_NetronMixin, StageView):
         )
 
     def _run(self) -> Any:
-        from workbench.stages.inspect import inspect_model, node_table
+        from workbench.stages.surgery.inspect import inspect_model, node_table
 
         summary = inspect_model(self.model_path)
         self.table = node_table(self.model_path)
@@ -225,7 +225,7 @@ class InspectView(_NetronMixin, StageView):
 
 def _edit_choices() -> dict[str, dict[str, tuple[Any, ...]]]:
     """Edit kind -> field -> allowed values, for the fields that have a fixed set (shown as Dropdowns)."""
-    from workbench.stages.surgery import SUPPORTED_MODEL_TYPES
+    from workbench.stages.fusion import SUPPORTED_MODEL_TYPES
 
     return {"fuse_transformer": {"model_type": SUPPORTED_MODEL_TYPES, "opt_level": (0, 1, 2, 99)}}
 
@@ -264,7 +264,7 @@ class SurgeryView(_NetronMixin, StageView):
         latency_repeats: int = 3,
         title: str | None = None,
     ) -> None:
-        from workbench.stages.edits import SurgeryPlan
+        from workbench.stages.surgery.edits import SurgeryPlan
 
         self.model_path = model_path
         self.output_path = output_path
@@ -304,7 +304,7 @@ class SurgeryView(_NetronMixin, StageView):
 
     @plan.setter
     def plan(self, plan: Any) -> None:
-        from workbench.stages.edits import SurgeryPlan
+        from workbench.stages.surgery.edits import SurgeryPlan
 
         if not isinstance(plan, SurgeryPlan):
             raise ConfigError(f"SurgeryView.plan must be a SurgeryPlan, got {type(plan).__name__}.",
@@ -314,7 +314,7 @@ class SurgeryView(_NetronMixin, StageView):
         self.remove_button.disabled = not plan.edits
 
     def _controls(self) -> dict[str, widgets.Widget]:
-        from workbench.stages.edits import EDIT_TYPES
+        from workbench.stages.surgery.edits import EDIT_TYPES
 
         self.kind = widgets.Dropdown(options=list(EDIT_TYPES), value=next(iter(EDIT_TYPES)), description="edit",
                                      style={"description_width": "14em"}, layout=widgets.Layout(width="36em"))
@@ -325,7 +325,7 @@ class SurgeryView(_NetronMixin, StageView):
         return {"kind": self.kind, "description": self.edit_doc, "options": self.options_box}
 
     def _build_options(self, kind: str) -> None:
-        from workbench.stages.edits import EDIT_TYPES
+        from workbench.stages.surgery.edits import EDIT_TYPES
 
         edit_cls = EDIT_TYPES[kind]
         self.option_controls = controls_for(edit_cls, choices=_edit_choices().get(kind))
@@ -340,7 +340,7 @@ class SurgeryView(_NetronMixin, StageView):
         A bad option (a ConfigError from the edit's config) is shown in the error panel; the plan is unchanged
         and None is returned.
         """
-        from workbench.stages.edits import EDIT_TYPES
+        from workbench.stages.surgery.edits import EDIT_TYPES
 
         try:
             edit = config_from_controls(EDIT_TYPES[self.kind.value], self.option_controls)
@@ -357,7 +357,7 @@ class SurgeryView(_NetronMixin, StageView):
 
     def remove_last(self) -> Any:
         """What "Remove last" does: drop the plan's last edit; returns it (None for an empty plan)."""
-        from workbench.stages.edits import SurgeryPlan
+        from workbench.stages.surgery.edits import SurgeryPlan
 
         if not self.plan.edits:
             return None
@@ -369,7 +369,7 @@ class SurgeryView(_NetronMixin, StageView):
     # -- running -----------------------------------------------------------------------------------------------
 
     def _run(self) -> Any:
-        from workbench.stages.surgery import run_surgery
+        from workbench.stages.surgery.run import run_surgery
 
         return run_surgery(self.model_path, self.output_path, self.plan, check_feeds=self.check_feeds,
                            latency_repeats=self.latency_repeats)

@@ -28,9 +28,9 @@ import ipywidgets as widgets
 
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.pipeline import PipelineParameters
-from workbench.stages.accuracy import AccuracyBudget  # the pipeline imports these configs too: light
+from workbench.stages.accuracy.compare import AccuracyBudget  # the pipeline imports these configs too: light
 from workbench.stages.export import EXPORTERS, ExportConfig
-from workbench.stages.precision import WEIGHT_TYPES, DynamicQuantConfig
+from workbench.stages.precision.quantize import WEIGHT_TYPES, DynamicQuantConfig
 from workbench.ui.base import StageView
 from workbench.ui.controls import config_from_controls, controls_for
 
@@ -235,7 +235,7 @@ class QuantizePanel(StepPanel):
         return ()
 
     def _show(self, result: Any) -> None:
-        from workbench.plan import PrecisionPlan
+        from workbench.stages.precision.plan import PrecisionPlan
 
         self.show(result)
         self.show(PrecisionPlan("int8_dynamic", self.workbench.pipeline.quant_config))

@@ -1,0 +1,315 @@
+"""Automatic layer-precision fixes: keep the fewest nodes in higher precision that bring a candidate inside
+an accuracy budget.
+
+1. Convert with the plan as given and evaluate it; if it meets the budget, stop.
+2. Before pinning whole nodes, try the cheap fix: activation smoothing (SmoothQuant), which keeps every node in
+   INT8 and only adds an elementwise Mul per smoothed node. If the smoothed plan meets the budget, stop; if it
+   is closer, search on from it.
+3. Diagnose it layer by layer and rank its quantized nodes by the error they cause.
+4. Pin the whole ranking to FP32 (the budget must be reachable at all), then bisect over the ranked prefix
+   for the shortest one that meets the budget: about log2(N) trials for N quantized nodes.
+5. Try to unpin each pin, least sensitive first; keep an unpin whenever the budget still holds.
+
+Every trial re-converts from a PrecisionPlan and re-evaluates, and is recorded (pins, accuracy, latency). The
+search spends at most 3 + ceil(log2(N)) + `max_prune_trials` evaluations.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from workbench.config import StageConfig, check_positive
+from workbench.errors import AccuracyError, ConfigError
+
+
+@dataclass(frozen=True)
+class AutofixConfig(StageConfig):
+    """Search settings.
+
+    Attributes:
+        try_smoothing: Try SmoothQuant before pinning nodes (needs calibration feeds).
+        smoothing_alpha: The smoothing strength tried.
+        max_prune_trials: Trials spent trying to drop pins once the budget holds.
+        latency_iterations: Timed runs per trial (batch 1), for the latency-vs-accuracy chart.
+        threads: onnxruntime threads for the trials' latency; None: all cores.
+    """
+
+    try_smoothing: bool = True
+    smoothing_alpha: float = 0.75
+    max_prune_trials: int = 8
+    latency_iterations: int = 20
+    threads: int | None = None
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "quick": {"max_prune_trials": 2,
+                                                                              "latency_iterations": 5}}
+
+    def __post_init__(self) -> None:
+        check_positive(self, "latency_iterations")
+        if self.max_prune_trials < 0:
+            raise ConfigError("AutofixConfig.max_prune_trials must be >= 0.")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One evaluated candidate of the search."""
+
+    index: int
+    stage: str  # "start", "all pinned", "bisect", "prune"
+    pins: tuple[str, ...]
+    cosine_mean: float
+    cosine_min: float
+    meets_budget: bool
+    latency_ms: float
+    path: Path
+    pinned_parameters: int = 0  # weights the pins keep in FP32: a noise-free proxy for what the pins cost
+    smoothed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dict(self.__dict__)
+        values["path"] = str(self.path)
+        values["pins"] = list(self.pins)
+        return values
+
+
+@dataclass(frozen=True)
+class AutofixResult:
+    """The fixed model, its plan, the ranking it came from, and every trial."""
+
+    path: Path
+    plan: Any
+    trials: tuple[Trial, ...]
+    ranking: tuple[tuple[str, float], ...]
+    diagnosis: Any
+    budget: Any
+    seconds: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def best(self) -> Trial:
+        """The trial that meets the budget with the fewest weights kept in FP32 (then the lowest latency).
+
+        Pinned weights, not the trials' own timings, decide: single-process timings on a shared machine vary
+        by more than the pins change them, while the FP32 work a pin adds is proportional to its weights.
+        """
+        passing = [t for t in self.trials if t.meets_budget]
+        return min(passing, key=lambda t: (t.pinned_parameters, t.latency_ms))
+
+    @property
+    def start(self) -> Trial:
+        return self.trials[0]
+
+    def pareto_front(self) -> list[Trial]:
+        """Trials no other trial beats on both latency and mean cosine."""
+        front = []
+        for trial in sorted(self.trials, key=lambda t: (t.latency_ms, -t.cosine_mean)):
+            if not front or trial.cosine_mean > front[-1].cosine_mean:
+                front.append(trial)
+        return front
+
+    def figure(self) -> Any:
+        """Latency vs accuracy of every trial, with the Pareto front and the budget (plotly)."""
+        import plotly.graph_objects as go
+
+        figure = go.Figure()
+        for meets, colour in ((True, "seagreen"), (False, "indianred")):
+            trials = [t for t in self.trials if t.meets_budget == meets]
+            figure.add_scatter(x=[t.latency_ms for t in trials], y=[t.cosine_mean for t in trials], mode="markers",
+                               marker={"color": colour, "size": 10},
+                               name="meets budget" if meets else "misses budget",
+                               text=[f"trial {t.index} ({t.stage}): {len(t.pins)} pins, min {t.cosine_min:.4f}"
+                                     for t in trials])
+        front = self.pareto_front()
+        figure.add_scatter(x=[t.latency_ms for t in front], y=[t.cosine_mean for t in front], mode="lines",
+                           line={"dash": "dot", "color": "gray"}, name="Pareto front")
+        figure.add_hline(y=self.budget.embedding_cosine_mean, line_dash="dash", annotation_text="budget (mean)")
+        figure.update_layout(title="Autofix trials", xaxis_title="latency, batch 1 (ms)",
+                             yaxis_title="mean embedding cosine")
+        return figure
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "plan": self.plan.to_dict(), "trials": [t.to_dict() for t in self.trials],
+                "ranking": [list(r) for r in self.ranking], "budget": self.budget.to_dict(),
+                "seconds": self.seconds, "notes": list(self.notes),
+                "diagnosis_seconds": self.diagnosis.seconds if self.diagnosis else None}
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{t.index}</td><td>{t.stage}</td><td>{len(t.pins)}</td><td>{t.cosine_mean:.5f}</td>"
+            f"<td>{t.cosine_min:.5f}</td><td>{'yes' if t.meets_budget else 'no'}</td><td>{t.latency_ms:.2f}</td></tr>"
+            for t in self.trials)
+        best = self.best
+        return (f"<b>Autofix</b>: {len(best.pins)} node(s) kept in FP32 -> mean {best.cosine_mean:.5f}, min "
+                f"{best.cosine_min:.5f} at {best.latency_ms:.2f} ms (start: {self.start.cosine_mean:.5f} / "
+                f"{self.start.cosine_min:.5f} at {self.start.latency_ms:.2f} ms), {len(self.trials)} trials, "
+                f"<code>{self.path}</code><table><tr><th>#</th><th>stage</th><th>pins</th><th>cos mean</th>"
+                f"<th>cos min</th><th>meets</th><th>ms</th></tr>{rows}</table>")
+
+
+def trial_budget(quantized_count: int, max_prune_trials: int) -> int:
+    """The most evaluations the search can spend for N quantized nodes."""
+    return 3 + math.ceil(math.log2(max(quantized_count, 1))) + max_prune_trials
+
+
+def autofix(
+    model_path: str | os.PathLike[str],
+    plan: Any,
+    evaluation_feeds: Sequence[Mapping[str, np.ndarray]],
+    output_dir: str | os.PathLike[str],
+    *,
+    budget: Any = None,
+    reference: str | os.PathLike[str] | None = None,
+    calibration_feeds: Any = None,
+    config: AutofixConfig = AutofixConfig(),
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[Trial], None] | None = None,
+) -> AutofixResult:
+    """Find a small set of nodes to keep in FP32 so that `plan`'s conversion of `model_path` meets `budget`.
+
+    Args:
+        model_path: The FP32 model the plan converts (node names are this model's).
+        plan: The starting PrecisionPlan (e.g. PrecisionPlan.preset("cpu_int8_static")).
+        evaluation_feeds: Held-out feed dicts, shaped as served (padded to a fixed length).
+        output_dir: Where the trials' models and the fixed model are written.
+        budget: The AccuracyBudget to meet (default AccuracyBudget()).
+        reference: The FP32 model accuracy is measured against; default `model_path`.
+        calibration_feeds: For static INT8 and FP16's overflow scan.
+        config: Search settings.
+        cache_dir: Calibration cache.
+        progress: Called with each trial as it completes.
+
+    Raises:
+        AccuracyError: Even with every quantized node in FP32 the budget does not hold.
+    """
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
+    from workbench.stages.accuracy.compare import AccuracyBudget, compare_candidates
+    from workbench.stages.accuracy.diagnose import diagnose
+
+    budget = budget or AccuracyBudget()
+    reference = Path(reference or model_path)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    trials: list[Trial] = []
+    evaluated: dict[frozenset[str], Trial] = {}
+    weight_sizes = _weight_sizes(model_path)
+    latency_feed = dict(evaluation_feeds[0])
+    if len(next(iter(latency_feed.values()))) > 1:  # time batch 1, the online-serving case
+        latency_feed = {k: v[:1] for k, v in latency_feed.items()}
+
+    def evaluate(pins: Sequence[str], stage: str) -> Trial:
+        key = (frozenset(pins), plan.smoothing)
+        if key in evaluated:
+            return evaluated[key]
+        index = len(trials)
+        converted = plan.pin([p for p in pins if p not in plan.nodes], reason="sensitivity")  # user pins stay
+        result = converted.convert(model_path, output_dir / f"trial_{index:02d}.onnx",
+                                   calibration_feeds=calibration_feeds, cache_dir=cache_dir, progress=False)
+        accuracy = compare_candidates(reference, {"trial": result.path}, evaluation_feeds, budget=budget,
+                                      threads=config.threads)["trial"]
+        with OnnxRuntimeRunner(result.path, intra_op_threads=config.threads, allow_spinning=False) as runner:
+            for _ in range(3):
+                runner.infer(latency_feed)
+            timings = []
+            for _ in range(config.latency_iterations):
+                tick = time.perf_counter()
+                runner.infer(latency_feed)
+                timings.append((time.perf_counter() - tick) * 1000.0)
+        trial = Trial(index, stage, tuple(pins), float(accuracy.embedding_cosine_mean),
+                      float(accuracy.embedding_cosine_min), bool(accuracy), float(np.median(timings)), result.path,
+                      sum(weight_sizes.get(p, 0) for p in pins), plan.smoothing is not None)
+        trials.append(trial)
+        evaluated[key] = trial
+        if progress:
+            progress(trial)
+        return trial
+
+    start = evaluate((), "start")
+    notes: list[str] = []
+    diagnosis = None
+    ranking: list[tuple[str, float]] = []
+    current = start
+    if not start.meets_budget and config.try_smoothing and plan.smoothing is None and calibration_feeds:
+        from dataclasses import replace
+
+        from workbench.stages.precision.smooth import SmoothingConfig
+
+        unsmoothed = plan
+        plan = replace(plan, smoothing=SmoothingConfig(alpha=config.smoothing_alpha))
+        smoothed = evaluate((), "smooth")
+        if _closer(smoothed, start, budget):
+            current = smoothed
+            notes.append(f"SmoothQuant (alpha {config.smoothing_alpha}) took the candidate from mean "
+                         f"{start.cosine_mean:.5f} / min {start.cosine_min:.5f} to {smoothed.cosine_mean:.5f} / "
+                         f"{smoothed.cosine_min:.5f}")
+        else:
+            plan = unsmoothed
+            notes.append("SmoothQuant did not bring the candidate closer to the budget; searching without it")
+    if current.meets_budget:
+        if current is start:
+            notes.append("the starting candidate already meets the budget: nothing to pin")
+    else:
+        diagnosis = diagnose(model_path, current.path, evaluation_feeds)
+        ranking = diagnosis.sensitivity()
+        order = [name for name, _ in ranking]
+        everything = evaluate(order, "all pinned")
+        if not everything.meets_budget:
+            raise AccuracyError(
+                f"Even with all {len(order)} quantized nodes in FP32 the candidate misses the budget "
+                f"(mean {everything.cosine_mean:.5f}, min {everything.cosine_min:.5f}).",
+                expected=f"mean >= {budget.embedding_cosine_mean}, min >= {budget.embedding_cosine_min}",
+                fix="check the reference and the evaluation data, or relax the budget",
+            )
+        low, high = 0, len(order)  # the prefix of `low` nodes misses, the prefix of `high` meets
+        while high - low > 1:
+            middle = (low + high) // 2
+            if evaluate(order[:middle], "bisect").meets_budget:
+                high = middle
+            else:
+                low = middle
+        pins = list(order[:high])
+        for name in reversed(order[:high]):  # least sensitive first
+            if len([t for t in trials if t.stage == "prune"]) >= config.max_prune_trials or len(pins) <= 1:
+                break
+            fewer = [p for p in pins if p != name]
+            if evaluate(fewer, "prune").meets_budget:
+                pins = fewer
+    passing = [t for t in trials if t.meets_budget]
+    best = min(passing, key=lambda t: (t.pinned_parameters, t.latency_ms))
+    if not best.smoothed:
+        from dataclasses import replace
+
+        plan = replace(plan, smoothing=None)
+    final_plan = plan.pin([p for p in best.pins if p not in plan.nodes], reason="sensitivity", note="autofix")
+    fixed_path = output_dir / "fixed.onnx"
+    from workbench.onnx.io import load_onnx, save_onnx
+
+    save_onnx(load_onnx(best.path), fixed_path)
+    final_plan.save(output_dir / "fixed_plan.json")
+    return AutofixResult(fixed_path, final_plan, tuple(trials), tuple(ranking), diagnosis, budget,
+                         time.perf_counter() - started, tuple(notes))
+
+
+def _weight_sizes(model_path: str | os.PathLike[str]) -> dict[str, int]:
+    """Node name -> number of weight elements (initializers) it reads."""
+    from workbench.onnx.io import load_onnx
+
+    model = load_onnx(model_path)
+    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer}
+    return {n.name: sum(sizes.get(i, 0) for i in n.input) for n in model.graph.node}
+
+
+def _closer(trial: Trial, than: Trial, budget: Any) -> bool:
+    """Whether `trial` misses the budget by less than `than` does (sum of the shortfalls of mean and min)."""
+
+    def shortfall(t: Trial) -> float:
+        return max(0.0, budget.embedding_cosine_mean - t.cosine_mean) + max(0.0, budget.embedding_cosine_min - t.cosine_min)
+
+    return shortfall(trial) < shortfall(than)

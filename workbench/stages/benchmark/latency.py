@@ -1,0 +1,393 @@
+"""Benchmark stage: latency, throughput and memory of every candidate, interleaved, and the choice among them.
+
+- :func:`benchmark` times every runner at every (batch, sequence), interleaved run by run, in one process.
+- :func:`benchmark_candidates` does the same for ONNX files (and optionally the PyTorch module), building the
+  runners from the engines.
+- :func:`benchmark_concurrency` estimates serving throughput: N threads, each with its own session.
+- :func:`candidates_table`, :func:`pareto_figure` and :func:`choose_candidate` join accuracy and speed and pick
+  the candidate to ship.
+
+Sessions are only ever created by the runners in ``workbench.engines``; this module asks for runners.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from workbench.config import StageConfig, check_positive
+from workbench.engines.base import Runner
+from workbench.errors import ConfigError, DataError, WorkbenchError
+from workbench.machine import machine_info, peak_rss_mb, release_free_memory, rss_mb
+
+Shape = tuple[int, int]  # (batch, sequence)
+
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig(StageConfig):
+    """How to time candidates.
+
+    Attributes:
+        batch_sizes: Batch sizes to time.
+        sequence_lengths: Padded sequence lengths to time.
+        warmup: Untimed runs per candidate and shape before timing.
+        iterations: Timed runs per candidate and shape. Candidates take turns run by run (interleaved), so
+            a noisy machine slows them alike.
+        threads: Intra-op threads for every engine (torch and onnxruntime); None: all cores.
+        time_budget_s: Stop a shape's timing loop once it has run this many seconds (and at least
+            min_iterations rounds); None: always run every iteration. Warm-up is not counted.
+        min_iterations: Rounds a time budget never cuts below (capped at iterations).
+    """
+
+    batch_sizes: tuple[int, ...] = (1, 8)
+    sequence_lengths: tuple[int, ...] = (128,)
+    warmup: int = 5
+    iterations: int = 30
+    threads: int | None = None
+    time_budget_s: float | None = None
+    min_iterations: int = 3
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": {"batch_sizes": (1,), "warmup": 2, "iterations": 10},
+        "default": {},
+        "thorough": {"batch_sizes": (1, 8, 32), "sequence_lengths": (32, 128, 512), "iterations": 100},
+    }
+
+    def __post_init__(self) -> None:
+        check_positive(self, "batch_sizes", "sequence_lengths", "iterations", "min_iterations")
+        if self.warmup < 0:
+            raise ConfigError(f"BenchmarkConfig.warmup must be >= 0, got {self.warmup}.")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"BenchmarkConfig.threads must be >= 1 or None, got {self.threads}.")
+        if self.time_budget_s is not None and (not isinstance(self.time_budget_s, (int, float))
+                                               or not self.time_budget_s > 0):
+            raise ConfigError(f"BenchmarkConfig.time_budget_s must be > 0 seconds or None, got {self.time_budget_s!r}.",
+                              fix="leave it empty (None) to run every iteration")
+
+    @property
+    def effective_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class BenchmarkRow:
+    """Timing of one candidate at one shape, in milliseconds.
+
+    `throughput` is samples per second of back-to-back sequential runs (batch * 1000 / mean_ms); concurrent
+    serving throughput is what :func:`benchmark_concurrency` measures. `iterations` is how many timed runs the
+    percentiles are over (fewer than configured when a time budget stopped the shape early).
+    """
+
+    name: str
+    batch: int
+    seq: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # samples per second at this batch size
+    iterations: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Every row, with the settings and machine they were measured on.
+
+    Attributes:
+        rows: One row per (candidate, batch, seq).
+        config: The settings.
+        machine: Platform, processor, cores, Python.
+        notes: How the runs were made (interleaving, spinning, time budget cuts).
+        peak_memory_mb: Candidate -> how much this process's resident memory (VmRSS) grew while that runner was
+            activated: the weights and buffers its session keeps resident (for PyTorch, whose module is loaded
+            before, about 0). Free heap pages are handed back to the OS before each reading (glibc), so a
+            session does not look free because it reused them; still, buffers an engine allocates at its first
+            inference are not in it, so it is an estimate of the memory a candidate adds, not an exact footprint.
+            None where /proc/self/status is not available (not Linux).
+        process_peak_rss_mb: This process's peak resident memory (VmHWM) at the end of the benchmark: an upper
+            bound of what all runners together (plus everything the process did before: torch, export ...)
+            needed at once. Serve a candidate alone to know its own peak.
+    """
+
+    rows: tuple[BenchmarkRow, ...]
+    config: BenchmarkConfig
+    machine: dict[str, Any]
+    notes: tuple[str, ...] = ()
+    peak_memory_mb: dict[str, float | None] = field(default_factory=dict)
+    process_peak_rss_mb: float | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """Candidate names, in the order they were given."""
+        return list(dict.fromkeys(r.name for r in self.rows))
+
+    def row(self, name: str, batch: int, seq: int) -> BenchmarkRow:
+        for r in self.rows:
+            if (r.name, r.batch, r.seq) == (name, batch, seq):
+                return r
+        raise KeyError(f"no row for {name!r} at batch {batch}, seq {seq}")
+
+    def p50(self, name: str, batch: int, seq: int) -> float | None:
+        try:
+            return self.row(name, batch, seq).p50_ms
+        except KeyError:
+            return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": [r.to_dict() for r in self.rows], "config": self.config.to_dict(),
+                "machine": self.machine, "notes": list(self.notes), "peak_memory_mb": dict(self.peak_memory_mb),
+                "process_peak_rss_mb": self.process_peak_rss_mb}
+
+    def figure(self, baseline: str | None = "pytorch") -> Any:
+        """Plotly bar chart of p50 latency per candidate and shape (speed-up vs `baseline` in the hover)."""
+        import plotly.graph_objects as go
+
+        figure = go.Figure()
+        shapes = sorted({(r.batch, r.seq) for r in self.rows})
+        for name in self.names:
+            rows = [self.row(name, b, s) for b, s in shapes if self.p50(name, b, s) is not None]
+            speedups = [
+                (self.p50(baseline, r.batch, r.seq) or float("nan")) / r.p50_ms if baseline else float("nan")
+                for r in rows
+            ]
+            figure.add_bar(
+                name=name,
+                x=[f"batch {r.batch}, seq {r.seq}" for r in rows],
+                y=[r.p50_ms for r in rows],
+                customdata=speedups,
+                hovertemplate="%{y:.2f} ms (%{customdata:.2f}x vs " + str(baseline) + ")",
+            )
+        figure.update_layout(barmode="group", yaxis_title="p50 latency (ms)", title="Latency by candidate")
+        return figure
+
+    def latency_figure(self) -> Any:
+        """Plotly line chart: p50 latency vs batch size, one line per candidate and sequence length.
+
+        Error bars reach up to p90; the hover shows p90, p99 and throughput.
+        """
+        import plotly.graph_objects as go
+
+        figure = go.Figure()
+        for name in self.names:
+            for seq in sorted({r.seq for r in self.rows if r.name == name}):
+                rows = sorted((r for r in self.rows if r.name == name and r.seq == seq), key=lambda r: r.batch)
+                figure.add_scatter(
+                    x=[r.batch for r in rows], y=[r.p50_ms for r in rows], mode="lines+markers",
+                    name=f"{name}, seq {seq}",
+                    error_y={"type": "data", "symmetric": False, "array": [r.p90_ms - r.p50_ms for r in rows],
+                             "arrayminus": [0.0] * len(rows), "thickness": 1},
+                    customdata=[[r.p90_ms, r.p99_ms, r.throughput] for r in rows],
+                    hovertemplate=(f"{name}, seq {seq}, batch %{{x}}: p50 %{{y:.2f}} ms, p90 %{{customdata[0]:.2f}}"
+                                   " ms, p99 %{customdata[1]:.2f} ms, %{customdata[2]:.1f} samples/s<extra></extra>"),
+                )
+        batches = sorted({r.batch for r in self.rows})
+        figure.update_layout(title="Latency vs batch size (p50; bars up to p90)", xaxis_title="batch size",
+                             yaxis_title="p50 latency (ms)", xaxis={"tickmode": "array", "tickvals": batches})
+        return figure
+
+    def speedup_figure(self, baseline: str = "pytorch") -> Any:
+        """Plotly bar chart: p50 speed-up of every other candidate over `baseline`, per (batch, seq).
+
+        Raises:
+            WorkbenchError: `baseline` was not benchmarked.
+        """
+        import plotly.graph_objects as go
+
+        if baseline not in self.names:
+            raise WorkbenchError(
+                f"The speed-up baseline {baseline!r} was not benchmarked; the candidates are {self.names}.",
+                fix="pass baseline= one of them, or benchmark the PyTorch module too (pytorch_module=...)",
+            )
+        figure = go.Figure()
+        shapes = sorted({(r.batch, r.seq) for r in self.rows})
+        for name in self.names:
+            if name == baseline:
+                continue
+            points = [(b, s, self.p50(baseline, b, s), self.p50(name, b, s)) for b, s in shapes]
+            points = [(b, s, base, p50) for b, s, base, p50 in points if base is not None and p50 is not None]
+            figure.add_bar(name=name, x=[f"batch {b}, seq {s}" for b, s, _, _ in points],
+                           y=[base / p50 for _, _, base, p50 in points],
+                           customdata=[[p50, base] for _, _, base, p50 in points],
+                           hovertemplate=(f"{name}: %{{y:.2f}}x (%{{customdata[0]:.2f}} ms vs {baseline} "
+                                          "%{customdata[1]:.2f} ms)<extra></extra>"))
+        figure.add_hline(y=1.0, line_dash="dash", line_color="gray", annotation_text=baseline)
+        figure.update_layout(barmode="group", title=f"Speed-up over {baseline} (p50, same run)",
+                             yaxis_title=f"{baseline} p50 / candidate p50")
+        return figure
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(r.name)}</td><td>{r.batch}</td><td>{r.seq}</td><td>{r.p50_ms:.2f}</td>"
+            f"<td>{r.p90_ms:.2f}</td><td>{r.p99_ms:.2f}</td><td>{r.mean_ms:.2f}</td><td>{r.throughput:.1f}</td>"
+            f"<td>{_mb(self.peak_memory_mb.get(r.name))}</td></tr>"
+            for r in self.rows
+        )
+        runs = f"{self.config.iterations} interleaved runs"
+        if self.config.time_budget_s is not None:
+            runs = f"up to {runs}, {self.config.time_budget_s:g} s per shape"
+        peak = (f"; process peak RSS {self.process_peak_rss_mb:.0f} MB" if self.process_peak_rss_mb is not None
+                else "")
+        return (f"<b>Latency</b> ({self.machine.get('cpu_count')} cores, {self.config.effective_threads} threads, "
+                f"{runs}{peak})<table><tr><th>candidate</th><th>batch</th><th>seq</th>"
+                f"<th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>mean ms</th><th>samples/s</th>"
+                f"<th>RSS growth at activation (MB)</th></tr>{rows}</table>")
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def benchmark(
+    runners: Sequence[Runner],
+    feeds_for: Callable[[int, int], Mapping[str, np.ndarray]],
+    config: BenchmarkConfig = BenchmarkConfig(),
+) -> BenchmarkResult:
+    """Time each runner at every (batch, sequence) in the config, interleaving the runners run by run.
+
+    Each round runs every runner once, in an order rotated round by round, so no runner always follows the
+    same neighbour. With `config.time_budget_s`, a shape stops after the round that crosses the budget (never
+    before `config.min_iterations` rounds); its rows say how many rounds they are over.
+
+    Args:
+        runners: Inactive runners; they are activated here, one after the other (the growth of this process's
+            resident memory during each activation is recorded), and all deactivated at the end. Create
+            onnxruntime runners with `allow_spinning=False` so idle pool threads do not steal cores from the
+            runner being timed.
+        feeds_for: (batch, sequence) -> the feed dict to time with.
+        config: Shapes, warm-up, iterations, threads, time budget.
+    """
+    names = [r.name for r in runners]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Runner names must be unique, got {names}.")
+    rows = []
+    active: list[Runner] = []
+    memory: dict[str, float | None] = {}
+    notes = ["onnxruntime thread spinning off for every session; runs interleaved"]
+    floor = min(config.min_iterations, config.iterations)
+    try:
+        for runner in runners:
+            release_free_memory()
+            before = rss_mb()
+            runner.activate()
+            after = rss_mb()
+            active.append(runner)
+            memory[runner.name] = round(after - before, 1) if before is not None and after is not None else None
+        for batch in config.batch_sizes:
+            for seq in config.sequence_lengths:
+                feeds = dict(feeds_for(batch, seq))
+                for runner in active:
+                    for _ in range(config.warmup):
+                        runner.infer(feeds)
+                timings: dict[str, list[float]] = {r.name: [] for r in active}
+                shape_started = time.perf_counter()
+                rounds = 0
+                for iteration in range(config.iterations):
+                    # rotate who goes first, so no runner always follows the same neighbour
+                    order = active[iteration % len(active):] + active[: iteration % len(active)]
+                    for runner in order:
+                        started = time.perf_counter()
+                        runner.infer(feeds)
+                        timings[runner.name].append((time.perf_counter() - started) * 1000.0)
+                    rounds += 1
+                    if (config.time_budget_s is not None and rounds >= floor
+                            and time.perf_counter() - shape_started >= config.time_budget_s):
+                        break
+                if rounds < config.iterations:
+                    notes.append(f"time budget {config.time_budget_s:g} s: batch {batch}, seq {seq} stopped after "
+                                 f"{rounds} of {config.iterations} rounds")
+                for name, values in timings.items():
+                    ms = np.asarray(values)
+                    rows.append(BenchmarkRow(
+                        name=name, batch=batch, seq=seq,
+                        p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)),
+                        p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
+                        throughput=float(batch * 1000.0 / ms.mean()), iterations=len(values),
+                    ))
+    finally:
+        for runner in active:
+            runner.deactivate()
+    return BenchmarkResult(rows=tuple(rows), config=config, machine=machine_info(), notes=tuple(notes),
+                           peak_memory_mb=memory, process_peak_rss_mb=_round(peak_rss_mb()))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def benchmark_candidates(
+    candidates: Mapping[str, str | os.PathLike[str]],
+    feeds_for: Callable[[int, int], Mapping[str, np.ndarray]],
+    config: BenchmarkConfig = BenchmarkConfig(),
+    *,
+    pytorch_module: Any = None,
+    pytorch_name: str = "pytorch",
+    pytorch_output_names: Sequence[str] = ("last_hidden_state",),
+) -> BenchmarkResult:
+    """:func:`benchmark` ONNX files (and optionally the PyTorch module they came from), interleaved.
+
+    Each file gets an onnxruntime runner with `config.effective_threads` intra-op threads and thread spinning
+    off; the module gets a PyTorch runner with the same thread count, named `pytorch_name` (the baseline of
+    `BenchmarkResult.speedup_figure`).
+
+    Args:
+        candidates: Name -> .onnx file.
+        feeds_for: (batch, sequence) -> the feed dict to time with.
+        config: Shapes, warm-up, iterations, threads, time budget.
+        pytorch_module: A torch.nn.Module taking the feed names as keywords; None: no PyTorch row.
+        pytorch_name: The PyTorch runner's name.
+        pytorch_output_names: The module's outputs to fetch.
+    """
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
+    from workbench.engines.pytorch import PyTorchRunner
+
+    if not candidates and pytorch_module is None:
+        raise ConfigError("There is nothing to benchmark: no candidates and no PyTorch module.",
+                          fix="pass at least one name -> .onnx path")
+    threads = config.effective_threads
+    runners: list[Any] = []
+    if pytorch_module is not None:
+        runners.append(PyTorchRunner(pytorch_module, output_names=pytorch_output_names, name=pytorch_name,
+                                     threads=threads))
+    runners += [OnnxRuntimeRunner(Path(path), name=name, intra_op_threads=threads, allow_spinning=False)
+                for name, path in candidates.items()]
+    return benchmark(runners, feeds_for, config)
+
+
+def feeds_from_sentences(
+    tokenizer: Any, sentences: Sequence[str], *, input_names: Sequence[str] | None = None
+) -> Callable[[int, int], dict[str, np.ndarray]]:
+    """A `feeds_for(batch, seq)` for :func:`benchmark`: `batch` of the sentences (cycled), padded to `seq`.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        sentences: The texts to draw from.
+        input_names: Keep only these inputs, in this order (the ONNX model's inputs).
+    """
+    from workbench.data import tokenize_batches
+
+    texts = list(sentences)
+    if not texts:
+        raise DataError("No sentences to build benchmark feeds from.", fix="pass at least one sentence")
+    cache: dict[Shape, dict[str, np.ndarray]] = {}
+
+    def feeds_for(batch: int, seq: int) -> dict[str, np.ndarray]:
+        if (batch, seq) not in cache:
+            chosen = [texts[i % len(texts)] for i in range(batch)]
+            cache[(batch, seq)] = tokenize_batches(tokenizer, chosen, batch_size=batch, sequence_length=seq,
+                                                   input_names=input_names)[0]
+        return cache[(batch, seq)]
+
+    return feeds_for
+
+

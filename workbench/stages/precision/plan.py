@@ -1,0 +1,219 @@
+"""PrecisionPlan: which precision each node runs at, and why. The one source for every converter.
+
+A plan names a method (how the bulk of the model is converted: dynamic INT8, static INT8, FP16, or none) with
+its options, and the nodes that are exceptions: kept in FP32 because a user pinned them, an FP16 overflow scan
+flagged them, or a sensitivity search found that they lose the accuracy. Converters receive the exceptions as
+`keep_fp32` (onnxruntime's `nodes_to_exclude` for INT8, `node_block_list` for FP16; TensorRT layer precisions
+later).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+from workbench.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+REASONS = ("pinned", "overflow", "sensitivity")
+METHODS = ("int8_dynamic", "int8_static", "fp16", "fp32")
+_METHOD_PRECISION = {"int8_dynamic": "int8", "int8_static": "int8", "fp16": "fp16", "fp32": "fp32"}
+
+
+def _config_class(method: str) -> Any:
+    from workbench.stages.precision import quantize as precision
+
+    return {"int8_dynamic": precision.DynamicQuantConfig, "int8_static": precision.StaticQuantConfig,
+            "fp16": precision.Fp16Config}.get(method)
+
+
+@dataclass(frozen=True)
+class NodePrecision:
+    """One node's exception to the plan's default precision."""
+
+    precision: str = "fp32"
+    reason: str = "pinned"
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"Node precision {self.precision!r} is not one of {list(PRECISIONS)}.")
+        if self.reason not in REASONS:
+            raise ConfigError(f"Reason {self.reason!r} is not one of {list(REASONS)}.")
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """Per-node precision for one conversion method.
+
+    Attributes:
+        method: "int8_dynamic", "int8_static", "fp16" or "fp32" (no conversion).
+        options: The method's config (DynamicQuantConfig, StaticQuantConfig or Fp16Config); None: its defaults.
+        nodes: Node name -> NodePrecision, for the nodes that do not run at the method's precision.
+        smoothing: A SmoothingConfig to apply before converting (SmoothQuant: activation outliers move into
+            the weights, calibrated on the conversion's calibration data), or None.
+    """
+
+    method: str = "int8_dynamic"
+    options: Any = None
+    nodes: Mapping[str, NodePrecision] = field(default_factory=dict)
+    smoothing: Any = None
+
+    PRESETS: ClassVar[dict[str, tuple[str, str]]] = {
+        # preset -> (method, the method config's preset)
+        "cpu_int8_dynamic": ("int8_dynamic", "cpu_int8_dynamic"),
+        "cpu_int8_dynamic_per_tensor": ("int8_dynamic", "cpu_int8_dynamic_per_tensor"),
+        "cpu_int8_static": ("int8_static", "cpu_int8_static"),
+        "cpu_int8_static_qoperator": ("int8_static", "cpu_int8_static_qoperator"),
+        "tensorrt_int8_qdq": ("int8_static", "tensorrt_int8_qdq"),
+        "gpu_fp16": ("fp16", "gpu_fp16"),
+    }
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"PrecisionPlan.method {self.method!r} is not one of {list(METHODS)}.")
+        config_class = _config_class(self.method)
+        if config_class is None:
+            options = None
+        elif self.options is None:
+            options = config_class()
+        elif isinstance(self.options, Mapping):
+            options = config_class.from_dict(dict(self.options))
+        elif isinstance(self.options, config_class):
+            options = self.options
+        else:
+            raise ConfigError(f"PrecisionPlan options for {self.method} must be a {config_class.__name__}, "
+                              f"got {type(self.options).__name__}.")
+        object.__setattr__(self, "options", options)
+        nodes = {name: value if isinstance(value, NodePrecision) else NodePrecision(**value)
+                 for name, value in dict(self.nodes).items()}
+        object.__setattr__(self, "nodes", nodes)
+        if isinstance(self.smoothing, Mapping):
+            from workbench.stages.precision.smooth import SmoothingConfig
+
+            object.__setattr__(self, "smoothing", SmoothingConfig.from_dict(dict(self.smoothing)))
+
+    @classmethod
+    def preset(cls, name: str) -> PrecisionPlan:
+        """A named plan: cpu_int8_dynamic, cpu_int8_static, tensorrt_int8_qdq, gpu_fp16, ..."""
+        if name not in cls.PRESETS:
+            raise ConfigError(f"No PrecisionPlan preset {name!r}.", expected=f"one of {sorted(cls.PRESETS)}")
+        method, options_preset = cls.PRESETS[name]
+        return cls(method, _config_class(method).preset(options_preset))
+
+    @property
+    def default_precision(self) -> str:
+        return _METHOD_PRECISION[self.method]
+
+    def precision_of(self, node: str) -> str:
+        return self.nodes[node].precision if node in self.nodes else self.default_precision
+
+    def pin(self, names: Iterable[str], precision: str = "fp32", reason: str = "pinned", note: str = "") -> PrecisionPlan:
+        """A new plan with `names` at `precision` (the plan itself is not changed)."""
+        nodes = dict(self.nodes)
+        for name in names:
+            nodes[name] = NodePrecision(precision, reason, note)
+        return replace(self, nodes=nodes)
+
+    def unpin(self, names: Iterable[str]) -> PrecisionPlan:
+        """A new plan where `names` run at the method's precision again."""
+        drop = set(names)
+        return replace(self, nodes={k: v for k, v in self.nodes.items() if k not in drop})
+
+    @property
+    def keep_fp32(self) -> tuple[str, ...]:
+        """Nodes that stay FP32: `nodes_to_exclude` for INT8 converters, `node_block_list` for FP16."""
+        return tuple(sorted(name for name, node in self.nodes.items() if node.precision == "fp32"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "options": self.options.to_dict() if self.options is not None else None,
+                "nodes": {name: dict(node.__dict__) for name, node in sorted(self.nodes.items())},
+                "smoothing": self.smoothing.to_dict() if self.smoothing is not None else None}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PrecisionPlan:
+        values = json.loads(text)
+        unknown = set(values) - {"method", "options", "nodes", "smoothing"}
+        if unknown:
+            raise ConfigError(f"PrecisionPlan JSON has unknown keys {sorted(unknown)}.")
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        from workbench._files import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(self.to_json() + "\n")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PrecisionPlan:
+        return cls.from_json(Path(path).read_text())
+
+    def convert(
+        self,
+        model_path: str | os.PathLike[str],
+        output_path: str | os.PathLike[str],
+        *,
+        calibration_feeds: Any = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+    ) -> Any:
+        """Apply this plan to an FP32 model with the method's converter; returns its QuantizeResult.
+
+        Args:
+            model_path: The FP32 model (fused or not; node names must be this model's).
+            output_path: Where the converted model goes.
+            calibration_feeds: Feed dicts: calibration data for static INT8, scan data for FP16's overflow scan.
+            cache_dir: Calibration cache folder (static INT8).
+            progress: Progress bar while calibrating.
+        """
+        from workbench.stages.precision import quantize as precision
+
+        if self.smoothing is not None:
+            return self._convert_smoothed(model_path, output_path, calibration_feeds=calibration_feeds,
+                                          cache_dir=cache_dir, progress=progress)
+        if self.method == "int8_dynamic":
+            return precision.quantize_dynamic(model_path, output_path, self.options, keep_fp32=self.keep_fp32)
+        if self.method == "int8_static":
+            return precision.quantize_static(model_path, output_path, calibration_feeds, self.options,
+                                             keep_fp32=self.keep_fp32, cache_dir=cache_dir, progress=progress)
+        if self.method == "fp16":
+            return precision.convert_fp16(model_path, output_path, self.options, keep_fp32=self.keep_fp32,
+                                          scan_feeds=calibration_feeds)
+        raise ConfigError("A PrecisionPlan with method 'fp32' converts nothing.", fix="use the FP32 model as it is")
+
+    def _convert_smoothed(self, model_path: Any, output_path: Any, **options: Any) -> Any:
+        import tempfile
+
+        from workbench.errors import DataError
+        from workbench.stages.precision.smooth import smooth_activations
+
+        if not options.get("calibration_feeds"):
+            raise DataError("A plan with smoothing needs calibration_feeds to measure activation ranges.",
+                            fix="pass calibration_feeds=tokenize_batches(tokenizer, calibration_sentences, ...)")
+        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".smooth.", dir=Path(output_path).parent) as folder:
+            smoothed = smooth_activations(model_path, Path(folder) / "smoothed.onnx", options["calibration_feeds"],
+                                          self.smoothing)
+            # a node kept in FP32 keeps its smoothing Mul in FP32 too, or the Mul's output is still quantized
+            muls = [f"{name}_smooth" for name in self.keep_fp32 if name in smoothed.smoothed]
+            plain = replace(self, smoothing=None).pin(muls, note="smoothing Mul of a node kept in FP32")
+            result = plain.convert(smoothed.path, output_path, **options)
+        return replace(result, notes=(*result.notes, f"smoothed the inputs of {len(smoothed.smoothed)} nodes "
+                                                     f"(alpha {self.smoothing.alpha}) before converting"))
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td><code>{name}</code></td><td>{node.precision}</td><td>{node.reason}</td>"
+                       f"<td>{node.note}</td></tr>" for name, node in sorted(self.nodes.items()))
+        table = (f"<table><tr><th>node</th><th>precision</th><th>why</th><th></th></tr>{rows}</table>"
+                 if rows else " No exceptions.")
+        smoothing = f", SmoothQuant alpha {self.smoothing.alpha}" if self.smoothing is not None else ""
+        return (f"<b>Precision plan</b>: {self.method}{smoothing}, every node at {self.default_precision} "
+                f"except:{table}")

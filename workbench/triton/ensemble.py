@@ -1,0 +1,583 @@
+"""Text in, task outputs out: the ONNX model plus Python-backend tokenizer and post-processing models and an
+ensemble that chains them, with README.md and provenance.json at the repository root, all written or none."""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench._lazy import require
+from workbench.errors import ConfigError, ModelSourceError, TritonExportError, WorkbenchError
+from workbench.triton.config import CONFIG_FILENAME, ENSEMBLE_EMBEDDING_OUTPUT, ENSEMBLE_SUFFIX, ENSEMBLE_TEXT_INPUT, POOLING_MODES, POOLING_SUFFIX, TOKENIZER_SUFFIX, TritonConfig, _check_model_name, _is_int, _model_config_pb2, parse_model_config, render_model_config
+from workbench.triton.model import TritonExportResult, _add_warmup, _config_from_model, _load_checked, _onnx_files_writer, _remove_if_empty
+from workbench.triton.provenance import _COMPUTED_PROVENANCE_KEYS, PROVENANCE_FILENAME, README_FILENAME, _provenance_record, _readme_text
+from workbench.triton.writer import _Entry, _write_repository_entries
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from tritonclient.grpc import model_config_pb2
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text in, embeddings out: tokenizer + model + pooling as one Triton ensemble
+
+
+#: Tokenizer files copied next to the tokenizer model when the tokenizer folder has them. The model reads only
+#: tokenizer.json; the others are kept so the folder is a complete Hugging Face tokenizer for people and tools.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+)
+_TOKENIZER_INTEGER_TYPES = ("TYPE_INT64", "TYPE_INT32")
+#: The model inputs the tokenizer model can produce (python_models/tokenizer_model.py's ENCODING_FIELDS).
+TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: Texts the export tokenizes both ways (the server's model.py and the workbench's tokenizer) to prove they agree.
+_TOKENIZER_CHECK_TEXTS = (
+    "A man is playing a guitar.",
+    "",
+    "Ünïcödé, ŝpéçïäl çhäràctérs — and émojis 🙂 are tokenized the same way.",
+    "UPPER case, numbers 12345.678 and punctuation!?; (brackets) [more] {still}",
+    " ".join(["A long sentence that is truncated at the sequence length."] * 80),
+)
+#: The keys of provenance.json that the export computes; the caller's `provenance` may not replace them.
+@dataclass(frozen=True)
+class TritonEnsembleResult:
+    """A text-to-embedding (or text-to-outputs) ensemble written into a Triton model repository.
+
+    Attributes:
+        repository: The model repository.
+        ensemble_name: The model clients call: input `TEXT` (strings), output `EMBEDDING` (or the model's outputs
+            when there is no pooling).
+        models: Role ("model", "tokenizer", "pooling", "ensemble") -> the folder written for it.
+        readme: `<repository>/README.md`.
+        provenance: `<repository>/provenance.json`.
+        sequence_length: Every text is truncated and padded to this many tokens.
+        output_names: The ensemble's outputs.
+    """
+
+    repository: Path
+    ensemble_name: str
+    models: dict[str, TritonExportResult]
+    readme: Path
+    provenance: Path
+    sequence_length: int
+    output_names: tuple[str, ...]
+
+    @property
+    def model_name(self) -> str:
+        """The name clients call (the ensemble's)."""
+        return self.ensemble_name
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every model in the ensemble, the ensemble last (load the ensemble: Triton loads its steps with it)."""
+        return tuple(result.model_name for result in self.models.values())
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(f for result in self.models.values() for f in result.files) + (self.readme, self.provenance)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "repository": str(self.repository),
+            "ensemble_name": self.ensemble_name,
+            "models": {role: result.to_dict() for role, result in self.models.items()},
+            "readme": str(self.readme),
+            "provenance": str(self.provenance),
+            "sequence_length": self.sequence_length,
+            "output_names": list(self.output_names),
+        }
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(role)}</td><td><code>{html.escape(result.model_name)}</code></td>"
+            f"<td>{len(result.files)}</td></tr>"
+            for role, result in self.models.items()
+        )
+        return (
+            f"<b>Triton ensemble</b> <code>{html.escape(self.ensemble_name)}</code> "
+            f"(TEXT &rarr; {html.escape(', '.join(self.output_names))}, {self.sequence_length} tokens) in "
+            f"<code>{html.escape(str(self.repository))}</code>"
+            f"<table><tr><th>role</th><th>model</th><th>files</th></tr>{rows}</table>"
+            f"Serve it with <code>tritonserver --model-repository={html.escape(str(self.repository))}</code>."
+        )
+
+
+def ensemble_model_names(model_name: str, *, pooling: str | None = "mean") -> dict[str, str]:
+    """Role -> model name for the ensemble of `model_name`: model, tokenizer, pooling (with pooling), ensemble."""
+    names = {"model": model_name, "tokenizer": model_name + TOKENIZER_SUFFIX}
+    if pooling is not None:
+        names["pooling"] = model_name + POOLING_SUFFIX
+    names["ensemble"] = model_name + ENSEMBLE_SUFFIX
+    for name in names.values():
+        _check_model_name(name)
+    return names
+
+
+def check_ensemble(ensemble: model_config_pb2.ModelConfig, models: dict[str, Any]) -> None:
+    """Check an ensemble's wiring against its steps' configs, as far as it can be checked without a server.
+
+    Every step's model must be among `models` (name -> ModelConfig); every input_map key must be an input of that
+    model and every output_map key one of its outputs; every model input must be mapped, from a tensor that the
+    ensemble's inputs or an earlier step provide, with the same data type; every ensemble output must be
+    produced by a step. A server load checks more (dims, versions), so this is a first line, not a substitute.
+
+    Raises:
+        TritonExportError: Every problem found, in one message.
+    """
+    pb2 = _model_config_pb2("Checking a Triton ensemble")
+    type_name = pb2.DataType.Name
+    available = {t.name: t.data_type for t in ensemble.input}
+    problems: list[str] = []
+    for index, step in enumerate(ensemble.ensemble_scheduling.step):
+        label = f"step {index} ({step.model_name!r})"
+        model = models.get(step.model_name)
+        if model is None:
+            problems.append(f"{label} names a model that is not part of the repository being written")
+            continue
+        inputs = {t.name: t.data_type for t in model.input}
+        outputs = {t.name: t.data_type for t in model.output}
+        for model_input, tensor in step.input_map.items():
+            if model_input not in inputs:
+                problems.append(f"{label} maps {model_input!r}, which is not an input of the model {sorted(inputs)}")
+            elif tensor not in available:
+                problems.append(f"{label} reads ensemble tensor {tensor!r}, which no earlier step or ensemble "
+                                "input provides")
+            elif available[tensor] != inputs[model_input]:
+                problems.append(f"{label} input {model_input!r} is {type_name(inputs[model_input])} but ensemble "
+                                f"tensor {tensor!r} is {type_name(available[tensor])}")
+        unmapped = sorted(set(inputs) - set(step.input_map))
+        if unmapped:
+            problems.append(f"{label} leaves model inputs {unmapped} unmapped")
+        for model_output, tensor in step.output_map.items():
+            if model_output not in outputs:
+                problems.append(f"{label} maps output {model_output!r}, which the model does not have "
+                                f"{sorted(outputs)}")
+                continue
+            if tensor in available:
+                problems.append(f"{label} writes ensemble tensor {tensor!r}, which already has a producer")
+            available[tensor] = outputs[model_output]
+    for tensor in ensemble.output:
+        if tensor.name not in available:
+            problems.append(f"ensemble output {tensor.name!r} is produced by no step")
+        elif available[tensor.name] != tensor.data_type:
+            problems.append(f"ensemble output {tensor.name!r} is declared {type_name(tensor.data_type)} but its "
+                            f"step produces {type_name(available[tensor.name])}")
+    if problems:
+        raise TritonExportError(
+            f"The Triton ensemble {ensemble.name!r} is wired wrongly: {'; '.join(problems)}.",
+            fix="report this as a workbench bug if export_triton_ensemble() wrote it; for a hand-made ensemble, map "
+            "every model input from an ensemble input or an earlier step's output",
+        )
+
+
+@dataclass(frozen=True)
+class _TokenizerPlan:
+    """What the served tokenizer needs, settled before anything is written."""
+
+    json_text: str  # tokenizer.json content
+    copies: dict[str, Path]  # other tokenizer files to copy
+    pad_id: int
+    pad_token: str
+    pad_type_id: int
+    padding_side: str
+    truncation_side: str
+    source: Path
+
+
+def _tokenizer_plan(tokenizer_dir: Path, names: list[str], sequence_length: int) -> _TokenizerPlan:
+    """Load the tokenizer the workbench uses, and prove that the server's tokenization gives the same ids."""
+    from workbench.data import tokenize_batches
+    from workbench.models import _load_tokenizer
+    from workbench.triton.python_models import tokenizer_model
+
+    if not tokenizer_dir.is_dir():
+        raise ModelSourceError(
+            f"Tokenizer folder {tokenizer_dir} {'is a file' if tokenizer_dir.exists() else 'does not exist'}.",
+            expected="a folder written by tokenizer.save_pretrained() (tokenizer.json, tokenizer_config.json ...)",
+            fix="pass the Hugging Face model folder, which holds the tokenizer files",
+        )
+    try:
+        tokenizer = _load_tokenizer(tokenizer_dir)
+    except WorkbenchError:
+        raise
+    except Exception as exc:
+        raise ModelSourceError(
+            f"Could not load a tokenizer from {tokenizer_dir}: {type(exc).__name__}: {exc}",
+            fix="pass a folder written by tokenizer.save_pretrained()",
+        ) from exc
+    json_file = tokenizer_dir / "tokenizer.json"
+    if json_file.is_file():
+        json_text = json_file.read_text(encoding="utf-8")
+    elif getattr(tokenizer, "is_fast", False):  # a fast tokenizer built from vocab files: save its tokenizer.json
+        json_text = tokenizer.backend_tokenizer.to_str()
+    else:
+        raise TritonExportError(
+            f"The tokenizer in {tokenizer_dir} has no tokenizer.json and is not a fast tokenizer, so the server "
+            "cannot load it with the `tokenizers` package.",
+            fix="save a fast tokenizer: AutoTokenizer.from_pretrained(DIR, use_fast=True).save_pretrained(DIR)",
+        )
+    if tokenizer.pad_token_id is None:
+        raise TritonExportError(
+            f"The tokenizer in {tokenizer_dir} has no padding token, so texts cannot be padded to one length.",
+            fix="set one before exporting: tokenizer.pad_token = tokenizer.eos_token; tokenizer.save_pretrained(DIR)",
+        )
+    plan = _TokenizerPlan(
+        json_text=json_text,
+        copies={n: tokenizer_dir / n for n in TOKENIZER_FILES
+                if n != "tokenizer.json" and (tokenizer_dir / n).is_file()},
+        pad_id=int(tokenizer.pad_token_id),
+        pad_token=str(tokenizer.pad_token),
+        pad_type_id=int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+        padding_side=str(getattr(tokenizer, "padding_side", "right")),
+        truncation_side=str(getattr(tokenizer, "truncation_side", "right")),
+        source=tokenizer_dir,
+    )
+    # The server tokenizes with `tokenizers` alone; the workbench measured accuracy with the transformers
+    # tokenizer. Export only if both give the same arrays.
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="workbench-tokenizer-") as folder:
+        path = Path(folder) / "tokenizer.json"
+        path.write_text(json_text, encoding="utf-8")
+        served_tokenizer = tokenizer_model.load_tokenizer(
+            path, sequence_length=sequence_length, pad_id=plan.pad_id, pad_token=plan.pad_token,
+            pad_type_id=plan.pad_type_id, padding_side=plan.padding_side, truncation_side=plan.truncation_side)
+    served = tokenizer_model.encode(served_tokenizer, list(_TOKENIZER_CHECK_TEXTS), {n: np.int64 for n in names})
+    (expected,) = tokenize_batches(tokenizer, _TOKENIZER_CHECK_TEXTS, batch_size=len(_TOKENIZER_CHECK_TEXTS),
+                                   sequence_length=sequence_length, input_names=names)
+    differ = [n for n in names if served[n].shape != expected[n].shape or not np.array_equal(served[n], expected[n])]
+    if differ:
+        raise TritonExportError(
+            f"The served tokenizer (tokenizer.json read by the `tokenizers` package) gives different {differ} than "
+            f"the workbench's tokenizer for {tokenizer_dir} at sequence_length {sequence_length}, so the server's "
+            "embeddings would not be the ones the workbench measured.",
+            fix="save the tokenizer again with a current transformers (tokenizer.save_pretrained(DIR)), which "
+            "writes a tokenizer.json that matches it",
+        )
+    return plan
+
+
+def _string_parameters(cfg: Any, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        cfg.parameters[key].string_value = str(value)
+
+
+def _tokenizer_config(pb2: Any, name: str, config: TritonConfig, outputs: dict[str, int], sequence_length: int,
+                      plan: _TokenizerPlan) -> Any:
+    cfg = pb2.ModelConfig(name=name, backend="python", max_batch_size=config.max_batch_size)
+    cfg.input.add(name=ENSEMBLE_TEXT_INPUT, data_type=pb2.DataType.Value("TYPE_STRING"), dims=[1])
+    for output, data_type in outputs.items():
+        cfg.output.add(name=output, data_type=data_type, dims=[sequence_length])
+    _python_model_scheduling(pb2, cfg, config, sequence_length)
+    _string_parameters(cfg, {
+        "sequence_length": sequence_length, "pad_id": plan.pad_id, "pad_token": plan.pad_token,
+        "pad_type_id": plan.pad_type_id, "padding_side": plan.padding_side,
+        "truncation_side": plan.truncation_side, "tokenizer_file": "tokenizer.json",
+    })
+    return cfg
+
+
+def _python_model_scheduling(pb2: Any, cfg: Any, config: TritonConfig, warmup_length: int) -> None:
+    """Python-backend steps always run on the CPU, one instance, batching whatever is queued (no extra delay)."""
+    if config.dynamic_batching:
+        cfg.dynamic_batching.SetInParent()
+    cfg.instance_group.add(count=1, kind=pb2.ModelInstanceGroup.Kind.Value("KIND_CPU"))
+    if config.warmup:
+        _add_warmup(cfg, config, warmup_length)
+
+
+def _pooling_config(pb2: Any, name: str, config: TritonConfig, hidden: Any, mask_type: int, normalize: bool,
+                    sequence_length: int) -> Any:
+    cfg = pb2.ModelConfig(name=name, backend="python", max_batch_size=config.max_batch_size)
+    cfg.input.add(name=hidden.name, data_type=hidden.data_type, dims=list(hidden.dims))
+    cfg.input.add(name="attention_mask", data_type=mask_type, dims=[-1])
+    cfg.output.add(name=ENSEMBLE_EMBEDDING_OUTPUT, data_type=pb2.DataType.Value("TYPE_FP32"),
+                   dims=[hidden.dims[-1]])
+    _python_model_scheduling(pb2, cfg, config, sequence_length)
+    _string_parameters(cfg, {"normalize": "true" if normalize else "false"})
+    return cfg
+
+
+def _pick_embedding_output(model_cfg: Any, embedding_output: str | None, path: Path) -> Any:
+    outputs = {t.name: t for t in model_cfg.output}
+    if embedding_output is not None:
+        if embedding_output not in outputs:
+            raise TritonExportError(
+                f"{path} has no output {embedding_output!r} to pool (its outputs: {sorted(outputs)}).",
+                fix="pass embedding_output= one of those, or pooling=None to serve the raw outputs",
+            )
+        chosen = outputs[embedding_output]
+    elif "last_hidden_state" in outputs:
+        chosen = outputs["last_hidden_state"]
+    else:
+        token_level = [t for t in model_cfg.output if len(t.dims) == 2]
+        if len(token_level) != 1:
+            raise TritonExportError(
+                f"{path} has no 'last_hidden_state' output and {len(token_level)} outputs of shape [batch, "
+                f"sequence, hidden] ({[t.name for t in token_level]}), so it is unclear which one to pool.",
+                fix="pass embedding_output= the token-embedding output, or pooling=None for a model that is not "
+                "a feature extractor (a classifier, for example)",
+            )
+        chosen = token_level[0]
+    if len(chosen.dims) != 2:
+        raise TritonExportError(
+            f"Output {chosen.name!r} of {path} has dims {list(chosen.dims)} after the batch dimension; mean "
+            "pooling needs [sequence, hidden].",
+            fix="pool a token-level output, or pass pooling=None",
+        )
+    return chosen
+
+
+def _ensemble_config(pb2: Any, names: dict[str, str], config: TritonConfig, tokenizer_cfg: Any, model_cfg: Any,
+                     pooling_cfg: Any | None) -> Any:
+    cfg = pb2.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=config.max_batch_size)
+    cfg.input.add(name=ENSEMBLE_TEXT_INPUT, data_type=pb2.DataType.Value("TYPE_STRING"), dims=[1])
+    final = pooling_cfg if pooling_cfg is not None else model_cfg
+    for tensor in final.output:
+        cfg.output.add().CopyFrom(tensor)
+    steps = cfg.ensemble_scheduling.step
+    tokenize = steps.add(model_name=names["tokenizer"], model_version=-1)
+    tokenize.input_map[ENSEMBLE_TEXT_INPUT] = ENSEMBLE_TEXT_INPUT
+    for tensor in tokenizer_cfg.output:
+        tokenize.output_map[tensor.name] = tensor.name
+    run = steps.add(model_name=names["model"], model_version=-1)
+    for tensor in model_cfg.input:
+        run.input_map[tensor.name] = tensor.name
+    if pooling_cfg is None:
+        for tensor in model_cfg.output:
+            run.output_map[tensor.name] = tensor.name
+    else:
+        hidden = pooling_cfg.input[0].name
+        run.output_map[hidden] = hidden
+        pool = steps.add(model_name=names["pooling"], model_version=-1)
+        for tensor in pooling_cfg.input:
+            pool.input_map[tensor.name] = tensor.name
+        for tensor in pooling_cfg.output:
+            pool.output_map[tensor.name] = tensor.name
+    return cfg
+
+
+def _checked_text(cfg: Any) -> str:
+    text = render_model_config(cfg)
+    if parse_model_config(text) != cfg:  # never expected: the text must say exactly what was derived
+        raise TritonExportError(
+            f"The rendered Triton config of {cfg.name!r} does not parse back to the config it was rendered from.",
+            fix="report this as a workbench bug, with the model and the TritonConfig",
+        )
+    return text
+
+
+def export_triton_ensemble(
+    onnx_path: str | os.PathLike[str],
+    repository: str | os.PathLike[str],
+    tokenizer_dir: str | os.PathLike[str],
+    config: TritonConfig = TritonConfig(),
+    *,
+    sequence_length: int,
+    pooling: str | None = "mean",
+    normalize: bool = True,
+    embedding_output: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> TritonEnsembleResult:
+    """Write a model repository that Triton serves as text in, embeddings (or the model's outputs) out.
+
+    With `config.model_name` = NAME it writes, all or nothing:
+
+    - `NAME/`: the ONNX model, as :func:`export_triton` writes it (dynamic batching, instances, warmup and
+      accelerators from `config`);
+    - `NAME_tokenizer/`: a Python-backend model that reads `tokenizer.json` (copied from `tokenizer_dir` into its
+      version folder, with the other tokenizer files; nothing is downloaded) and turns `TEXT` (TYPE_STRING,
+      dims [1]) into the model's integer inputs, truncated and padded to `sequence_length` so that requests
+      from different clients batch together;
+    - `NAME_pooling/` (with `pooling="mean"`): a Python-backend model (numpy only) that mean-pools the token
+      embeddings where attention_mask is 1 and, with `normalize`, L2-normalises them: the workbench's own
+      `mean_pooled_embeddings`;
+    - `NAME_ensemble/`: platform "ensemble", wiring TEXT -> tokenizer -> model -> pooling -> EMBEDDING
+      (without pooling, the model's outputs);
+    - `README.md` and `provenance.json` at the repository root.
+
+    Before anything is written: every config is rendered and parsed back strictly, the ensemble's wiring is
+    checked (:func:`check_ensemble`), and the server's tokenization is checked to give exactly the workbench's
+    ids on sample texts. Existing entries are refused without `overwrite`, before anything is written.
+
+    Args:
+        onnx_path: The .onnx model (inputs among input_ids, attention_mask, token_type_ids).
+        repository: The model repository folder; created if missing.
+        tokenizer_dir: The folder with the model's tokenizer files (a Hugging Face model folder).
+        config: Name, batching, instances, warmup, accelerators; Python-backend steps always get one CPU
+            instance and batch whatever is queued.
+        sequence_length: Tokens per text (longer texts are truncated, shorter ones padded).
+        pooling: "mean" for sentence embeddings, None to return the model's outputs as they are.
+        normalize: L2-normalise the pooled embeddings.
+        embedding_output: The output to pool; default `last_hidden_state`, else the only [batch, sequence,
+            hidden] output.
+        provenance: Extra provenance.json entries, for example `source_model`, `precision_plan` (a PrecisionPlan
+            or its dict), `accuracy`, `speed`. Objects with to_dict() are converted. The keys the export writes
+            itself (format, models, libraries, hardware, ...) cannot be replaced.
+        overwrite: Replace existing model folders, README.md and provenance.json (only once all new ones are
+            complete).
+
+    Returns:
+        The ensemble's name and every folder and file written.
+
+    Raises:
+        ModelSourceError: The ONNX file or the tokenizer folder is missing or invalid.
+        TritonExportError: The model cannot be served this way (an input no tokenizer produces, no output to
+            pool, a static batch dimension ...), the served tokenizer would differ from the workbench's, an entry
+            exists and overwrite is False, or writing failed.
+        ConfigError: Invalid arguments (config, sequence_length, pooling, provenance).
+    """
+    if not isinstance(config, TritonConfig):
+        raise ConfigError(
+            f"export_triton_ensemble() takes a TritonConfig, not {type(config).__name__}.",
+            fix="pass TritonConfig(...) or TritonConfig.preset('cpu')",
+        )
+    if not _is_int(sequence_length) or sequence_length < 2:
+        raise ConfigError(f"sequence_length must be an integer >= 2, got {sequence_length!r}.",
+                          fix="pass the sequence length the model was measured at, for example 128")
+    if pooling is not None and pooling not in POOLING_MODES:
+        raise ConfigError(f"pooling must be one of {list(POOLING_MODES)} or None, got {pooling!r}.")
+    if not isinstance(normalize, bool):
+        raise ConfigError(f"normalize must be True or False, got {normalize!r}.")
+    names = ensemble_model_names(config.model_name, pooling=pooling)
+    repository = Path(repository)
+    tokenizer_dir = Path(tokenizer_dir)
+    if repository.exists() and not repository.is_dir():
+        raise TritonExportError(f"The model repository {repository} is a file, not a folder.",
+                                fix="pass a folder (it may already hold other models)")
+    entry_names = [*names.values(), README_FILENAME, PROVENANCE_FILENAME]
+    existing = [n for n in entry_names if (repository / n).exists() or (repository / n).is_symlink()]
+    if existing and not overwrite:
+        raise TritonExportError(
+            f"{', '.join(str(repository / n) for n in existing)} already exist{'s' if len(existing) == 1 else ''} "
+            "in the repository; nothing was changed.",
+            fix="pass overwrite=True to replace them, or choose another TritonConfig.model_name (or repository)",
+        )
+
+    onnx = require("onnx", purpose="Exporting an ONNX model to Triton")
+    pb2 = _model_config_pb2("Writing a Triton model config")
+    path, model = _load_checked(onnx_path)
+    model_cfg = _config_from_model(model, config, path, warmup_length=sequence_length)
+
+    tokenizer_outputs: dict[str, int] = {}
+    for tensor in model_cfg.input:
+        type_name = pb2.DataType.Name(tensor.data_type)
+        if tensor.name not in TOKENIZER_OUTPUTS or type_name not in _TOKENIZER_INTEGER_TYPES:
+            raise TritonExportError(
+                f"{path} takes input {tensor.name!r} ({type_name}), which a text tokenizer does not produce.",
+                expected=f"inputs among {list(TOKENIZER_OUTPUTS)}, of type {' or '.join(_TOKENIZER_INTEGER_TYPES)}",
+                fix="serve this model with export_triton() and tokenize on the client instead",
+            )
+        if list(tensor.dims) not in ([-1], [sequence_length]):
+            raise TritonExportError(
+                f"{path} input {tensor.name!r} has dims {list(tensor.dims)} after the batch dimension, which does "
+                f"not take {sequence_length} tokens.",
+                fix="export the model with a dynamic sequence axis, or pass that fixed length as sequence_length",
+            )
+        tokenizer_outputs[tensor.name] = tensor.data_type
+    hidden = None
+    if pooling is not None:
+        hidden = _pick_embedding_output(model_cfg, embedding_output, path)
+        tokenizer_outputs.setdefault("attention_mask", pb2.DataType.Value("TYPE_INT64"))
+    plan = _tokenizer_plan(tokenizer_dir, list(tokenizer_outputs), sequence_length)
+
+    tokenizer_cfg = _tokenizer_config(pb2, names["tokenizer"], config, tokenizer_outputs, sequence_length, plan)
+    pooling_cfg = _pooling_config(pb2, names["pooling"], config, hidden, tokenizer_outputs["attention_mask"],
+                                  normalize, sequence_length) if hidden is not None else None
+    ensemble_cfg = _ensemble_config(pb2, names, config, tokenizer_cfg, model_cfg, pooling_cfg)
+    configs = {names["tokenizer"]: tokenizer_cfg, names["model"]: model_cfg, names["ensemble"]: ensemble_cfg}
+    if pooling_cfg is not None:
+        configs[names["pooling"]] = pooling_cfg
+    check_ensemble(ensemble_cfg, configs)
+    texts = {name: _checked_text(cfg) for name, cfg in configs.items()}
+    output_names = tuple(t.name for t in ensemble_cfg.output)
+
+    record = _provenance_record(names=names, onnx_path=path, tokenizer_dir=tokenizer_dir,
+                                tokenizer_json=plan.json_text, sequence_length=sequence_length, pooling=pooling,
+                                normalize=normalize, config=config, provided=provenance)
+    readme = _readme_text(names, sequence_length=sequence_length, pooling=pooling, normalize=normalize,
+                          output_names=output_names, config=config, model_cfg=model_cfg,
+                          provided=[k for k in record if k not in _COMPUTED_PROVENANCE_KEYS])
+    onnx_files = _onnx_files_writer(onnx, model, path, config.version)
+
+    def model_folder(name: str, populate_versions: Callable[[Path], None]) -> Callable[[Path], None]:
+        def populate(folder: Path) -> None:
+            folder.mkdir()
+            (folder / CONFIG_FILENAME).write_text(texts[name], encoding="utf-8")
+            populate_versions(folder)
+        return populate
+
+    def python_model(source: Path, extra: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
+        def populate(folder: Path) -> None:
+            version_dir = folder / str(config.version)
+            version_dir.mkdir()
+            shutil.copyfile(source, version_dir / "model.py")
+            if extra is not None:
+                extra(version_dir)
+        return populate
+
+    def tokenizer_files(version_dir: Path) -> None:
+        (version_dir / "tokenizer.json").write_text(plan.json_text, encoding="utf-8")
+        for name, source in plan.copies.items():
+            shutil.copyfile(source, version_dir / name)
+
+    def empty_version(folder: Path) -> None:
+        (folder / str(config.version)).mkdir()  # Triton wants a version folder, even for an ensemble
+
+    def text_file(content: str) -> Callable[[Path], None]:
+        return lambda target: target.write_text(content, encoding="utf-8")
+
+    import json
+
+    from workbench.triton.python_models import POOLING_MODEL, TOKENIZER_MODEL
+
+    roles = {"model": onnx_files, "tokenizer": python_model(TOKENIZER_MODEL, tokenizer_files)}
+    if pooling_cfg is not None:
+        roles["pooling"] = python_model(POOLING_MODEL)
+    roles["ensemble"] = empty_version
+    entries = [_Entry(names[role], model_folder(names[role], populate)) for role, populate in roles.items()]
+    entries.append(_Entry(README_FILENAME, text_file(readme)))
+    entries.append(_Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2, sort_keys=False) + "\n")))
+
+    created_repository = not repository.exists()
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+        _write_repository_entries(repository, entries, overwrite=overwrite)
+    except WorkbenchError:
+        _remove_if_empty(repository, created_repository)
+        raise
+    except OSError as exc:
+        _remove_if_empty(repository, created_repository)
+        raise TritonExportError(
+            f"Writing the Triton ensemble into {repository} failed: {exc}. Nothing was moved into place.",
+            fix="check free disk space and permissions on the repository; if another process created one of "
+            f"{entry_names} meanwhile, remove it or pass overwrite=True",
+        ) from exc
+    except BaseException:
+        _remove_if_empty(repository, created_repository)
+        raise
+
+    def result_for(name: str) -> TritonExportResult:
+        model_dir = repository / name
+        relative = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*") if p.is_file())
+        ordered = sorted(relative, key=lambda p: (p.name != CONFIG_FILENAME, len(p.parts), str(p)))
+        return TritonExportResult(repository=repository, model_dir=model_dir, model_name=name,
+                                  config_text=texts[name], files=tuple(model_dir / p for p in ordered))
+
+    return TritonEnsembleResult(
+        repository=repository,
+        ensemble_name=names["ensemble"],
+        models={role: result_for(names[role]) for role in roles},
+        readme=repository / README_FILENAME,
+        provenance=repository / PROVENANCE_FILENAME,
+        sequence_length=sequence_length,
+        output_names=output_names,
+    )
