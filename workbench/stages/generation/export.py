@@ -33,7 +33,7 @@ from workbench._lazy import require
 from workbench.config import StageConfig, check_choice, check_positive
 from workbench.errors import ConfigError, ExportError, ModelSourceError
 from workbench.models import HFModelSource
-from workbench.triton.python_models.decoding import (
+from workbench.decoding import (
     LOGIT_POSITIONS,
     SPEC_METADATA_KEY,
     DecoderSpec,

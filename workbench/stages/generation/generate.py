@@ -21,7 +21,7 @@ import numpy as np
 from workbench.config import StageConfig
 from workbench.engines.base import Runner
 from workbench.errors import ConfigError, DataError
-from workbench.triton.python_models.decoding import (
+from workbench.decoding import (
     DecoderSpec,
     DecodeState,
     Sampling,

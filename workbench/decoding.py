@@ -1,10 +1,11 @@
-"""The decoding loop of an exported causal LM with a key/value cache: numpy only, shared by the workbench and the
-Triton generation model.
+"""Decoder feeds and the decoding loop of an exported causal LM with a key/value cache: numpy only, shared by the
+workbench and the Triton generation model.
 
-This one module is what both the library's generation (`workbench.stages.generation.generate`) and the served
-model (`generation_model.py`, which gets a copy of this file beside it) run, so a served stream is the library's
-loop token for token. It imports only the standard library and numpy: the server's Python environment need not
-have the workbench.
+This one module is what the library's generation (`workbench.stages.generation.generate`), the text-generation
+task's feeds (`workbench.tasks.generation`) and the served model (`triton/python_models/generation_model.py`,
+which gets a copy of this file beside it in the repository) run, so a served stream is the library's loop token
+for token. It imports only the standard library and numpy: the server's Python environment need not have the
+workbench, and `import workbench` stays light.
 
 The exported decoder (`workbench.stages.generation.export.export_decoder`) is one ONNX graph that serves both the
 prompt and every decode step:
