@@ -206,7 +206,8 @@ class TextGeneration(Task):
         if batch_size < 1 or sequence_length < 2:
             raise DataError(f"batch_size must be >= 1 and sequence_length >= 2, got {batch_size}, {sequence_length}.")
         limit = min(sequence_length, spec.max_positions) if spec is not None else sequence_length
-        rows = [list(map(int, tokenizer(str(text), add_special_tokens=True)["input_ids"]))[:limit] for text in samples]
+        rows = [list(map(int, tokenizer(str(text), add_special_tokens=True, truncation=True,
+                                        max_length=limit)["input_ids"])) for text in samples]
         if spec is None:
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             spec = DecoderSpec(num_layers=0, num_kv_heads=0, head_dim=0, vocab_size=len(tokenizer),

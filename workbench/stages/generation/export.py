@@ -31,8 +31,6 @@ import numpy as np
 
 from workbench._lazy import require
 from workbench.config import StageConfig, check_choice, check_positive
-from workbench.errors import ConfigError, ExportError, ModelSourceError
-from workbench.models import HFModelSource
 from workbench.decoding import (
     LOGIT_POSITIONS,
     SPEC_METADATA_KEY,
@@ -40,6 +38,8 @@ from workbench.decoding import (
     position_ids,
     prompt_feeds,
 )
+from workbench.errors import ConfigError, ExportError, ModelSourceError
+from workbench.models import HFModelSource
 
 EXPORTERS = ("torchscript", "dynamo")
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")

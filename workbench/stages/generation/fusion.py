@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from workbench._lazy import require
+from workbench.decoding import DecoderSpec, prompt_feeds
 from workbench.errors import WorkbenchError
 from workbench.stages.fusion import FusionConfig, FusionResult, fuse_proto
-from workbench.decoding import DecoderSpec, prompt_feeds
 
 #: Hugging Face model types whose decoders onnxruntime's GPT-2 optimizer fuses (norms, GELU).
 DECODER_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma")

@@ -19,8 +19,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from workbench.config import StageConfig
-from workbench.engines.base import Runner
-from workbench.errors import ConfigError, DataError
 from workbench.decoding import (
     DecoderSpec,
     DecodeState,
@@ -29,6 +27,8 @@ from workbench.decoding import (
     max_new_tokens_problem,
     prompt_problem,
 )
+from workbench.engines.base import Runner
+from workbench.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
