@@ -63,7 +63,7 @@ def build_bpe_tokenizer(folder: Path, *, style: str, vocab_size: int = VOCAB_SIZ
 def _gpt2(transformers: Any, tokenizer: Any, **sizes: Any) -> Any:
     eos = tokenizer.eos_token_id
     return transformers.GPT2Config(
-        vocab_size=len(tokenizer), n_positions=sizes.get("max_positions", MAX_POSITIONS),
+        vocab_size=sizes.get("vocab_size", len(tokenizer)), n_positions=sizes.get("max_positions", MAX_POSITIONS),
         n_embd=sizes.get("hidden", 64), n_layer=sizes.get("layers", 2), n_head=sizes.get("heads", 4),
         initializer_range=sizes.get("init", 0.2), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
         architectures=["GPT2LMHeadModel"])
@@ -72,7 +72,7 @@ def _gpt2(transformers: Any, tokenizer: Any, **sizes: Any) -> Any:
 def _llama(transformers: Any, tokenizer: Any, **sizes: Any) -> Any:
     hidden = sizes.get("hidden", 64)
     return transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        vocab_size=sizes.get("vocab_size", len(tokenizer)), hidden_size=hidden, intermediate_size=2 * hidden,
         num_hidden_layers=sizes.get("layers", 2), num_attention_heads=sizes.get("heads", 4),
         num_key_value_heads=sizes.get("kv_heads", 2), max_position_embeddings=sizes.get("max_positions", MAX_POSITIONS),
         initializer_range=sizes.get("init", 0.2), bos_token_id=tokenizer.bos_token_id,
@@ -86,7 +86,8 @@ TINY_DECODERS: dict[str, Callable[..., Any]] = {"gpt2": _gpt2, "llama": _llama}
 def build_tiny_decoder(kind: str, folder: Path, *, seed: int = 0, **sizes: Any) -> Path:
     """Save a random-init causal LM of `kind` ("gpt2" or "llama") with its BPE tokenizer into `folder`.
 
-    `sizes` overrides hidden, layers, heads, kv_heads (Llama), max_positions and init (initializer_range).
+    `sizes` overrides hidden, layers, heads, kv_heads (Llama), max_positions, init (initializer_range) and
+    vocab_size (default: the tokenizer's; larger gives a realistic output layer whose extra ids never decode).
     """
     import torch
     import transformers

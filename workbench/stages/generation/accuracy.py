@@ -139,7 +139,7 @@ class GenerationEvaluator:
                  texts: Sequence[str] | None = None, prompts: Sequence[str] | None = None,
                  budget: GenerationBudget | None = None, sequence_length: int = 64, batch_size: int = 1,
                  greedy_tokens: int = 16, threads: int | None = None) -> None:
-        from workbench.stages.generation.export import read_decoder_spec
+        from workbench.onnx.decoder import read_decoder_spec
         from workbench.stages.generation.generate import check_prompts, encode_prompts
         from workbench.tasks.generation import load_prompts
 
@@ -255,8 +255,8 @@ def diagnose_decoder(reference: str | os.PathLike[str], candidate: str | os.Path
         batches: How many texts (one per feed) the diagnosis runs on.
         sequence_length: The most tokens per text.
     """
+    from workbench.onnx.decoder import read_decoder_spec
     from workbench.stages.accuracy.diagnose import diagnose
-    from workbench.stages.generation.export import read_decoder_spec
 
     task = TextGeneration()
     spec = spec or read_decoder_spec(reference)

@@ -40,6 +40,7 @@ from workbench.decoding import (
 )
 from workbench.errors import ConfigError, ExportError, ModelSourceError
 from workbench.models import HFModelSource
+from workbench.onnx.decoder import read_decoder_spec  # noqa: F401  (re-exported: the stage's reader)
 
 EXPORTERS = ("torchscript", "dynamo")
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -502,46 +503,3 @@ def export_decoder(
     return DecoderExportResult(path=output_path, spec=spec, config=config, input_names=tuple(spec.input_names()),
                                output_names=tuple(spec.output_names()), checks=tuple(checks), op_counts=op_counts,
                                seconds=time.perf_counter() - started, source_name=resolved.name)
-
-
-def read_decoder_spec(path: str | os.PathLike[str]) -> DecoderSpec:
-    """The spec an exported decoder carries in its metadata (kept through fusion and quantization).
-
-    Raises:
-        ModelSourceError: The file has no decoder spec (it was not written by export_decoder, or a tool dropped
-            its metadata).
-    """
-    onnx = require("onnx", purpose="Reading an ONNX decoder")
-    from workbench.models import check_onnx_file
-
-    path = Path(path)
-    check_onnx_file(path)
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    if SPEC_METADATA_KEY not in props:
-        raise ModelSourceError(
-            f"{path} carries no decoder spec (metadata key {SPEC_METADATA_KEY!r}).",
-            expected="an ONNX decoder written by export_decoder() or a stage after it (they keep the metadata)",
-            fix="export the causal LM with workbench.stages.generation.export.export_decoder(), or pass spec= "
-            "explicitly")
-    spec = DecoderSpec.from_json(props[SPEC_METADATA_KEY])
-    inputs = {i.name for i in model.graph.input}
-    missing = [n for n in spec.input_names() if n not in inputs]
-    if missing:
-        raise ModelSourceError(f"{path}'s decoder spec names inputs the graph lacks: {missing}.",
-                               fix="export the decoder again; its graph and metadata no longer agree")
-    return spec
-
-
-def copy_decoder_metadata(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-    """Put `source`'s decoder spec into `target`'s metadata (for converters that drop metadata)."""
-    onnx = require("onnx", purpose="Copying an ONNX decoder's metadata")
-    from workbench.onnx.io import load_onnx, save_onnx
-
-    spec = read_decoder_spec(source)
-    model = load_onnx(target)
-    props = {p.key: p.value for p in model.metadata_props}
-    if props.get(SPEC_METADATA_KEY) == spec.to_json():
-        return
-    onnx.helper.set_model_props(model, {**props, SPEC_METADATA_KEY: spec.to_json()})
-    save_onnx(model, target)

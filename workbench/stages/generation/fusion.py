@@ -175,8 +175,8 @@ def fuse_decoder(
         WorkbenchError: The optimizer failed, or the fused model differs from the input.
     """
     from workbench.engines.onnxruntime import max_output_difference
+    from workbench.onnx.decoder import read_decoder_spec
     from workbench.onnx.io import load_onnx, save_onnx
-    from workbench.stages.generation.export import read_decoder_spec
 
     started = time.perf_counter()
     spec = spec or read_decoder_spec(model_path)
