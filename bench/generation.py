@@ -11,9 +11,10 @@ Candidates (all ONNX ones from the fused FP32 decoder, workbench.stages.generati
 
     pytorch                      transformers' generate (eager attention, KV cache), the baseline
     ort_fp32                     the fused FP32 decoder, the library's loop (workbench.stages.generation.generate)
-    ort_int8_weight_only         PrecisionPlan preset cpu_int8_weight_only (MatMulNBits, 8 bits, block 32)
-    ort_int4_weight_only         PrecisionPlan preset cpu_int4_weight_only (MatMulNBits, 4 bits, block 32)
-    ort_int4_weight_only_int8c   cpu_int4_weight_only_int8_compute (the same, accuracy_level 4: INT8 dot products)
+    ort_int8_weight_only         PrecisionPlan preset cpu_int8_weight_only (MatMulNBits, 8 bits, block 32,
+                                 accuracy_level 4: INT8 dot products)
+    ort_int4_weight_only         PrecisionPlan preset cpu_int4_weight_only (the same with 4 bits)
+    ort_int4_weight_only_fp32c   cpu_int4_weight_only_fp32_compute (4 bits, accuracy_level 0: FP32 compute)
 
 For every batch size and prompt length each candidate generates --new-tokens tokens from the same random
 prompts, candidates taking turns run by run (workbench.stages.generation.benchmark). onnxruntime's thread
@@ -45,7 +46,7 @@ if str(REPOSITORY) not in sys.path:  # the model builder lives with the tests
 
 DISTILGPT2 = {"hidden": 768, "layers": 6, "heads": 12, "max_positions": 1024, "init": 0.02, "vocab_size": 50257}
 PRESETS = {"ort_int8_weight_only": "cpu_int8_weight_only", "ort_int4_weight_only": "cpu_int4_weight_only",
-           "ort_int4_weight_only_int8c": "cpu_int4_weight_only_int8_compute"}
+           "ort_int4_weight_only_fp32c": "cpu_int4_weight_only_fp32_compute"}
 
 
 def log(started: float, message: str) -> None:

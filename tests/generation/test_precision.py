@@ -78,9 +78,10 @@ def test_weight_only_settings_are_validated_and_round_trip():
         WeightOnlyQuantConfig(block_size=24)
     with pytest.raises(ConfigError, match="accuracy_level"):
         WeightOnlyQuantConfig(accuracy_level=7)
-    plan = PrecisionPlan.preset("cpu_int4_weight_only_int8_compute").pin(["a"])
+    plan = PrecisionPlan.preset("cpu_int4_weight_only_fp32_compute").pin(["a"])
     assert PrecisionPlan.from_json(plan.to_json()) == plan
-    assert plan.default_precision == "int4" and plan.options.accuracy_level == 4
+    assert plan.default_precision == "int4" and plan.options.accuracy_level == 0
+    assert PrecisionPlan.preset("cpu_int8_weight_only").options.accuracy_level == 4
 
 
 def test_generation_metrics_rank_the_candidates(gpt2, candidates):

@@ -84,7 +84,7 @@ class PrecisionPlan:
         "gpu_fp16": ("fp16", "gpu_fp16"),
         "cpu_int4_weight_only": ("int4_weight_only", "cpu_weight_only"),
         "cpu_int8_weight_only": ("int8_weight_only", "cpu_weight_only"),
-        "cpu_int4_weight_only_int8_compute": ("int4_weight_only", "cpu_weight_only_int8_compute"),
+        "cpu_int4_weight_only_fp32_compute": ("int4_weight_only", "cpu_weight_only_fp32_compute"),
         "openvino_int4_weight_only": ("nncf_int4_weight_only", "cpu_weight_only"),
         "openvino_int8_weight_only": ("nncf_int8_weight_only", "cpu_weight_only"),
     }

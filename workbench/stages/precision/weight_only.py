@@ -42,20 +42,23 @@ class WeightOnlyQuantConfig(StageConfig):
         block_size: Weights per quantization block along the input dimension (a power of two >= 16); smaller
             blocks are more accurate and slightly larger.
         symmetric: Symmetric blocks (no zero point).
-        accuracy_level: MatMulNBits' compute type on the CPU: 0 (unset) and 1 compute in FP32; 4 quantizes the
-            activations of each block to INT8 and uses integer dot products (faster on VNNI CPUs, a little less
-            accurate). Ignored by NNCF.
+        accuracy_level: MatMulNBits' compute type on the CPU: 4 (the default) quantizes the activations of each
+            block to INT8 and uses integer dot products; 0 (unset) and 1 compute in FP32. Measured here (onnxruntime
+            1.32, one 768 x 50257 MatMul, one token, 2 threads, interleaved): FP32 49.5 ms; INT4 level 0 32.1 ms,
+            level 4 2.8 ms; INT8 level 0 1734 ms (a slow fallback: 35x slower than FP32), level 4 23.4 ms. Level 4
+            cost almost no accuracy (output cosine vs FP32: INT8 0.999986 -> 0.999972, INT4 0.996330 ->
+            0.996312). Ignored by NNCF.
         ratio: NNCF only: the share of weights compressed to 4 bits (the rest to 8 bits).
     """
 
     block_size: int = 32
     symmetric: bool = True
-    accuracy_level: int = 0
+    accuracy_level: int = 4
     ratio: float = 1.0
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu_weight_only": {},
-        "cpu_weight_only_int8_compute": {"accuracy_level": 4},
+        "cpu_weight_only_fp32_compute": {"accuracy_level": 0},
         "cpu_weight_only_block128": {"block_size": 128},
     }
 
@@ -128,6 +131,9 @@ def quantize_weight_only(
     symmetry = "symmetric" if config.symmetric else "asymmetric"
     notes = [f"{len(targets)} MatMul weights to {bits} bits (block {config.block_size}, {symmetry}, accuracy "
              + f"level {config.accuracy_level})"]
+    if bits == 8 and config.accuracy_level in (0, 1):
+        notes.append("8-bit MatMulNBits with FP32 compute (accuracy level 0/1) runs a slow fallback on onnxruntime's "
+                     "CPU provider (measured 35x slower than FP32 here): use accuracy_level 4")
     gemms = counts["Gemm"]
     if gemms:
         notes.append(f"{gemms} Gemm nodes were left in FP32 (the quantizer converts MatMul only): fuse with "
