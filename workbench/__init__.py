@@ -54,6 +54,21 @@ _EXPORTS: dict[str, str] = {
     "export_triton_ensemble": "workbench.triton.ensemble",
     "parse_model_config": "workbench.triton.config",
     "TritonServer": "workbench.triton.server",
+    # text generation (causal LMs with a key/value cache)
+    "DecoderExportConfig": "workbench.stages.generation.export",
+    "export_decoder": "workbench.stages.generation.export",
+    "fuse_decoder": "workbench.stages.generation.fusion",
+    "GenerationConfig": "workbench.stages.generation.generate",
+    "generate": "workbench.stages.generation.generate",
+    "stream": "workbench.stages.generation.generate",
+    "GenerationBudget": "workbench.tasks.generation",
+    "evaluate_generation": "workbench.stages.generation.accuracy",
+    "autofix_decoder": "workbench.stages.generation.accuracy",
+    "GenerationBenchmarkConfig": "workbench.stages.generation.benchmark",
+    "benchmark_generation": "workbench.stages.generation.benchmark",
+    "generation_summary": "workbench.stages.generation.summary",
+    "GenerationServingConfig": "workbench.triton.generation",
+    "export_triton_generation": "workbench.triton.generation",
     # runners
     "OnnxRuntimeRunner": "workbench.engines.onnxruntime",
     "PyTorchRunner": "workbench.engines.pytorch",
@@ -103,3 +118,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.recipe import Recipe, run_recipe
     from workbench.summary import format_summary
     from workbench.triton.server import TritonServer
+    from workbench.stages.generation.accuracy import autofix_decoder, evaluate_generation
+    from workbench.stages.generation.benchmark import GenerationBenchmarkConfig, benchmark_generation
+    from workbench.stages.generation.export import DecoderExportConfig, export_decoder
+    from workbench.stages.generation.fusion import fuse_decoder
+    from workbench.stages.generation.generate import GenerationConfig, generate, stream
+    from workbench.stages.generation.summary import generation_summary
+    from workbench.tasks.generation import GenerationBudget
+    from workbench.triton.generation import GenerationServingConfig, export_triton_generation
