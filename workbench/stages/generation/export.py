@@ -314,14 +314,15 @@ def _export(wrapper: Any, spec: DecoderSpec, path: Path, config: DecoderExportCo
                               "opset_version": config.opset}
     if config.exporter == "dynamo":
         dims = {"batch": torch.export.Dim("batch", min=1), "sequence": torch.export.Dim("sequence", min=1),
-                "past": torch.export.Dim("past_sequence", min=0), "kept": torch.export.Dim("kept", min=1)}
+                "past": torch.export.Dim("past_sequence", min=0), "kept": torch.export.Dim("kept", min=1),
+                "total": torch.export.Dim("total_sequence", min=1)}
         shapes: dict[str, Any] = {}
         for name in spec.input_names():
             key = name.replace(".", "_")
             if name == "input_ids" or name == "position_ids":
                 shapes[key] = {0: dims["batch"], 1: dims["sequence"]}
             elif name == "attention_mask":
-                shapes[key] = {0: dims["batch"], 1: dims["past"] + dims["sequence"]}
+                shapes[key] = {0: dims["batch"], 1: dims["total"]}
             elif name == LOGIT_POSITIONS:
                 shapes[key] = {0: dims["kept"]}
             else:

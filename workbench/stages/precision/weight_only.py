@@ -13,6 +13,7 @@ Both take `keep_fp32`, the node names a PrecisionPlan leaves in FP32 (the pins).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
@@ -108,7 +109,11 @@ def quantize_weight_only(
     if bits not in (4, 8):
         raise ConfigError(f"Weight-only quantization takes bits 4 or 8, got {bits!r}.")
     nbits = require("onnxruntime.quantization.matmul_nbits_quantizer", purpose="Weight-only quantization")
-    from workbench.onnx.io import load_onnx, model_size_mb
+    from workbench.onnx.io import (
+        EXTERNAL_DATA_THRESHOLD_BYTES,
+        load_onnx,
+        model_size_mb,
+    )
 
     started = time.perf_counter()
     model = load_onnx(model_path)
@@ -118,13 +123,23 @@ def quantize_weight_only(
         raise QuantizationError(f"{model_path} has no MatMul with a constant weight, so there is nothing to quantize.",
                                 fix="fuse the decoder first (fuse_decoder rewrites Gemm projections as MatMul)")
     output_path = Path(output_path)
-    with _published(output_path, "MatMulNBits quantizer", model_path) as staged:
-        quantizer = nbits.MatMulNBitsQuantizer(
-            model, bits=bits, block_size=config.block_size, is_symmetric=config.symmetric,
-            accuracy_level=config.accuracy_level or None, nodes_to_exclude=list(keep_fp32),
-            op_types_to_quantize=("MatMul",))
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(staged), use_external_data_format=False)
+    # the quantizer logs a line per node at INFO (its module configures the root logger at import): quiet its
+    # own logger for the call, then put its level back
+    quantizer_logger = logging.getLogger(nbits.__name__)
+    level = quantizer_logger.level
+    quantizer_logger.setLevel(logging.WARNING)
+    try:
+        with _published(output_path, "MatMulNBits quantizer", model_path) as staged:
+            quantizer = nbits.MatMulNBitsQuantizer(
+                model, bits=bits, block_size=config.block_size, is_symmetric=config.symmetric,
+                accuracy_level=config.accuracy_level or None, nodes_to_exclude=list(keep_fp32),
+                op_types_to_quantize=("MatMul",))
+            quantizer.process()
+            # models near protobuf's 2 GB limit keep their weights in an external file (save_onnx does the same)
+            large = model_size_mb(model_path) * 1e6 >= EXTERNAL_DATA_THRESHOLD_BYTES
+            quantizer.model.save_model_to_file(str(staged), use_external_data_format=large)
+    finally:
+        quantizer_logger.setLevel(level)
     onnx = require("onnx", purpose="Weight-only quantization")
     quantized = onnx.load(str(output_path), load_external_data=False)
     counts = Counter(node.op_type for node in quantized.graph.node)
