@@ -37,7 +37,8 @@ def exported_decoder(tiny_decoder_dir, tmp_path_factory: pytest.TempPathFactory)
 
     def get(kind: str = "gpt2"):
         if kind not in cache:
-            cache[kind] = export_decoder(tiny_decoder_dir(kind), tmp_path_factory.mktemp(f"onnx-{kind}") / "decoder.onnx")
+            folder = tmp_path_factory.mktemp(f"onnx-{kind}")
+            cache[kind] = export_decoder(tiny_decoder_dir(kind), folder / "decoder.onnx")
         return cache[kind]
 
     return get

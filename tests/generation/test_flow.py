@@ -77,7 +77,8 @@ def test_the_llama_generation_path_ends_in_a_complete_summary(tiny_decoder_dir, 
     reference, int8, int4 = summary["candidates"]
     assert reference["next_token_agreement"] == 1.0 and reference["meets_budget"] is True
     assert int8["next_token_agreement"] == accuracy["ort_int8_weight_only"].values["next_token_agreement"]
-    assert int4["precision"] == "int4_weight_only" and int4["failures"] == list(accuracy["ort_int4_weight_only"].failures)
+    assert int4["precision"] == "int4_weight_only"
+    assert int4["failures"] == list(accuracy["ort_int4_weight_only"].failures)
     assert summary["pytorch"]["tokens_per_s"] > 0
     assert summary["chosen"] == choice.name and summary["triton"]["model_name"] == "llama_generator"
 

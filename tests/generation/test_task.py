@@ -114,3 +114,29 @@ def test_prompts_are_bundled():
     prompts = load_prompts()
     assert len(prompts) == 24 and all(p.strip() == p and p for p in prompts)
     assert len(load_prompts(limit=3)) == 3
+
+
+def test_the_generic_comparison_judges_a_decoder_by_the_generation_task(exported_decoder, fused_decoder,
+                                                                         tiny_decoder_dir, tmp_path):
+    """workbench.stages.accuracy.compare (the Polygraphy comparison every task goes through) finds the
+    text-generation task from the decoder's outputs and gives its metrics and budget verdict."""
+    pytest.importorskip("polygraphy")
+    from workbench.models import load_model
+    from workbench.stages.accuracy.compare import compare_candidates
+    from workbench.stages.precision.plan import PrecisionPlan
+
+    fused = fused_decoder("gpt2").path
+    spec = exported_decoder("gpt2").spec
+    int4 = PrecisionPlan.preset("cpu_int4_weight_only").convert(fused, tmp_path / "int4.onnx").path
+    tokenizer = load_model(tiny_decoder_dir("gpt2")).load_tokenizer()
+    task = get_task("text-generation")
+    encoded = task.encode(tokenizer, task.load_samples(None, max_eval=8).evaluation, batch_size=1,
+                          sequence_length=32, spec=spec)
+    report = compare_candidates(fused, {"fp32": fused, "int4": int4}, encoded)
+    assert report.task == "text-generation"
+    fp32, quantized = report.candidates
+    assert fp32.task_metrics["next_token_agreement"] == 1.0 and fp32.cosine_mean == pytest.approx(1.0)
+    assert quantized.task_metrics["next_token_agreement"] < 0.95 and not quantized
+    assert any("next-token agreement" in line for line in quantized.failures)
+    with pytest.raises(DataError, match="need all of them"):
+        task.check_feeds([{**encoded.feeds[0], "logit_positions": encoded.feeds[0]["logit_positions"][-1:]}])

@@ -18,7 +18,7 @@ def read_decoder_spec(path: str | os.PathLike[str]) -> DecoderSpec:
             its metadata).
     """
     onnx = require("onnx", purpose="Reading an ONNX decoder")
-    from workbench.models import check_onnx_file
+    from workbench.onnx.io import check_onnx_file
 
     path = Path(path)
     check_onnx_file(path)

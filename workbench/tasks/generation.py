@@ -157,6 +157,7 @@ class TextGeneration(Task):
     architectures = CAUSAL_LM_ARCHITECTURES
     auto_model = "AutoModelForCausalLM"
     outputs = (LOGITS,)
+    output_ranks = {LOGITS: 3}
     budget_type = GenerationBudget
     primary_cosine = ("logits_cosine_mean", "logits_cosine_min")
     metric_names = ("next_token_agreement", "perplexity_ratio", "logits_cosine_mean", "logits_cosine_min",
@@ -172,6 +173,27 @@ class TextGeneration(Task):
                 "lengths cannot be batched and generation has no end token.",
                 fix="set one and save the tokenizer again: tokenizer.eos_token = '</s>' (the model's end token); "
                 "tokenizer.save_pretrained(MODEL_DIR)")
+
+    def accepts_outputs(self, outputs: Mapping[str, int | None]) -> bool:
+        """A decoder exported with its cache: 3-D logits and `present.*` cache outputs (3-D logits alone could be
+        a token classifier's)."""
+        return super().accepts_outputs(outputs) and any(name.startswith("present.") for name in outputs)
+
+    def check_feeds(self, feeds: Sequence[Outputs]) -> None:
+        """Teacher-forced metrics read input_ids and attention_mask, and need every position's logits."""
+        from workbench.decoding import LOGIT_POSITIONS
+
+        for index, feed in enumerate(feeds):
+            missing = [n for n in ("input_ids", "attention_mask") if n not in feed]
+            if missing:
+                raise DataError(f"Evaluation feed {index} has no {missing}, which the text-generation metrics read.",
+                                fix="encode the evaluation text with TextGeneration.encode(..., spec=spec)")
+            positions = feed.get(LOGIT_POSITIONS)
+            length = np.asarray(feed["input_ids"]).shape[1]
+            if positions is not None and not np.array_equal(np.asarray(positions), np.arange(length)):
+                raise DataError(f"Evaluation feed {index} asks for the logits of {np.asarray(positions).size} of its "
+                                f"{length} positions; teacher-forced metrics need all of them.",
+                                fix="encode the evaluation text with TextGeneration.encode (it asks for all)")
 
     def load_samples(self, data_dir: str | None, *, max_calibration: int | None = None,
                      max_eval: int | None = None) -> Samples:

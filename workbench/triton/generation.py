@@ -270,7 +270,8 @@ def export_triton_generation(
     check_served_tokenizer(tokenizer_dir, json_text)
     if config.max_new_tokens_default >= spec.max_positions:
         raise ConfigError(f"max_new_tokens_default {config.max_new_tokens_default} is not below the model's "
-                          f"{spec.max_positions} positions.", fix="lower GenerationServingConfig.max_new_tokens_default")
+                          f"{spec.max_positions} positions.",
+                          fix="lower GenerationServingConfig.max_new_tokens_default")
     cfg = generation_model_config(config)
     text = render_model_config(cfg)
     if parse_model_config(text) != cfg:
@@ -298,7 +299,9 @@ def export_triton_generation(
         "libraries": _library_versions(), **dict(provenance or {})}, "")
 
     def text_file(content: str) -> Callable[[Path], None]:
-        return lambda target: target.write_text(content, encoding="utf-8")
+        def write(target: Path) -> None:
+            target.write_text(content, encoding="utf-8")
+        return write
 
     entries = [_Entry(config.model_name, model_folder), _Entry(README_FILENAME, text_file(_readme(config, spec))),
                _Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2) + "\n"))]

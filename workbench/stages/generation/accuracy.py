@@ -196,8 +196,11 @@ class GenerationEvaluator:
             reference = None if self._reference_logits is not None else stack.enter_context(
                 _runner(self.reference, "reference", self.threads))
             for index, feeds in enumerate(self.encoded.feeds):
-                expected = (self._reference_logits[index] if self._reference_logits is not None
-                            else reference.infer(feeds)["logits"])
+                if self._reference_logits is not None:
+                    expected = self._reference_logits[index]
+                else:
+                    assert reference is not None
+                    expected = reference.infer(feeds)["logits"]
                 stats.add(expected, runner.infer(feeds)["logits"], feeds["input_ids"], feeds["attention_mask"])
             greedy = self._greedy(runner)
         values = stats.values()

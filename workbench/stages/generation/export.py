@@ -213,8 +213,8 @@ def decoder_spec_of(model: Any, tokenizer: Any = None) -> DecoderSpec:
             "whose cache the decoder export does not handle.",
             fix="export a model whose layers all use full attention (GPT-2, Llama and most causal LMs)")
     with torch.inference_mode():
-        out = model(input_ids=torch.zeros((1, 2), dtype=torch.long), attention_mask=torch.ones((1, 2), dtype=torch.long),
-                    use_cache=True)
+        out = model(input_ids=torch.zeros((1, 2), dtype=torch.long),
+                    attention_mask=torch.ones((1, 2), dtype=torch.long), use_cache=True)
     layers = list(out.cache.layers)
     keys = layers[0].keys
     max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -256,7 +256,7 @@ def _wrapper(model: Any, spec: DecoderSpec) -> Any:
     with_positions = spec.has_position_ids
     layers = spec.num_layers
 
-    class Decoder(torch.nn.Module):
+    class Decoder(torch.nn.Module):  # type: ignore[name-defined]  # torch is imported lazily
         def __init__(self) -> None:
             super().__init__()
             self.inner = model

@@ -163,7 +163,8 @@ def generate_tokens(runner: Runner, spec: DecoderSpec, prompts: Sequence[Sequenc
     check_prompts(spec, prompts)
     timings: list[float] = []
     state: DecodeState | None = None
-    for state, _, seconds in _steps(runner, spec, prompts, config):
+    for step_state, _, seconds in _steps(runner, spec, prompts, config):
+        state = step_state
         timings.append(seconds)
     assert state is not None
     return GenerationResult(prompts=tuple(tuple(int(t) for t in p) for p in prompts),
