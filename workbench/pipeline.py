@@ -31,7 +31,7 @@ from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import HFModelSource, ModelSource, OnnxSource, load_model
 from workbench.stages.export import ExportConfig
 from workbench.stages.precision.quantize import DynamicQuantConfig
-from workbench.summary import SUMMARY_FILE, SUMMARY_VERSION
+from workbench.summary import SUMMARY_FILE
 from workbench.tasks.base import Budget, Encoded, Samples, Task
 
 
@@ -411,8 +411,17 @@ class Pipeline:
 
     @classmethod
     def from_parameters(cls, **parameters: Any) -> Pipeline:
-        """Build from keyword parameters (as papermill passes them); unknown names are an error."""
-        return cls(PipelineParameters.from_dict(parameters))
+        """Build from keyword parameters (as papermill passes them); unknown names are an error.
+
+        Called on Pipeline itself, it builds the pipeline class registered for the model's task (causal LMs
+        take the generation path: workbench.pipeline_generation); called on a subclass, that subclass.
+        """
+        values = PipelineParameters.from_dict(parameters)
+        return (pipeline_class_for(values) if cls is Pipeline else cls)(values)
+
+    def extra_summary(self) -> dict[str, Any]:
+        """Sections a pipeline class adds to summary.json beside its steps' keys (none here)."""
+        return {}
 
     @property
     def task(self) -> Task:
@@ -744,6 +753,33 @@ def _collect_steps(cls: type, inherited: StepRegistry) -> StepRegistry:
 
 
 Pipeline.steps = _collect_steps(Pipeline, StepRegistry())
+
+# task name -> the Pipeline class that runs it (tasks without one run the Pipeline's own steps)
+_TASK_PIPELINES: dict[str, type[Pipeline]] = {}
+BUILTIN_PIPELINE_MODULES = ("workbench.pipeline_generation",)
+P = TypeVar("P", bound=type[Pipeline])
+
+
+def pipeline_for_task(task: str) -> Callable[[P], P]:
+    """Class decorator: the Pipeline subclass that runs models of `task` (same step names, its own steps)."""
+
+    def register(cls: P) -> P:
+        _TASK_PIPELINES[task] = cls
+        return cls
+
+    return register
+
+
+def pipeline_class_for(parameters: PipelineParameters) -> type[Pipeline]:
+    """The Pipeline class for these parameters' model: the one registered for its task, else Pipeline."""
+    import importlib
+
+    for module in BUILTIN_PIPELINE_MODULES:
+        importlib.import_module(module)
+    source = load_model(parameters.model_path, task=parameters.task)
+    task = getattr(source, "task", None)
+    name = task.name if task is not None else parameters.task
+    return _TASK_PIPELINES.get(name or "", Pipeline)
 #: The built-in steps, in order.
 STEPS = Pipeline.steps
 #: Steps that record measurements (timings, machine), so their files differ from run to run by design.

@@ -61,6 +61,7 @@ def build_summary(pipeline: Any) -> dict[str, Any]:
     for declared in pipeline.steps:
         if declared.summary is not None and declared.name in pipeline.results:
             summary.update(declared.summary(pipeline, pipeline.results[declared.name]))
+    summary.update(pipeline.extra_summary())
     return summary
 
 

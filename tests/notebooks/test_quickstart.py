@@ -115,3 +115,34 @@ def test_quickstart_on_a_classifier_gates_every_candidate_on_its_task_metrics(tm
     assert not report["damaged"]
     assert any(line.startswith(("argmax agreement", "logits cosine")) for line in report["damaged"].failures)
     assert report["damaged"].task_metrics["logits_cosine_min"] < 0  # the logits point the other way
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_quickstart_takes_the_generation_path_for_a_causal_lm(tmp_path, kind):
+    """A tiny random-init causal LM: the quickstart's same cells export a decoder with its cache, make weight-only
+    candidates, measure generation and write a streaming Triton model; summary.json has its generation section."""
+    from tests.generation.tiny_decoders import build_tiny_decoder
+    from workbench.triton.config import parse_model_config
+
+    model_dir = build_tiny_decoder(kind, tmp_path / kind)
+    output_dir = tmp_path / "run"
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "executed.ipynb"), cwd=str(NOTEBOOK.parent), progress_bar=False,
+        parameters={"model_path": str(model_dir), "output_dir": str(output_dir), "sequence_length": 32,
+                    "max_eval_samples": 8, "max_calibration_samples": 8, "benchmark_batch_sizes": [1],
+                    "benchmark_iterations": 1})
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["task"] == "text-generation" and summary["budget"]["task"] == "text-generation"
+    names = {c["name"] for c in summary["candidates"]}
+    assert {"fp32", "fp32_fused", "int8_weight_only", "int4_weight_only"} == names
+    for candidate in summary["candidates"]:
+        assert candidate["metrics"]["next_token_agreement"] is not None and candidate["cosine_mean"] is not None
+        assert candidate["tokens_per_s"] > 0
+    generation = summary["generation"]
+    assert generation["decoder"]["model_type"] == kind and generation["chosen"] == summary["chosen"]
+    assert generation["pytorch"]["tokens_per_s"] > 0
+    configs = {p.parent.name: parse_model_config(p.read_text())
+               for p in Path(summary["triton_repository"]).glob("*/config.pbtxt")}
+    assert configs[summary["triton_model"]].model_transaction_policy.decoupled
+    assert (output_dir / "recipe.json").is_file()

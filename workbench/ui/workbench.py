@@ -194,8 +194,11 @@ class LoadPanel(StepPanel):
     def _run(self) -> Any:
         parameters = self.config()
         wb = self.workbench
-        pipeline = wb.pipeline_class(parameters, export_config=wb.export_config, quant_config=wb.quant_config,
-                                     budget=wb.budget_for(parameters))
+        from workbench.pipeline import pipeline_class_for
+
+        pipeline_class = pipeline_class_for(parameters) if wb.pipeline_class is Pipeline else wb.pipeline_class
+        pipeline = pipeline_class(parameters, export_config=wb.export_config, quant_config=wb.quant_config,
+                                  budget=wb.budget_for(parameters))
         pipeline.sentences  # noqa: B018 - read them now, so a bad data folder fails here and not in a later step
         wb._set_pipeline(pipeline)
         return pipeline

@@ -131,6 +131,19 @@ class GenerationBenchmark:
                          f"{t.itl_ms_p50:>9.2f}{t.itl_ms_p90:>9.2f}{t.tokens_per_s:>8.1f}{t.decode_tokens_per_s:>14.1f}")
         return "\n".join(lines)
 
+    def figure(self) -> Any:
+        """Decode tokens/s of every candidate per (batch, prompt length), on a log axis (plotly)."""
+        go = require("plotly.graph_objects", purpose="Plotting generation timings")
+        figure = go.Figure()
+        shapes = list(dict.fromkeys((t.batch, t.prompt_length) for t in self.timings))
+        for batch, length in shapes:
+            rows = [t for t in self.timings if (t.batch, t.prompt_length) == (batch, length)]
+            figure.add_bar(x=[t.name for t in rows], y=[t.decode_tokens_per_s for t in rows],
+                           name=f"batch {batch}, prompt {length}")
+        figure.update_layout(title=f"Decode tokens/s ({self.config.new_tokens} new tokens)", barmode="group",
+                             yaxis_type="log", yaxis_title="tokens/s (log)", xaxis_title="candidate")
+        return figure
+
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><td>{html.escape(t.name)}</td><td>{t.batch}</td><td>{t.prompt_length}</td>"
                        f"<td>{t.ttft_ms_p50:.1f}</td><td>{t.itl_ms_p50:.2f}</td><td>{t.itl_ms_p90:.2f}</td>"
