@@ -11,7 +11,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lab clean doctor browser-deps
+.PHONY: setup demo test test-fast lint lab clean doctor browser-deps
 
 setup: $(STAMP)
 
@@ -36,8 +36,18 @@ demo: setup
 		-p output_dir ../runs/quickstart --log-level WARNING
 	$(BIN)/python -m workbench summary runs/quickstart/summary.json
 
-test: setup browser-deps
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+# Two workers: the machines that run CI have two cores, and the slow tests (notebooks, servers) wait on subprocesses.
+PYTEST_WORKERS ?= 2
+
+test: setup browser-deps lint
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# The habits that keep the architecture: style, the import layers (no cycles, imports inside functions count), types.
+lint: setup
+	$(BIN)/ruff check workbench tests bench
+	$(BIN)/ruff format --check workbench tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # What tests/browser needs: Debian's chromium (never `playwright install`: it cannot download a browser here) and the
 # playwright + voila packages (in the dev extra). Never fails: without them the browser test skips and says why.

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
             pipeline = replay(args.recipe, output_dir=args.output_dir, progress=not args.quiet,
                               check_inputs=not args.no_check_inputs, check=args.check, save=False)
-            summary = finish(pipeline)
-            print(format_summary(summary))
+            written = finish(pipeline)
+            print(format_summary(written))
             print(pipeline.output_check)
             print(f"summary: {pipeline.output_dir / 'summary.json'}")
         elif args.command == "doctor":

@@ -74,7 +74,7 @@ def _tuple_if_sequence(hint: Any, value: Any) -> Any:
     return value
 
 
-def check_choice(config: object, field: str, allowed: typing.Iterable[str]) -> None:
+def check_choice(config: object, field: str, allowed: typing.Iterable[Any]) -> None:
     """Raise ConfigError unless config.field is one of `allowed`."""
     value = getattr(config, field)
     allowed = tuple(allowed)

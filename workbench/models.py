@@ -258,7 +258,7 @@ def load_model(
     tokenizer_path: str | os.PathLike[str] | None = None,
     attn_implementation: str = "eager",
     task: str | None = None,
-) -> ModelSource:
+) -> HFModelSource | OnnxSource:
     """Resolve a model path to a model source, never downloading anything.
 
     Args:

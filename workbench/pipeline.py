@@ -479,7 +479,8 @@ class Pipeline:
     def input_names(self) -> tuple[str, ...]:
         from workbench.engines.onnxruntime import OnnxRuntimeRunner
 
-        with OnnxRuntimeRunner(self._require_reference()) as runner:
+        runner = OnnxRuntimeRunner(self._require_reference())
+        with runner:
             return tuple(runner.input_specs())
 
     @property
@@ -664,7 +665,7 @@ class Pipeline:
         module = self.pytorch_module()
         if module is not None:
             runners.append(get_engine("pytorch").runner(  # type: ignore[call-arg]
-                module, name="pytorch", threads=config.effective_threads, output_names=self.source.output_names))
+                module, name="pytorch", threads=config.effective_threads, output_names=getattr(self.source, "output_names", None)))
         runners += [c.runner(threads=config.effective_threads) for c in self.candidate_models.values()]
         # the benchmark is where engines are asked whether they run here (choosing never probes the hardware)
         self.unavailable_engines = {e.title: e.availability().reason for e in engines().values()

@@ -23,6 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from workbench.engines.base import Candidate
+from workbench.errors import ModelSourceError
+from workbench.models import HFModelSource
 from workbench.pipeline import Pipeline, pipeline_for_task, step
 
 
@@ -58,6 +60,14 @@ class GenerationPipeline(Pipeline):
     def _spec(self) -> Any:
         return self.results["export"].spec
 
+    @property
+    def hf_source(self) -> HFModelSource:
+        """The Hugging Face model folder this pipeline generates with (a causal LM needs its config and tokenizer)."""
+        if not isinstance(self.source, HFModelSource):
+            raise ModelSourceError(f"Text generation needs a Hugging Face model folder, not a {type(self.source).__name__}.",
+                                   fix="pass model_path= the folder written by save_pretrained()")
+        return self.source
+
     @step(title="Export to ONNX: a decoder with its key/value cache", short="Export",
           configs=("export_config",), summary=lambda p, r: {"export_max_abs_error": r.max_abs_error},
           blurb="One ONNX decoder for the prompt and every decode step (cache in, cache out), checked against "
@@ -67,7 +77,7 @@ class GenerationPipeline(Pipeline):
         from workbench.stages.generation.export import DecoderExportConfig, export_decoder
 
         config = DecoderExportConfig(exporter=self.export_config.exporter, opset=max(self.export_config.opset, 17))
-        result = export_decoder(self.source, self.output_dir / "model.onnx", config)
+        result = export_decoder(self.hf_source, self.output_dir / "model.onnx", config)
         self.candidates["reference"] = Candidate("reference", result.path)
         self.candidates["fp32"] = Candidate("fp32", result.path)
         return result
@@ -80,7 +90,7 @@ class GenerationPipeline(Pipeline):
         from workbench.stages.generation.fusion import decoder_fusion_config, fuse_decoder
 
         result = fuse_decoder(self.candidates["reference"], self.output_dir / "model_fused.onnx",
-                              decoder_fusion_config(self.source.config), spec=self._spec())
+                              decoder_fusion_config(self.hf_source.config), spec=self._spec())
         self.candidates["fp32_fused"] = Candidate("fp32_fused", result.path)
         return result
 
@@ -117,7 +127,7 @@ class GenerationPipeline(Pipeline):
 
         texts = list(self.sentences.evaluation)
         candidates = {n: c for n, c in self.candidate_models.items()}
-        return evaluate_generation(self.candidates["reference"], candidates, self.tokenizer, budget=self.budget,
+        return evaluate_generation(self.candidates["reference"], candidates, self.tokenizer, budget=self.budget,  # type: ignore[arg-type]  # the generation task's budget is a GenerationBudget
                                    spec=self._spec(), texts=texts, prompts=load_prompts(self.parameters.data_dir),
                                    sequence_length=self.parameters.sequence_length,
                                    threads=self.parameters.threads)
@@ -136,7 +146,7 @@ class GenerationPipeline(Pipeline):
                                            iterations=self.parameters.benchmark_iterations,
                                            prompt_lengths=(min(16, self.parameters.sequence_length),),
                                            new_tokens=16, threads=self.parameters.threads)
-        model, _ = load_causal_lm(self.source)
+        model, _ = load_causal_lm(self.hf_source)
         return benchmark_generation(self.candidate_models, self._spec(), config, pytorch_model=model)
 
     @step(title="Choose the decoder to ship", short="Choice", needs=("compare", "benchmark"), args=("batch",),
@@ -161,7 +171,7 @@ class GenerationPipeline(Pipeline):
         choice = self.results["choose"]
         name = self.parameters.triton_model_name or _triton_name(self.source.name)
         return export_triton_generation(self.candidates[choice.name], self.output_dir / "triton_repository",
-                                        self.source.path, GenerationServingConfig(model_name=name),
+                                        self.hf_source.path, GenerationServingConfig(model_name=name),
                                         provenance={"chosen": choice.name, "chosen_reason": choice.reason},
                                         overwrite=self.parameters.overwrite)
 

@@ -59,8 +59,9 @@ class OnnxRuntimeRunner(BaseRunner):
             options.intra_op_num_threads = self.intra_op_threads
             options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
-        self.session = ort.InferenceSession(str(self.path), options, providers=list(self.providers))
-        active = self.session.get_providers()
+        session = ort.InferenceSession(str(self.path), options, providers=list(self.providers))
+        self.session = session
+        active = session.get_providers()
         # a provider may be given as (name, options): compare by name
         missing = [p for p in (p if isinstance(p, str) else p[0] for p in self.providers) if p not in active]
         if missing:

@@ -21,7 +21,7 @@ def as_polygraphy_runner(runner: Runner) -> Any:
     base = require("polygraphy.backend.base", purpose="Comparing models with Polygraphy")
     common = require("polygraphy.common", purpose="Comparing models with Polygraphy")
 
-    class _Adapter(base.BaseRunner):
+    class _Adapter(base.BaseRunner):  # type: ignore[name-defined]  # a module loaded at run time
         def __init__(self) -> None:
             super().__init__(name=runner.name)
 

@@ -352,7 +352,7 @@ def choose_candidate(
                    else ". Higher throughput but rejected: ") + "; ".join(rejected)
     budget = getattr(accuracy, "budget", None)
     constraints = {
-        "accuracy_budget": budget.to_dict() if hasattr(budget, "to_dict") else None,
+        "accuracy_budget": budget.to_dict() if budget is not None and hasattr(budget, "to_dict") else None,
         "latency_ceiling_ms": latency_ceiling_ms,
         "latency_ceiling_statistic": CEILING_STATISTIC.removesuffix("_ms"),
     }

@@ -153,7 +153,7 @@ def _tuple_outputs_module(module: Any, input_names: tuple[str, ...], output_name
         raise ExportError(f"Input names {bad} are not Python identifiers, so they cannot be forward() parameters.",
                           fix="rename the inputs, e.g. 'input-ids' -> 'input_ids'")
 
-    class TupleOutputs(torch.nn.Module):
+    class TupleOutputs(torch.nn.Module):  # type: ignore[name-defined]  # torch is imported lazily
         def __init__(self) -> None:
             super().__init__()
             self.inner = module

@@ -559,7 +559,9 @@ def export_triton_ensemble(
         (folder / str(config.version)).mkdir()  # Triton wants a version folder, even for an ensemble
 
     def text_file(content: str) -> Callable[[Path], None]:
-        return lambda target: target.write_text(content, encoding="utf-8")
+        def write(target: Path) -> None:
+            target.write_text(content, encoding="utf-8")
+        return write
 
     import json
 

@@ -112,7 +112,7 @@ class AutofixResult:
 
     def pareto_front(self) -> list[Trial]:
         """Trials no other trial beats on both latency and mean cosine."""
-        front = []
+        front: list[Trial] = []
         for trial in sorted(self.trials, key=lambda t: (t.latency_ms, -t.cosine_mean)):
             if not front or trial.cosine_mean > front[-1].cosine_mean:
                 front.append(trial)
@@ -212,7 +212,7 @@ def autofix(
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     trials: list[Trial] = []
-    evaluated: dict[frozenset[str], Trial] = {}
+    evaluated: dict[tuple[frozenset[str], Any], Trial] = {}
     weight_sizes = _weight_sizes(model_path)
     latency_feed = dict(evaluation_feeds[0])
     if len(next(iter(latency_feed.values()))) > 1:  # time batch 1, the online-serving case

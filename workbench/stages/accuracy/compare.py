@@ -144,11 +144,11 @@ def compare_candidates(
             task_metrics["output_cosine_min"] = min(s["cosine_min"] for s in outputs.values())
         failures = _budget_failures(budget, task_metrics, outputs) + tuple(c.message for c in check_results if not c) \
             + tuple(trouble)
-        engine = candidates[name].engine if isinstance(candidates[name], Candidate) else \
-            engine_for_path(candidates[name]).name
+        given = candidates[name]
+        engine = given.engine if isinstance(given, Candidate) else engine_for_path(given).name
         results.append(CandidateAccuracy(
             name=name,
-            path=Path(candidates[name].path if isinstance(candidates[name], Candidate) else candidates[name]),
+            path=Path(given.path if isinstance(given, Candidate) else given),
             outputs=outputs,
             task_metrics=task_metrics,
             cosine_mean=task_metrics.get(resolved.primary_cosine[0]),

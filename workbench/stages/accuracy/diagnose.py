@@ -69,8 +69,8 @@ class Diagnosis:
         The score is `impact` (the model's output error when only that node is quantized) where it was
         measured, else the node's local error.
         """
-        scored = [(n.name, n.impact if n.impact is not None else n.local_error) for n in self.nodes
-                  if n.local_error is not None or n.impact is not None]
+        scored = [(n.name, float(n.impact if n.impact is not None else n.local_error))  # type: ignore[arg-type]
+                  for n in self.nodes if n.local_error is not None or n.impact is not None]
         return sorted(scored, key=lambda item: item[1], reverse=True)
 
     def to_dict(self) -> dict[str, Any]:
@@ -347,7 +347,8 @@ def channel_relative_error(expected: Sequence[np.ndarray], actual: Sequence[np.n
     error that survives layer normalisation into the embedding (on MiniLM it ranked the quantized node that
     mattered most 33rd of 38).
     """
-    error = energy = None
+    error: Any = None
+    energy: Any = None
     for a, b in zip(expected, actual):
         a64 = np.asarray(a, np.float64).reshape(-1, a.shape[-1]) if a.ndim else np.asarray(a, np.float64).reshape(1, 1)
         b64 = np.asarray(b, np.float64).reshape(a64.shape)

@@ -31,7 +31,8 @@ def resolve_checks(output_checks: Mapping[str, Any] | None, available: list[str]
             raise ConfigError(f"output_checks names {key!r}, which is not an output of the reference.",
                               expected=f"'' (every output) or one of {available}")
         checks[key] = check
-    return {o: checks.get(o, checks.get("")) for o in available if checks.get(o, checks.get("")) is not None}
+    chosen = {o: checks.get(o, checks.get("")) for o in available}
+    return {o: check for o, check in chosen.items() if check is not None}
 
 
 def compare_funcs(comparator: Any, checks: dict[str, OutputCheck]) -> dict[str, Any]:
@@ -75,8 +76,8 @@ def output_statistics(
     trouble: dict[str, str] = {}
     missing: list[str] = []
     for output in reference_outputs[0].keys():
-        cosines = [it.get(output) for it in per_batch["cosine"]]
-        errors = [it.get(output) for it in per_batch["simple"]]
+        cosines: list[Any] = [it.get(output) for it in per_batch["cosine"]]
+        errors: list[Any] = [it.get(output) for it in per_batch["simple"]]
         if all(c is None for c in cosines):
             missing.append(output)
             continue

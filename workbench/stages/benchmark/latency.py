@@ -214,8 +214,8 @@ class BenchmarkResult:
         for name in self.names:
             if name == baseline:
                 continue
-            points = [(b, s, self.p50(baseline, b, s), self.p50(name, b, s)) for b, s in shapes]
-            points = [(b, s, base, p50) for b, s, base, p50 in points if base is not None and p50 is not None]
+            measured = [(b, s, self.p50(baseline, b, s), self.p50(name, b, s)) for b, s in shapes]
+            points = [(b, s, base, p50) for b, s, base, p50 in measured if base is not None and p50 is not None]
             figure.add_bar(name=name, x=[f"batch {b}, seq {s}" for b, s, _, _ in points],
                            y=[base / p50 for _, _, base, p50 in points],
                            customdata=[[p50, base] for _, _, base, p50 in points],

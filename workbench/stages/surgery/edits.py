@@ -397,10 +397,11 @@ class AddOutputs(Edit):
         return edited
 
 
-def tensor_types(model: Any) -> dict[str, tuple[int, list[Any]]]:
-    """Tensor name -> (ONNX elem type, dims) for every tensor shape inference can type."""
+def tensor_types(model: Any) -> dict[str, tuple[int, list[Any] | None]]:
+    """Tensor name -> (ONNX elem type, dims or None where the rank is unknown) for every tensor shape inference
+    can type."""
     inferred = best_effort_shape_inference(model)
-    found = {}
+    found: dict[str, tuple[int, list[Any] | None]] = {}
     for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         tensor_type = info.type.tensor_type
         if tensor_type.elem_type:

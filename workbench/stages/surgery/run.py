@@ -94,7 +94,8 @@ class EditReport:
 
 
 def _model_size_mb(model: Any) -> float:
-    return sum(np.prod(t.dims, dtype=np.int64) * _bytes_per_element(t.data_type) for t in model.graph.initializer) / 1e6
+    return float(sum(np.prod(t.dims, dtype=np.int64) * _bytes_per_element(t.data_type)
+                     for t in model.graph.initializer)) / 1e6
 
 
 def _bytes_per_element(data_type: int) -> int:
