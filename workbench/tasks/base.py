@@ -268,6 +268,36 @@ class PostProcessing:
     files: Mapping[str, bytes] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FrontModel:
+    """The Python-backend model clients call when a task needs more than a post-processing step: it tokenizes
+    (with windows where the task needs them), calls the engine model through Triton's business-logic scripting
+    (BLS: `pb_utils.InferenceRequest(...).exec()`), and decodes, all in one `model.py`
+    (workbench/triton/bls.py writes it next to the engine model).
+
+    Attributes:
+        source: The model.py source (a file of workbench/triton/python_models/), self-contained (numpy and
+            `tokenizers` only); it must define `tokenizer_from(path, parameters)` and
+            `run(tokenizer, rows, infer, parameters)`, the pure functions its TritonPythonModel uses and the
+            export checks against the task's :meth:`Task.served_outputs`.
+        suffix: The front model's name suffix in the repository ("_ner", "_qa", ...).
+        engine_outputs: The engine outputs it requests.
+        inputs: What clients send (no batch dim).
+        outputs: What clients get back (no batch dim).
+        parameters: config.pbtxt string parameters of the task's decoding (labels, strategy, lengths...).
+        check_samples: Inputs the export runs through both the served code and the library before it writes
+            anything (texts, (question, context) pairs...).
+    """
+
+    source: str
+    suffix: str
+    engine_outputs: tuple[str, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    check_samples: tuple[Any, ...] = ()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the task
 
@@ -286,6 +316,8 @@ class Task:
         primary_cosine: (mean metric, min metric) that fill summary.json's `cosine_mean` / `cosine_min`.
         metric_names: The task metrics every candidate carries in summary.json, in order.
         serving_output: The ensemble's main output for clients, as the README names it.
+        default_sequence_length: The sequence length this task is usually served at (None: the pipeline's own
+            default); question answering windows contexts at 384 tokens, as transformers' pipeline does.
     """
 
     name: ClassVar[str] = ""
@@ -297,6 +329,7 @@ class Task:
     primary_cosine: ClassVar[tuple[str, str]] = ("", "")
     metric_names: ClassVar[tuple[str, ...]] = ()
     serving_output: ClassVar[str] = ""
+    default_sequence_length: ClassVar[int | None] = None
 
     # -- detection -------------------------------------------------------------------------------------------
 
@@ -371,6 +404,20 @@ class Task:
         """The Triton post-processing model of this task's ensemble; None: the ensemble returns raw outputs."""
         return None
 
+    def front_model(self, *, model_config: Mapping[str, Any], output_names: Sequence[str],
+                    output_dims: Mapping[str, Sequence[int]], sequence_length: int) -> FrontModel | None:
+        """The BLS front model that serves this task (workbench.triton.bls.export_triton_bls writes it); None: the
+        task is served as an ensemble (:meth:`postprocessing`)."""
+        return None
+
+    def served_outputs(self, tokenizer: Any, samples: Sequence[Any], infer: Any, *, sequence_length: int,
+                       input_names: Sequence[str], model_config: Mapping[str, Any],
+                       parameters: Mapping[str, str]) -> list[Any]:
+        """What the front model must answer for each of `samples`, computed by the library (its encode and
+        decoding, `infer` running the engine on one feed dict): the Triton export compares it with the served
+        code's answers before it writes anything."""
+        raise NotImplementedError(f"task {self.name!r} has no front model")
+
     def __repr__(self) -> str:
         return f"<task {self.name}>"
 
@@ -380,7 +427,8 @@ class Task:
 
 T = TypeVar("T", bound=type[Task])
 _TASKS: dict[str, Task] = {}
-BUILTIN_TASK_MODULES = ("workbench.tasks.embedding", "workbench.tasks.classification")
+BUILTIN_TASK_MODULES = ("workbench.tasks.embedding", "workbench.tasks.classification",
+                        "workbench.tasks.token_classification", "workbench.tasks.question_answering")
 
 
 def register_task(cls: T) -> T:
