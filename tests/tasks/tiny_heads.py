@@ -102,8 +102,10 @@ def build_tiny_head(kind: str, head: str, folder: Path, *, seed: int = 0) -> Pat
     if kind == "roberta":
         with tempfile.TemporaryDirectory(prefix="tiny-bpe-") as scratch:
             tokenizer = bpe_tokenizer(Path(scratch))
-    else:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(bundled_model_path()), local_files_only=True)
+    else:  # DistilBERT checkpoints ship a tokenizer without token_type_ids
+        names = {"model_input_names": ["input_ids", "attention_mask"]} if kind == "distilbert" else {}
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(bundled_model_path()), local_files_only=True,
+                                                               **names)
     config = CONFIGS[kind](transformers, len(tokenizer))
     if head == "token-classification":
         config.num_labels = len(NER_LABELS)
@@ -147,3 +149,36 @@ def export_tiny_head(folder: Path, head: str, onnx_path: Path) -> Path:
     source = ModuleSource(module, {n: torch.from_numpy(feeds[0][n]) for n in names}, output_names=task.outputs,
                           dynamic_axes=axes, tokenizer=tokenizer, name=folder.name)
     return export_onnx(source, onnx_path, ExportConfig(), check_feeds=feeds).path
+
+
+def build_keyword_qa(folder: Path, keyword: str, *, seed: int = 0) -> Path:
+    """A tiny BERT question-answering model that answers `keyword` wherever the context holds it.
+
+    Random weights, except that the keyword's word embedding points far along one hidden direction and the QA head
+    reads start and end logits along that direction: the residual stream carries it through both layers, so the
+    keyword's position gets by far the largest start and end logits. A model that knows one answer lets a test
+    check that the served model finds it in whichever window holds it.
+    """
+    import torch
+    import transformers
+
+    from workbench.models import bundled_model_path
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(bundled_model_path()), local_files_only=True)
+    ids = tokenizer(keyword, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{keyword!r} is {len(ids)} word pieces; pick a word that is one")
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForQuestionAnswering.from_config(_bert(transformers, len(tokenizer)),
+                                                                   attn_implementation="eager").eval()
+    with torch.no_grad():
+        direction = torch.zeros(model.config.hidden_size)
+        direction[0] = 1.0
+        model.bert.embeddings.word_embeddings.weight[ids[0]] = 40.0 * direction
+        model.qa_outputs.weight.zero_()
+        model.qa_outputs.weight[:, 0] = 4.0
+        model.qa_outputs.bias.zero_()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -465,7 +465,8 @@ class QuestionAnswering(Task):
                     p_mask=_p_mask(encoded, w, ids, question_first, tokenizer.cls_token_id),
                     offsets=np.asarray(encoded["offset_mapping"][w], dtype=np.int64).reshape(-1, 2),
                     word_ids=_none_as(encoded.word_ids(w)), sequence_ids=_none_as(encoded.sequence_ids(w)))))
-        names = list(input_names) if input_names is not None else [n for n in pad_values if n in rows[0][0]]
+        names = list(input_names) if input_names is not None else [
+            n for n in getattr(tokenizer, "model_input_names", pad_values) if n in rows[0][0]]
         missing = [n for n in names if n not in rows[0][0]]
         if missing:
             raise DataError(f"The tokenizer does not produce the model inputs {missing}.",

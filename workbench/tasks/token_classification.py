@@ -299,7 +299,7 @@ def decode_entities(logits: np.ndarray, pieces: Sequence[Piece], *, id2label: Ma
 def span_scores(reference: Sequence[Sequence[Entity]], candidate: Sequence[Sequence[Entity]]) -> dict[str, float]:
     """Entity-level precision, recall and F1 of `candidate` against `reference` (one entity list per text): an
     entity counts when a text's reference has one with the same label and character span. With no entities on
-    either side everything is 1; with none on one side the empty side scores 1 and the other 0."""
+    either side everything is 1; with entities on one side only, everything is 0 (as seqeval scores it)."""
     true_positives = predicted = expected = 0
     for ref, cand in zip(reference, candidate, strict=True):
         ref_keys = {e.key() for e in ref}
