@@ -17,7 +17,6 @@ qa_evaluation.jsonl windowed at 384 tokens, stride 128), and timed against PyTor
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import tempfile
@@ -30,10 +29,10 @@ import numpy as np
 
 from workbench.engines.onnxruntime import OnnxRuntimeRunner
 from workbench.engines.pytorch import PyTorchRunner
-from workbench.models import ModuleSource, bundled_model_path
+from workbench.models import bundled_model_path, load_model
 from workbench.stages.accuracy.autofix import AutofixConfig, autofix
 from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
-from workbench.stages.export import ExportConfig, export_onnx
+from workbench.stages.export import export_onnx
 from workbench.stages.fusion import FusionConfig, fuse_transformer
 from workbench.stages.precision.plan import PrecisionPlan
 from workbench.stages.precision.smooth import SmoothingConfig
@@ -61,22 +60,10 @@ def build_model(task_name: str, folder: Path, seed: int) -> Any:
     return model
 
 
-def export(task_name: str, module: Any, tokenizer: Any, path: Path) -> Path:
-    """The export stage through a ModuleSource with the task's outputs (dynamic batch and sequence axes)."""
-    import torch
-
-    task = get_task(task_name)
-    accepted = inspect.signature(module.forward).parameters
-    texts = ["Ada Lovelace met Charles Babbage in London.", "Where is the ticket office?"]
-    feeds = []
-    for length in (16, 128):
-        encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="np")
-        feeds.append({n: encoded[n].astype(np.int64) for n in encoded if n in accepted})
-    names = tuple(feeds[0])
-    axes = {n: {0: "batch", 1: "sequence"} for n in (*names, *task.outputs)}
-    source = ModuleSource(module, {n: torch.from_numpy(feeds[0][n]) for n in names}, output_names=task.outputs,
-                          dynamic_axes=axes, tokenizer=tokenizer, name=f"minilm-{task_name}")
-    return export_onnx(source, path, ExportConfig(), check_feeds=feeds).path
+def export(folder: Path, path: Path) -> Path:
+    """The export stage, as the pipeline runs it: load_model reads the task from config.json (its auto class and
+    outputs), export_onnx checks the ONNX model against PyTorch at several shapes."""
+    return export_onnx(load_model(folder), path).path
 
 
 def run_all(path: Path, feeds: list[dict[str, np.ndarray]], threads: int | None) -> list[dict[str, np.ndarray]]:
@@ -93,7 +80,7 @@ def bench_task(task_name: str, folder: Path, args: argparse.Namespace) -> dict[s
     module = build_model(task_name, folder / "model", args.seed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder / "model"))
     config = json.loads((folder / "model" / "config.json").read_text())
-    reference = export(task_name, module, tokenizer, folder / "model.onnx")
+    reference = export(folder / "model", folder / "model.onnx")
     fused = fuse_transformer(reference, folder / "fused.onnx", FusionConfig(model_type="bert", num_heads=12,
                                                                             hidden_size=384)).path
     samples = task.load_samples(None, max_calibration=args.calibration_samples, max_eval=args.eval_samples)

@@ -37,6 +37,17 @@ _EXPORTS: dict[str, str] = {
     "load_sentence_splits": "workbench.data",
     "SentenceSplits": "workbench.data",
     "tokenize_batches": "workbench.data",
+    # tasks and engines (the registries)
+    "Task": "workbench.tasks.base",
+    "Budget": "workbench.tasks.base",
+    "register_task": "workbench.tasks.base",
+    "get_task": "workbench.tasks.base",
+    "EmbeddingBudget": "workbench.tasks.embedding",
+    "ClassificationBudget": "workbench.tasks.classification",
+    "Engine": "workbench.engines.base",
+    "Candidate": "workbench.engines.base",
+    "register_engine": "workbench.engines.base",
+    "get_engine": "workbench.engines.base",
     # stages
     "ExportConfig": "workbench.stages.export",
     "export_onnx": "workbench.stages.export",
@@ -44,7 +55,7 @@ _EXPORTS: dict[str, str] = {
     "fuse_transformer": "workbench.stages.fusion",
     "DynamicQuantConfig": "workbench.stages.precision.quantize",
     "quantize_dynamic": "workbench.stages.precision.quantize",
-    "AccuracyBudget": "workbench.stages.accuracy.compare",
+    "AccuracyBudget": "workbench.tasks.embedding",
     "compare_candidates": "workbench.stages.accuracy.compare",
     "BenchmarkConfig": "workbench.stages.benchmark.latency",
     "benchmark": "workbench.stages.benchmark.latency",
@@ -54,15 +65,33 @@ _EXPORTS: dict[str, str] = {
     "export_triton_ensemble": "workbench.triton.ensemble",
     "parse_model_config": "workbench.triton.config",
     "TritonServer": "workbench.triton.server",
+    # text generation (causal LMs with a key/value cache)
+    "DecoderExportConfig": "workbench.stages.generation.export",
+    "export_decoder": "workbench.stages.generation.export",
+    "fuse_decoder": "workbench.stages.generation.fusion",
+    "GenerationConfig": "workbench.stages.generation.generate",
+    "generate": "workbench.stages.generation.generate",
+    "stream": "workbench.stages.generation.generate",
+    "GenerationBudget": "workbench.tasks.generation",
+    "evaluate_generation": "workbench.stages.generation.accuracy",
+    "autofix_decoder": "workbench.stages.generation.accuracy",
+    "GenerationBenchmarkConfig": "workbench.stages.generation.benchmark",
+    "benchmark_generation": "workbench.stages.generation.benchmark",
+    "generation_summary": "workbench.stages.generation.summary",
+    "GenerationServingConfig": "workbench.triton.generation",
+    "export_triton_generation": "workbench.triton.generation",
     # runners
     "OnnxRuntimeRunner": "workbench.engines.onnxruntime",
     "PyTorchRunner": "workbench.engines.pytorch",
     # the chained workflow
     "Pipeline": "workbench.pipeline",
     "PipelineParameters": "workbench.pipeline",
+    "STEPS": "workbench.pipeline",
+    "step": "workbench.pipeline",
     "format_summary": "workbench.summary",
     "Recipe": "workbench.recipe",
     "run_recipe": "workbench.recipe",
+    "save_recipe": "workbench.recipe",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -72,9 +101,10 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from workbench.data import SentenceSplits, load_sentence_splits, read_sentences, tokenize_batches
+    from workbench.engines.base import Candidate, Engine, get_engine, register_engine
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
     from workbench.engines.pytorch import PyTorchRunner
-    from workbench.data import SentenceSplits, load_sentence_splits, read_sentences, tokenize_batches
     from workbench.errors import (
         AccuracyError,
         ConfigError,
@@ -90,16 +120,27 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         WorkbenchError,
     )
     from workbench.models import HFModelSource, ModuleSource, OnnxSource, bundled_model_path, load_model
-    from workbench.pipeline import Pipeline, PipelineParameters
-    from workbench.stages.accuracy.compare import AccuracyBudget, compare_candidates
+    from workbench.pipeline import STEPS, Pipeline, PipelineParameters, step
+    from workbench.recipe import Recipe, run_recipe, save_recipe
+    from workbench.stages.accuracy.compare import compare_candidates
     from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
     from workbench.stages.choose import choose_candidate
     from workbench.stages.export import ExportConfig, export_onnx
-    from workbench.stages.precision.quantize import DynamicQuantConfig, quantize_dynamic
     from workbench.stages.fusion import FusionConfig, fuse_transformer
-    from workbench.triton.config import TritonConfig, parse_model_config
-    from workbench.triton.model import export_triton
-    from workbench.triton.ensemble import export_triton_ensemble
-    from workbench.recipe import Recipe, run_recipe
+    from workbench.stages.generation.accuracy import autofix_decoder, evaluate_generation
+    from workbench.stages.generation.benchmark import GenerationBenchmarkConfig, benchmark_generation
+    from workbench.stages.generation.export import DecoderExportConfig, export_decoder
+    from workbench.stages.generation.fusion import fuse_decoder
+    from workbench.stages.generation.generate import GenerationConfig, generate, stream
+    from workbench.stages.generation.summary import generation_summary
+    from workbench.stages.precision.quantize import DynamicQuantConfig, quantize_dynamic
     from workbench.summary import format_summary
+    from workbench.tasks.base import Budget, Task, get_task, register_task
+    from workbench.tasks.classification import ClassificationBudget
+    from workbench.tasks.embedding import AccuracyBudget, EmbeddingBudget
+    from workbench.tasks.generation import GenerationBudget
+    from workbench.triton.config import TritonConfig, parse_model_config
+    from workbench.triton.ensemble import export_triton_ensemble
+    from workbench.triton.generation import GenerationServingConfig, export_triton_generation
+    from workbench.triton.model import export_triton
     from workbench.triton.server import TritonServer

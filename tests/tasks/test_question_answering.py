@@ -67,7 +67,8 @@ def test_bundled_data_is_as_documented(samples):
             for window in batch.windows:
                 example = split[window.example]
                 context = window.offsets[window.sequence_ids == 1]
-                if context[0][0] <= example.answer_start and example.answer_start + len(example.answer) <= context[-1][1]:
+                end = example.answer_start + len(example.answer)
+                if context[0][0] <= example.answer_start and end <= context[-1][1]:
                     holders.setdefault(window.example, set()).add(window.window)
         assert len(holders) == len(split)
         assert sum(0 not in windows for windows in holders.values()) >= 4
@@ -250,6 +251,9 @@ def test_budget_and_metrics_refuse_what_they_cannot_check(bert_runs):
     with pytest.raises(ConfigError, match="gates nothing"):
         QuestionAnsweringBudget(exact_match_min=None, answer_f1_min=None)
     with pytest.raises(DataError, match="windows of every batch"):
-        get_task(HEAD).metrics(reference, reference, encoded.feeds)
+        get_task(HEAD).metrics(reference, reference, encoded.feeds, [object()] * len(encoded.feeds))
+    plain = get_task(HEAD).metrics(reference, reference, encoded.feeds).values  # a diagnosis: no meta
+    assert plain == {"logits_cosine_mean": pytest.approx(1.0), "logits_cosine_min": pytest.approx(1.0)}
+    assert any("was not measured" in line for line in QuestionAnsweringBudget().failures(plain))
     with pytest.raises(ConfigError, match="question-answering"):
         get_task("token-classification").check_budget(QuestionAnsweringBudget())

@@ -140,7 +140,8 @@ def bert_runs(tiny_head, tiny_head_onnx, texts, tmp_path_factory):
     task = get_task(HEAD)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     with OnnxRuntimeRunner(path) as runner:
-        encoded = task.encode(tokenizer, texts, batch_size=8, sequence_length=64, input_names=list(runner.input_specs()))
+        encoded = task.encode(tokenizer, texts, batch_size=8, sequence_length=64,
+                              input_names=list(runner.input_specs()))
         reference = [runner.infer(f) for f in encoded.feeds]
     model = onnx.load(str(path))
     # damage: scale the classifier's weight for one label (the label the tiny model prefers least often)
@@ -191,10 +192,18 @@ def test_budget_that_gates_nothing_is_refused():
     assert TokenClassificationBudget.from_dict({"task": HEAD, "span_f1_min": 0.9}).span_f1_min == 0.9
 
 
-def test_metrics_without_meta_are_refused(bert_runs):
-    encoded, reference, _ = bert_runs
+def test_without_meta_only_cosines_are_measured_and_the_budget_misses(bert_runs):
+    """A layer diagnosis calls metrics() with feeds only: it gets the logits cosines, and a budget on the decoded
+    metrics reports them as not measured (never as a pass)."""
+    encoded, reference, damaged = bert_runs
+    task = get_task(HEAD)
+    plain = task.metrics(reference, damaged, encoded.feeds).values
+    full = task.metrics(reference, damaged, encoded.feeds, encoded.meta).values
+    assert set(plain) == {"logits_cosine_mean", "logits_cosine_min"}
+    assert plain["logits_cosine_mean"] < 1.0 and plain["logits_cosine_min"] <= full["logits_cosine_min"] + 1e-12
+    assert any("was not measured" in line for line in task.default_budget().failures(plain))
     with pytest.raises(DataError, match="tokens of every batch"):
-        get_task(HEAD).metrics(reference, reference, encoded.feeds)
+        task.metrics(reference, reference, encoded.feeds, [object()] * len(encoded.feeds))
 
 
 def test_a_slow_tokenizer_is_refused_with_the_fix(tiny_head):

@@ -122,33 +122,15 @@ def build_tiny_head(kind: str, head: str, folder: Path, *, seed: int = 0) -> Pat
 
 
 def export_tiny_head(folder: Path, head: str, onnx_path: Path) -> Path:
-    """Export a tiny head model to ONNX through the workbench's export stage (dynamic batch and sequence axes,
-    checked against PyTorch), with the task's outputs."""
-    import numpy as np
-    import transformers
+    """Export a tiny head model to ONNX as the pipeline does: load_model (the task from config.json, its auto class
+    and outputs) and the export stage (dynamic batch and sequence axes, checked against PyTorch)."""
+    from workbench.models import load_model
+    from workbench.stages.export import export_onnx
 
-    from workbench.models import ModuleSource
-    from workbench.stages.export import ExportConfig, export_onnx
-    from workbench.tasks.base import get_task
-
-    task = get_task(head)
-    module = getattr(transformers, task.auto_model).from_pretrained(str(folder), attn_implementation="eager").eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    import inspect
-
-    accepted = inspect.signature(module.forward).parameters
-    texts = ["Ada Lovelace met Charles Babbage in London.", "Where is the ticket office?"]
-    feeds = []
-    for length in (16, 48):
-        encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="np")
-        feeds.append({n: encoded[n].astype(np.int64) for n in encoded if n in accepted})
-    names = tuple(feeds[0])
-    axes = {n: {0: "batch", 1: "sequence"} for n in (*names, *task.outputs)}
-    import torch
-
-    source = ModuleSource(module, {n: torch.from_numpy(feeds[0][n]) for n in names}, output_names=task.outputs,
-                          dynamic_axes=axes, tokenizer=tokenizer, name=folder.name)
-    return export_onnx(source, onnx_path, ExportConfig(), check_feeds=feeds).path
+    source = load_model(folder)
+    if source.task.name != head:
+        raise ValueError(f"{folder} loads as a {source.task.name} model, not {head}")
+    return export_onnx(source, onnx_path).path
 
 
 def build_keyword_qa(folder: Path, keyword: str, *, seed: int = 0) -> Path:

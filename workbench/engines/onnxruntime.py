@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from workbench._lazy import require
 from workbench.engines.base import Availability, BaseRunner, Engine, register_engine
-from workbench.errors import DeviceUnavailable, ModelSourceError
-import contextlib
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
-from workbench.errors import WorkbenchError
+from workbench.errors import DeviceUnavailable, ModelSourceError, WorkbenchError
 
 
 class OnnxRuntimeRunner(BaseRunner):
@@ -177,7 +175,7 @@ class OnnxRuntime(Engine):
     title = "ONNX Runtime"
     extra = "cpu"
     suffixes = (".onnx",)
-    precisions = ("fp32", "int8_dynamic", "int8_static", "fp16")
+    precisions = ("fp32", "int8_dynamic", "int8_static", "fp16", "int4_weight_only", "int8_weight_only")
     triton_backend = "onnxruntime"
     triton_platform = "onnxruntime_onnx"
     model_files = ("model.onnx",)

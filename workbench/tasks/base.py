@@ -144,6 +144,7 @@ class Budget(StageConfig):
         """Build from a dict; a "task" key selects the task's budget type (how recipes store budgets)."""
         values = dict(values)
         task = values.pop("task", None)
+        tasks()  # the built-in tasks register their budget types on import
         target: type[Budget] = cls
         if task is not None:
             if cls.task and task != cls.task:
@@ -208,6 +209,23 @@ def cosine_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     safe = np.where(both_zero, 1.0, norms)
     cos = dots / safe
     return np.where(both_zero, np.where(np.all(a == b, axis=1), 1.0, 0.0), cos)
+
+
+def cosines_only(reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs],
+                 outputs: Sequence[str]) -> TaskMetrics:
+    """`logits_cosine_mean` / `_min`: per row, the worst of `outputs`' cosines over its attended tokens
+    (attention_mask 1), mean and min over rows. What token-level tasks report when metrics() is called without
+    the meta their decoding needs (a layer diagnosis ranks nodes by it)."""
+    per_row: list[float] = []
+    for feed, ref_out, cand_out in zip(feeds, reference, candidate, strict=True):
+        mask = np.asarray(feed["attention_mask"]).astype(bool)
+        for row in range(len(mask)):
+            per_row.append(min(float(cosine_rows(np.asarray(ref_out[o])[row][mask[row]][None],
+                                                 np.asarray(cand_out[o])[row][mask[row]][None])[0])
+                               for o in outputs))
+    return TaskMetrics(values={"logits_cosine_mean": float(np.mean(per_row)),
+                               "logits_cosine_min": float(np.min(per_row))}, per_sample=tuple(per_row),
+                       details={"note": "no Encoded.meta: only the logits cosines were computed"})
 
 
 @dataclass(frozen=True)
@@ -312,6 +330,9 @@ class Task:
             e.g. ("ForSequenceClassification",). The base-model task handles bare encoders ("BertModel").
         auto_model: The transformers Auto class that loads the checkpoint with this head.
         outputs: The outputs the ONNX export produces, in order.
+        output_ranks: Output name -> rank, to tell tasks with the same output names apart (2-D logits: one label
+            per text; 3-D logits: one per token) when a task is found from an ONNX model's outputs.
+        detect_from_outputs: Whether a model's outputs alone may select this task (False: only by name).
         budget_type: Its Budget subclass; `budget_type()` is the default budget.
         primary_cosine: (mean metric, min metric) that fill summary.json's `cosine_mean` / `cosine_min`.
         metric_names: The task metrics every candidate carries in summary.json, in order.
@@ -326,6 +347,8 @@ class Task:
     auto_model: ClassVar[str] = "AutoModel"
     outputs: ClassVar[tuple[str, ...]] = ()
     budget_type: ClassVar[type[Budget]]
+    output_ranks: ClassVar[Mapping[str, int]] = {}
+    detect_from_outputs: ClassVar[bool] = True
     primary_cosine: ClassVar[tuple[str, str]] = ("", "")
     metric_names: ClassVar[tuple[str, ...]] = ()
     serving_output: ClassVar[str] = ""
@@ -359,6 +382,17 @@ class Task:
 
     def default_budget(self) -> Budget:
         return self.budget_type()
+
+    def check_feeds(self, feeds: Sequence[Outputs]) -> None:
+        """Raise DataError when evaluation feeds lack what the task's metrics read (before anything runs)."""
+
+    def accepts_outputs(self, outputs: Mapping[str, int | None]) -> bool:
+        """Whether a model with these outputs (name -> rank, None: unknown) is this task's: it has the task's
+        outputs, of the task's ranks where both are known."""
+        if not self.outputs or any(o not in outputs for o in self.outputs):
+            return False
+        ranks = [(self.output_ranks.get(o), outputs[o]) for o in self.outputs]
+        return all(want is None or have is None or want == have for want, have in ranks)
 
     def output_names_for(self, available: Sequence[str]) -> tuple[str, ...]:
         """The task's outputs among a model's outputs (an ONNX model may have more)."""
@@ -427,7 +461,7 @@ class Task:
 
 T = TypeVar("T", bound=type[Task])
 _TASKS: dict[str, Task] = {}
-BUILTIN_TASK_MODULES = ("workbench.tasks.embedding", "workbench.tasks.classification",
+BUILTIN_TASK_MODULES = ("workbench.tasks.embedding", "workbench.tasks.classification", "workbench.tasks.generation",
                         "workbench.tasks.token_classification", "workbench.tasks.question_answering")
 
 
@@ -435,6 +469,8 @@ def register_task(cls: T) -> T:
     """Class decorator: register one instance of a Task subclass under its `name`."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no `name`.")
+    if cls.__module__ not in BUILTIN_TASK_MODULES:
+        _load_builtins()  # the built-in tasks come first: detection tries tasks in registration order
     existing = _TASKS.get(cls.name)
     if existing is not None and type(existing).__qualname__ != cls.__qualname__:
         raise ValueError(f"A task named {cls.name!r} is already registered ({type(existing).__name__}).")
@@ -480,6 +516,24 @@ def get_task(name: str) -> Task:
     if found is None:
         raise ConfigError(f"There is no task {name!r}.", expected=f"one of {sorted(tasks())}")
     return found
+
+
+def task_for_outputs(outputs: Mapping[str, int | None]) -> Task:
+    """The registered task whose outputs (and their ranks, where both say) an ONNX model has.
+
+    Raises:
+        ConfigError: No task, or more than one, matches (the message lists the outputs and the tasks).
+    """
+    found = [task for task in tasks().values() if task.detect_from_outputs and task.accepts_outputs(outputs)]
+    if len(found) != 1:
+        described = ", ".join(f"{n} (rank {r})" for n, r in outputs.items())
+        raise ConfigError(
+            f"The model's outputs {described} match {'no' if not found else 'more than one'} registered task"
+            f"{'' if not found else ': ' + ', '.join(t.name for t in found)}.",
+            expected="; ".join(f"{t.name}: {list(t.outputs)}" for t in tasks().values()),
+            fix="pass task= the task the model was made for",
+        )
+    return found[0]
 
 
 def detect_task(config: Mapping[str, Any], *, where: str = "the model") -> Task:

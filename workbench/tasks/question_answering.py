@@ -48,6 +48,7 @@ from workbench.tasks.base import (
     TensorSpec,
     budget_field,
     cosine_rows,
+    cosines_only,
     register_task,
 )
 
@@ -299,8 +300,9 @@ def _char_span(window: QAWindow, s: int, e: int, sequence: int, align_to_words: 
     return int(window.offsets[s][0]), int(window.offsets[e][1])
 
 
-def decode_answer(context: str, windows: Sequence[tuple[QAWindow, np.ndarray, np.ndarray]], *, context_sequence: int = 1,
-                  max_answer_len: int = MAX_ANSWER_LENGTH, top_k: int = 1, align_to_words: bool = True) -> Answer:
+def decode_answer(context: str, windows: Sequence[tuple[QAWindow, np.ndarray, np.ndarray]], *,
+                  context_sequence: int = 1, max_answer_len: int = MAX_ANSWER_LENGTH, top_k: int = 1,
+                  align_to_words: bool = True) -> Answer:
     """The best answer of one example from its windows' logits, as transformers' QA pipeline (4.57) returns it.
 
     Args:
@@ -405,6 +407,7 @@ class QuestionAnswering(Task):
     architectures = ("ForQuestionAnswering",)
     auto_model = "AutoModelForQuestionAnswering"
     outputs = (START_LOGITS, END_LOGITS)
+    output_ranks = {START_LOGITS: 2, END_LOGITS: 2}  # [batch, sequence]
     budget_type = QuestionAnsweringBudget
     primary_cosine = ("logits_cosine_mean", "logits_cosine_min")
     metric_names = ("exact_match", "answer_f1", "logits_cosine_mean", "logits_cosine_min",
@@ -503,7 +506,11 @@ class QuestionAnswering(Task):
 
     def metrics(self, reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs],
                 meta: Sequence[Any] | None = None) -> TaskMetrics:
-        if meta is None or len(meta) != len(reference) or not all(isinstance(m, QABatch) for m in meta):
+        """Every metric with `meta` (this task's encode()); without it, only the start/end logits cosines per
+        row (what a layer diagnosis needs): the answer metrics are then absent, which a budget counts as a miss."""
+        if meta is None or all(m is None for m in meta):
+            return cosines_only(reference, candidate, feeds, (START_LOGITS, END_LOGITS))
+        if len(meta) != len(reference) or not all(isinstance(m, QABatch) for m in meta):
             raise DataError(
                 "Question-answering metrics need the windows of every batch (Encoded.meta from this task's "
                 "encode()), to decode answers.",

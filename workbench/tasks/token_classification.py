@@ -39,6 +39,7 @@ from workbench.tasks.base import (
     TensorSpec,
     budget_field,
     cosine_rows,
+    cosines_only,
     register_task,
 )
 
@@ -214,7 +215,7 @@ def _aggregate_word(group: list[tuple[Piece, np.ndarray]], strategy: str, id2lab
         score = scores[idx]
     else:
         raise ValueError(f"strategy {strategy!r} does not aggregate words")
-    return _label(id2label, idx), score, word, group[0][0].start, group[-1][0].end
+    return _label(id2label, int(idx)), score, word, group[0][0].start, group[-1][0].end
 
 
 def _tag(label: str) -> tuple[str, str]:
@@ -279,7 +280,8 @@ def decode_entities(logits: np.ndarray, pieces: Sequence[Piece], *, id2label: Ma
         else:
             found = _group([t[:5] for t in tokens], vocabulary)
     else:
-        words, group = [], []
+        words: list[tuple[str, Any, str, int, int]] = []
+        group: list[tuple[Piece, np.ndarray]] = []
         for piece in pieces:
             if group and not piece.is_subword:
                 words.append(_aggregate_word(group, strategy, id2label, vocabulary))
@@ -382,6 +384,7 @@ class TokenClassification(Task):
     architectures = ("ForTokenClassification",)
     auto_model = "AutoModelForTokenClassification"
     outputs = (LOGITS,)
+    output_ranks = {LOGITS: 3}  # [batch, sequence, labels]: a text classifier's are 2-D
     budget_type = TokenClassificationBudget
     primary_cosine = ("logits_cosine_mean", "logits_cosine_min")
     metric_names = ("token_agreement", "span_f1",
@@ -452,7 +455,11 @@ class TokenClassification(Task):
 
     def metrics(self, reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs],
                 meta: Sequence[Any] | None = None) -> TaskMetrics:
-        if meta is None or len(meta) != len(reference) or not all(isinstance(m, TokenBatch) for m in meta):
+        """Every metric with `meta` (this task's encode()); without it, only the logits cosines (what a layer
+        diagnosis needs): the decoded metrics are then absent, which a budget counts as a miss."""
+        if meta is None or all(m is None for m in meta):
+            return cosines_only(reference, candidate, feeds, (LOGITS,))
+        if len(meta) != len(reference) or not all(isinstance(m, TokenBatch) for m in meta):
             raise DataError(
                 "Token-classification metrics need the tokens of every batch (Encoded.meta from this task's "
                 "encode()), to decode entities.",

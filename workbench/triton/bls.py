@@ -42,8 +42,6 @@ from workbench.triton.config import (
     _check_model_name,
     _is_int,
     _model_config_pb2,
-    parse_model_config,
-    render_model_config,
 )
 from workbench.triton.model import (
     TritonExportResult,
@@ -58,7 +56,7 @@ from workbench.triton.provenance import (
     _plain_json,
     _sha256,
 )
-from workbench.triton.writer import _Entry, _write_repository_entries
+from workbench.triton.writer import Entry, checked_text, write_entries
 
 #: The engine inputs a front model's tokenizer produces.
 TOKENIZER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -154,7 +152,8 @@ def _load_tokenizer(tokenizer_dir: Path, task: Any) -> _Tokenizer:
     json_text = tokenizer.backend_tokenizer.to_str()
     cls_id = getattr(tokenizer, "cls_token_id", None)
     return _Tokenizer(tokenizer, json_text, {
-        "tokenizer_file": "tokenizer.json", "pad_id": str(tokenizer.pad_token_id), "pad_token": str(tokenizer.pad_token),
+        "tokenizer_file": "tokenizer.json", "pad_id": str(tokenizer.pad_token_id),
+        "pad_token": str(tokenizer.pad_token),
         "pad_type_id": str(int(getattr(tokenizer, "pad_token_type_id", 0) or 0)),
         "padding_side": str(tokenizer.padding_side), "truncation_side": str(tokenizer.truncation_side),
         "cls_token_id": "" if cls_id is None else str(cls_id),
@@ -210,14 +209,6 @@ def _front_config(pb2: Any, name: str, front: Any, config: TritonConfig, paramet
     for key, value in parameters.items():
         cfg.parameters[key].string_value = str(value)
     return cfg
-
-
-def _checked_text(cfg: Any) -> str:
-    text = render_model_config(cfg)
-    if parse_model_config(text) != cfg:  # never expected: the text must say exactly what was derived
-        raise TritonExportError(f"The rendered Triton config of {cfg.name!r} does not parse back to itself.",
-                                fix="report this as a workbench bug, with the model and the TritonConfig")
-    return text
 
 
 def _readme(task: Any, names: dict[str, str], front: Any, sequence_length: int, config: TritonConfig) -> str:
@@ -372,7 +363,7 @@ def export_triton_bls(
                   "engine_inputs": json.dumps(engine_inputs), "engine_max_batch": str(config.max_batch_size),
                   **{k: str(v) for k, v in front.parameters.items()}}
     front_cfg = _front_config(pb2, names["front"], front, config, parameters)
-    texts = {names["model"]: _checked_text(model_cfg), names["front"]: _checked_text(front_cfg)}
+    texts = {names["model"]: checked_text(model_cfg), names["front"]: checked_text(front_cfg)}
 
     checked = _check_agreement(task, front, plan, parameters, path, sequence_length, model_config,
                                check_samples, infer, [n for n, _ in engine_inputs])
@@ -395,15 +386,17 @@ def export_triton_bls(
         (version_dir / "tokenizer.json").write_text(plan.json_text, encoding="utf-8")
 
     def text_file(content: str) -> Callable[[Path], None]:
-        return lambda target: target.write_text(content, encoding="utf-8")
+        def write(target: Path) -> None:
+            target.write_text(content, encoding="utf-8")
+        return write
 
-    entries = [_Entry(names["model"], engine_folder), _Entry(names["front"], front_folder),
-               _Entry(README_FILENAME, text_file(readme)),
-               _Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2) + "\n"))]
+    entries = [Entry(names["model"], engine_folder), Entry(names["front"], front_folder),
+               Entry(README_FILENAME, text_file(readme)),
+               Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2) + "\n"))]
     created_repository = not repository.exists()
     try:
         repository.mkdir(parents=True, exist_ok=True)
-        _write_repository_entries(repository, entries, overwrite=overwrite)
+        write_entries(repository, entries, overwrite=overwrite)
     except WorkbenchError:
         _remove_if_empty(repository, created_repository)
         raise
