@@ -7,7 +7,8 @@ and dynamic INT8 + SmoothQuant; every candidate is judged on the task's own metr
 the bundled evaluation data served as Triton serves it (NER: evaluation.txt padded to 128 tokens; QA:
 qa_evaluation.jsonl windowed at 384 tokens, stride 128), and timed against PyTorch in one interleaved run
 (batch 1, onnxruntime spinning off). A candidate that misses the task's default budget goes to the auto-fix
-(workbench/stages/accuracy/autofix.py); when the auto-fix cannot run on the task's budget the report says why.
+(workbench/stages/accuracy/autofix.py), whose trials the task's metrics judge; when even every quantized node
+in FP32 misses the budget, the report gives the search's own reason.
 
     python bench/tasks.py           # a table per task
     python bench/tasks.py --json    # one JSON object
@@ -21,7 +22,6 @@ import json
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,10 @@ import numpy as np
 
 from workbench.engines.onnxruntime import OnnxRuntimeRunner
 from workbench.engines.pytorch import PyTorchRunner
+from workbench.errors import AccuracyError
 from workbench.models import bundled_model_path, load_model
 from workbench.stages.accuracy.autofix import AutofixConfig, autofix
+from workbench.stages.accuracy.compare import compare_candidates
 from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
 from workbench.stages.export import export_onnx
 from workbench.stages.fusion import FusionConfig, fuse_transformer
@@ -66,11 +68,6 @@ def export(folder: Path, path: Path) -> Path:
     return export_onnx(load_model(folder), path).path
 
 
-def run_all(path: Path, feeds: list[dict[str, np.ndarray]], threads: int | None) -> list[dict[str, np.ndarray]]:
-    with OnnxRuntimeRunner(path, intra_op_threads=threads) as runner:
-        return [runner.infer(f) for f in feeds]
-
-
 def bench_task(task_name: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     import transformers
 
@@ -98,24 +95,24 @@ def bench_task(task_name: str, folder: Path, args: argparse.Namespace) -> dict[s
     for name, plan in plans.items():
         candidates[name] = plan.convert(fused, folder / f"{name}.onnx", calibration_feeds=calibration,
                                         progress=False).path
-    reference_outputs = run_all(reference, evaluation.feeds, args.threads)
     budget = task.default_budget()
     report: dict[str, Any] = {"sequence_length": length, "evaluation_samples": len(samples.evaluation),
                               "evaluation_rows": sum(len(next(iter(f.values()))) for f in evaluation.feeds),
                               "budget": budget.to_dict(), "budget_text": budget.describe(), "candidates": {}}
-    for name, path in candidates.items():
-        metrics = task.metrics(reference_outputs, run_all(path, evaluation.feeds, args.threads), evaluation.feeds,
-                               evaluation.meta)
-        failures = budget.failures(metrics.values)
-        report["candidates"][name] = {"metrics": {k: round(float(metrics.values[k]), 5) for k in task.metric_names
-                                                  if k in metrics.values},
-                                      "meets_budget": not failures, "failures": list(failures)}
+    # the accuracy stage: every candidate against the FP32 export, judged by the task's metrics and budget
+    comparison = compare_candidates(reference, candidates, evaluation, task=task, budget=budget,
+                                    threads=args.threads)
+    for name in candidates:
+        accuracy = comparison[name]
+        report["candidates"][name] = {"metrics": {k: round(float(accuracy.task_metrics[k]), 5)
+                                                  for k in task.metric_names if k in accuracy.task_metrics},
+                                      "meets_budget": bool(accuracy), "failures": list(accuracy.failures)}
     for name, plan in plans.items():
         facts = report["candidates"][name]
         if facts["meets_budget"]:
             continue
-        facts["autofix"] = try_autofix(task, fused, plan, evaluation.feeds, folder / f"fix_{name}", budget,
-                                       reference, calibration, args)
+        facts["autofix"] = try_autofix(task, fused, plan, evaluation, folder / f"fix_{name}", budget, reference,
+                                       calibration, args)
         if facts["autofix"].get("path"):
             candidates[f"{name}_fixed"] = Path(facts["autofix"].pop("path"))
     report["latency"] = time_candidates(task, module, candidates, evaluation.feeds[0], length, args)
@@ -129,23 +126,22 @@ def bench_task(task_name: str, folder: Path, args: argparse.Namespace) -> dict[s
     return report
 
 
-def try_autofix(task: Any, fused: Path, plan: PrecisionPlan, feeds: list[dict[str, np.ndarray]], out: Path,
-                budget: Any, reference: Path, calibration: list[dict[str, np.ndarray]],
-                args: argparse.Namespace) -> dict[str, Any]:
-    """Run the auto-fix on the task's budget; when it cannot, why not (its own error)."""
+def try_autofix(task: Any, fused: Path, plan: PrecisionPlan, evaluation: Any, out: Path, budget: Any,
+                reference: Path, calibration: list[dict[str, np.ndarray]], args: argparse.Namespace) -> dict[str, Any]:
+    """Run the auto-fix on the task's budget (trials judged by the task's metrics); when it cannot reach the
+    budget, its own reason."""
     try:
-        result = autofix(fused, plan, feeds, out, budget=budget, reference=reference, calibration_feeds=calibration,
-                         config=AutofixConfig(threads=args.threads, max_prune_trials=2, latency_iterations=5))
-    except Exception as exc:  # noqa: BLE001 - the report says why the auto-fix could not run
-        return {"ran": False, "why": f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
-                "where": traceback.extract_tb(exc.__traceback__)[-1].name,
-                "explanation": "autofix() evaluates its trials with compare_candidates(), which on this main "
-                               "branch knows only the sentence-embedding and classification metrics (its Trial "
-                               "records embedding cosines), not a task's Budget; it needs the lead's task-aware "
-                               "compare_candidates"}
+        result = autofix(fused, plan, evaluation, out, budget=budget, task=task, reference=reference,
+                         calibration_feeds=calibration,
+                         config=AutofixConfig(threads=args.threads, max_prune_trials=args.prune_trials,
+                                              latency_iterations=5))
+    except AccuracyError as exc:  # every quantized node in FP32 still misses: the search says why
+        return {"ran": True, "meets_budget": False, "why": str(exc).splitlines()[0]}
     best = result.best
     return {"ran": True, "meets_budget": best.meets_budget, "pins": list(result.plan.keep_fp32),
-            "smoothing": result.plan.smoothing is not None, "trials": len(result.trials), "path": str(result.path)}
+            "smoothing": result.plan.smoothing is not None, "trials": len(result.trials),
+            "metrics": {k: round(v, 5) for k, v in best.metrics.items() if k in task.metric_names},
+            "notes": list(result.notes), "path": str(result.path)}
 
 
 def time_candidates(task: Any, module: Any, candidates: dict[str, Path], feed: dict[str, np.ndarray], length: int,
@@ -172,6 +168,7 @@ def main() -> int:
     parser.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant strength")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prune-trials", type=int, default=2, help="auto-fix trials spent dropping pins")
     args = parser.parse_args()
 
     from workbench.machine import machine_info
@@ -196,10 +193,13 @@ def main() -> int:
             verdict = "meets the budget" if c["meets_budget"] else "MISSES: " + "; ".join(c["failures"])
             print(f"  {name:28s} {c['latency_ms']:8.2f} ms  {c['speedup_vs_pytorch']:5.2f}x  {shown}  -> {verdict}")
             fix = c.get("autofix")
-            if fix:
-                print(f"    auto-fix: {'ran' if fix['ran'] else 'did not run'}: "
-                      + (f"{len(fix['pins'])} pins, meets budget {fix['meets_budget']}" if fix["ran"]
-                         else f"{fix['why']} ({fix['explanation']})"))
+            if fix and "pins" in fix:
+                smoothing = ", SmoothQuant" if fix["smoothing"] else ""
+                print(f"    auto-fix: {len(fix['pins'])} nodes kept in FP32{smoothing} in {fix['trials']} trials -> "
+                      f"meets the budget: {fix['meets_budget']} ({fix['metrics']}); "
+                      f"latency {facts['latency'].get(name + '_fixed')} ms")
+            elif fix:
+                print(f"    auto-fix could not reach the budget: {fix['why']}")
         print(f"  chosen: {facts['chosen']}")
     return 0
 

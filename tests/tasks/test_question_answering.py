@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 onnx = pytest.importorskip("onnx")
 
 from tests.tasks.conftest import REPOSITORY
-from tests.tasks.tiny_heads import KINDS
+from tests.tasks.tiny_heads import KINDS, damage_head
 from workbench.errors import ConfigError, DataError
 from workbench.tasks.base import detect_task, get_task
 from workbench.tasks.question_answering import (
@@ -186,7 +186,8 @@ def test_windows_and_answers_are_the_pipelines(run, tiny_head, pipeline_runs):
 
 def test_answer_f1_is_squads():
     assert answer_f1("the Eiffel Tower", "Eiffel tower!") == 1.0
-    assert answer_f1("in the chloroplasts of leaf cells", "chloroplasts") == pytest.approx(2 * 1 * 0.25 / 1.25)
+    # "in chloroplasts of leaf cells" (the article goes) against "chloroplasts": precision 1, recall 1/5
+    assert answer_f1("in the chloroplasts of leaf cells", "chloroplasts") == pytest.approx(2 * 1 * 0.2 / 1.2)
     assert answer_f1("Paris", "London") == 0.0
     assert answer_f1("", "") == 1.0 and answer_f1("a", "Paris") == 0.0
 
@@ -194,8 +195,6 @@ def test_answer_f1_is_squads():
 @pytest.fixture(scope="module")
 def bert_runs(tiny_head, tiny_head_onnx, samples, tmp_path_factory):
     """The tiny BERT QA model and a copy with one weight scaled, run on every evaluation window as served."""
-    from onnx import numpy_helper
-
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
 
     folder, path = tiny_head("bert", HEAD), tiny_head_onnx("bert", HEAD)
@@ -206,23 +205,16 @@ def bert_runs(tiny_head, tiny_head_onnx, samples, tmp_path_factory):
                               input_names=list(runner.input_specs()))
         reference = [runner.infer(f) for f in encoded.feeds]
     model = onnx.load(str(path))
-    # damage: the start/end projection (the [hidden, 2] or [2, hidden] weight of qa_outputs), start row scaled
-    weight = next(t for t in model.graph.initializer if len(t.dims) == 2 and 2 in t.dims and 32 in t.dims)
-    array = numpy_helper.to_array(weight).copy()
-    if array.shape[0] == 2:
-        array[0] *= -1.0
-    else:
-        array[:, 0] *= -1.0
-    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    damage_head(model, 2, factor=-1.0, column=0)  # the start-logit column of qa_outputs, negated
     damaged_path = tmp_path_factory.mktemp("damaged-qa") / "damaged.onnx"
     onnx.save(model, str(damaged_path))
     with OnnxRuntimeRunner(damaged_path) as runner:
         damaged = [runner.infer(f) for f in encoded.feeds]
-    return encoded, reference, damaged
+    return encoded, reference, damaged, path, damaged_path
 
 
 def test_the_reference_meets_its_own_budget(bert_runs, samples):
-    encoded, reference, _ = bert_runs
+    encoded, reference, *_ = bert_runs
     task = get_task(HEAD)
     result = task.metrics(reference, reference, encoded.feeds, encoded.meta)
     assert result.values["exact_match"] == 1.0 and result.values["answer_f1"] == 1.0
@@ -234,7 +226,7 @@ def test_the_reference_meets_its_own_budget(bert_runs, samples):
 
 
 def test_a_damaged_candidate_is_rejected_naming_the_metric(bert_runs):
-    encoded, reference, damaged = bert_runs
+    encoded, reference, damaged, *_ = bert_runs
     task = get_task(HEAD)
     result = task.metrics(reference, damaged, encoded.feeds, encoded.meta)
     assert result.values["exact_match"] < 0.97
@@ -247,7 +239,7 @@ def test_a_damaged_candidate_is_rejected_naming_the_metric(bert_runs):
 
 
 def test_budget_and_metrics_refuse_what_they_cannot_check(bert_runs):
-    encoded, reference, _ = bert_runs
+    encoded, reference, *_ = bert_runs
     with pytest.raises(ConfigError, match="gates nothing"):
         QuestionAnsweringBudget(exact_match_min=None, answer_f1_min=None)
     with pytest.raises(DataError, match="windows of every batch"):
@@ -257,3 +249,23 @@ def test_budget_and_metrics_refuse_what_they_cannot_check(bert_runs):
     assert any("was not measured" in line for line in QuestionAnsweringBudget().failures(plain))
     with pytest.raises(ConfigError, match="question-answering"):
         get_task("token-classification").check_budget(QuestionAnsweringBudget())
+
+
+def test_the_accuracy_stage_rejects_the_damaged_candidate(bert_runs, tmp_path):
+    """compare_candidates (the accuracy stage) judges by the task's metrics and budget: the undamaged copy
+    passes, the damaged one fails with the metric named."""
+    import shutil
+
+    from workbench.stages.accuracy.compare import compare_candidates
+
+    encoded, _, _, path, damaged_path = bert_runs
+    copy = tmp_path / "copy.onnx"
+    shutil.copyfile(path, copy)
+    report = compare_candidates(path, {"copy": copy, "damaged": damaged_path}, encoded, task=HEAD)
+    assert report.task == HEAD and bool(report["copy"]) and not bool(report["damaged"])
+    assert report["copy"].cosine_min == pytest.approx(1.0)
+    assert set(get_task(HEAD).metric_names) <= set(report["damaged"].task_metrics)
+    first_gate = get_task(HEAD).default_budget().gates()[0].label
+    assert any(line.startswith(first_gate) for line in report["damaged"].failures), report["damaged"].failures
+    found = compare_candidates(path, {"damaged": damaged_path}, encoded)  # the task found from the outputs
+    assert found.task == HEAD

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from tests.tasks.tiny_heads import KINDS, NER_LABELS
+from tests.tasks.tiny_heads import KINDS, NER_LABELS, damage_head
 from workbench.data import load_sentence_splits
 from workbench.errors import ConfigError, DataError, ModelSourceError
 from workbench.tasks.base import detect_task, get_task, tasks
@@ -132,8 +132,6 @@ def test_span_scores():
 @pytest.fixture(scope="module")
 def bert_runs(tiny_head, tiny_head_onnx, texts, tmp_path_factory):
     """The tiny BERT's ONNX model and a copy with one weight scaled, run on the evaluation texts as served."""
-    from onnx import numpy_helper
-
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
 
     folder, path = tiny_head("bert", HEAD), tiny_head_onnx("bert", HEAD)
@@ -144,24 +142,16 @@ def bert_runs(tiny_head, tiny_head_onnx, texts, tmp_path_factory):
                               input_names=list(runner.input_specs()))
         reference = [runner.infer(f) for f in encoded.feeds]
     model = onnx.load(str(path))
-    # damage: scale the classifier's weight for one label (the label the tiny model prefers least often)
-    weight = next(t for t in model.graph.initializer if t.name.endswith("classifier.weight")
-                  or (len(t.dims) == 2 and len(NER_LABELS) in t.dims))
-    array = numpy_helper.to_array(weight).copy()
-    axis = list(weight.dims).index(len(NER_LABELS))
-    index = [slice(None)] * 2
-    index[axis] = 2  # I-PER
-    array[tuple(index)] *= 3.0
-    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    damage_head(model, len(NER_LABELS), factor=3.0, column=2)  # the classifier's I-PER column, tripled
     damaged_path = tmp_path_factory.mktemp("damaged-ner") / "damaged.onnx"
     onnx.save(model, str(damaged_path))
     with OnnxRuntimeRunner(damaged_path) as runner:
         damaged = [runner.infer(f) for f in encoded.feeds]
-    return encoded, reference, damaged
+    return encoded, reference, damaged, path, damaged_path
 
 
 def test_the_reference_meets_its_own_budget(bert_runs):
-    encoded, reference, _ = bert_runs
+    encoded, reference, *_ = bert_runs
     task = get_task(HEAD)
     result = task.metrics(reference, reference, encoded.feeds, encoded.meta)
     assert result.values["token_agreement"] == 1.0 and result.values["span_f1"] == 1.0
@@ -173,7 +163,7 @@ def test_the_reference_meets_its_own_budget(bert_runs):
 
 
 def test_a_damaged_candidate_is_rejected_naming_the_metric(bert_runs):
-    encoded, reference, damaged = bert_runs
+    encoded, reference, damaged, *_ = bert_runs
     task = get_task(HEAD)
     result = task.metrics(reference, damaged, encoded.feeds, encoded.meta)
     assert result.values["token_agreement"] < 0.99 and result.values["span_f1"] < 0.98
@@ -195,7 +185,7 @@ def test_budget_that_gates_nothing_is_refused():
 def test_without_meta_only_cosines_are_measured_and_the_budget_misses(bert_runs):
     """A layer diagnosis calls metrics() with feeds only: it gets the logits cosines, and a budget on the decoded
     metrics reports them as not measured (never as a pass)."""
-    encoded, reference, damaged = bert_runs
+    encoded, reference, damaged, *_ = bert_runs
     task = get_task(HEAD)
     plain = task.metrics(reference, damaged, encoded.feeds).values
     full = task.metrics(reference, damaged, encoded.feeds, encoded.meta).values
@@ -227,3 +217,23 @@ def test_labels_come_from_the_config_beside_the_tokenizer(tiny_head):
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_head("bert", HEAD)))
     meta = get_task(HEAD).encode(tokenizer, ["Ada"], batch_size=1, sequence_length=8).meta[0]
     assert [meta.id2label[i] for i in range(len(NER_LABELS))] == list(NER_LABELS)
+
+
+def test_the_accuracy_stage_rejects_the_damaged_candidate(bert_runs, tmp_path):
+    """compare_candidates (the accuracy stage) judges by the task's metrics and budget: the undamaged copy
+    passes, the damaged one fails with the metric named."""
+    import shutil
+
+    from workbench.stages.accuracy.compare import compare_candidates
+
+    encoded, _, _, path, damaged_path = bert_runs
+    copy = tmp_path / "copy.onnx"
+    shutil.copyfile(path, copy)
+    report = compare_candidates(path, {"copy": copy, "damaged": damaged_path}, encoded, task=HEAD)
+    assert report.task == HEAD and bool(report["copy"]) and not bool(report["damaged"])
+    assert report["copy"].cosine_min == pytest.approx(1.0)
+    assert set(get_task(HEAD).metric_names) <= set(report["damaged"].task_metrics)
+    first_gate = get_task(HEAD).default_budget().gates()[0].label
+    assert any(line.startswith(first_gate) for line in report["damaged"].failures), report["damaged"].failures
+    found = compare_candidates(path, {"damaged": damaged_path}, encoded)  # the task found from the outputs
+    assert found.task == HEAD

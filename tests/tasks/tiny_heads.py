@@ -164,3 +164,20 @@ def build_keyword_qa(folder: Path, keyword: str, *, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def damage_head(model: Any, width: int, *, factor: float, column: int) -> str:
+    """Scale one output column of the head's projection (the last MatMul whose weight is an initializer [hidden,
+    width]) by `factor`, in place; returns the initializer's name. A deliberately damaged candidate."""
+    from onnx import numpy_helper
+
+    weights = {t.name: t for t in model.graph.initializer}
+    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1
+               and n.input[1] in weights and list(weights[n.input[1]].dims)[-1:] == [width]]
+    if not matmuls:
+        raise ValueError(f"no MatMul with a [hidden, {width}] weight in the graph")
+    weight = weights[matmuls[-1].input[1]]
+    array = numpy_helper.to_array(weight).copy()
+    array[:, column] *= factor
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    return weight.name
