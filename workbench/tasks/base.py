@@ -339,6 +339,8 @@ class Task:
         serving_output: The ensemble's main output for clients, as the README names it.
         default_sequence_length: The sequence length this task is usually served at (None: the pipeline's own
             default); question answering windows contexts at 384 tokens, as transformers' pipeline does.
+        served_by_front_model: Whether Triton serves it through a BLS front model (:meth:`front_model`,
+            workbench.triton.bls) rather than an ensemble with a post-processing step (:meth:`postprocessing`).
     """
 
     name: ClassVar[str] = ""
@@ -353,6 +355,7 @@ class Task:
     metric_names: ClassVar[tuple[str, ...]] = ()
     serving_output: ClassVar[str] = ""
     default_sequence_length: ClassVar[int | None] = None
+    served_by_front_model: ClassVar[bool] = False
 
     # -- detection -------------------------------------------------------------------------------------------
 

@@ -414,6 +414,7 @@ class QuestionAnswering(Task):
                     "start_logits_cosine_mean", "end_logits_cosine_mean")
     serving_output = "ANSWER"
     default_sequence_length = MAX_SEQUENCE_LENGTH
+    served_by_front_model = True
 
     def check_tokenizer(self, tokenizer: Any, *, model_path: str) -> None:
         super().check_tokenizer(tokenizer, model_path=model_path)

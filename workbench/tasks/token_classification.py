@@ -391,6 +391,7 @@ class TokenClassification(Task):
                     *(f"span_{kind}_{s}" for s in AGGREGATION_STRATEGIES for kind in ("precision", "recall", "f1")),
                     "logits_cosine_mean", "logits_cosine_min")
     serving_output = "ENTITIES"
+    served_by_front_model = True
 
     def check_tokenizer(self, tokenizer: Any, *, model_path: str) -> None:
         super().check_tokenizer(tokenizer, model_path=model_path)
