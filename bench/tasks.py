@@ -42,6 +42,12 @@ from workbench.tasks.base import get_task
 
 NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 TASKS = {"token-classification": 128, "question-answering": 384}  # task -> the sequence length it is served at
+#: task -> what its fresh head's config needs beside MiniLM's (NER: CoNLL-style labels)
+HEAD_CONFIGS: dict[str, dict[str, Any]] = {
+    "token-classification": {"num_labels": len(NER_LABELS), "id2label": dict(enumerate(NER_LABELS)),
+                             "label2id": {label: i for i, label in enumerate(NER_LABELS)}},
+    "question-answering": {},
+}
 
 
 def build_model(task_name: str, folder: Path, seed: int) -> Any:
@@ -50,10 +56,7 @@ def build_model(task_name: str, folder: Path, seed: int) -> Any:
     import transformers
 
     task = get_task(task_name)
-    extra = {}
-    if task_name == "token-classification":
-        extra = {"num_labels": len(NER_LABELS), "id2label": dict(enumerate(NER_LABELS)),
-                 "label2id": {label: i for i, label in enumerate(NER_LABELS)}}
+    extra = HEAD_CONFIGS[task_name]
     torch.manual_seed(seed)
     model = getattr(transformers, task.auto_model).from_pretrained(
         str(bundled_model_path()), attn_implementation="eager", local_files_only=True, **extra).eval()
@@ -84,8 +87,7 @@ def bench_task(task_name: str, folder: Path, args: argparse.Namespace) -> dict[s
     with OnnxRuntimeRunner(reference) as runner:
         names = list(runner.input_specs())
     evaluation = task.encode(tokenizer, list(samples.evaluation), batch_size=8, sequence_length=length,
-                             input_names=names, **({"model_config": config} if task_name == "token-classification"
-                                                   else {}))
+                             input_names=names, model_config=config)
     calibration = task.encode(tokenizer, list(samples.calibration), batch_size=1, sequence_length=length,
                               input_names=names).feeds
     plans = {"dynamic_int8": PrecisionPlan.preset("cpu_int8_dynamic"),
