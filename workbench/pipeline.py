@@ -692,7 +692,9 @@ class Pipeline:
 
         With a tokenizer (Hugging Face and .onnx sources), the repository serves raw text: a tokenizer model, the
         chosen model with dynamic batching, the task's post-processing (mean pooling for embeddings, labels and
-        probabilities for classifiers), and an ensemble wiring them; plus a README and provenance.json. A
+        probabilities for classifiers), and an ensemble wiring them; plus a README and provenance.json. Tasks that
+        decode in a front model (token classification: entities; question answering: (question, context) in, the
+        answer out, long contexts windowed) get the chosen model and that BLS front model instead. A
         ModuleSource gets the model alone.
         """
         from workbench.triton.config import TritonConfig
@@ -716,12 +718,19 @@ class Pipeline:
         accuracy = report[choice.name].to_dict() if report is not None else None
         speed = ({"p50_ms": {f"batch {r.batch}, seq {r.seq}": r.p50_ms for r in timings.rows if r.name == choice.name},
                   "machine": timings.machine} if timings is not None else None)
+        provenance = {"source_model": str(getattr(self.source, "path", self.source.name)), "chosen": choice.name,
+                      "chosen_reason": choice.reason,
+                      "accuracy": accuracy, "speed": speed, "quantization": self.quant_config.to_dict()}
+        model_config = getattr(self.source, "config", None) or {}
+        if self.task.served_by_front_model:  # the task decodes in a BLS front model (entities, answers as JSON)
+            from workbench.triton.bls import export_triton_bls
+
+            return export_triton_bls(candidate.path, repository, tokenizer_dir, config, task=self.task,  # records it
+                                     sequence_length=self.parameters.sequence_length, model_config=model_config,
+                                     provenance=provenance, overwrite=self.parameters.overwrite)
         return export_triton_ensemble(
             candidate, repository, tokenizer_dir, config, sequence_length=self.parameters.sequence_length,
-            task=self.task, model_config=getattr(self.source, "config", None) or {},
-            provenance={"source_model": str(getattr(self.source, "path", self.source.name)),
-                        "task": self.task.name, "chosen": choice.name, "chosen_reason": choice.reason,
-                        "accuracy": accuracy, "speed": speed, "quantization": self.quant_config.to_dict()},
+            task=self.task, model_config=model_config, provenance={**provenance, "task": self.task.name},
             overwrite=self.parameters.overwrite)
 
     @step(title="Summary", short="Summary", needs=("export",),

@@ -211,6 +211,23 @@ def cosine_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return np.where(both_zero, np.where(np.all(a == b, axis=1), 1.0, 0.0), cos)
 
 
+def cosines_only(reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs],
+                 outputs: Sequence[str]) -> TaskMetrics:
+    """`logits_cosine_mean` / `_min`: per row, the worst of `outputs`' cosines over its attended tokens
+    (attention_mask 1), mean and min over rows. What token-level tasks report when metrics() is called without
+    the meta their decoding needs (a layer diagnosis ranks nodes by it)."""
+    per_row: list[float] = []
+    for feed, ref_out, cand_out in zip(feeds, reference, candidate, strict=True):
+        mask = np.asarray(feed["attention_mask"]).astype(bool)
+        for row in range(len(mask)):
+            per_row.append(min(float(cosine_rows(np.asarray(ref_out[o])[row][mask[row]][None],
+                                                 np.asarray(cand_out[o])[row][mask[row]][None])[0])
+                               for o in outputs))
+    return TaskMetrics(values={"logits_cosine_mean": float(np.mean(per_row)),
+                               "logits_cosine_min": float(np.min(per_row))}, per_sample=tuple(per_row),
+                       details={"note": "no Encoded.meta: only the logits cosines were computed"})
+
+
 @dataclass(frozen=True)
 class Samples:
     """A task's calibration and evaluation samples (sentences, (question, context) pairs, prompts...)."""
@@ -269,6 +286,36 @@ class PostProcessing:
     files: Mapping[str, bytes] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FrontModel:
+    """The Python-backend model clients call when a task needs more than a post-processing step: it tokenizes
+    (with windows where the task needs them), calls the engine model through Triton's business-logic scripting
+    (BLS: `pb_utils.InferenceRequest(...).exec()`), and decodes, all in one `model.py`
+    (workbench/triton/bls.py writes it next to the engine model).
+
+    Attributes:
+        source: The model.py source (a file of workbench/triton/python_models/), self-contained (numpy and
+            `tokenizers` only); it must define `tokenizer_from(path, parameters)` and
+            `run(tokenizer, rows, infer, parameters)`, the pure functions its TritonPythonModel uses and the
+            export checks against the task's :meth:`Task.served_outputs`.
+        suffix: The front model's name suffix in the repository ("_ner", "_qa", ...).
+        engine_outputs: The engine outputs it requests.
+        inputs: What clients send (no batch dim).
+        outputs: What clients get back (no batch dim).
+        parameters: config.pbtxt string parameters of the task's decoding (labels, strategy, lengths...).
+        check_samples: Inputs the export runs through both the served code and the library before it writes
+            anything (texts, (question, context) pairs...).
+    """
+
+    source: str
+    suffix: str
+    engine_outputs: tuple[str, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    check_samples: tuple[Any, ...] = ()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the task
 
@@ -290,6 +337,10 @@ class Task:
         primary_cosine: (mean metric, min metric) that fill summary.json's `cosine_mean` / `cosine_min`.
         metric_names: The task metrics every candidate carries in summary.json, in order.
         serving_output: The ensemble's main output for clients, as the README names it.
+        default_sequence_length: The sequence length this task is usually served at (None: the pipeline's own
+            default); question answering windows contexts at 384 tokens, as transformers' pipeline does.
+        served_by_front_model: Whether Triton serves it through a BLS front model (:meth:`front_model`,
+            workbench.triton.bls) rather than an ensemble with a post-processing step (:meth:`postprocessing`).
     """
 
     name: ClassVar[str] = ""
@@ -303,6 +354,8 @@ class Task:
     primary_cosine: ClassVar[tuple[str, str]] = ("", "")
     metric_names: ClassVar[tuple[str, ...]] = ()
     serving_output: ClassVar[str] = ""
+    default_sequence_length: ClassVar[int | None] = None
+    served_by_front_model: ClassVar[bool] = False
 
     # -- detection -------------------------------------------------------------------------------------------
 
@@ -388,6 +441,20 @@ class Task:
         """The Triton post-processing model of this task's ensemble; None: the ensemble returns raw outputs."""
         return None
 
+    def front_model(self, *, model_config: Mapping[str, Any], output_names: Sequence[str],
+                    output_dims: Mapping[str, Sequence[int]], sequence_length: int) -> FrontModel | None:
+        """The BLS front model that serves this task (workbench.triton.bls.export_triton_bls writes it); None: the
+        task is served as an ensemble (:meth:`postprocessing`)."""
+        return None
+
+    def served_outputs(self, tokenizer: Any, samples: Sequence[Any], infer: Any, *, sequence_length: int,
+                       input_names: Sequence[str], model_config: Mapping[str, Any],
+                       parameters: Mapping[str, str]) -> list[Any]:
+        """What the front model must answer for each of `samples`, computed by the library (its encode and
+        decoding, `infer` running the engine on one feed dict): the Triton export compares it with the served
+        code's answers before it writes anything."""
+        raise NotImplementedError(f"task {self.name!r} has no front model")
+
     def __repr__(self) -> str:
         return f"<task {self.name}>"
 
@@ -397,7 +464,8 @@ class Task:
 
 T = TypeVar("T", bound=type[Task])
 _TASKS: dict[str, Task] = {}
-BUILTIN_TASK_MODULES = ("workbench.tasks.embedding", "workbench.tasks.classification", "workbench.tasks.generation")
+BUILTIN_TASK_MODULES = ("workbench.tasks.embedding", "workbench.tasks.classification", "workbench.tasks.generation",
+                        "workbench.tasks.token_classification", "workbench.tasks.question_answering")
 
 
 def register_task(cls: T) -> T:
