@@ -568,9 +568,9 @@ class Pipeline:
         return result
 
     def run_all(self) -> Summary:
-        """Every registered step in order; returns the summary."""
+        """Every registered step in order, optional ones aside (they run when called); returns the summary."""
         for declared in self.steps:
-            if declared.name == "write_summary":
+            if declared.name == "write_summary" or declared.optional:
                 continue
             self.run_step(declared.name)
         return self.write_summary()
