@@ -524,7 +524,7 @@ class Pipeline:
         return self.candidates.get("fp32_fused", self._require_reference())
 
     # running and recording ------------------------------------------------------------------------------------
-    def run_step(self, name: str, **kwargs: Any) -> Any:
+    def run_step(self, name: str, /, **kwargs: Any) -> Any:
         """Run the step registered as `name` (what a recipe replay and the Workbench call)."""
         if name not in self.steps:
             raise ConfigError(f"There is no step {name!r}.", expected=f"one of {list(self.steps.names)}")
@@ -718,11 +718,12 @@ class Pipeline:
 
         report = self.results.get("compare")
         if candidate is None:
-            missing = [c.name for c in report.candidates if not c and c.name in self.plans] if report else []
+            ran = report is not None  # (a report is falsy when a candidate misses: test for None)
+            missing = [c.name for c in report.candidates if not c and c.name in self.plans] if ran else []
             if not missing:
                 raise WorkbenchError(
                     "There is no candidate to fix: " + ("every candidate made from a precision plan meets the "
-                                                       "budget." if report else "no accuracy comparison ran yet."),
+                                                       "budget." if ran else "no accuracy comparison ran yet."),
                     fix="name one: autofix(candidate=...) among " + ", ".join(sorted(self.plans)) if self.plans
                     else "run a precision step first")
             candidate = missing[0]

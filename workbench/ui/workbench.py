@@ -504,7 +504,7 @@ class AutofixPanel(StepPanel):
             current = self.candidate.value
             self.candidate.options = names
             report = pipeline.results.get("compare") if pipeline is not None else None
-            missing = [c.name for c in report.candidates if not c and c.name in names] if report else []
+            missing = [c.name for c in report.candidates if not c and c.name in names] if report is not None else []
             self.candidate.value = current if current in names else (missing[0] if missing else
                                                                      (names[0] if names else None))
 

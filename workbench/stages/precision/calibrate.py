@@ -222,11 +222,12 @@ def calibrate(
     validate_feeds(feeds, model_path, equal_shapes=config.method in HISTOGRAM_METHODS)
     cache_path = Path(cache_dir or default_cache_dir()) / f"{calibration_key(model_path, feeds, config)}.json"
     started = time.perf_counter()
-    if cache_path.is_file():
-        return CalibrationResult(cache_path, config, True, len(feeds), time.perf_counter() - started)
-    calibrate_module = require("onnxruntime.quantization.calibrate", purpose="Calibration")
     report = Progress(as_callback(progress), f"calibration ({config.method})", "calibration batches",
                       total=len(feeds))
+    if cache_path.is_file():
+        report(len(feeds), "ranges reused from the cache")
+        return CalibrationResult(cache_path, config, True, len(feeds), time.perf_counter() - started)
+    calibrate_module = require("onnxruntime.quantization.calibrate", purpose="Calibration")
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="workbench-calibrate-") as folder:
