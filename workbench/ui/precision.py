@@ -132,7 +132,7 @@ class PrecisionView(StageView):
         self.keep_fp32 = styled(widgets.Text(description="keep in FP32", placeholder="node names, comma-separated"),
                                 "Nodes of this model to leave in FP32 (PrecisionPlan.pin)")
         self.preset.observe(lambda change: self._apply_preset(change["new"]), names="value")
-        self.smoothquant.observe(lambda change: self._apply_preset(self.preset.value), names="value")
+        self.smoothquant.observe(self._smoothquant_changed, names="value")
         controls = {"preset": self.preset, "calibration_method": self.calibration_method,
                     "per_channel": self.per_channel, "activation_type": self.activation_type,
                     "smoothquant": self.smoothquant, "smoothquant_alpha": self.smoothquant_alpha,
@@ -154,6 +154,9 @@ class PrecisionView(StageView):
         smoothable = as_plan(preset).method in ("int8_dynamic", "int8_static")
         self.smoothquant.disabled = not smoothable
         self.smoothquant_alpha.disabled = not (smoothable and self.smoothquant.value)
+
+    def _smoothquant_changed(self, change: dict[str, Any]) -> None:
+        self.smoothquant_alpha.disabled = self.smoothquant.disabled or not change["new"]
 
     def choices(self) -> dict[str, Any]:
         """The enabled choice controls' values (what Run passes to plan_from_choices)."""

@@ -71,8 +71,8 @@ class ProgressBar:
         self._clock.start()
 
     def finish(self, state: str) -> None:
-        """Stop the clock; the bar shows how the run ended ("done", "stopped" or "failed") and stays visible
-        until the next run, with its last line."""
+        """Stop the clock; a stopped or failed run's bar stays, with its last line (how far it got); a finished
+        run's bar is hidden (its status line says it)."""
         self._running.clear()
         if self._clock is not None:
             self._clock.join(timeout=2 * CLOCK_S)
@@ -82,6 +82,8 @@ class ProgressBar:
         else:
             self.bar.bar_style = "warning" if state == "stopped" else "danger"
         self._draw(force=True, ended=state)
+        if state == "done":  # the status line says it; a stopped or failed run keeps its bar, to show how far
+            self.widget.layout.display = "none"
 
     def request_stop(self) -> None:
         """Ask the running stage to stop at its next unit of work."""

@@ -834,6 +834,7 @@ class Workbench:
         if not self.background:
             panel.run()
             return True
+        self._before_run(panel)  # every Run disabled now, before the thread starts: no second click gets in
         self.worker = threading.Thread(target=panel.run, name=f"workbench-{panel.key}", daemon=True)
         self.worker.start()
         return True
@@ -846,6 +847,7 @@ class Workbench:
         if not self.background:
             self.run_all()
             return True
+        self._before_run(self.panels[LOAD])
         self.worker = threading.Thread(target=self.run_all, name="workbench-run-all", daemon=True)
         self.worker.start()
         return True
