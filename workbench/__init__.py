@@ -65,6 +65,21 @@ _EXPORTS: dict[str, str] = {
     "export_triton_ensemble": "workbench.triton.ensemble",
     "parse_model_config": "workbench.triton.config",
     "TritonServer": "workbench.triton.server",
+    # text generation (causal LMs with a key/value cache)
+    "DecoderExportConfig": "workbench.stages.generation.export",
+    "export_decoder": "workbench.stages.generation.export",
+    "fuse_decoder": "workbench.stages.generation.fusion",
+    "GenerationConfig": "workbench.stages.generation.generate",
+    "generate": "workbench.stages.generation.generate",
+    "stream": "workbench.stages.generation.generate",
+    "GenerationBudget": "workbench.tasks.generation",
+    "evaluate_generation": "workbench.stages.generation.accuracy",
+    "autofix_decoder": "workbench.stages.generation.accuracy",
+    "GenerationBenchmarkConfig": "workbench.stages.generation.benchmark",
+    "benchmark_generation": "workbench.stages.generation.benchmark",
+    "generation_summary": "workbench.stages.generation.summary",
+    "GenerationServingConfig": "workbench.triton.generation",
+    "export_triton_generation": "workbench.triton.generation",
     # runners
     "OnnxRuntimeRunner": "workbench.engines.onnxruntime",
     "PyTorchRunner": "workbench.engines.pytorch",
@@ -86,10 +101,10 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from workbench.data import SentenceSplits, load_sentence_splits, read_sentences, tokenize_batches
     from workbench.engines.base import Candidate, Engine, get_engine, register_engine
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
     from workbench.engines.pytorch import PyTorchRunner
-    from workbench.data import SentenceSplits, load_sentence_splits, read_sentences, tokenize_batches
     from workbench.errors import (
         AccuracyError,
         ConfigError,
@@ -106,18 +121,26 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from workbench.models import HFModelSource, ModuleSource, OnnxSource, bundled_model_path, load_model
     from workbench.pipeline import STEPS, Pipeline, PipelineParameters, step
+    from workbench.recipe import Recipe, run_recipe, save_recipe
     from workbench.stages.accuracy.compare import compare_candidates
     from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
     from workbench.stages.choose import choose_candidate
     from workbench.stages.export import ExportConfig, export_onnx
-    from workbench.stages.precision.quantize import DynamicQuantConfig, quantize_dynamic
     from workbench.stages.fusion import FusionConfig, fuse_transformer
-    from workbench.triton.config import TritonConfig, parse_model_config
-    from workbench.triton.model import export_triton
-    from workbench.triton.ensemble import export_triton_ensemble
-    from workbench.recipe import Recipe, run_recipe, save_recipe
+    from workbench.stages.generation.accuracy import autofix_decoder, evaluate_generation
+    from workbench.stages.generation.benchmark import GenerationBenchmarkConfig, benchmark_generation
+    from workbench.stages.generation.export import DecoderExportConfig, export_decoder
+    from workbench.stages.generation.fusion import fuse_decoder
+    from workbench.stages.generation.generate import GenerationConfig, generate, stream
+    from workbench.stages.generation.summary import generation_summary
+    from workbench.stages.precision.quantize import DynamicQuantConfig, quantize_dynamic
     from workbench.summary import format_summary
     from workbench.tasks.base import Budget, Task, get_task, register_task
     from workbench.tasks.classification import ClassificationBudget
     from workbench.tasks.embedding import AccuracyBudget, EmbeddingBudget
+    from workbench.tasks.generation import GenerationBudget
+    from workbench.triton.config import TritonConfig, parse_model_config
+    from workbench.triton.ensemble import export_triton_ensemble
+    from workbench.triton.generation import GenerationServingConfig, export_triton_generation
+    from workbench.triton.model import export_triton
     from workbench.triton.server import TritonServer

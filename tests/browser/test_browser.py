@@ -191,7 +191,7 @@ def test_the_workbench_runs_its_steps_in_a_real_browser(tiny_model_dir, tmp_path
             budget.fill("2")
             budget.press("Enter")
             run(page, "compare", expect_text="failed: ConfigError")
-            expect(step(page, "compare")).to_contain_text("must be a cosine in [-1, 1], got 2.0")
+            expect(step(page, "compare")).to_contain_text("must be in [-1.0, 1.0], got 2.0")
             step(page, "compare").screenshot(path=str(ARTIFACTS / "workbench-accuracy-failed.png"))
             expect(status(page, "quantize")).to_contain_text("done in")  # earlier results stand
             budget.fill("0.995")

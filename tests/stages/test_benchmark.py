@@ -140,10 +140,8 @@ def test_runners_are_deactivated_when_a_run_fails():
 def test_time_budget_stops_a_shape_early():
     config = BenchmarkConfig(batch_sizes=(1, 2), sequence_lengths=(4,), warmup=0, iterations=10_000,
                              time_budget_s=0.1, min_iterations=3)
-    started = time.perf_counter()
     result = benchmark([FakeRunner("a", 5.0), FakeRunner("b", 5.0)], feeds_for, config)
-    assert time.perf_counter() - started < 5.0
-    for row in result.rows:
+    for row in result.rows:  # far fewer than the 10,000 asked for: the budget stopped each shape (no timed assert)
         assert 3 <= row.iterations < 100
     # both candidates of a shape always get the same number of runs
     assert result.row("a", 1, 4).iterations == result.row("b", 1, 4).iterations

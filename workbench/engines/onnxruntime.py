@@ -175,7 +175,7 @@ class OnnxRuntime(Engine):
     title = "ONNX Runtime"
     extra = "cpu"
     suffixes = (".onnx",)
-    precisions = ("fp32", "int8_dynamic", "int8_static", "fp16")
+    precisions = ("fp32", "int8_dynamic", "int8_static", "fp16", "int4_weight_only", "int8_weight_only")
     triton_backend = "onnxruntime"
     triton_platform = "onnxruntime_onnx"
     model_files = ("model.onnx",)

@@ -397,7 +397,7 @@ class Task:
 
 T = TypeVar("T", bound=type[Task])
 _TASKS: dict[str, Task] = {}
-BUILTIN_TASK_MODULES = ("workbench.tasks.embedding", "workbench.tasks.classification")
+BUILTIN_TASK_MODULES = ("workbench.tasks.embedding", "workbench.tasks.classification", "workbench.tasks.generation")
 
 
 def register_task(cls: T) -> T:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -292,20 +292,8 @@ def autofix(
                 expected=budget.describe(),
                 fix="check the reference and the evaluation data, or relax the budget",
             )
-        low, high = 0, len(order)  # the prefix of `low` nodes misses, the prefix of `high` meets
-        while high - low > 1:
-            middle = (low + high) // 2
-            if evaluate(order[:middle], "bisect").meets_budget:
-                high = middle
-            else:
-                low = middle
-        pins = list(order[:high])
-        for name in reversed(order[:high]):  # least sensitive first
-            if len([t for t in trials if t.stage == "prune"]) >= config.max_prune_trials or len(pins) <= 1:
-                break
-            fewer = [p for p in pins if p != name]
-            if evaluate(fewer, "prune").meets_budget:
-                pins = fewer
+        search_pins(order, lambda pins, stage: evaluate(pins, stage).meets_budget,
+                    max_prune_trials=config.max_prune_trials)
     passing = [t for t in trials if t.meets_budget]
     best = min(passing, key=lambda t: (t.pinned_parameters, t.latency_ms))
     if not best.smoothed:
@@ -331,6 +319,34 @@ def moved(result: AutofixResult, old: str | os.PathLike[str], new: str | os.Path
         return Path(new) / path.relative_to(old) if path.is_relative_to(old) else path
 
     return replace(result, path=move(result.path), trials=tuple(replace(t, path=move(t.path)) for t in result.trials))
+
+
+def search_pins(order: Sequence[str], meets: Callable[[list[str], str], bool], *, max_prune_trials: int) -> list[str]:
+    """The search of steps 4 and 5 for any budget: the shortest prefix of `order` (most sensitive first) whose
+    pins meet it, by bisection, then pins dropped least sensitive first while it still holds.
+
+    The whole of `order` must already be known to meet the budget. `meets(pins, stage)` converts and evaluates
+    one trial ("bisect" or "prune"); the callers cache trials, so asking twice costs nothing. At most
+    ceil(log2(len(order))) bisection steps and `max_prune_trials` pruning steps are asked for.
+
+    Returns:
+        The pins found.
+    """
+    low, high = 0, len(order)  # the prefix of `low` nodes misses, the prefix of `high` meets
+    while high - low > 1:
+        middle = (low + high) // 2
+        if meets(list(order[:middle]), "bisect"):
+            high = middle
+        else:
+            low = middle
+    pins = list(order[:high])
+    for tried, name in enumerate(reversed(order[:high])):  # least sensitive first
+        if tried >= max_prune_trials or len(pins) <= 1:
+            break
+        fewer = [p for p in pins if p != name]
+        if meets(fewer, "prune"):
+            pins = fewer
+    return pins
 
 
 def _weight_sizes(model_path: str | os.PathLike[str]) -> dict[str, int]:

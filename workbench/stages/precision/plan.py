@@ -18,15 +18,23 @@ from typing import Any, ClassVar
 
 from workbench.errors import ConfigError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 REASONS = ("pinned", "overflow", "sensitivity")
-METHODS = ("int8_dynamic", "int8_static", "fp16", "fp32")
-_METHOD_PRECISION = {"int8_dynamic": "int8", "int8_static": "int8", "fp16": "fp16", "fp32": "fp32"}
+# weight-only methods (decoders): MatMulNBits for onnxruntime, NNCF weight compression for OpenVINO
+WEIGHT_ONLY_METHODS = ("int4_weight_only", "int8_weight_only", "nncf_int4_weight_only", "nncf_int8_weight_only")
+METHODS = ("int8_dynamic", "int8_static", "fp16", "fp32", *WEIGHT_ONLY_METHODS)
+_METHOD_PRECISION = {"int8_dynamic": "int8", "int8_static": "int8", "fp16": "fp16", "fp32": "fp32",
+                     "int4_weight_only": "int4", "int8_weight_only": "int8", "nncf_int4_weight_only": "int4",
+                     "nncf_int8_weight_only": "int8"}
 
 
 def _config_class(method: str) -> Any:
     from workbench.stages.precision import quantize as precision
 
+    if method in WEIGHT_ONLY_METHODS:
+        from workbench.stages.precision.weight_only import WeightOnlyQuantConfig
+
+        return WeightOnlyQuantConfig
     return {"int8_dynamic": precision.DynamicQuantConfig, "int8_static": precision.StaticQuantConfig,
             "fp16": precision.Fp16Config}.get(method)
 
@@ -51,8 +59,11 @@ class PrecisionPlan:
     """Per-node precision for one conversion method.
 
     Attributes:
-        method: "int8_dynamic", "int8_static", "fp16" or "fp32" (no conversion).
-        options: The method's config (DynamicQuantConfig, StaticQuantConfig or Fp16Config); None: its defaults.
+        method: "int8_dynamic", "int8_static", "fp16", "fp32" (no conversion), or a weight-only method for
+            decoders: "int4_weight_only" / "int8_weight_only" (onnxruntime's MatMulNBits) and
+            "nncf_int4_weight_only" / "nncf_int8_weight_only" (NNCF, an OpenVINO IR; needs openvino and nncf).
+        options: The method's config (DynamicQuantConfig, StaticQuantConfig, Fp16Config or
+            WeightOnlyQuantConfig); None: its defaults.
         nodes: Node name -> NodePrecision, for the nodes that do not run at the method's precision.
         smoothing: A SmoothingConfig to apply before converting (SmoothQuant: activation outliers move into
             the weights, calibrated on the conversion's calibration data), or None.
@@ -71,6 +82,11 @@ class PrecisionPlan:
         "cpu_int8_static_qoperator": ("int8_static", "cpu_int8_static_qoperator"),
         "tensorrt_int8_qdq": ("int8_static", "tensorrt_int8_qdq"),
         "gpu_fp16": ("fp16", "gpu_fp16"),
+        "cpu_int4_weight_only": ("int4_weight_only", "cpu_weight_only"),
+        "cpu_int8_weight_only": ("int8_weight_only", "cpu_weight_only"),
+        "cpu_int4_weight_only_fp32_compute": ("int4_weight_only", "cpu_weight_only_fp32_compute"),
+        "openvino_int4_weight_only": ("nncf_int4_weight_only", "cpu_weight_only"),
+        "openvino_int8_weight_only": ("nncf_int8_weight_only", "cpu_weight_only"),
     }
 
     def __post_init__(self) -> None:
@@ -188,6 +204,13 @@ class PrecisionPlan:
         if self.method == "fp16":
             return precision.convert_fp16(model_path, output_path, self.options, keep_fp32=self.keep_fp32,
                                           scan_feeds=calibration_feeds)
+        if self.method in WEIGHT_ONLY_METHODS:
+            from workbench.stages.precision import weight_only
+
+            bits = weight_only.WEIGHT_ONLY_BITS[self.method]
+            convert = weight_only.compress_weights_nncf if self.method.startswith("nncf_") else \
+                weight_only.quantize_weight_only
+            return convert(model_path, output_path, self.options, bits=bits, keep_fp32=self.keep_fp32)
         raise ConfigError("A PrecisionPlan with method 'fp32' converts nothing.", fix="use the FP32 model as it is")
 
     def _convert_smoothed(self, model_path: Any, output_path: Any, **options: Any) -> Any:
