@@ -74,6 +74,13 @@ def test_the_result_carries_the_warnings_and_the_load_average_and_shows_them():
     assert result.busy and result.load_average is not None and len(result.load_average) == 2
     assert result.to_dict()["warnings"] == list(result.warnings)
     assert "The machine looked busy" in result._repr_html_() and "load average" in result._repr_html_()
+    # small bars stay readable: one panel per shape, each with its own y axis; latency vs batch on a log axis
+    pytest.importorskip("plotly")
+    facets = result.figure(baseline="other")
+    assert [a.text for a in facets.layout.annotations] == ["batch 1, seq 4", "batch 2, seq 4"]
+    assert facets.layout.yaxis2.matches is None and facets.layout.yaxis2.anchor == "x2"
+    assert {t.xaxis for t in facets.data} == {"x", "x2"} and "machine looked busy" in facets.layout.title.text
+    assert result.latency_figure().layout.yaxis.type == "log"
 
 
 def test_progress_events_count_rounds_and_a_stop_ends_the_run_with_every_runner_deactivated():
