@@ -162,6 +162,9 @@ def test_cli_run_replays_and_prints_the_summary_table(recorded, tmp_path, capsys
     out, _err = capsys.readouterr()
     assert "candidate" in out and "int8_dynamic_per_channel" in out and "chosen:" in out
     assert "model files identical to the recording: " in out and "differs" not in out
+    # the headline says which it is: identical files (a near-tied choice may differ), not "wrote different bytes"
+    assert "replay check: all " in out and "a step wrote different bytes" not in out
+    assert ("near-tied" in out) == ("different choice" in out)
     assert model_hashes(tmp_path / "cli") == model_hashes(output_dir)
     assert (tmp_path / "cli" / "summary.json").is_file() and (tmp_path / "cli" / RECIPE_FILE).is_file()
 

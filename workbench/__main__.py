@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
                               check_inputs=not args.no_check_inputs, check=args.check, save=False)
             written = finish(pipeline)
             print(format_summary(written))
-            print(pipeline.output_check)
+            check = pipeline.output_check
+            print(check.headline())
+            if check.choice is not None:
+                print(_near_tie(pipeline, check.choice))
+            print(check)
             print(f"summary: {pipeline.output_dir / 'summary.json'}")
         elif args.command == "doctor":
             from workbench.doctor import report
@@ -60,6 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _near_tie(pipeline: object, choice: tuple[str | None, str | None]) -> str:
+    """The two candidates' p50 in the replay's own benchmark: how near-tied the choice between them was."""
+    timings = getattr(pipeline, "results", {}).get("benchmark")
+    chosen = getattr(pipeline, "results", {}).get("choose")
+    if timings is None or chosen is None:
+        return "  (no benchmark in the replay to compare the two candidates)"
+    recorded, replayed = choice
+    values = {name: timings.p50(name, chosen.batch, chosen.seq) for name in (replayed, recorded) if name}
+    shown = ", ".join(f"{name} {value:.2f} ms" if value is not None else f"{name} not timed"
+                      for name, value in values.items())
+    return f"  p50 at batch {chosen.batch}, seq {chosen.seq} in this replay: {shown}"
 
 
 if __name__ == "__main__":

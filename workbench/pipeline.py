@@ -29,6 +29,7 @@ from workbench.config import StageConfig, check_positive
 from workbench.engines.base import Candidate
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import HFModelSource, ModelSource, OnnxSource, load_model
+from workbench.progress import ProgressCallback
 from workbench.stages.export import ExportConfig
 from workbench.stages.precision.quantize import DynamicQuantConfig
 from workbench.summary import SUMMARY_FILE
@@ -241,6 +242,7 @@ class StepRecord:
         outputs: Files the step wrote -> sha256 (paths relative to output_dir when inside it).
         details: What it decided (step-specific; e.g. the chosen candidate).
         seconds: How long it took.
+        log: What the libraries said while it ran (warnings, log records, stderr), captured instead of printed.
     """
 
     step: str
@@ -250,6 +252,7 @@ class StepRecord:
     outputs: Mapping[str, str] = field(default_factory=dict)
     details: Mapping[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    log: str = ""
 
 
 class RunState(Mapping[str, Any]):
@@ -362,7 +365,12 @@ class Pipeline:
         results: Step name -> the result of its last successful call (a read-only RunState).
         history: Every successful step call, in order (StepRecords: what a recipe records).
         candidates: Name -> Candidate (model file, engine, precision); "reference" is the FP32 export.
+        plans: Candidate name -> the PrecisionPlan it was converted with (what the autofix step starts from).
         task: The Task the model is treated as.
+        progress: Called with a workbench.progress.ProgressEvent after each unit of work of the long steps
+            (benchmark rounds, calibration batches, fix trials); it may raise Stopped to end the step there.
+            None: the stages' own defaults (calibration's tqdm.auto bar).
+        logs: Step name -> what the libraries said during its last call (warnings, log records, stderr).
     """
 
     steps: ClassVar[StepRegistry] = StepRegistry()
@@ -399,6 +407,9 @@ class Pipeline:
         self.results = RunState()
         self.history: list[StepRecord] = []
         self.candidates: dict[str, Candidate] = {}
+        self.plans: dict[str, Any] = {}
+        self.progress: ProgressCallback | None = None
+        self.logs: dict[str, str] = {}
         self._tokenizer: Any = None
         if isinstance(self.source, HFModelSource):
             self._tokenizer = self.source.load_tokenizer()  # tokenizer problems are found at load, with the fix
@@ -523,7 +534,7 @@ class Pipeline:
         return self.candidates.get("fp32_fused", self._require_reference())
 
     # running and recording ------------------------------------------------------------------------------------
-    def run_step(self, name: str, **kwargs: Any) -> Any:
+    def run_step(self, name: str, /, **kwargs: Any) -> Any:
         """Run the step registered as `name` (what a recipe replay and the Workbench call)."""
         if name not in self.steps:
             raise ConfigError(f"There is no step {name!r}.", expected=f"one of {list(self.steps.names)}")
@@ -546,7 +557,13 @@ class Pipeline:
                                  "so this step would not use them.", fix="build a new pipeline with the new parameters")
         configs = {name: getattr(self, name) for name in declared.configs}
         started = time.perf_counter()
-        result = method(self, *args, **kwargs)
+        from workbench._capture import captured_output
+
+        with captured_output() as log:  # the libraries' warnings go to the step's log, not to stderr
+            try:
+                result = method(self, *args, **kwargs)
+            finally:
+                self.logs[declared.name] = log.text
         seconds = time.perf_counter() - started
         self.results._set(declared.name, result)
         bound = inspect.signature(method).bind(self, *args, **kwargs)
@@ -557,13 +574,13 @@ class Pipeline:
                                                                                 self.parameters),
             args=call_args, outputs=_output_hashes(result, self.output_dir),
             details=dict(declared.details(result)) if declared.details and result is not None else {},
-            seconds=seconds))
+            seconds=seconds, log=log.text))
         return result
 
     def run_all(self) -> Summary:
-        """Every registered step in order; returns the summary."""
+        """Every registered step in order, optional ones aside (they run when called); returns the summary."""
         for declared in self.steps:
-            if declared.name == "write_summary":
+            if declared.name == "write_summary" or declared.optional:
                 continue
             self.run_step(declared.name)
         return self.write_summary()
@@ -603,6 +620,24 @@ class Pipeline:
         self.candidates["fp32_fused"] = Candidate("fp32_fused", result.path)
         return result
 
+    @step(title="Graph surgery: a plan of edits", short="Surgery plan", needs=("export",), reads=("fuse",),
+          args=("plan",), makes_candidates=True, optional=True,
+          blurb="Edits you choose (fold constants, clean up, remove or replace nodes, ...) applied to the fused graph "
+                "(else the export), each checked on an evaluation batch; the edited graph becomes an FP32 candidate.")
+    def surgery(self, plan: Any = None) -> Any:
+        """Apply a SurgeryPlan (a plan, its JSON list of edits, or None: fold constants then clean up)."""
+        from workbench.stages.surgery.edits import Cleanup, FoldConstants, SurgeryPlan
+        from workbench.stages.surgery.run import run_surgery
+
+        if plan is None:
+            plan = SurgeryPlan((FoldConstants(), Cleanup()))
+        elif not isinstance(plan, SurgeryPlan):
+            plan = SurgeryPlan.from_json(plan if isinstance(plan, str) else json.dumps(list(plan)))
+        result = run_surgery(self._base_model(), self.output_dir / "model_edited.onnx", plan,
+                             check_feeds=self.evaluation_feeds()[:1])
+        self.candidates["fp32_edited"] = Candidate("fp32_edited", result.path)
+        return result
+
     @step(title="Precision: dynamic INT8", short="Precision", needs=("export",), reads=("fuse",),
           configs=("quant_config",), makes_candidates=True,
           blurb="Weights quantized to INT8 offline, activation scales computed per run (no calibration data).")
@@ -611,8 +646,11 @@ class Pipeline:
         from workbench.stages.precision.quantize import quantize_dynamic
 
         name = "int8_dynamic_per_channel" if self.quant_config.per_channel else "int8_dynamic_per_tensor"
+        from workbench.stages.precision.plan import PrecisionPlan
+
         result = quantize_dynamic(self._base_model(), self.output_dir / f"model_{name}.onnx", self.quant_config)
         self.candidates[name] = Candidate(name, result.path, precision="int8_dynamic")
+        self.plans[name] = PrecisionPlan("int8_dynamic", self.quant_config)
         return result
 
     @step(title="Precision: dynamic INT8 after SmoothQuant", short="SmoothQuant", needs=("export",),
@@ -635,6 +673,32 @@ class Pipeline:
         result = plan.convert(self._base_model(), self.output_dir / f"model_{name}.onnx",
                               calibration_feeds=self.calibration_feeds())
         self.candidates[name] = Candidate(name, result.path, precision="int8_dynamic")
+        self.plans[name] = plan
+        return result
+
+    @step(title="Precision: a plan of your choice", short="Precision plan", needs=("export",), reads=("fuse",),
+          args=("plan", "name"), makes_candidates=True, optional=True,
+          blurb="Any PrecisionPlan method the library offers (dynamic or static INT8 with its calibration method, "
+                "SmoothQuant, FP16, an engine's own such as OpenVINO NNCF), calibrated on the calibration samples.")
+    def convert(self, plan: Any = "cpu_int8_static", name: str | None = None) -> Any:
+        """Convert the fused graph (else the export) with a PrecisionPlan: a preset name, a plan or its dict.
+
+        The candidate is named after the plan (workbench.stages.precision.choices.candidate_name) unless `name`
+        is given; it runs on the engine that offers the plan's method.
+        """
+        from workbench.engines.base import engine_for_path, engines
+        from workbench.stages.precision.choices import as_plan, candidate_name
+
+        plan = as_plan(plan)
+        name = name or candidate_name(plan)
+        offering = [e for e in engines().values() if plan.method in e.precisions and e.suffixes]
+        suffix = offering[0].suffixes[0] if offering else ".onnx"
+        result = plan.convert(self._base_model(), self.output_dir / f"model_{name}{suffix}",
+                              calibration_feeds=self.calibration_feeds(),
+                              progress=self.progress if self.progress is not None else True)
+        self.candidates[name] = Candidate(name, result.path, engine=engine_for_path(result.path).name,
+                                          precision=plan.method)
+        self.plans[name] = plan
         return result
 
     @step(title="Accuracy against the FP32 reference", short="Accuracy", needs=("export",), configs=("budget",),
@@ -647,6 +711,46 @@ class Pipeline:
 
         return compare_candidates(self._require_reference(), self.candidate_models, self.evaluation_batches(),
                                   task=self.task, budget=self.budget, threads=self.parameters.threads)
+
+    @step(title="Accuracy fix: keep the layers that lose accuracy in FP32", short="Auto-fix", needs=("export",),
+          reads=("fuse",), args=("candidate",), makes_candidates=True, optional=True,
+          blurb="For a candidate that misses the budget: SmoothQuant first, then the fewest nodes kept in FP32 that "
+                "meet it (a bisection over the layer-by-layer diagnosis); the fixed model becomes a candidate.")
+    def autofix(self, candidate: str | None = None) -> Any:
+        """Search the fewest FP32 pins (after trying SmoothQuant) that bring `candidate` inside the budget.
+
+        `candidate`: one made from a precision plan (quantize, quantize_smoothquant, convert); None: the first
+        of them that misses the budget in the last accuracy comparison. Trials are written in a temporary folder
+        that becomes output_dir/autofix_<candidate> only when the search ends.
+        """
+        from workbench._files import atomic_directory
+        from workbench.stages.accuracy.autofix import AutofixConfig, autofix, moved
+
+        report = self.results.get("compare")
+        if candidate is None:
+            ran = report is not None  # (a report is falsy when a candidate misses: test for None)
+            missing = [c.name for c in report.candidates if not c and c.name in self.plans] if ran else []
+            if not missing:
+                raise WorkbenchError(
+                    "There is no candidate to fix: " + ("every candidate made from a precision plan meets the "
+                                                       "budget." if ran else "no accuracy comparison ran yet."),
+                    fix="name one: autofix(candidate=...) among " + ", ".join(sorted(self.plans)) if self.plans
+                    else "run a precision step first")
+            candidate = missing[0]
+        if candidate not in self.plans:
+            raise ConfigError(f"{candidate!r} was not made from a precision plan in this run, so there is no plan to "
+                              "fix.", expected=f"one of {sorted(self.plans)}", fix="run a precision step first")
+        folder = self.output_dir / f"autofix_{candidate}"
+        with atomic_directory(folder, overwrite=True) as staging:
+            result = autofix(self._base_model().path, self.plans[candidate], self.evaluation_batches(), staging,
+                             budget=self.budget, task=self.task, reference=self._require_reference().path,
+                             calibration_feeds=self.calibration_feeds(),
+                             config=AutofixConfig(threads=self.parameters.threads), progress=self.progress)
+        result = moved(result, staging, folder)
+        name = f"{candidate}_autofix"
+        self.candidates[name] = Candidate(name, result.path, precision=result.plan.method)
+        self.plans[name] = result.plan
+        return result
 
     @step(title="Benchmark", short="Benchmark", needs=("export",), reads_candidates=True,
           parameters=("benchmark_batch_sizes", "benchmark_iterations"), summary=_benchmark_summary,
@@ -671,7 +775,7 @@ class Pipeline:
         self.unavailable_engines = {e.title: e.availability().reason for e in engines().values()
                                     if e.name not in {c.engine for c in self.candidates.values()}
                                     and e.name != "pytorch" and not e.availability()}
-        return benchmark(runners, self._feeds_for, config)
+        return benchmark(runners, self._feeds_for, config, progress=self.progress)
 
     @step(title="Choose the candidate to ship", short="Choice", needs=("compare", "benchmark"), args=("batch",),
           summary=_choose_summary, details=lambda choice: {"chosen": choice.name},

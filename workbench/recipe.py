@@ -534,6 +534,19 @@ class OutputCheck:
     def __bool__(self) -> bool:
         return not self.differing
 
+    def headline(self) -> str:
+        """One line that says which of the two it is: every model file identical (the choice among near-tied
+        candidates may differ: it follows timings), or a step that wrote different bytes (named)."""
+        if self.differing:
+            names = ", ".join(list(self.differing)[:4]) + (" ..." if len(self.differing) > 4 else "")
+            return (f"replay check: a step wrote different bytes: {len(self.differing)} file(s) differ from the "
+                    f"recording ({names})")
+        text = f"replay check: all {len(self.identical)} model files identical to the recording"
+        if self.choice is not None:
+            text += (f"; a different choice among near-tied candidates (the replay chose {self.choice[1]}, the "
+                     f"recording {self.choice[0]}: the choice follows timings), not a step writing other bytes")
+        return text
+
     def __str__(self) -> str:
         lines = [f"model files identical to the recording: {len(self.identical)}"
                  + (f", differing: {len(self.differing)}" if self.differing else "")]
@@ -624,5 +637,7 @@ def _plain(value: Any) -> Any:
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, Path):
         return str(value)
+    if hasattr(value, "to_dict") and callable(value.to_dict):  # a config or plan passed as a step argument
+        return _plain(value.to_dict())
     return value
 

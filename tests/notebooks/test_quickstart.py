@@ -16,6 +16,16 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb
 STABLE_KEYS = {"model", "reference", "candidates", "pytorch_latency_ms_p50", "chosen", "triton_repository"}
 
 
+def stderr_outputs(executed: Path) -> list[str]:
+    """The text of every stderr output box in an executed notebook (a pink box under a cell in Jupyter)."""
+    import nbformat
+
+    notebook = nbformat.read(executed, as_version=4)
+    return [f"cell {index}: {output.get('text', '')[:500]}" for index, cell in enumerate(notebook.cells)
+            if cell.cell_type == "code" for output in cell.outputs
+            if output.get("output_type") == "stream" and output.get("name") == "stderr"]
+
+
 def test_notebook_is_committed_without_outputs_and_has_a_parameters_cell():
     committed_code_cells(NOTEBOOK, ("model_path", "data_dir", "output_dir", "sequence_length",
                                     "max_calibration_samples", "max_eval_samples"))
@@ -33,6 +43,7 @@ def test_quickstart_runs_under_papermill_and_writes_the_summary(tmp_path):
         progress_bar=False,
     )
     summary = json.loads((output_dir / "summary.json").read_text())
+    assert stderr_outputs(tmp_path / "executed.ipynb") == []  # quiet: the libraries' warnings are in the logs
     assert STABLE_KEYS <= set(summary)
     candidates = {c["name"]: c for c in summary["candidates"]}
     assert set(candidates) == {"fp32", "fp32_fused", "int8_dynamic_per_channel", "int8_dynamic_smoothquant"}
@@ -82,6 +93,9 @@ def test_quickstart_on_a_classifier_gates_every_candidate_on_its_task_metrics(tm
                     "max_eval_samples": 16, "max_calibration_samples": 16, "benchmark_batch_sizes": [1],
                     "benchmark_iterations": 3})
     summary = json.loads((output_dir / "summary.json").read_text())
+    # with defaults on a tiny model, no cell shows a stderr box (the exporter's and onnxruntime's warnings
+    # went to each step's log: pipeline.logs)
+    assert stderr_outputs(tmp_path / "executed.ipynb") == []
     assert summary["task"] == "text-classification"
     budget = summary["budget"]
     assert budget["task"] == "text-classification" and budget["argmax_agreement_min"] is not None

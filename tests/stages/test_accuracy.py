@@ -4,6 +4,7 @@ it should."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 from typing import ClassVar
 
@@ -241,7 +242,11 @@ def test_classification_task_is_detected_and_measured_against_its_default_budget
     assert report["same"] and (report["same"].cosine_mean, report["same"].cosine_min) == (
         same["logits_cosine_mean"], same["logits_cosine_min"])  # every task fills the primary cosine
     assert report["same"].embedding_cosine_mean is None and len(report["same"].per_sample_cosine) == len(TEXTS)
-    assert "argmax agreement" in report._repr_html_()
+    page = report._repr_html_()
+    assert "argmax agreement" in page
+    for g in report.budget.gates():  # every figure beside a verdict says whether the budget gates it
+        assert f"{g.metric.replace('_', ' ')}<br><small>gated: {html.escape(g.op)} {g.limit:g}</small>" in page
+    assert "<small>not gated</small>" in page  # argmax_disagreements, for one, is shown but not gated
 
 
 def test_classification_budget_fails_a_noisy_classifier(classifier):

@@ -443,6 +443,8 @@ def test_candidates_table_joins_accuracy_and_speed():
     assert [row["pareto"] for row in table] == [True, True, True, True]  # each trades speed for accuracy
     shown = table._repr_html_()
     assert "int8_fixed" in shown and "Pareto" in shown and "ceiling 30 ms" in shown
+    assert "cos mean, cos min: the task's primary cosine vs FP32" in shown  # what the figures beside it are
+    assert table.gated == AccuracyBudget().describe() and "embedding cosine mean &gt;= " in shown  # what was gated
 
 
 def test_candidates_table_falls_back_to_the_output_cosine():

@@ -47,8 +47,8 @@ def test_unknown_excluded_node_is_an_error_and_writes_nothing(tiny_bert_onnx, tm
 import numpy as np  # noqa: E402
 
 from workbench.errors import DataError  # noqa: E402
-from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.precision.calibrate import CalibrationConfig  # noqa: E402
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.precision.quantize import Fp16Config, StaticQuantConfig, convert_fp16, quantize_static  # noqa: E402
 
 
@@ -161,3 +161,10 @@ def test_plan_json_round_trip_and_presets():
         assert again == plan and again.keep_fp32 == ("a", "b") and again.nodes["a"].reason == "sensitivity"
     assert PrecisionPlan.preset("tensorrt_int8_qdq").options.calibration == CalibrationConfig(method="Entropy")
     assert PrecisionPlan.preset("cpu_int8_dynamic").unpin(["x"]).nodes == {}
+
+
+def test_a_plan_shows_its_exceptions_or_says_every_node_follows_the_default():
+    plain = PrecisionPlan.preset("cpu_int8_dynamic")._repr_html_()
+    assert plain.endswith("every node at int8.") and "except" not in plain and "No exceptions" not in plain
+    pinned = PrecisionPlan.preset("cpu_int8_dynamic").pin(["a"], note="user")._repr_html_()
+    assert "every node at int8 except these 1:" in pinned and "<code>a</code>" in pinned

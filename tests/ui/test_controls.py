@@ -87,7 +87,8 @@ def test_initial_values_show_the_defaults():
     assert (c["limit"].value, c["label"].value, c["ratio"].value) == ("", "hello", "0.25")
     assert c["strict"].value is None and [v for _, v in c["strict"].options] == [None, True, False]
     assert [label for label, _ in c["strict"].options] == ["None", "True", "False"]
-    assert (c["sizes"].value, c["weights"].value, c["names"].value, c["shape"].value) == ("1, 8", "0.5, 1.5", "", "2, 3")
+    assert (c["sizes"].value, c["weights"].value, c["names"].value, c["shape"].value) == (
+        "1, 8", "0.5, 1.5", "", "2, 3")
     assert c["extra"].value == '{"a": 1, "b": [1, 2]}'
     assert c["maybe_sizes"].value == ""
 
@@ -228,8 +229,8 @@ def test_export_config_dropdown_and_cross_field_check():
 def _project_configs():
     from workbench.pipeline import PipelineParameters
     from workbench.stages.accuracy.compare import AccuracyBudget
-    from workbench.stages.precision.quantize import DynamicQuantConfig
     from workbench.stages.fusion import FusionConfig
+    from workbench.stages.precision.quantize import DynamicQuantConfig
     from workbench.triton.config import TritonConfig
 
     return [FusionConfig(), FusionConfig.preset("minilm"), DynamicQuantConfig(), AccuracyBudget(),
@@ -241,3 +242,15 @@ def _project_configs():
 def test_every_project_config_round_trips(index):
     config = _project_configs()[index]
     assert config_from_controls(type(config), controls_for(config)) == config
+
+
+def test_placeholders_say_what_the_items_look_like_and_what_empty_means():
+    from workbench.pipeline import PipelineParameters
+    from workbench.stages.precision.quantize import DynamicQuantConfig
+
+    quantize = controls_for(DynamicQuantConfig())
+    assert quantize["op_types"].placeholder == "comma-separated names"  # op types are names, not "e.g. 1, 8"
+    parameters = controls_for(PipelineParameters())
+    assert parameters["benchmark_batch_sizes"].placeholder == "comma-separated whole numbers, e.g. 1, 8"
+    placeholders = [c.placeholder for c in parameters.values() if hasattr(c, "placeholder")]
+    assert placeholders and not any("None" in p for p in placeholders), placeholders

@@ -74,14 +74,16 @@ def test_clicking_through_every_step_runs_the_pipeline_and_records_it(wb, tmp_pa
     assert wb["quantize"].result.path == tmp_path / "run" / "model_int8_dynamic_per_channel.onnx"
     report = wb["compare"].result
     assert report is pipeline.results["compare"] and bool(report)  # both candidates meet the relaxed budget
-    assert wb["benchmark"].result.names and len(wb["benchmark"].shown) == 2  # table and figure
+    # the table, latency by candidate (a panel per shape), latency vs batch (log axis), speed-up over PyTorch
+    assert wb["benchmark"].result.names and len(wb["benchmark"].shown) == 4
     assert wb["choose"].result.name in {"fp32", "int8_dynamic_per_channel"}
     triton = wb["deploy"].result
     assert Path(triton.repository) == tmp_path / "run" / "triton_repository" and Path(triton.repository).is_dir()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["chosen"] == wb["choose"].result.name and "candidate" in wb["summary"].shown[0]
-    assert wb.states == {"load": "done", "export": "done", "fuse": "not run", "quantize": "done",
-                         "quantize_smoothquant": "not run", "compare": "done", "benchmark": "done", "choose": "done",
+    assert wb.states == {"load": "done", "export": "done", "fuse": "not run", "surgery": "not run",
+                         "quantize": "done", "quantize_smoothquant": "not run", "convert": "not run",
+                         "compare": "done", "autofix": "not run", "benchmark": "done", "choose": "done",
                          "export_triton": "done", "write_summary": "done"}
     assert all(status_text(wb[step]).startswith("done in") for step in CLICK_THROUGH)
     # the recipe: every step as clicked, with the configs of each call; kept in output_dir after each step
@@ -104,7 +106,9 @@ def test_a_failing_step_shows_its_error_and_keeps_earlier_results(wb, tmp_path):
     wb["accuracy"].click()
     assert wb.state("compare") == "failed"
     assert status_text(wb["compare"]).startswith("failed: ConfigError")
-    assert "EmbeddingBudget.embedding_cosine_mean must be in [-1.0, 1.0], got 2.0" in panel_text(wb["compare"])
+    # the message names the field by the label the panel shows, not by its dataclass path
+    assert "'embedding cosine mean' must be in [-1.0, 1.0], got 2.0" in panel_text(wb["compare"])
+    assert "EmbeddingBudget." not in panel_text(wb["compare"]) + status_text(wb["compare"])
     assert wb["compare"].result is None and "compare" not in wb.pipeline.results
     # an export the library itself refuses (no real export matches PyTorch to 1e-12): ExportError, in its panel
     wb["export"].controls["atol"].value = 1e-12
@@ -126,8 +130,9 @@ def test_a_failing_step_shows_its_error_and_keeps_earlier_results(wb, tmp_path):
 def test_re_running_export_marks_the_steps_after_it_stale(wb):
     click(wb, "export", "fuse", "quantize", "compare", "benchmark")
     click(wb, "export")
-    assert wb.states == {"load": "done", "export": "done", "fuse": "stale", "quantize": "stale",
-                         "quantize_smoothquant": "not run", "compare": "stale", "benchmark": "stale",
+    assert wb.states == {"load": "done", "export": "done", "fuse": "stale", "surgery": "not run",
+                         "quantize": "stale", "quantize_smoothquant": "not run", "convert": "not run",
+                         "compare": "stale", "autofix": "not run", "benchmark": "stale",
                          "choose": "not run", "export_triton": "not run", "write_summary": "not run"}
     assert status_text(wb["quantize"]) == "stale: Export ran again since; run again"
     assert "stale" in wb.overview.value
@@ -147,7 +152,9 @@ def test_re_running_load_starts_a_new_pipeline(wb, tmp_path):
     wb["load"].controls["output_dir"].value = str(tmp_path / "second")
     click(wb, "load")
     assert wb.pipeline is not first and wb.pipeline.output_dir == tmp_path / "second"
-    assert wb.state("export") == "stale" and wb["quantize"].run_button.disabled
+    # a new pipeline: every result of the previous one is gone from the panels
+    assert wb.state("export") == "not run" and wb["export"].result is None and not wb["export"].output.outputs
+    assert wb["quantize"].run_button.disabled
     assert wb.recipe_path.value == str(tmp_path / "second" / RECIPE_FILE)
     wb["load"].controls["model_path"].value = str(tmp_path / "no_such_model")
     wb["load"].click()
@@ -181,7 +188,9 @@ def test_run_all_stops_at_the_first_failure(tiny_model_dir, tmp_path):
     wb["accuracy"].controls["embedding_cosine_min"].value = 0.8
     wb["deploy"].controls["triton_model_name"].value = ".hidden"  # Triton model names must not start with a dot
     assert wb.run_all() is False
-    assert [wb.state(step) for step in STEP_KEYS] == ["done"] * 8 + ["failed", "not run"]
+    optional = {"surgery", "convert", "autofix"}  # run on request: "Run all" leaves them out
+    assert [wb.state(step) for step in STEP_KEYS if step not in optional] == ["done"] * 8 + ["failed", "not run"]
+    assert all(wb.state(step) == "not run" for step in optional)
     assert "stopped at Deploy" in wb.message.value
     assert status_text(wb["deploy"]).startswith("failed: ConfigError") and ".hidden" in panel_text(wb["deploy"])
     assert not (tmp_path / "triton_repository").exists()

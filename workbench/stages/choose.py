@@ -106,6 +106,8 @@ class CandidatesTable(list):
     latency_ceiling_ms: float | None = None
     #: Engines that could not be candidates on this machine, with the reason (e.g. TensorRT without a GPU).
     unavailable: dict[str, str] = {}
+    #: The accuracy budget's gates in words ("" when the comparison had no budget): what "meets budget" judged.
+    gated: str = ""
 
     def _repr_html_(self) -> str:
         def number(value: Any, digits: int) -> str:
@@ -125,10 +127,15 @@ class CandidatesTable(list):
                    else "")
         missing = "".join(f"<br><i>{html.escape(engine)}: not available ({html.escape(reason)})</i>"
                           for engine, reason in self.unavailable.items())
+        # every figure beside a verdict says what it is and whether it was gated
+        judged = (f"'meets budget' judges the gated metrics: {html.escape(self.gated)}" if self.gated
+                  else "'meets budget': the comparison's verdict")
+        note = (f"<br><small>cos mean, cos min: the task's primary cosine vs FP32 (shown, gated only through the "
+                f"budget's own metrics); {judged}.</small>")
         return (f"<b>Candidates</b> at batch {self.batch}, seq {self.seq}{ceiling}<table><tr><th>candidate</th>"
                 "<th>p50 ms</th><th>p90 ms</th><th>samples/s</th><th>vs pytorch</th><th>cos mean</th>"
                 "<th>cos min</th><th>meets budget</th><th>under ceiling</th><th>Pareto</th></tr>"
-                f"{body}</table>{missing}")
+                f"{body}</table>{note}{missing}")
 
 
 def _cosines(candidate: Any) -> tuple[float | None, float | None]:
@@ -217,6 +224,8 @@ def candidates_table(
     for row_dict, flag in zip(table, _pareto_flags([(r["p50_ms"], r["cosine_mean"]) for r in table])):
         row_dict["pareto"] = flag
     table.unavailable = dict(unavailable or {})
+    describe = getattr(getattr(accuracy, "budget", None), "describe", None)
+    table.gated = describe() if callable(describe) else ""
     return table
 
 

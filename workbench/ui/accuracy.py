@@ -347,8 +347,11 @@ class FixView(StageView):
         self.plan = result.plan
         return result
 
-    def _on_trial(self, trial: Any) -> None:
-        """autofix's progress callback: one line per trial in the progress area."""
+    def _on_trial(self, event: Any) -> None:
+        """autofix's progress callback: one line per finished trial in the progress area."""
+        trial = event.item
+        if trial is None:  # a trial starting, or the diagnosis: no line of its own
+            return
         self.trials.append(trial)
         verdict = "meets" if trial.meets_budget else "misses"
         smoothed = ", smoothed" if trial.smoothed else ""

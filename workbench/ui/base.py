@@ -215,10 +215,17 @@ class StageView:
     def _on_click(self, _button: widgets.Button) -> None:
         self.run()
 
+    def labels(self) -> dict[str, str]:
+        """Field name -> the label its control shows (what error messages call the field here)."""
+        return {name: str(getattr(control, "description", "") or "") for name, control in self.controls.items()
+                if getattr(control, "description", "")}
+
     def _fail(self, exc: BaseException) -> None:
         self.error = exc
-        self.status.value = f'<span style="color:#b00020">failed: {html.escape(_headline(exc))}</span>'
-        self.error_output.value = _error_html(exc)
+        labels = self.labels()
+        self.status.value = (f'<span style="color:#b00020">failed: '
+                             f"{html.escape(user_words(_headline(exc), labels))}</span>")
+        self.error_output.value = _error_html(exc, labels)
 
     # -- display ----------------------------------------------------------------------------------------------
 
@@ -279,8 +286,21 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _error_html(exc: BaseException) -> str:
-    body = f'<pre style="color:#b00020;white-space:pre-wrap;margin:0">{html.escape(error_text(exc))}</pre>'
+def user_words(text: str, labels: Mapping[str, str]) -> str:
+    """`text` with config field paths (`PipelineParameters.benchmark_batch_sizes`) named by the labels the user
+    sees ('batch sizes'); fields without a label keep their path."""
+    import re
+
+    def replace(match: re.Match[str]) -> str:
+        label = labels.get(match.group(2))
+        return f"'{label}'" if label else match.group(0)
+
+    return re.sub(r"\b([A-Z][A-Za-z0-9]*)\.([a-z_][a-z0-9_]*)\b", replace, text)
+
+
+def _error_html(exc: BaseException, labels: Mapping[str, str] | None = None) -> str:
+    text = user_words(error_text(exc), labels or {})
+    body = f'<pre style="color:#b00020;white-space:pre-wrap;margin:0">{html.escape(text)}</pre>'
     if not isinstance(exc, WorkbenchError):  # not raised on purpose: a bug, so keep the traceback at hand
         trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         body += f"<details><summary>traceback</summary><pre>{html.escape(trace)}</pre></details>"

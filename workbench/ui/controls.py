@@ -16,7 +16,9 @@ tuple[int, ...] (any tuple)  Text "1, 8"               a tuple; items split on c
                                                        item type; "" is the empty tuple
 dict / list / anything else  Text holding JSON         json.loads of the text
 X | None (int, float, str,   Text; empty means None    None for an empty (blank) text, else as for X, so
-tuple, dict)                                           an optional str cannot hold "" (use a choice list)
+tuple, dict)                 (the placeholder says     an optional str cannot hold "" (use a choice list)
+                             what None means, from
+                             the field's docstring)
 bool | None                  Dropdown None/True/False  the chosen value
 ===========================  ========================  ==================================================
 
@@ -82,7 +84,7 @@ def controls_for(
         if field.name in excluded:
             continue
         value = getattr(config, field.name) if not isinstance(config, type) else _default(field)
-        widget = _widget_for(hints[field.name], value, choices.get(field.name))
+        widget = _widget_for(hints[field.name], value, choices.get(field.name), docs.get(field.name, ""))
         widget.description = labels.get(field.name, field.name.replace("_", " "))
         widget.style = dict(_STYLE)
         widget.layout = widgets.Layout(**_LAYOUT)
@@ -116,7 +118,8 @@ def config_from_controls(config_cls: Any, controls: Mapping[str, widgets.Widget]
         values.update({name: getattr(base, name) for name in fields})
     for name in fields:
         if name in controls:
-            values[name] = _read(config_cls.__name__, name, hints[name], controls[name].value)
+            label = getattr(controls[name], "description", "") or name.replace("_", " ")
+            values[name] = _read(config_cls.__name__, name, hints[name], controls[name].value, label)
     if hasattr(config_cls, "from_dict"):
         return config_cls.from_dict(values)
     try:
@@ -133,7 +136,21 @@ def field_labels(config: Any) -> dict[str, str]:
 # -- building widgets ------------------------------------------------------------------------------------------
 
 
-def _widget_for(hint: Any, value: Any, choices: tuple[Any, ...] | None) -> widgets.Widget:
+def _empty_means(doc: str) -> str:
+    """What an empty optional field means, from its docstring ("...; None: all cores." -> "all cores")."""
+    match = re.search(r"\bNone(?: means|:)\s*([^.;]+)", doc)
+    return match.group(1).strip() if match else "not set"
+
+
+def _tuple_placeholder(hint: Any) -> str:
+    """A placeholder that shows what the tuple's items look like."""
+    args = typing.get_args(hint)
+    item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+    return {int: "comma-separated whole numbers, e.g. 1, 8", float: "comma-separated numbers, e.g. 0.5, 1",
+            str: "comma-separated names"}.get(item, "comma-separated values")
+
+
+def _widget_for(hint: Any, value: Any, choices: tuple[Any, ...] | None, doc: str = "") -> widgets.Widget:
     inner, optional = _unwrap_optional(hint)
     if choices is None and typing.get_origin(inner) is Literal:
         choices = typing.get_args(inner)
@@ -147,7 +164,8 @@ def _widget_for(hint: Any, value: Any, choices: tuple[Any, ...] | None) -> widge
             return widgets.Dropdown(options=tuple(values), value=value)  # options read as given
         return widgets.Dropdown(options=[(_NONE_LABEL if v is None else str(v), v) for v in values], value=value)
     if optional:
-        return widgets.Text(value="" if value is None else _as_text(inner, value), placeholder="empty: None")
+        return widgets.Text(value="" if value is None else _as_text(inner, value),
+                            placeholder=f"empty: {_empty_means(doc)}")
     if inner is bool:
         return widgets.Checkbox(value=bool(value), indent=True)
     if inner is int:
@@ -157,7 +175,7 @@ def _widget_for(hint: Any, value: Any, choices: tuple[Any, ...] | None) -> widge
     if inner is str:
         return widgets.Text(value="" if value is None else value)
     if _is_tuple(inner):
-        return widgets.Text(value=_as_text(inner, value), placeholder="comma-separated, e.g. 1, 8")
+        return widgets.Text(value=_as_text(inner, value), placeholder=_tuple_placeholder(inner))
     return widgets.Text(value=_as_text(inner, value), placeholder="JSON")
 
 
@@ -174,7 +192,7 @@ def _as_text(hint: Any, value: Any) -> str:
 # -- reading widgets -------------------------------------------------------------------------------------------
 
 
-def _read(cls_name: str, name: str, hint: Any, value: Any) -> Any:
+def _read(cls_name: str, name: str, hint: Any, value: Any, label: str = "") -> Any:
     """A widget value converted to the field's type; text fields are parsed, other values pass through."""
     if not isinstance(value, str):
         return value  # Checkbox, IntText, FloatText, Dropdown: already typed; the config checks the rest
@@ -194,7 +212,7 @@ def _read(cls_name: str, name: str, hint: Any, value: Any) -> Any:
         raise ConfigError(
             f"{cls_name}.{name}: cannot read {value!r} as {_type_name(hint)} ({exc}).",
             expected=_expected_text(inner, optional),
-            fix=f"correct the '{name.replace('_', ' ')}' control",
+            fix=f"correct the '{label or name.replace('_', ' ')}' control",
         ) from None
 
 

@@ -34,8 +34,9 @@ DEFAULT_PRESET = "cpu_int8_dynamic"
 class PrecisionView(StageView):
     """Convert an FP32 model with a PrecisionPlan built from a preset and a few choices.
 
-    Controls: the preset (PrecisionPlan.PRESETS); calibration method, per-channel weights and activation type
-    (enabled only where the preset's method uses them, set to the preset's values when the preset changes);
+    Controls: the method (every PrecisionPlan preset, then every PrecisionPlan method without a preset, such as an
+    engine's own); calibration method, per-channel weights and activation type (enabled only where the method
+    uses them, set to the preset's values when the preset changes); SmoothQuant first, with its alpha (INT8);
     nodes to keep in FP32 (comma-separated node names of this model).
 
     Args:
@@ -45,6 +46,7 @@ class PrecisionView(StageView):
             and the data activation statistics are measured on. None: no data (dynamic INT8 needs none).
         cache_dir: Calibration cache folder (static INT8); None: the library's default.
         stats_samples: Calibration feed dicts the activation statistics are measured on.
+        preset: The preset (or method) the view starts from.
         title: Heading of the view.
 
     Attributes:
@@ -65,8 +67,11 @@ class PrecisionView(StageView):
         *,
         cache_dir: str | os.PathLike[str] | None = None,
         stats_samples: int = 8,
+        preset: str = DEFAULT_PRESET,
         title: str | None = None,
     ) -> None:
+        self._initial_preset = preset
+        self.inputs: Any = None  # () -> (model_path, calibration_feeds), read when statistics are asked for
         self.model_path = model_path
         self.output_path = output_path
         self.calibration_feeds = list(calibration_feeds) if calibration_feeds is not None else []
@@ -95,17 +100,19 @@ class PrecisionView(StageView):
     # -- controls ----------------------------------------------------------------------------------------------
 
     def _controls(self) -> dict[str, widgets.Widget]:
-        from workbench.stages.precision.plan import PrecisionPlan
         from workbench.stages.precision.calibrate import CALIBRATION_METHODS
+        from workbench.stages.precision.choices import method_presets
         from workbench.stages.precision.quantize import ACTIVATION_TYPES
 
         def styled(widget: widgets.Widget, tooltip: str) -> widgets.Widget:
             widget.style, widget.layout, widget.tooltip = dict(_STYLE), widgets.Layout(**_LAYOUT), tooltip
             return widget
 
-        self.preset = styled(widgets.Dropdown(options=list(PrecisionPlan.PRESETS), value=DEFAULT_PRESET,
-                                              description="preset"),
-                             "The conversion method and its options (PrecisionPlan.PRESETS)")
+        offered = method_presets()  # every preset, then every method without one (an engine's own, e.g. NNCF)
+        self.preset = styled(widgets.Dropdown(options=list(offered), value=self._initial_preset
+                                              if self._initial_preset in offered else DEFAULT_PRESET,
+                                              description="method"),
+                             "How to convert: a PrecisionPlan preset, or a method an engine adds (PrecisionPlan)")
         self.calibration_method = styled(
             widgets.Dropdown(options=list(CALIBRATION_METHODS), description="calibration method"),
             "How static INT8 measures activation ranges (Entropy, Percentile and Distribution clip outliers)")
@@ -114,11 +121,21 @@ class PrecisionView(StageView):
         self.activation_type = styled(
             widgets.Dropdown(options=list(ACTIVATION_TYPES), description="activation type"),
             "uint8 on x86 CPUs (int8 activations ran 2-3x slower there); int8 for TensorRT")
+        self.smoothquant = styled(widgets.Checkbox(description="SmoothQuant first", indent=True),
+                                  "Move activation outliers into the weights before INT8 (calibrated on the "
+                                  "calibration samples)")
+        self.smoothquant_alpha = styled(
+            widgets.FloatSlider(value=0.75, min=0.0, max=1.0, step=0.05, description="SmoothQuant alpha",
+                                readout_format=".2f"),
+            "How much of the activation range moves into the weights (0: none, 1: all); 0.75 met the budget on "
+            "MiniLM where 0.5 did not")
         self.keep_fp32 = styled(widgets.Text(description="keep in FP32", placeholder="node names, comma-separated"),
                                 "Nodes of this model to leave in FP32 (PrecisionPlan.pin)")
         self.preset.observe(lambda change: self._apply_preset(change["new"]), names="value")
+        self.smoothquant.observe(self._smoothquant_changed, names="value")
         controls = {"preset": self.preset, "calibration_method": self.calibration_method,
                     "per_channel": self.per_channel, "activation_type": self.activation_type,
+                    "smoothquant": self.smoothquant, "smoothquant_alpha": self.smoothquant_alpha,
                     "keep_fp32": self.keep_fp32}
         self._choice_controls = {name: controls[name] for name in ("calibration_method", "per_channel",
                                                                     "activation_type")}
@@ -127,24 +144,37 @@ class PrecisionView(StageView):
 
     def _apply_preset(self, preset: str) -> None:
         """Set the choice controls to the preset's values; disable those its method does not use."""
-        from workbench.stages.precision.choices import preset_choices
+        from workbench.stages.precision.choices import as_plan, preset_choices
 
         values = preset_choices(preset)
         for name, control in self._choice_controls.items():
             control.disabled = name not in values
             if name in values:
                 control.value = values[name]
+        smoothable = as_plan(preset).method in ("int8_dynamic", "int8_static")
+        self.smoothquant.disabled = not smoothable
+        self.smoothquant_alpha.disabled = not (smoothable and self.smoothquant.value)
+
+    def _smoothquant_changed(self, change: dict[str, Any]) -> None:
+        self.smoothquant_alpha.disabled = self.smoothquant.disabled or not change["new"]
 
     def choices(self) -> dict[str, Any]:
         """The enabled choice controls' values (what Run passes to plan_from_choices)."""
-        return {name: control.value for name, control in self._choice_controls.items() if not control.disabled}
+        values = {name: control.value for name, control in self._choice_controls.items() if not control.disabled}
+        if not self.smoothquant.disabled and self.smoothquant.value:
+            values["smoothquant_alpha"] = float(self.smoothquant_alpha.value)
+        return values
+
+    def build_plan(self) -> Any:
+        """The PrecisionPlan the controls describe (workbench.stages.precision.choices.plan_from_choices)."""
+        from workbench.stages.precision.choices import plan_from_choices
+
+        return plan_from_choices(self.preset.value, keep_fp32=self.keep_fp32.value, **self.choices())
 
     # -- running -----------------------------------------------------------------------------------------------
 
     def _run(self) -> Any:
-        from workbench.stages.precision.choices import plan_from_choices
-
-        self.plan = plan_from_choices(self.preset.value, keep_fp32=self.keep_fp32.value, **self.choices())
+        self.plan = self.build_plan()
         self.progress.outputs = ()
         with self.progress:  # in a kernel, calibration's tqdm bar lands here
             return self.plan.convert(self.model_path, self.output_path, calibration_feeds=self.calibration_feeds,
@@ -173,6 +203,13 @@ class PrecisionView(StageView):
 
         if self._running:
             return None
+        if self.inputs is not None:  # a Workbench panel: the model and data of its pipeline, read now
+            try:
+                self.model_path, feeds = self.inputs()
+                self.calibration_feeds = list(feeds)
+            except Exception as exc:
+                self._fail(exc)
+                return None
         self._running = True
         self.run_button.disabled = self.stats_button.disabled = True
         self.status.value = "measuring activations..."

@@ -28,6 +28,7 @@ import numpy as np
 
 from workbench.config import StageConfig, check_positive
 from workbench.errors import AccuracyError, ConfigError
+from workbench.progress import Progress, ProgressCallback
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def autofix(
     calibration_feeds: Any = None,
     config: AutofixConfig = AutofixConfig(),
     cache_dir: str | os.PathLike[str] | None = None,
-    progress: Callable[[Trial], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> AutofixResult:
     """Find a small set of nodes to keep in FP32 so that `plan`'s conversion of `model_path` meets `budget`.
 
@@ -193,7 +194,9 @@ def autofix(
         calibration_feeds: For static INT8 and FP16's overflow scan.
         config: Search settings.
         cache_dir: Calibration cache.
-        progress: Called with each trial as it completes.
+        progress: Called with a ProgressEvent (unit "fix trials", `item` the Trial) as each trial completes, and
+            before each one starts; it may raise workbench.progress.Stopped to end the search there (trials are
+            whole files; the fixed model and its plan are written only at the end).
 
     Raises:
         AccuracyError: Even with every quantized node in FP32 the budget does not hold.
@@ -218,11 +221,14 @@ def autofix(
     if len(next(iter(latency_feed.values()))) > 1:  # time batch 1, the online-serving case
         latency_feed = {k: v[:1] for k, v in latency_feed.items()}
 
+    report = Progress(progress, "auto-fix", "fix trials")
+
     def evaluate(pins: Sequence[str], stage: str) -> Trial:
         key = (frozenset(pins), plan.smoothing)
         if key in evaluated:
             return evaluated[key]
         index = len(trials)
+        report(index, f"trial {index} ({stage}): converting with {len(pins)} node(s) in FP32")
         converted = plan.pin([p for p in pins if p not in plan.nodes], reason="sensitivity")  # user pins stay
         result = converted.convert(model_path, output_dir / f"trial_{index:02d}.onnx",
                                    calibration_feeds=calibration_feeds, cache_dir=cache_dir, progress=False)
@@ -242,8 +248,8 @@ def autofix(
                       _shortfall(accuracy.task_metrics, budget), dict(accuracy.task_metrics))
         trials.append(trial)
         evaluated[key] = trial
-        if progress:
-            progress(trial)
+        verdict = "meets" if trial.meets_budget else "misses"
+        report(len(trials), f"trial {index} ({stage}): {len(pins)} pin(s), {verdict} the budget", item=trial)
         return trial
 
     start = evaluate((), "start")
@@ -271,9 +277,12 @@ def autofix(
         if current is start:
             notes.append("the starting candidate already meets the budget: nothing to pin")
     else:
+        report(len(trials), "diagnosing layer by layer which nodes lose the accuracy")
         diagnosis = diagnose(model_path, current.path, evaluation_feeds, task=task_name)
         ranking = diagnosis.sensitivity()
         order = [name for name, _ in ranking]
+        report(len(trials), f"ranked {len(order)} quantized nodes",
+               total=len(trials) + 1 + math.ceil(math.log2(max(len(order), 1))) + config.max_prune_trials)
         everything = evaluate(order, "all pinned")
         if not everything.meets_budget:
             raise AccuracyError(
@@ -299,6 +308,17 @@ def autofix(
     final_plan.save(output_dir / "fixed_plan.json")
     return AutofixResult(fixed_path, final_plan, tuple(trials), tuple(ranking), diagnosis, budget,
                          time.perf_counter() - started, tuple(notes), resolved.primary_cosine[0])
+
+
+def moved(result: AutofixResult, old: str | os.PathLike[str], new: str | os.PathLike[str]) -> AutofixResult:
+    """`result` with every path under folder `old` pointing under `new` (its folder was moved there)."""
+    from dataclasses import replace
+
+    def move(path: Path) -> Path:
+        path = Path(path)
+        return Path(new) / path.relative_to(old) if path.is_relative_to(old) else path
+
+    return replace(result, path=move(result.path), trials=tuple(replace(t, path=move(t.path)) for t in result.trials))
 
 
 def search_pins(order: Sequence[str], meets: Callable[[list[str], str], bool], *, max_prune_trials: int) -> list[str]:

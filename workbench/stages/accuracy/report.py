@@ -349,7 +349,14 @@ class ComparisonReport:
             rows.append(f"<tr><td>{html.escape(c.name)}</td>{cells}<td>{html.escape(verdict)}</td></tr>")
         gates = [g.describe() for g in self.budget.gates()]
         gates += [f"{o!r} {c.describe()}" for o, c in self.output_checks.items()]
-        header = "".join(f"<th>{html.escape(m.replace('_', ' '))}</th>" for m in metric_names)
+        gated = {g.metric: g for g in self.budget.gates()}
+
+        def heading(metric: str) -> str:  # what the figure is, and whether the budget gates it
+            gate = gated.get(metric)
+            note = f"gated: {gate.op} {gate.limit:g}" if gate is not None else "not gated"
+            return f"<th>{html.escape(metric.replace('_', ' '))}<br><small>{html.escape(note)}</small></th>"
+
+        header = "".join(heading(m) for m in metric_names)
         return (f"<b>Accuracy</b> vs <code>{html.escape(self.reference.name)}</code> on {self.samples} samples, "
                 f"task {html.escape(self.task)}; gated: {html.escape('; '.join(gates))}"
                 f"<table><tr><th>candidate</th>{header}<th>verdict</th></tr>{''.join(rows)}</table>")

@@ -26,6 +26,7 @@ from workbench.config import StageConfig, check_positive
 from workbench.engines.base import Runner
 from workbench.errors import ConfigError, DataError, WorkbenchError
 from workbench.machine import machine_info, peak_rss_mb, release_free_memory, rss_mb
+from workbench.progress import Progress, ProgressCallback
 
 Shape = tuple[int, int]  # (batch, sequence)
 
@@ -118,6 +119,10 @@ class BenchmarkResult:
         process_peak_rss_mb: This process's peak resident memory (VmHWM) at the end of the benchmark: an upper
             bound of what all runners together (plus everything the process did before: torch, export ...)
             needed at once. Serve a candidate alone to know its own peak.
+        warnings: What in the timings says the machine was busy (busy_warnings: spread, order, load); empty
+            when nothing does. Numbers with warnings are worth a re-run on a quiet machine.
+        load_average: The 1-minute load average (os.getloadavg) before and after timing; None where the
+            platform has none.
     """
 
     rows: tuple[BenchmarkRow, ...]
@@ -126,6 +131,13 @@ class BenchmarkResult:
     notes: tuple[str, ...] = ()
     peak_memory_mb: dict[str, float | None] = field(default_factory=dict)
     process_peak_rss_mb: float | None = None
+    warnings: tuple[str, ...] = ()
+    load_average: tuple[float, float | None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether the timings look like a busy machine's (there are warnings)."""
+        return bool(self.warnings)
 
     @property
     def names(self) -> list[str]:
@@ -147,28 +159,37 @@ class BenchmarkResult:
     def to_dict(self) -> dict[str, Any]:
         return {"rows": [r.to_dict() for r in self.rows], "config": self.config.to_dict(),
                 "machine": self.machine, "notes": list(self.notes), "peak_memory_mb": dict(self.peak_memory_mb),
-                "process_peak_rss_mb": self.process_peak_rss_mb}
+                "process_peak_rss_mb": self.process_peak_rss_mb, "warnings": list(self.warnings),
+                "load_average": list(self.load_average) if self.load_average is not None else None}
 
     def figure(self, baseline: str | None = "pytorch") -> Any:
-        """Plotly bar chart of p50 latency per candidate and shape (speed-up vs `baseline` in the hover)."""
+        """Plotly bar chart of p50 latency per candidate, one panel per shape, each with its own y axis (so the
+        batch-1 bars stay readable beside batch 8); the speed-up vs `baseline` is in the hover."""
         import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
 
-        figure = go.Figure()
         shapes = sorted({(r.batch, r.seq) for r in self.rows})
-        for name in self.names:
-            rows = [self.row(name, b, s) for b, s in shapes if self.p50(name, b, s) is not None]
-            speedups = [
-                (self.p50(baseline, r.batch, r.seq) or float("nan")) / r.p50_ms if baseline else float("nan")
-                for r in rows
-            ]
-            figure.add_bar(
-                name=name,
-                x=[f"batch {r.batch}, seq {r.seq}" for r in rows],
-                y=[r.p50_ms for r in rows],
-                customdata=speedups,
-                hovertemplate="%{y:.2f} ms (%{customdata:.2f}x vs " + str(baseline) + ")",
-            )
-        figure.update_layout(barmode="group", yaxis_title="p50 latency (ms)", title="Latency by candidate")
+        figure = make_subplots(rows=1, cols=max(len(shapes), 1), shared_yaxes=False,
+                               subplot_titles=[f"batch {b}, seq {s}" for b, s in shapes])
+        colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                  "#bcbd22", "#17becf")
+        for index, name in enumerate(self.names):
+            for column, (b, s) in enumerate(shapes, 1):
+                p50 = self.p50(name, b, s)
+                if p50 is None:
+                    continue
+                base = self.p50(baseline, b, s) if baseline else None
+                figure.add_trace(go.Bar(
+                    name=name, x=[name], y=[p50], legendgroup=name, showlegend=column == 1,
+                    marker_color=colors[index % len(colors)], customdata=[base / p50 if base else float("nan")],
+                    hovertemplate=f"{name}, batch {b}, seq {s}: %{{y:.2f}} ms (%{{customdata:.2f}}x vs "
+                                  f"{baseline})<extra></extra>"), row=1, col=column)
+        figure.update_xaxes(showticklabels=False)
+        figure.update_yaxes(title_text="p50 latency (ms)", row=1, col=1)
+        title = "Latency by candidate (p50; each panel has its own scale)"
+        if self.warnings:
+            title += " - the machine looked busy"
+        figure.update_layout(title=title, barmode="group")
         return figure
 
     def latency_figure(self) -> Any:
@@ -192,8 +213,9 @@ class BenchmarkResult:
                                    " ms, p99 %{customdata[1]:.2f} ms, %{customdata[2]:.1f} samples/s<extra></extra>"),
                 )
         batches = sorted({r.batch for r in self.rows})
-        figure.update_layout(title="Latency vs batch size (p50; bars up to p90)", xaxis_title="batch size",
-                             yaxis_title="p50 latency (ms)", xaxis={"tickmode": "array", "tickvals": batches})
+        figure.update_layout(title="Latency vs batch size (p50; bars up to p90; log scale)", xaxis_title="batch size",
+                             yaxis_title="p50 latency (ms)", xaxis={"tickmode": "array", "tickvals": batches},
+                             yaxis_type="log")
         return figure
 
     def speedup_figure(self, baseline: str = "pytorch") -> Any:
@@ -238,8 +260,16 @@ class BenchmarkResult:
             runs = f"up to {runs}, {self.config.time_budget_s:g} s per shape"
         peak = (f"; process peak RSS {self.process_peak_rss_mb:.0f} MB" if self.process_peak_rss_mb is not None
                 else "")
-        return (f"<b>Latency</b> ({self.machine.get('cpu_count')} cores, {self.config.effective_threads} threads, "
-                f"{runs}{peak})<table><tr><th>candidate</th><th>batch</th><th>seq</th>"
+        load = ""
+        if self.load_average is not None:
+            load = "; load average " + " then ".join(f"{v:.1f}" for v in self.load_average if v is not None)
+        warnings = ""
+        if self.warnings:
+            items = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
+            warnings = (f'<div class="wb-busy" style="color:#a86b00"><b>The machine looked busy while timing: these '
+                        f"numbers may be off. Re-run on a quiet machine.</b><ul>{items}</ul></div>")
+        return (f"{warnings}<b>Latency</b> ({self.machine.get('cpu_count')} cores, {self.config.effective_threads} "
+                f"threads, {runs}{peak}{load})<table><tr><th>candidate</th><th>batch</th><th>seq</th>"
                 f"<th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>mean ms</th><th>samples/s</th>"
                 f"<th>RSS growth at activation (MB)</th></tr>{rows}</table>")
 
@@ -252,6 +282,8 @@ def benchmark(
     runners: Sequence[Runner],
     feeds_for: Callable[[int, int], Mapping[str, np.ndarray]],
     config: BenchmarkConfig = BenchmarkConfig(),
+    *,
+    progress: ProgressCallback | None = None,
 ) -> BenchmarkResult:
     """Time each runner at every (batch, sequence) in the config, interleaving the runners run by run.
 
@@ -266,6 +298,12 @@ def benchmark(
             runner being timed.
         feeds_for: (batch, sequence) -> the feed dict to time with.
         config: Shapes, warm-up, iterations, threads, time budget.
+        progress: Called with a ProgressEvent (unit "timing rounds": each round times every runner once) as
+            runners load, shapes warm up and after every round; it may raise workbench.progress.Stopped to end
+            the benchmark there (the runners are deactivated; nothing is written).
+
+    The result's `warnings` say when the timings look like a busy machine's (see busy_warnings), with the
+    load average seen before and after timing.
     """
     names = [r.name for r in runners]
     if len(set(names)) != len(names):
@@ -275,50 +313,116 @@ def benchmark(
     memory: dict[str, float | None] = {}
     notes = ["onnxruntime thread spinning off for every session; runs interleaved"]
     floor = min(config.min_iterations, config.iterations)
+    shapes = [(b, s) for b in config.batch_sizes for s in config.sequence_lengths]
+    report = Progress(progress, "benchmark", "timing rounds", total=len(shapes) * config.iterations)
+    load_before = _load_average()
     try:
-        for runner in runners:
+        for index, runner in enumerate(runners, 1):
+            report(0, f"loading {runner.name} ({index} of {len(runners)})")
             release_free_memory()
             before = rss_mb()
             runner.activate()
             after = rss_mb()
             active.append(runner)
             memory[runner.name] = round(after - before, 1) if before is not None and after is not None else None
-        for batch in config.batch_sizes:
-            for seq in config.sequence_lengths:
-                feeds = dict(feeds_for(batch, seq))
-                for runner in active:
-                    for _ in range(config.warmup):
-                        runner.infer(feeds)
-                timings: dict[str, list[float]] = {r.name: [] for r in active}
-                shape_started = time.perf_counter()
-                rounds = 0
-                for iteration in range(config.iterations):
-                    # rotate who goes first, so no runner always follows the same neighbour
-                    order = active[iteration % len(active):] + active[: iteration % len(active)]
-                    for runner in order:
-                        started = time.perf_counter()
-                        runner.infer(feeds)
-                        timings[runner.name].append((time.perf_counter() - started) * 1000.0)
-                    rounds += 1
-                    if (config.time_budget_s is not None and rounds >= floor
-                            and time.perf_counter() - shape_started >= config.time_budget_s):
-                        break
-                if rounds < config.iterations:
-                    notes.append(f"time budget {config.time_budget_s:g} s: batch {batch}, seq {seq} stopped after "
-                                 f"{rounds} of {config.iterations} rounds")
-                for name, values in timings.items():
-                    ms = np.asarray(values)
-                    rows.append(BenchmarkRow(
-                        name=name, batch=batch, seq=seq,
-                        p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)),
-                        p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
-                        throughput=float(batch * 1000.0 / ms.mean()), iterations=len(values),
-                    ))
+        for shape_index, (batch, seq) in enumerate(shapes):
+            done = shape_index * config.iterations
+            report(done, f"batch {batch}, seq {seq}: warming up {len(active)} candidates")
+            feeds = dict(feeds_for(batch, seq))
+            for runner in active:
+                for _ in range(config.warmup):
+                    runner.infer(feeds)
+            timings: dict[str, list[float]] = {r.name: [] for r in active}
+            shape_started = time.perf_counter()
+            rounds = 0
+            for iteration in range(config.iterations):
+                # rotate who goes first, so no runner always follows the same neighbour
+                order = active[iteration % len(active):] + active[: iteration % len(active)]
+                for runner in order:
+                    started = time.perf_counter()
+                    runner.infer(feeds)
+                    timings[runner.name].append((time.perf_counter() - started) * 1000.0)
+                rounds += 1
+                report(done + rounds, f"batch {batch}, seq {seq}: round {rounds} of {config.iterations}, "
+                                      f"{len(active)} candidates each")
+                if (config.time_budget_s is not None and rounds >= floor
+                        and time.perf_counter() - shape_started >= config.time_budget_s):
+                    break
+            if rounds < config.iterations:
+                notes.append(f"time budget {config.time_budget_s:g} s: batch {batch}, seq {seq} stopped after "
+                             f"{rounds} of {config.iterations} rounds")
+            for name, values in timings.items():
+                ms = np.asarray(values)
+                rows.append(BenchmarkRow(
+                    name=name, batch=batch, seq=seq,
+                    p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)),
+                    p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
+                    throughput=float(batch * 1000.0 / ms.mean()), iterations=len(values),
+                ))
     finally:
         for runner in active:
             runner.deactivate()
-    return BenchmarkResult(rows=tuple(rows), config=config, machine=machine_info(), notes=tuple(notes),
-                           peak_memory_mb=memory, process_peak_rss_mb=_round(peak_rss_mb()))
+    machine = machine_info()
+    load = (load_before, _load_average()) if load_before is not None else None
+    return BenchmarkResult(rows=tuple(rows), config=config, machine=machine, notes=tuple(notes),
+                           peak_memory_mb=memory, process_peak_rss_mb=_round(peak_rss_mb()),
+                           warnings=busy_warnings(rows, cores=os.cpu_count() or 1, load_average=load),
+                           load_average=load)
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (os.getloadavg), None where the platform has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+#: A row whose p90 is more than this many times its p50 spread as timings do on a busy machine (on a quiet one
+#: p90 stays within a few tens of percent of p50).
+SPREAD_LIMIT = 1.5
+#: A smaller batch whose p50 exceeds a larger batch's by more than this factor (same candidate and sequence).
+ORDER_TOLERANCE = 1.05
+#: Spread is judged on rows of at least this many timed runs (p90 of fewer says little).
+MIN_RUNS_FOR_SPREAD = 5
+
+
+def busy_warnings(rows: Sequence[BenchmarkRow], *, cores: int,
+                  load_average: tuple[float, float | None] | None = None) -> tuple[str, ...]:
+    """What in these timings says the machine was busy while they were taken (empty: nothing does).
+
+    - spread: a row's p90 above SPREAD_LIMIT x its p50;
+    - order: a smaller batch slower in absolute time than a larger one of the same candidate and sequence (slower
+      per sample is expected; slower in all means the small batch's runs were held up);
+    - load: the 1-minute load average above 1.5 x the cores before or after timing (other processes competed).
+    """
+    found = []
+    spread = [r for r in rows if (r.iterations or MIN_RUNS_FOR_SPREAD) >= MIN_RUNS_FOR_SPREAD
+              and r.p50_ms > 0 and r.p90_ms > SPREAD_LIMIT * r.p50_ms]
+    if spread:
+        worst = sorted(spread, key=lambda r: r.p90_ms / r.p50_ms, reverse=True)
+        listed = ", ".join(f"{r.name} at batch {r.batch}, seq {r.seq} ({r.p90_ms / r.p50_ms:.1f}x)" for r in worst[:4])
+        more = f" and {len(worst) - 4} more" if len(worst) > 4 else ""
+        found.append(f"The timings spread: p90 is over {SPREAD_LIMIT:g}x p50 for {len(spread)} of {len(rows)} "
+                     f"measurements ({listed}{more}), as on a busy machine.")
+    by_series: dict[tuple[str, int], list[BenchmarkRow]] = {}
+    for r in rows:
+        by_series.setdefault((r.name, r.seq), []).append(r)
+    for (name, seq), series in by_series.items():
+        ordered = sorted(series, key=lambda r: r.batch)
+        for i, small in enumerate(ordered):
+            larger = [big for big in ordered[i + 1:] if small.p50_ms > ORDER_TOLERANCE * big.p50_ms]
+            if larger:
+                big = max(larger, key=lambda r: r.batch)
+                found.append(f"{name} at seq {seq}: batch {small.batch} took {small.p50_ms:.2f} ms, batch {big.batch} "
+                             f"{big.p50_ms:.2f} ms; a smaller batch is not slower in absolute time on a quiet "
+                             "machine, so its runs were held up.")
+                break
+    readings = [value for value in (load_average or ()) if value is not None]
+    if readings and max(readings) > 1.5 * cores:
+        found.append(f"The load average was {max(readings):.1f} (1 minute) on {cores} cores while timing: other "
+                     "processes competed for the CPU.")
+    return tuple(found)
 
 
 def _round(value: float | None) -> float | None:

@@ -12,7 +12,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +22,7 @@ import numpy as np
 from workbench._lazy import require
 from workbench.config import StageConfig, check_choice, check_positive
 from workbench.errors import DataError
+from workbench.progress import Progress, ProgressCallback, as_callback
 
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile", "Distribution")
 HISTOGRAM_METHODS = ("Entropy", "Percentile", "Distribution")
@@ -202,7 +203,7 @@ def calibrate(
     config: CalibrationConfig = CalibrationConfig(),
     *,
     cache_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
+    progress: bool | ProgressCallback | None = True,
 ) -> CalibrationResult:
     """Measure activation ranges of `model_path` on `feeds`, or reuse them from the cache.
 
@@ -211,7 +212,9 @@ def calibrate(
         feeds: Calibration feed dicts; histogram methods need them all the same shape.
         config: Method and options.
         cache_dir: Folder of cached ranges (default: default_cache_dir()).
-        progress: Show a progress bar (tqdm.auto) while collecting.
+        progress: True: a progress bar (tqdm.auto) while collecting; False or None: none; a callable: called with
+            a workbench.progress.ProgressEvent after each calibration batch (feed dict), which may raise
+            Stopped to end the calibration there (nothing is cached then).
 
     Raises:
         DataError: The data is empty, has the wrong inputs or dtypes, or mixed shapes for a histogram method.
@@ -219,10 +222,12 @@ def calibrate(
     validate_feeds(feeds, model_path, equal_shapes=config.method in HISTOGRAM_METHODS)
     cache_path = Path(cache_dir or default_cache_dir()) / f"{calibration_key(model_path, feeds, config)}.json"
     started = time.perf_counter()
+    report = Progress(as_callback(progress), f"calibration ({config.method})", "calibration batches",
+                      total=len(feeds))
     if cache_path.is_file():
+        report(len(feeds), "ranges reused from the cache")
         return CalibrationResult(cache_path, config, True, len(feeds), time.perf_counter() - started)
     calibrate_module = require("onnxruntime.quantization.calibrate", purpose="Calibration")
-    tqdm = require("tqdm.auto", purpose="Progress bars").tqdm
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="workbench-calibrate-") as folder:
@@ -234,11 +239,14 @@ def calibrate(
             extra_options=config.calibrator_options(),
         )
         chunks = [feeds[i:i + config.chunk_size] for i in range(0, len(feeds), config.chunk_size)]
-        # onnxruntime's histogram calibrators print progress lines of their own; the bar says it all
+        # onnxruntime's histogram calibrators print progress lines of their own; the events say it all
         with contextlib.redirect_stdout(io.StringIO()):
             try:
-                for chunk in tqdm(chunks, desc=f"Calibrating ({config.method})", unit="chunk", disable=not progress):
-                    calibrator.collect_data(FeedReader(chunk))
+                report(0, "collecting activation ranges")
+                for start, chunk in zip(range(0, len(feeds), config.chunk_size), chunks):
+                    calibrator.collect_data(FeedReader(chunk, on_next=lambda i, start=start: report(
+                        start + i, f"batch {start + i} of {len(feeds)}")))
+                report(len(feeds), "computing ranges")
                 tensors_data = calibrator.compute_data()
             except (IndexError, MemoryError, ValueError) as exc:
                 raise DataError(
@@ -254,15 +262,25 @@ def calibrate(
 
 
 class FeedReader:
-    """A rewindable onnxruntime CalibrationDataReader over a list of feed dicts."""
+    """A rewindable onnxruntime CalibrationDataReader over a list of feed dicts.
 
-    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+    Args:
+        feeds: The feed dicts.
+        on_next: Called with how many feed dicts were handed out before each next one (the calibration's
+            progress; it may raise Stopped).
+    """
+
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]],
+                 on_next: Callable[[int], None] | None = None) -> None:
         self._feeds = list(feeds)
         self._position = 0
+        self._on_next = on_next
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._position >= len(self._feeds):
             return None
+        if self._on_next is not None:
+            self._on_next(self._position)
         self._position += 1
         return dict(self._feeds[self._position - 1])
 

@@ -12,6 +12,7 @@ choice                 applies to                  sets
 calibration_method     int8_static                 StaticQuantConfig.calibration.method
 per_channel            int8_static, int8_dynamic   StaticQuantConfig.per_channel / DynamicQuantConfig.per_channel
 activation_type        int8_static                 StaticQuantConfig.activation_type
+smoothquant_alpha      int8_static, int8_dynamic   PrecisionPlan.smoothing: SmoothQuant with this alpha first
 keep_fp32              every method                PrecisionPlan.pin(names): nodes left in FP32
 =====================  ==========================  ===========================================================
 """
@@ -25,11 +26,12 @@ from typing import Any
 from workbench.errors import ConfigError
 from workbench.stages.precision.plan import PrecisionPlan
 
-CHOICES = ("calibration_method", "per_channel", "activation_type")
+CHOICES = ("calibration_method", "per_channel", "activation_type", "smoothquant_alpha")
 _APPLIES_TO = {
     "calibration_method": ("int8_static",),
     "per_channel": ("int8_static", "int8_dynamic"),
     "activation_type": ("int8_static",),
+    "smoothquant_alpha": ("int8_static", "int8_dynamic"),
 }
 
 
@@ -39,7 +41,7 @@ def preset_choices(preset: str) -> dict[str, Any]:
     Raises:
         ConfigError: No such preset.
     """
-    plan = PrecisionPlan.preset(preset)
+    plan = as_plan(preset)
     values: dict[str, Any] = {}
     if plan.method == "int8_static":
         values = {"calibration_method": plan.options.calibration.method, "per_channel": plan.options.per_channel,
@@ -61,24 +63,27 @@ def plan_from_choices(
     calibration_method: str | None = None,
     per_channel: bool | None = None,
     activation_type: str | None = None,
+    smoothquant_alpha: float | None = None,
     keep_fp32: str | Iterable[str] = (),
 ) -> PrecisionPlan:
     """`PrecisionPlan.preset(preset)` with the given choices applied (None keeps the preset's value).
 
     Args:
-        preset: One of PrecisionPlan.PRESETS.
+        preset: One of PrecisionPlan.PRESETS, or a PrecisionPlan method without a preset (see method_presets).
         calibration_method: "MinMax", "Entropy", "Percentile" or "Distribution" (static INT8).
         per_channel: One weight scale per output channel (INT8).
         activation_type: "uint8" or "int8" (static INT8).
+        smoothquant_alpha: Smooth activations with SmoothQuant at this alpha before converting (INT8); None: no
+            smoothing.
         keep_fp32: Node names to leave in FP32, as names or comma-separated text; they are checked against the
             graph when the plan converts a model (QuantizationError for a name that is not there).
 
     Raises:
         ConfigError: No such preset, a value the config rejects, or a choice the preset's method has no use for.
     """
-    plan = PrecisionPlan.preset(preset)
+    plan = as_plan(preset)
     given = {"calibration_method": calibration_method, "per_channel": per_channel,
-             "activation_type": activation_type}
+             "activation_type": activation_type, "smoothquant_alpha": smoothquant_alpha}
     unused = [name for name, value in given.items() if value is not None and plan.method not in _APPLIES_TO[name]]
     if unused:
         raise ConfigError(
@@ -94,5 +99,67 @@ def plan_from_choices(
     if activation_type is not None:
         options = replace(options, activation_type=activation_type)
     plan = replace(plan, options=options)
+    if smoothquant_alpha is not None:
+        from workbench.stages.precision.smooth import SmoothingConfig
+
+        plan = replace(plan, smoothing=SmoothingConfig(alpha=float(smoothquant_alpha)))
     names = parse_node_names(keep_fp32)
     return plan.pin(names) if names else plan
+
+
+def method_presets() -> dict[str, str]:
+    """Every way to convert the library offers now, label -> preset or method name: PrecisionPlan.PRESETS, then
+    each PrecisionPlan method without a preset (an engine's own, such as OpenVINO's "int8_nncf", appears as soon
+    as PrecisionPlan knows it)."""
+    from workbench.stages.precision import plan as plans
+
+    offered = {name: name for name in PrecisionPlan.PRESETS}
+    covered = {method for method, _ in PrecisionPlan.PRESETS.values()}
+    offered.update({method: method for method in plans.METHODS if method not in covered and method != "fp32"})
+    return offered
+
+
+def as_plan(plan: Any) -> PrecisionPlan:
+    """A PrecisionPlan from a plan, a preset name, a method name (its default options) or a plan's dict / JSON.
+
+    Raises:
+        ConfigError: None of those.
+    """
+    import json
+
+    if isinstance(plan, PrecisionPlan):
+        return plan
+    if isinstance(plan, str):
+        if plan in PrecisionPlan.PRESETS:
+            return PrecisionPlan.preset(plan)
+        if plan.lstrip().startswith("{"):
+            return PrecisionPlan.from_json(plan)
+        from workbench.stages.precision import plan as plans
+
+        if plan in plans.METHODS:
+            return PrecisionPlan(plan)
+        raise ConfigError(f"No precision preset or method {plan!r}.",
+                          expected=f"one of {sorted(method_presets())}, a PrecisionPlan or its dict")
+    if isinstance(plan, dict):
+        return PrecisionPlan.from_json(json.dumps(plan))
+    raise ConfigError(f"A precision plan must be a PrecisionPlan, a preset name or a plan's dict, got "
+                      f"{type(plan).__name__}.", fix='e.g. "cpu_int8_static" or PrecisionPlan.preset(...).to_dict()')
+
+
+def candidate_name(plan: PrecisionPlan) -> str:
+    """The candidate name a plan's conversion gets: its method and what sets it apart, e.g.
+    "int8_static_entropy", "int8_dynamic_per_tensor_smoothquant", "fp16_3_fp32" (3 nodes kept in FP32)."""
+    parts = [plan.method]
+    options = plan.options
+    if plan.method == "int8_static":
+        calibration = options.calibration
+        parts.append((calibration.method if calibration is not None else "MinMax").lower())
+        if options.quant_format != "QDQ":
+            parts.append(options.quant_format.lower())
+    if plan.method in ("int8_static", "int8_dynamic") and not options.per_channel:
+        parts.append("per_tensor")
+    if plan.smoothing is not None:
+        parts.append("smoothquant" if plan.smoothing.alpha == 0.75 else f"smoothquant{plan.smoothing.alpha:g}")
+    if plan.keep_fp32:
+        parts.append(f"{len(plan.keep_fp32)}_fp32")
+    return "_".join(parts).replace(".", "")

@@ -179,7 +179,7 @@ class PrecisionPlan:
         *,
         calibration_feeds: Any = None,
         cache_dir: str | os.PathLike[str] | None = None,
-        progress: bool = True,
+        progress: Any = True,
     ) -> Any:
         """Apply this plan to an FP32 model with the method's converter; returns its QuantizeResult.
 
@@ -188,7 +188,8 @@ class PrecisionPlan:
             output_path: Where the converted model goes.
             calibration_feeds: Feed dicts: calibration data for static INT8, scan data for FP16's overflow scan.
             cache_dir: Calibration cache folder (static INT8).
-            progress: Progress bar while calibrating.
+            progress: While calibrating: True a progress bar, False none, or a ProgressCallback (see
+                workbench.stages.precision.calibrate.calibrate).
         """
         from workbench.stages.precision import quantize as precision
 
@@ -235,8 +236,9 @@ class PrecisionPlan:
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><td><code>{name}</code></td><td>{node.precision}</td><td>{node.reason}</td>"
                        f"<td>{node.note}</td></tr>" for name, node in sorted(self.nodes.items()))
-        table = (f"<table><tr><th>node</th><th>precision</th><th>why</th><th></th></tr>{rows}</table>"
-                 if rows else " No exceptions.")
         smoothing = f", SmoothQuant alpha {self.smoothing.alpha}" if self.smoothing is not None else ""
-        return (f"<b>Precision plan</b>: {self.method}{smoothing}, every node at {self.default_precision} "
-                f"except:{table}")
+        head = f"<b>Precision plan</b>: {self.method}{smoothing}, every node at {self.default_precision}"
+        if not rows:
+            return head + "."
+        return (f"{head} except these {len(self.nodes)}:<table><tr><th>node</th><th>precision</th><th>why</th>"
+                f"<th></th></tr>{rows}</table>")

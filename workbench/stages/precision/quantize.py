@@ -281,7 +281,7 @@ def quantize_static(
     *,
     keep_fp32: tuple[str, ...] = (),
     cache_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
+    progress: Any = True,
 ) -> QuantizeResult:
     """Quantize weights and activations to INT8 with ranges calibrated on `calibration_feeds`.
 
@@ -296,7 +296,7 @@ def quantize_static(
         config: Format, types and calibration method.
         keep_fp32: Node names to leave unquantized (from a PrecisionPlan).
         cache_dir: Folder of cached calibration ranges.
-        progress: Show a progress bar while calibrating.
+        progress: While calibrating: True a progress bar, False none, or a ProgressCallback (see calibrate).
 
     Raises:
         DataError: The calibration data is empty or does not match the model's inputs.
