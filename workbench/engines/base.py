@@ -156,7 +156,10 @@ E = TypeVar("E", bound=type[Engine])
 
 _ENGINES: dict[str, Engine] = {}
 # The built-in engines' modules: importing one registers its engine (each imports only numpy at module level).
-BUILTIN_ENGINE_MODULES = ("workbench.engines.pytorch", "workbench.engines.onnxruntime", "workbench.engines.tensorrt")
+BUILTIN_ENGINE_MODULES = (
+    "workbench.engines.pytorch", "workbench.engines.onnxruntime", "workbench.engines.openvino",
+    "workbench.engines.tensorrt",
+)
 
 
 def register_engine(cls: E) -> E:

@@ -36,12 +36,15 @@ class SmoothingConfig(StageConfig):
         op_types: Ops whose input activations are smoothed (their weight must be a 2-D initializer [K, N]).
         min_scale: Smallest per-channel scale (guards channels that are always ~0).
         max_scale: Largest per-channel scale.
+        op_alphas: Per op type alphas that replace `alpha` for that type, e.g. (("MatMul", 0.8),); NNCF's
+            SmoothQuant takes one alpha per layer type the same way.
     """
 
     alpha: float = 0.75
     op_types: tuple[str, ...] = SMOOTHABLE_OP_TYPES
     min_scale: float = 1e-2
     max_scale: float = 1e3
+    op_alphas: tuple[tuple[str, float], ...] = ()
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "mild": {"alpha": 0.5}}
 
@@ -52,6 +55,21 @@ class SmoothingConfig(StageConfig):
         unknown = [op for op in self.op_types if op not in SMOOTHABLE_OP_TYPES]
         if unknown:
             raise ConfigError(f"SmoothingConfig cannot smooth {unknown}.", expected=f"op types among {SMOOTHABLE_OP_TYPES}")
+        # from JSON the pairs arrive as lists: store hashable tuples (a config is a dict key in the autofix search)
+        pairs = tuple((str(op), float(alpha)) for op, alpha in (tuple(p) for p in self.op_alphas))
+        object.__setattr__(self, "op_alphas", pairs)
+        for op, alpha in pairs:
+            if op not in self.op_types:
+                raise ConfigError(f"SmoothingConfig.op_alphas sets an alpha for {op!r}, which op_types does not smooth.",
+                                  expected=f"op types among {list(self.op_types)}")
+            if not 0.0 <= alpha <= 1.0:
+                raise ConfigError(f"SmoothingConfig.op_alphas[{op!r}] must be in [0, 1], got {alpha}.")
+        if len({op for op, _ in pairs}) != len(pairs):
+            raise ConfigError(f"SmoothingConfig.op_alphas names an op type twice: {pairs}.")
+
+    def alpha_for(self, op_type: str) -> float:
+        """The alpha used for nodes of `op_type`: its entry in op_alphas, else `alpha`."""
+        return dict(self.op_alphas).get(op_type, self.alpha)
 
 
 @dataclass(frozen=True)
@@ -75,8 +93,8 @@ class SmoothingResult:
 
 def channel_max(model: Any, feeds: Sequence[Mapping[str, np.ndarray]], tensors: Sequence[str]) -> dict[str, np.ndarray]:
     """Per-channel (last axis) max |x| of `tensors` over `feeds`, one feed dict at a time."""
-    from workbench.stages.surgery.edits import AddOutputs
     from workbench.engines.onnxruntime import model_session
+    from workbench.stages.surgery.edits import AddOutputs
 
     graph_inputs = {i.name for i in model.graph.input}
     fetched = [t for t in tensors if t not in graph_inputs]
@@ -113,8 +131,8 @@ def smooth_model(model: Any, feeds: Sequence[Mapping[str, np.ndarray]], config: 
         activation_max = maxima[node.input[0]]
         if activation_max.shape[0] != weight.shape[0]:
             continue  # not an [.., K] x [K, N] product
-        scale = np.maximum(activation_max, 1e-5) ** config.alpha / np.maximum(np.abs(weight).max(axis=1), 1e-5) ** (
-            1.0 - config.alpha)
+        alpha = config.alpha_for(node.op_type)
+        scale = np.maximum(activation_max, 1e-5) ** alpha / np.maximum(np.abs(weight).max(axis=1), 1e-5) ** (1.0 - alpha)
         scale = np.clip(scale, config.min_scale, config.max_scale).astype(np.float32)
         largest = max(largest, float(scale.max()))
         initializers[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(weight * scale[:, None], node.input[1]))
