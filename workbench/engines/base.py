@@ -27,7 +27,7 @@ class Runner(Protocol):
 
     def __enter__(self) -> Runner: ...
 
-    def __exit__(self, *exc: Any) -> None: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class BaseRunner:
@@ -57,7 +57,7 @@ class BaseRunner:
         self.activate()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.deactivate()
 
     # subclasses -------------------------------------------------------------------------------------------
@@ -144,6 +144,20 @@ class Engine:
         fix = (f'pip install "inference-workbench[{self.extra}]" (from a checkout: pip install -e ".[{self.extra}]")'
                if self.extra else None)
         raise error(f"{self.title} is not available here: {status.reason}", fix=fix)
+
+    def copy_model(self, source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Path:
+        """Copy a model file and the files that go with it (same stem, the suffixes of `model_files`: an OpenVINO
+        .xml takes its .bin along), each atomically, the named file last. Returns `destination`."""
+        import shutil
+
+        from workbench._files import atomic_path
+
+        source, destination = Path(source), Path(destination)
+        companions = [s for s in dict.fromkeys(Path(f).suffix for f in self.model_files) if s != source.suffix]
+        for suffix in [*companions, source.suffix]:
+            with atomic_path(destination.with_suffix(suffix)) as staged:
+                shutil.copyfile(source.with_suffix(suffix), staged)
+        return destination
 
     def handles(self, path: str | os.PathLike[str]) -> bool:
         return Path(path).suffix.lower() in self.suffixes

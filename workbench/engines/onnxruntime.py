@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from workbench._lazy import require
 from workbench.engines.base import Availability, BaseRunner, Engine, register_engine
-from workbench.errors import DeviceUnavailable, ModelSourceError
-import contextlib
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
-from workbench.errors import WorkbenchError
+from workbench.errors import DeviceUnavailable, ModelSourceError, WorkbenchError
 
 
 class OnnxRuntimeRunner(BaseRunner):
@@ -193,6 +191,12 @@ class OnnxRuntime(Engine):
             return Availability(False, exc.what, version)
         providers = ", ".join(p.replace("ExecutionProvider", "") for p in ort.get_available_providers())
         return Availability(True, f"onnxruntime {ort.__version__} ({providers})", ort.__version__)
+
+    def copy_model(self, source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Path:
+        """Load and save: an external data file is renamed to go with the copy."""
+        from workbench.onnx.io import load_onnx, save_onnx
+
+        return save_onnx(load_onnx(source), destination)
 
     def runner(self, model: Any, *, name: str | None = None, threads: int | None = None) -> OnnxRuntimeRunner:
         # spinning off: an idle pool must not steal the cores of another engine timed beside it

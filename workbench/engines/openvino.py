@@ -329,11 +329,19 @@ def _op_name(runtime_name: str) -> str:
     return runtime_name
 
 
-def ir_precisions(model: Any) -> dict[str, str]:
-    """Op name -> "int8" or "fp32" for the compute ops (MatMul, Convolution...) of an IR, read from its graph.
+#: IR op type -> the inputs whose precision decides the op's: every input of a compute op, the table of a Gather
+#: (NNCF stores a transformer's embedding tables in INT8).
+_PRECISION_INPUTS: dict[str, tuple[int, ...] | None] = {
+    "MatMul": None, "Convolution": None, "GroupConvolution": None, "ConvolutionBackpropData": None, "Gather": (0,),
+}
 
-    An op is INT8 when an input reaches it through a FakeQuantize (NNCF's activation quantizers) or from an
-    integer weight constant (NNCF's compressed weights, Constant(i8) -> Convert -> Subtract/Multiply); else FP32.
+
+def ir_precisions(model: Any) -> dict[str, str]:
+    """Op name -> "int8" or "fp32" for the ops of an IR whose precision a quantizer decides, read from its graph.
+
+    Those are the compute ops (MatMul, Convolution...) and Gathers (embedding tables). An op is INT8 when an input
+    reaches it through a FakeQuantize (NNCF's activation quantizers) or from an integer weight constant (NNCF's
+    compressed weights, Constant(i8) -> Convert -> Subtract/Multiply); else FP32.
 
     Args:
         model: An `openvino.Model` or the path of an IR / ONNX file.
@@ -342,9 +350,11 @@ def ir_precisions(model: Any) -> dict[str, str]:
         model = read_model(model)
     precisions = {}
     for op in model.get_ordered_ops():
-        if op.get_type_name() not in ("MatMul", "Convolution", "GroupConvolution", "ConvolutionBackpropData"):
+        kind = op.get_type_name()
+        if kind not in _PRECISION_INPUTS:
             continue
-        quantized = any(_fed_by_quantizer(port.get_source_output().get_node()) for port in op.inputs())
+        ports = _PRECISION_INPUTS[kind] or range(op.get_input_size())
+        quantized = any(_fed_by_quantizer(op.input_value(i).get_node()) for i in ports)
         precisions[op.get_friendly_name()] = "int8" if quantized else "fp32"
     return precisions
 

@@ -475,6 +475,7 @@ def compare_candidates(
     if not candidates:
         raise ConfigError("No candidates to compare.", fix="pass candidates={'name': 'path.onnx', ...}")
     comparator = require("polygraphy.comparator", purpose="Comparing models")
+    from workbench.engines.base import engine_for_path
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
     from workbench.engines.polygraphy import as_polygraphy_runner
 
@@ -486,7 +487,8 @@ def compare_candidates(
     checks = _resolve_checks(output_checks, available)
 
     runners = [as_polygraphy_runner(OnnxRuntimeRunner(reference, name=_REFERENCE, intra_op_threads=threads))]
-    runners += [as_polygraphy_runner(OnnxRuntimeRunner(candidates[n], name=n, intra_op_threads=threads)) for n in names]
+    runners += [as_polygraphy_runner(engine_for_path(candidates[n]).runner(candidates[n], name=n, threads=threads))
+                for n in names]
     funcs = _compare_funcs(comparator, checks)
     with _QuietPolygraphy():
         run_results = comparator.Comparator.run(runners, data_loader=[dict(f) for f in feeds])
