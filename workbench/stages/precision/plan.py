@@ -234,7 +234,7 @@ class PrecisionPlan:
             smoothed = smooth_activations(model_path, Path(folder) / "smoothed.onnx", options["calibration_feeds"],
                                           self.smoothing)
             # a node kept in FP32 keeps its smoothing Mul in FP32 too, or the Mul's output is still quantized
-            muls = [f"{name}_smooth" for name in self.keep_fp32 if name in smoothed.smoothed]
+            muls = [smoothed.muls[name] for name in self.keep_fp32 if name in smoothed.muls]
             plain = replace(self, smoothing=None).pin(muls, note="smoothing Mul of a node kept in FP32")
             result = plain.convert(smoothed.path, output_path, **options)
         note = f"smoothed the inputs of {len(smoothed.smoothed)} nodes (alpha {self.smoothing.alpha}) before converting"
