@@ -11,11 +11,11 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper
 
-from workbench.engines.onnxruntime import max_output_difference  # noqa: E402
-from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
-from workbench.stages.precision.smooth import SmoothingConfig, smooth_activations  # noqa: E402
+from workbench.engines.onnxruntime import max_output_difference
+from workbench.stages.precision.plan import PrecisionPlan
+from workbench.stages.precision.smooth import SmoothingConfig, smooth_activations
 
 HIDDEN = 16
 
