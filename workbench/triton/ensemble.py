@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench._lazy import require
 from workbench.errors import ConfigError, ModelSourceError, TritonExportError, WorkbenchError
 from workbench.triton.config import CONFIG_FILENAME, ENSEMBLE_EMBEDDING_OUTPUT, ENSEMBLE_SUFFIX, ENSEMBLE_TEXT_INPUT, POOLING_MODES, POOLING_SUFFIX, TOKENIZER_SUFFIX, TritonConfig, _check_model_name, _is_int, _model_config_pb2, parse_model_config, render_model_config
-from workbench.triton.model import TritonExportResult, _add_warmup, _config_from_model, _load_checked, _onnx_files_writer, _remove_if_empty
+from workbench.triton.model import TritonExportResult, _add_warmup, _remove_if_empty, engine_model
 from workbench.triton.provenance import _COMPUTED_PROVENANCE_KEYS, PROVENANCE_FILENAME, README_FILENAME, _provenance_record, _readme_text
 from workbench.triton.writer import _Entry, _write_repository_entries
 
@@ -462,10 +461,10 @@ def export_triton_ensemble(
             fix="pass overwrite=True to replace them, or choose another TritonConfig.model_name (or repository)",
         )
 
-    onnx = require("onnx", purpose="Exporting an ONNX model to Triton")
     pb2 = _model_config_pb2("Writing a Triton model config")
-    path, model = _load_checked(onnx_path)
-    model_cfg = _config_from_model(model, config, path, warmup_length=sequence_length)
+    path = Path(onnx_path)
+    # the one engine-specific step: an ONNX model or an OpenVINO IR (by the engine that loads the file)
+    model_cfg, model_files = engine_model(onnx_path, config, warmup_length=sequence_length)
 
     tokenizer_outputs: dict[str, int] = {}
     for tensor in model_cfg.input:
@@ -506,7 +505,6 @@ def export_triton_ensemble(
     readme = _readme_text(names, sequence_length=sequence_length, pooling=pooling, normalize=normalize,
                           output_names=output_names, config=config, model_cfg=model_cfg,
                           provided=[k for k in record if k not in _COMPUTED_PROVENANCE_KEYS])
-    onnx_files = _onnx_files_writer(onnx, model, path, config.version)
 
     def model_folder(name: str, populate_versions: Callable[[Path], None]) -> Callable[[Path], None]:
         def populate(folder: Path) -> None:
@@ -539,7 +537,7 @@ def export_triton_ensemble(
 
     from workbench.triton.python_models import POOLING_MODEL, TOKENIZER_MODEL
 
-    roles = {"model": onnx_files, "tokenizer": python_model(TOKENIZER_MODEL, tokenizer_files)}
+    roles = {"model": model_files, "tokenizer": python_model(TOKENIZER_MODEL, tokenizer_files)}
     if pooling_cfg is not None:
         roles["pooling"] = python_model(POOLING_MODEL)
     roles["ensemble"] = empty_version
