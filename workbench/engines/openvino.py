@@ -277,6 +277,9 @@ def convert_to_openvino(
         ConfigError: `output_xml` does not end in .xml.
     """
     _openvino("Converting ONNX models to OpenVINO IR")
+    if Path(output_xml).suffix.lower() != ".xml":  # checked before any work
+        raise ConfigError(f"An OpenVINO IR is saved as an .xml file (with a .bin beside it), not {Path(output_xml).name}.",
+                          fix="pass a path such as out/model.xml")
     source = Path(onnx_path)
     started = time.perf_counter()
     model = read_model(source)
@@ -413,7 +416,8 @@ class OpenVINO(Engine):
         try:
             ov = _openvino("OpenVINO")
         except WorkbenchError as exc:
-            return Availability(False, f"{exc.what} (pip install \"inference-workbench[{EXTRA}]\")", version)
+            return Availability(False, f'{exc.what} Install the [{EXTRA}] extra: pip install "inference-workbench[{EXTRA}]"',
+                                version)
         try:
             devices = ", ".join(ov.Core().available_devices)
         except RuntimeError as exc:  # the package imports but its runtime cannot start: say so, do not crash doctor
