@@ -309,7 +309,8 @@ def main() -> int:
     print(f"# {machine['processor']}, {machine['cpu_count']} cores; {timing}")
     print(f"# accuracy: {len(evaluation)} batches of 8 evaluation sentences padded to 128 vs the FP32 export; "
           f"target mean >= {TARGET['embedding_cosine_mean']}, min >= {TARGET['embedding_cosine_min']}")
-    header = f"{'name':<30}{'batch':>6}{'seq':>5}{'p50 ms':>9}{'p90 ms':>9}{'vs torch':>10}{'cos mean':>10}{'cos min':>9}"
+    header = (f"{'name':<30}{'batch':>6}{'seq':>5}{'p50 ms':>9}{'p90 ms':>9}{'vs torch':>10}{'cos mean':>10}"
+              f"{'cos min':>9}")
     print(header)
     print("-" * len(header))
     for row in sorted(rows, key=lambda r: (str(r["seq"]), r["batch"])):

@@ -55,7 +55,8 @@ def _layer_norm_model(path, *, skip: bool, residual: bool):
         nodes.append(helper.make_node("Add", ["y", "q"], ["out"], name="residual"))
         outputs = {"out": HIDDEN, "k": HIDDEN}
     graph = helper.make_graph(nodes, "ln", inputs,
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", "seq", n]) for o, n in outputs.items()],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", "seq", n])
+                               for o, n in outputs.items()],
                               initializer=[*weights, gamma, beta])
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.microsoft", 1)] if skip else [])
     model = helper.make_model(graph, opset_imports=opsets)

@@ -250,8 +250,9 @@ class ConversionResult:
 
     def _repr_html_(self) -> str:
         weights = "FP16" if self.compress_to_fp16 else "FP32"
-        return (f"<b>OpenVINO IR</b>: <code>{self.path}</code> + <code>{self.weights.name}</code> ({self.size_mb:.1f} MB, "
-                f"{weights} weights, {sum(self.ops.values())} ops) from <code>{self.source.name}</code> in "
+        return (f"<b>OpenVINO IR</b>: <code>{self.path}</code> + <code>{self.weights.name}</code> "
+                f"({self.size_mb:.1f} MB, {weights} weights, {sum(self.ops.values())} ops) from "
+                f"<code>{self.source.name}</code> in "
                 f"{self.seconds:.1f} s")
 
 
@@ -278,8 +279,8 @@ def convert_to_openvino(
     """
     _openvino("Converting ONNX models to OpenVINO IR")
     if Path(output_xml).suffix.lower() != ".xml":  # checked before any work
-        raise ConfigError(f"An OpenVINO IR is saved as an .xml file (with a .bin beside it), not {Path(output_xml).name}.",
-                          fix="pass a path such as out/model.xml")
+        raise ConfigError(f"An OpenVINO IR is saved as an .xml file (with a .bin beside it), not "
+                          f"{Path(output_xml).name}.", fix="pass a path such as out/model.xml")
     source = Path(onnx_path)
     started = time.perf_counter()
     model = read_model(source)
@@ -377,7 +378,8 @@ def _fed_by_quantizer(node: Any, depth: int = 0) -> bool:
     return False
 
 
-def op_precisions(model: str | os.PathLike[str] | Any, *, compiled: bool = True, threads: int | None = None) -> dict[str, str]:
+def op_precisions(model: str | os.PathLike[str] | Any, *, compiled: bool = True,
+                  threads: int | None = None) -> dict[str, str]:
     """The precision each op runs in: from the compiled runtime graph (default) or statically from the IR.
 
     Args:
@@ -388,7 +390,8 @@ def op_precisions(model: str | os.PathLike[str] | Any, *, compiled: bool = True,
     """
     if not compiled:
         return ir_precisions(model)
-    with OpenVINORunner(model, threads=threads) as runner:
+    runner = OpenVINORunner(model, threads=threads)
+    with runner:
         return runner.runtime_precisions()
 
 
@@ -416,8 +419,8 @@ class OpenVINO(Engine):
         try:
             ov = _openvino("OpenVINO")
         except WorkbenchError as exc:
-            return Availability(False, f'{exc.what} Install the [{EXTRA}] extra: pip install "inference-workbench[{EXTRA}]"',
-                                version)
+            install = f'pip install "inference-workbench[{EXTRA}]"'
+            return Availability(False, f"{exc.what} Install the [{EXTRA}] extra: {install}", version)
         try:
             devices = ", ".join(ov.Core().available_devices)
         except RuntimeError as exc:  # the package imports but its runtime cannot start: say so, do not crash doctor

@@ -18,6 +18,7 @@ from workbench.errors import (
     TritonExportError,
     WorkbenchError,
 )
+from workbench.tasks.base import PostProcessing
 from workbench.triton.config import (
     CONFIG_FILENAME,
     ENSEMBLE_SUFFIX,
@@ -43,7 +44,6 @@ from workbench.triton.provenance import (
     _readme_text,
 )
 from workbench.triton.writer import Entry, checked_text, write_entries
-from workbench.tasks.base import PostProcessing
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from tritonclient.grpc import model_config_pb2

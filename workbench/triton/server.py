@@ -4,8 +4,9 @@ The server is the `tritonserver` binary (2.51) that the `nvidia-pytriton` wheel 
 That wheel has no onnxruntime backend, so the server gets a backend folder of its own, built in a temporary
 folder: a copy of the Python backend with the stub for the running Python, and a Python-based backend named
 `onnxruntime` (`workbench/triton/python_models/onnxruntime_model.py`) that runs ONNX models with onnxruntime on
-the CPU (and one named `openvino`, `openvino_model.py`, for OpenVINO IR). Triton resolves `backend: "onnxruntime"` to it, so an exported `config.pbtxt` is served exactly as a GPU
-deployment with the real backend reads it (execution accelerators such as TensorRT are ignored on the CPU).
+the CPU. Triton resolves `backend: "onnxruntime"` to it, so an exported `config.pbtxt` is served exactly as a GPU
+deployment with the real backend reads it (execution accelerators such as TensorRT are ignored on the CPU). A
+second one named `openvino` (`openvino_model.py`) does the same for OpenVINO IR and `backend: "openvino"`.
 
 The server listens on 127.0.0.1 only, on free ports, with explicit model control (nothing loads until
 :meth:`TritonServer.load`), no metrics endpoint, no pinned or CUDA memory pools, and auto-completion of configs

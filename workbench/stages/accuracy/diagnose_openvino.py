@@ -36,14 +36,14 @@ class OpenVINOCandidate:
         from workbench.engines.openvino import read_model
 
         self.path = Path(candidate) if isinstance(candidate, (str, os.PathLike)) else None
-        self.model = read_model(candidate) if self.path is not None else candidate
+        self.model: Any = read_model(candidate) if self.path is not None else candidate
         self._constant: dict[str, bool] = {}
 
     # ------------------------------------------------------------------------------------------ tensors
 
     def _ports(self, model: Any) -> dict[str, Any]:
         """Tensor name -> output port, for every op output that is not a constant."""
-        ports = {}
+        ports: dict[str, Any] = {}
         for op in model.get_ordered_ops():
             if op.get_type_name() in ("Constant", "Result"):
                 continue
@@ -142,7 +142,7 @@ class OpenVINOCandidate:
         ops = {op.get_friendly_name(): op for op in pieces.get_ordered_ops()}
         cuts = {name: self._cuts(ops[name], reference_tensors) for name in boundaries}
         parameters: dict[str, Any] = {}
-        for name, node_cuts in cuts.items():
+        for node_cuts in cuts.values():
             for consumer, tensor in node_cuts or ():
                 parameter = parameters.get(tensor)
                 if parameter is None:

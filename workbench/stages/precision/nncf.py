@@ -44,8 +44,8 @@ class NncfQuantConfig(StageConfig):
     for the other INT8 methods.
 
     Attributes:
-        scheme: NNCF's QuantizationPreset: "mixed" (symmetric weights, asymmetric activations: NNCF's default for transformers) or
-            "performance" (symmetric both).
+        scheme: NNCF's QuantizationPreset: "mixed" (symmetric weights, asymmetric activations: NNCF's default
+            for transformers) or "performance" (symmetric both).
         model_type: "transformer" (NNCF's transformer patterns: which ops stay FP32, SmoothQuant allowed) or
             "none".
         subset_size: Most calibration samples used (NNCF's default is 300); the feeds given bound it too.
@@ -104,7 +104,7 @@ def _dataset(nncf: Any, feeds: Sequence[Mapping[str, np.ndarray]], model: Any) -
         if missing:
             raise DataError(f"Calibration feed {index} lacks the model inputs {missing}.",
                             expected=f"feeds with {sorted(inputs)}",
-                            fix="tokenize with input_names= the model's inputs (tokenize_batches(..., input_names=...))")
+                            fix="tokenize with the model's input names: tokenize_batches(..., input_names=...)")
         items.append({name: np.asarray(feed[name]) for name in inputs})
     return nncf.Dataset(items)
 

@@ -122,7 +122,8 @@ class PrecisionPlan:
             raise ConfigError(f"No PrecisionPlan preset {name!r}.", expected=f"one of {sorted(cls.PRESETS)}")
         method, options_preset = cls.PRESETS[name]
         smoothing = cls.PRESET_SMOOTHING.get(name)
-        return cls(method, _config_class(method).preset(options_preset), smoothing=dict(smoothing) if smoothing else None)
+        options = _config_class(method).preset(options_preset)
+        return cls(method, options, smoothing=dict(smoothing) if smoothing else None)
 
     @property
     def engine(self) -> str:

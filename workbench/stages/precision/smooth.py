@@ -68,13 +68,15 @@ class SmoothingConfig(StageConfig):
         check_positive(self, "min_scale", "max_scale")
         unknown = [op for op in self.op_types if op not in SMOOTHABLE_OP_TYPES]
         if unknown:
-            raise ConfigError(f"SmoothingConfig cannot smooth {unknown}.", expected=f"op types among {SMOOTHABLE_OP_TYPES}")
+            raise ConfigError(f"SmoothingConfig cannot smooth {unknown}.",
+                              expected=f"op types among {SMOOTHABLE_OP_TYPES}")
         # from JSON the pairs arrive as lists: store hashable tuples (a config is a dict key in the autofix search)
-        pairs = tuple((str(op), float(alpha)) for op, alpha in (tuple(p) for p in self.op_alphas))
+        pairs = tuple((str(op), float(alpha)) for op, alpha in (tuple[Any, ...](p) for p in self.op_alphas))
         object.__setattr__(self, "op_alphas", pairs)
         for op, alpha in pairs:
             if op not in self.op_types:
-                raise ConfigError(f"SmoothingConfig.op_alphas sets an alpha for {op!r}, which op_types does not smooth.",
+                raise ConfigError(f"SmoothingConfig.op_alphas sets an alpha for {op!r}, which op_types does not "
+                                  "smooth.",
                                   expected=f"op types among {list(self.op_types)}")
             if not 0.0 <= alpha <= 1.0:
                 raise ConfigError(f"SmoothingConfig.op_alphas[{op!r}] must be in [0, 1], got {alpha}.")

@@ -53,7 +53,8 @@ def check_io(config, model):
                 continue
             element = port.get_element_type().get_type_name()
             if TRITON_TO_OPENVINO.get(tensor["data_type"]) != element:
-                problems.append(f"config {kind} {name!r} has data_type {tensor['data_type']} but the model has {element}")
+                problems.append(f"config {kind} {name!r} has data_type {tensor['data_type']} but the model has "
+                                f"{element}")
     missing = sorted(set(ports["input"]) - {t["name"] for t in config.get("input", [])})
     if missing:
         problems.append(f"model inputs {missing} are not in the config")
