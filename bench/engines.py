@@ -21,6 +21,8 @@ and 8 at 128 tokens, and the real-length mix: every evaluation sentence, batches
 ("mix"; ms per batch over whole passes). Quote ratios within one run only.
 
     python bench/engines.py            # a table (tens of minutes on 2 cores: the search re-quantizes per trial)
+    python bench/engines.py --save-plan plan.json          # keep the search's plan
+    python bench/engines.py --fixed-plan plan.json --json  # apply it again instead of searching (minutes, not an hour)
     python bench/engines.py --json     # stdout: one JSON object with "rows" (name, engine, precision, batch, seq,
                                        # p50_ms, p90_ms, speedup_vs_pytorch, cosine_mean, cosine_min), "search",
                                        # "accuracy_control", "machine", "timing"; progress on stderr
@@ -215,6 +217,17 @@ def build(args: argparse.Namespace, folder: Path, started: float) -> tuple[dict,
     candidates["ov_int8_nncf"] = {"engine": "openvino", "precision": "int8_nncf", "path": defaults.path}
     log(started, f"OpenVINO FP32 and NNCF INT8 built ({defaults.seconds:.0f} s)")
 
+    if args.fixed_plan:  # the plan an earlier search found (--save-plan), applied again: one quantization, no search
+        plan = PrecisionPlan.load(args.fixed_plan)
+        fixed_result = plan.convert(reference, folder / "ov_int8_fixed.xml", calibration_feeds=calibration)
+        search = {"reused_plan": str(args.fixed_plan), "pins": list(plan.keep_fp32),
+                  "smoothing_alpha": plan.smoothing.alpha if plan.smoothing else None,
+                  "quantized_ops": len(quantized_nodes(reference, defaults.path)), "trials": None,
+                  "trial_bound": None, "seconds": round(fixed_result.seconds, 1)}
+        candidates["ov_int8_fixed"] = {"engine": "openvino", "precision": "int8_nncf", "path": fixed_result.path}
+        log(started, f"the fixed plan from {args.fixed_plan} applied: {len(plan.keep_fp32)} pins")
+        return candidates, search, None, (reference, evaluation)
+
     budget = AccuracyBudget(**TARGET)
     search_started = time.perf_counter()
     config = AutofixConfig(threads=args.threads, latency_iterations=10)
@@ -234,6 +247,8 @@ def build(args: argparse.Namespace, folder: Path, started: float) -> tuple[dict,
                              "meets_budget": t.meets_budget} for t in fixed.trials]}
     candidates["ov_int8_fixed"] = {"engine": "openvino", "precision": "int8_nncf", "path": fixed.path}
     log(started, f"autofix: {len(fixed.trials)} trials, {len(fixed.plan.keep_fp32)} pins")
+    if args.save_plan:
+        fixed.plan.save(args.save_plan)
 
     control = None
     if not args.skip_accuracy_control:
@@ -260,6 +275,10 @@ def main() -> int:
     parser.add_argument("--eval-samples", type=int, default=120)
     parser.add_argument("--skip-accuracy-control", action="store_true", help="leave out NNCF's own search")
     parser.add_argument("--model-path", default=None, help="default: the bundled all-MiniLM-L6-v2")
+    parser.add_argument("--save-plan", type=Path, default=None, help="write the fix search's PrecisionPlan (JSON)")
+    parser.add_argument("--fixed-plan", type=Path, default=None,
+                        help="apply this PrecisionPlan JSON (from --save-plan) as ov_int8_fixed instead of searching "
+                             "(one quantization instead of the search's dozen); no accuracy control then")
     parser.add_argument("--time-one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -316,9 +335,13 @@ def main() -> int:
     for row in sorted(rows, key=lambda r: (str(r["seq"]), r["batch"])):
         print(f"{row['name']:<30}{row['batch']:>6}{row['seq']!s:>5}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}"
               f"{row['speedup_vs_pytorch']:>9.2f}x{row['cosine_mean']:>10.5f}{row['cosine_min']:>9.5f}")
-    print(f"\nworkbench search: {search['trials']} trials (bound {search['trial_bound']}), alpha "
-          f"{search['smoothing_alpha']}, {len(search['pins'])} of {search['quantized_ops']} quantized ops pinned: "
-          f"{search['pins']}; {search['seconds']} s")
+    if search.get("reused_plan"):
+        print(f"\nworkbench fix: the plan in {search['reused_plan']} (alpha {search['smoothing_alpha']}, "
+              f"{len(search['pins'])} of {search['quantized_ops']} quantized ops pinned: {search['pins']})")
+    else:
+        print(f"\nworkbench search: {search['trials']} trials (bound {search['trial_bound']}), alpha "
+              f"{search['smoothing_alpha']}, {len(search['pins'])} of {search['quantized_ops']} quantized ops "
+              f"pinned: {search['pins']}; {search['seconds']} s")
     if control is not None:
         print(f"NNCF quantize_with_accuracy_control: {control['full_evaluations']} full evaluations + "
               f"{control['item_evaluations']} ranking evaluations, {len(control['pins'])} ops reverted to FP32: "

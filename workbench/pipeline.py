@@ -36,6 +36,8 @@ from workbench.tasks.base import Budget, Encoded, Samples, Task
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: The PrecisionPlan preset the openvino_int8 step quantizes with (NNCF's defaults for transformers).
+OPENVINO_INT8_PLAN = "cpu_int8_nncf"
 
 
 @dataclass(frozen=True)
@@ -363,6 +365,8 @@ class Pipeline:
         history: Every successful step call, in order (StepRecords: what a recipe records).
         candidates: Name -> Candidate (model file, engine, precision); "reference" is the FP32 export.
         task: The Task the model is treated as.
+        skipped: Optional step name -> why `run_all` / `run_if_available` skipped it here (e.g. the OpenVINO steps
+            without the openvino extra: the reason names the extra); summary.json's `skipped_steps`.
     """
 
     steps: ClassVar[StepRegistry] = StepRegistry()
@@ -404,6 +408,7 @@ class Pipeline:
             self._tokenizer = self.source.load_tokenizer()  # tokenizer problems are found at load, with the fix
         self._samples: Samples | None = None
         self.unavailable_engines: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -551,12 +556,38 @@ class Pipeline:
         return result
 
     def run_all(self) -> Summary:
-        """Every registered step in order; returns the summary."""
+        """Every registered step in order (optional steps skipped where they cannot run here); returns the
+        summary."""
         for declared in self.steps:
             if declared.name == "write_summary":
                 continue
-            self.run_step(declared.name)
+            if declared.optional:
+                self.run_if_available(declared.name)
+            else:
+                self.run_step(declared.name)
         return self.write_summary()
+
+    def run_if_available(self, name: str, **kwargs: Any) -> Any:
+        """Run an optional step, or skip it where what it needs is not installed or not present here.
+
+        A skipped step raised MissingDependency or DeviceUnavailable before writing anything; its reason (which
+        names the extra to install) goes to `skipped` and summary.json's `skipped_steps`, and the step is not in
+        the history (a recipe replays only what ran). A step that is not optional is run as `run_step` runs it.
+
+        Returns:
+            The step's result, or None when it was skipped.
+        """
+        from workbench.errors import DeviceUnavailable, MissingDependency
+
+        if not self.steps[name].optional:
+            return self.run_step(name, **kwargs)
+        try:
+            result = self.run_step(name, **kwargs)
+        except (MissingDependency, DeviceUnavailable) as exc:
+            self.skipped[name] = str(exc)
+            return None
+        self.skipped.pop(name, None)
+        return result
 
     # steps ----------------------------------------------------------------------------------------------------
     @step(title="Export to ONNX", short="Export", configs=("export_config",), summary=_export_summary,
@@ -625,6 +656,46 @@ class Pipeline:
         result = plan.convert(self._base_model(), self.output_dir / f"model_{name}.onnx",
                               calibration_feeds=self.calibration_feeds())
         self.candidates[name] = Candidate(name, result.path, precision="int8_dynamic")
+        return result
+
+    @step(title="OpenVINO FP32", short="OpenVINO FP32", needs=("export",), makes_candidates=True, optional=True,
+          blurb="The plain ONNX export converted to OpenVINO IR (model.xml + model.bin, FP32 weights; OpenVINO "
+                "fuses the graph itself). Needs the openvino extra: run_all skips it, with the reason, without.")
+    def openvino_fp32(self) -> Any:
+        """The ONNX export as an OpenVINO IR, a candidate run by the OpenVINO engine.
+
+        Raises:
+            MissingDependency: The openvino extra is not installed (run_all then skips the step and says why).
+        """
+        from workbench.engines.base import get_engine
+        from workbench.engines.openvino import convert_to_openvino
+
+        get_engine("openvino").require()  # before any file: names the extra to install
+        name = "openvino_fp32"
+        result = convert_to_openvino(self._require_reference(), self.output_dir / f"model_{name}.xml")
+        self.candidates[name] = Candidate(name, result.path, engine="openvino", precision="fp32")
+        return result
+
+    @step(title="Precision: OpenVINO INT8 (NNCF)", short="OpenVINO INT8", needs=("export",), makes_candidates=True,
+          optional=True, details=lambda result: {"plan": OPENVINO_INT8_PLAN},
+          blurb="Static INT8 of the plain export by NNCF (PrecisionPlan preset cpu_int8_nncf: model_type "
+                "TRANSFORMER, SmoothQuant alpha 0.95), calibrated on the calibration samples. Needs the openvino "
+                "extra: run_all skips it, with the reason, without.")
+    def openvino_int8(self) -> Any:
+        """OpenVINO INT8 quantized by NNCF from the plain export, calibrated on the calibration samples.
+
+        Raises:
+            MissingDependency: The openvino extra (openvino, nncf) is not installed (run_all then skips the step).
+        """
+        from workbench.engines.base import get_engine
+        from workbench.stages.precision.plan import PrecisionPlan
+
+        get_engine("openvino").require()  # before calibrating: names the extra to install
+        plan = PrecisionPlan.preset(OPENVINO_INT8_PLAN)
+        name = "openvino_int8_nncf"
+        result = plan.convert(self._require_reference(), self.output_dir / f"model_{name}.xml",
+                              calibration_feeds=self.calibration_feeds())
+        self.candidates[name] = Candidate(name, result.path, engine="openvino", precision="int8_nncf")
         return result
 
     @step(title="Accuracy against the FP32 reference", short="Accuracy", needs=("export",), configs=("budget",),

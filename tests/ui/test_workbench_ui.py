@@ -81,7 +81,8 @@ def test_clicking_through_every_step_runs_the_pipeline_and_records_it(wb, tmp_pa
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["chosen"] == wb["choose"].result.name and "candidate" in wb["summary"].shown[0]
     assert wb.states == {"load": "done", "export": "done", "fuse": "not run", "quantize": "done",
-                         "quantize_smoothquant": "not run", "compare": "done", "benchmark": "done", "choose": "done",
+                         "quantize_smoothquant": "not run", "openvino_fp32": "not run",
+                         "openvino_int8": "not run", "compare": "done", "benchmark": "done", "choose": "done",
                          "export_triton": "done", "write_summary": "done"}
     assert all(status_text(wb[step]).startswith("done in") for step in CLICK_THROUGH)
     # the recipe: every step as clicked, with the configs of each call; kept in output_dir after each step
@@ -127,7 +128,8 @@ def test_re_running_export_marks_the_steps_after_it_stale(wb):
     click(wb, "export", "fuse", "quantize", "compare", "benchmark")
     click(wb, "export")
     assert wb.states == {"load": "done", "export": "done", "fuse": "stale", "quantize": "stale",
-                         "quantize_smoothquant": "not run", "compare": "stale", "benchmark": "stale",
+                         "quantize_smoothquant": "not run", "openvino_fp32": "not run",
+                         "openvino_int8": "not run", "compare": "stale", "benchmark": "stale",
                          "choose": "not run", "export_triton": "not run", "write_summary": "not run"}
     assert status_text(wb["quantize"]) == "stale: Export ran again since; run again"
     assert "stale" in wb.overview.value

@@ -184,6 +184,18 @@ def read_model(path: str | os.PathLike[str], *, core: Any = None) -> Any:
                                expected="an OpenVINO IR .xml (with its .bin) or an .onnx file") from exc
 
 
+def _name_generated_ops(model: Any) -> None:
+    """Give the ops OpenVINO named itself (`Constant_356`: a counter shared by the whole process) names from their
+    place in the graph, so the same model saves to the same .xml bytes in any process (a recipe replay compares
+    them; NNCF's copies of such ops keep the copied counter name, so the name's form is what is matched). Ops named
+    after an ONNX node keep their names (pins name them)."""
+    import re
+
+    for index, op in enumerate(model.get_ordered_ops()):
+        if re.fullmatch(rf"{re.escape(op.get_type_name())}_\d+(_\d+)*", op.get_friendly_name()):
+            op.set_friendly_name(f"{op.get_type_name()}_op{index}")
+
+
 def save_model(model: Any, output_xml: str | os.PathLike[str], *, compress_to_fp16: bool = False) -> Path:
     """Save an `openvino.Model` as IR, atomically: `output_xml` and its .bin appear together, or neither does.
 
@@ -205,6 +217,7 @@ def save_model(model: Any, output_xml: str | os.PathLike[str], *, compress_to_fp
     if output_xml.suffix.lower() != ".xml":
         raise ConfigError(f"An OpenVINO IR is saved as an .xml file (with a .bin beside it), not {output_xml.name}.",
                           fix="pass a path such as out/model.xml")
+    _name_generated_ops(model)
     output_xml.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_xml.stem}.", suffix=".partial", dir=output_xml.parent))
     try:
