@@ -12,7 +12,7 @@ import pytest
 
 import workbench
 
-HEAVY = ("torch", "onnxruntime", "tensorrt")
+HEAVY = ("torch", "onnxruntime", "tensorrt", "openvino", "nncf")
 
 
 def _heavy_modules_after(code: str) -> list[str]:

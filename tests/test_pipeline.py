@@ -24,7 +24,8 @@ def test_pipeline_runs_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     names = [c["name"] for c in summary["candidates"]]
-    assert names == ["fp32", "fp32_fused", "int8_dynamic_per_channel", "int8_dynamic_smoothquant"]
+    openvino = [] if summary["skipped_steps"] else ["openvino_fp32", "openvino_int8_nncf"]  # with the openvino extra
+    assert names == ["fp32", "fp32_fused", "int8_dynamic_per_channel", "int8_dynamic_smoothquant", *openvino]
     assert summary["candidates"][0]["cosine_min"] == pytest.approx(1.0)
     assert summary["chosen"] in names and summary["chosen_reason"]
     assert summary["pytorch_latency_ms_p50"] > 0

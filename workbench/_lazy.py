@@ -18,6 +18,8 @@ from workbench.errors import DependencyConflict, MissingDependency
 EXTRA_FOR_MODULE: dict[str, str] = {
     "onnxruntime": "cpu",
     "tensorrt": "gpu",
+    "openvino": "openvino",
+    "nncf": "openvino",
     "tritonclient": "triton",
     "pytriton": "triton",
     "playwright": "dev",

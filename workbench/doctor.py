@@ -1,4 +1,5 @@
-"""What this installation can do: versions, ONNX Runtime flavour and providers, GPU and TensorRT."""
+"""What this installation can do: versions, ONNX Runtime flavour and providers, GPU and TensorRT, and every
+registered engine's availability (what is missing, and the extra that installs it)."""
 
 from __future__ import annotations
 
@@ -30,4 +31,21 @@ def report() -> str:
         lines.append("GPU (torch.cuda): torch not installed")
     tensorrt = installed_distribution("tensorrt")
     lines.append(f"TensorRT: {tensorrt or 'not installed (needs the [gpu] extra on a machine with an NVIDIA GPU)'}")
+    lines += engine_lines()
     return "\n".join(lines)
+
+
+def engine_lines() -> list[str]:
+    """One line per registered engine, from the registry: available (version) or not (why, and the extra)."""
+    from workbench.engines.base import engines
+
+    lines = ["Engines:"]
+    for name, engine in engines().items():
+        status = engine.availability()
+        if status:
+            lines.append(f"  {name}: available - {status.reason}")
+        else:
+            named = engine.extra is None or f"[{engine.extra}]" in status.reason
+            install = "" if named else f'; install it with pip install "inference-workbench[{engine.extra}]"'
+            lines.append(f"  {name}: NOT available - {status.reason}{install}")
+    return lines

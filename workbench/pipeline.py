@@ -37,6 +37,8 @@ from workbench.tasks.base import Budget, Encoded, Samples, Task
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: The PrecisionPlan preset the openvino_int8 step quantizes with (NNCF's defaults for transformers).
+OPENVINO_INT8_PLAN = "cpu_int8_nncf"
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,9 @@ class Step:
         args: Keyword arguments of the method (a recipe records them).
         makes_candidates: It adds candidates (the steps that compare and time candidates read it).
         reads_candidates: It uses every candidate made so far.
-        optional: `run_all` may skip it where it does not apply (it then says why in the record).
+        optional: Run on request only (it takes a user's plan or candidate): `run_all` leaves it out.
+        skippable: `run_all` runs it where it can and skips it, with the reason, where a MissingDependency or
+            DeviceUnavailable says what it needs is missing here (an engine's candidates without its extra).
         summary: (pipeline, result) -> summary.json keys it contributes.
         candidate_summary: (pipeline, result, candidate name) -> fields it contributes to that candidate's row.
         details: result -> what a recipe records about it beside its files (e.g. the chosen name).
@@ -125,6 +129,7 @@ class Step:
     makes_candidates: bool = False
     reads_candidates: bool = False
     optional: bool = False
+    skippable: bool = False
     summary: Callable[[Any, Any], Mapping[str, Any]] | None = None
     candidate_summary: Callable[[Any, Any, str], Mapping[str, Any]] | None = None
     details: Callable[[Any], Mapping[str, Any]] | None = None
@@ -200,7 +205,7 @@ class StepRegistry(Sequence[Step]):
 def step(name: str | None = None, *, title: str, short: str = "", blurb: str = "", needs: Sequence[str] = (),
          reads: Sequence[str] = (), configs: Sequence[str] = (), parameters: Sequence[str] = (),
          args: Sequence[str] = (), makes_candidates: bool = False, reads_candidates: bool = False,
-         optional: bool = False, after: str | None = None,
+         optional: bool = False, skippable: bool = False, after: str | None = None,
          summary: Callable[[Any, Any], Mapping[str, Any]] | None = None,
          candidate_summary: Callable[[Any, Any, str], Mapping[str, Any]] | None = None,
          details: Callable[[Any], Mapping[str, Any]] | None = None) -> Callable[[F], F]:
@@ -215,7 +220,8 @@ def step(name: str | None = None, *, title: str, short: str = "", blurb: str = "
         declared = Step(name=name or method.__name__, title=title, short=short or title, blurb=blurb,
                         needs=tuple(needs), reads=tuple(reads), configs=tuple(configs),
                         parameters=tuple(parameters), args=tuple(args), makes_candidates=makes_candidates,
-                        reads_candidates=reads_candidates, optional=optional, summary=summary,
+                        reads_candidates=reads_candidates, optional=optional, skippable=skippable,
+                        summary=summary,
                         candidate_summary=candidate_summary, details=details)
 
         def run(self: Pipeline, *call_args: Any, **kwargs: Any) -> Any:
@@ -371,6 +377,8 @@ class Pipeline:
             (benchmark rounds, calibration batches, fix trials); it may raise Stopped to end the step there.
             None: the stages' own defaults (calibration's tqdm.auto bar).
         logs: Step name -> what the libraries said during its last call (warnings, log records, stderr).
+        skipped: Skippable step name -> why `run_all` / `run_if_available` skipped it here (e.g. the OpenVINO steps
+            without the openvino extra: the reason names the extra); summary.json's `skipped_steps`.
     """
 
     steps: ClassVar[StepRegistry] = StepRegistry()
@@ -415,6 +423,7 @@ class Pipeline:
             self._tokenizer = self.source.load_tokenizer()  # tokenizer problems are found at load, with the fix
         self._samples: Samples | None = None
         self.unavailable_engines: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -578,12 +587,39 @@ class Pipeline:
         return result
 
     def run_all(self) -> Summary:
-        """Every registered step in order, optional ones aside (they run when called); returns the summary."""
+        """Every registered step in order, returns the summary. Optional steps (run on request: a plan of edits,
+        a precision plan, the auto-fix) are left out; skippable ones (an engine's candidates) are skipped, with the
+        reason, where what they need is not installed here."""
         for declared in self.steps:
             if declared.name == "write_summary" or declared.optional:
                 continue
-            self.run_step(declared.name)
+            if declared.skippable:
+                self.run_if_available(declared.name)
+            else:
+                self.run_step(declared.name)
         return self.write_summary()
+
+    def run_if_available(self, name: str, **kwargs: Any) -> Any:
+        """Run a skippable step, or skip it where what it needs is not installed or not present here.
+
+        A skipped step raised MissingDependency or DeviceUnavailable before writing anything; its reason (which
+        names the extra to install) goes to `skipped` and summary.json's `skipped_steps`, and the step is not in
+        the history (a recipe replays only what ran). A step that is not skippable is run as `run_step` runs it.
+
+        Returns:
+            The step's result, or None when it was skipped.
+        """
+        from workbench.errors import DeviceUnavailable, MissingDependency
+
+        if not self.steps[name].skippable:
+            return self.run_step(name, **kwargs)
+        try:
+            result = self.run_step(name, **kwargs)
+        except (MissingDependency, DeviceUnavailable) as exc:
+            self.skipped[name] = str(exc)
+            return None
+        self.skipped.pop(name, None)
+        return result
 
     # steps ----------------------------------------------------------------------------------------------------
     @step(title="Export to ONNX", short="Export", configs=("export_config",), summary=_export_summary,
@@ -699,6 +735,46 @@ class Pipeline:
         self.candidates[name] = Candidate(name, result.path, engine=engine_for_path(result.path).name,
                                           precision=plan.method)
         self.plans[name] = plan
+        return result
+
+    @step(title="OpenVINO FP32", short="OpenVINO FP32", needs=("export",), makes_candidates=True, skippable=True,
+          blurb="The plain ONNX export converted to OpenVINO IR (model.xml + model.bin, FP32 weights; OpenVINO "
+                "fuses the graph itself). Needs the openvino extra: run_all skips it, with the reason, without.")
+    def openvino_fp32(self) -> Any:
+        """The ONNX export as an OpenVINO IR, a candidate run by the OpenVINO engine.
+
+        Raises:
+            MissingDependency: The openvino extra is not installed (run_all then skips the step and says why).
+        """
+        from workbench.engines.base import get_engine
+        from workbench.engines.openvino import convert_to_openvino
+
+        get_engine("openvino").require()  # before any file: names the extra to install
+        name = "openvino_fp32"
+        result = convert_to_openvino(self._require_reference(), self.output_dir / f"model_{name}.xml")
+        self.candidates[name] = Candidate(name, result.path, engine="openvino", precision="fp32")
+        return result
+
+    @step(title="Precision: OpenVINO INT8 (NNCF)", short="OpenVINO INT8", needs=("export",), makes_candidates=True,
+          skippable=True, details=lambda result: {"plan": OPENVINO_INT8_PLAN},
+          blurb="Static INT8 of the plain export by NNCF (PrecisionPlan preset cpu_int8_nncf: model_type "
+                "TRANSFORMER, SmoothQuant alpha 0.95), calibrated on the calibration samples. Needs the openvino "
+                "extra: run_all skips it, with the reason, without.")
+    def openvino_int8(self) -> Any:
+        """OpenVINO INT8 quantized by NNCF from the plain export, calibrated on the calibration samples.
+
+        Raises:
+            MissingDependency: The openvino extra (openvino, nncf) is not installed (run_all then skips the step).
+        """
+        from workbench.engines.base import get_engine
+        from workbench.stages.precision.plan import PrecisionPlan
+
+        get_engine("openvino").require()  # before calibrating: names the extra to install
+        plan = PrecisionPlan.preset(OPENVINO_INT8_PLAN)
+        name = "openvino_int8_nncf"
+        result = plan.convert(self._require_reference(), self.output_dir / f"model_{name}.xml",
+                              calibration_feeds=self.calibration_feeds())
+        self.candidates[name] = Candidate(name, result.path, engine="openvino", precision="int8_nncf")
         return result
 
     @step(title="Accuracy against the FP32 reference", short="Accuracy", needs=("export",), configs=("budget",),

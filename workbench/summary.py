@@ -5,7 +5,8 @@ cosine_mean, cosine_min, meets_budget, failures, metrics}], pytorch_latency_ms_p
 For every task, `cosine_mean` / `cosine_min` hold the task's primary cosine (sentence-embedding cosine for
 embeddings, logits cosine for classifiers, ...) and `metrics` the task's own metrics under stable names
 (workbench.tasks: each task's `metric_names`). Each step adds its own keys (Step.summary) and its fields of each
-candidate's row (Step.candidate_summary); everything else is informative.
+candidate's row (Step.candidate_summary); `skipped_steps` names the optional steps run_all skipped here and why;
+everything else is informative.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def build_summary(pipeline: Any) -> dict[str, Any]:
         "primary_metrics": list(task.primary_cosine),
         "warnings": list(getattr(pipeline.source, "warnings", ())),
         "steps": [record.step for record in pipeline.history],
+        # optional steps run_all skipped here (e.g. the OpenVINO candidates without the openvino extra), with why
+        "skipped_steps": dict(getattr(pipeline, "skipped", {})),
         "parameters": pipeline.parameters.to_dict(),
         "export_max_abs_error": None,
         "benchmark": None,

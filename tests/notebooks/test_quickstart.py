@@ -46,7 +46,10 @@ def test_quickstart_runs_under_papermill_and_writes_the_summary(tmp_path):
     assert stderr_outputs(tmp_path / "executed.ipynb") == []  # quiet: the libraries' warnings are in the logs
     assert STABLE_KEYS <= set(summary)
     candidates = {c["name"]: c for c in summary["candidates"]}
-    assert set(candidates) == {"fp32", "fp32_fused", "int8_dynamic_per_channel", "int8_dynamic_smoothquant"}
+    openvino = set() if summary["skipped_steps"] else {"openvino_fp32", "openvino_int8_nncf"}  # the openvino extra
+    assert set(candidates) == {"fp32", "fp32_fused", "int8_dynamic_per_channel", "int8_dynamic_smoothquant",
+                               *openvino}
+    assert {candidates[name]["engine"] for name in openvino} <= {"openvino"}
     for candidate in candidates.values():
         assert Path(candidate["path"]).is_file()
         assert candidate["latency_ms_p50"] > 0
@@ -65,12 +68,14 @@ def test_quickstart_runs_under_papermill_and_writes_the_summary(tmp_path):
 
     configs = {p.parent.name: parse_model_config(p.read_text()) for p in repository.glob("*/config.pbtxt")}
     assert summary["triton_model"] in configs and configs[summary["triton_model"]].platform == "ensemble"
-    onnx_models = [name for name, config in configs.items() if config.backend == "onnxruntime"]
-    assert len(onnx_models) == 1
-    model = configs[onnx_models[0]]
+    chosen_engine = candidates[summary["chosen"]]["engine"]  # the model step is the chosen candidate's engine
+    engine_models = [name for name, config in configs.items() if config.backend in ("onnxruntime", "openvino")]
+    assert len(engine_models) == 1 and configs[engine_models[0]].backend == chosen_engine
+    model = configs[engine_models[0]]
     assert model.max_batch_size > 0 and model.HasField("dynamic_batching")
     assert [i.name for i in model.input] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert (repository / onnx_models[0] / "1" / "model.onnx").is_file()
+    model_file = "model.xml" if chosen_engine == "openvino" else "model.onnx"
+    assert (repository / engine_models[0] / "1" / model_file).is_file()
     provenance = json.loads((repository / "provenance.json").read_text())
     assert provenance["chosen"] == summary["chosen"]
 

@@ -83,6 +83,7 @@ def test_clicking_through_every_step_runs_the_pipeline_and_records_it(wb, tmp_pa
     assert summary["chosen"] == wb["choose"].result.name and "candidate" in wb["summary"].shown[0]
     assert wb.states == {"load": "done", "export": "done", "fuse": "not run", "surgery": "not run",
                          "quantize": "done", "quantize_smoothquant": "not run", "convert": "not run",
+                         "openvino_fp32": "not run", "openvino_int8": "not run",
                          "compare": "done", "autofix": "not run", "benchmark": "done", "choose": "done",
                          "export_triton": "done", "write_summary": "done"}
     assert all(status_text(wb[step]).startswith("done in") for step in CLICK_THROUGH)
@@ -132,6 +133,7 @@ def test_re_running_export_marks_the_steps_after_it_stale(wb):
     click(wb, "export")
     assert wb.states == {"load": "done", "export": "done", "fuse": "stale", "surgery": "not run",
                          "quantize": "stale", "quantize_smoothquant": "not run", "convert": "not run",
+                         "openvino_fp32": "not run", "openvino_int8": "not run",
                          "compare": "stale", "autofix": "not run", "benchmark": "stale",
                          "choose": "not run", "export_triton": "not run", "write_summary": "not run"}
     assert status_text(wb["quantize"]) == "stale: Export ran again since; run again"

@@ -27,7 +27,7 @@ class Runner(Protocol):
 
     def __enter__(self) -> Runner: ...
 
-    def __exit__(self, *exc: Any) -> None: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class BaseRunner:
@@ -57,7 +57,7 @@ class BaseRunner:
         self.activate()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.deactivate()
 
     # subclasses -------------------------------------------------------------------------------------------
@@ -145,6 +145,20 @@ class Engine:
                if self.extra else None)
         raise error(f"{self.title} is not available here: {status.reason}", fix=fix)
 
+    def copy_model(self, source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Path:
+        """Copy a model file and the files that go with it (same stem, the suffixes of `model_files`: an OpenVINO
+        .xml takes its .bin along), each atomically, the named file last. Returns `destination`."""
+        import shutil
+
+        from workbench._files import atomic_path
+
+        source, destination = Path(source), Path(destination)
+        companions = [s for s in dict.fromkeys(Path(f).suffix for f in self.model_files) if s != source.suffix]
+        for suffix in [*companions, source.suffix]:
+            with atomic_path(destination.with_suffix(suffix)) as staged:
+                shutil.copyfile(source.with_suffix(suffix), staged)
+        return destination
+
     def handles(self, path: str | os.PathLike[str]) -> bool:
         return Path(path).suffix.lower() in self.suffixes
 
@@ -156,7 +170,10 @@ E = TypeVar("E", bound=type[Engine])
 
 _ENGINES: dict[str, Engine] = {}
 # The built-in engines' modules: importing one registers its engine (each imports only numpy at module level).
-BUILTIN_ENGINE_MODULES = ("workbench.engines.pytorch", "workbench.engines.onnxruntime", "workbench.engines.tensorrt")
+BUILTIN_ENGINE_MODULES = (
+    "workbench.engines.pytorch", "workbench.engines.onnxruntime", "workbench.engines.openvino",
+    "workbench.engines.tensorrt",
+)
 
 
 def register_engine(cls: E) -> E:

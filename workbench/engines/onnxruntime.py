@@ -193,6 +193,12 @@ class OnnxRuntime(Engine):
         providers = ", ".join(p.replace("ExecutionProvider", "") for p in ort.get_available_providers())
         return Availability(True, f"onnxruntime {ort.__version__} ({providers})", ort.__version__)
 
+    def copy_model(self, source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Path:
+        """Load and save: an external data file is renamed to go with the copy."""
+        from workbench.onnx.io import load_onnx, save_onnx
+
+        return save_onnx(load_onnx(source), destination)
+
     def runner(self, model: Any, *, name: str | None = None, threads: int | None = None) -> OnnxRuntimeRunner:
         # spinning off: an idle pool must not steal the cores of another engine timed beside it
         return OnnxRuntimeRunner(model, name=name, intra_op_threads=threads, allow_spinning=False)

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 
 
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
+#: Triton's openvino backend: PERFORMANCE_HINT values it accepts (openvino_backend/src/openvino.cc).
+OPENVINO_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 # ONNX TensorProto element type name -> Triton model-config data type. These are exactly the types Triton's
 # onnxruntime backend converts (onnxruntime_backend/src/onnxruntime_utils.cc); anything else (BFLOAT16, the
@@ -40,6 +42,15 @@ ONNX_TO_TRITON_DTYPE: dict[str, str] = {
 ONNX_PLATFORM = "onnxruntime_onnx"
 ONNX_BACKEND = "onnxruntime"
 ONNX_MODEL_FILENAME = "model.onnx"
+OPENVINO_BACKEND = "openvino"
+OPENVINO_MODEL_FILENAME = "model.xml"  # the backend's default; the weights are model.bin beside it
+OPENVINO_WEIGHTS_FILENAME = "model.bin"
+#: OpenVINO element type name -> Triton data type (the types Triton's openvino backend converts).
+OPENVINO_TO_TRITON_DTYPE: dict[str, str] = {
+    "boolean": "TYPE_BOOL", "u8": "TYPE_UINT8", "u16": "TYPE_UINT16", "u32": "TYPE_UINT32", "u64": "TYPE_UINT64",
+    "i8": "TYPE_INT8", "i16": "TYPE_INT16", "i32": "TYPE_INT32", "i64": "TYPE_INT64", "f16": "TYPE_FP16",
+    "f32": "TYPE_FP32", "f64": "TYPE_FP64",
+}
 CONFIG_FILENAME = "config.pbtxt"
 
 _MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
@@ -81,6 +92,11 @@ class TritonConfig(StageConfig):
             execution provider in FP16 (`optimization { execution_accelerators { gpu_execution_accelerator
             [{name: "tensorrt", parameters precision_mode FP16}] } }`). Only GPU instances use it, so it needs
             instance_kind KIND_GPU or KIND_AUTO; the server builds the TensorRT engine when the model loads.
+        openvino_threads: OpenVINO models: INFERENCE_NUM_THREADS of each instance (None: OpenVINO's choice, all
+            cores). With several instances give each a share of the cores.
+        openvino_streams: OpenVINO models: NUM_STREAMS (None: what the hint chooses; 1 for LATENCY).
+        openvino_hint: OpenVINO models: PERFORMANCE_HINT, "LATENCY" (one request at a time, the lowest latency)
+            or "THROUGHPUT" / "CUMULATIVE_THROUGHPUT" (parallel streams for many concurrent requests).
     """
 
     model_name: str = "model"
@@ -94,6 +110,9 @@ class TritonConfig(StageConfig):
     warmup: bool = False
     warmup_sequence_length: int = 128
     ort_gpu_tensorrt_fp16: bool = False
+    openvino_threads: int | None = None
+    openvino_streams: int | None = None
+    openvino_hint: str = "LATENCY"
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -119,6 +138,10 @@ class TritonConfig(StageConfig):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"TritonConfig.{flag} must be True or False, got {getattr(self, flag)!r}.")
         check_choice(self, "instance_kind", INSTANCE_KINDS)
+        check_choice(self, "openvino_hint", OPENVINO_HINTS)
+        for field in ("openvino_threads", "openvino_streams"):
+            if getattr(self, field) is not None:
+                _check_int(self, field, minimum=1)
         if self.ort_gpu_tensorrt_fp16 and self.instance_kind == "KIND_CPU":
             raise ConfigError(
                 "TritonConfig.ort_gpu_tensorrt_fp16 is set but instance_kind is KIND_CPU, whose instances never "

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench._lazy import require
 from workbench.errors import (
     ConfigError,
     ModelSourceError,
     TritonExportError,
     WorkbenchError,
 )
+from workbench.tasks.base import PostProcessing
 from workbench.triton.config import (
     CONFIG_FILENAME,
     ENSEMBLE_SUFFIX,
@@ -33,10 +33,8 @@ from workbench.triton.config import (
 from workbench.triton.model import (
     TritonExportResult,
     _add_warmup,
-    _config_from_model,
-    _load_checked,
-    _onnx_files_writer,
     _remove_if_empty,
+    engine_model,
 )
 from workbench.triton.provenance import (
     _COMPUTED_PROVENANCE_KEYS,
@@ -46,7 +44,6 @@ from workbench.triton.provenance import (
     _readme_text,
 )
 from workbench.triton.writer import Entry, checked_text, write_entries
-from workbench.tasks.base import PostProcessing
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from tritonclient.grpc import model_config_pb2
@@ -476,10 +473,10 @@ def export_triton_ensemble(
     if repository.exists() and not repository.is_dir():
         raise TritonExportError(f"The model repository {repository} is a file, not a folder.",
                                 fix="pass a folder (it may already hold other models)")
-    onnx = require("onnx", purpose="Exporting an ONNX model to Triton")
     pb2 = _model_config_pb2("Writing a Triton model config")
-    path, model = _load_checked(onnx_path)
-    model_cfg = _config_from_model(model, config, path, warmup_length=sequence_length)
+    path = Path(onnx_path)
+    # the one engine-specific step: an ONNX model or an OpenVINO IR (by the engine that loads the file)
+    model_cfg, model_files = engine_model(onnx_path, config, warmup_length=sequence_length)
     spec = _task_postprocessing(task, model_cfg, model_config or {}, path) if postprocess else None
     names = ensemble_model_names(config.model_name, post_suffix=spec.suffix if spec is not None else None)
     post_role = spec.suffix.lstrip("_") if spec is not None else None
@@ -532,7 +529,6 @@ def export_triton_ensemble(
     readme = _readme_text(names, sequence_length=sequence_length, postprocessing=spec,
                           output_names=output_names, config=config, model_cfg=model_cfg,
                           provided=[k for k in record if k not in _COMPUTED_PROVENANCE_KEYS])
-    onnx_files = _onnx_files_writer(onnx, model, path, config.version)
 
     def model_folder(name: str, populate_versions: Callable[[Path], None]) -> Callable[[Path], None]:
         def populate(folder: Path) -> None:
@@ -567,7 +563,7 @@ def export_triton_ensemble(
 
     from workbench.triton.python_models import FOLDER, TOKENIZER_MODEL
 
-    roles = {"model": onnx_files, "tokenizer": python_model(TOKENIZER_MODEL, tokenizer_files)}
+    roles = {"model": model_files, "tokenizer": python_model(TOKENIZER_MODEL, tokenizer_files)}
     if spec is not None and post_role is not None:
         roles[post_role] = python_model(FOLDER / spec.source)
     roles["ensemble"] = empty_version

@@ -19,6 +19,11 @@ A strict parse catches misspelled fields and bad enum values; it cannot catch wh
 
 The writing half (:func:`_write_model_folder`) does not know about ONNX, so other model kinds (a Python-backend
 tokenizer, an ensemble) can reuse it with their own config and files.
+
+:func:`engine_model` is the one engine-specific step: for a model file (or a Candidate) and a TritonConfig it
+returns the model's ModelConfig and the function that writes its version folder, for ONNX models (Triton's
+`onnxruntime` backend: `model.onnx`) and OpenVINO IR (the `openvino` backend: `model.xml` + `model.bin`, with the
+backend's INFERENCE_NUM_THREADS / NUM_STREAMS / PERFORMANCE_HINT parameters). The ensemble export calls it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ from workbench.triton.config import (
     ONNX_MODEL_FILENAME,
     ONNX_PLATFORM,
     ONNX_TO_TRITON_DTYPE,
+    OPENVINO_BACKEND,
+    OPENVINO_MODEL_FILENAME,
+    OPENVINO_TO_TRITON_DTYPE,
+    OPENVINO_WEIGHTS_FILENAME,
     TritonConfig,
     _model_config_pb2,
 )
@@ -151,6 +160,17 @@ def _config_from_model(model: Any, config: TritonConfig, path: Path, *, warmup_l
             f"{path} has no inputs that are not initializers, so Triton would have nothing to feed it.",
             fix="export the model with at least one real input",
         )
+    _add_scheduling(pb2, cfg, config)
+    if config.ort_gpu_tensorrt_fp16:
+        accelerator = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters["precision_mode"] = "FP16"
+    if config.warmup:
+        _add_warmup(cfg, config, warmup_length or config.warmup_sequence_length)
+    return cfg
+
+
+def _add_scheduling(pb2: Any, cfg: Any, config: TritonConfig) -> None:
+    """Dynamic batching and the instance group, as `config` says."""
     if config.dynamic_batching:
         cfg.dynamic_batching.SetInParent()
         cfg.dynamic_batching.preferred_batch_size.extend(config.preferred_batch_sizes)
@@ -158,12 +178,6 @@ def _config_from_model(model: Any, config: TritonConfig, path: Path, *, warmup_l
     cfg.instance_group.add(
         count=config.instance_count, kind=pb2.ModelInstanceGroup.Kind.Value(config.instance_kind)
     )
-    if config.ort_gpu_tensorrt_fp16:
-        accelerator = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-        accelerator.parameters["precision_mode"] = "FP16"
-    if config.warmup:
-        _add_warmup(cfg, config, warmup_length or config.warmup_sequence_length)
-    return cfg
 
 
 def _add_warmup(cfg: Any, config: TritonConfig, length: int) -> None:
@@ -524,3 +538,192 @@ def export_triton_engine(
         shutil.copyfile(engine, version / TENSORRT_FILENAME)
 
     return _write_model_folder(repository, config.model_name, text, populate, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One model of any servable engine: its config and its version folder
+
+
+def engine_model(
+    model: Any,
+    config: TritonConfig = TritonConfig(),
+    *,
+    engine: str | None = None,
+    warmup_length: int | None = None,
+) -> tuple[Any, Callable[[Path], None]]:
+    """The Triton ModelConfig of a model, and the function that writes its version folder into a model folder.
+
+    Args:
+        model: A `workbench.engines.base.Candidate`, or a model file (.onnx, OpenVINO .xml with its .bin).
+        config: Name, batching, instances, warmup; the OpenVINO fields for IR models.
+        engine: The engine's registry name, for a file; default: the engine that loads files of its suffix.
+        warmup_length: The size of variable dims in warmup samples (default config.warmup_sequence_length).
+
+    Returns:
+        (ModelConfig, populate): `populate(model_folder)` writes `<version>/` with the model's files
+        (`model.onnx` [+ `model.onnx.data`], or `model.xml` + `model.bin`).
+
+    Raises:
+        ModelSourceError: The model file is missing or unreadable.
+        TritonExportError: The model cannot be described in a Triton config, or its engine has no Triton export
+            here (TensorRT engines: export_triton_engine).
+        ConfigError: An option of `config` that does not apply to this engine's backend is set.
+        MissingDependency: The engine's package (onnx, openvino) is not installed.
+    """
+    from workbench.engines.base import Candidate, engine_for_path, get_engine
+
+    if isinstance(model, Candidate):
+        path, chosen = Path(model.path), get_engine(model.engine)
+    else:
+        path = Path(model)
+        chosen = get_engine(engine) if engine is not None else engine_for_path(path)
+    build = _ENGINE_MODELS.get(chosen.name)
+    if build is None:
+        raise TritonExportError(
+            f"{chosen.title} models ({path.name}) have no Triton model export here.",
+            expected=f"a model of an engine among {sorted(_ENGINE_MODELS)}",
+            fix="TensorRT engines: export_triton_engine(engine, onnx_path, repository)",
+        )
+    return build(path, config, warmup_length)
+
+
+def _onnx_model(path: Path, config: TritonConfig, warmup_length: int | None) -> tuple[Any, Callable[[Path], None]]:
+    onnx = require("onnx", purpose="Exporting an ONNX model to Triton")
+    if config.openvino_threads is not None or config.openvino_streams is not None:
+        raise ConfigError(
+            "TritonConfig.openvino_threads / openvino_streams configure Triton's openvino backend; this is an ONNX "
+            "model, served by the onnxruntime backend.",
+            fix="leave them None for ONNX models, or serve the OpenVINO IR (model.xml) instead",
+        )
+    path, loaded = _load_checked(path)
+    cfg = _config_from_model(loaded, config, path, warmup_length=warmup_length)
+    return cfg, _onnx_files_writer(onnx, loaded, path, config.version)
+
+
+def model_config_from_openvino(
+    model_xml: str | os.PathLike[str], config: TritonConfig = TritonConfig(), *, warmup_length: int | None = None
+) -> model_config_pb2.ModelConfig:
+    """A complete Triton config for an OpenVINO IR served by Triton's `openvino` backend.
+
+    Inputs and outputs take the names the backend matches them by (`get_any_name()` of each port), their data
+    types and dims from the IR; the first dimension must be dynamic (the batch). The backend's parameters carry
+    `config.openvino_hint`, `openvino_threads` and `openvino_streams`. The backend does not auto-complete configs,
+    so this one is complete.
+
+    Raises:
+        ModelSourceError: The IR (or its .bin) is missing or unreadable.
+        TritonExportError: A static batch dimension, a tensor of unknown rank or an unsupported data type.
+        ConfigError: `config` asks for onnxruntime's TensorRT accelerator.
+    """
+    from workbench.engines.openvino import read_model
+
+    if config.ort_gpu_tensorrt_fp16:
+        raise ConfigError(
+            "TritonConfig.ort_gpu_tensorrt_fp16 configures onnxruntime's TensorRT accelerator; an OpenVINO IR is "
+            "served by the openvino backend.",
+            fix="set ort_gpu_tensorrt_fp16=False for OpenVINO models",
+        )
+    path = Path(model_xml)
+    model = read_model(path)
+    pb2 = _model_config_pb2("Writing a Triton model config")
+    cfg = pb2.ModelConfig(name=config.model_name, backend=OPENVINO_BACKEND, max_batch_size=config.max_batch_size)
+    problems: list[str] = []
+    static_batch: list[str] = []
+    for kind, ports, target in (("input", model.inputs, cfg.input), ("output", model.outputs, cfg.output)):
+        for port in ports:
+            name = port.get_any_name()
+            element = port.get_element_type().get_type_name()
+            data_type = OPENVINO_TO_TRITON_DTYPE.get(element)
+            shape = port.get_partial_shape()
+            if data_type is None:
+                problems.append(f"{kind} {name!r} has element type {element}, which Triton's openvino backend "
+                                "does not convert")
+            if shape.rank.is_dynamic:
+                problems.append(f"{kind} {name!r} has an unknown rank")
+                continue
+            dims = [d.get_length() if d.is_static else -1 for d in shape]
+            if not dims or dims[0] != -1:
+                static_batch.append(f"{kind} {name!r} has shape {shape}, whose first dimension is not dynamic")
+                continue
+            if data_type is None:
+                continue
+            tensor = target.add(name=name, data_type=pb2.DataType.Value(data_type))
+            if dims[1:]:
+                tensor.dims.extend(dims[1:])
+            else:
+                tensor.dims.append(1)
+                tensor.reshape.SetInParent()
+    if static_batch:
+        raise TritonExportError(
+            f"{path} has a static batch dimension: {'; '.join(static_batch)}. With max_batch_size > 0 Triton "
+            "sends batches of 1..max_batch_size.",
+            fix="convert the ONNX model exported with a dynamic batch axis (export_onnx() does by default), and do "
+            "not reshape the IR to a fixed batch before saving it",
+        )
+    if problems:
+        raise TritonExportError(f"{path} cannot be described in a Triton config: {'; '.join(problems)}.",
+                                expected=f"tensors of known rank with element types among "
+                                         f"{sorted(OPENVINO_TO_TRITON_DTYPE)}")
+    _add_scheduling(pb2, cfg, config)
+    parameters = {"PERFORMANCE_HINT": config.openvino_hint, "INFERENCE_NUM_THREADS": config.openvino_threads,
+                  "NUM_STREAMS": config.openvino_streams}
+    for key, value in parameters.items():
+        if value is not None:
+            cfg.parameters[key].string_value = str(value)
+    if config.warmup:
+        _add_warmup(cfg, config, warmup_length or config.warmup_sequence_length)
+    return cfg
+
+
+def _openvino_model(path: Path, config: TritonConfig, warmup_length: int | None) -> tuple[Any, Callable[[Path], None]]:
+    cfg = model_config_from_openvino(path, config, warmup_length=warmup_length)
+    weights = path.with_suffix(".bin")
+
+    def populate(folder: Path) -> None:
+        from workbench.engines.openvino import read_model
+
+        version_dir = folder / str(config.version)
+        version_dir.mkdir()
+        # OpenVINO finds the weights by the graph's stem: both files take the names the backend looks for
+        shutil.copyfile(weights, version_dir / OPENVINO_WEIGHTS_FILENAME)
+        shutil.copyfile(path, version_dir / OPENVINO_MODEL_FILENAME)
+        read_model(version_dir / OPENVINO_MODEL_FILENAME)  # the copy is a complete, readable model
+
+    return cfg, populate
+
+
+#: Engine name -> the builder of its (ModelConfig, populate).
+_ENGINE_MODELS: dict[str, Callable[[Path, TritonConfig, int | None], tuple[Any, Callable[[Path], None]]]] = {
+    "onnxruntime": _onnx_model,
+    "openvino": _openvino_model,
+}
+
+
+def export_triton_model(
+    model: Any,
+    repository: str | os.PathLike[str],
+    config: TritonConfig = TritonConfig(),
+    *,
+    engine: str | None = None,
+    overwrite: bool = False,
+) -> TritonExportResult:
+    """Write one model of any servable engine (ONNX, OpenVINO IR) into a Triton repository, config checked strictly.
+
+    Args:
+        model: A Candidate or a model file (see :func:`engine_model`).
+        repository: The model repository folder; created if missing.
+        config: Name, batching, instances and the engine's backend options.
+        engine: The engine's registry name, for a file; default: by its suffix.
+        overwrite: Replace an existing `<repository>/<model_name>` (only once the new folder is complete).
+    """
+    if not isinstance(config, TritonConfig):
+        raise ConfigError(f"export_triton_model() takes a TritonConfig, not {type(config).__name__}.")
+    repository = Path(repository)
+    model_dir = repository / config.model_name
+    if (model_dir.exists() or model_dir.is_symlink()) and not overwrite:
+        raise TritonExportError(
+            f"Triton model folder {model_dir} already exists; nothing was changed.",
+            fix="pass overwrite=True to replace it, or choose another TritonConfig.model_name",
+        )
+    cfg, populate = engine_model(model, config, engine=engine)
+    return _write_model_folder(repository, config.model_name, checked_text(cfg), populate, overwrite=overwrite)

@@ -5,7 +5,8 @@ That wheel has no onnxruntime backend, so the server gets a backend folder of it
 folder: a copy of the Python backend with the stub for the running Python, and a Python-based backend named
 `onnxruntime` (`workbench/triton/python_models/onnxruntime_model.py`) that runs ONNX models with onnxruntime on
 the CPU. Triton resolves `backend: "onnxruntime"` to it, so an exported `config.pbtxt` is served exactly as a GPU
-deployment with the real backend reads it (execution accelerators such as TensorRT are ignored on the CPU).
+deployment with the real backend reads it (execution accelerators such as TensorRT are ignored on the CPU). A
+second one named `openvino` (`openvino_model.py`) does the same for OpenVINO IR and `backend: "openvino"`.
 
 The server listens on 127.0.0.1 only, on free ports, with explicit model control (nothing loads until
 :meth:`TritonServer.load`), no metrics endpoint, no pinned or CUDA memory pools, and auto-completion of configs
@@ -147,6 +148,7 @@ class TritonServer:
         stop_timeout_s: After SIGTERM, how long the server may take to exit before its process group is killed.
         log_verbose: Triton's `--log-verbose` level (0: info, warnings and errors only).
         onnxruntime_backend: Provide the Python-based `onnxruntime` backend (for `backend: "onnxruntime"`).
+        openvino_backend: Provide the Python-based `openvino` backend (for `backend: "openvino"`).
         extra_args: More `tritonserver` command-line arguments.
 
     Attributes:
@@ -163,6 +165,7 @@ class TritonServer:
         stop_timeout_s: float = 15.0,
         log_verbose: int = 0,
         onnxruntime_backend: bool = True,
+        openvino_backend: bool = True,
         extra_args: tuple[str, ...] | list[str] = (),
     ) -> None:
         self.repository = Path(repository).resolve()
@@ -172,6 +175,7 @@ class TritonServer:
         self.stop_timeout_s = float(stop_timeout_s)
         self.log_verbose = int(log_verbose)
         self.onnxruntime_backend = onnxruntime_backend
+        self.openvino_backend = openvino_backend
         self.extra_args = tuple(extra_args)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
@@ -294,6 +298,11 @@ class TritonServer:
 
             (backends / "onnxruntime").mkdir()
             shutil.copyfile(ONNXRUNTIME_BACKEND_MODEL, backends / "onnxruntime" / "model.py")
+        if self.openvino_backend:
+            from workbench.triton.python_models import OPENVINO_BACKEND_MODEL
+
+            (backends / "openvino").mkdir()
+            shutil.copyfile(OPENVINO_BACKEND_MODEL, backends / "openvino" / "model.py")
         return backends
 
     def _environment(self, server_dir: Path) -> dict[str, str]:

@@ -65,6 +65,13 @@ _STATE_COLORS = {NOT_RUN: "#777", RUNNING: "#1565c0", DONE: "#2e7d32", FAILED: "
 # -----------------------------------------------------------------------------------------------------------------
 
 
+def _missing_here(steps: Any, key: str, error: BaseException) -> bool:
+    """Whether `error` is a skippable step saying what it needs is not installed (or present) here."""
+    from workbench.errors import DeviceUnavailable, MissingDependency
+
+    return key in steps and steps[key].skippable and isinstance(error, (MissingDependency, DeviceUnavailable))
+
+
 class StepPanel(StageView):
     """One Workbench step: a StageView whose Run calls one registered step of the Workbench's pipeline.
 
@@ -810,6 +817,8 @@ class Workbench:
         for key in steps:
             panel = self[key]
             panel.run(raise_errors=raise_errors)
+            if panel.error is not None and _missing_here(self.steps, key, panel.error):
+                continue  # a skippable step this machine cannot run (its panel says which extra): not a failure
             if panel.error is not None or panel.stopped or self._stop_all:
                 verb = "stopped" if panel.stopped or self._stop_all else "failed"
                 self.message.value = (f'<span style="color:{_STATE_COLORS[FAILED]}">'

@@ -5,6 +5,11 @@ by name (quantizers keep the names of the tensors they replace, and a QDQ candid
 graph keeps every FP32 tensor name). Each node of the reference is scored by the error it *adds*: the relative
 error of its output minus the largest relative error already present at its inputs. Ranking by added error
 points at the nodes whose own precision loses the accuracy, not at every node downstream of them.
+
+The reference is always an ONNX model run by onnxruntime. The candidate is read through a view of its engine
+(`CANDIDATE_VIEWS`, by the engine that loads its file): an ONNX candidate here, an OpenVINO IR in
+`diagnose_openvino`. A view says which tensors the candidate has, runs it with some of them exposed, names its
+quantized nodes, and computes each quantized node's output from the reference's FP32 inputs.
 """
 
 from __future__ import annotations
@@ -154,11 +159,12 @@ def diagnose(
     if not feeds:
         raise DataError("No evaluation inputs to diagnose on.", fix="pass feed dicts from tokenize_batches()")
     started = time.perf_counter()
-    reference_model, candidate_model = load_onnx(reference), load_onnx(candidate)
+    reference_model = load_onnx(reference)
+    view = candidate_view(candidate)
     types = tensor_types(reference_model)
     ref_nodes = [n for n in reference_model.graph.node if n.output and n.output[0]]
     float_outputs = [n.output[0] for n in ref_nodes if types.get(n.output[0], (0,))[0] == _FLOAT]
-    candidate_tensors = {o for n in candidate_model.graph.node for o in n.output if o}
+    candidate_tensors = view.tensor_names()
     matched = [name for name in float_outputs if name in candidate_tensors]
     unmatched = tuple(name for name in float_outputs if name not in candidate_tensors)
     if not matched:
@@ -167,13 +173,11 @@ def diagnose(
             fix="diagnose a candidate against the FP32 model it was converted from (same fused graph)",
         )
     reference_run = AddOutputs(tuple(matched)).apply(reference_model)
-    candidate_run = _expose_as_float(candidate_model, matched)
     squared_error = dict.fromkeys(matched, 0.0)
     squared_norm = dict.fromkeys(matched, 0.0)
     candidate_norm = dict.fromkeys(matched, 0.0)
     dot = dict.fromkeys(matched, 0.0)
-    with model_session(reference_run, matched) as run_reference, \
-            model_session(candidate_run, matched) as run_candidate:
+    with model_session(reference_run, matched) as run_reference, view.session(matched) as run_candidate:
         for feed in feeds:  # one batch at a time: memory holds one batch's tensors, not the whole set
             expected, actual = run_reference(feed), run_candidate(feed)
             for name in matched:
@@ -195,8 +199,8 @@ def diagnose(
         input_error = max((relative.get(i, 0.0) for i in node.input if i), default=0.0)
         errors.append(NodeError(index, node.name, node.op_type, output, relative[output], float(cosine[output]),
                                 input_error, relative[output] - input_error, tuple(i for i in node.input if i)))
-    local, impact = _local_errors(reference_model, candidate_model, _task_or_none(task, reference_model),
-                                  quantized_nodes(reference_model, candidate_model), feeds[:local_batches])
+    local, impact = _local_errors(reference_model, view, _task_or_none(task, reference_model),
+                                  view.quantized_nodes(reference_model), feeds[:local_batches])
     errors = [replace(e, local_error=local.get(e.name), impact=impact.get(e.name)) for e in errors]
     return Diagnosis(Path(reference), Path(candidate), tuple(errors), unmatched, len(feeds),
                      time.perf_counter() - started)
@@ -205,24 +209,121 @@ def diagnose(
 def quantized_nodes(reference: Any, candidate: Any) -> list[str]:
     """Names of the reference's nodes that the candidate quantized, in graph order.
 
-    A node is quantized if the candidate no longer has it as the same op (dynamic INT8 and QOperator replace
-    it), or if one of its inputs comes from a DequantizeLinear (QDQ).
+    An ONNX node is quantized if the candidate no longer has it as the same op (dynamic INT8 and QOperator replace
+    it), or if one of its inputs comes from a DequantizeLinear (QDQ). An OpenVINO IR's op is quantized if it
+    reads a FakeQuantize or INT8 weights (`diagnose_openvino`).
+
+    Args:
+        reference: The FP32 ONNX model (a path or a ModelProto).
+        candidate: The converted model: a path (of any engine's file) or an ONNX ModelProto.
     """
     from workbench.onnx.io import load_onnx
 
     reference = load_onnx(reference) if isinstance(reference, (str, os.PathLike)) else reference
-    candidate = load_onnx(candidate) if isinstance(candidate, (str, os.PathLike)) else candidate
-    by_name = {n.name: n for n in candidate.graph.node}
-    dequantized = {n.output[0] for n in candidate.graph.node if n.op_type == "DequantizeLinear"}
-    initializers = {t.name for t in reference.graph.initializer}
-    found = []
-    for node in reference.graph.node:
-        if not any(i in initializers for i in node.input):
-            continue  # nodes without weights (Softmax, Add of two activations) are never what a quantizer replaces
-        twin = by_name.get(node.name)
-        if twin is None or twin.op_type != node.op_type or any(i in dequantized for i in twin.input):
-            found.append(node.name)
-    return found
+    view = candidate_view(candidate) if isinstance(candidate, (str, os.PathLike)) else OnnxCandidate(candidate)
+    return view.quantized_nodes(reference)
+
+
+#: Engine name -> "module:class" of the view diagnosis reads that engine's candidates through (imported on use).
+CANDIDATE_VIEWS = {
+    "onnxruntime": "workbench.stages.accuracy.diagnose:OnnxCandidate",
+    "openvino": "workbench.stages.accuracy.diagnose_openvino:OpenVINOCandidate",
+}
+
+
+def candidate_view(candidate: str | os.PathLike[str]) -> Any:
+    """The view of `candidate` for its engine (by file suffix, through the engine registry).
+
+    Raises:
+        WorkbenchError: Diagnosis cannot read that engine's models.
+    """
+    import importlib
+
+    from workbench.engines.base import engine_for_path
+
+    engine = engine_for_path(candidate)
+    where = CANDIDATE_VIEWS.get(engine.name)
+    if where is None:
+        raise WorkbenchError(f"Layer-by-layer diagnosis cannot read {engine.title} models ({Path(candidate).name}).",
+                             expected=f"a model of an engine among {sorted(CANDIDATE_VIEWS)}")
+    module, name = where.split(":")
+    return getattr(importlib.import_module(module), name)(candidate)
+
+
+class OnnxCandidate:
+    """An ONNX candidate (dynamic INT8, QOperator or QDQ static INT8, FP16) for diagnosis."""
+
+    def __init__(self, candidate: Any) -> None:
+        from workbench.onnx.io import load_onnx
+
+        self.model = load_onnx(candidate) if isinstance(candidate, (str, os.PathLike)) else candidate
+
+    def tensor_names(self) -> set[str]:
+        return {o for n in self.model.graph.node for o in n.output if o}
+
+    def session(self, names: Sequence[str]) -> Any:
+        """A context manager yielding feed dict -> the named tensors."""
+        from workbench.engines.onnxruntime import model_session
+
+        return model_session(_expose_as_float(self.model, names), list(names))
+
+    def quantized_nodes(self, reference: Any) -> list[str]:
+        by_name = {n.name: n for n in self.model.graph.node}
+        dequantized = {n.output[0] for n in self.model.graph.node if n.op_type == "DequantizeLinear"}
+        initializers = {t.name for t in reference.graph.initializer}
+        found = []
+        for node in reference.graph.node:
+            if not any(i in initializers for i in node.input):
+                continue  # nodes without weights (Softmax, Add of two activations) are never what a quantizer replaces
+            twin = by_name.get(node.name)
+            if twin is None or twin.op_type != node.op_type or any(i in dequantized for i in twin.input):
+                found.append(node.name)
+        return found
+
+    def boundaries(self, reference: Any, nodes: Sequence[str]) -> dict[str, tuple[list[str], str]]:
+        """Node -> (the reference tensors its quantized form reads, the reference tensor it replaces)."""
+        initializers = {t.name for t in reference.graph.initializer}
+        by_name = {n.name: n for n in reference.graph.node}
+        return {name: ([i for i in by_name[name].input if i and i not in initializers], by_name[name].output[0])
+                for name in nodes}
+
+    def produce(self, reference: Any, boundaries: Mapping[str, tuple[list[str], str]],
+                values: Sequence[Mapping[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+        """Node -> its quantized form's output on each feed of `values` (the reference's FP32 boundary tensors).
+
+        The node's quantized form is cut out of the candidate with onnx's Extractor; in QDQ its output is itself
+        quantized (Q -> DQ) before its consumers read it, so that pair is included.
+        """
+        from workbench._lazy import require
+        from workbench.engines.onnxruntime import run_model
+        from workbench.onnx.shapes import copy_model
+        from workbench.stages.surgery.edits import tensor_types
+
+        onnx = require("onnx", purpose="Diagnosis")
+        requantized = _requantized_outputs(self.model)
+        needed = {t for inputs, output in boundaries.values() for t in (*inputs, output)}
+        # the Extractor needs a type for every boundary tensor; a quantized graph defeats shape inference, so
+        # take the types from the reference (shapes left open)
+        types = tensor_types(reference)
+        typed = copy_model(self.model)
+        known = {v.name for v in typed.graph.value_info} | {i.name for i in typed.graph.input}
+        for tensor in sorted(needed):
+            if tensor not in known and tensor in types:
+                typed.graph.value_info.append(onnx.helper.make_tensor_value_info(tensor, types[tensor][0], None))
+        for original, dequantized in requantized.items():  # DequantizeLinear outputs: the original's type
+            if dequantized not in known and original in types:
+                typed.graph.value_info.append(onnx.helper.make_tensor_value_info(dequantized, types[original][0], None))
+        extractor = onnx.utils.Extractor(typed)
+        produced = {}
+        for name, (inputs, output) in boundaries.items():
+            quantized_output = requantized.get(output, output)
+            try:
+                piece = extractor.extract_model(inputs, [quantized_output])
+                results, _ = run_model(piece, [{i: v[i] for i in inputs} for v in values], [quantized_output])
+            except Exception:  # noqa: BLE001, S112 - a node whose quantized form cannot be cut out on its own: no local error
+                continue
+            produced[name] = [r[quantized_output] for r in results]
+        return produced
 
 
 def _task_or_none(task: Any, reference: Any) -> Any:
@@ -240,63 +341,35 @@ def _task_or_none(task: Any, reference: Any) -> Any:
         return None
 
 
-def _local_errors(reference: Any, candidate: Any, task: Any, nodes: Sequence[str],
+def _local_errors(reference: Any, view: Any, task: Any, nodes: Sequence[str],
                   feeds: Sequence[Mapping[str, np.ndarray]],
                   impact_batches: int = 1) -> tuple[dict[str, float], dict[str, float]]:
     """Per quantized node: (its local error, its impact on the output) when only it is quantized.
 
-    The node's quantized form is cut out of `candidate` and fed the reference's FP32 inputs; its output is
+    The node's quantized form (from the candidate's view) is fed the reference's FP32 inputs; its output is
     compared with the reference's (local error) and fed to the rest of the FP32 reference (impact).
     """
-    from workbench._lazy import require
     from workbench.engines.onnxruntime import run_model
     from workbench.stages.surgery.edits import AddOutputs
 
     if not nodes:
         return {}, {}
-    onnx = require("onnx", purpose="Diagnosis")
-    initializers = {t.name for t in reference.graph.initializer}
-    by_name = {n.name: n for n in reference.graph.node}
-    requantized = _requantized_outputs(candidate)
-    boundaries = {}
-    for name in nodes:
-        node = by_name[name]
-        inputs = [i for i in node.input if i and i not in initializers]
-        boundaries[name] = (inputs, node.output[0])
+    boundaries = view.boundaries(reference, nodes)
+    if not boundaries:
+        return {}, {}
     needed = sorted({t for inputs, output in boundaries.values() for t in (*inputs, output)})
     graph_inputs = {i.name for i in reference.graph.input}
-    exposed = AddOutputs(tuple(t for t in needed if t not in graph_inputs)).apply(reference)
     fetched = [t for t in needed if t not in graph_inputs]
+    exposed = AddOutputs(tuple(fetched)).apply(reference)
     values, _ = run_model(exposed, [dict(f) for f in feeds], fetched)
     values = [{**dict(feed), **value} for feed, value in zip(feeds, values)]
-    # the Extractor needs a type for every boundary tensor; a quantized graph defeats shape inference, so
-    # take the types from the reference (shapes left open)
-    from workbench.onnx.shapes import copy_model
-    from workbench.stages.surgery.edits import tensor_types
-
-    types = tensor_types(reference)
-    typed = copy_model(candidate)
-    known = {v.name for v in typed.graph.value_info} | {i.name for i in typed.graph.input}
-    for tensor in needed:
-        if tensor not in known and tensor in types:
-            typed.graph.value_info.append(onnx.helper.make_tensor_value_info(tensor, types[tensor][0], None))
-    for original, dequantized in requantized.items():  # DequantizeLinear outputs: the original's type
-        if dequantized not in known and original in types:
-            typed.graph.value_info.append(onnx.helper.make_tensor_value_info(dequantized, types[original][0], None))
-    extractor = onnx.utils.Extractor(typed)
+    produced = view.produce(reference, boundaries, values)
     errors, impacts = {}, {}
     exact, _ = run_model(reference, [dict(f) for f in feeds[:impact_batches]], [o.name for o in reference.graph.output])
-    for name, (inputs, output) in boundaries.items():
-        # in QDQ the node's output is itself quantized (Q -> DQ) before its consumers read it: include that
-        quantized_output = requantized.get(output, output)
-        try:
-            piece = extractor.extract_model(inputs, [quantized_output])
-            results, _ = run_model(piece, [{i: v[i] for i in inputs} for v in values], [quantized_output])
-        except Exception:  # a node whose quantized form cannot be cut out on its own: no local error
-            continue
-        produced = [r[quantized_output] for r in results]
-        errors[name] = channel_relative_error([v[output] for v in values], produced)
-        impacts[name] = _impact(reference, task, output, produced[:impact_batches], feeds[:impact_batches], exact)
+    for name, outputs in produced.items():
+        output = boundaries[name][1]
+        errors[name] = channel_relative_error([v[output] for v in values], outputs)
+        impacts[name] = _impact(reference, task, output, outputs[:impact_batches], feeds[:impact_batches], exact)
     return errors, impacts
 
 

@@ -3,8 +3,8 @@
 A plan names a method (how the bulk of the model is converted: dynamic INT8, static INT8, FP16, or none) with
 its options, and the nodes that are exceptions: kept in FP32 because a user pinned them, an FP16 overflow scan
 flagged them, or a sensitivity search found that they lose the accuracy. Converters receive the exceptions as
-`keep_fp32` (onnxruntime's `nodes_to_exclude` for INT8, `node_block_list` for FP16; TensorRT layer precisions
-later).
+`keep_fp32` (onnxruntime's `nodes_to_exclude` for INT8, `node_block_list` for FP16, NNCF's `ignored_scope` for
+OpenVINO INT8; TensorRT layer precisions later).
 """
 
 from __future__ import annotations
@@ -22,13 +22,22 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4")
 REASONS = ("pinned", "overflow", "sensitivity")
 # weight-only methods (decoders): MatMulNBits for onnxruntime, NNCF weight compression for OpenVINO
 WEIGHT_ONLY_METHODS = ("int4_weight_only", "int8_weight_only", "nncf_int4_weight_only", "nncf_int8_weight_only")
-METHODS = ("int8_dynamic", "int8_static", "fp16", "fp32", *WEIGHT_ONLY_METHODS)
-_METHOD_PRECISION = {"int8_dynamic": "int8", "int8_static": "int8", "fp16": "fp16", "fp32": "fp32",
-                     "int4_weight_only": "int4", "int8_weight_only": "int8", "nncf_int4_weight_only": "int4",
-                     "nncf_int8_weight_only": "int8"}
+METHODS = ("int8_dynamic", "int8_static", "int8_nncf", "fp16", "fp32", *WEIGHT_ONLY_METHODS)
+_METHOD_PRECISION = {"int8_dynamic": "int8", "int8_static": "int8", "int8_nncf": "int8", "fp16": "fp16",
+                     "fp32": "fp32", "int4_weight_only": "int4", "int8_weight_only": "int8",
+                     "nncf_int4_weight_only": "int4", "nncf_int8_weight_only": "int8"}
+#: The engine that runs each method's output (a candidate's `engine`).
+METHOD_ENGINE = {"int8_dynamic": "onnxruntime", "int8_static": "onnxruntime", "int8_nncf": "openvino",
+                 "fp16": "onnxruntime", "fp32": "onnxruntime", "int4_weight_only": "onnxruntime",
+                 "int8_weight_only": "onnxruntime", "nncf_int4_weight_only": "openvino",
+                 "nncf_int8_weight_only": "openvino"}
 
 
 def _config_class(method: str) -> Any:
+    if method == "int8_nncf":  # its own module: NNCF and OpenVINO are an extra of their own
+        from workbench.stages.precision.nncf import NncfQuantConfig
+
+        return NncfQuantConfig
     from workbench.stages.precision import quantize as precision
 
     if method in WEIGHT_ONLY_METHODS:
@@ -59,14 +68,16 @@ class PrecisionPlan:
     """Per-node precision for one conversion method.
 
     Attributes:
-        method: "int8_dynamic", "int8_static", "fp16", "fp32" (no conversion), or a weight-only method for
-            decoders: "int4_weight_only" / "int8_weight_only" (onnxruntime's MatMulNBits) and
-            "nncf_int4_weight_only" / "nncf_int8_weight_only" (NNCF, an OpenVINO IR; needs openvino and nncf).
-        options: The method's config (DynamicQuantConfig, StaticQuantConfig, Fp16Config or
+        method: "int8_dynamic", "int8_static", "int8_nncf" (OpenVINO IR quantized by NNCF), "fp16", "fp32" (no
+            conversion), or a weight-only method for decoders: "int4_weight_only" / "int8_weight_only"
+            (onnxruntime's MatMulNBits) and "nncf_int4_weight_only" / "nncf_int8_weight_only" (NNCF, an OpenVINO
+            IR; needs openvino and nncf).
+        options: The method's config (DynamicQuantConfig, StaticQuantConfig, NncfQuantConfig, Fp16Config or
             WeightOnlyQuantConfig); None: its defaults.
         nodes: Node name -> NodePrecision, for the nodes that do not run at the method's precision.
         smoothing: A SmoothingConfig to apply before converting (SmoothQuant: activation outliers move into
-            the weights, calibrated on the conversion's calibration data), or None.
+            the weights, calibrated on the conversion's calibration data), or None. For int8_nncf it becomes
+            NNCF's own SmoothQuant (alpha per layer type); None switches NNCF's SmoothQuant off.
     """
 
     method: str = "int8_dynamic"
@@ -81,12 +92,19 @@ class PrecisionPlan:
         "cpu_int8_static": ("int8_static", "cpu_int8_static"),
         "cpu_int8_static_qoperator": ("int8_static", "cpu_int8_static_qoperator"),
         "tensorrt_int8_qdq": ("int8_static", "tensorrt_int8_qdq"),
+        # NNCF's defaults for transformers (SmoothQuant on MatMuls, alpha 0.95), and the same without smoothing
+        "cpu_int8_nncf": ("int8_nncf", "cpu_int8_nncf"),
+        "cpu_int8_nncf_no_smoothing": ("int8_nncf", "cpu_int8_nncf"),
         "gpu_fp16": ("fp16", "gpu_fp16"),
         "cpu_int4_weight_only": ("int4_weight_only", "cpu_weight_only"),
         "cpu_int8_weight_only": ("int8_weight_only", "cpu_weight_only"),
         "cpu_int4_weight_only_fp32_compute": ("int4_weight_only", "cpu_weight_only_fp32_compute"),
         "openvino_int4_weight_only": ("nncf_int4_weight_only", "cpu_weight_only"),
         "openvino_int8_weight_only": ("nncf_int8_weight_only", "cpu_weight_only"),
+    }
+    #: Presets that smooth: preset -> SmoothingConfig fields.
+    PRESET_SMOOTHING: ClassVar[dict[str, dict[str, Any]]] = {
+        "cpu_int8_nncf": {"alpha": 0.95, "op_types": ("MatMul",)},
     }
 
     def __post_init__(self) -> None:
@@ -119,7 +137,14 @@ class PrecisionPlan:
         if name not in cls.PRESETS:
             raise ConfigError(f"No PrecisionPlan preset {name!r}.", expected=f"one of {sorted(cls.PRESETS)}")
         method, options_preset = cls.PRESETS[name]
-        return cls(method, _config_class(method).preset(options_preset))
+        smoothing = cls.PRESET_SMOOTHING.get(name)
+        options = _config_class(method).preset(options_preset)
+        return cls(method, options, smoothing=dict(smoothing) if smoothing else None)
+
+    @property
+    def engine(self) -> str:
+        """The engine that runs this plan's converted model ("onnxruntime" or "openvino")."""
+        return METHOD_ENGINE[self.method]
 
     @property
     def default_precision(self) -> str:
@@ -184,15 +209,22 @@ class PrecisionPlan:
         """Apply this plan to an FP32 model with the method's converter; returns its QuantizeResult.
 
         Args:
-            model_path: The FP32 model (fused or not; node names must be this model's).
+            model_path: The FP32 model (fused or not; node names must be this model's). For int8_nncf: the plain
+                (unfused) ONNX export or its OpenVINO IR; output_path is then an OpenVINO .xml.
             output_path: Where the converted model goes.
-            calibration_feeds: Feed dicts: calibration data for static INT8, scan data for FP16's overflow scan.
+            calibration_feeds: Feed dicts: calibration data for static INT8 and NNCF, scan data for FP16's
+                overflow scan.
             cache_dir: Calibration cache folder (static INT8).
             progress: While calibrating: True a progress bar, False none, or a ProgressCallback (see
                 workbench.stages.precision.calibrate.calibrate).
         """
         from workbench.stages.precision import quantize as precision
 
+        if self.method == "int8_nncf":  # NNCF smooths by itself: the plan's smoothing becomes its alphas
+            from workbench.stages.precision.nncf import quantize_nncf
+
+            return quantize_nncf(model_path, output_path, calibration_feeds, self.options, keep_fp32=self.keep_fp32,
+                                 smoothing=self.smoothing)
         if self.smoothing is not None:
             return self._convert_smoothed(model_path, output_path, calibration_feeds=calibration_feeds,
                                           cache_dir=cache_dir, progress=progress)
@@ -227,11 +259,11 @@ class PrecisionPlan:
             smoothed = smooth_activations(model_path, Path(folder) / "smoothed.onnx", options["calibration_feeds"],
                                           self.smoothing)
             # a node kept in FP32 keeps its smoothing Mul in FP32 too, or the Mul's output is still quantized
-            muls = [f"{name}_smooth" for name in self.keep_fp32 if name in smoothed.smoothed]
+            muls = [smoothed.muls[name] for name in self.keep_fp32 if name in smoothed.muls]
             plain = replace(self, smoothing=None).pin(muls, note="smoothing Mul of a node kept in FP32")
             result = plain.convert(smoothed.path, output_path, **options)
-        return replace(result, notes=(*result.notes, f"smoothed the inputs of {len(smoothed.smoothed)} nodes "
-                                                     f"(alpha {self.smoothing.alpha}) before converting"))
+        note = f"smoothed the inputs of {len(smoothed.smoothed)} nodes (alpha {self.smoothing.alpha}) before converting"
+        return replace(result, notes=(*result.notes, note))
 
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><td><code>{name}</code></td><td>{node.precision}</td><td>{node.reason}</td>"

@@ -10,6 +10,8 @@ environment need not have the workbench installed. The workbench imports the pur
 - `onnxruntime_model.py`: a Python-based backend named `onnxruntime` that runs an ONNX model with onnxruntime on
   the CPU. Only for serving on machines without Triton's real onnxruntime backend (tests, CPU-only
   development); exported repositories never contain it.
+- `openvino_model.py`: the same for `backend: "openvino"`: runs an OpenVINO IR (model.xml + model.bin) with the
+  openvino package on the CPU, one request at a time.
 """
 
 from __future__ import annotations
@@ -20,3 +22,4 @@ FOLDER = Path(__file__).resolve().parent
 TOKENIZER_MODEL = FOLDER / "tokenizer_model.py"
 POOLING_MODEL = FOLDER / "pooling_model.py"
 ONNXRUNTIME_BACKEND_MODEL = FOLDER / "onnxruntime_model.py"
+OPENVINO_BACKEND_MODEL = FOLDER / "openvino_model.py"
