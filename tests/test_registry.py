@@ -47,13 +47,16 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 def test_every_built_in_step_is_declared_once_with_what_it_needs():
-    assert STEPS.names == ("export", "fuse", "quantize", "quantize_smoothquant", "openvino_fp32", "openvino_int8",
-                           "compare", "benchmark", "choose", "export_triton", "write_summary")
+    assert STEPS.names == ("export", "fuse", "surgery", "quantize", "quantize_smoothquant", "convert",
+                           "openvino_fp32", "openvino_int8", "compare", "autofix", "benchmark", "choose",
+                           "export_triton", "write_summary")
     assert STEPS["choose"].needs == ("compare", "benchmark") and STEPS["choose"].args == ("batch",)
-    assert set(STEPS.inputs("compare")) == {"export", "fuse", "quantize", "quantize_smoothquant", "openvino_fp32",
-                                            "openvino_int8"}
-    assert [s.name for s in STEPS if s.skippable] == ["openvino_fp32", "openvino_int8"]  # run_all skips them without
-    # the openvino extra
+    assert set(STEPS.inputs("compare")) == {"export", "fuse", "surgery", "quantize", "quantize_smoothquant",
+                                            "convert", "openvino_fp32", "openvino_int8", "autofix"}
+    # run on request (a user's plan or candidate): run_all leaves them out
+    assert [s.name for s in STEPS if s.optional] == ["surgery", "convert", "autofix"]
+    # run_all runs them where the openvino extra is installed and says why it skipped them elsewhere
+    assert [s.name for s in STEPS if s.skippable] == ["openvino_fp32", "openvino_int8"]
     assert STEPS.downstream("compare") == ("choose", "export_triton", "write_summary")
     assert all(callable(getattr(Pipeline, s.name)) and getattr(Pipeline, s.name)._step is s for s in STEPS)
 
