@@ -128,6 +128,8 @@ def _readme_text(result_names: dict[str, str], *, sequence_length: int, pooling:
     if pooling is not None:
         steps.append(f"`{result_names['pooling']}` (Python backend, numpy: attention-mask-aware {pooling} pooling"
                      + (", L2-normalised" if normalize else "") + ")")
+    from workbench.triton.python_models.tokenizer_model import MAX_TEXT_BYTES as max_text_bytes
+
     outputs = ", ".join(f"`{n}`" for n in output_names)
     model_inputs = ", ".join(f"`{t.name}`" for t in model_cfg.input)
     return f"""# Triton model repository: `{ensemble}`
@@ -152,6 +154,14 @@ tritonserver --model-repository=$PWD --model-control-mode=explicit --load-model=
 The server's Python environment needs `numpy` and `tokenizers` (the Python-backend steps import them); the ONNX
 model needs Triton's onnxruntime backend (in the NGC `tritonserver` container). Loading the ensemble loads its
 steps.
+
+## What the server accepts
+
+Each request holds one or more texts (`{ENSEMBLE_TEXT_INPUT}`, BYTES, shape [batch, 1], batch at most
+{config.max_batch_size}), each UTF-8 of at most {max_text_bytes} bytes (the tokenizer's `max_text_bytes`); longer texts
+are truncated to {sequence_length} tokens. An empty text is accepted (it is encoded as its special tokens only).
+A request with a text that is not UTF-8, too long or not a string gets an error response that names the text;
+the other requests, even those in the same dynamic batch, get their results.
 
 ## Query
 
