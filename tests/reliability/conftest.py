@@ -41,7 +41,8 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_ensemble(tiny_bert_onnx, tiny_model_dir, tmp_path_factory):
     """The tiny BERT as a text-in, embedding-out Triton ensemble (dynamic batching, batches of up to 8)."""
-    pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed (the [triton] extra)")
+    pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                        reason="tritonclient is not installed (the [triton] extra)")
     from workbench.triton.config import TritonConfig
     from workbench.triton.ensemble import export_triton_ensemble
 

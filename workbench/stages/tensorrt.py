@@ -156,7 +156,8 @@ class TensorRTConfig(StageConfig):
     fp16: bool = True
     int8: bool = False
     explicit_quantization: bool = False
-    profiles: tuple[dict[str, ShapeRange], ...] = ()
+    # one mapping is accepted for a single profile: _normalize_profiles checks and normalises the field
+    profiles: tuple[dict[str, ShapeRange], ...] = field(default=(), metadata={"checked_in_post_init": True})
     workspace_mb: int | None = None
     timing_cache: str | None = None
     calibration_cache: str | None = None
