@@ -63,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     "format_summary": "workbench.summary",
     "Recipe": "workbench.recipe",
     "run_recipe": "workbench.recipe",
+    "check_parameters": "workbench.notebook",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -100,6 +101,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.triton.config import TritonConfig, parse_model_config
     from workbench.triton.model import export_triton
     from workbench.triton.ensemble import export_triton_ensemble
+    from workbench.notebook import check_parameters
     from workbench.recipe import Recipe, run_recipe
     from workbench.summary import format_summary
     from workbench.triton.server import TritonServer
