@@ -155,6 +155,9 @@ def fuse_transformer(
     """
     from workbench.onnx.io import load_onnx, save_onnx
 
+    from workbench._files import check_output_file
+
+    check_output_file(output_path, what="The fused model's path")
     started = time.perf_counter()
     original = load_onnx(model_path)
     fused, fused_ops = fuse_proto(original, config)

@@ -190,16 +190,14 @@ class PrecisionPlan:
         raise ConfigError("A PrecisionPlan with method 'fp32' converts nothing.", fix="use the FP32 model as it is")
 
     def _convert_smoothed(self, model_path: Any, output_path: Any, **options: Any) -> Any:
-        import tempfile
-
+        from workbench._files import staging_directory
         from workbench.errors import DataError
         from workbench.stages.precision.smooth import smooth_activations
 
         if not options.get("calibration_feeds"):
             raise DataError("A plan with smoothing needs calibration_feeds to measure activation ranges.",
                             fix="pass calibration_feeds=tokenize_batches(tokenizer, calibration_sentences, ...)")
-        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".smooth.", dir=Path(output_path).parent) as folder:
+        with staging_directory(Path(output_path).parent, "smooth") as folder:
             smoothed = smooth_activations(model_path, Path(folder) / "smoothed.onnx", options["calibration_feeds"],
                                           self.smoothing)
             # a node kept in FP32 keeps its smoothing Mul in FP32 too, or the Mul's output is still quantized

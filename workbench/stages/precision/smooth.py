@@ -144,6 +144,9 @@ def smooth_activations(
     from workbench.onnx.io import load_onnx, save_onnx
     from workbench.stages.precision.calibrate import validate_feeds
 
+    from workbench._files import check_output_file
+
+    check_output_file(output_path, what="The smoothed model's path")
     started = time.perf_counter()
     validate_feeds(list(calibration_feeds), model_path, what="smoothing calibration data")
     smoothed, names, largest = smooth_model(load_onnx(model_path), calibration_feeds, config)
