@@ -215,7 +215,8 @@ def check_output_file(path: str | os.PathLike[str], *, what: str = "Output") -> 
         read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
     if read_only or not os.access(existing, os.W_OK | os.X_OK):
         raise OutputFolderError(
-            f"{what} {path} cannot be written: {existing} is {'on a read-only file system' if read_only else 'read-only'}.",
+            f"{what} {path} cannot be written: {existing} is "
+            f"{'on a read-only file system' if read_only else 'read-only'}.",
             expected="an output path in a folder this user may write to",
             fix="choose a writable output folder (inputs may stay where they are: stages never write beside them)",
         )
@@ -468,7 +469,7 @@ class OutputFolder:
         if _HELD.get(key) is self:
             del _HELD[key]
 
-    def __enter__(self) -> OutputFolder:
+    def __enter__(self) -> OutputFolder:  # noqa: PYI034 - the class is not meant to be subclassed
         return self if self.held else self.claim()
 
     def __exit__(self, *exc: object) -> None:

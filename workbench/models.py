@@ -200,6 +200,13 @@ def check_onnx_file(path: Path) -> None:
             expected="a graph with at least one node and one output",
             fix="export the model again; an empty graph usually means a truncated or wrong file",
         )
+    initializers = {t.name for t in model.graph.initializer}
+    if not [i for i in model.graph.input if i.name not in initializers]:
+        raise ModelSourceError(
+            f"{path} has no inputs (every graph input is a weight), so there is nothing to feed it.",
+            expected="a model with at least one real input (input_ids, for a text model)",
+            fix="export the model with its inputs (torch.onnx.export(..., input_names=[...])), not a constant graph",
+        )
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
@@ -257,6 +264,17 @@ def load_model(
         check_onnx_file(resolved)
         return OnnxSource(resolved, tokenizer_folder)
     if (resolved / "config.json").is_file():
+        try:
+            config = json.loads((resolved / "config.json").read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelSourceError(
+                f"{resolved / 'config.json'} cannot be read as JSON ({type(exc).__name__}: {exc}).",
+                expected="the config.json that save_pretrained() writes",
+                fix="save the model again with model.save_pretrained(DIR), or repair config.json",
+            ) from exc
+        if not isinstance(config, dict):
+            raise ModelSourceError(f"{resolved / 'config.json'} holds a {type(config).__name__}, not a model config.",
+                                   fix="save the model again with model.save_pretrained(DIR)")
         if not any((resolved / name).is_file() for name in _WEIGHT_FILES):
             raise ModelSourceError(
                 f"{resolved} has config.json but no weights (looked for {', '.join(_WEIGHT_FILES)}).",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from workbench._files import OutputFolder
 from workbench.config import StageConfig, check_positive
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import HFModelSource, ModelSource, OnnxSource, load_model
@@ -95,6 +96,8 @@ class Pipeline:
         self.budget = budget
         self.output_dir = Path(parameters.output_dir).resolve()  # summary.json records absolute paths
         self.source = source if source is not None else load_model(parameters.model_path)
+        # one run per output folder: a lock, an earlier run refused up front without overwrite, leftovers cleaned
+        self.output_folder = OutputFolder(self.output_dir).claim(overwrite=parameters.overwrite)
         self.results: dict[str, Any] = {}
         self.candidates: dict[str, Path] = {}
         self._tokenizer: Any = None
@@ -315,6 +318,7 @@ class Pipeline:
         summary = build_summary(self)
         with atomic_path(self.output_dir / SUMMARY_FILE) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        self.output_folder.release()  # the run is complete: the folder is free for the next one
         self.results["summary"] = summary
         return summary
 

@@ -149,8 +149,8 @@ def main() -> None:
         # onnxruntime writes a session-id file `.ses` into TMPDIR when it is imported (not a stage's file)
         entry["tmp_left"] = sorted(k for k in listing(tmp) if k != ".ses")
         # ... and its device id and usage database into ~/.cache/Microsoft/DeveloperTools/.onnxruntime
-        entry["home_left"] = sorted(k for k in listing(home) if not k.startswith((".cache/matplotlib", ".cache/Microsoft"))
-                                    and k != ".cache")
+        entry["home_left"] = sorted(k for k in listing(home) if k != ".cache"
+                                    and not k.startswith((".cache/matplotlib", ".cache/Microsoft")))
         report[name] = entry
     np.seterr(all="ignore")
     print("REPORT " + json.dumps(report, default=str))

@@ -25,11 +25,11 @@ def measured(fused_tiny, tmp_path):
     return path, feeds, first
 
 
-def again(measured, tmp_path, config=CalibrationConfig()):
+def again(measured, tmp_path, config=None):
     path, feeds, _first = measured
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = calibrate(path, feeds, config, cache_dir=tmp_path, progress=False)
+        result = calibrate(path, feeds, config or CalibrationConfig(), cache_dir=tmp_path, progress=False)
     return result, [w for w in caught if issubclass(w.category, CalibrationCacheWarning)]
 
 

@@ -1,7 +1,8 @@
 """Nothing outside the given output paths is created by any stage.
 
 Every stage runs on inputs in a read-only folder (really read-only: when the tests run as root, the stages run
-without the capabilities that let root ignore file modes), with the current directory inside that folder, TMPDIR and HOME in folders of their own.
+without the capabilities that let root ignore file modes), with the current directory inside that folder, and
+TMPDIR and HOME in folders of their own.
 Afterwards the input folder must be exactly as before (listing with sizes and mtimes), TMPDIR empty (temporary
 folders removed), and each stage's output folder must hold its results and no temporary or partial file.
 """

@@ -267,6 +267,11 @@ def benchmark(
         feeds_for: (batch, sequence) -> the feed dict to time with.
         config: Shapes, warm-up, iterations, threads, time budget.
     """
+    runners = list(runners)
+    if not runners:
+        raise ConfigError("benchmark() was given no runners, so there is nothing to time.",
+                          expected="at least one runner (a candidate model, or PyTorch)",
+                          fix="pass the candidates, e.g. [OnnxRuntimeRunner(path, name='fp32', allow_spinning=False)]")
     names = [r.name for r in runners]
     if len(set(names)) != len(names):
         raise ConfigError(f"Runner names must be unique, got {names}.")

@@ -138,8 +138,16 @@ class PrecisionPlan:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> PrecisionPlan:
-        values = json.loads(text)
+    def from_json(cls, text: str, *, source: str = "PrecisionPlan JSON") -> PrecisionPlan:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                              "it is truncated or damaged.",
+                              fix="save the plan again with plan.save(path), or repair the JSON") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source} holds a {type(values).__name__}, not a plan (a JSON object).",
+                              fix="save the plan with plan.save(path)")
         unknown = set(values) - {"method", "options", "nodes", "smoothing"}
         if unknown:
             raise ConfigError(f"PrecisionPlan JSON has unknown keys {sorted(unknown)}.")
@@ -154,7 +162,16 @@ class PrecisionPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PrecisionPlan:
-        return cls.from_json(Path(path).read_text())
+        """Read a plan saved with save(); a missing, unreadable or damaged file is a ConfigError naming it."""
+        path = Path(path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError(f"Precision plan {path} does not exist.", fix="save one with plan.save(path)") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Precision plan {path} cannot be read: {exc}.",
+                              fix="pass a plan file written by plan.save(path)") from exc
+        return cls.from_json(text, source=f"Precision plan {path}")
 
     def convert(
         self,
