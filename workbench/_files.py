@@ -15,7 +15,7 @@
   leftovers.
 - :func:`disk_errors`: a full disk becomes :class:`~workbench.errors.DiskFullError`, a read-only folder
   :class:`~workbench.errors.OutputFolderError`, whatever library was writing.
-- :func:`sha256_file`: the one file digest.
+- :func:`file_sha256` / :func:`text_sha256`: the one file (and text) digest.
 """
 
 from __future__ import annotations
@@ -306,13 +306,18 @@ def atomic_directory(destination: str | os.PathLike[str], *, overwrite: bool = F
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes, read in blocks."""
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes, hex (read in 1 MiB blocks): the one file hash of the workbench."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def text_sha256(text: str | bytes) -> str:
+    """The sha256 of a string's UTF-8 bytes (or of bytes), hex."""
+    return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------------

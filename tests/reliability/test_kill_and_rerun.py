@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.conftest import leftovers
-from workbench._files import LOCK_FILE, OutputFolder, sha256_file
+from workbench._files import LOCK_FILE, OutputFolder, file_sha256
 from workbench.errors import OutputFolderBusy, OutputFolderError
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
@@ -95,7 +95,7 @@ def test_sigkill_in_a_stage_then_a_rerun_leaves_exactly_the_clean_result(inputs,
         assert entry.name == clean_entry.name
         assert json.loads(entry.read_text())["data"] == json.loads(clean_entry.read_text())["data"]
     else:
-        assert sha256_file(killed / result) == sha256_file(clean / result)
+        assert file_sha256(killed / result) == file_sha256(clean / result)
         assert oct((killed / result).stat().st_mode & 0o777) == "0o644"
 
 
@@ -119,7 +119,7 @@ def test_sigkill_in_the_triton_export_then_a_rerun(inputs, tmp_path):
     assert killed_files == clean_files
     for relative in clean_files:
         if relative.name != "provenance.json":  # it records the time of the export
-            assert sha256_file(killed / relative) == sha256_file(clean / relative), relative
+            assert file_sha256(killed / relative) == file_sha256(clean / relative), relative
 
 
 def run_in_process_triton(inputs, output: Path, *, overwrite: bool):
@@ -150,9 +150,9 @@ def assert_summary_matches_models(output: Path, clean: Path) -> None:
     assert sorted(by_name) == sorted(clean_by_name)
     for name in DETERMINISTIC:
         assert by_name[name].parent == output
-        assert sha256_file(by_name[name]) == sha256_file(clean_by_name[name]), name
+        assert file_sha256(by_name[name]) == file_sha256(clean_by_name[name]), name
     served = Path(summary["triton_repository"]) / summary["triton_model"].removesuffix("_ensemble") / "1" / "model.onnx"
-    assert sha256_file(served) == sha256_file(by_name[summary["chosen"]])
+    assert file_sha256(served) == file_sha256(by_name[summary["chosen"]])
 
 
 @pytest.mark.parametrize("step", ["model.onnx", "model_int8_dynamic_per_channel", "triton_repository"])

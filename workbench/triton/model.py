@@ -33,8 +33,23 @@ from typing import TYPE_CHECKING, Any
 
 from workbench._files import atomic_directory
 from workbench._lazy import require
-from workbench.errors import ConfigError, ModelSourceError, TritonExportError, WorkbenchError
-from workbench.triton.config import CONFIG_FILENAME, ONNX_BACKEND, ONNX_MODEL_FILENAME, ONNX_PLATFORM, ONNX_TO_TRITON_DTYPE, TritonConfig, _model_config_pb2, parse_model_config, render_model_config
+from workbench.errors import (
+    ConfigError,
+    ModelSourceError,
+    TritonExportError,
+    WorkbenchError,
+)
+from workbench.triton.config import (
+    CONFIG_FILENAME,
+    ONNX_BACKEND,
+    ONNX_MODEL_FILENAME,
+    ONNX_PLATFORM,
+    ONNX_TO_TRITON_DTYPE,
+    TritonConfig,
+    _model_config_pb2,
+    parse_model_config,
+    render_model_config,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from tritonclient.grpc import model_config_pb2

@@ -20,8 +20,8 @@ README_FILENAME = "README.md"
 PROVENANCE_FILENAME = "provenance.json"
 PROVENANCE_FORMAT = "workbench-triton-provenance/1"
 _COMPUTED_PROVENANCE_KEYS = (
-    "format", "created_utc", "ensemble", "models", "onnx_model", "tokenizer", "sequence_length", "pooling",
-    "normalize", "triton_config", "libraries", "hardware",
+    "format", "created_utc", "ensemble", "models", "onnx_model", "tokenizer", "sequence_length", "postprocessing",
+    "triton_config", "libraries", "hardware",
 )
 _LIBRARIES = (
     "inference-workbench", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers", "transformers", "torch", "numpy",
@@ -74,7 +74,7 @@ def _sha256(path: Path) -> str:
 
 def _provenance_record(
     *, names: dict[str, str], onnx_path: Path, tokenizer_dir: Path, tokenizer_json: str, sequence_length: int,
-    pooling: str | None, normalize: bool, config: TritonConfig, provided: Mapping[str, Any] | None,
+    postprocessing: Any, config: TritonConfig, provided: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     import datetime
     import hashlib
@@ -92,8 +92,9 @@ def _provenance_record(
                        "bytes": onnx_path.stat().st_size},
         "tokenizer": {"source_path": str(tokenizer_dir), "tokenizer_json_sha256": tokenizer_sha256},
         "sequence_length": sequence_length,
-        "pooling": pooling,
-        "normalize": normalize if pooling is not None else None,
+        "postprocessing": None if postprocessing is None else {
+            "model": postprocessing.source, "outputs": [o.name for o in postprocessing.outputs],
+            "parameters": dict(postprocessing.parameters)},
         "triton_config": config.to_dict(),
         "libraries": {n: v for n in _LIBRARIES if (v := installed_distribution(n))},
         "hardware": machine_info(),
@@ -117,7 +118,7 @@ def _provenance_record(
     return record
 
 
-def _readme_text(result_names: dict[str, str], *, sequence_length: int, pooling: str | None, normalize: bool,
+def _readme_text(result_names: dict[str, str], *, sequence_length: int, postprocessing: Any,
                  output_names: tuple[str, ...], config: TritonConfig, model_cfg: Any, provided: list[str]) -> str:
     ensemble = result_names["ensemble"]
     steps = [f"`{result_names['tokenizer']}` (Python backend: `tokenizers`, texts truncated and padded to "
@@ -125,9 +126,11 @@ def _readme_text(result_names: dict[str, str], *, sequence_length: int, pooling:
              f"`{result_names['model']}` (ONNX Runtime, dynamic batching up to {config.max_batch_size}, "
              f"{config.instance_count} x {config.instance_kind}"
              + (", TensorRT FP16 accelerator" if config.ort_gpu_tensorrt_fp16 else "") + ")"]
-    if pooling is not None:
-        steps.append(f"`{result_names['pooling']}` (Python backend, numpy: attention-mask-aware {pooling} pooling"
-                     + (", L2-normalised" if normalize else "") + ")")
+    if postprocessing is not None:
+        described = {"pooling_model.py": "attention-mask-aware mean pooling, L2-normalised",
+                     "labels_model.py": "the label (id2label) and the class probabilities"}.get(
+                         postprocessing.source, f"the task's post-processing ({postprocessing.source})")
+        steps.append(f"`{result_names[postprocessing.suffix.lstrip('_')]}` (Python backend, numpy: {described})")
     from workbench.triton.python_models.tokenizer_model import MAX_TEXT_BYTES as max_text_bytes
 
     outputs = ", ".join(f"`{n}`" for n in output_names)
