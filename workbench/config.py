@@ -130,6 +130,10 @@ class _Mismatch(Exception):
         self.expected, self.where, self.value = expected, where, value
 
 
+class _Range(_Mismatch):
+    """A number outside its field's range."""
+
+
 def _hints(cls: type) -> dict[str, Any]:
     if cls not in _HINTS:
         try:
@@ -164,11 +168,15 @@ def check_fields(config: Any) -> None:
             continue  # the class accepts looser forms of this field and checks it itself
         hint = hints.get(f.name, Any)
         value = getattr(config, f.name)
+        if value is None and f.metadata and "gate" in f.metadata:
+            continue  # a Budget gate (workbench.tasks.base.gate): None switches it off, whatever its annotation
         try:
             checked = _check(hint, value, "")
             bounds = f.metadata.get("range") if f.metadata else None
             if bounds is not None:
                 _check_range(checked, bounds, "")
+        except _Range as exc:
+            raise ConfigError(f"{cls.__name__}.{f.name}{exc.where} must be {exc.expected}, got {exc.value}.") from None
         except _Mismatch as exc:
             raise _config_error(cls, f, exc) from None
         if checked is not value:
@@ -176,8 +184,7 @@ def check_fields(config: Any) -> None:
 
 
 def _config_error(cls: type, f: dataclasses.Field, exc: _Mismatch) -> ConfigError:
-    label = f.metadata.get("label") if f.metadata else None
-    name = f"{cls.__name__}.{f.name}{exc.where}" + (f" ({label})" if label else "")
+    name = f"{cls.__name__}.{f.name}{exc.where}"
     value = exc.value
     fix = None
     if isinstance(value, str) and exc.expected == "True or False":
@@ -331,9 +338,8 @@ def _check_range(value: Any, bounds: tuple[Any, Any], where: str) -> None:
         return
     low, high = bounds
     if (low is not None and value < low) or (high is not None and value > high):
-        shown = ("at least " + f"{low:g}" if high is None else "at most " + f"{high:g}" if low is None
-                 else f"between {low:g} and {high:g}")
-        raise _Mismatch(shown, where, value)
+        shown = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+        raise _Range(shown, where, value)
 
 
 def _plain(value: Any) -> Any:

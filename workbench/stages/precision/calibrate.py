@@ -30,7 +30,6 @@ import numpy as np
 
 from workbench._lazy import require
 from workbench.config import StageConfig, check_choice, check_positive
-from workbench.data import conform_feeds
 from workbench.errors import DataError, OutputFolderError
 
 CACHE_FORMAT = "workbench-calibration/2"
@@ -173,8 +172,9 @@ def validate_feeds(feeds: Sequence[Mapping[str, np.ndarray]], model_path: str | 
             )
         for name, (dtype, dims) in expected.items():
             array = np.asarray(feed[name])
-            if array.dtype != dtype:  # integer ids of another width are cast (when they fit) where they are used
-                conform_feeds({name: array}, {name: dtype}, what=f"feed dict {index} of the {what}")
+            if array.dtype != dtype:
+                raise DataError(f"Input {name!r} of feed dict {index} is {array.dtype}, the model takes {dtype}.",
+                                fix=f"cast it: array.astype(np.{dtype})")
             if array.ndim != len(dims):
                 raise DataError(f"Input {name!r} of feed dict {index} has rank {array.ndim}, the model takes {len(dims)}.")
     if equal_shapes:
@@ -337,8 +337,6 @@ def calibrate(
     from workbench._files import atomic_path, ensure_folder, staging_directory
 
     validate_feeds(feeds, model_path, equal_shapes=config.method in HISTOGRAM_METHODS)
-    dtypes = {name: dtype for name, (dtype, _dims) in model_inputs(model_path).items()}
-    feeds = [conform_feeds(feed, dtypes, what="the calibration data") for feed in feeds]
     cache_dir = ensure_folder(cache_dir or default_cache_dir(), what="Calibration cache folder")
     model_digest, data_digest = file_digest(model_path), _digest_feeds(feeds)
     key = _key(model_digest, data_digest, config)
