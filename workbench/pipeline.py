@@ -32,10 +32,9 @@ from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import HFModelSource, ModelSource, OnnxSource, load_model
 from workbench.stages.export import ExportConfig
 from workbench.stages.precision.quantize import DynamicQuantConfig
+from workbench.summary import SUMMARY_FILE, SUMMARY_VERSION
 from workbench.tasks.base import Budget, Encoded, Samples, Task
 
-SUMMARY_FILE = "summary.json"
-SUMMARY_VERSION = 2
 
 F = TypeVar("F", bound=Callable[..., Any])
 

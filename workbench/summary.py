@@ -14,13 +14,15 @@ from typing import Any
 
 from workbench.machine import library_versions
 
-__all__ = ["build_summary", "format_summary", "library_versions"]
+__all__ = ["SUMMARY_FILE", "SUMMARY_VERSION", "build_summary", "format_summary", "library_versions"]
+
+SUMMARY_FILE = "summary.json"
+#: 2: task, engine and precision per candidate, the task's metrics, budgets with their task.
+SUMMARY_VERSION = 2
 
 
 def build_summary(pipeline: Any) -> dict[str, Any]:
     """The summary.json contents for a pipeline that has run some of its steps."""
-    from workbench.pipeline import SUMMARY_VERSION
-
     task = pipeline.task
     rows = []
     for name, candidate in pipeline.candidate_models.items():

@@ -29,8 +29,6 @@ from workbench.triton.config import (
     _check_model_name,
     _is_int,
     _model_config_pb2,
-    parse_model_config,
-    render_model_config,
 )
 from workbench.triton.model import (
     TritonExportResult,
@@ -47,7 +45,7 @@ from workbench.triton.provenance import (
     _provenance_record,
     _readme_text,
 )
-from workbench.triton.writer import _Entry, _write_repository_entries
+from workbench.triton.writer import Entry, checked_text, write_entries
 from workbench.tasks.base import PostProcessing
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
@@ -403,16 +401,6 @@ def _ensemble_config(pb2: Any, names: dict[str, str], config: TritonConfig, toke
     return cfg
 
 
-def _checked_text(cfg: Any) -> str:
-    text = render_model_config(cfg)
-    if parse_model_config(text) != cfg:  # never expected: the text must say exactly what was derived
-        raise TritonExportError(
-            f"The rendered Triton config of {cfg.name!r} does not parse back to the config it was rendered from.",
-            fix="report this as a workbench bug, with the model and the TritonConfig",
-        )
-    return text
-
-
 def export_triton_ensemble(
     onnx_path: str | os.PathLike[str],
     repository: str | os.PathLike[str],
@@ -535,7 +523,7 @@ def export_triton_ensemble(
     if post_cfg is not None and post_role is not None:
         configs[names[post_role]] = post_cfg
     check_ensemble(ensemble_cfg, configs)
-    texts = {name: _checked_text(cfg) for name, cfg in configs.items()}
+    texts = {name: checked_text(cfg) for name, cfg in configs.items()}
     output_names = tuple(t.name for t in ensemble_cfg.output)
 
     record = _provenance_record(names=names, onnx_path=path, tokenizer_dir=tokenizer_dir,
@@ -581,14 +569,14 @@ def export_triton_ensemble(
     if spec is not None and post_role is not None:
         roles[post_role] = python_model(FOLDER / spec.source)
     roles["ensemble"] = empty_version
-    entries = [_Entry(names[role], model_folder(names[role], populate)) for role, populate in roles.items()]
-    entries.append(_Entry(README_FILENAME, text_file(readme)))
-    entries.append(_Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2, sort_keys=False) + "\n")))
+    entries = [Entry(names[role], model_folder(names[role], populate)) for role, populate in roles.items()]
+    entries.append(Entry(README_FILENAME, text_file(readme)))
+    entries.append(Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2, sort_keys=False) + "\n")))
 
     created_repository = not repository.exists()
     try:
         repository.mkdir(parents=True, exist_ok=True)
-        _write_repository_entries(repository, entries, overwrite=overwrite)
+        write_entries(repository, entries, overwrite=overwrite)
     except WorkbenchError:
         _remove_if_empty(repository, created_repository)
         raise
