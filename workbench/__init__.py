@@ -112,6 +112,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         WorkbenchError,
     )
     from workbench.models import HFModelSource, ModuleSource, OnnxSource, bundled_model_path, load_model
+    from workbench.notebook import check_parameters
     from workbench.pipeline import STEPS, Pipeline, PipelineParameters, step
     from workbench.stages.accuracy.compare import compare_candidates
     from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
@@ -122,7 +123,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.triton.config import TritonConfig, parse_model_config
     from workbench.triton.model import export_triton
     from workbench.triton.ensemble import export_triton_ensemble
-    from workbench.notebook import check_parameters
     from workbench.recipe import Recipe, run_recipe, save_recipe
     from workbench.summary import format_summary
     from workbench.tasks.base import Budget, Task, get_task, register_task

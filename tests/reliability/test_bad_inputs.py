@@ -166,7 +166,8 @@ def test_a_read_only_output_folder_is_refused_naming_it(tmp_path):
     os.chmod(folder, 0o555)
     script = ("import sys; from workbench._files import OutputFolder, check_output_file\n"
               "from workbench.errors import OutputFolderError\n"
-              "calls = (lambda: OutputFolder(sys.argv[1]).claim(), lambda: check_output_file(sys.argv[1] + '/m.onnx'))\n"
+              "calls = (lambda: OutputFolder(sys.argv[1]).claim(),\n"
+              "         lambda: check_output_file(sys.argv[1] + '/m.onnx'))\n"
               "for call in calls:\n"
               "    try:\n        call()\n"
               "    except OutputFolderError as exc:\n        print('OutputFolderError', exc.what)\n")

@@ -30,7 +30,7 @@ WITHOUT_OVERRIDES = ["setpriv", "--bounding-set", "-dac_override,-dac_read_searc
 
 
 def _make_read_only(folder: Path) -> None:
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         for name in files:
             os.chmod(Path(root) / name, 0o444)
         os.chmod(root, 0o555)
@@ -66,7 +66,7 @@ def stage_report(tiny_model_dir, tiny_bert_onnx, fused_tiny):
             (base / name).mkdir()
         yield base, run_stages(base)
     finally:
-        for root, dirs, _files in os.walk(base):
+        for root, _dirs, _files in os.walk(base):
             os.chmod(root, 0o755)
         shutil.rmtree(base, ignore_errors=True)
 

@@ -28,7 +28,8 @@ def stage_model(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
     staged = folder / source.name
     link_or_copy(source, staged)
     model = onnx.load(str(source), load_external_data=False)
-    locations = {entry.value for tensor in _all_tensors(model.graph) if tensor.data_location == onnx.TensorProto.EXTERNAL
+    locations = {entry.value for tensor in _all_tensors(model.graph)
+                 if tensor.data_location == onnx.TensorProto.EXTERNAL
                  for entry in tensor.external_data if entry.key == "location"}
     for location in sorted(locations):
         target = folder / location

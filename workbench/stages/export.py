@@ -262,9 +262,9 @@ def export_onnx(
     for length in config.check_sequence_lengths:
         check_sequence_length(source, length, what="ExportConfig.check_sequence_lengths")
     torch = require("torch", purpose="Exporting a PyTorch model")
+    from workbench.data import tokenize_batches
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
     from workbench.engines.pytorch import PyTorchRunner
-    from workbench.data import tokenize_batches
     from workbench.onnx.io import save_onnx
 
     started = time.perf_counter()
@@ -293,7 +293,8 @@ def export_onnx(
         dynamic_axes = {k: dict(v) for k, v in (source.dynamic_axes or {}).items()} or {
             name: {0: "batch"} for name in (*input_names, *output_names)
         }
-        example = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in source.example_inputs.items()}
+        example = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+                   for k, v in source.example_inputs.items()}
         if check_feeds is None:
             check_feeds = [example]
 
@@ -342,11 +343,13 @@ def export_onnx(
                 worst = max(failures, key=lambda c: c.max_abs)
                 raise ExportError(
                     f"ONNX output {worst.output!r} differs from PyTorch: max abs {worst.max_abs:.3e} "
-                    f"(atol {config.atol:g}), cosine {worst.cosine:.6f} (min {config.min_cosine}) at batch {worst.batch}, "
-                    f"seq {worst.sequence}; {len(failures)} of {len(checks)} checks failed. No model was written.",
+                    f"(atol {config.atol:g}), cosine {worst.cosine:.6f} (min {config.min_cosine}) at batch "
+                    f"{worst.batch}, seq {worst.sequence}; {len(failures)} of {len(checks)} checks failed. No model "
+                    "was written.",
                     expected="the ONNX model to reproduce PyTorch within the tolerance at every checked shape",
                     fix="a shape-dependent branch or a fixed-size mask was probably traced: load the model with "
-                    'attn_implementation="eager", try the other exporter, or check the shapes your forward() depends on',
+                    'attn_implementation="eager", try the other exporter, or check the shapes your forward() '
+                    "depends on",
                 )
             onnx = require("onnx", purpose="Saving an ONNX model")
             save_onnx(onnx.load(str(staged), load_external_data=True), output_path)

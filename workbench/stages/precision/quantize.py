@@ -401,9 +401,9 @@ class OverflowScan:
 
 def fp16_overflow_scan(model_path: str | os.PathLike[str], feeds: Any, *, underflow_fraction: float = 0.01) -> OverflowScan:
     """Run the FP32 model on `feeds` with every float tensor exposed; flag nodes FP16 cannot represent."""
+    from workbench.engines.onnxruntime import run_model
     from workbench.onnx.io import load_onnx
     from workbench.stages.surgery.edits import AddOutputs, tensor_types
-    from workbench.engines.onnxruntime import run_model
 
     model = load_onnx(model_path)
     types = tensor_types(model)

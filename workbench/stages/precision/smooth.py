@@ -75,8 +75,8 @@ class SmoothingResult:
 
 def channel_max(model: Any, feeds: Sequence[Mapping[str, np.ndarray]], tensors: Sequence[str]) -> dict[str, np.ndarray]:
     """Per-channel (last axis) max |x| of `tensors` over `feeds`, one feed dict at a time."""
-    from workbench.stages.surgery.edits import AddOutputs
     from workbench.engines.onnxruntime import model_session
+    from workbench.stages.surgery.edits import AddOutputs
 
     graph_inputs = {i.name for i in model.graph.input}
     fetched = [t for t in tensors if t not in graph_inputs]
@@ -141,10 +141,9 @@ def smooth_activations(
     Raises:
         DataError: The calibration data is empty or does not match the model.
     """
+    from workbench._files import check_output_file
     from workbench.onnx.io import load_onnx, save_onnx
     from workbench.stages.precision.calibrate import validate_feeds
-
-    from workbench._files import check_output_file
 
     check_output_file(output_path, what="The smoothed model's path")
     started = time.perf_counter()
