@@ -124,8 +124,19 @@ def _restore_aside(path: Path) -> None:
         path.mkdir()  # an empty stand-in, removed by the caller
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether `exc`, or an exception it was raised from, says the disk or quota is full."""
+def is_disk_full(exc: BaseException, where: str | os.PathLike[str] | None = None, needed: int = 0) -> bool:
+    """Whether `exc`, or an exception it was raised from, says the disk or quota is full.
+
+    With `where`, also when the disk holding it has less than `needed` bytes (at least 1 MB) free: libraries
+    that write from C++ (onnx's shape inference inside onnxruntime's quantizer) may leave a truncated file
+    without an error, and what fails is the next read of it.
+    """
+    if where is not None:
+        with contextlib.suppress(OSError, StopIteration):
+            folder = Path(where)
+            free = shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+            if free < max(needed, 1 << 20):
+                return True
     seen = 0
     current: BaseException | None = exc
     while current is not None and seen < 20:
@@ -148,8 +159,10 @@ def _free_space(folder: Path) -> str:
 def disk_full_error(exc: BaseException, where: str | os.PathLike[str], what: str = "Writing") -> DiskFullError:
     """The DiskFullError for `exc` raised while writing to `where`."""
     where = Path(where)
+    said = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
     return DiskFullError(
-        f"{what} {where} failed: the disk is full ({_free_space(where)}). Nothing was moved into place.",
+        f"{what} {where} failed: the disk is full ({_free_space(where)}; the library said {said}). Nothing was "
+        "moved into place.",
         expected="room for the step's files (a transformer model is about its parameter count x 4 bytes per copy)",
         fix=f"free space on the disk that holds {where.parent if where.suffix else where}, or write to another "
         "folder; then run the step again (its partial files are removed)",
@@ -419,10 +432,27 @@ class OutputFolder:
                     (self.path / "summary.json").unlink(missing_ok=True)
             self.cleaned = clean_leftovers(self.path, all_owners=True)
         except BaseException:
-            self.release()
+            self._abandon()
             raise
         _HELD[key] = self
         return self
+
+    def _abandon(self) -> None:
+        """Give up a claim that was refused: the folder is left exactly as it was, lock file included."""
+        if self._fd is None:
+            return
+        if self.previous_run:  # a killed run's record: keep it, so the next claim still says what happened
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, (json.dumps(self.previous_run) + "\n").encode(), 0)
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+            return
+        self.release()
 
     def _lock(self) -> None:
         import fcntl

@@ -317,7 +317,7 @@ def export_onnx(
                     dynamo=config.exporter == "dynamo",
                 )
             except Exception as exc:
-                if is_disk_full(exc):  # not the exporter's fault: say so, not "try the other exporter"
+                if is_disk_full(exc, staging):  # not the exporter's fault: say so, not "try the other exporter"
                     raise disk_full_error(exc, output_path, "Exporting the model to") from exc
                 raise ExportError(
                     f"torch.onnx.export ({config.exporter}) failed: {type(exc).__name__}: {exc}",

@@ -103,7 +103,7 @@ def _published(output_path: Path, converter: str, model_path: Any) -> Iterator[P
         except WorkbenchError:
             raise
         except Exception as exc:
-            if is_disk_full(exc):
+            if is_disk_full(exc, staging, needed=Path(model_path).stat().st_size):
                 raise disk_full_error(exc, output_path, f"Quantizing {model_path} into") from exc
             raise QuantizationError(
                 f"onnxruntime's {converter} failed on {model_path}: {type(exc).__name__}: {exc}",
