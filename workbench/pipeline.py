@@ -30,7 +30,7 @@ from workbench.config import StageConfig, check_positive
 from workbench.engines.base import Candidate
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import HFModelSource, ModelSource, OnnxSource, load_model
-from workbench.stages.export import ExportConfig
+from workbench.stages.export import ExportConfig, check_sequence_length
 from workbench.stages.precision.quantize import DynamicQuantConfig
 from workbench.summary import SUMMARY_FILE, SUMMARY_VERSION
 from workbench.tasks.base import Budget, Encoded, Samples, Task
@@ -393,6 +393,7 @@ class Pipeline:
         self.quant_config = quant_config
         self.output_dir = Path(parameters.output_dir).resolve()  # summary.json records absolute paths
         self.source = source if source is not None else load_model(parameters.model_path, task=parameters.task)
+        check_sequence_length(self.source, parameters.sequence_length)  # before the output folder is claimed
         self._task: Task | None = None
         self._budget: Budget | None = budget
         if isinstance(self.source, HFModelSource) or budget is not None:

@@ -445,8 +445,6 @@ def test_a_sequence_length_beyond_the_models_positions_fails_before_export_write
     assert max_sequence_length(load_model(tiny_model_dir("roberta"))) == 513
 
 
-@pytest.mark.xfail(strict=True, reason="the lead wires check_sequence_length(source, sequence_length) into "
-                                       "Pipeline.__init__ (pipeline.py is the lead's); remove this mark then")
 def test_a_pipeline_refuses_a_sequence_length_beyond_the_models_positions_up_front(tiny_model_dir, tmp_path):
     from workbench.pipeline import Pipeline, PipelineParameters
 
