@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -510,8 +509,38 @@ def test_cli_doctor_runs(tmp_path):
     assert result.returncode == 0 and list(tmp_path.iterdir()) == []
 
 
-def test_nothing_is_left_after_a_cli_failure(tmp_path):
-    start = time.monotonic()
-    result = cli("summary", str(tmp_path / "x.json"))
-    assert result.returncode == 1 and time.monotonic() - start < 120
-    assert list(tmp_path.iterdir()) == []
+def _recipe_into(tmp_path: Path, model_dir: Path, output: Path) -> Path:
+    from workbench.pipeline import PipelineParameters
+    from workbench.recipe import Recipe
+
+    Recipe(parameters=PipelineParameters(model_path=str(model_dir), output_dir=str(output))).save(
+        tmp_path / "recipe.json")
+    return tmp_path / "recipe.json"
+
+
+def test_cli_run_into_a_folder_another_run_holds_names_that_run(tmp_path, tiny_model_dir):
+    output = tmp_path / "run"
+    recipe = _recipe_into(tmp_path, tiny_model_dir("bert"), output)
+    holder = OutputFolder(output).claim()  # this test process is the other, live run
+    try:
+        before = sorted(p.name for p in output.iterdir())
+        result = cli("run", str(recipe), "--quiet", "--no-check-inputs")
+        assert result.returncode == 1 and result.stderr.startswith("OutputFolderBusy"), result.stderr[-2000:]
+        assert f"process {os.getpid()}" in result.stderr and "Traceback" not in result.stderr
+        assert sorted(p.name for p in output.iterdir()) == before  # nothing written, the lock left alone
+    finally:
+        holder.release()
+
+
+def test_cli_run_into_an_earlier_run_without_overwrite_changes_nothing(tmp_path, tiny_model_dir):
+    output = tmp_path / "run"
+    recipe = _recipe_into(tmp_path, tiny_model_dir("bert"), output)
+    output.mkdir()
+    (output / "model.onnx").write_bytes(b"an earlier run's model")
+    (output / "summary.json").write_text('{"model": "earlier"}')
+    result = cli("run", str(recipe), "--quiet", "--no-check-inputs")
+    assert result.returncode == 1 and result.stderr.startswith("OutputFolderError"), result.stderr[-2000:]
+    assert "holds an earlier run" in result.stderr and "Traceback" not in result.stderr
+    assert (output / "model.onnx").read_bytes() == b"an earlier run's model"
+    assert (output / "summary.json").read_text() == '{"model": "earlier"}'
+    assert sorted(p.name for p in output.iterdir()) == ["model.onnx", "summary.json"]

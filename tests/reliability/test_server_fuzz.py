@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 REQUESTS = 1200
 CLIENTS = 8
-DEADLINE_S = 420.0
+DEADLINE_S = 90.0  # the requests take about 5 s on a quiet machine; a bound, not a timing
 GOOD_TEXTS = (
     "A man is playing a guitar.",
     "The new movie is awesome!",
