@@ -27,6 +27,9 @@ _EXPORTS: dict[str, str] = {
     "MissingDependency": "workbench.errors",
     "DependencyConflict": "workbench.errors",
     "DeviceUnavailable": "workbench.errors",
+    "OutputFolderError": "workbench.errors",
+    "OutputFolderBusy": "workbench.errors",
+    "DiskFullError": "workbench.errors",
     # model sources and data
     "load_model": "workbench.models",
     "HFModelSource": "workbench.models",
@@ -92,6 +95,7 @@ _EXPORTS: dict[str, str] = {
     "Recipe": "workbench.recipe",
     "run_recipe": "workbench.recipe",
     "save_recipe": "workbench.recipe",
+    "check_parameters": "workbench.notebook",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -111,15 +115,19 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         DataError,
         DependencyConflict,
         DeviceUnavailable,
+        DiskFullError,
         ExportError,
         MissingDependency,
         ModelSourceError,
+        OutputFolderBusy,
+        OutputFolderError,
         QuantizationError,
         TritonExportError,
         TritonServerError,
         WorkbenchError,
     )
     from workbench.models import HFModelSource, ModuleSource, OnnxSource, bundled_model_path, load_model
+    from workbench.notebook import check_parameters
     from workbench.pipeline import STEPS, Pipeline, PipelineParameters, step
     from workbench.recipe import Recipe, run_recipe, save_recipe
     from workbench.stages.accuracy.compare import compare_candidates

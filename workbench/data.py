@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,24 @@ def read_sentences(path: str | os.PathLike[str], limit: int | None = None) -> li
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"Sentence file {path} does not exist.", fix="pass a UTF-8 text file with one sentence per line")
-    sentences = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise DataError(f"Sentence file {path} {what}.", fix="pass a UTF-8 text file with one sentence per line")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"Sentence file {path} cannot be read: {exc.strerror or exc}.",
+                        fix="check the file's permissions") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"Sentence file {path} is not UTF-8: byte {exc.start} (0x{raw[exc.start]:02x}, line {line}) cannot be "
+            "decoded.",
+            expected="a UTF-8 text file with one sentence per line",
+            fix=f"convert it, for example `iconv -f latin1 -t utf-8 {path.name} > fixed.txt`, or save it as UTF-8",
+        ) from None
+    sentences = [line.strip() for line in text.removeprefix("\ufeff").splitlines() if line.strip()]
     if not sentences:
         raise DataError(f"Sentence file {path} holds no sentences.", fix="put at least one non-empty line in it")
     if limit is not None:
@@ -113,3 +129,45 @@ def tokenize_batches(
             )
         feeds.append({name: np.ascontiguousarray(encoded[name], dtype=np.int64) for name in names})
     return feeds
+
+
+def conform_feeds(feeds: Mapping[str, Any], dtypes: Mapping[str, Any], *, what: str = "the feeds") -> dict[str, Any]:
+    """`feeds` with integer arrays cast to the integer type the model takes (int64 ids for an int32 model).
+
+    Tokenizers give int64; some exported models take int32 ids. Integer arrays are cast when every value fits
+    the model's type; anything else that differs is a DataError naming the input.
+
+    Args:
+        feeds: Input name -> array.
+        dtypes: Input name -> the numpy dtype the model takes.
+        what: How error messages name the feeds.
+
+    Raises:
+        DataError: An input is missing or unknown, a value does not fit, or a dtype differs in kind.
+    """
+    import numpy as np
+
+    missing, unknown = sorted(set(dtypes) - set(feeds)), sorted(set(feeds) - set(dtypes))
+    if missing or unknown:
+        raise DataError(
+            f"{what[0].upper() + what[1:]} have inputs {sorted(feeds)}"
+            + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else "") + ".",
+            expected=f"exactly the model's inputs {sorted(dtypes)}",
+            fix="tokenize with input_names= the model's inputs, or rename the keys",
+        )
+    conformed = {}
+    for name, value in feeds.items():
+        array, want = np.asarray(value), np.dtype(dtypes[name])
+        if array.dtype != want:
+            if np.issubdtype(array.dtype, np.integer) and np.issubdtype(want, np.integer):
+                limits = np.iinfo(want)
+                if array.size and (array.min() < limits.min or array.max() > limits.max):
+                    raise DataError(f"Input {name!r} of {what} has values outside {want}'s range "
+                                    f"({array.min()}..{array.max()}), which the model takes.",
+                                    fix="check the token ids (a tokenizer of another model?)")
+                array = array.astype(want)
+            else:
+                raise DataError(f"Input {name!r} of {what} is {array.dtype}, the model takes {want}.",
+                                fix=f"cast it: array.astype(np.{want})")
+        conformed[name] = array
+    return conformed

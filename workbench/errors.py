@@ -66,3 +66,15 @@ class DependencyConflict(WorkbenchError):
 
 class DeviceUnavailable(WorkbenchError):
     """The requested device (a GPU) or engine (TensorRT) is not available on this machine."""
+
+
+class OutputFolderError(WorkbenchError):
+    """An output folder (or file) cannot be used: it is a file, read-only, or holds an earlier run."""
+
+
+class OutputFolderBusy(OutputFolderError):
+    """Another run holds the output folder's lock; the message names it (process id, host, start time)."""
+
+
+class DiskFullError(OutputFolderError):
+    """The disk (or the user's quota) is full: nothing was moved into place."""

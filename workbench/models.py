@@ -304,6 +304,17 @@ def load_model(
         check_onnx_file(resolved)
         return OnnxSource(resolved, tokenizer_folder)
     if (resolved / "config.json").is_file():
+        try:
+            config = json.loads((resolved / "config.json").read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelSourceError(
+                f"{resolved / 'config.json'} cannot be read as JSON ({type(exc).__name__}: {exc}).",
+                expected="the config.json that save_pretrained() writes",
+                fix="save the model again with model.save_pretrained(DIR), or repair config.json",
+            ) from exc
+        if not isinstance(config, dict):
+            raise ModelSourceError(f"{resolved / 'config.json'} holds a {type(config).__name__}, not a model config.",
+                                   fix="save the model again with model.save_pretrained(DIR)")
         if not any((resolved / name).is_file() for name in _WEIGHT_FILES):
             raise ModelSourceError(
                 f"{resolved} has config.json but no weights (looked for {', '.join(_WEIGHT_FILES)}).",

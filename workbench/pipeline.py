@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from workbench._files import OutputFolder
 from workbench.config import StageConfig, check_positive
 from workbench.engines.base import Candidate
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import HFModelSource, ModelSource, OnnxSource, load_model
 from workbench.progress import ProgressCallback
-from workbench.stages.export import ExportConfig
+from workbench.stages.export import ExportConfig, check_sequence_length
 from workbench.stages.precision.quantize import DynamicQuantConfig
 from workbench.summary import SUMMARY_FILE
 from workbench.tasks.base import Budget, Encoded, Samples, Task
@@ -408,6 +409,7 @@ class Pipeline:
         self.quant_config = quant_config
         self.output_dir = Path(parameters.output_dir).resolve()  # summary.json records absolute paths
         self.source = source if source is not None else load_model(parameters.model_path, task=parameters.task)
+        check_sequence_length(self.source, parameters.sequence_length)  # before the output folder is claimed
         self._task: Task | None = None
         self._budget: Budget | None = budget
         if isinstance(self.source, HFModelSource) or budget is not None:
@@ -424,6 +426,9 @@ class Pipeline:
         self._samples: Samples | None = None
         self.unavailable_engines: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
+        # one run per output folder, claimed once the inputs checked out: a lock, an earlier run refused up front
+        # without overwrite, a killed run's leftovers cleaned
+        self.output_folder = OutputFolder(self.output_dir).claim(overwrite=parameters.overwrite)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -925,6 +930,7 @@ class Pipeline:
         path = self.output_dir / SUMMARY_FILE
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(data, indent=2) + "\n")
+        self.output_folder.release()  # the run is complete: the folder is free for the next one
         return Summary(data, path)
 
 

@@ -75,8 +75,11 @@ class OnnxRuntimeRunner(BaseRunner):
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self.session is not None
+        from workbench.data import conform_feeds
+
         names = self.output_names or [o.name for o in self.session.get_outputs()]
-        values = self.session.run(names, dict(feeds))
+        dtypes = {i.name: np.dtype(_ORT_TO_NUMPY.get(i.type, "float32")) for i in self.session.get_inputs()}
+        values = self.session.run(names, conform_feeds(feeds, dtypes, what=f"the feeds of {self.name}"))
         return dict(zip(names, values))
 
     def _deactivate(self) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,43 @@ from workbench.errors import ModelSourceError
 
 # Protobuf's hard limit is 2 GiB; stay well below it so graph metadata never tips a model over.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+
+
+def stage_model(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path:
+    """Show the model at `path` (and its external data files) inside `folder`, without copying where possible.
+
+    onnxruntime's tools write files next to the model they are given (quantize_dynamic writes
+    `<model>-inferred.onnx` beside it): given this staged path, they write into `folder` instead, which the
+    calling step owns, and never beside its input (which may be read-only, or on a full disk).
+    """
+    from workbench._files import link_or_copy
+
+    onnx = require("onnx", purpose="Reading an ONNX model")
+    source, folder = Path(path), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = folder / source.name
+    link_or_copy(source, staged)
+    model = onnx.load(str(source), load_external_data=False)
+    locations = {entry.value for tensor in _all_tensors(model.graph)
+                 if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    for location in sorted(locations):
+        target = folder / location
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(source.parent / location, target)
+    return staged
+
+
+def _all_tensors(graph: Any) -> Any:
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _all_tensors(subgraph)
 
 
 def load_onnx(path: str | os.PathLike[str]) -> Any:
@@ -27,12 +62,17 @@ def save_onnx(model: Any, path: str | os.PathLike[str]) -> Path:
 
     Models at or above ~1.8 GB are written with their weights in `<name>.data` beside the .onnx file.
     """
+    from workbench._files import FILE_MODE, disk_errors, staging_directory
+
     onnx = require("onnx", purpose="Saving an ONNX model")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data_name = f"{path.name}.data"
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
+    if path.is_dir():
+        from workbench.errors import OutputFolderError
+
+        raise OutputFolderError(f"Cannot write the model to {path}: it is a folder.",
+                                fix="pass the path of an .onnx file inside it, for example model.onnx")
+    with staging_directory(path.parent, path.name) as staging, disk_errors(path, "Saving the model to"):
         external = model.ByteSize() >= EXTERNAL_DATA_THRESHOLD_BYTES if _has_no_external(model) else True
         staged = staging / path.name
         if external:
@@ -45,14 +85,14 @@ def save_onnx(model: Any, path: str | os.PathLike[str]) -> Path:
             )
         else:
             onnx.save_model(model, str(staged))
+        for written in staging.iterdir():
+            os.chmod(written, FILE_MODE)
         # weights first, so a reader never sees a model whose data file is missing
         if (staging / data_name).exists():
             os.replace(staging / data_name, path.parent / data_name)
         elif (path.parent / data_name).exists():
             (path.parent / data_name).unlink()  # a stale data file from an earlier, larger save
         os.replace(staged, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
@@ -90,6 +130,13 @@ def check_onnx_file(path: Path) -> None:
             f"{path} parsed as ONNX but has {len(model.graph.node)} nodes and {len(model.graph.output)} outputs.",
             expected="a graph with at least one node and one output",
             fix="export the model again; an empty graph usually means a truncated or wrong file",
+        )
+    initializers = {t.name for t in model.graph.initializer}
+    if not [i for i in model.graph.input if i.name not in initializers]:
+        raise ModelSourceError(
+            f"{path} has no inputs (every graph input is a weight), so there is nothing to feed it.",
+            expected="a model with at least one real input (input_ids, for a text model)",
+            fix="export the model with its inputs (torch.onnx.export(..., input_names=[...])), not a constant graph",
         )
     try:
         onnx.checker.check_model(str(path))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from workbench._files import check_output_file, disk_full_error, is_disk_full, staging_directory
 from workbench._lazy import require
 from workbench.config import StageConfig, check_choice, check_positive
 from workbench.errors import ConfigError, ExportError
@@ -189,6 +188,44 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / denominator)
 
 
+#: Hugging Face config keys that give the number of positions a model has embeddings for.
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "n_ctx")
+
+
+def max_sequence_length(source: ModelSource) -> int | None:
+    """The longest sequence (tokens, special tokens included) the model has position embeddings for, or None.
+
+    Read from the Hugging Face config (RoBERTa-style models offset positions by padding_idx + 1, so they take
+    that many fewer); None for sources without a config.json (an nn.Module, an .onnx file).
+    """
+    if not isinstance(source, HFModelSource):
+        return None
+    try:
+        config = source.config
+    except (OSError, ValueError):
+        return None
+    for key in _POSITION_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            offset = 0
+            if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+                offset = int(config.get("pad_token_id", 1) or 0) + 1
+            return value - offset
+    return None
+
+
+def check_sequence_length(source: ModelSource, length: int, *, what: str = "sequence_length") -> None:
+    """Raise ConfigError before any work if `length` tokens do not fit the model's position embeddings."""
+    limit = max_sequence_length(source)
+    if limit is not None and length > limit:
+        raise ConfigError(
+            f"{what} = {length} is longer than {source.name} can take: it has position embeddings for "
+            f"{limit} tokens.",
+            expected=f"{what} between 8 and {limit}",
+            fix=f"pass {what}={min(limit, 512)} or less (texts longer than that are truncated)",
+        )
+
+
 def export_onnx(
     source: ModelSource,
     output_path: str | os.PathLike[str],
@@ -213,16 +250,21 @@ def export_onnx(
 
     Raises:
         ExportError: The exporter failed, or an output differs from PyTorch beyond the config's tolerance.
+        ConfigError: A checked sequence length is longer than the model's position embeddings.
+        OutputFolderError: `output_path` cannot be written (checked first); DiskFullError: the disk filled up.
     """
     if isinstance(source, OnnxSource):
         raise ExportError(
             f"{source.path} is already an ONNX model; there is nothing to export.",
             fix="pass it straight to the next stage (fusion, quantization), or load the PyTorch model instead",
         )
+    check_output_file(output_path, what="The ONNX model's path")
+    for length in config.check_sequence_lengths:
+        check_sequence_length(source, length, what="ExportConfig.check_sequence_lengths")
     torch = require("torch", purpose="Exporting a PyTorch model")
+    from workbench.data import tokenize_batches
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
     from workbench.engines.pytorch import PyTorchRunner
-    from workbench.data import tokenize_batches
     from workbench.onnx.io import save_onnx
 
     started = time.perf_counter()
@@ -251,64 +293,67 @@ def export_onnx(
         dynamic_axes = {k: dict(v) for k, v in (source.dynamic_axes or {}).items()} or {
             name: {0: "batch"} for name in (*input_names, *output_names)
         }
-        example = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in source.example_inputs.items()}
+        example = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+                   for k, v in source.example_inputs.items()}
         if check_feeds is None:
             check_feeds = [example]
 
     wrapper = _tuple_outputs_module(module, input_names, output_names)
     training_modes = {m: m.training for m in module.modules()}
-    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export.", suffix=".partial", dir=Path(output_path).parent))
     try:
-        wrapper.eval()  # export traces eval mode; a wrapper left in train mode flips the model back afterwards
-        staged = staging / "model.onnx"
-        args = tuple(torch.from_numpy(example[name]) for name in input_names)
-        try:
-            torch.onnx.export(
-                wrapper,
-                args,
-                str(staged),
-                input_names=list(input_names),
-                output_names=list(output_names),
-                dynamic_axes=dynamic_axes,
-                opset_version=config.opset,
-                dynamo=config.exporter == "dynamo",
-            )
-        except Exception as exc:
-            raise ExportError(
-                f"torch.onnx.export ({config.exporter}) failed: {type(exc).__name__}: {exc}",
-                fix="try the other exporter (ExportConfig(exporter='dynamo', opset=18) or 'torchscript'), "
-                "or load the model with attn_implementation='eager'",
-            ) from exc
+        with staging_directory(Path(output_path).parent, "export") as staging:
+            wrapper.eval()  # export traces eval mode; a wrapper left in train mode flips the model back afterwards
+            staged = staging / "model.onnx"
+            args = tuple(torch.from_numpy(example[name]) for name in input_names)
+            try:
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(staged),
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    dynamic_axes=dynamic_axes,
+                    opset_version=config.opset,
+                    dynamo=config.exporter == "dynamo",
+                )
+            except Exception as exc:
+                if is_disk_full(exc, staging):  # not the exporter's fault: say so, not "try the other exporter"
+                    raise disk_full_error(exc, output_path, "Exporting the model to") from exc
+                raise ExportError(
+                    f"torch.onnx.export ({config.exporter}) failed: {type(exc).__name__}: {exc}",
+                    fix="try the other exporter (ExportConfig(exporter='dynamo', opset=18) or 'torchscript'), "
+                    "or load the model with attn_implementation='eager'",
+                ) from exc
 
-        checks = []
-        with PyTorchRunner(module, output_names=output_names, name="pytorch") as reference, OnnxRuntimeRunner(
-            staged, output_names=output_names
-        ) as exported:
-            for feeds in check_feeds:
-                expected = reference.infer(feeds)
-                actual = exported.infer(feeds)
-                batch, sequence = _shape_of(feeds)
-                for name in output_names:
-                    max_abs = float(np.max(np.abs(actual[name].astype(np.float64) - expected[name])))
-                    cosine = _cosine(actual[name], expected[name])
-                    passed = max_abs <= config.atol and cosine >= config.min_cosine
-                    checks.append(ExportCheck(batch, sequence, name, max_abs, cosine, passed))
-        failures = [c for c in checks if not c.passed]
-        if failures:
-            worst = max(failures, key=lambda c: c.max_abs)
-            raise ExportError(
-                f"ONNX output {worst.output!r} differs from PyTorch: max abs {worst.max_abs:.3e} "
-                f"(atol {config.atol:g}), cosine {worst.cosine:.6f} (min {config.min_cosine}) at batch {worst.batch}, "
-                f"seq {worst.sequence}; {len(failures)} of {len(checks)} checks failed. No model was written.",
-                expected="the ONNX model to reproduce PyTorch within the tolerance at every checked shape",
-                fix="a shape-dependent branch or a fixed-size mask was probably traced: load the model with "
-                'attn_implementation="eager", try the other exporter, or check the shapes your forward() depends on',
-            )
-        onnx = require("onnx", purpose="Saving an ONNX model")
-        save_onnx(onnx.load(str(staged), load_external_data=True), output_path)
+            checks = []
+            with PyTorchRunner(module, output_names=output_names, name="pytorch") as reference, OnnxRuntimeRunner(
+                staged, output_names=output_names
+            ) as exported:
+                for feeds in check_feeds:
+                    expected = reference.infer(feeds)
+                    actual = exported.infer(feeds)
+                    batch, sequence = _shape_of(feeds)
+                    for name in output_names:
+                        max_abs = float(np.max(np.abs(actual[name].astype(np.float64) - expected[name])))
+                        cosine = _cosine(actual[name], expected[name])
+                        passed = max_abs <= config.atol and cosine >= config.min_cosine
+                        checks.append(ExportCheck(batch, sequence, name, max_abs, cosine, passed))
+            failures = [c for c in checks if not c.passed]
+            if failures:
+                worst = max(failures, key=lambda c: c.max_abs)
+                raise ExportError(
+                    f"ONNX output {worst.output!r} differs from PyTorch: max abs {worst.max_abs:.3e} "
+                    f"(atol {config.atol:g}), cosine {worst.cosine:.6f} (min {config.min_cosine}) at batch "
+                    f"{worst.batch}, seq {worst.sequence}; {len(failures)} of {len(checks)} checks failed. No model "
+                    "was written.",
+                    expected="the ONNX model to reproduce PyTorch within the tolerance at every checked shape",
+                    fix="a shape-dependent branch or a fixed-size mask was probably traced: load the model with "
+                    'attn_implementation="eager", try the other exporter, or check the shapes your forward() '
+                    "depends on",
+                )
+            onnx = require("onnx", purpose="Saving an ONNX model")
+            save_onnx(onnx.load(str(staged), load_external_data=True), output_path)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         for submodule, was_training in training_modes.items():  # the source model leaves as it came
             submodule.train(was_training)
     return ExportResult(

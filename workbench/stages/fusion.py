@@ -153,8 +153,10 @@ def fuse_transformer(
     Raises:
         WorkbenchError: The optimizer failed, or the fused model does not match the input model.
     """
+    from workbench._files import check_output_file
     from workbench.onnx.io import load_onnx, save_onnx
 
+    check_output_file(output_path, what="The fused model's path")
     started = time.perf_counter()
     original = load_onnx(model_path)
     fused, fused_ops = fuse_proto(original, config)

@@ -25,8 +25,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -156,7 +154,8 @@ class TensorRTConfig(StageConfig):
     fp16: bool = True
     int8: bool = False
     explicit_quantization: bool = False
-    profiles: tuple[dict[str, ShapeRange], ...] = ()
+    # one mapping is accepted for a single profile: _normalize_profiles checks and normalises the field
+    profiles: tuple[dict[str, ShapeRange], ...] = field(default=(), metadata={"checked_in_post_init": True})
     workspace_mb: int | None = None
     timing_cache: str | None = None
     calibration_cache: str | None = None
@@ -781,10 +780,10 @@ def build_engine(
     trt_backend = require("polygraphy.backend.trt", purpose="Building a TensorRT engine")
     exceptions = require("polygraphy.exception", purpose="Building a TensorRT engine")
 
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tensorrt.", suffix=".partial", dir=engine_path.parent))
+    from workbench._files import FILE_MODE, disk_errors, staging_directory
+
     started = time.perf_counter()
-    try:
+    with staging_directory(engine_path.parent, "tensorrt") as staging, disk_errors(engine_path):
         staged = staging / engine_path.name
         with quiet_polygraphy("WARNING"):
             save = trt_backend.SaveEngine(loaders.engine, str(staged))
@@ -797,9 +796,8 @@ def build_engine(
                     "`polygraphy inspect capability` on the model lists the nodes TensorRT cannot parse",
                 ) from exc
         del engine  # frees the GPU engine; the file is what we keep
+        os.chmod(staged, FILE_MODE)
         os.replace(staged, engine_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     seconds = time.perf_counter() - started
 
     report = loaders.layer_precisions.report if loaders.layer_precisions is not None else None

@@ -131,6 +131,8 @@ def _readme_text(result_names: dict[str, str], *, sequence_length: int, postproc
                      "labels_model.py": "the label (id2label) and the class probabilities"}.get(
                          postprocessing.source, f"the task's post-processing ({postprocessing.source})")
         steps.append(f"`{result_names[postprocessing.suffix.lstrip('_')]}` (Python backend, numpy: {described})")
+    from workbench.triton.python_models.tokenizer_model import MAX_TEXT_BYTES as max_text_bytes
+
     outputs = ", ".join(f"`{n}`" for n in output_names)
     model_inputs = ", ".join(f"`{t.name}`" for t in model_cfg.input)
     return f"""# Triton model repository: `{ensemble}`
@@ -155,6 +157,14 @@ tritonserver --model-repository=$PWD --model-control-mode=explicit --load-model=
 The server's Python environment needs `numpy` and `tokenizers` (the Python-backend steps import them); the ONNX
 model needs Triton's onnxruntime backend (in the NGC `tritonserver` container). Loading the ensemble loads its
 steps.
+
+## What the server accepts
+
+Each request holds one or more texts (`{ENSEMBLE_TEXT_INPUT}`, BYTES, shape [batch, 1], batch at most
+{config.max_batch_size}), each UTF-8 of at most {max_text_bytes} bytes (the tokenizer's `max_text_bytes`); longer texts
+are truncated to {sequence_length} tokens. An empty text is accepted (it is encoded as its special tokens only).
+A request with a text that is not UTF-8, too long or not a string gets an error response that names the text;
+the other requests, even those in the same dynamic batch, get their results.
 
 ## Query
 

@@ -449,12 +449,39 @@ class TritonServer:
             TritonServerError: The server refused the model; the message has the server's own reason and the
                 end of its log.
         """
+        self._check_configs(name)
         self._call(f"load model {name!r}", lambda: self.client.load_model(name))
         if not self.client.is_model_ready(name):
             raise TritonServerError(
                 f"Triton loaded model {name!r} without an error but reports it not ready." + self._log_section(),
                 fix="read the server log above",
             )
+
+    def _check_configs(self, name: str, seen: frozenset[str] = frozenset()) -> None:
+        """Parse `name`'s config.pbtxt (and its ensemble steps') strictly before asking the server to load it.
+
+        The server reports a config that does not parse only as "failed to poll from model repository", and an
+        ensemble over such a model as "contains models that are not available"; this names the file, the line
+        and the column instead.
+        """
+        from workbench.errors import TritonExportError
+        from workbench.triton.config import CONFIG_FILENAME, parse_model_config
+
+        path = self.repository / name / CONFIG_FILENAME
+        if name in seen or not path.is_file():
+            return  # a missing model or config: the server's own message says so
+        try:
+            cfg = parse_model_config(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise TritonServerError(f"{path} is not UTF-8 text ({exc}), so Triton cannot load model {name!r}.",
+                                    fix="re-export the model repository") from exc
+        except TritonExportError as exc:
+            step_of = f" (a step of ensemble {sorted(seen)[-1]!r})" if seen else ""
+            raise TritonServerError(
+                f"Triton cannot load model {name!r}{step_of}: its {path} does not parse. {exc.what}",
+                expected=exc.expected, fix=exc.fix) from exc
+        for step in cfg.ensemble_scheduling.step:
+            self._check_configs(step.model_name, seen | {name})
 
     def unload(self, name: str) -> None:
         """Unload model `name` (waits until it is unloaded)."""

@@ -46,12 +46,20 @@ def write_entries(repository: Path, entries: list[Entry], *, overwrite: bool) ->
     complete are the entries renamed into place (existing ones, with overwrite, moved aside first). A failure
     while moving puts back what was there before.
     """
-    staging = Path(tempfile.mkdtemp(prefix=".workbench-export.", suffix=".partial", dir=repository))
-    aside: Path | None = Path(tempfile.mkdtemp(prefix=".workbench-export.", suffix=".old", dir=repository))
+    from workbench._files import FOLDER_MODE, _tag, clean_leftovers, disk_errors
+
+    clean_leftovers(repository)  # a killed export's staging folder; its moved-aside entries are put back
+    with disk_errors(repository, "Writing the Triton repository"):
+        staging = Path(tempfile.mkdtemp(prefix=f".workbench-export{_tag()}", suffix=".partial", dir=repository))
+        aside: Path | None = Path(tempfile.mkdtemp(prefix=f".workbench-export{_tag()}", suffix=".old",
+                                                   dir=repository))
     placed: list[tuple[Path, Path | None, bool]] = []  # (target, its old version moved aside, new one placed)
     try:
-        for entry in entries:
-            entry.populate(staging / entry.name)
+        with disk_errors(repository, "Writing the Triton repository"):
+            for entry in entries:
+                entry.populate(staging / entry.name)
+                if (staging / entry.name).is_dir():
+                    os.chmod(staging / entry.name, FOLDER_MODE)
         for entry in entries:
             target = repository / entry.name
             old = None

@@ -305,6 +305,11 @@ def benchmark(
     The result's `warnings` say when the timings look like a busy machine's (see busy_warnings), with the
     load average seen before and after timing.
     """
+    runners = list(runners)
+    if not runners:
+        raise ConfigError("benchmark() was given no runners, so there is nothing to time.",
+                          expected="at least one runner (a candidate model, or PyTorch)",
+                          fix="pass the candidates, e.g. [OnnxRuntimeRunner(path, name='fp32', allow_spinning=False)]")
     names = [r.name for r in runners]
     if len(set(names)) != len(names):
         raise ConfigError(f"Runner names must be unique, got {names}.")

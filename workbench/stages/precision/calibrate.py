@@ -2,6 +2,13 @@
 
 Uses onnxruntime.quantization's calibrators. Data is fed in chunks, so histogram methods (Entropy, Percentile,
 Distribution) hold the activations of one chunk at a time instead of the whole data set.
+
+A cache entry is onnxruntime's own calibration JSON (what `quantize_static(calibration_cache_path=...)` reads)
+plus a `workbench` record: the entry's key, the sha256 of the model and of the data, the method's options, the
+names of the tensors measured, and a checksum of the ranges. An entry is used only if all of them match and its
+ranges are plausible (finite, low <= high, not all empty, only tensors the model has); otherwise it is discarded
+with a CalibrationCacheWarning naming the file, and the ranges are measured again. Entries are written atomically
+and readable by everyone.
 """
 
 from __future__ import annotations
@@ -10,10 +17,12 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,8 +30,14 @@ import numpy as np
 
 from workbench._lazy import require
 from workbench.config import StageConfig, check_choice, check_positive
-from workbench.errors import DataError
+from workbench.errors import DataError, OutputFolderError
 from workbench.progress import Progress, ProgressCallback, as_callback
+
+CACHE_FORMAT = "workbench-calibration/2"
+
+
+class CalibrationCacheWarning(UserWarning):
+    """A calibration cache entry was corrupt or implausible; it was discarded and the ranges measured again."""
 
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile", "Distribution")
 HISTOGRAM_METHODS = ("Entropy", "Percentile", "Distribution")
@@ -94,6 +109,7 @@ class CalibrationResult:
     cache_hit: bool
     samples: int
     seconds: float
+    entry: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the verified entry
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         """Tensor name -> (low, high) as the quantizer will use them."""
@@ -103,7 +119,17 @@ class CalibrationResult:
 
     def tensors_data(self) -> Any:
         calibrate = require("onnxruntime.quantization.calibrate", purpose="Calibration")
+        if self.entry:
+            return calibrate.TensorsData.from_dict(dict(self.entry))
         return calibrate.load_tensors_data(self.cache_path)
+
+    def copy_ranges(self, path: str | os.PathLike[str]) -> Path:
+        """Write the verified ranges (not whatever the cache file holds by now) to `path`, for onnxruntime."""
+        from workbench._files import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(dict(self.entry)))
+        return Path(path)
 
     def to_dict(self) -> dict[str, Any]:
         return {"cache_path": str(self.cache_path), "config": self.config.to_dict(), "cache_hit": self.cache_hit,
@@ -183,18 +209,102 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _options(config: CalibrationConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k != "chunk_size"}  # chunking does not change ranges
+
+
 def calibration_key(model_path: str | os.PathLike[str], feeds: Sequence[Mapping[str, np.ndarray]],
                     config: CalibrationConfig) -> str:
     """The cache key: the model's bytes, the data's bytes and the method with its options."""
-    options = {k: v for k, v in config.to_dict().items() if k != "chunk_size"}  # chunking does not change ranges
-    text = json.dumps({"model": file_digest(model_path), "data": _digest_feeds(feeds), "config": options},
-                      sort_keys=True)
+    return _key(file_digest(model_path), _digest_feeds(feeds), config)
+
+
+def _key(model_digest: str, data_digest: str, config: CalibrationConfig) -> str:
+    text = json.dumps({"model": model_digest, "data": data_digest, "config": _options(config)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def default_cache_dir() -> Path:
     """Where calibration ranges are cached unless a folder is given: $WORKBENCH_CACHE or ~/.cache/workbench."""
     return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench")) / "calibration"
+
+
+def _checksum(entry: Mapping[str, Any]) -> str:
+    """sha256 of what onnxruntime reads from an entry (its ranges and method), in a canonical JSON form."""
+    ranges = {k: entry.get(k) for k in ("data", "calibration_method", "smooth_quant")}
+    return hashlib.sha256(json.dumps(ranges, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _model_tensor_names(model_path: str | os.PathLike[str]) -> set[str]:
+    onnx = require("onnx", purpose="Reading an ONNX model")
+    model = onnx.load(str(model_path), load_external_data=False)
+    names = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    names |= {out for node in model.graph.node for out in node.output if out}
+    return names
+
+
+def _values(value: Any) -> np.ndarray:
+    if isinstance(value, Mapping) and value.get("CLS") == "numpy.array":
+        value = value.get("data")
+    return np.asarray(value, dtype=np.float64).ravel()
+
+
+def _entry_problem(entry: Any, *, key: str, model_digest: str, data_digest: str, config: CalibrationConfig,
+                   tensor_names: set[str]) -> str | None:
+    """Why `entry` (parsed JSON) must not be used for this model, data and method; None if it may."""
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("data"), Mapping):
+        return "is not a calibration cache entry"
+    record = entry.get("workbench")
+    if not isinstance(record, Mapping) or record.get("format") != CACHE_FORMAT:
+        return "has no checksum (written by another tool or an older workbench)"
+    if record.get("checksum") != _checksum(entry):
+        return "does not match its checksum (the ranges were changed or damaged)"
+    if record.get("model_sha256") != model_digest:
+        return "belongs to another model (its model sha256 differs)"
+    if record.get("data_sha256") != data_digest or record.get("key") != key:
+        return "belongs to other calibration data"
+    if record.get("config") != json.loads(json.dumps(_options(config))):
+        return "was measured with other calibration options"
+    data = entry["data"]
+    if not data:
+        return "holds no ranges"
+    unknown = sorted(set(data) - tensor_names)
+    if unknown:
+        return f"has ranges for tensors the model does not have: {unknown[:5]}"
+    if sorted(data) != sorted(record.get("tensors", ())):
+        return "has other tensors than it records"
+    empty = 0
+    for name, value in data.items():
+        if not isinstance(value, Mapping) or "lowest" not in value or "highest" not in value:
+            return f"has no range for tensor {name!r}"
+        try:
+            low, high = _values(value["lowest"]), _values(value["highest"])
+        except (TypeError, ValueError):
+            return f"has a range for {name!r} that is not numbers"
+        if not low.size or not high.size or not np.isfinite(low).all() or not np.isfinite(high).all():
+            return f"has a range for {name!r} that is empty or not finite"
+        if low.min() > high.max():
+            return f"has a range for {name!r} with low > high ({low.min():g} > {high.max():g})"
+        empty += bool(math.isclose(float(low.min()), float(high.max()), abs_tol=0.0))
+    if empty == len(data):
+        return "has only empty ranges (low == high for every tensor: the model would output constants)"
+    try:
+        require("onnxruntime.quantization.calibrate", purpose="Calibration").TensorsData.from_dict(dict(entry))
+    except Exception as exc:  # noqa: BLE001 - whatever onnxruntime cannot read, it must not be given
+        return f"cannot be read by onnxruntime ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _read_entry(path: Path, **expected: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(the entry, None) if `path` holds a valid entry for `expected`, else (None, why not)."""
+    try:
+        entry = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"is not valid JSON ({type(exc).__name__}: {exc}; a truncated or damaged file)"
+    except OSError as exc:
+        return None, f"cannot be read ({exc})"
+    problem = _entry_problem(entry, **expected)
+    return (entry, None) if problem is None else (None, problem)
 
 
 def calibrate(
@@ -204,8 +314,9 @@ def calibrate(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool | ProgressCallback | None = True,
+    work_dir: str | os.PathLike[str] | None = None,
 ) -> CalibrationResult:
-    """Measure activation ranges of `model_path` on `feeds`, or reuse them from the cache.
+    """Measure activation ranges of `model_path` on `feeds`, or reuse them from the cache once verified.
 
     Args:
         model_path: The model to calibrate (pre-processed for quantization, see quantize_static).
@@ -215,24 +326,45 @@ def calibrate(
         progress: True: a progress bar (tqdm.auto) while collecting; False or None: none; a callable: called with
             a workbench.progress.ProgressEvent after each calibration batch (feed dict), which may raise
             Stopped to end the calibration there (nothing is cached then).
+        work_dir: Folder for the temporary augmented model (default: a hidden folder in cache_dir, removed
+            afterwards, and by the next calibration into cache_dir if this process is killed).
 
     Raises:
-        DataError: The data is empty, has the wrong inputs or dtypes, or mixed shapes for a histogram method.
+        DataError: The data is empty, has the wrong inputs or dtypes, or mixed shapes for a histogram method, or
+            the model's activations are not finite on it.
+        OutputFolderError: The cache folder cannot be created or written (DiskFullError: the disk is full).
+
+    Warns:
+        CalibrationCacheWarning: A cached entry was corrupt or implausible (named); it was measured again.
     """
+    from workbench._files import atomic_path, ensure_folder, staging_directory
+
     validate_feeds(feeds, model_path, equal_shapes=config.method in HISTOGRAM_METHODS)
-    cache_path = Path(cache_dir or default_cache_dir()) / f"{calibration_key(model_path, feeds, config)}.json"
+    cache_dir = ensure_folder(cache_dir or default_cache_dir(), what="Calibration cache folder")
+    model_digest, data_digest = file_digest(model_path), _digest_feeds(feeds)
+    key = _key(model_digest, data_digest, config)
+    cache_path = cache_dir / f"{key}.json"
+    tensor_names = _model_tensor_names(model_path)
+    expected = {"key": key, "model_digest": model_digest, "data_digest": data_digest, "config": config,
+                "tensor_names": tensor_names}
     started = time.perf_counter()
     report = Progress(as_callback(progress), f"calibration ({config.method})", "calibration batches",
                       total=len(feeds))
-    if cache_path.is_file():
-        report(len(feeds), "ranges reused from the cache")
-        return CalibrationResult(cache_path, config, True, len(feeds), time.perf_counter() - started)
+    if cache_path.exists():
+        entry, problem = _read_entry(cache_path, **expected)
+        if entry is not None:
+            report(len(feeds), "ranges reused from the cache")
+            return CalibrationResult(cache_path, config, True, len(feeds), time.perf_counter() - started, entry)
+        warnings.warn(f"Calibration cache entry {cache_path} {problem}; it was discarded and the ranges are "
+                      "measured again.", CalibrationCacheWarning, stacklevel=2)
     calibrate_module = require("onnxruntime.quantization.calibrate", purpose="Calibration")
-    import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="workbench-calibrate-") as folder:
+    from workbench.onnx.io import stage_model
+
+    with staging_directory(work_dir or cache_dir, "calibrate") as folder:
+        # onnxruntime writes <model>-inferred.onnx beside the model it is given: a link in the staging folder
         calibrator = calibrate_module.create_calibrator(
-            Path(model_path),
+            stage_model(model_path, Path(folder) / "input"),
             None,
             augmented_model_path=str(Path(folder) / "augmented.onnx"),
             calibrate_method=getattr(calibrate_module.CalibrationMethod, config.method),
@@ -257,8 +389,26 @@ def calibrate(
                     fix="calibrate the fused graph (fuse_transformer: the mask moves inside Attention), or use MinMax",
                 ) from exc
         del calibrator
-    calibrate_module.save_tensors_data(tensors_data, cache_path)  # writes atomically
-    return CalibrationResult(cache_path, config, False, len(feeds), time.perf_counter() - started)
+    entry = json.loads(json.dumps(tensors_data.to_dict(), cls=calibrate_module.CalibrationCacheEncoder))
+    entry["smooth_quant"] = False
+    entry["workbench"] = {"format": CACHE_FORMAT, "key": key, "model_sha256": model_digest,
+                          "data_sha256": data_digest, "config": json.loads(json.dumps(_options(config))),
+                          "samples": len(feeds), "tensors": sorted(entry["data"])}
+    entry["workbench"]["checksum"] = _checksum(entry)
+    problem = _entry_problem(entry, **expected)
+    if problem is not None:
+        raise DataError(f"Calibrating {model_path} measured ranges that cannot be used: the result {problem}.",
+                        expected="finite activation ranges on real data",
+                        fix="check the model on this data (NaN or inf activations), or calibrate other sentences")
+    try:
+        with atomic_path(cache_path) as tmp:
+            tmp.write_text(json.dumps(entry), encoding="utf-8")
+    except OutputFolderError:
+        raise
+    except OSError as exc:
+        raise OutputFolderError(f"Could not write the calibration cache entry {cache_path}: {exc}.",
+                                fix="pass cache_dir= a writable folder") from exc
+    return CalibrationResult(cache_path, config, False, len(feeds), time.perf_counter() - started, entry)
 
 
 class FeedReader:

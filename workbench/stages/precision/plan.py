@@ -179,8 +179,16 @@ class PrecisionPlan:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> PrecisionPlan:
-        values = json.loads(text)
+    def from_json(cls, text: str, *, source: str = "PrecisionPlan JSON") -> PrecisionPlan:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                              "it is truncated or damaged.",
+                              fix="save the plan again with plan.save(path), or repair the JSON") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source} holds a {type(values).__name__}, not a plan (a JSON object).",
+                              fix="save the plan with plan.save(path)")
         unknown = set(values) - {"method", "options", "nodes", "smoothing"}
         if unknown:
             raise ConfigError(f"PrecisionPlan JSON has unknown keys {sorted(unknown)}.")
@@ -195,7 +203,16 @@ class PrecisionPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PrecisionPlan:
-        return cls.from_json(Path(path).read_text())
+        """Read a plan saved with save(); a missing, unreadable or damaged file is a ConfigError naming it."""
+        path = Path(path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError(f"Precision plan {path} does not exist.", fix="save one with plan.save(path)") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Precision plan {path} cannot be read: {exc}.",
+                              fix="pass a plan file written by plan.save(path)") from exc
+        return cls.from_json(text, source=f"Precision plan {path}")
 
     def convert(
         self,
@@ -246,16 +263,14 @@ class PrecisionPlan:
         raise ConfigError("A PrecisionPlan with method 'fp32' converts nothing.", fix="use the FP32 model as it is")
 
     def _convert_smoothed(self, model_path: Any, output_path: Any, **options: Any) -> Any:
-        import tempfile
-
+        from workbench._files import staging_directory
         from workbench.errors import DataError
         from workbench.stages.precision.smooth import smooth_activations
 
         if not options.get("calibration_feeds"):
             raise DataError("A plan with smoothing needs calibration_feeds to measure activation ranges.",
                             fix="pass calibration_feeds=tokenize_batches(tokenizer, calibration_sentences, ...)")
-        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".smooth.", dir=Path(output_path).parent) as folder:
+        with staging_directory(Path(output_path).parent, "smooth") as folder:
             smoothed = smooth_activations(model_path, Path(folder) / "smoothed.onnx", options["calibration_feeds"],
                                           self.smoothing)
             # a node kept in FP32 keeps its smoothing Mul in FP32 too, or the Mul's output is still quantized

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from workbench._files import check_output_file
 from workbench._lazy import require
 from workbench.config import StageConfig, check_choice
 from workbench.errors import QuantizationError
@@ -87,29 +86,30 @@ class QuantizeResult:
 def _published(output_path: Path, converter: str, model_path: Any) -> Iterator[Path]:
     """A staged model path in a private folder beside `output_path`; published there only if the block succeeds.
 
-    onnxruntime's own exceptions become QuantizationError; the workbench's errors (bad data, a pinned node that
-    is not there) pass through. The staging folder is removed either way.
+    onnxruntime's own exceptions become QuantizationError (a full disk DiskFullError); the workbench's errors
+    (bad data, a pinned node that is not there) pass through. The staging folder (hidden, removed by the next
+    run into the folder if this process is killed) is removed either way; everything onnxruntime writes while
+    converting goes into it.
     """
+    from workbench._files import disk_full_error, is_disk_full, staging_directory
     from workbench.errors import WorkbenchError
     from workbench.onnx.io import save_onnx
 
     onnx = require("onnx", purpose="Quantization")
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".quantize.", suffix=".partial", dir=output_path.parent))
-    try:
+    with staging_directory(output_path.parent, "quantize") as staging:
         staged = staging / "model.onnx"
         try:
             yield staged
         except WorkbenchError:
             raise
         except Exception as exc:
+            if is_disk_full(exc, staging, needed=Path(model_path).stat().st_size):
+                raise disk_full_error(exc, output_path, f"Quantizing {model_path} into") from exc
             raise QuantizationError(
                 f"onnxruntime's {converter} failed on {model_path}: {type(exc).__name__}: {exc}",
                 fix="check that the model runs in onnxruntime; restrict op_types to ('MatMul',) on unusual graphs",
             ) from exc
         save_onnx(onnx.load(str(staged)), output_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _check_node_names(model: Any, names: tuple[str, ...], what: str) -> None:
@@ -146,16 +146,20 @@ def quantize_dynamic(
     """
     onnx = require("onnx", purpose="INT8 quantization")
     quantization = require("onnxruntime.quantization", purpose="INT8 quantization")
-    from workbench.onnx.io import load_onnx, model_size_mb
+    from workbench.onnx.io import load_onnx, model_size_mb, stage_model
 
+    check_output_file(output_path, what="The quantized model's path")
     started = time.perf_counter()
     model = load_onnx(model_path)
     _check_node_names(model, keep_fp32, "keep_fp32")
     weight_type = quantization.QuantType.QInt8 if config.weight_type == "int8" else quantization.QuantType.QUInt8
     output_path = Path(output_path)
     with _published(output_path, "quantize_dynamic", model_path) as staged:
+        # onnxruntime writes <input>-inferred.onnx beside the model it is given: give it a link in the staging
+        # folder, so that nothing is written beside the input
+        staged_input = stage_model(model_path, staged.parent / "input")
         quantization.quantize_dynamic(
-            str(model_path),
+            str(staged_input),
             str(staged),
             op_types_to_quantize=list(config.op_types) or None,
             per_channel=config.per_channel,
@@ -304,19 +308,22 @@ def quantize_static(
     """
     onnx = require("onnx", purpose="INT8 quantization")
     quantization = require("onnxruntime.quantization", purpose="INT8 quantization")
-    from workbench.onnx.io import load_onnx, model_size_mb
+    from workbench.onnx.io import load_onnx, model_size_mb, stage_model
     from workbench.stages.precision.calibrate import calibrate, validate_feeds
 
+    check_output_file(output_path, what="The quantized model's path")
     started = time.perf_counter()
     validate_feeds(list(calibration_feeds or []), model_path)
     _check_node_names(load_onnx(model_path), keep_fp32, "keep_fp32")
     output_path = Path(output_path)
     with _published(output_path, "quantize_static", model_path) as staged:
-        prepared = Path(model_path)
         if config.preprocess:
             prepared = preprocess_for_quantization(model_path, staged.parent / "preprocessed.onnx")
+        else:  # onnxruntime writes <input>-inferred.onnx beside its input: a link in the staging folder
+            prepared = stage_model(model_path, staged.parent / "input")
         calibration = calibrate(prepared, list(calibration_feeds), config.calibration, cache_dir=cache_dir,
-                                progress=progress)
+                                progress=progress, work_dir=staged.parent)
+        ranges = calibration.copy_ranges(staged.parent / "ranges.json")  # the verified ranges, not the cache file
         quantization.quantize_static(
             str(prepared),
             str(staged),
@@ -329,7 +336,7 @@ def quantize_static(
             weight_type=_quant_type(quantization, config.weight_type),
             nodes_to_exclude=list(keep_fp32),
             calibrate_method=getattr(quantization.CalibrationMethod, config.calibration.method),
-            calibration_cache_path=str(calibration.cache_path),
+            calibration_cache_path=str(ranges),
             extra_options={"ActivationSymmetric": config.activation_symmetric,
                            "WeightSymmetric": config.weight_symmetric,
                            "DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -394,9 +401,9 @@ class OverflowScan:
 
 def fp16_overflow_scan(model_path: str | os.PathLike[str], feeds: Any, *, underflow_fraction: float = 0.01) -> OverflowScan:
     """Run the FP32 model on `feeds` with every float tensor exposed; flag nodes FP16 cannot represent."""
+    from workbench.engines.onnxruntime import run_model
     from workbench.onnx.io import load_onnx
     from workbench.stages.surgery.edits import AddOutputs, tensor_types
-    from workbench.engines.onnxruntime import run_model
 
     model = load_onnx(model_path)
     types = tensor_types(model)
@@ -443,6 +450,7 @@ def convert_fp16(
     from workbench.onnx.shapes import with_inferred_types
     from workbench.stages.precision.calibrate import validate_feeds
 
+    check_output_file(output_path, what="The FP16 model's path")
     started = time.perf_counter()
     model = load_onnx(model_path)
     _check_node_names(model, keep_fp32, "keep_fp32")

@@ -248,9 +248,11 @@ def smooth_activations(
     Raises:
         DataError: The calibration data is empty or does not match the model.
     """
+    from workbench._files import check_output_file
     from workbench.onnx.io import load_onnx, save_onnx
     from workbench.stages.precision.calibrate import validate_feeds
 
+    check_output_file(output_path, what="The smoothed model's path")
     started = time.perf_counter()
     validate_feeds(list(calibration_feeds), model_path, what="smoothing calibration data")
     smoothed, names, largest, folded = smooth_model(load_onnx(model_path), calibration_feeds, config)

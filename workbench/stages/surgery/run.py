@@ -200,8 +200,10 @@ def run_surgery(model_path: str | os.PathLike[str], output_path: str | os.PathLi
     Raises:
         WorkbenchError: An edit failed or broke the model; nothing is written.
     """
+    from workbench._files import check_output_file
     from workbench.onnx.io import load_onnx, save_onnx
 
+    check_output_file(output_path, what="The edited model's path")
     model = load_onnx(model_path)
     feeds = check_feeds
     reports = []

@@ -21,5 +21,6 @@ from pathlib import Path
 FOLDER = Path(__file__).resolve().parent
 TOKENIZER_MODEL = FOLDER / "tokenizer_model.py"
 POOLING_MODEL = FOLDER / "pooling_model.py"
+LABELS_MODEL = FOLDER / "labels_model.py"
 ONNXRUNTIME_BACKEND_MODEL = FOLDER / "onnxruntime_model.py"
 OPENVINO_BACKEND_MODEL = FOLDER / "openvino_model.py"

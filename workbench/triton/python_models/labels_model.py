@@ -42,7 +42,10 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                logits = pb_utils.get_input_tensor_by_name(request, self.logits_name).as_numpy()
+                tensor = pb_utils.get_input_tensor_by_name(request, self.logits_name)
+                if tensor is None:
+                    raise ValueError(f"the request has no input {self.logits_name!r}")
+                logits = tensor.as_numpy()
                 logits = logits.reshape(len(logits), -1)
                 if logits.shape[-1] != len(self.labels):
                     raise ValueError(f"{self.logits_name} has {logits.shape[-1]} classes, the config names "
@@ -52,6 +55,7 @@ class TritonPythonModel:
                                  dtype=np.object_)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("LABEL", names), pb_utils.Tensor("PROBABILITIES", probs.astype(np.float32))]))
-            except Exception as exc:  # one bad request must not fail the others of its batch
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
+            except Exception as exc:  # noqa: BLE001 (one bad request fails alone)
+                text = " ".join(str(exc).split()).encode("ascii", errors="backslashreplace").decode("ascii")[:300]
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(text)))
         return responses

@@ -11,7 +11,9 @@ missing config. It honours `default_model_filename` and the parameters `intra_op
 `inter_op_thread_count`; execution accelerators (TensorRT, OpenVINO) are ignored on the CPU.
 
 Requests that the dynamic batcher hands over together run as one onnxruntime call when their shapes agree
-beyond the batch dimension, as the real backend does.
+beyond the batch dimension, as the real backend does. If that call fails, each request runs on its own, so a
+bad request (ids outside the vocabulary, say) gets an error response of its own (a TritonError made for it
+alone) and the others of the batch their results; execute() never raises.
 """
 
 from __future__ import annotations
@@ -91,24 +93,65 @@ class TritonPythonModel:
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
 
-        feeds = [{name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names}
-                 for r in requests]
-        same_shape = self.batched and all(
-            f[name].shape[1:] == feeds[0][name].shape[1:] for f in feeds for name in self.input_names)
         try:
-            if len(feeds) > 1 and same_shape:  # one onnxruntime call for the whole dynamic batch
-                sizes = [f[self.input_names[0]].shape[0] for f in feeds]
-                joined = {n: np.concatenate([f[n] for f in feeds]) for n in self.input_names}
+            return self._execute(pb_utils, requests)
+        except Exception as exc:  # noqa: BLE001 (never take the server down)
+            return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+                _error_text(f"onnxruntime backend failed: {type(exc).__name__}: {exc}"))) for _ in requests]
+
+    def _feed(self, pb_utils, request):
+        feed = {}
+        for name in self.input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise ValueError(f"the request has no input {name!r}")
+            feed[name] = tensor.as_numpy()
+        return feed
+
+    def _execute(self, pb_utils, requests):
+        feeds, results = [], []
+        for request in requests:
+            try:
+                feeds.append(self._feed(pb_utils, request))
+                results.append(None)
+            except Exception as exc:  # noqa: BLE001
+                feeds.append(None)
+                results.append(_error_text(f"bad request: {exc}"))
+        good = [i for i, f in enumerate(feeds) if f is not None]
+        first = feeds[good[0]] if good else None
+        same_shape = self.batched and all(
+            feeds[i][name].shape[1:] == first[name].shape[1:] and feeds[i][name].dtype == first[name].dtype
+            for i in good for name in self.input_names)
+        joined_ok = False
+        if len(good) > 1 and same_shape:  # one onnxruntime call for the whole dynamic batch
+            try:
+                joined = {n: np.concatenate([feeds[i][n] for i in good]) for n in self.input_names}
                 outputs = self._run(joined)
-                results, start = [], 0
-                for size in sizes:
-                    results.append({n: v[start:start + size] for n, v in outputs.items()})
+                start = 0
+                for i in good:
+                    size = feeds[i][self.input_names[0]].shape[0]
+                    results[i] = {n: v[start:start + size] for n, v in outputs.items()}
                     start += size
+                joined_ok = True
+            except Exception:  # noqa: BLE001 (find the request, one at a time)
+                joined_ok = False
+        if not joined_ok:
+            for i in good:
+                try:
+                    results[i] = self._run(feeds[i])
+                except Exception as exc:  # noqa: BLE001
+                    results[i] = _error_text(f"onnxruntime failed: {type(exc).__name__}: {exc}")
+        responses = []
+        for result in results:
+            if isinstance(result, str):  # a TritonError of its own for every error response
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(result)))
             else:
-                results = [self._run(f) for f in feeds]
-        except Exception as exc:
-            error = pb_utils.TritonError(f"onnxruntime failed: {type(exc).__name__}: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(v))
-                                                           for n, v in result.items()])
-                for result in results]
+                responses.append(pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in result.items()]))
+        return responses
+
+
+def _error_text(what, limit=300):
+    """An error message that is safe to send: ASCII, one line, at most `limit` characters."""
+    text = " ".join(str(what).split()).encode("ascii", errors="backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[:limit - 3] + "..."

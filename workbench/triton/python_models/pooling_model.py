@@ -8,6 +8,9 @@ workbench's own `mean_pooled_embeddings`.
 Config parameters (string values): `normalize` ("true" or "false"). Inputs: the token embeddings (the first
 input in the config, [sequence, hidden]) and `attention_mask` ([sequence]). Output: the first output in the
 config ([hidden]).
+
+Each request is answered on its own: one whose shapes disagree gets an error response of its own (a TritonError
+made for it alone) and the other requests of the batch their embeddings; execute() never raises.
 """
 
 from __future__ import annotations
@@ -50,13 +53,29 @@ class TritonPythonModel:
 
         responses = []
         for request in requests:  # requests may differ in sequence length when called directly: pool each
-            hidden = pb_utils.get_input_tensor_by_name(request, self.hidden_name).as_numpy()
-            mask = pb_utils.get_input_tensor_by_name(request, MASK_INPUT).as_numpy()
-            if hidden.shape[:2] != mask.shape[:2]:
-                error = pb_utils.TritonError(
-                    f"{self.hidden_name} has shape {list(hidden.shape)} but {MASK_INPUT} has {list(mask.shape)}")
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
-                continue
-            pooled = mean_pool(hidden, mask, self.normalize).astype(self.output_dtype)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, pooled)]))
+            try:
+                hidden = _input(pb_utils, request, self.hidden_name)
+                mask = _input(pb_utils, request, MASK_INPUT)
+                if hidden.ndim != 3 or mask.ndim != 2 or hidden.shape[:2] != mask.shape:
+                    raise ValueError(f"{self.hidden_name} has shape {list(hidden.shape)} but {MASK_INPUT} has "
+                                     f"{list(mask.shape)}; expected [batch, sequence, hidden] and [batch, sequence]")
+                pooled = mean_pool(hidden, mask, self.normalize).astype(self.output_dtype)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name,
+                                                                                             pooled)]))
+            except Exception as exc:  # noqa: BLE001 (one bad request fails alone)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+                    _error_text(f"pooling failed: {exc}"))))
         return responses
+
+
+def _input(pb_utils, request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise ValueError(f"the request has no input {name!r}")
+    return tensor.as_numpy()
+
+
+def _error_text(what, limit=300):
+    """An error message that is safe to send: ASCII, one line, at most `limit` characters."""
+    text = " ".join(str(what).split()).encode("ascii", errors="backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[:limit - 3] + "..."

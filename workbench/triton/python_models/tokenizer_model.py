@@ -6,8 +6,16 @@ truncated to the same `sequence_length`, so requests from different clients have
 dynamic batcher can merge them for the model that follows.
 
 Config parameters (string values): `sequence_length`, `pad_id`, `pad_token`, `pad_type_id`, `padding_side`,
-`truncation_side`, `tokenizer_file`. Input: `TEXT` (TYPE_STRING, dims [1]). Outputs: any of `input_ids`,
-`attention_mask`, `token_type_ids`, with the data type the config gives them.
+`truncation_side`, `tokenizer_file`, and optionally `max_text_bytes`. Input: `TEXT` (TYPE_STRING, dims [1]).
+Outputs: any of `input_ids`, `attention_mask`, `token_type_ids`, with the data type the config gives them.
+
+What a request may hold: one or more texts, each UTF-8 bytes of at most `max_text_bytes` (default
+MAX_TEXT_BYTES, 64 KiB; longer texts are refused rather than tokenized, since every text is truncated to
+`sequence_length` tokens anyway). An empty text is accepted: it is encoded as the tokenizer encodes "" (the
+special tokens only), as the workbench does. A request with a text that is not UTF-8, too long, or not a string
+gets an error response naming the text's index; the other requests of the same dynamic batch get their results.
+Every error response has a TritonError of its own: responses that share one error object crash tritonserver's
+Python backend.
 
 Needs numpy and the `tokenizers` package in the server's Python environment.
 """
@@ -22,6 +30,9 @@ import numpy as np
 TEXT_INPUT = "TEXT"
 #: Output name -> attribute of a `tokenizers.Encoding`.
 ENCODING_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+#: The longest text a request may hold, in UTF-8 bytes, unless the config's `max_text_bytes` says otherwise.
+MAX_TEXT_BYTES = 65536
+_ERROR_CHARS = 300
 
 
 def load_tokenizer(path, *, sequence_length, pad_id, pad_token, pad_type_id=0, padding_side="right",
@@ -52,6 +63,28 @@ def encode(tokenizer, texts, dtypes):
     }
 
 
+def decode_text(value, index, max_text_bytes):
+    """One text of a request as str, or raise ValueError saying what is wrong with it (ASCII only)."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", errors="surrogatepass")
+    if not isinstance(value, (bytes, bytearray, np.bytes_)):
+        raise TypeError(f"text {index} is a {type(value).__name__}, not a string (send TYPE_STRING / BYTES)")
+    if len(value) > max_text_bytes:
+        raise ValueError(f"text {index} is {len(value)} bytes long; at most {max_text_bytes} bytes are accepted "
+                         "(texts are truncated to the model's sequence length anyway: send less)")
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"text {index} is not UTF-8: byte {exc.start} (0x{value[exc.start]:02x}) cannot be "
+                         "decoded; encode texts as UTF-8") from None
+
+
+def error_text(what):
+    """An error message that is safe to send: ASCII, one line, at most _ERROR_CHARS characters."""
+    text = " ".join(str(what).split()).encode("ascii", errors="backslashreplace").decode("ascii")
+    return text if len(text) <= _ERROR_CHARS else text[:_ERROR_CHARS - 3] + "..."
+
+
 class TritonPythonModel:
     def initialize(self, args):
         import triton_python_backend_utils as pb_utils
@@ -76,24 +109,61 @@ class TritonPythonModel:
             padding_side=parameters.get("padding_side", "right"),
             truncation_side=parameters.get("truncation_side", "right"),
         )
+        self.max_text_bytes = int(parameters.get("max_text_bytes", MAX_TEXT_BYTES))
+        if self.max_text_bytes < 1:
+            raise pb_utils.TritonModelException(f"max_text_bytes must be positive, got {self.max_text_bytes}")
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
 
-        texts, counts = [], []
+        try:
+            return self._execute(pb_utils, requests)
+        except Exception as exc:  # noqa: BLE001 (never take the server down)
+            return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+                error_text(f"tokenizing failed: {type(exc).__name__}: {exc}"))) for _ in requests]
+
+    def _execute(self, pb_utils, requests):
+        # Each request's texts are checked on their own; the good ones are tokenized together (the fast
+        # tokenizer encodes a batch in parallel), and split back per request.
+        texts, problems = [], []
         for request in requests:
-            values = pb_utils.get_input_tensor_by_name(request, TEXT_INPUT).as_numpy().reshape(-1)
-            texts.extend(values.tolist())
-            counts.append(len(values))
-        try:  # all requests in one call: the fast tokenizer encodes a batch in parallel
-            arrays = encode(self.tokenizer, texts, self.dtypes)
-        except Exception as exc:  # e.g. bytes that are not UTF-8: fail each request with the reason
-            error = pb_utils.TritonError(f"tokenizing failed: {type(exc).__name__}: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        responses, start = [], 0
-        for count in counts:
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(array[start:start + count]))
-                       for name, array in arrays.items()]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            start += count
+            try:
+                tensor = pb_utils.get_input_tensor_by_name(request, TEXT_INPUT)
+                if tensor is None:
+                    raise ValueError(f"the request has no {TEXT_INPUT} input")
+                values = tensor.as_numpy().reshape(-1)
+                if values.size == 0:
+                    raise ValueError(f"the request's {TEXT_INPUT} holds no text")
+                texts.append([decode_text(v, i, self.max_text_bytes) for i, v in enumerate(values.tolist())])
+                problems.append(None)
+            except Exception as exc:  # noqa: BLE001
+                texts.append(None)
+                problems.append(error_text(f"bad request: {exc}"))
+        good = [i for i, problem in enumerate(problems) if problem is None]
+        arrays_of = {}
+        try:
+            if not good:
+                return self._responses(pb_utils, problems, arrays_of)
+            arrays = encode(self.tokenizer, [t for i in good for t in texts[i]], self.dtypes)
+            start = 0
+            for i in good:
+                arrays_of[i] = {n: a[start:start + len(texts[i])] for n, a in arrays.items()}
+                start += len(texts[i])
+        except Exception:  # noqa: BLE001 (find the request, one at a time)
+            for i in good:
+                try:
+                    arrays_of[i] = encode(self.tokenizer, texts[i], self.dtypes)
+                except Exception as exc:  # noqa: BLE001
+                    problems[i] = error_text(f"tokenizing failed: {type(exc).__name__}: {exc}")
+        return self._responses(pb_utils, problems, arrays_of)
+
+    @staticmethod
+    def _responses(pb_utils, problems, arrays_of):
+        responses = []
+        for i, problem in enumerate(problems):
+            if problem is not None:  # a TritonError of its own for every response
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(problem)))
+            else:
+                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in arrays_of[i].items()]
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
