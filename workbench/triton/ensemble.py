@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from workbench._lazy import require
 from workbench.errors import ConfigError, ModelSourceError, TritonExportError, WorkbenchError
 from workbench.triton.config import CONFIG_FILENAME, ENSEMBLE_EMBEDDING_OUTPUT, ENSEMBLE_SUFFIX, ENSEMBLE_TEXT_INPUT, POOLING_MODES, POOLING_SUFFIX, TOKENIZER_SUFFIX, TritonConfig, _check_model_name, _is_int, _model_config_pb2, parse_model_config, render_model_config
+from workbench.triton.padding import PaddingPolicy
 from workbench.triton.model import TritonExportResult, _add_warmup, _config_from_model, _load_checked, _onnx_files_writer, _remove_if_empty
 from workbench.triton.provenance import _COMPUTED_PROVENANCE_KEYS, PROVENANCE_FILENAME, README_FILENAME, _provenance_record, _readme_text
 from workbench.triton.writer import _Entry, _write_repository_entries
@@ -57,8 +58,9 @@ class TritonEnsembleResult:
         models: Role ("model", "tokenizer", "pooling", "ensemble") -> the folder written for it.
         readme: `<repository>/README.md`.
         provenance: `<repository>/provenance.json`.
-        sequence_length: Every text is truncated and padded to this many tokens.
+        sequence_length: Every text is truncated to this many tokens (and padded to it with the fixed policy).
         output_names: The ensemble's outputs.
+        padding: The padding and batching policy served (recorded in config.pbtxt and provenance.json).
     """
 
     repository: Path
@@ -68,6 +70,7 @@ class TritonEnsembleResult:
     provenance: Path
     sequence_length: int
     output_names: tuple[str, ...]
+    padding: PaddingPolicy | None = None
 
     @property
     def model_name(self) -> str:
@@ -92,6 +95,7 @@ class TritonEnsembleResult:
             "provenance": str(self.provenance),
             "sequence_length": self.sequence_length,
             "output_names": list(self.output_names),
+            "padding": self.padding.to_dict() if self.padding is not None else None,
         }
 
     def _repr_html_(self) -> str:
@@ -105,7 +109,8 @@ class TritonEnsembleResult:
             f"(TEXT &rarr; {html.escape(', '.join(self.output_names))}, {self.sequence_length} tokens) in "
             f"<code>{html.escape(str(self.repository))}</code>"
             f"<table><tr><th>role</th><th>model</th><th>files</th></tr>{rows}</table>"
-            f"Serve it with <code>tritonserver --model-repository={html.escape(str(self.repository))}</code>."
+            + (f"Padding: {html.escape(self.padding.describe())}.<br>" if self.padding is not None else "")
+            + f"Serve it with <code>tritonserver --model-repository={html.escape(str(self.repository))}</code>."
         )
 
 
@@ -191,7 +196,8 @@ class _TokenizerPlan:
     source: Path
 
 
-def _tokenizer_plan(tokenizer_dir: Path, names: list[str], sequence_length: int) -> _TokenizerPlan:
+def _tokenizer_plan(tokenizer_dir: Path, names: list[str], sequence_length: int,
+                    policy: PaddingPolicy | None = None) -> _TokenizerPlan:
     """Load the tokenizer the workbench uses, and prove that the server's tokenization gives the same ids."""
     from workbench.data import tokenize_batches
     from workbench.models import _load_tokenizer
@@ -261,6 +267,12 @@ def _tokenizer_plan(tokenizer_dir: Path, names: list[str], sequence_length: int)
             fix="save the tokenizer again with a current transformers (tokenizer.save_pretrained(DIR)), which "
             "writes a tokenizer.json that matches it",
         )
+    if policy is not None and policy.mode != "fixed":
+        from workbench.triton.served import check_served_tokenization
+
+        pad = {"direction": plan.padding_side, "pad_id": plan.pad_id, "pad_type_id": plan.pad_type_id,
+               "pad_token": plan.pad_token, "truncation_side": plan.truncation_side}
+        check_served_tokenization(json_text, tokenizer, names, policy, pad, _TOKENIZER_CHECK_TEXTS, tokenizer_dir)
     return plan
 
 
@@ -270,16 +282,18 @@ def _string_parameters(cfg: Any, values: dict[str, Any]) -> None:
 
 
 def _tokenizer_config(pb2: Any, name: str, config: TritonConfig, outputs: dict[str, int], sequence_length: int,
-                      plan: _TokenizerPlan) -> Any:
+                      plan: _TokenizerPlan, policy: PaddingPolicy) -> Any:
+    from workbench.triton.served import token_dims
+
     cfg = pb2.ModelConfig(name=name, backend="python", max_batch_size=config.max_batch_size)
     cfg.input.add(name=ENSEMBLE_TEXT_INPUT, data_type=pb2.DataType.Value("TYPE_STRING"), dims=[1])
     for output, data_type in outputs.items():
-        cfg.output.add(name=output, data_type=data_type, dims=[sequence_length])
+        cfg.output.add(name=output, data_type=data_type, dims=token_dims(policy))
     _python_model_scheduling(pb2, cfg, config, sequence_length)
     _string_parameters(cfg, {
         "sequence_length": sequence_length, "pad_id": plan.pad_id, "pad_token": plan.pad_token,
         "pad_type_id": plan.pad_type_id, "padding_side": plan.padding_side,
-        "truncation_side": plan.truncation_side, "tokenizer_file": "tokenizer.json",
+        "truncation_side": plan.truncation_side, "tokenizer_file": "tokenizer.json", **policy.to_parameters(),
     })
     return cfg
 
@@ -364,6 +378,12 @@ def _ensemble_config(pb2: Any, names: dict[str, str], config: TritonConfig, toke
     return cfg
 
 
+def _resolve_padding(padding: PaddingPolicy | None, sequence_length: int) -> PaddingPolicy:
+    from workbench.triton.served import resolve_padding
+
+    return resolve_padding(padding, sequence_length)
+
+
 def _checked_text(cfg: Any) -> str:
     text = render_model_config(cfg)
     if parse_model_config(text) != cfg:  # never expected: the text must say exactly what was derived
@@ -384,6 +404,7 @@ def export_triton_ensemble(
     pooling: str | None = "mean",
     normalize: bool = True,
     embedding_output: str | None = None,
+    padding: PaddingPolicy | None = None,
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> TritonEnsembleResult:
@@ -419,6 +440,11 @@ def export_triton_ensemble(
         normalize: L2-normalise the pooled embeddings.
         embedding_output: The output to pool; default `last_hidden_state`, else the only [batch, sequence,
             hidden] output.
+        padding: How texts are padded and batched (workbench.triton.padding.PaddingPolicy, whose max_length must
+            be `sequence_length`); default `PaddingPolicy(max_length=sequence_length)`: bucketed padding and one
+            BLS Python model as the client-facing `NAME_ensemble` (no tokenizer model then: it tokenizes, calls
+            NAME and NAME_pooling itself). `PaddingPolicy.fixed(sequence_length)` writes the fixed-length
+            ensemble described above. The policy goes into the config parameters and provenance.json.
         provenance: Extra provenance.json entries, for example `source_model`, `precision_plan` (a PrecisionPlan
             or its dict), `accuracy`, `speed`. Objects with to_dict() are converted. The keys the export writes
             itself (format, models, libraries, hardware, ...) cannot be replaced.
@@ -447,7 +473,10 @@ def export_triton_ensemble(
         raise ConfigError(f"pooling must be one of {list(POOLING_MODES)} or None, got {pooling!r}.")
     if not isinstance(normalize, bool):
         raise ConfigError(f"normalize must be True or False, got {normalize!r}.")
+    policy = _resolve_padding(padding, sequence_length)
     names = ensemble_model_names(config.model_name, pooling=pooling)
+    if policy.batching == "bls":
+        del names["tokenizer"]  # the BLS model tokenizes itself
     repository = Path(repository)
     tokenizer_dir = Path(tokenizer_dir)
     if repository.exists() and not repository.is_dir():
@@ -476,34 +505,43 @@ def export_triton_ensemble(
                 expected=f"inputs among {list(TOKENIZER_OUTPUTS)}, of type {' or '.join(_TOKENIZER_INTEGER_TYPES)}",
                 fix="serve this model with export_triton() and tokenize on the client instead",
             )
-        if list(tensor.dims) not in ([-1], [sequence_length]):
+        if list(tensor.dims) not in (([-1], [sequence_length]) if policy.mode == "fixed" else ([-1],)):
             raise TritonExportError(
                 f"{path} input {tensor.name!r} has dims {list(tensor.dims)} after the batch dimension, which does "
                 f"not take {sequence_length} tokens.",
-                fix="export the model with a dynamic sequence axis, or pass that fixed length as sequence_length",
+                fix="export the model with a dynamic sequence axis, or pass that fixed length as sequence_length "
+                "with PaddingPolicy.fixed(sequence_length)",
             )
         tokenizer_outputs[tensor.name] = tensor.data_type
     hidden = None
     if pooling is not None:
         hidden = _pick_embedding_output(model_cfg, embedding_output, path)
         tokenizer_outputs.setdefault("attention_mask", pb2.DataType.Value("TYPE_INT64"))
-    plan = _tokenizer_plan(tokenizer_dir, list(tokenizer_outputs), sequence_length)
+    plan = _tokenizer_plan(tokenizer_dir, list(tokenizer_outputs), sequence_length, policy)
 
-    tokenizer_cfg = _tokenizer_config(pb2, names["tokenizer"], config, tokenizer_outputs, sequence_length, plan)
+    tokenizer_name = names.get("tokenizer", config.model_name + TOKENIZER_SUFFIX)
+    tokenizer_cfg = _tokenizer_config(pb2, tokenizer_name, config, tokenizer_outputs, sequence_length, plan, policy)
     pooling_cfg = _pooling_config(pb2, names["pooling"], config, hidden, tokenizer_outputs["attention_mask"],
                                   normalize, sequence_length) if hidden is not None else None
-    ensemble_cfg = _ensemble_config(pb2, names, config, tokenizer_cfg, model_cfg, pooling_cfg)
-    configs = {names["tokenizer"]: tokenizer_cfg, names["model"]: model_cfg, names["ensemble"]: ensemble_cfg}
+    ensemble_cfg = _ensemble_config(pb2, {**names, "tokenizer": tokenizer_name}, config, tokenizer_cfg, model_cfg,
+                                    pooling_cfg)
+    configs = {tokenizer_name: tokenizer_cfg, names["model"]: model_cfg, names["ensemble"]: ensemble_cfg}
     if pooling_cfg is not None:
         configs[names["pooling"]] = pooling_cfg
     check_ensemble(ensemble_cfg, configs)
+    if policy.batching == "bls":  # the checked chain, with tokenizing and batching moved into one BLS model
+        from workbench.triton.served import bls_configs
+
+        configs = {cfg.name: cfg for cfg in bls_configs(pb2, names, config, policy, tokenizer_cfg, model_cfg,
+                                                         pooling_cfg, ensemble_cfg).values()}
+    model_cfg = configs[names["model"]]
     texts = {name: _checked_text(cfg) for name, cfg in configs.items()}
     output_names = tuple(t.name for t in ensemble_cfg.output)
 
     record = _provenance_record(names=names, onnx_path=path, tokenizer_dir=tokenizer_dir,
                                 tokenizer_json=plan.json_text, sequence_length=sequence_length, pooling=pooling,
-                                normalize=normalize, config=config, provided=provenance)
-    readme = _readme_text(names, sequence_length=sequence_length, pooling=pooling, normalize=normalize,
+                                normalize=normalize, config=config, provided=provenance, padding=policy)
+    readme = _readme_text(names, sequence_length=sequence_length, pooling=pooling, normalize=normalize, padding=policy,
                           output_names=output_names, config=config, model_cfg=model_cfg,
                           provided=[k for k in record if k not in _COMPUTED_PROVENANCE_KEYS])
     onnx_files = _onnx_files_writer(onnx, model, path, config.version)
@@ -537,12 +575,18 @@ def export_triton_ensemble(
 
     import json
 
-    from workbench.triton.python_models import POOLING_MODEL, TOKENIZER_MODEL
+    from workbench.triton.python_models import BLS_MODEL, POOLING_MODEL, TOKENIZER_MODEL
 
-    roles = {"model": onnx_files, "tokenizer": python_model(TOKENIZER_MODEL, tokenizer_files)}
+    def bls_files(version_dir: Path) -> None:
+        tokenizer_files(version_dir)
+        shutil.copyfile(TOKENIZER_MODEL, version_dir / TOKENIZER_MODEL.name)  # bls_model.py imports it
+
+    roles = {"model": onnx_files}
+    if policy.batching == "ensemble":
+        roles["tokenizer"] = python_model(TOKENIZER_MODEL, tokenizer_files)
     if pooling_cfg is not None:
         roles["pooling"] = python_model(POOLING_MODEL)
-    roles["ensemble"] = empty_version
+    roles["ensemble"] = python_model(BLS_MODEL, bls_files) if policy.batching == "bls" else empty_version
     entries = [_Entry(names[role], model_folder(names[role], populate)) for role, populate in roles.items()]
     entries.append(_Entry(README_FILENAME, text_file(readme)))
     entries.append(_Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2, sort_keys=False) + "\n")))
@@ -580,4 +624,5 @@ def export_triton_ensemble(
         provenance=repository / PROVENANCE_FILENAME,
         sequence_length=sequence_length,
         output_names=output_names,
+        padding=policy,
     )
