@@ -139,7 +139,7 @@ class TritonPythonModel:
                 continue
             owners += [(index, row) for row in range(len(decoded))]
             texts += decoded
-        rows = [dict() for _ in requests]  # request index -> {row: {output name: array}}
+        rows = [{} for _ in requests]  # request index -> {row: {output name: array}}
         if texts:
             try:
                 encoded = encodings(self.tokenizer, texts)
