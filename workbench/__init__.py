@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "MissingDependency": "workbench.errors",
     "DependencyConflict": "workbench.errors",
     "DeviceUnavailable": "workbench.errors",
+    "ServingError": "workbench.errors",
     # model sources and data
     "load_model": "workbench.models",
     "HFModelSource": "workbench.models",
@@ -85,6 +86,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         MissingDependency,
         ModelSourceError,
         QuantizationError,
+        ServingError,
         TritonExportError,
         TritonServerError,
         WorkbenchError,

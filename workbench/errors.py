@@ -66,3 +66,7 @@ class DependencyConflict(WorkbenchError):
 
 class DeviceUnavailable(WorkbenchError):
     """The requested device (a GPU) or engine (TensorRT) is not available on this machine."""
+
+
+class ServingError(WorkbenchError):
+    """A served model could not be load-tested: a server did not start or stop, or its requests failed."""
