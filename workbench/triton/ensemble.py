@@ -530,10 +530,14 @@ def export_triton_ensemble(
         configs[names["pooling"]] = pooling_cfg
     check_ensemble(ensemble_cfg, configs)
     if policy.batching == "bls":  # the checked chain, with tokenizing and batching moved into one BLS model
-        from workbench.triton.served import bls_configs
+        from workbench.triton.python_models import POOLING_MODEL
+        from workbench.triton.served import bls_configs, inline_postprocessing
 
+        inline = pooling_cfg is not None and inline_postprocessing(POOLING_MODEL)
         configs = {cfg.name: cfg for cfg in bls_configs(pb2, names, config, policy, tokenizer_cfg, model_cfg,
-                                                         pooling_cfg, ensemble_cfg).values()}
+                                                         pooling_cfg, ensemble_cfg, inline=inline).values()}
+        if inline:
+            del names["pooling"]  # it runs inside the BLS model
     model_cfg = configs[names["model"]]
     texts = {name: _checked_text(cfg) for name, cfg in configs.items()}
     output_names = tuple(t.name for t in ensemble_cfg.output)
@@ -580,11 +584,13 @@ def export_triton_ensemble(
     def bls_files(version_dir: Path) -> None:
         tokenizer_files(version_dir)
         shutil.copyfile(TOKENIZER_MODEL, version_dir / TOKENIZER_MODEL.name)  # bls_model.py imports it
+        if pooling_cfg is not None and "pooling" not in names:  # post-processing runs inside the BLS model
+            shutil.copyfile(POOLING_MODEL, version_dir / "postprocess_model.py")
 
     roles = {"model": onnx_files}
     if policy.batching == "ensemble":
         roles["tokenizer"] = python_model(TOKENIZER_MODEL, tokenizer_files)
-    if pooling_cfg is not None:
+    if pooling_cfg is not None and "pooling" in names:
         roles["pooling"] = python_model(POOLING_MODEL)
     roles["ensemble"] = python_model(BLS_MODEL, bls_files) if policy.batching == "bls" else empty_version
     entries = [_Entry(names[role], model_folder(names[role], populate)) for role, populate in roles.items()]

@@ -72,13 +72,26 @@ def check_served_tokenization(json_text: str, tokenizer: Any, names: list[str], 
             )
 
 
+def inline_postprocessing(source: Path | None) -> bool:
+    """Whether a post-processing model's source offers `postprocess(inputs, parameters, output_names)`, which the
+    BLS model then runs in its own process (one Triton round trip less per engine call)."""
+    if source is None:
+        return False
+    import ast
+
+    tree = ast.parse(Path(source).read_text(encoding="utf-8"))
+    return any(isinstance(node, ast.FunctionDef) and node.name == "postprocess" for node in tree.body)
+
+
 def bls_configs(pb2: Any, names: dict[str, str], config: TritonConfig, policy: PaddingPolicy, tokenizer_cfg: Any,
-                model_cfg: Any, post_cfg: Any | None, ensemble_cfg: Any) -> dict[str, Any]:
+                model_cfg: Any, post_cfg: Any | None, ensemble_cfg: Any, *, inline: bool = False) -> dict[str, Any]:
     """Role -> ModelConfig of the BLS design, from the checked ensemble design's configs.
 
     The client-facing model keeps the ensemble's name, input and outputs, so clients do not change with the
     policy. It gets the dynamic batching (delay, preferred sizes) and instance count of `config`; the engine is
     then called with batches already formed, so its own batcher waits no longer (delay 0, no preferred sizes).
+    With `inline`, the post-processing runs inside the BLS model (its source is copied next to it) and has no
+    model of its own.
     """
     final_outputs = list(ensemble_cfg.output)
     variable = [t.name for t in final_outputs if -1 in list(t.dims)]
@@ -106,8 +119,11 @@ def bls_configs(pb2: Any, names: dict[str, str], config: TritonConfig, policy: P
         "engine_model": names["model"],
         "engine_inputs": json.dumps({t.name: type_name(t.data_type) for t in model_cfg.input}),
         "engine_outputs": json.dumps(engine_outputs),
-        "postprocess_model": names["pooling"] if post_cfg is not None else "",
+        "postprocess_model": names["pooling"] if post_cfg is not None and not inline else "",
         "postprocess_inputs": json.dumps([t.name for t in post_cfg.input] if post_cfg is not None else []),
+        "postprocess_inline": "true" if post_cfg is not None and inline else "false",
+        "postprocess_parameters": json.dumps({k: v.string_value for k, v in post_cfg.parameters.items()}
+                                             if post_cfg is not None else {}),
     }
     for key, value in parameters.items():
         cfg.parameters[key].string_value = value
@@ -117,7 +133,7 @@ def bls_configs(pb2: Any, names: dict[str, str], config: TritonConfig, policy: P
         del engine.dynamic_batching.preferred_batch_size[:]
         engine.dynamic_batching.max_queue_delay_microseconds = 0
     configs = {"model": engine}
-    if post_cfg is not None:
+    if post_cfg is not None and not inline:
         configs["pooling"] = post_cfg
     configs[ENTRY_ROLE] = cfg
     return configs

@@ -14,9 +14,11 @@ Config parameters (string values): those of the tokenizer model (`sequence_lengt
 `engine_model` (the engine's name), `engine_inputs` (JSON: input name -> Triton data type, what the tokenizer
 produces for it), `engine_outputs` (JSON list: outputs to fetch), `postprocess_model` (name, or "" to return the
 engine's outputs), `postprocess_inputs` (JSON list: the post-processing model's inputs, each an engine output or
-a tokenizer output of the same name). Input: `TEXT` (TYPE_STRING, dims [1]). Outputs: as the config lists them
-(the post-processing model's outputs); they must have no sequence axis, since texts of one request may be
-padded differently.
+a tokenizer output of the same name), and `postprocess_inline` ("true": no post-processing model is called;
+the module `postprocess_model.py` next to this file, a copy of the post-processing model's source, provides
+`postprocess(inputs, parameters, output_names)`, run in this process with `postprocess_parameters`, JSON). Input:
+`TEXT` (TYPE_STRING, dims [1]). Outputs: as the config lists them (the post-processing model's outputs); they
+must have no sequence axis, since texts of one request may be padded differently.
 
 Needs numpy and the `tokenizers` package; `tokenizer_model.py` is copied next to this file by the export.
 """
@@ -92,6 +94,13 @@ class TritonPythonModel:
             if name in ENCODING_FIELDS and name not in self.dtypes:
                 self.dtypes[name] = np.int64
         self.output_names = [o["name"] for o in config["output"]]
+        self.output_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+        self.inline = None  # the post-processing function, when it runs in this process
+        if parameters.get("postprocess_inline", "false") == "true":
+            import importlib
+
+            self.inline = importlib.import_module("postprocess_model").postprocess
+            self.inline_parameters = json.loads(parameters.get("postprocess_parameters", "{}"))
         self.padding = parameters.get("padding", "buckets")
         self.max_length = int(parameters["sequence_length"])
         self.buckets = parse_buckets(parameters.get("buckets", ""))
@@ -154,9 +163,13 @@ class TritonPythonModel:
                     arrays = stack([encoded[i] for i in members], self.dtypes, length, self.pad)
                     outputs = self._call(self.engine, {n: arrays[n] for n in self.engine_inputs},
                                          self.engine_outputs)
-                    if self.postprocess:
+                    if self.postprocess or self.inline is not None:
                         feeds = {n: outputs[n] if n in outputs else arrays[n] for n in self.postprocess_inputs}
-                        outputs = self._call(self.postprocess, feeds, self.output_names)
+                        if self.inline is not None:
+                            outputs = self.inline(feeds, self.inline_parameters, self.output_names)
+                            outputs = {n: np.asarray(v).astype(self.output_dtypes[n]) for n, v in outputs.items()}
+                        else:
+                            outputs = self._call(self.postprocess, feeds, self.output_names)
                 except Exception as exc:  # noqa: BLE001 - this group's requests fail, the others are answered
                     for i in members:
                         errors[owners[i][0]] = f"{type(exc).__name__}: {exc}"
