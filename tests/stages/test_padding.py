@@ -135,7 +135,8 @@ def test_the_default_export_is_the_bls_bucket_design(tiny_bert_onnx, tiny_model_
 
     result = _export(tiny_bert_onnx, tiny_model_dir("bert"), tmp_path / "repo", None)
     assert result.padding == PaddingPolicy(max_length=32)
-    assert result.model_names == ("tiny", "tiny_pooling", "tiny_ensemble")  # no tokenizer model: BLS tokenizes
+    # no tokenizer model (the BLS model tokenizes) and no pooling model (mean pooling runs inside it)
+    assert result.model_names == ("tiny", "tiny_ensemble")
     entry = parse_model_config(result.models["ensemble"].config_text)
     engine = parse_model_config(result.models["model"].config_text)
     assert entry.backend == "python" and entry.platform == ""
@@ -153,19 +154,21 @@ def test_the_default_export_is_the_bls_bucket_design(tiny_bert_onnx, tiny_model_
     assert parameters["batching"] == "bls" and parameters["engine_model"] == "tiny"
     assert json.loads(parameters["engine_inputs"]) == {n: "TYPE_INT64" for n in INPUTS}
     assert json.loads(parameters["engine_outputs"]) == ["last_hidden_state"]
-    assert parameters["postprocess_model"] == "tiny_pooling"
+    assert parameters["postprocess_model"] == "" and parameters["postprocess_inline"] == "true"
     assert json.loads(parameters["postprocess_inputs"]) == ["last_hidden_state", "attention_mask"]
+    assert json.loads(parameters["postprocess_parameters"]) == {"normalize": "true"}
     assert PaddingPolicy.from_json(parameters["padding_policy"]) == result.padding
     version = result.repository / "tiny_ensemble" / "1"
     assert {"model.py", "tokenizer.json", "tokenizer_model.py"} <= {p.name for p in version.iterdir()}
-    from workbench.triton.python_models import BLS_MODEL, TOKENIZER_MODEL
+    from workbench.triton.python_models import BLS_MODEL, POOLING_MODEL, TOKENIZER_MODEL
 
     assert (version / "model.py").read_text() == BLS_MODEL.read_text()
     assert (version / "tokenizer_model.py").read_text() == TOKENIZER_MODEL.read_text()
+    assert (version / "postprocess_model.py").read_text() == POOLING_MODEL.read_text()
     record = json.loads(result.provenance.read_text())
     assert record["padding"]["mode"] == "buckets" and record["padding"]["buckets"] == [16, 32]
     assert record["padding"]["batching"] == "bls" and "BLS" in record["padding"]["description"]
-    assert record["models"] == {"model": "tiny", "pooling": "tiny_pooling", "ensemble": "tiny_ensemble"}
+    assert record["models"] == {"model": "tiny", "ensemble": "tiny_ensemble"}
     readme = result.readme.read_text()
     assert "business-logic scripting" in readme and "--load-model=tiny_ensemble" in readme
     assert result.to_dict()["padding"]["mode"] == "buckets"
@@ -187,6 +190,20 @@ def test_the_bucket_ensemble_pads_per_request_and_records_the_policy(tiny_bert_o
     assert list(engine.dynamic_batching.preferred_batch_size) == [4]
     assert parse_model_config(result.models["ensemble"].config_text).platform == "ensemble"
     assert json.loads(result.provenance.read_text())["padding"]["batching"] == "ensemble"
+
+
+def test_the_in_process_post_processing_is_the_pooling_models():
+    from workbench.triton.python_models import POOLING_MODEL, pooling_model
+    from workbench.triton.served import inline_postprocessing
+
+    rng = np.random.default_rng(0)
+    hidden, mask = rng.normal(size=(3, 5, 4)), np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    out = pooling_model.postprocess({"last_hidden_state": hidden, "attention_mask": mask}, {"normalize": "true"},
+                                    ["EMBEDDING"])
+    np.testing.assert_allclose(out["EMBEDDING"], pooling_model.mean_pool(hidden, mask, True))
+    raw = pooling_model.postprocess({"h": hidden, "attention_mask": mask}, {"normalize": "false"}, ["E"])["E"]
+    np.testing.assert_allclose(raw[2], hidden[2, 0])
+    assert inline_postprocessing(POOLING_MODEL) and not inline_postprocessing(None)
 
 
 def test_bls_follows_int32_engine_inputs(tiny_model_dir, tmp_path):

@@ -18,21 +18,20 @@ pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed (
 if importlib.util.find_spec("pytriton") is None:
     pytest.skip("nvidia-pytriton is not installed (the [triton] extra)", allow_module_level=True)
 
-import numpy as np  # noqa: E402
-import tritonclient.grpc as grpc  # noqa: E402
-import tritonclient.http as http  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import numpy as np
+from tritonclient import grpc, http
+from tritonclient.utils import InferenceServerException
 
-from workbench.data import default_data_dir, read_sentences  # noqa: E402
-from workbench.engines.onnxruntime import OnnxRuntimeRunner  # noqa: E402
-from workbench.models import load_model  # noqa: E402
-from workbench.stages.accuracy.compare import mean_pooled_embeddings  # noqa: E402
-from workbench.stages.serving.load import Endpoint, ServingConfig, measure_load  # noqa: E402
-from workbench.stages.serving.stats import ServerProbe  # noqa: E402
-from workbench.triton.config import TritonConfig, parse_model_config  # noqa: E402
-from workbench.triton.ensemble import export_triton_ensemble  # noqa: E402
-from workbench.triton.padding import PaddingPolicy  # noqa: E402
-from workbench.triton.server import TritonServer  # noqa: E402
+from workbench.data import default_data_dir, read_sentences
+from workbench.engines.onnxruntime import OnnxRuntimeRunner
+from workbench.models import load_model
+from workbench.stages.accuracy.compare import mean_pooled_embeddings
+from workbench.stages.serving.load import Endpoint, ServingConfig, measure_load
+from workbench.stages.serving.stats import ServerProbe
+from workbench.triton.config import TritonConfig, parse_model_config
+from workbench.triton.ensemble import export_triton_ensemble
+from workbench.triton.padding import PaddingPolicy
+from workbench.triton.server import TritonServer
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +127,7 @@ def _error_or_embedding(call) -> str:
 
 
 def test_malformed_requests_get_errors_and_the_server_keeps_serving(served, tiny_bert_onnx, tiny_model_dir):
-    design, exported, server = served
+    _design, exported, server = served
     name = exported.model_name
     client = http.InferenceServerClient(server.url, network_timeout=60)
     good = reference(tiny_bert_onnx, tiny_model_dir("bert"), ["A man is playing a guitar."], exported.padding)
@@ -178,7 +177,11 @@ def test_a_bad_request_does_not_fail_its_batch_mates_in_the_bls_design(served, m
 
 
 def test_the_sweep_measures_each_setting_suggests_one_and_restores_the_configs(served, mix):
-    from workbench.stages.serving.sweep import SweepConfig, batching_roles, sweep_batching
+    from workbench.stages.serving.sweep import (
+        SweepConfig,
+        batching_roles,
+        sweep_batching,
+    )
 
     design, exported, server = served
     if design == "fixed":
@@ -258,3 +261,23 @@ def test_benchmark_serving_runs_every_server_side_by_side(tiny_bert_onnx, tiny_m
     json.dumps(summary)
     json.dumps(result.to_dict())
     assert len(result.figure().data) == len(SERVERS)
+
+
+def test_bls_calls_a_post_processing_model_that_offers_no_function(tiny_bert_onnx, tiny_model_dir, tmp_path,
+                                                                   monkeypatch):
+    """Task post-processing without `postprocess()` (a labels model, say) is called through BLS instead."""
+    import workbench.triton.served as served_module
+
+    monkeypatch.setattr(served_module, "inline_postprocessing", lambda source: False)
+    exported = export_triton_ensemble(tiny_bert_onnx, tmp_path / "repo", tiny_model_dir("bert"),
+                                      TritonConfig(model_name="tiny"), sequence_length=MAX_LENGTH)
+    assert exported.model_names == ("tiny", "tiny_pooling", "tiny_ensemble")
+    entry = parse_model_config(exported.models["ensemble"].config_text)
+    assert entry.parameters["postprocess_model"].string_value == "tiny_pooling"
+    expected = reference(tiny_bert_onnx, tiny_model_dir("bert"), TEXTS, exported.padding)
+    with TritonServer(exported.repository, models=[exported.model_name]) as server:  # loads what it calls
+        assert server.client.is_model_ready("tiny_pooling")
+        together = infer(server.client, http, exported.model_name, list(TEXTS))
+        stats = server.client.get_inference_statistics("tiny_pooling")["model_stats"][0]
+    assert np.sum(together * expected, axis=1).min() > 0.9999
+    assert stats["inference_count"] == len(TEXTS)  # the pooling model did the work

@@ -13,10 +13,10 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
-from workbench.data import default_data_dir, read_sentences  # noqa: E402
-from workbench.errors import ConfigError  # noqa: E402
-from workbench.stages.serving.load import ServingConfig  # noqa: E402
-from workbench.ui import ServingView  # noqa: E402
+from workbench.data import default_data_dir, read_sentences
+from workbench.errors import ConfigError
+from workbench.stages.serving.load import ServingConfig
+from workbench.ui import ServingView
 
 
 def test_building_the_view_is_light_and_has_a_control_per_field():
