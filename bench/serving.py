@@ -3,7 +3,7 @@
 Servers, all on 127.0.0.1 and all started before any is measured; every concurrency level is measured on every
 server in turn (workbench.stages.serving.run.benchmark_serving):
 
-    triton_length_aware_http / _grpc   the exported repository, PaddingPolicy() (default: buckets + BLS)
+    triton_length_aware_http / _grpc   the exported repository, PaddingPolicy() (default: buckets, ensemble)
     triton_fixed_http / _grpc          the same engine, every text padded to 128 tokens (the old export)
     fastapi_pytorch                    FastAPI + uvicorn, transformers + PyTorch, mean pooling, one POST endpoint
     fastapi_onnxruntime                the same FastAPI server calling the same ONNX engine as Triton

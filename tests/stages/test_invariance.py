@@ -18,7 +18,7 @@ from workbench.stages.accuracy.invariance import (
 )
 from workbench.triton.padding import PaddingPolicy
 
-POLICY = PaddingPolicy(max_length=32)  # the default served policy: buckets, BLS
+POLICY = PaddingPolicy(max_length=32)  # the default served policy: buckets
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def test_default_buckets_double_up_to_max_length():
     assert default_buckets(16) == (16,)
     assert PaddingPolicy().bucket_lengths == (16, 32, 64, 128)
     assert PaddingPolicy.fixed(48).bucket_lengths == (48,)
-    assert PaddingPolicy(mode="longest").bucket_lengths == ()
+    assert PaddingPolicy(mode="longest", batching="bls").bucket_lengths == ()
     assert PaddingPolicy.from_json(PaddingPolicy(buckets=(8, 128)).to_json()) == PaddingPolicy(buckets=(8, 128))
 
 
@@ -130,11 +130,11 @@ def _export(onnx_path, tokenizer_dir, repository, preset, **kwargs):
                                   **kwargs)
 
 
-def test_the_default_export_is_the_bls_bucket_design(tiny_bert_onnx, tiny_model_dir, tmp_path):
+def test_the_bls_bucket_design(tiny_bert_onnx, tiny_model_dir, tmp_path):
     from workbench.triton.config import parse_model_config
 
-    result = _export(tiny_bert_onnx, tiny_model_dir("bert"), tmp_path / "repo", None)
-    assert result.padding == PaddingPolicy(max_length=32)
+    result = _export(tiny_bert_onnx, tiny_model_dir("bert"), tmp_path / "repo", "bls_buckets")
+    assert result.padding == PaddingPolicy(max_length=32, batching="bls")
     # no tokenizer model (the BLS model tokenizes) and no pooling model (mean pooling runs inside it)
     assert result.model_names == ("tiny", "tiny_ensemble")
     entry = parse_model_config(result.models["ensemble"].config_text)
@@ -174,10 +174,11 @@ def test_the_default_export_is_the_bls_bucket_design(tiny_bert_onnx, tiny_model_
     assert result.to_dict()["padding"]["mode"] == "buckets"
 
 
-def test_the_bucket_ensemble_pads_per_request_and_records_the_policy(tiny_bert_onnx, tiny_model_dir, tmp_path):
+def test_the_default_export_is_the_bucket_ensemble_and_records_the_policy(tiny_bert_onnx, tiny_model_dir, tmp_path):
     from workbench.triton.config import parse_model_config
 
-    result = _export(tiny_bert_onnx, tiny_model_dir("bert"), tmp_path / "repo", "ensemble_buckets")
+    result = _export(tiny_bert_onnx, tiny_model_dir("bert"), tmp_path / "repo", None)
+    assert result.padding == PaddingPolicy(max_length=32) == PaddingPolicy.preset("ensemble_buckets", max_length=32)
     assert result.model_names == ("tiny", "tiny_tokenizer", "tiny_pooling", "tiny_ensemble")
     tokenizer = parse_model_config(result.models["tokenizer"].config_text)
     engine = parse_model_config(result.models["model"].config_text)
@@ -225,7 +226,8 @@ def test_bls_follows_int32_engine_inputs(tiny_model_dir, tmp_path):
     from workbench.triton.ensemble import export_triton_ensemble
 
     result = export_triton_ensemble(tmp_path / "i32.onnx", tmp_path / "repo", tiny_model_dir("bert"),
-                                    TritonConfig(model_name="i32"), sequence_length=8)
+                                    TritonConfig(model_name="i32"), sequence_length=8,
+                                    padding=PaddingPolicy(max_length=8, batching="bls"))
     entry = parse_model_config(result.models["ensemble"].config_text)
     assert json.loads(entry.parameters["engine_inputs"].string_value) == {
         "input_ids": "TYPE_INT32", "attention_mask": "TYPE_INT32"}
@@ -246,10 +248,10 @@ def test_exports_refuse_what_a_policy_cannot_serve(tiny_bert_onnx, tiny_model_di
     # the BLS model cannot return token-level outputs (the texts of a request may get different lengths)
     with pytest.raises(TritonExportError, match="variable"):
         export_triton_ensemble(tiny_bert_onnx, tmp_path / "a", tokenizer_dir, TritonConfig(model_name="t"),
-                               sequence_length=32, pooling=None)
+                               sequence_length=32, pooling=None,
+                               padding=PaddingPolicy(max_length=32, batching="bls"))
     assert not (tmp_path / "a").exists()
     # without pooling, the bucket ensemble serves them (one shape per request)
     raw = export_triton_ensemble(tiny_bert_onnx, tmp_path / "b", tokenizer_dir, TritonConfig(model_name="t"),
-                                 sequence_length=32, pooling=None, padding=PaddingPolicy.preset("ensemble_buckets",
-                                                                                               max_length=32))
+                                 sequence_length=32, pooling=None)
     assert raw.output_names[0] == "last_hidden_state"

@@ -218,8 +218,9 @@ def test_fastapi_baselines_serve_the_workbench_embeddings_and_stop(engine, tiny_
     from workbench.stages.serving.baselines import FastAPIServer
 
     model = tiny_bert_onnx if engine == "onnxruntime" else tiny_model_dir("bert")
-    expected = reference(tiny_bert_onnx, tiny_model_dir("bert"), TEXTS, PaddingPolicy(mode="longest",
-                                                                                       max_length=MAX_LENGTH))
+    # FastAPI pads each request to its longest text
+    expected = reference(tiny_bert_onnx, tiny_model_dir("bert"), TEXTS,
+                         PaddingPolicy(mode="longest", batching="bls", max_length=MAX_LENGTH))
     server = FastAPIServer(engine, model, tiny_model_dir("bert"), max_length=MAX_LENGTH)
     with server:
         pid = server._process.pid
@@ -270,7 +271,8 @@ def test_bls_calls_a_post_processing_model_that_offers_no_function(tiny_bert_onn
 
     monkeypatch.setattr(served_module, "inline_postprocessing", lambda source: False)
     exported = export_triton_ensemble(tiny_bert_onnx, tmp_path / "repo", tiny_model_dir("bert"),
-                                      TritonConfig(model_name="tiny"), sequence_length=MAX_LENGTH)
+                                      TritonConfig(model_name="tiny"), sequence_length=MAX_LENGTH,
+                                      padding=PaddingPolicy(max_length=MAX_LENGTH, batching="bls"))
     assert exported.model_names == ("tiny", "tiny_pooling", "tiny_ensemble")
     entry = parse_model_config(exported.models["ensemble"].config_text)
     assert entry.parameters["postprocess_model"].string_value == "tiny_pooling"

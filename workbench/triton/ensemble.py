@@ -441,10 +441,13 @@ def export_triton_ensemble(
         embedding_output: The output to pool; default `last_hidden_state`, else the only [batch, sequence,
             hidden] output.
         padding: How texts are padded and batched (workbench.triton.padding.PaddingPolicy, whose max_length must
-            be `sequence_length`); default `PaddingPolicy(max_length=sequence_length)`: bucketed padding and one
-            BLS Python model as the client-facing `NAME_ensemble` (no tokenizer model then: it tokenizes, calls
-            NAME and NAME_pooling itself). `PaddingPolicy.fixed(sequence_length)` writes the fixed-length
-            ensemble described above. The policy goes into the config parameters and provenance.json.
+            be `sequence_length`); default `PaddingPolicy(max_length=sequence_length)`: the ensemble above with
+            each request padded to the smallest of 16, 32, 64, ... tokens that holds its longest text (outputs
+            dims [-1]), which the engine's dynamic batcher merges per bucket. `PaddingPolicy.fixed(
+            sequence_length)` pads every text to sequence_length; `PaddingPolicy(batching="bls")` makes
+            `NAME_ensemble` a Python model that tokenizes each dynamic batch itself and calls NAME per bucket
+            through BLS (no tokenizer model; mean pooling runs inside it). The policy goes into the config
+            parameters and provenance.json.
         provenance: Extra provenance.json entries, for example `source_model`, `precision_plan` (a PrecisionPlan
             or its dict), `accuracy`, `speed`. Objects with to_dict() are converted. The keys the export writes
             itself (format, models, libraries, hardware, ...) cannot be replaced.

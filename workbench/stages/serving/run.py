@@ -4,7 +4,7 @@ server a data scientist would otherwise write, side by side, and the batching sw
 Servers (stable keys):
 
 - `triton_length_aware_http`, `triton_length_aware_grpc`: the exported repository with the length-aware
-  `PaddingPolicy` (default: buckets + BLS), through Triton's HTTP and gRPC clients;
+  `PaddingPolicy` (default: bucketed padding in the ensemble), through Triton's HTTP and gRPC clients;
 - `triton_fixed_http`, `triton_fixed_grpc`: the same engine with every text padded to max_length (what the
   workbench served before);
 - `fastapi_pytorch`: FastAPI + uvicorn, the PyTorch model (transformers, mean pooling), one POST endpoint;
