@@ -101,7 +101,8 @@ class ServingView(StageView):
         return stage.benchmark_serving(self.onnx_path, self.tokenizer_dir, self.texts, self.config(),
                                        triton_config=self.triton_config, padding=self.padding,
                                        pytorch_model=self.pytorch_model, sweep=sweep,
-                                       servers=self.servers if self.servers is not None else stage.SERVERS)
+                                       servers=self.servers if self.servers is not None else stage.SERVERS,
+                                       progress=False)  # the status line says it runs; a bar would land nowhere
 
     def _show(self, result: Any) -> None:
         self.show(result)

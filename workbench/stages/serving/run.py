@@ -149,6 +149,7 @@ def benchmark_serving(
     pytorch_model: str | os.PathLike[str] | None = None,
     sweep: SweepConfig | None = None,
     servers: Sequence[str] = SERVERS,
+    progress: bool = True,
 ) -> ServingResult:
     """Serve one ONNX engine every way and load each server at every concurrency level, interleaved.
 
@@ -165,11 +166,14 @@ def benchmark_serving(
         pytorch_model: The Hugging Face model folder for `fastapi_pytorch`; None skips that server.
         sweep: The batching sweep to run on the length-aware repository; None skips it.
         servers: Which of SERVERS to run.
+        progress: A tqdm bar (tqdm.auto: a widget in a notebook, stderr on a terminal) over the measurements.
 
     Returns:
         A ServingResult; its `figure()` is the throughput vs p99 chart and `sweep.suggestion` the setting to
         export with (`suggestion.apply(triton_config)`).
     """
+    from tqdm.auto import tqdm
+
     from workbench.machine import machine_info
     from workbench.models import load_model
     from workbench.stages.serving.baselines import FastAPIServer
@@ -228,16 +232,22 @@ def benchmark_serving(
             endpoints[key] = (Endpoint(TITLES[key], protocol, url, model=repo.model_name,
                                        output=repo.output_names[0]), probe)
         levels: dict[str, list[LevelResult]] = {key: [] for key in endpoints}
+        steps = len(config.concurrency) * len(endpoints) + (len(sweep.settings()) if sweep is not None else 0)
+        bar = stack.enter_context(tqdm(total=steps, desc="serving", unit="load", disable=not progress))
         for concurrency in config.concurrency:  # interleaved: every server at this level, then the next level
             for key, (endpoint, probe) in endpoints.items():
+                bar.set_postfix_str(f"{key} c{concurrency}")
                 levels[key] += measure_load(endpoint, texts, config, probe=probe, concurrency=(concurrency,)).levels
+                bar.update()
         results = {key: LoadResult(endpoint=endpoints[key][0], levels=tuple(lv), config=config,
                                    notes=tuple(f"concurrency {x.concurrency} was not stable" for x in lv
                                                if not x.stable))
                    for key, lv in levels.items()}
         sweep_result = None
         if sweep is not None:
+            bar.set_postfix_str("batching sweep")
             sweep_result = sweep_batching(tritons[LENGTH_AWARE], exported[LENGTH_AWARE], texts, config, sweep)
+            bar.update(len(sweep.settings()))
     for key, result in results.items():
         notes += [f"{key}: {note}" for note in result.notes]
     return ServingResult(servers=results, sweep=sweep_result, padding=padding, triton_config=triton_config,
