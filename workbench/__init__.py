@@ -55,6 +55,12 @@ _EXPORTS: dict[str, str] = {
     "export_triton_ensemble": "workbench.triton.ensemble",
     "parse_model_config": "workbench.triton.config",
     "TritonServer": "workbench.triton.server",
+    "PaddingPolicy": "workbench.triton.padding",
+    "batch_invariance": "workbench.stages.accuracy.invariance",
+    "ServingConfig": "workbench.stages.serving.load",
+    "SweepConfig": "workbench.stages.serving.sweep",
+    "benchmark_serving": "workbench.stages.serving.run",
+    "serving_summary": "workbench.stages.serving.summary",
     # runners
     "OnnxRuntimeRunner": "workbench.engines.onnxruntime",
     "PyTorchRunner": "workbench.engines.pytorch",
@@ -105,3 +111,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.recipe import Recipe, run_recipe
     from workbench.summary import format_summary
     from workbench.triton.server import TritonServer
+    from workbench.triton.padding import PaddingPolicy
+    from workbench.stages.accuracy.invariance import batch_invariance
+    from workbench.stages.serving.load import ServingConfig
+    from workbench.stages.serving.run import benchmark_serving
+    from workbench.stages.serving.summary import serving_summary
+    from workbench.stages.serving.sweep import SweepConfig
