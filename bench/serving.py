@@ -165,7 +165,8 @@ def print_servers(result: Any, summary: dict[str, Any], load_before: str) -> Non
     print(f"# {machine.get('processor')}, {machine.get('cpu_count')} cores; load average before {load_before}, "
           f"after {load_average()}; client in the same process (2 cores: quote ratios)")
     print(f"# length-aware policy: {result.padding.describe()}; engine tokens per text: "
-          f"length-aware {result.tokens['length_aware']['per_text']:.1f}, fixed {result.tokens['fixed']['per_text']:.1f}")
+          f"length-aware {result.tokens['length_aware']['per_text']:.1f}, "
+          f"fixed {result.tokens['fixed']['per_text']:.1f}")
     header = (f"{'server':<30}{'conc':>5}{'texts/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'engine batch':>14}"
               f"{'stable':>8}")
     print(header)

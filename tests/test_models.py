@@ -156,7 +156,7 @@ def test_bundled_model():
     assert source.model_type == "bert"
     assert source.num_heads == 12
     assert source.hidden_size == 384
-    assert source.task == "feature-extraction"
+    assert source.task.name == "feature-extraction" and source.output_names == ("last_hidden_state",)
     assert source.output_names == ("last_hidden_state",)
     assert source.attn_implementation == "eager"
     assert load_model(attn_implementation="sdpa").attn_implementation == "sdpa"
@@ -205,7 +205,7 @@ def test_classifier_checkpoint_is_sequence_classification(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     source = load_model(tmp_path)
     assert isinstance(source, HFModelSource)
-    assert source.task == "sequence-classification"
+    assert source.task.name == "text-classification" and source.output_names == ("logits",)
     assert source.output_names == ("logits",)
     assert (source.num_heads, source.hidden_size) == (2, 8)
 

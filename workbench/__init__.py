@@ -38,6 +38,17 @@ _EXPORTS: dict[str, str] = {
     "load_sentence_splits": "workbench.data",
     "SentenceSplits": "workbench.data",
     "tokenize_batches": "workbench.data",
+    # tasks and engines (the registries)
+    "Task": "workbench.tasks.base",
+    "Budget": "workbench.tasks.base",
+    "register_task": "workbench.tasks.base",
+    "get_task": "workbench.tasks.base",
+    "EmbeddingBudget": "workbench.tasks.embedding",
+    "ClassificationBudget": "workbench.tasks.classification",
+    "Engine": "workbench.engines.base",
+    "Candidate": "workbench.engines.base",
+    "register_engine": "workbench.engines.base",
+    "get_engine": "workbench.engines.base",
     # stages
     "ExportConfig": "workbench.stages.export",
     "export_onnx": "workbench.stages.export",
@@ -45,7 +56,7 @@ _EXPORTS: dict[str, str] = {
     "fuse_transformer": "workbench.stages.fusion",
     "DynamicQuantConfig": "workbench.stages.precision.quantize",
     "quantize_dynamic": "workbench.stages.precision.quantize",
-    "AccuracyBudget": "workbench.stages.accuracy.compare",
+    "AccuracyBudget": "workbench.tasks.embedding",
     "compare_candidates": "workbench.stages.accuracy.compare",
     "BenchmarkConfig": "workbench.stages.benchmark.latency",
     "benchmark": "workbench.stages.benchmark.latency",
@@ -67,9 +78,12 @@ _EXPORTS: dict[str, str] = {
     # the chained workflow
     "Pipeline": "workbench.pipeline",
     "PipelineParameters": "workbench.pipeline",
+    "STEPS": "workbench.pipeline",
+    "step": "workbench.pipeline",
     "format_summary": "workbench.summary",
     "Recipe": "workbench.recipe",
     "run_recipe": "workbench.recipe",
+    "save_recipe": "workbench.recipe",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -79,6 +93,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from workbench.engines.base import Candidate, Engine, get_engine, register_engine
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
     from workbench.engines.pytorch import PyTorchRunner
     from workbench.data import SentenceSplits, load_sentence_splits, read_sentences, tokenize_batches
@@ -98,8 +113,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         WorkbenchError,
     )
     from workbench.models import HFModelSource, ModuleSource, OnnxSource, bundled_model_path, load_model
-    from workbench.pipeline import Pipeline, PipelineParameters
-    from workbench.stages.accuracy.compare import AccuracyBudget, compare_candidates
+    from workbench.pipeline import STEPS, Pipeline, PipelineParameters, step
+    from workbench.stages.accuracy.compare import compare_candidates
     from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
     from workbench.stages.choose import choose_candidate
     from workbench.stages.export import ExportConfig, export_onnx
@@ -108,8 +123,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.triton.config import TritonConfig, parse_model_config
     from workbench.triton.model import export_triton
     from workbench.triton.ensemble import export_triton_ensemble
-    from workbench.recipe import Recipe, run_recipe
+    from workbench.recipe import Recipe, run_recipe, save_recipe
     from workbench.summary import format_summary
+    from workbench.tasks.base import Budget, Task, get_task, register_task
+    from workbench.tasks.classification import ClassificationBudget
+    from workbench.tasks.embedding import AccuracyBudget, EmbeddingBudget
     from workbench.triton.server import TritonServer
     from workbench.triton.padding import PaddingPolicy
     from workbench.stages.accuracy.invariance import batch_invariance

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from workbench._lazy import check_onnxruntime_conflict, installed_distribution
 from workbench.errors import DependencyConflict
-from workbench.summary import library_versions
+from workbench.machine import library_versions
 
 
 def report() -> str:

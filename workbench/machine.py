@@ -67,3 +67,15 @@ def release_free_memory() -> None:
             _MALLOC_TRIM = False
     if _MALLOC_TRIM:
         _MALLOC_TRIM(0)
+
+
+_VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf", "polygraphy",
+              "tritonclient")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on (those installed)."""
+    from workbench._lazy import installed_distribution
+
+    versions = {name: installed_distribution(name) for name in _VERSIONED}
+    return {name: version for name, version in versions.items() if version}

@@ -16,6 +16,7 @@ from typing import Any, Union
 
 from workbench._lazy import require
 from workbench.errors import ModelSourceError
+from workbench.onnx.io import check_onnx_file
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")
@@ -46,14 +47,22 @@ def _load_tokenizer(folder: Path) -> Any:
 class HFModelSource:
     """A Hugging Face model in a local directory (config.json + weights + tokenizer files).
 
+    Its task (workbench.tasks) is read from config.json (`architectures`): it decides which transformers class
+    loads the model with its head, what the export outputs and how candidates are judged. A checkpoint whose head
+    no registered task supports is refused (see :func:`load_model`).
+
     Attributes:
         path: The model directory.
         attn_implementation: Attention kernel to load the model with. "eager" traces into the plain
             MatMul/Softmax pattern that onnxruntime's BERT optimizer fuses into Attention; "sdpa" does not fuse.
+        task_name: The task asked for; None: the one config.json's architectures say. Asking for
+            "feature-extraction" on a checkpoint with a head exports its base model without the head (with a
+            warning in `warnings` and the summary).
     """
 
     path: Path
     attn_implementation: str = "eager"
+    task_name: str | None = None
 
     @property
     def name(self) -> str:
@@ -62,7 +71,15 @@ class HFModelSource:
     @cached_property
     def config(self) -> dict[str, Any]:
         """The model's config.json as a dict (read without importing transformers)."""
-        return json.loads((self.path / "config.json").read_text())
+        try:
+            values = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelSourceError(f"{self.path / 'config.json'} is not readable JSON ({exc}).",
+                                   fix="save the model again with save_pretrained()") from exc
+        if not isinstance(values, dict):
+            raise ModelSourceError(f"{self.path / 'config.json'} holds a {type(values).__name__}, not an object.",
+                                   fix="save the model again with save_pretrained()")
+        return values
 
     @property
     def model_type(self) -> str:
@@ -70,32 +87,81 @@ class HFModelSource:
 
     @property
     def num_heads(self) -> int | None:
-        return self.config.get("num_attention_heads", self.config.get("n_heads"))
+        # BERT-like: num_attention_heads; DistilBERT: n_heads; GPT-2: n_head
+        for key in ("num_attention_heads", "n_heads", "n_head"):
+            if self.config.get(key):
+                return int(self.config[key])
+        return None
 
     @property
     def hidden_size(self) -> int | None:
-        return self.config.get("hidden_size", self.config.get("dim"))
+        for key in ("hidden_size", "dim", "n_embd", "d_model"):
+            if self.config.get(key):
+                return int(self.config[key])
+        return None
 
     @property
-    def task(self) -> str:
-        """"sequence-classification" for *ForSequenceClassification checkpoints, else "feature-extraction"."""
-        architectures = self.config.get("architectures") or []
-        if any(a.endswith("ForSequenceClassification") for a in architectures):
-            return "sequence-classification"
-        return "feature-extraction"
+    def max_positions(self) -> int | None:
+        """The longest sequence the model's position embeddings take (None where config.json does not say)."""
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            if self.config.get(key):
+                return int(self.config[key])
+        return None
+
+    @cached_property
+    def detected_task(self) -> Any:
+        """The task config.json's architectures say (raises ModelSourceError when no registered task fits)."""
+        from workbench.tasks.base import detect_task
+
+        return detect_task(self.config, where=str(self.path))
+
+    @cached_property
+    def task(self) -> Any:
+        """The Task this source is loaded, exported and judged as (workbench.tasks.base.Task).
+
+        Raises:
+            ModelSourceError: The head is unsupported and no task was asked for, or the task asked for does not
+                fit the checkpoint.
+        """
+        from workbench.tasks.base import detect_task, get_task
+
+        if self.task_name is None:
+            return self.detected_task
+        task = get_task(self.task_name)
+        if task.detect(self.config):  # the task asked for claims this checkpoint
+            return task
+        try:
+            detected = detect_task(self.config, where=str(self.path))
+        except ModelSourceError:
+            detected = None
+        if task.name == "feature-extraction":  # the base model of any checkpoint: the head is dropped, on request
+            return task
+        architectures = ", ".join(map(str, self.config.get("architectures") or ["(none listed)"]))
+        raise ModelSourceError(
+            f"{self.path} is a {architectures}, which is not a {task.name!r} checkpoint"
+            + (f" (it is {detected.name!r})" if detected is not None else "") + ".",
+            fix=f"leave task unset to use {detected.name!r}" if detected is not None else
+            "pick a checkpoint of that task, or task='feature-extraction' for its base model",
+        )
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the user should know about how this checkpoint is used (e.g. a head dropped on request)."""
+        architectures = [str(a) for a in self.config.get("architectures") or []]
+        if self.task.name == "feature-extraction" and self.task_name is not None and architectures \
+                and not self.task.detect(self.config):
+            return (f"{', '.join(architectures)} is exported as its base model: its head is dropped, because "
+                    "task='feature-extraction' was asked for",)
+        return ()
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("logits",) if self.task == "sequence-classification" else ("last_hidden_state",)
+        return tuple(self.task.outputs)
 
     def load_module(self) -> Any:
-        """Load the PyTorch model in eval mode, offline."""
+        """Load the PyTorch model with its task's head, in eval mode, offline."""
         transformers = require("transformers", purpose="Loading a Hugging Face model")
-        auto = (
-            transformers.AutoModelForSequenceClassification
-            if self.task == "sequence-classification"
-            else transformers.AutoModel
-        )
+        auto = getattr(transformers, self.task.auto_model)
         try:
             model = auto.from_pretrained(
                 str(self.path),
@@ -111,7 +177,10 @@ class HFModelSource:
         return model.eval()
 
     def load_tokenizer(self) -> Any:
-        return _load_tokenizer(self.path)
+        """The tokenizer, checked for what the task needs (a pad token, a model_max_length)."""
+        tokenizer = _load_tokenizer(self.path)
+        self.task.check_tokenizer(tokenizer, model_path=str(self.path))
+        return tokenizer
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,37 +252,12 @@ class OnnxSource:
 ModelSource = Union[HFModelSource, ModuleSource, OnnxSource]
 
 
-def check_onnx_file(path: Path) -> None:
-    """Raise ModelSourceError unless `path` is a complete, valid ONNX model file."""
-    onnx = require("onnx", purpose="Reading an ONNX model")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends: the file is truncated or not ONNX at all
-        raise ModelSourceError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); the file is truncated or corrupt.",
-            expected="a complete .onnx file written by onnx.save or torch.onnx.export",
-            fix="export or copy the model again; if it has external data, keep its .data file beside it",
-        ) from exc
-    if not model.graph.node or not model.graph.output:
-        raise ModelSourceError(
-            f"{path} parsed as ONNX but has {len(model.graph.node)} nodes and {len(model.graph.output)} outputs.",
-            expected="a graph with at least one node and one output",
-            fix="export the model again; an empty graph usually means a truncated or wrong file",
-        )
-    try:
-        onnx.checker.check_model(str(path))
-    except Exception as exc:
-        raise ModelSourceError(
-            f"{path} fails the ONNX checker: {exc}",
-            fix="export the model again, or repair the graph before using it",
-        ) from exc
-
-
 def load_model(
     path: str | os.PathLike[str] | None = None,
     *,
     tokenizer_path: str | os.PathLike[str] | None = None,
     attn_implementation: str = "eager",
+    task: str | None = None,
 ) -> ModelSource:
     """Resolve a model path to a model source, never downloading anything.
 
@@ -222,12 +266,15 @@ def load_model(
             (or a folder holding model.onnx).
         tokenizer_path: For ONNX models, the folder with tokenizer files if it is not the model's own folder.
         attn_implementation: For Hugging Face models, the attention kernel to load ("eager" fuses best).
+        task: For Hugging Face models, the task to load it as (workbench.tasks); None: from config.json.
 
     Raises:
-        ModelSourceError: The path does not exist, holds no model, or the model file is truncated.
+        ModelSourceError: The path does not exist, holds no model, the model file is truncated, or a Hugging Face
+            checkpoint has a head no registered task supports (the message names its architecture and the
+            supported tasks).
     """
     if path is None:
-        return HFModelSource(bundled_model_path(), attn_implementation=attn_implementation)
+        return _checked(HFModelSource(bundled_model_path(), attn_implementation=attn_implementation, task_name=task))
     if not isinstance(path, (str, os.PathLike)):
         raise ModelSourceError(
             f"load_model() takes a path, not {type(path).__name__}.",
@@ -262,7 +309,7 @@ def load_model(
                 f"{resolved} has config.json but no weights (looked for {', '.join(_WEIGHT_FILES)}).",
                 fix="save the model with model.save_pretrained(DIR), which writes the weights next to config.json",
             )
-        return HFModelSource(resolved, attn_implementation=attn_implementation)
+        return _checked(HFModelSource(resolved, attn_implementation=attn_implementation, task_name=task))
     if (resolved / "model.onnx").is_file():
         check_onnx_file(resolved / "model.onnx")
         return OnnxSource(resolved / "model.onnx", tokenizer_folder)
@@ -271,3 +318,8 @@ def load_model(
         expected="config.json plus weights (a Hugging Face model directory), or a model.onnx file",
         fix="point model_path at the folder written by save_pretrained(), or at the .onnx file itself",
     )
+
+
+def _checked(source: HFModelSource) -> HFModelSource:
+    source.task  # noqa: B018 - resolve the task now: an unsupported head is refused at load, not after export
+    return source

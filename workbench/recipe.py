@@ -1,11 +1,12 @@
 """Recipes: what a pipeline ran, as JSON, replayable headless.
 
-A :class:`Recipe` holds the run's PipelineParameters, every step method the pipeline ran (in order) with the
-configs it ran with (ExportConfig, DynamicQuantConfig, AccuracyBudget, the parameters it read), the files each
-step wrote with their sha256, the library versions, and the sha256 of the inputs it read (the model's files and
-the sentence files).
+Every Pipeline records each step call it runs (`pipeline.history`: the step registry's wrapper does it, for
+every registered step alike). A :class:`Recipe` holds the run's PipelineParameters, every step call (in order)
+with the configs it ran with (ExportConfig, DynamicQuantConfig, the task's Budget, the parameters it read),
+the files each step wrote with their sha256, the library versions, and the sha256 of the inputs it read (the
+model's files and the data files).
 
-    pipeline = RecordingPipeline(PipelineParameters(model_path="models/bert", output_dir="runs/a"))
+    pipeline = Pipeline(PipelineParameters(model_path="models/bert", output_dir="runs/a"))
     pipeline.export(); pipeline.fuse(); pipeline.quantize()         # or the guided UI: workbench.ui.Workbench
     Recipe.from_pipeline(pipeline).save("runs/a/recipe.json")
 
@@ -13,14 +14,15 @@ the sentence files).
 
 Replaying on the same inputs with the same library versions writes byte-identical model files for the
 deterministic steps (export, fuse, dynamic quantization, the Triton repository); timings and therefore the
-choice may differ. A recipe refuses to replay on inputs whose hashes differ from the recorded ones unless asked
-to (`check_inputs=False`, `--no-check-inputs`).
+choice may differ (the check then says so, apart from files that differ). A recipe refuses to replay on inputs
+whose hashes differ from the recorded ones unless asked to (`check_inputs=False`, `--no-check-inputs`). Steps
+and their configs are validated against the registry of the Pipeline class that replays them
+(`pipeline_class=`, default Pipeline), so a recipe of an extended pipeline replays through that class.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -28,32 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench._files import file_sha256
 from workbench.errors import ConfigError, WorkbenchError
-from workbench.pipeline import Pipeline, PipelineParameters
+from workbench.pipeline import MEASURED_OUTPUTS, Pipeline, PipelineParameters, StepRecord
 
-__all__ = ["RECIPE_FILE", "RECIPE_VERSION", "STEPS", "Recipe", "RecipeError", "RecipeStep", "RecordingPipeline",
-           "OutputCheck", "check_outputs", "file_sha256", "finish", "input_hashes", "replay", "run_recipe"]
+__all__ = ["RECIPE_FILE", "RECIPE_VERSION", "Recipe", "RecipeError", "RecipeStep", "RecordingPipeline",
+           "OutputCheck", "check_outputs", "file_sha256", "finish", "input_hashes", "replay", "run_recipe",
+           "save_recipe"]
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 RECIPE_FILE = "recipe.json"
-
-# The Pipeline's step methods, in their usual order.
-STEPS = ("export", "fuse", "quantize", "quantize_smoothquant", "compare", "benchmark", "choose", "export_triton",
-         "write_summary")
-# Step -> the Pipeline attributes (configs) it reads; the recipe records them and replay sets them back.
-STEP_CONFIGS: dict[str, tuple[str, ...]] = {
-    "export": ("export_config",),
-    "quantize": ("quant_config",),
-    "quantize_smoothquant": ("quant_config",),
-    "compare": ("budget",),
-    "write_summary": ("budget",),
-}
-# Parameters a Pipeline reads once, when it is built or on first use: a step cannot change them.
-_FIXED_PARAMETERS = ("model_path", "data_dir", "output_dir", "max_calibration_samples", "max_eval_samples")
-# Output files that hold measurements (timings, machine), so they differ from run to run by design.
-_MEASURED_OUTPUTS = ("README.md", "provenance.json")
-# Step -> the keyword arguments its method takes.
-STEP_ARGS: dict[str, tuple[str, ...]] = {"choose": ("batch",)}
+# Files of a run folder that hold measurements or the run's own record: they differ from run to run by design.
+_NOT_COMPARED = (*MEASURED_OUTPUTS, "summary.json", RECIPE_FILE)
 
 # Files of a Hugging Face folder that loading the model and its tokenizer reads (top level only).
 _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
@@ -67,14 +55,6 @@ class RecipeError(WorkbenchError):
     """A recipe cannot be recorded, read or replayed as it stands (the message says why and what to do)."""
 
 
-def _config_types() -> dict[str, type]:
-    from workbench.stages.accuracy.compare import AccuracyBudget
-    from workbench.stages.export import ExportConfig
-    from workbench.stages.precision.quantize import DynamicQuantConfig
-
-    return {"export_config": ExportConfig, "quant_config": DynamicQuantConfig, "budget": AccuracyBudget}
-
-
 # -----------------------------------------------------------------------------------------------------------------
 # the recipe
 # -----------------------------------------------------------------------------------------------------------------
@@ -82,19 +62,19 @@ def _config_types() -> dict[str, type]:
 
 @dataclass(frozen=True)
 class RecipeStep:
-    """One step method call as the pipeline ran it.
+    """One step call as the pipeline ran it.
 
     Attributes:
-        step: The Pipeline method ("export", "fuse", "quantize", "compare", "benchmark", "choose",
-            "export_triton", "write_summary").
+        step: The step's name in the pipeline's registry ("export", "fuse", ..., "write_summary").
         config: The configs the step read, by Pipeline attribute name ("export_config": ExportConfig,
-            "quant_config": DynamicQuantConfig, "budget": AccuracyBudget). Replay sets them before the call.
+            "quant_config": DynamicQuantConfig, "budget": the task's Budget), as objects or their dicts (a Recipe
+            turns dicts into configs with the pipeline class's `config_types`). Replay sets them before the call.
         parameters: PipelineParameters fields whose value at this step differed from the recipe's `parameters`
             (a UI changes e.g. the benchmark's batch sizes just before benchmarking). Usually empty.
         args: Keyword arguments of the call (choose: batch).
         outputs: Files the step wrote -> sha256; paths relative to the run's output_dir.
         details: What the step decided that is worth reading but not replayed (export_triton: the model name
-            and its config.pbtxt).
+            and its config.pbtxt; choose: the chosen candidate).
     """
 
     step: str
@@ -105,39 +85,61 @@ class RecipeStep:
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.step not in STEPS:
-            raise RecipeError(f"Recipe step {self.step!r} is not a pipeline step.", expected=f"one of {list(STEPS)}")
-        allowed = STEP_CONFIGS.get(self.step, ())
-        unknown = sorted(set(self.config) - set(allowed))
+        if not isinstance(self.step, str):
+            raise RecipeError(f"A recipe step's 'step' must be a step name, got {self.step!r}.")
+        for name in ("config", "parameters", "args", "outputs", "details"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise RecipeError(f"Recipe step {self.step!r}: {name} must be an object, got "
+                                  f"{type(value).__name__}.")
+            object.__setattr__(self, name, dict(value))
+
+    def checked(self, pipeline_class: type[Pipeline]) -> RecipeStep:
+        """This step validated against `pipeline_class`'s registry, its config dicts turned into configs.
+
+        Raises:
+            RecipeError: An unknown step, config, argument or parameter, or an invalid config value.
+        """
+        steps = pipeline_class.steps
+        if self.step not in steps:
+            raise RecipeError(f"Recipe step {self.step!r} is not a pipeline step.", expected=f"one of {list(steps.names)}")
+        declared = steps[self.step]
+        unknown = sorted(set(self.config) - set(declared.configs))
         if unknown:
             raise RecipeError(f"Recipe step {self.step!r} has unknown config(s) {unknown}.",
-                              expected=f"configs among {list(allowed)}")
-        types = _config_types()
+                              expected=f"configs among {list(declared.configs)}")
         config = {}
-        for name, value in dict(self.config).items():
+        for name, value in self.config.items():
+            kind = pipeline_class.config_types[name]
             if isinstance(value, Mapping):
-                value = types[name].from_dict(dict(value))
-            elif not isinstance(value, types[name]):
-                raise RecipeError(f"Recipe step {self.step!r}: {name} must be a {types[name].__name__}, "
+                values = dict(value)
+                if name == "budget" and "task" not in values:  # recipes of version 1: only embeddings had budgets
+                    values["task"] = "feature-extraction"
+                try:
+                    value = kind.from_dict(values)
+                except ConfigError as exc:
+                    raise RecipeError(f"Recipe step {self.step!r} holds an invalid {name}: {exc.what}",
+                                      expected=exc.expected, fix=exc.fix) from exc
+            elif not isinstance(value, kind):
+                raise RecipeError(f"Recipe step {self.step!r}: {name} must be a {kind.__name__}, "
                                   f"got {type(value).__name__}.")
             config[name] = value
-        object.__setattr__(self, "config", config)
-        unknown_args = sorted(set(self.args) - set(STEP_ARGS.get(self.step, ())))
+        unknown_args = sorted(set(self.args) - set(declared.args))
         if unknown_args:
             raise RecipeError(f"Recipe step {self.step!r} takes no argument(s) {unknown_args}.",
-                              expected=f"arguments among {list(STEP_ARGS.get(self.step, ()))}")
-        fields = {f.name for f in dataclasses.fields(PipelineParameters)} - set(_FIXED_PARAMETERS)
+                              expected=f"arguments among {list(declared.args)}")
+        fields = {f.name for f in dataclasses.fields(PipelineParameters)} - set(pipeline_class.FIXED_PARAMETERS)
         unknown_parameters = sorted(set(self.parameters) - fields)
         if unknown_parameters:
             raise RecipeError(f"Recipe step {self.step!r} sets parameter(s) {unknown_parameters}, which a step "
                               "cannot change.", expected=f"PipelineParameters fields among {sorted(fields)}")
-        for name in ("parameters", "args", "outputs", "details"):
-            object.__setattr__(self, name, dict(getattr(self, name)))
+        return dataclasses.replace(self, config=config)
 
     def to_dict(self) -> dict[str, Any]:
         values: dict[str, Any] = {"step": self.step}
         if self.config:
-            values["config"] = {name: config.to_dict() for name, config in self.config.items()}
+            values["config"] = {name: config.to_dict() if hasattr(config, "to_dict") else dict(config)
+                                for name, config in self.config.items()}
         for name in ("parameters", "args", "outputs", "details"):
             if getattr(self, name):
                 values[name] = _plain(getattr(self, name))
@@ -145,12 +147,19 @@ class RecipeStep:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RecipeStep:
+        if not isinstance(values, Mapping):
+            raise RecipeError(f"A recipe step is a JSON {type(values).__name__}, not an object.")
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise RecipeError(f"A recipe step has unknown key(s) {unknown}.")
         if "step" not in values:
-            raise RecipeError("A recipe step has no 'step' key.", expected=f"one of {list(STEPS)}")
+            raise RecipeError("A recipe step has no 'step' key.")
         return cls(**values)
+
+    @classmethod
+    def from_record(cls, record: StepRecord) -> RecipeStep:
+        return cls(step=record.step, config=dict(record.configs), parameters=dict(record.parameters),
+                   args=dict(record.args), outputs=dict(record.outputs), details=dict(record.details))
 
 
 @dataclass(frozen=True)
@@ -160,11 +169,13 @@ class Recipe:
     Attributes:
         parameters: The pipeline's parameters (model_path and data_dir absolute; None: the bundled ones).
         steps: Every step call, in the order it ran (failed calls are not recorded).
-        versions: Library versions of the run (workbench.summary.library_versions()).
+        versions: Library versions of the run (workbench.machine.library_versions()).
         inputs: sha256 of every input file read: "model/<file>" (the model folder's weights, config and
-            tokenizer files, or the .onnx file) and "data/<file>" (the calibration and evaluation sentences).
+            tokenizer files, or the .onnx file) and "data/<file>" (the calibration and evaluation data).
         workbench_version: The workbench that recorded it.
         recipe_version: The recipe format.
+        pipeline_class: The Pipeline class whose step registry the steps are checked against (not saved:
+            pass it to load() and replay() for an extended pipeline).
     """
 
     parameters: PipelineParameters
@@ -173,6 +184,7 @@ class Recipe:
     inputs: Mapping[str, str] = field(default_factory=dict)
     workbench_version: str = ""
     recipe_version: int = RECIPE_VERSION
+    pipeline_class: type[Pipeline] = field(default=Pipeline, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.recipe_version, int) or self.recipe_version > RECIPE_VERSION:
@@ -180,11 +192,16 @@ class Recipe:
                               f"({RECIPE_VERSION}).", fix="upgrade the workbench that replays it")
         parameters = self.parameters
         if isinstance(parameters, Mapping):
-            parameters = PipelineParameters.from_dict(dict(parameters))
+            try:
+                parameters = PipelineParameters.from_dict(dict(parameters))
+            except ConfigError as exc:
+                raise RecipeError(f"The recipe's parameters are invalid: {exc.what}", expected=exc.expected,
+                                  fix=exc.fix) from exc
         elif not isinstance(parameters, PipelineParameters):
             raise RecipeError(f"Recipe.parameters must be PipelineParameters, got {type(parameters).__name__}.")
         object.__setattr__(self, "parameters", parameters)
-        steps = tuple(s if isinstance(s, RecipeStep) else RecipeStep.from_dict(s) for s in self.steps)
+        steps = tuple((s if isinstance(s, RecipeStep) else RecipeStep.from_dict(s)).checked(self.pipeline_class)
+                      for s in self.steps)
         object.__setattr__(self, "steps", steps)
         object.__setattr__(self, "versions", dict(self.versions))
         object.__setattr__(self, "inputs", dict(self.inputs))
@@ -197,27 +214,19 @@ class Recipe:
 
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline) -> Recipe:
-        """What `pipeline` ran: every step call with its configs, the versions and the input hashes.
-
-        A RecordingPipeline (and the Workbench's pipeline) logged each call as it ran, with the configs of that
-        moment; for a plain Pipeline the steps are read from `pipeline.results` in the order they first ran,
-        with the pipeline's current configs (a step re-run with other configs is then recorded once, as it
-        stands now).
+        """What `pipeline` ran: every step call with its configs (from `pipeline.history`), the versions and the
+        input hashes.
 
         Raises:
             RecipeError: The model is not a path a replay can load (an in-memory module, a tokenizer folder
                 apart from the .onnx file, an attention implementation other than "eager").
         """
-        from workbench.summary import library_versions
+        from workbench.machine import library_versions
 
-        if isinstance(pipeline, RecordingPipeline):
-            parameters = _replayable_parameters(pipeline, pipeline.initial_parameters)
-            steps = tuple(pipeline.recorded)
-        else:
-            parameters = _replayable_parameters(pipeline, pipeline.parameters)
-            names = ["write_summary" if key == "summary" else key for key in pipeline.results]
-            steps = tuple(_step_from_results(pipeline, name) for name in names if name in STEPS)
-        return cls(parameters=parameters, steps=steps, versions=library_versions(), inputs=input_hashes(parameters))
+        parameters = _replayable_parameters(pipeline, pipeline.initial_parameters)
+        steps = tuple(RecipeStep.from_record(record) for record in pipeline.history)
+        return cls(parameters=parameters, steps=steps, versions=library_versions(), inputs=input_hashes(parameters),
+                   pipeline_class=type(pipeline))
 
     # -- JSON -----------------------------------------------------------------------------------------------------
 
@@ -235,24 +244,26 @@ class Recipe:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Recipe:
-        known = {f.name for f in dataclasses.fields(cls)}
+    def from_dict(cls, values: Mapping[str, Any], *, pipeline_class: type[Pipeline] = Pipeline) -> Recipe:
+        known = {f.name for f in dataclasses.fields(cls)} - {"pipeline_class"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise RecipeError(f"The recipe has unknown key(s) {unknown}.", expected=f"keys among {sorted(known)}")
         if "parameters" not in values:
             raise RecipeError("The recipe has no 'parameters'.", fix="save recipes with Recipe.save()")
-        return cls(**values)
+        if not isinstance(values.get("steps", []), list):
+            raise RecipeError("The recipe's 'steps' is not a list.")
+        return cls(**values, pipeline_class=pipeline_class)
 
     @classmethod
-    def from_json(cls, text: str) -> Recipe:
+    def from_json(cls, text: str, *, pipeline_class: type[Pipeline] = Pipeline) -> Recipe:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as exc:
             raise RecipeError(f"The recipe is not JSON ({exc}).") from exc
         if not isinstance(values, Mapping):
             raise RecipeError(f"The recipe is a JSON {type(values).__name__}, not an object.")
-        return cls.from_dict(values)
+        return cls.from_dict(values, pipeline_class=pipeline_class)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the recipe as JSON (atomically); returns the path."""
@@ -263,8 +274,8 @@ class Recipe:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Recipe:
-        """Read a recipe file (or the recipe.json in a run folder)."""
+    def load(cls, path: str | os.PathLike[str], *, pipeline_class: type[Pipeline] = Pipeline) -> Recipe:
+        """Read a recipe file (or the recipe.json in a run folder), checked against `pipeline_class`'s steps."""
         path = Path(path)
         if path.is_dir():
             path = path / RECIPE_FILE
@@ -272,7 +283,11 @@ class Recipe:
             raise RecipeError(f"No recipe at {path}.", fix="save one with Workbench.save_recipe(path) or "
                                                           "Recipe.from_pipeline(pipeline).save(path)")
         try:
-            return cls.from_json(path.read_text())
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"{path} cannot be read as text ({exc}).", fix="point at a recipe.json") from exc
+        try:
+            return cls.from_json(text, pipeline_class=pipeline_class)
         except ConfigError as exc:
             raise RecipeError(f"{path} holds an invalid config: {exc.what}", fix=exc.fix) from exc
 
@@ -303,7 +318,7 @@ class Recipe:
 
     def version_differences(self) -> dict[str, tuple[str | None, str | None]]:
         """Library -> (recorded version, installed version) where they differ."""
-        from workbench.summary import library_versions
+        from workbench.machine import library_versions
 
         current = library_versions()
         return {name: (self.versions.get(name), current.get(name))
@@ -340,103 +355,24 @@ def _describe(step: RecipeStep) -> str:
 
 
 class RecordingPipeline(Pipeline):
-    """A Pipeline that logs every step call that succeeds, with the configs it ran with (for Recipe).
+    """A Pipeline, under the name it had when only it recorded its steps: every Pipeline records them now
+    (`history`). `recorded` is that log; `output_check`, after replay(), how the replay's files compare with the
+    recording's."""
 
-    Same constructor and methods as Pipeline. `recorded` is the log; `initial_parameters` the parameters it was
-    built with (a step that runs with other parameters records only the fields that changed); `output_check`,
-    after replay(), how the replay's files compare with the recording's.
+    output_check: OutputCheck | None = None
+
+    @property
+    def recorded(self) -> list[StepRecord]:
+        return self.history
+
+
+def save_recipe(pipeline: Pipeline, path: str | os.PathLike[str] | None = None) -> Path:
+    """Write what `pipeline` ran as a recipe (default: <output_dir>/recipe.json); returns the path.
+
+    `python -m workbench run PATH` (or run_recipe(PATH), or Workbench.from_recipe(PATH)) replays it.
     """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.initial_parameters = self.parameters
-        self.recorded: list[RecipeStep] = []
-        self.output_check: OutputCheck | None = None  # set by replay()
-
-    def _record(self, step: str, call: Any, **args: Any) -> Any:
-        moved = [name for name in _FIXED_PARAMETERS
-                 if getattr(self.parameters, name) != getattr(self.initial_parameters, name)]
-        if moved:
-            raise RecipeError(f"The pipeline's {', '.join(moved)} changed after it was built; it read them once, "
-                              "so the recipe could not say which ones this step used.",
-                              fix="build a new pipeline with the new parameters")
-        config = {name: getattr(self, name) for name in STEP_CONFIGS.get(step, ())}
-        parameters = _parameter_changes(self.initial_parameters, self.parameters)
-        result = call(**args)
-        self.recorded.append(RecipeStep(step=step, config=config, parameters=parameters, args=args,
-                                        outputs=_output_hashes(result, self.output_dir),
-                                        details=_details(step, result)))
-        return result
-
-    def export(self) -> Any:
-        return self._record("export", super().export)
-
-    def fuse(self) -> Any:
-        return self._record("fuse", super().fuse)
-
-    def quantize(self) -> Any:
-        return self._record("quantize", super().quantize)
-
-    def quantize_smoothquant(self) -> Any:
-        return self._record("quantize_smoothquant", super().quantize_smoothquant)
-
-    def compare(self) -> Any:
-        return self._record("compare", super().compare)
-
-    def benchmark(self) -> Any:
-        return self._record("benchmark", super().benchmark)
-
-    def choose(self, batch: int = 1) -> Any:
-        return self._record("choose", super().choose, batch=batch)
-
-    def export_triton(self) -> Any:
-        return self._record("export_triton", super().export_triton)
-
-    def write_summary(self) -> dict[str, Any]:
-        return self._record("write_summary", super().write_summary)
-
-
-def _details(step: str, result: Any) -> dict[str, Any]:
-    if result is None:
-        return {}
-    if step == "export_triton":
-        details: dict[str, Any] = {"model_name": getattr(result, "model_name", None)}
-        if getattr(result, "model_names", None):
-            details["models"] = list(result.model_names)
-        if getattr(result, "config_text", None):
-            details["config_pbtxt"] = result.config_text
-        return details
-    if step == "choose":
-        return {"chosen": result.name}
-    return {}
-
-
-def _output_hashes(result: Any, output_dir: Path) -> dict[str, str]:
-    """The files a step's result names (`.files`, else `.path`) -> sha256, relative to output_dir when inside it."""
-    files = getattr(result, "files", None)
-    if files is None:
-        path = getattr(result, "path", None)
-        files = (path,) if path is not None else ()
-    hashes = {}
-    for path in map(Path, files):
-        if path.is_file():
-            resolved = path.resolve()
-            name = resolved.relative_to(output_dir).as_posix() if resolved.is_relative_to(output_dir) else str(resolved)
-            hashes[name] = file_sha256(path)
-    return hashes
-
-
-def _step_from_results(pipeline: Pipeline, step: str) -> RecipeStep:
-    result = pipeline.results.get("summary" if step == "write_summary" else step)
-    args = {"batch": result.batch} if step == "choose" and result is not None else {}
-    return RecipeStep(step=step, config={name: getattr(pipeline, name) for name in STEP_CONFIGS.get(step, ())},
-                      args=args, outputs=_output_hashes(result, pipeline.output_dir) if step != "write_summary" else {},
-                      details=_details(step, result))
-
-
-def _parameter_changes(base: PipelineParameters, parameters: PipelineParameters) -> dict[str, Any]:
-    reference, values = base.to_dict(), parameters.to_dict()
-    return {k: v for k, v in values.items() if reference.get(k) != v}
+    target = Path(path) if path is not None else pipeline.output_dir / RECIPE_FILE
+    return Recipe.from_pipeline(pipeline).save(target)
 
 
 def _absolute(parameters: PipelineParameters, output_dir: Path) -> PipelineParameters:
@@ -466,7 +402,7 @@ def _replayable_parameters(pipeline: Pipeline, parameters: PipelineParameters) -
             and Path(source.tokenizer_path).resolve() != source.path.resolve().parent:
         raise RecipeError("The pipeline's .onnx model takes its tokenizer from another folder; a replay reads the "
                           "tokenizer beside the .onnx file.", fix="copy the tokenizer files next to the .onnx file")
-    expected = load_model(parameters.model_path)
+    expected = load_model(parameters.model_path, task=parameters.task)
     if Path(expected.path).resolve() != Path(source.path).resolve():
         parameters = parameters.replace(model_path=str(Path(source.path).resolve()))
     return parameters
@@ -477,21 +413,12 @@ def _replayable_parameters(pipeline: Pipeline, parameters: PipelineParameters) -
 # -----------------------------------------------------------------------------------------------------------------
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The sha256 of a file's bytes, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_hashes(parameters: PipelineParameters) -> dict[str, str]:
     """sha256 of the files a pipeline with these parameters reads: "model/<file>" and "data/<file>"."""
     from workbench.data import CALIBRATION_FILE, EVALUATION_FILE, default_data_dir
     from workbench.models import OnnxSource, load_model
 
-    source = load_model(parameters.model_path)
+    source = load_model(parameters.model_path, task=parameters.task)
     folder = Path(source.path)
     if isinstance(source, OnnxSource):
         files = [folder, folder.with_name(folder.name + ".data")]
@@ -514,8 +441,11 @@ def input_hashes(parameters: PipelineParameters) -> dict[str, str]:
 # -----------------------------------------------------------------------------------------------------------------
 
 
-def _as_recipe(path_or_recipe: Recipe | str | os.PathLike[str]) -> Recipe:
-    return path_or_recipe if isinstance(path_or_recipe, Recipe) else Recipe.load(path_or_recipe)
+def _as_recipe(path_or_recipe: Recipe | str | os.PathLike[str], pipeline_class: type[Pipeline]) -> Recipe:
+    if isinstance(path_or_recipe, Recipe):
+        return path_or_recipe if path_or_recipe.pipeline_class is pipeline_class else \
+            dataclasses.replace(path_or_recipe, pipeline_class=pipeline_class)
+    return Recipe.load(path_or_recipe, pipeline_class=pipeline_class)
 
 
 def replay(
@@ -526,8 +456,9 @@ def replay(
     check_inputs: bool = True,
     check: bool = False,
     save: bool = True,
+    pipeline_class: type[Pipeline] = Pipeline,
 ) -> RecordingPipeline:
-    """Run a recipe's steps through a (recording) Pipeline, in order; returns the pipeline.
+    """Run a recipe's steps through a Pipeline, in order (each by its registered name); returns the pipeline.
 
     Args:
         path_or_recipe: A Recipe, a recipe file, or a run folder with a recipe.json.
@@ -537,6 +468,7 @@ def replay(
         check: After the run, raise when a file the recording wrote has a different sha256 now (the
             comparison is kept in every case as `pipeline.output_check`, an OutputCheck).
         save: Write the replay's own recipe to <output_dir>/recipe.json.
+        pipeline_class: The Pipeline class whose registry runs the steps (an extended pipeline's own class).
 
     Raises:
         RecipeError: The inputs differ (with check_inputs), or the outputs differ (with check).
@@ -544,7 +476,7 @@ def replay(
     """
     from tqdm import tqdm
 
-    recipe = _as_recipe(path_or_recipe)
+    recipe = _as_recipe(path_or_recipe, pipeline_class)
     if check_inputs:
         differences = recipe.input_differences()
         if differences:
@@ -556,7 +488,10 @@ def replay(
                 fix="point model_path / data_dir at those files, or replay anyway with check_inputs=False "
                     "(--no-check-inputs)")
     parameters = recipe.parameters if output_dir is None else recipe.parameters.replace(output_dir=str(output_dir))
-    pipeline = RecordingPipeline(parameters)
+    runner_class = pipeline_class if issubclass(pipeline_class, RecordingPipeline) else \
+        type(f"Recording{pipeline_class.__name__}", (pipeline_class,),
+             {"output_check": None, "recorded": RecordingPipeline.recorded})
+    pipeline = runner_class(parameters)
     with tqdm(total=len(recipe.steps), desc="recipe", unit="step", disable=not progress, leave=True) as bar:
         for step in recipe.steps:
             bar.set_postfix_str(step.step)
@@ -564,7 +499,7 @@ def replay(
             for name, config in step.config.items():
                 setattr(pipeline, name, config)
             try:
-                getattr(pipeline, step.step)(**step.args)
+                pipeline.run_step(step.step, **step.args)
             except WorkbenchError as exc:
                 raise RecipeError(f"Step {step.step!r} failed on replay: {type(exc).__name__}: {exc.what}",
                                   expected=exc.expected, fix=exc.fix) from exc
@@ -585,13 +520,16 @@ class OutputCheck:
     Attributes:
         identical: Files with the recorded sha256.
         differing: File -> (recorded sha256, replayed sha256 or None when it was not written).
-        skipped: File -> why it was not compared (the Triton model when the replay chose another candidate: the
-            choice follows timings, which differ run to run).
+        skipped: File -> why it was not compared (measurements; the Triton model when the replay chose another
+            candidate: the choice follows timings, which differ run to run).
+        choice: (recorded choice, replayed choice) when they differ, else None: a different choice among
+            near-tied candidates, which is not a step writing different bytes.
     """
 
     identical: tuple[str, ...] = ()
     differing: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
     skipped: Mapping[str, str] = field(default_factory=dict)
+    choice: tuple[str | None, str | None] | None = None
 
     def __bool__(self) -> bool:
         return not self.differing
@@ -599,7 +537,10 @@ class OutputCheck:
     def __str__(self) -> str:
         lines = [f"model files identical to the recording: {len(self.identical)}"
                  + (f", differing: {len(self.differing)}" if self.differing else "")]
-        lines += [f"  differs: {name} (recorded {_short(old)}, replayed {_short(new)})"
+        if self.choice is not None:
+            lines.append(f"  different choice: the replay chose {self.choice[1]}, the recording {self.choice[0]} "
+                         "(the choice follows timings; every model file both runs wrote is compared above)")
+        lines += [f"  differs: {name} (recorded {_short(old)}, replayed {_short(new)}): this step wrote other bytes"
                   for name, (old, new) in self.differing.items()]
         lines += [f"  not compared: {name} ({why})" for name, why in self.skipped.items()]
         return "\n".join(lines)
@@ -608,15 +549,18 @@ class OutputCheck:
 def check_outputs(recorded: Recipe, replayed: Recipe) -> OutputCheck:
     """Compare the files a replay wrote with those its recording wrote (same paths under each output_dir).
 
-    Not compared: files that record measurements (a Triton repository's README.md and provenance.json), and the
-    Triton step's files when the replay chose another candidate than the recording (the choice follows timings).
+    Not compared: files that record measurements (summary.json, a Triton repository's README.md and
+    provenance.json), and the Triton step's files when the replay chose another candidate than the recording
+    (the choice follows timings): that is reported as a different choice, not as a step that wrote other bytes.
     """
     before, after = recorded.outputs(), replayed.outputs()
-    skipped = {name: "holds measurements of the run" for name in before if Path(name).name in _MEASURED_OUTPUTS}
+    skipped = {name: "holds measurements of the run" for name in before if Path(name).name in _NOT_COMPARED}
     old_choice, new_choice = (r.last("choose") for r in (recorded, replayed))
     old_name = old_choice.details.get("chosen") if old_choice else None
     new_name = new_choice.details.get("chosen") if new_choice else None
+    choice = None
     if old_name != new_name:
+        choice = (old_name, new_name)
         triton = recorded.last("export_triton")
         why = f"the replay chose {new_name}, the recording {old_name}: the choice follows timings"
         for name in (triton.outputs if triton else ()):
@@ -624,20 +568,22 @@ def check_outputs(recorded: Recipe, replayed: Recipe) -> OutputCheck:
     identical = tuple(name for name, digest in before.items() if name not in skipped and after.get(name) == digest)
     differing = {name: (digest, after.get(name)) for name, digest in before.items()
                  if name not in skipped and after.get(name) != digest}
-    return OutputCheck(identical=identical, differing=differing, skipped=skipped)
+    return OutputCheck(identical=identical, differing=differing, skipped=skipped, choice=choice)
 
 
 def _raise_if_different(recorded: Recipe, check: OutputCheck) -> None:
     if check:
         return
     versions = recorded.version_differences()
+    steps = {name: step.step for step in recorded.steps for name in step.outputs}
     raise RecipeError(
         "The replay wrote different files: " + "; ".join(
-            f"{name}: recorded {_short(old)}, replayed {_short(new)}" for name, (old, new) in check.differing.items())
+            f"{name} (step {steps.get(name, '?')}): recorded {_short(old)}, replayed {_short(new)}"
+            for name, (old, new) in check.differing.items())
         + (". Library versions differ: " + ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in versions.items())
            if versions else "."),
         fix="replay with the library versions the recipe records (`versions`)" if versions else
-            "a step is not deterministic on this machine; compare the files' contents")
+            "that step is not deterministic on this machine; compare the files' contents")
 
 
 def run_recipe(
@@ -647,6 +593,7 @@ def run_recipe(
     progress: bool = True,
     check_inputs: bool = True,
     check: bool = False,
+    pipeline_class: type[Pipeline] = Pipeline,
 ) -> dict[str, Any]:
     """Replay a recipe headless and return the run's summary (summary.json and recipe.json are written).
 
@@ -654,16 +601,16 @@ def run_recipe(
     if the recipe did not end with it.
     """
     pipeline = replay(path_or_recipe, output_dir=output_dir, progress=progress, check_inputs=check_inputs,
-                      check=check, save=False)
+                      check=check, save=False, pipeline_class=pipeline_class)
     return finish(pipeline)
 
 
 def finish(pipeline: RecordingPipeline) -> dict[str, Any]:
     """Write the summary (unless the last step did) and the pipeline's recipe.json; returns the summary."""
-    if not pipeline.recorded or pipeline.recorded[-1].step != "write_summary":
+    if not pipeline.history or pipeline.history[-1].step != "write_summary":
         pipeline.write_summary()
     Recipe.from_pipeline(pipeline).save(pipeline.output_dir / RECIPE_FILE)
-    return pipeline.results["summary"]
+    return dict(pipeline.results["write_summary"])
 
 
 def _short(digest: str | None) -> str:

@@ -1,77 +1,83 @@
-"""The run summary: a stable JSON contract for CI, and a short table for people."""
+"""The run summary: a stable JSON contract for CI, derived from the step registry, and a short table for people.
+
+Stable keys (CI reads them): model, task, reference, candidates[{name, path, engine, precision, latency_ms_p50,
+cosine_mean, cosine_min, meets_budget, failures, metrics}], pytorch_latency_ms_p50, chosen, triton_repository.
+For every task, `cosine_mean` / `cosine_min` hold the task's primary cosine (sentence-embedding cosine for
+embeddings, logits cosine for classifiers, ...) and `metrics` the task's own metrics under stable names
+(workbench.tasks: each task's `metric_names`). Each step adds its own keys (Step.summary) and its fields of each
+candidate's row (Step.candidate_summary); everything else is informative.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from workbench._lazy import installed_distribution
+from workbench.machine import library_versions
 
-_VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "polygraphy", "tritonclient")
+__all__ = ["SUMMARY_FILE", "SUMMARY_VERSION", "build_summary", "format_summary", "library_versions"]
 
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries a result depends on (those installed)."""
-    versions = {name: installed_distribution(name) for name in _VERSIONED}
-    return {name: version for name, version in versions.items() if version}
+SUMMARY_FILE = "summary.json"
+#: 2: task, engine and precision per candidate, the task's metrics, budgets with their task.
+SUMMARY_VERSION = 2
 
 
 def build_summary(pipeline: Any) -> dict[str, Any]:
-    """The summary.json contents for a pipeline that has run its steps.
-
-    Stable keys (CI reads them): model, reference, candidates[{name, path, latency_ms_p50, cosine_mean,
-    cosine_min}], pytorch_latency_ms_p50, chosen, triton_repository. Everything else is informative.
-    """
-    from workbench.pipeline import SUMMARY_VERSION
-
-    parameters = pipeline.parameters
-    report = pipeline.results.get("compare")
-    timings = pipeline.results.get("benchmark")
-    choice = pipeline.results.get("choose")
-    triton = pipeline.results.get("export_triton")
-    seq = parameters.sequence_length
-    candidates = []
-    for name, path in pipeline.candidate_models.items():
-        accuracy = report[name] if report is not None else None
-        candidates.append({
-            "name": name,
-            "path": str(path),
-            "latency_ms_p50": timings.p50(name, 1, seq) if timings else None,
-            "latency_ms_p50_by_batch": {str(b): timings.p50(name, b, seq) for b in timings.config.batch_sizes}
-            if timings else {},
-            "cosine_mean": accuracy.embedding_cosine_mean if accuracy is not None else None,
-            "cosine_min": accuracy.embedding_cosine_min if accuracy is not None else None,
-            "meets_budget": bool(accuracy) if accuracy is not None else None,
-            "failures": list(accuracy.failures) if accuracy is not None else [],
-        })
-    return {
+    """The summary.json contents for a pipeline that has run some of its steps."""
+    task = pipeline.task
+    rows = []
+    for name, candidate in pipeline.candidate_models.items():
+        row: dict[str, Any] = {"name": name, "path": str(candidate.path), "engine": candidate.engine,
+                               "precision": candidate.precision, "latency_ms_p50": None,
+                               "latency_ms_p50_by_batch": {}, "cosine_mean": None, "cosine_min": None,
+                               "meets_budget": None, "failures": [],
+                               "metrics": {metric: None for metric in task.metric_names}}
+        for declared in pipeline.steps:
+            if declared.candidate_summary is not None and declared.name in pipeline.results:
+                contribution = dict(declared.candidate_summary(pipeline, pipeline.results[declared.name], name))
+                row["metrics"].update(contribution.pop("metrics", {}))
+                row.update(contribution)
+        rows.append(row)
+    summary: dict[str, Any] = {
         "summary_version": SUMMARY_VERSION,
         "model": str(getattr(pipeline.source, "path", pipeline.source.name)),
-        "reference": str(pipeline.candidates.get("reference")),
-        "candidates": candidates,
-        "pytorch_latency_ms_p50": timings.p50("pytorch", 1, seq) if timings else None,
-        "chosen": choice.name if choice else None,
-        "chosen_reason": choice.reason if choice else None,
-        "triton_repository": str(triton.repository) if triton else None,
-        "triton_model": triton.model_name if triton else None,
+        "task": task.name,
+        "reference": str(pipeline.candidates["reference"].path) if "reference" in pipeline.candidates else None,
+        "candidates": rows,
+        "pytorch_latency_ms_p50": None,
+        "chosen": None,
+        "chosen_reason": None,
+        "triton_repository": None,
+        "triton_model": None,
         "budget": pipeline.budget.to_dict(),
-        "parameters": parameters.to_dict(),
-        "export_max_abs_error": pipeline.results["export"].max_abs_error if pipeline.results.get("export") else None,
-        "benchmark": {"batch": 1, "seq": seq, "threads": timings.config.effective_threads,
-                      "iterations": timings.config.iterations} if timings else None,
-        "machine": timings.machine if timings else None,
+        "primary_metrics": list(task.primary_cosine),
+        "warnings": list(getattr(pipeline.source, "warnings", ())),
+        "steps": [record.step for record in pipeline.history],
+        "parameters": pipeline.parameters.to_dict(),
+        "export_max_abs_error": None,
+        "benchmark": None,
+        "machine": None,
         "versions": library_versions(),
     }
+    for declared in pipeline.steps:
+        if declared.summary is not None and declared.name in pipeline.results:
+            summary.update(declared.summary(pipeline, pipeline.results[declared.name]))
+    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A short plain-text table of a summary.json, as `make demo` prints it."""
     seq = (summary.get("benchmark") or {}).get("seq", "?")
     pytorch = summary.get("pytorch_latency_ms_p50")
-    lines = [f"model: {summary['model']}", f"latency: batch 1, sequence {seq}; cosine: sentence embeddings vs ONNX FP32", ""]
-    header = f"{'candidate':<28}{'p50 ms':>9}{'vs torch':>10}{'cos mean':>10}{'cos min':>9}  budget"
+    primary = (summary.get("primary_metrics") or ["embedding_cosine_mean"])[0]
+    what = primary.removesuffix("_mean").replace("_", " ")
+    lines = [f"model: {summary['model']} (task: {summary.get('task', 'feature-extraction')})",
+             f"latency: batch 1, sequence {seq}; cos: {what} vs ONNX FP32", ""]
+    for warning in summary.get("warnings") or ():
+        lines.insert(1, f"warning: {warning}")
+    header = f"{'candidate':<28}{'engine':<13}{'p50 ms':>9}{'vs torch':>10}{'cos mean':>10}{'cos min':>9}  budget"
     lines += [header, "-" * len(header)]
     if pytorch is not None:
-        lines.append(f"{'pytorch (baseline)':<28}{pytorch:>9.2f}{'1.00x':>10}{'':>10}{'':>9}")
+        lines.append(f"{'pytorch (baseline)':<28}{'pytorch':<13}{pytorch:>9.2f}{'1.00x':>10}{'':>10}{'':>9}")
     for c in summary["candidates"]:
         p50 = c.get("latency_ms_p50")
         speedup = f"{pytorch / p50:.2f}x" if pytorch and p50 else "-"
@@ -80,7 +86,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         verdict = {True: "meets", False: "misses", None: "-"}[c.get("meets_budget")]
         marker = " <- chosen" if c["name"] == summary.get("chosen") else ""
         p50_text = f"{p50:.2f}" if p50 is not None else "-"
-        lines.append(f"{c['name']:<28}{p50_text:>9}{speedup:>10}{cos_mean:>10}{cos_min:>9}  {verdict}{marker}")
+        lines.append(f"{c['name']:<28}{c.get('engine', ''):<13}{p50_text:>9}{speedup:>10}{cos_mean:>10}{cos_min:>9}"
+                     f"  {verdict}{marker}")
     lines += ["", f"chosen: {summary.get('chosen')} ({summary.get('chosen_reason')})",
               f"triton repository: {summary.get('triton_repository')}"]
     return "\n".join(lines)

@@ -3,7 +3,9 @@ it should."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -22,6 +24,16 @@ from workbench.stages.accuracy.compare import (  # noqa: E402
     mean_pooled_embeddings,
 )
 from workbench.stages.precision.quantize import DynamicQuantConfig, quantize_dynamic  # noqa: E402
+from workbench.tasks.base import (  # noqa: E402
+    Budget,
+    Task,
+    TaskMetrics,
+    budget_field,
+    get_task,
+    registered_task,
+    tasks,
+)
+from workbench.tasks.classification import ClassificationBudget  # noqa: E402
 
 TEXTS = ["the cat sat on the mat", "quarterly revenue grew 12%", "how do I reset my password?",
          "SELECT * FROM users;", "a much longer sentence that goes on and on about nothing in particular"]
@@ -199,7 +211,7 @@ def test_to_dict_is_strict_json_with_infinite_snr(tiny_bert_onnx, feeds):
     assert report["same"].outputs["last_hidden_state"]["snr_min"] == float("inf")
     encoded = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert encoded["candidates"][0]["outputs"]["last_hidden_state"]["snr_min"] is None
-    assert encoded["task"] == "embedding" and encoded["candidates"][0]["checks"][0]["passed"] is True
+    assert encoded["task"] == "feature-extraction" and encoded["candidates"][0]["checks"][0]["passed"] is True
 
 
 # --- task metrics ---------------------------------------------------------------------------------------------
@@ -217,89 +229,104 @@ def classifier(tmp_path_factory):
     return path, _noisy_copy(path, folder / "noisy.onnx", scale=0.5), feeds
 
 
-def test_classification_task_is_detected_and_measured(classifier):
+def test_classification_task_is_detected_and_measured_against_its_default_budget(classifier):
     path, noisy, feeds = classifier
     report = compare_candidates(path, {"same": path, "noisy": noisy}, feeds)
-    assert report.task == "classification" and report  # no classification budget set: nothing to miss
+    assert report.task == "text-classification" and isinstance(report.budget, ClassificationBudget)
+    assert report.budget == ClassificationBudget() and report.budget.gates()  # the default budget gates something
     same, other = report["same"].task_metrics, report["noisy"].task_metrics
     assert same["argmax_agreement"] == 1.0 and same["logit_max_abs"] == 0.0 and same["argmax_disagreements"] == 0
+    assert same["logits_cosine_min"] == pytest.approx(1.0) and same["top_probability_change_max"] == 0.0
     assert other["argmax_agreement"] < 1.0 or other["logit_max_abs"] > 0.0
-    assert report["same"].embedding_cosine_mean is None and report["same"].per_sentence_cosine == ()
+    assert report["same"] and (report["same"].cosine_mean, report["same"].cosine_min) == (
+        same["logits_cosine_mean"], same["logits_cosine_min"])  # every task fills the primary cosine
+    assert report["same"].embedding_cosine_mean is None and len(report["same"].per_sample_cosine) == len(TEXTS)
     assert "argmax agreement" in report._repr_html_()
 
 
 def test_classification_budget_fails_a_noisy_classifier(classifier):
     path, noisy, feeds = classifier
-    budget = AccuracyBudget(argmax_agreement_min=1.0, logit_max_abs=1e-6)
-    report = compare_candidates(path, {"same": path, "noisy": noisy}, feeds, budget=budget, task="classification")
+    budget = ClassificationBudget(argmax_agreement_min=1.0, logit_max_abs=1e-6)
+    report = compare_candidates(path, {"same": path, "noisy": noisy}, feeds, budget=budget,
+                                task="text-classification")
     assert report["same"] and not report["noisy"] and not report
     assert any(line.startswith(("argmax agreement", "logit max abs")) for line in report["noisy"].failures)
 
 
-def test_classification_budget_on_a_model_without_logits_fails_loudly(tiny_bert_onnx, feeds):
-    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds,
-                                budget=AccuracyBudget(argmax_agreement_min=0.9))
-    assert not report and "not measured" in report["same"].failures[0]
+def test_a_budget_of_another_task_is_refused_before_anything_runs(classifier, tiny_bert_onnx, feeds):
+    with pytest.raises(ConfigError, match="ClassificationBudget is a budget for task 'text-classification'"):
+        compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds, budget=ClassificationBudget())
+    path, _, classifier_feeds = classifier
+    with pytest.raises(ConfigError, match="EmbeddingBudget"):
+        compare_candidates(path, {"same": path}, classifier_feeds, budget=AccuracyBudget())
     with pytest.raises(DataError, match="logits"):
-        compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds, task="classification")
+        compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds, task="text-classification")
 
 
-def test_task_function_metrics_are_recorded(tiny_bert_onnx, noisy_bert, feeds):
-    calls = []
-
-    def hidden_error(reference_outputs, candidate_outputs, joined_feeds):
-        calls.append((reference_outputs["last_hidden_state"].shape, joined_feeds["input_ids"].shape))
-        difference = reference_outputs["last_hidden_state"] - candidate_outputs["last_hidden_state"]
-        return {"max_abs": np.abs(difference).max(), "rows": len(joined_feeds["input_ids"])}
-
-    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx, "noisy": noisy_bert}, feeds,
-                                task=hidden_error)
-    assert report.task == "custom:hidden_error"
-    assert report["same"].task_metrics == {"max_abs": 0.0, "rows": float(len(TEXTS))}
-    assert report["noisy"].task_metrics["max_abs"] > 0.0
-    assert calls == [((len(TEXTS), 24, 32), (len(TEXTS), 24))] * 2  # once per candidate, every batch joined
-    assert report["noisy"].embedding_cosine_mean is None
+def test_a_budget_that_gates_nothing_is_refused():
+    with pytest.raises(ConfigError, match="gates nothing"):
+        ClassificationBudget(argmax_agreement_min=None, logits_cosine_mean=None, logits_cosine_min=None)
+    with pytest.raises(ConfigError, match="gates nothing"):
+        AccuracyBudget(embedding_cosine_mean=None, embedding_cosine_min=None)
 
 
-def test_task_function_results_are_validated(tiny_bert_onnx, feeds, tiny_model_dir):
-    with pytest.raises(ConfigError, match="not a dict"):
-        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, task=lambda r, c, f: 1.0)
-    with pytest.raises(ConfigError, match="not a number"):
-        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, task=lambda r, c, f: {"m": "high"})
-    ragged = tokenize_batches(load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=2,
-                              sequence_length=24, padding="longest")
-    with pytest.raises(DataError, match="padding"):
-        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, ragged, task=lambda r, c, f: {})
+@dataclasses.dataclass(frozen=True)
+class _HiddenErrorBudget(Budget):
+    task: ClassVar[str] = "toy-hidden-error"
+    hidden_max_abs_max: float = budget_field(0.1, "<=", metric="hidden_max_abs", label="hidden max abs")
 
 
-def test_task_none_records_raw_outputs_only(tiny_bert_onnx, noisy_bert, feeds):
-    report = compare_candidates(tiny_bert_onnx, {"noisy": noisy_bert}, feeds, task=None)
-    assert report and report.task is None  # no task metric: the embedding budget does not apply
-    assert report["noisy"].task_metrics == {} and report["noisy"].embedding_cosine_mean is None
-    assert report["noisy"].outputs["last_hidden_state"]["cosine_min"] < 1.0
+class _HiddenError(Task):
+    """A toy task registered from a test: its own metric (the largest hidden-state difference) and budget."""
+
+    name = "toy-hidden-error"
+    title = "Toy hidden error"
+    outputs = ("last_hidden_state",)
+    budget_type = _HiddenErrorBudget
+    primary_cosine = ("hidden_cosine", "hidden_cosine")
+    metric_names = ("hidden_max_abs", "hidden_cosine")
+    calls: ClassVar[list[tuple[int, ...]]] = []
+
+    detect_from_outputs = False  # never found on its own: only when asked for by name
+
+    def metrics(self, reference, candidate, feeds, meta=None):
+        ref = np.concatenate([r["last_hidden_state"] for r in reference])
+        cand = np.concatenate([c["last_hidden_state"] for c in candidate])
+        type(self).calls.append(ref.shape)
+        cosine = float(np.sum(ref * cand) / (np.linalg.norm(ref) * np.linalg.norm(cand)))
+        return TaskMetrics({"hidden_max_abs": float(np.abs(ref - cand).max()), "hidden_cosine": cosine})
+
+
+def test_a_task_registered_in_a_test_judges_candidates_by_its_own_metric(tiny_bert_onnx, noisy_bert, feeds):
+    with registered_task(_HiddenError) as toy:
+        assert get_task("toy-hidden-error") is toy
+        report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx, "noisy": noisy_bert}, feeds,
+                                    task="toy-hidden-error", budget=_HiddenErrorBudget(hidden_max_abs_max=1e-6))
+        assert report.task == "toy-hidden-error" and report.budget.describe() == "hidden max abs <= 1e-06"
+        assert report["same"] and report["same"].task_metrics["hidden_max_abs"] == 0.0
+        assert not report["noisy"] and report["noisy"].failures[0].startswith("hidden max abs")
+        assert report["noisy"].cosine_mean == report["noisy"].task_metrics["hidden_cosine"] < 1.0
+        assert _HiddenError.calls[-2:] == [(len(TEXTS), 24, 32)] * 2  # once per candidate, every batch
+    assert "toy-hidden-error" not in tasks()
 
 
 def test_task_is_validated(tiny_bert_onnx, feeds):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="There is no task 'regression'"):
         compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, task="regression")
-    with pytest.raises(ConfigError, match="embedding_output"):
-        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, task="embedding", embedding_output=None)
-    with pytest.raises(DataError, match="no_such_output"):
-        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, embedding_output="no_such_output")
-
-
-def test_embedding_output_none_still_gives_raw_outputs(tiny_bert_onnx, feeds):
-    report = compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, embedding_output=None)
-    assert report.task is None and report["x"].embedding_cosine_mean is None and report["x"].outputs
+    with pytest.raises(ConfigError, match="Task or a task name"):
+        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, task=lambda r, c, f: {})
 
 
 def test_classification_budget_fields_round_trip_and_validate():
-    budget = AccuracyBudget(argmax_agreement_min=0.98, logit_max_abs=0.5)
-    assert AccuracyBudget.from_json(budget.to_json()) == budget
+    budget = ClassificationBudget(argmax_agreement_min=0.98, logit_max_abs=0.5)
+    assert ClassificationBudget.from_json(budget.to_json()) == budget
+    assert Budget.from_dict(budget.to_dict()) == budget  # the "task" key picks the type
     with pytest.raises(ConfigError):
-        AccuracyBudget(argmax_agreement_min=1.5)
+        ClassificationBudget(argmax_agreement_min=1.5)
     with pytest.raises(ConfigError):
-        AccuracyBudget(logit_max_abs=-1.0)
+        ClassificationBudget(logit_max_abs=-1.0)
+    with pytest.raises(ConfigError, match="not 'feature-extraction'"):
+        AccuracyBudget.from_dict(budget.to_dict())
 
 
 # --- charts ---------------------------------------------------------------------------------------------------
@@ -327,9 +354,11 @@ def test_error_histogram_figure_has_a_trace_per_candidate(tiny_bert_onnx, noisy_
         report.error_histogram_figure("no_such_output")
 
 
-def test_metric_figure_needs_the_embedding_task(classifier):
+def test_metric_figure_plots_the_tasks_primary_cosine(classifier):
     path, _, feeds = classifier
     report = compare_candidates(path, {"same": path}, feeds)
-    with pytest.raises(DataError, match="embedding"):
-        report.metric_figure()
+    figure = report.metric_figure()
+    assert [t.name for t in figure.data] == ["same"] and "logits cosine" in figure.layout.title.text
+    assert sorted(s.y0 for s in figure.layout.shapes) == sorted([report.budget.logits_cosine_min,
+                                                                 report.budget.logits_cosine_mean])
     assert [t.name for t in report.error_histogram_figure("logits").data] == ["same"]

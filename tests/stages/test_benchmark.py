@@ -268,8 +268,8 @@ def test_concurrency_needs_feeds():
 @dataclass(frozen=True)
 class FakeCandidate:
     name: str
-    embedding_cosine_mean: float | None
-    embedding_cosine_min: float | None
+    cosine_mean: float | None
+    cosine_min: float | None
     failures: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
@@ -433,8 +433,8 @@ def test_pareto_flags_on_a_hand_made_example():
 def test_candidates_table_joins_accuracy_and_speed():
     table = candidates_table(REPORT, TIMINGS, 1, 128, latency_ceiling_ms=30)
     assert [row["name"] for row in table] == ["fp32", "fused", "int8", "int8_fixed"]  # not pytorch
-    expected = {"name", "p50_ms", "p90_ms", "throughput", "speedup", "cosine_mean", "cosine_min", "meets_budget",
-                "failures", "meets_ceiling", "pareto"}
+    expected = {"name", "engine", "p50_ms", "p90_ms", "throughput", "speedup", "cosine_mean", "cosine_min",
+                "meets_budget", "failures", "meets_ceiling", "pareto"}
     assert all(set(row) == expected for row in table)
     fused = table[1]
     assert (fused["p50_ms"], fused["p90_ms"]) == (19.0, 40.0)
@@ -452,8 +452,8 @@ def test_candidates_table_falls_back_to_the_output_cosine():
     class Classifier:
         name: str
         outputs: dict
-        embedding_cosine_mean: None = None
-        embedding_cosine_min: None = None
+        cosine_mean: None = None
+        cosine_min: None = None
         failures: tuple = ()
 
         def __bool__(self):
@@ -535,11 +535,29 @@ def test_concurrency_with_onnxruntime_sessions(tiny_bert_onnx):
 
 
 def test_candidates_table_says_which_engines_are_not_available_here():
-    """Without TensorRT (this machine) the table and its HTML say so, with the reason and the extra to install."""
+    """Without TensorRT (this machine) the engine registry says why, and the table and its HTML show it."""
     import importlib.util
 
-    table = candidates_table(REPORT, TIMINGS, 1, 128)
+    from workbench.engines.base import engines
+
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here: nothing is unavailable")
+    unavailable = {e.title: e.availability().reason for e in engines().values() if not e.availability()}
+    table = candidates_table(REPORT, TIMINGS, 1, 128, unavailable=unavailable)
     assert "TensorRT" in table.unavailable and "[gpu]" in table.unavailable["TensorRT"]
     assert "TensorRT: not available" in table._repr_html_()
+
+
+def test_choosing_never_probes_the_hardware(monkeypatch):
+    """choose_candidate reads the comparison and the timings only: no nvidia-smi, no torch.cuda."""
+    import shutil
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the choice probed the machine: {args}")
+
+    monkeypatch.setattr(shutil, "which", refuse)
+    monkeypatch.setattr(subprocess, "run", refuse)
+    choice = choose_candidate(REPORT, TIMINGS, batch=1, seq=128)
+    assert choice.name in {c.name for c in REPORT.candidates}
+    assert candidates_table(REPORT, TIMINGS, 1, 128).unavailable == {}

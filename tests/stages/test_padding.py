@@ -248,10 +248,10 @@ def test_exports_refuse_what_a_policy_cannot_serve(tiny_bert_onnx, tiny_model_di
     # the BLS model cannot return token-level outputs (the texts of a request may get different lengths)
     with pytest.raises(TritonExportError, match="variable"):
         export_triton_ensemble(tiny_bert_onnx, tmp_path / "a", tokenizer_dir, TritonConfig(model_name="t"),
-                               sequence_length=32, pooling=None,
+                               sequence_length=32, postprocess=False,
                                padding=PaddingPolicy(max_length=32, batching="bls"))
     assert not (tmp_path / "a").exists()
     # without pooling, the bucket ensemble serves them (one shape per request)
     raw = export_triton_ensemble(tiny_bert_onnx, tmp_path / "b", tokenizer_dir, TritonConfig(model_name="t"),
-                                 sequence_length=32, pooling=None)
+                                 sequence_length=32, postprocess=False)
     assert raw.output_names[0] == "last_hidden_state"

@@ -499,7 +499,7 @@ def test_ensemble_layout_and_configs(tiny_bert_onnx, tiny_model_dir, tmp_path):
 
 def test_ensemble_without_pooling_returns_the_model_outputs(tiny_bert_onnx, tiny_model_dir, tmp_path):
     config = TritonConfig(model_name="raw", warmup=True)
-    result = _ensemble(tiny_bert_onnx, tiny_model_dir, tmp_path / "repo", pooling=None, config=config,
+    result = _ensemble(tiny_bert_onnx, tiny_model_dir, tmp_path / "repo", postprocess=False, config=config,
                        sequence_length=24)
     assert sorted(result.models) == ["ensemble", "model", "tokenizer"]
     assert not (tmp_path / "repo" / "raw_pooling").exists()
@@ -569,20 +569,22 @@ def test_ensemble_rejects_bad_arguments_without_writing(tiny_bert_onnx, tiny_mod
     with pytest.raises(ConfigError):
         _ensemble(tiny_bert_onnx, tiny_model_dir, repository, sequence_length=1)
     with pytest.raises(ConfigError):
-        _ensemble(tiny_bert_onnx, tiny_model_dir, repository, pooling="max")
+        _ensemble(tiny_bert_onnx, tiny_model_dir, repository, postprocess="yes")
     with pytest.raises(ConfigError, match="libraries"):
         _ensemble(tiny_bert_onnx, tiny_model_dir, repository, provenance={"libraries": {}})
     with pytest.raises(ConfigError, match="object"):
         _ensemble(tiny_bert_onnx, tiny_model_dir, repository, provenance={"speed": object()})
-    with pytest.raises(TritonExportError, match="no output 'pooled'"):
-        _ensemble(tiny_bert_onnx, tiny_model_dir, repository, embedding_output="pooled")
+    with pytest.raises(TritonExportError, match="no output"):
+        _ensemble(tiny_bert_onnx, tiny_model_dir, repository, task="text-classification")  # no logits to label
+    with pytest.raises(TritonExportError, match="There is no task 'pooled'"):
+        _ensemble(tiny_bert_onnx, tiny_model_dir, repository, task="pooled")
     with pytest.raises(ModelSourceError, match="does not exist"):
         export_triton_ensemble(tiny_bert_onnx, repository, tmp_path / "no_tokenizer", sequence_length=16)
     # names: the derived model names are validated too
     with pytest.raises(ConfigError):
         _ensemble(tiny_bert_onnx, tiny_model_dir, repository, config=TritonConfig(model_name="m" * 195))
-    assert ensemble_model_names("m", pooling=None) == {"model": "m", "tokenizer": "m_tokenizer",
-                                                       "ensemble": "m_ensemble"}
+    assert ensemble_model_names("m", post_suffix=None) == {"model": "m", "tokenizer": "m_tokenizer",
+                                                           "ensemble": "m_ensemble"}
     assert not repository.exists()
 
 
@@ -590,7 +592,7 @@ def test_ensemble_rejects_inputs_a_tokenizer_cannot_produce(tiny_model_dir, tmp_
     onnx_path = _token_model(tmp_path / "tokens.onnx")  # takes a bool 'flags' input
     with pytest.raises(TritonExportError, match="'flags'") as info:
         export_triton_ensemble(onnx_path, tmp_path / "repo", tiny_model_dir("bert"), sequence_length=16,
-                               pooling=None)
+                               postprocess=False)
     assert "export_triton()" in info.value.fix
     assert not (tmp_path / "repo").exists()
 

@@ -244,3 +244,44 @@ def test_minilm_dynamic_int8_ensemble_serves_the_workbench_embeddings(tmp_path):
     assert similarity.min() >= 0.9999, similarity
     record = exported.provenance.read_text()
     assert '"method": "int8_dynamic"' in record and '"nvidia-pytriton"' in record
+
+
+# ----------------------------------------------------------------------------------------------- a classifier
+
+
+def test_a_served_classifier_returns_its_label_and_probabilities(tmp_path):
+    """text-classification's ensemble: TEXT in, LABEL (id2label of the argmax) and PROBABILITIES out."""
+    import json
+
+    from tests.tiny_models import build_tiny_model
+    from workbench.stages.export import export_onnx
+    from workbench.tasks.classification import probabilities
+
+    folder = build_tiny_model("bert", tmp_path / "hf", classifier=True)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["id2label"] = {"0": "negative", "1": "neutral", "2": "positive"}
+    config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
+    config_path.write_text(json.dumps(config))
+    source = load_model(folder)
+    onnx_path = export_onnx(source, tmp_path / "classifier.onnx").path
+    repository = export_triton_ensemble(onnx_path, tmp_path / "repo", folder, TritonConfig(model_name="clf"),
+                                        sequence_length=SEQUENCE_LENGTH, task=source.task,
+                                        model_config=source.config)
+    assert set(repository.models) == {"model", "tokenizer", "labels", "ensemble"}
+    assert repository.output_names == ("LABEL", "PROBABILITIES")
+    tokenizer = source.load_tokenizer()
+    with OnnxRuntimeRunner(onnx_path) as runner:
+        feeds = tokenize_batches(tokenizer, list(TEXTS), batch_size=len(TEXTS), sequence_length=SEQUENCE_LENGTH,
+                                 input_names=list(runner.input_specs()))
+        logits = runner.infer(feeds[0])["logits"]
+    expected = [config["id2label"][str(i)] for i in np.argmax(logits, axis=-1)]
+    with TritonServer(repository.repository, models=[repository.ensemble_name]) as server:
+        array = np.array([[t.encode("utf-8")] for t in TEXTS], dtype=object)
+        request = http.InferInput("TEXT", list(array.shape), "BYTES")
+        request.set_data_from_numpy(array)
+        result = server.client.infer(repository.ensemble_name, [request])
+    labels = [v[0].decode() if isinstance(v[0], bytes) else v[0] for v in result.as_numpy("LABEL")]
+    assert labels == expected
+    np.testing.assert_allclose(result.as_numpy("PROBABILITIES"), probabilities(logits), atol=1e-5)
+    np.testing.assert_allclose(result.as_numpy("PROBABILITIES").sum(axis=1), 1.0, atol=1e-5)

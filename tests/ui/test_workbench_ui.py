@@ -15,7 +15,8 @@ pytest.importorskip("tritonclient")
 pytest.importorskip("plotly.graph_objects")
 
 from workbench.errors import ConfigError  # noqa: E402
-from workbench.recipe import RECIPE_FILE, Recipe, RecordingPipeline, file_sha256  # noqa: E402
+from workbench.pipeline import Pipeline  # noqa: E402
+from workbench.recipe import RECIPE_FILE, Recipe, file_sha256  # noqa: E402
 from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
 from workbench.ui import Workbench  # noqa: E402
 from workbench.ui.workbench import STEP_KEYS  # noqa: E402
@@ -52,7 +53,7 @@ def click(wb: Workbench, *steps: str) -> None:
 
 def test_a_new_workbench_has_loaded_and_enables_only_what_can_run(wb, tmp_path):
     assert tuple(wb.panels) == STEP_KEYS
-    assert wb.state("load") == "done" and isinstance(wb.pipeline, RecordingPipeline)
+    assert wb.state("load") == "done" and isinstance(wb.pipeline, Pipeline) and wb.pipeline.history == []
     assert wb.pipeline.output_dir == tmp_path / "run"
     enabled = {key for key, panel in wb.panels.items() if not panel.run_button.disabled}
     assert enabled == {"load", "export"}
@@ -79,8 +80,9 @@ def test_clicking_through_every_step_runs_the_pipeline_and_records_it(wb, tmp_pa
     assert Path(triton.repository) == tmp_path / "run" / "triton_repository" and Path(triton.repository).is_dir()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["chosen"] == wb["choose"].result.name and "candidate" in wb["summary"].shown[0]
-    assert wb.states == {"load": "done", "export": "done", "fuse": "not run", "quantize": "done", "compare": "done",
-                         "benchmark": "done", "choose": "done", "export_triton": "done", "write_summary": "done"}
+    assert wb.states == {"load": "done", "export": "done", "fuse": "not run", "quantize": "done",
+                         "quantize_smoothquant": "not run", "compare": "done", "benchmark": "done", "choose": "done",
+                         "export_triton": "done", "write_summary": "done"}
     assert all(status_text(wb[step]).startswith("done in") for step in CLICK_THROUGH)
     # the recipe: every step as clicked, with the configs of each call; kept in output_dir after each step
     recipe = wb.recipe
@@ -102,7 +104,7 @@ def test_a_failing_step_shows_its_error_and_keeps_earlier_results(wb, tmp_path):
     wb["accuracy"].click()
     assert wb.state("compare") == "failed"
     assert status_text(wb["compare"]).startswith("failed: ConfigError")
-    assert "AccuracyBudget.embedding_cosine_mean must be a cosine in [-1, 1], got 2.0" in panel_text(wb["compare"])
+    assert "EmbeddingBudget.embedding_cosine_mean must be in [-1.0, 1.0], got 2.0" in panel_text(wb["compare"])
     assert wb["compare"].result is None and "compare" not in wb.pipeline.results
     # an export the library itself refuses (no real export matches PyTorch to 1e-12): ExportError, in its panel
     wb["export"].controls["atol"].value = 1e-12
@@ -124,9 +126,9 @@ def test_a_failing_step_shows_its_error_and_keeps_earlier_results(wb, tmp_path):
 def test_re_running_export_marks_the_steps_after_it_stale(wb):
     click(wb, "export", "fuse", "quantize", "compare", "benchmark")
     click(wb, "export")
-    assert wb.states == {"load": "done", "export": "done", "fuse": "stale", "quantize": "stale", "compare": "stale",
-                         "benchmark": "stale", "choose": "not run", "export_triton": "not run",
-                         "write_summary": "not run"}
+    assert wb.states == {"load": "done", "export": "done", "fuse": "stale", "quantize": "stale",
+                         "quantize_smoothquant": "not run", "compare": "stale", "benchmark": "stale",
+                         "choose": "not run", "export_triton": "not run", "write_summary": "not run"}
     assert status_text(wb["quantize"]) == "stale: Export ran again since; run again"
     assert "stale" in wb.overview.value
     click(wb, "quantize")  # running a stale step brings it up to date; what reads it stays stale
@@ -179,7 +181,7 @@ def test_run_all_stops_at_the_first_failure(tiny_model_dir, tmp_path):
     wb["accuracy"].controls["embedding_cosine_min"].value = 0.8
     wb["deploy"].controls["triton_model_name"].value = ".hidden"  # Triton model names must not start with a dot
     assert wb.run_all() is False
-    assert [wb.state(step) for step in STEP_KEYS] == ["done"] * 7 + ["failed", "not run"]
+    assert [wb.state(step) for step in STEP_KEYS] == ["done"] * 8 + ["failed", "not run"]
     assert "stopped at Deploy" in wb.message.value
     assert status_text(wb["deploy"]).startswith("failed: ConfigError") and ".hidden" in panel_text(wb["deploy"])
     assert not (tmp_path / "triton_repository").exists()

@@ -164,6 +164,8 @@ def register_engine(cls: E) -> E:
     is an error: one object per engine)."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no `name`.")
+    if cls.__module__ not in BUILTIN_ENGINE_MODULES:
+        _load_builtins()  # the built-in engines come first: files are matched to engines in registration order
     existing = _ENGINES.get(cls.name)
     if existing is not None and type(existing).__qualname__ != cls.__qualname__:
         raise ValueError(f"An engine named {cls.name!r} is already registered ({type(existing).__name__}).")
@@ -224,6 +226,16 @@ class Candidate:
     path: Path
     engine: str = "onnxruntime"
     precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __fspath__(self) -> str:
+        # a Candidate is a model file: every stage that takes a path takes a Candidate
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
 
     def runner(self, *, threads: int | None = None) -> Runner:
         return get_engine(self.engine).runner(self.path, name=self.name, threads=threads)

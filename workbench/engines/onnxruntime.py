@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from workbench._lazy import require
 from workbench.engines.base import Availability, BaseRunner, Engine, register_engine
-from workbench.errors import DeviceUnavailable, ModelSourceError
-import contextlib
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
-from workbench.errors import WorkbenchError
+from workbench.errors import DeviceUnavailable, ModelSourceError, WorkbenchError
 
 
 class OnnxRuntimeRunner(BaseRunner):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 from workbench._lazy import require
@@ -43,3 +45,16 @@ def as_polygraphy_runner(runner: Runner) -> Any:
             runner.deactivate()
 
     return _Adapter()
+
+
+@contextlib.contextmanager
+def quiet_polygraphy(level: str = "CRITICAL") -> Iterator[None]:
+    """Polygraphy's logger at `level` for the length of a block, then as it was: the one place the workbench
+    changes it (Polygraphy logs every comparison and failing check; the workbench's reports say it all)."""
+    logger = require("polygraphy.logger", purpose="Running Polygraphy").G_LOGGER
+    previous = logger.module_severity
+    logger.module_severity = getattr(logger, level)
+    try:
+        yield
+    finally:
+        logger.module_severity = previous

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._lazy import require
-from workbench.models import check_onnx_file
+from workbench.errors import ModelSourceError
 
 # Protobuf's hard limit is 2 GiB; stay well below it so graph metadata never tips a model over.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
@@ -72,3 +72,29 @@ def model_size_mb(path: str | os.PathLike[str]) -> float:
     if data.exists():
         total += data.stat().st_size
     return total / 1e6
+
+
+def check_onnx_file(path: Path) -> None:
+    """Raise ModelSourceError unless `path` is a complete, valid ONNX model file."""
+    onnx = require("onnx", purpose="Reading an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: the file is truncated or not ONNX at all
+        raise ModelSourceError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); the file is truncated or corrupt.",
+            expected="a complete .onnx file written by onnx.save or torch.onnx.export",
+            fix="export or copy the model again; if it has external data, keep its .data file beside it",
+        ) from exc
+    if not model.graph.node or not model.graph.output:
+        raise ModelSourceError(
+            f"{path} parsed as ONNX but has {len(model.graph.node)} nodes and {len(model.graph.output)} outputs.",
+            expected="a graph with at least one node and one output",
+            fix="export the model again; an empty graph usually means a truncated or wrong file",
+        )
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise ModelSourceError(
+            f"{path} fails the ONNX checker: {exc}",
+            fix="export the model again, or repair the graph before using it",
+        ) from exc

@@ -1,30 +1,17 @@
 """Shape inference that never writes into the working directory.
 
-onnxruntime's SymbolicShapeInference saves `sym_shape_infer_temp.onnx` into the current directory whenever
-inference is incomplete (it then raises). Every call in the workbench goes through here, which runs it inside a
-temporary directory so no such file is left behind.
+onnxruntime's `SymbolicShapeInference.infer_shapes` saves `sym_shape_infer_temp.onnx` into the current directory
+whenever inference is incomplete (it then raises), and onnxruntime's quantization pre-processing and FP16
+conversion call it. The workbench never calls that method: it runs the same steps itself
+(:func:`partial_symbolic_shape_inference`), which write nothing, and hands the annotated model to those tools
+with their own symbolic inference switched off. No working-directory changes (no os.chdir) are needed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 from workbench._lazy import require
-
-
-@contextlib.contextmanager
-def inside_temporary_directory() -> Iterator[None]:
-    previous = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="workbench-shapes-") as folder:
-        os.chdir(folder)
-        try:
-            yield
-        finally:
-            os.chdir(previous)
 
 
 def copy_model(model: Any) -> Any:
@@ -53,16 +40,32 @@ def partial_symbolic_shape_inference(model: Any) -> tuple[Any, bool]:
     symbolic = require("onnxruntime.tools.symbolic_shape_infer", purpose="Symbolic shape inference")
     engine_type = symbolic.SymbolicShapeInference
     copy = copy_model(model)
-    with inside_temporary_directory():
-        if not all(hasattr(engine_type, step) for step in ("_preprocess", "_infer_impl", "_update_output_from_vi")):
-            return engine_type.infer_shapes(copy, auto_merge=True), True
-        engine = engine_type(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
-        engine._preprocess(copy)
-        complete = False
-        while engine.run_:
-            complete = engine._infer_impl()
-        engine._update_output_from_vi()
+    if not all(hasattr(engine_type, step) for step in ("_preprocess", "_infer_impl", "_update_output_from_vi")):
+        # onnxruntime's internals changed: its public call would write a file into the cwd when incomplete
+        raise ValueError("This onnxruntime's SymbolicShapeInference lacks the steps the workbench runs one by one")
+    engine = engine_type(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+    engine._preprocess(copy)
+    complete = False
+    while engine.run_:
+        complete = engine._infer_impl()
+    engine._update_output_from_vi()
     return engine.out_mp_, bool(complete)
+
+
+def with_inferred_types(model: Any) -> Any:
+    """A copy of `model` whose value_info carries the element type (not the shape) of every tensor symbolic
+    inference could follow: what onnxruntime's FP16 converter needs, without its own symbolic inference."""
+    onnx = require("onnx", purpose="Shape inference")
+    inferred, _ = partial_symbolic_shape_inference(model)
+    copy = copy_model(model)
+    known = {vi.name for vi in copy.graph.value_info}
+    for vi in inferred.graph.value_info:
+        if vi.name and vi.name not in known and vi.type.tensor_type.elem_type != onnx.TensorProto.UNDEFINED:
+            typed = onnx.ValueInfoProto()
+            typed.CopyFrom(vi)
+            typed.type.tensor_type.ClearField("shape")  # auto_merge may merge dims wrongly: keep types only
+            copy.graph.value_info.append(typed)
+    return copy
 
 
 def best_effort_shape_inference(model: Any) -> Any:

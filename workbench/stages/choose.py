@@ -132,9 +132,9 @@ class CandidatesTable(list):
 
 
 def _cosines(candidate: Any) -> tuple[float | None, float | None]:
-    """(mean, min) cosine of a candidate: the sentence-embedding cosine, else its first output's cosine."""
-    mean = getattr(candidate, "embedding_cosine_mean", None)
-    low = getattr(candidate, "embedding_cosine_min", None)
+    """(mean, min) cosine of a candidate: its task's primary cosine, else its first output's cosine."""
+    mean = getattr(candidate, "cosine_mean", None)
+    low = getattr(candidate, "cosine_min", None)
     if mean is None:
         outputs = getattr(candidate, "outputs", None) or {}
         stats = next(iter(outputs.values()), None) if isinstance(outputs, Mapping) else None
@@ -169,22 +169,25 @@ def candidates_table(
     *,
     latency_ceiling_ms: float | None = None,
     baseline: str = "pytorch",
+    unavailable: Mapping[str, str] | None = None,
 ) -> CandidatesTable:
     """Accuracy and speed of every compared candidate at (batch, seq), one dict per candidate.
 
-    Keys: name, p50_ms, p90_ms, throughput (samples/s), speedup (baseline p50 / p50; None without a baseline
-    row), cosine_mean, cosine_min (the sentence-embedding cosine, or the first output's cosine when the
-    comparison computed no embedding metric), meets_budget (the accuracy budget), failures, meets_ceiling
+    Keys: name, engine, p50_ms, p90_ms, throughput (samples/s), speedup (baseline p50 / p50; None without a
+    baseline row), cosine_mean, cosine_min (the task's primary cosine: sentence-embedding cosine, logits cosine,
+    ...; the first output's cosine for objects without one), meets_budget (the accuracy budget), failures, meets_ceiling
     (p90 <= latency_ceiling_ms; True without a ceiling, None when not timed), pareto (no other candidate is at
     least as fast at p50 and at least as accurate by mean cosine, and better on one of them).
 
     Args:
         accuracy: A ComparisonReport, or anything with `.candidates` whose items have `name`, `failures`,
-            `embedding_cosine_mean`/`_min` and are truthy when they meet the budget.
+            `cosine_mean`/`_min` and are truthy when they meet the budget.
         timings: The benchmark of the same candidates (its other rows, such as PyTorch's, are not candidates).
         batch, seq: The shape; seq None: the first benchmarked.
         latency_ceiling_ms: p90 limit for `meets_ceiling`.
         baseline: The row `speedup` is relative to.
+        unavailable: Engines that could not be candidates here, with the reason (shown under the table; the
+            choice never probes the hardware itself).
     """
     seq = seq or timings.config.sequence_lengths[0]
     base = timings.p50(baseline, batch, seq)
@@ -199,6 +202,7 @@ def candidates_table(
         p90 = row.p90_ms if row else None
         table.append({
             "name": candidate.name,
+            "engine": getattr(candidate, "engine", None),
             "p50_ms": row.p50_ms if row else None,
             "p90_ms": p90,
             "throughput": row.throughput if row else None,
@@ -212,16 +216,8 @@ def candidates_table(
         })
     for row_dict, flag in zip(table, _pareto_flags([(r["p50_ms"], r["cosine_mean"]) for r in table])):
         row_dict["pareto"] = flag
-    table.unavailable = unavailable_engines()
+    table.unavailable = dict(unavailable or {})
     return table
-
-
-def unavailable_engines() -> dict[str, str]:
-    """Engines the workbench supports that cannot run on this machine, each with the reason."""
-    from workbench.stages.tensorrt import tensorrt_status
-
-    available, reason = tensorrt_status()
-    return {} if available else {"TensorRT": reason.removeprefix("TensorRT: not available — ")}
 
 
 def pareto_figure(
@@ -252,9 +248,13 @@ def pareto_figure(
     front = sorted((r for r in plotted if r["pareto"]), key=lambda r: r["p50_ms"])
     figure.add_scatter(x=[r["p50_ms"] for r in front], y=[r["cosine_mean"] for r in front], mode="lines",
                        line={"dash": "dot", "color": "gray"}, name="Pareto front", hoverinfo="skip")
-    budget = getattr(getattr(accuracy, "budget", None), "embedding_cosine_mean", None)
-    if budget is not None:
-        figure.add_hline(y=budget, line_dash="dash", line_color="gray", annotation_text=f"budget: mean >= {budget}")
+    gates = getattr(getattr(accuracy, "budget", None), "gates", lambda: ())()
+    primary = (getattr(accuracy, "primary", None) or ("",))[0] or next(
+        (g.metric for g in gates if g.op == ">="), "")  # the first minimum, for objects that name no primary
+    for gate in gates:
+        if gate.metric == primary:
+            figure.add_hline(y=gate.limit, line_dash="dash", line_color="gray",
+                             annotation_text=f"budget: mean >= {gate.limit:g}")
     if latency_ceiling_ms is not None:
         figure.add_vline(x=latency_ceiling_ms, line_dash="dash", line_color="indianred",
                          annotation_text=f"ceiling {latency_ceiling_ms:g} ms (p90)")
@@ -330,7 +330,8 @@ def choose_candidate(
     if latency_ceiling_ms is not None:
         reason += f", p90 {best['p90_ms']:.2f} ms under the ceiling of {latency_ceiling_ms:g} ms"
     if best["cosine_mean"] is not None:
-        kind = "embedding cosine" if _cosines_are_embedding(accuracy, best["name"]) else "output cosine"
+        primary = (getattr(accuracy, "primary", None) or ("",))[0]
+        kind = primary.removesuffix("_mean").replace("_", " ") or "output cosine"
         reason += f", {kind} mean {best['cosine_mean']:.4f} / min {best['cosine_min']:.4f}"
 
     def value(row: dict[str, Any]) -> str:
@@ -358,10 +359,3 @@ def choose_candidate(
     return Choice(name=best["name"], reason=reason, batch=batch, seq=seq, objective=config.objective,
                   constraints=constraints, p50_ms=best["p50_ms"], throughput=best["throughput"],
                   rejected=tuple(rejected))
-
-
-def _cosines_are_embedding(accuracy: Any, name: str) -> bool:
-    for candidate in accuracy.candidates:
-        if candidate.name == name:
-            return getattr(candidate, "embedding_cosine_mean", None) is not None
-    return False

@@ -13,9 +13,9 @@ import numpy as np
 
 from workbench._lazy import require
 from workbench.config import StageConfig, check_choice
+from workbench.engines.onnxruntime import max_output_difference
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import HFModelSource, ModelSource
-from workbench.engines.onnxruntime import max_output_difference
 
 SUPPORTED_MODEL_TYPES = ("bert", "bart", "gpt2", "t5", "vit", "clip", "swin")
 # Hugging Face model_type -> the onnxruntime optimizer's model_type

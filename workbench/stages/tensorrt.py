@@ -22,7 +22,6 @@ know onnxruntime's contrib ops (Attention, SkipLayerNormalization, ...) and fuse
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import re
@@ -44,6 +43,7 @@ from workbench.engines.tensorrt import (
 )
 from workbench.config import StageConfig, check_choice
 from workbench.errors import ConfigError, DataError, ModelSourceError, WorkbenchError
+from workbench.engines.polygraphy import quiet_polygraphy
 
 PRECISION_CONSTRAINTS = ("obey", "prefer", "none")
 OPTIMIZATION_LEVELS = (0, 1, 2, 3, 4, 5)
@@ -641,17 +641,6 @@ def _check_plan(plan: Any, config: TensorRTConfig) -> None:
         )
 
 
-@contextlib.contextmanager
-def _polygraphy_log(level: str = "WARNING") -> Iterator[None]:
-    logger = require("polygraphy.logger", purpose="Building TensorRT engines").G_LOGGER
-    previous = logger.module_severity
-    logger.module_severity = getattr(logger, level)
-    try:
-        yield
-    finally:
-        logger.module_severity = previous
-
-
 def build_loaders(
     onnx_path: str | os.PathLike[str],
     config: TensorRTConfig = TensorRTConfig(),
@@ -690,7 +679,7 @@ def build_loaders(
                           f"(int8={config.int8}, explicit_quantization={config.explicit_quantization}); they would "
                           "be ignored.", fix="drop calibration_feeds, or use the 'tensorrt_int8_calibrated' preset")
 
-    with _polygraphy_log():  # CreateConfig logs an INFO line about TF32 on construction
+    with quiet_polygraphy("WARNING"):  # CreateConfig logs an INFO line about TF32 on construction
         network = trt_backend.NetworkFromOnnxPath(str(onnx_path))
         precisions = postprocess = None
         if plan is not None:
@@ -797,7 +786,7 @@ def build_engine(
     started = time.perf_counter()
     try:
         staged = staging / engine_path.name
-        with _polygraphy_log():
+        with quiet_polygraphy("WARNING"):
             save = trt_backend.SaveEngine(loaders.engine, str(staged))
             try:
                 engine = save()

@@ -144,6 +144,7 @@ class Budget(StageConfig):
         """Build from a dict; a "task" key selects the task's budget type (how recipes store budgets)."""
         values = dict(values)
         task = values.pop("task", None)
+        tasks()  # the built-in tasks register their budget types on import
         target: type[Budget] = cls
         if task is not None:
             if cls.task and task != cls.task:
@@ -282,6 +283,9 @@ class Task:
             e.g. ("ForSequenceClassification",). The base-model task handles bare encoders ("BertModel").
         auto_model: The transformers Auto class that loads the checkpoint with this head.
         outputs: The outputs the ONNX export produces, in order.
+        output_ranks: Output name -> rank, to tell tasks with the same output names apart (2-D logits: one label
+            per text; 3-D logits: one per token) when a task is found from an ONNX model's outputs.
+        detect_from_outputs: Whether a model's outputs alone may select this task (False: only by name).
         budget_type: Its Budget subclass; `budget_type()` is the default budget.
         primary_cosine: (mean metric, min metric) that fill summary.json's `cosine_mean` / `cosine_min`.
         metric_names: The task metrics every candidate carries in summary.json, in order.
@@ -294,6 +298,8 @@ class Task:
     auto_model: ClassVar[str] = "AutoModel"
     outputs: ClassVar[tuple[str, ...]] = ()
     budget_type: ClassVar[type[Budget]]
+    output_ranks: ClassVar[Mapping[str, int]] = {}
+    detect_from_outputs: ClassVar[bool] = True
     primary_cosine: ClassVar[tuple[str, str]] = ("", "")
     metric_names: ClassVar[tuple[str, ...]] = ()
     serving_output: ClassVar[str] = ""
@@ -326,6 +332,17 @@ class Task:
 
     def default_budget(self) -> Budget:
         return self.budget_type()
+
+    def check_feeds(self, feeds: Sequence[Outputs]) -> None:
+        """Raise DataError when evaluation feeds lack what the task's metrics read (before anything runs)."""
+
+    def accepts_outputs(self, outputs: Mapping[str, int | None]) -> bool:
+        """Whether a model with these outputs (name -> rank, None: unknown) is this task's: it has the task's
+        outputs, of the task's ranks where both are known."""
+        if not self.outputs or any(o not in outputs for o in self.outputs):
+            return False
+        ranks = [(self.output_ranks.get(o), outputs[o]) for o in self.outputs]
+        return all(want is None or have is None or want == have for want, have in ranks)
 
     def output_names_for(self, available: Sequence[str]) -> tuple[str, ...]:
         """The task's outputs among a model's outputs (an ONNX model may have more)."""
@@ -387,6 +404,8 @@ def register_task(cls: T) -> T:
     """Class decorator: register one instance of a Task subclass under its `name`."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no `name`.")
+    if cls.__module__ not in BUILTIN_TASK_MODULES:
+        _load_builtins()  # the built-in tasks come first: detection tries tasks in registration order
     existing = _TASKS.get(cls.name)
     if existing is not None and type(existing).__qualname__ != cls.__qualname__:
         raise ValueError(f"A task named {cls.name!r} is already registered ({type(existing).__name__}).")
@@ -432,6 +451,24 @@ def get_task(name: str) -> Task:
     if found is None:
         raise ConfigError(f"There is no task {name!r}.", expected=f"one of {sorted(tasks())}")
     return found
+
+
+def task_for_outputs(outputs: Mapping[str, int | None]) -> Task:
+    """The registered task whose outputs (and their ranks, where both say) an ONNX model has.
+
+    Raises:
+        ConfigError: No task, or more than one, matches (the message lists the outputs and the tasks).
+    """
+    found = [task for task in tasks().values() if task.detect_from_outputs and task.accepts_outputs(outputs)]
+    if len(found) != 1:
+        described = ", ".join(f"{n} (rank {r})" for n, r in outputs.items())
+        raise ConfigError(
+            f"The model's outputs {described} match {'no' if not found else 'more than one'} registered task"
+            f"{'' if not found else ': ' + ', '.join(t.name for t in found)}.",
+            expected="; ".join(f"{t.name}: {list(t.outputs)}" for t in tasks().values()),
+            fix="pass task= the task the model was made for",
+        )
+    return found[0]
 
 
 def detect_task(config: Mapping[str, Any], *, where: str = "the model") -> Task:

@@ -55,11 +55,11 @@ class ClassificationBudget(Budget):
         "relaxed": {"argmax_agreement_min": 0.98, "logits_cosine_mean": 0.99, "logits_cosine_min": 0.95},
     }
 
-    argmax_agreement_min: float | None = budget_field(0.99, ">=", metric="argmax_agreement",
+    argmax_agreement_min: float = budget_field(0.99, ">=", metric="argmax_agreement",
                                                       label="argmax agreement", range=(0.0, 1.0))
-    logits_cosine_mean: float | None = budget_field(0.995, ">=", metric="logits_cosine_mean",
+    logits_cosine_mean: float = budget_field(0.995, ">=", metric="logits_cosine_mean",
                                                     label="logits cosine mean", range=(-1.0, 1.0))
-    logits_cosine_min: float | None = budget_field(0.98, ">=", metric="logits_cosine_min",
+    logits_cosine_min: float = budget_field(0.98, ">=", metric="logits_cosine_min",
                                                    label="logits cosine min", range=(-1.0, 1.0))
     top_probability_change_max: float | None = budget_field(None, "<=", metric="top_probability_change_max",
                                                             label="top-class probability change", range=(0.0, 1.0))
@@ -82,6 +82,7 @@ class TextClassification(Task):
     architectures = ("ForSequenceClassification",)
     auto_model = "AutoModelForSequenceClassification"
     outputs = (LOGITS,)
+    output_ranks = {LOGITS: 2}
     budget_type = ClassificationBudget
     primary_cosine = ("logits_cosine_mean", "logits_cosine_min")
     metric_names = ("argmax_agreement", "logits_cosine_mean", "logits_cosine_min", "top_probability_change_max",

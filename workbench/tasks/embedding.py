@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from workbench.errors import DataError
 from workbench.tasks.base import (
     Budget,
     Outputs,
@@ -48,12 +49,23 @@ class EmbeddingBudget(Budget):
         "relaxed": {"embedding_cosine_mean": 0.99, "embedding_cosine_min": 0.95},
     }
 
-    embedding_cosine_mean: float | None = budget_field(0.995, ">=", metric="embedding_cosine_mean",
+    embedding_cosine_mean: float = budget_field(0.995, ">=", metric="embedding_cosine_mean",
                                                        label="embedding cosine mean", range=(-1.0, 1.0))
-    embedding_cosine_min: float | None = budget_field(0.99, ">=", metric="embedding_cosine_min",
+    embedding_cosine_min: float = budget_field(0.99, ">=", metric="embedding_cosine_min",
                                                       label="embedding cosine min", range=(-1.0, 1.0))
     output_cosine_min: float | None = budget_field(None, ">=", metric="output_cosine_min",
                                                    label="output cosine min", range=(-1.0, 1.0))
+
+
+#: The embedding task's budget under the name the workbench first gave it (every task has its own Budget type).
+AccuracyBudget = EmbeddingBudget
+
+
+def _hidden_output(outputs: Mapping[str, np.ndarray]) -> str:
+    """last_hidden_state, else the only [batch, sequence, hidden] output."""
+    if HIDDEN_OUTPUT in outputs:
+        return HIDDEN_OUTPUT
+    return next(name for name, value in outputs.items() if np.ndim(value) == 3)
 
 
 def _is_base_model(architecture: str) -> bool:
@@ -73,6 +85,7 @@ class FeatureExtraction(Task):
     architectures = ("Model",)
     auto_model = "AutoModel"
     outputs = (HIDDEN_OUTPUT,)
+    output_ranks = {HIDDEN_OUTPUT: 3}
     budget_type = EmbeddingBudget
     primary_cosine = ("embedding_cosine_mean", "embedding_cosine_min")
     metric_names = ("embedding_cosine_mean", "embedding_cosine_min")
@@ -82,13 +95,28 @@ class FeatureExtraction(Task):
         architectures = config.get("architectures") or []
         return not architectures or all(_is_base_model(str(a)) for a in architectures)
 
+    def check_feeds(self, feeds: Sequence[Outputs]) -> None:
+        if "attention_mask" not in feeds[0]:
+            raise DataError(
+                "The sentence-embedding metric needs an 'attention_mask' input in the feeds (mean pooling leaves "
+                "padding out).",
+                fix="pass feeds from tokenize_batches() (or the task's encode()), which include the attention mask",
+            )
+
+    def accepts_outputs(self, outputs: Mapping[str, int | None]) -> bool:
+        # last_hidden_state, or one token-level ([batch, sequence, hidden]) output and no classifier logits
+        if HIDDEN_OUTPUT in outputs:
+            return outputs[HIDDEN_OUTPUT] in (None, 3)
+        return "logits" not in outputs and sum(1 for rank in outputs.values() if rank == 3) == 1
+
     def metrics(self, reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs],
                 meta: Sequence[Any] | None = None) -> TaskMetrics:
         per_sentence: list[float] = []
+        hidden = _hidden_output(reference[0])
         for feed, ref, cand in zip(feeds, reference, candidate):
             mask = feed["attention_mask"]
-            a = mean_pooled_embeddings(ref[HIDDEN_OUTPUT], mask)
-            b = mean_pooled_embeddings(cand[HIDDEN_OUTPUT], mask)
+            a = mean_pooled_embeddings(ref[hidden], mask)
+            b = mean_pooled_embeddings(cand[hidden], mask)
             per_sentence += np.sum(a * b, axis=1).tolist()
         values = {"embedding_cosine_mean": float(np.mean(per_sentence)),
                   "embedding_cosine_min": float(np.min(per_sentence))}

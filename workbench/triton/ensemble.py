@@ -13,12 +13,41 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench._lazy import require
-from workbench.errors import ConfigError, ModelSourceError, TritonExportError, WorkbenchError
-from workbench.triton.config import CONFIG_FILENAME, ENSEMBLE_EMBEDDING_OUTPUT, ENSEMBLE_SUFFIX, ENSEMBLE_TEXT_INPUT, POOLING_MODES, POOLING_SUFFIX, TOKENIZER_SUFFIX, TritonConfig, _check_model_name, _is_int, _model_config_pb2, parse_model_config, render_model_config
+from workbench.errors import (
+    ConfigError,
+    ModelSourceError,
+    TritonExportError,
+    WorkbenchError,
+)
+from workbench.tasks.base import PostProcessing
+from workbench.triton.config import (
+    CONFIG_FILENAME,
+    ENSEMBLE_SUFFIX,
+    ENSEMBLE_TEXT_INPUT,
+    POOLING_SUFFIX,
+    TOKENIZER_SUFFIX,
+    TritonConfig,
+    _check_model_name,
+    _is_int,
+    _model_config_pb2,
+)
+from workbench.triton.model import (
+    TritonExportResult,
+    _add_warmup,
+    _config_from_model,
+    _load_checked,
+    _onnx_files_writer,
+    _remove_if_empty,
+)
 from workbench.triton.padding import PaddingPolicy
-from workbench.triton.model import TritonExportResult, _add_warmup, _config_from_model, _load_checked, _onnx_files_writer, _remove_if_empty
-from workbench.triton.provenance import _COMPUTED_PROVENANCE_KEYS, PROVENANCE_FILENAME, README_FILENAME, _provenance_record, _readme_text
-from workbench.triton.writer import _Entry, _write_repository_entries
+from workbench.triton.provenance import (
+    _COMPUTED_PROVENANCE_KEYS,
+    PROVENANCE_FILENAME,
+    README_FILENAME,
+    _provenance_record,
+    _readme_text,
+)
+from workbench.triton.writer import Entry, checked_text, write_entries
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from tritonclient.grpc import model_config_pb2
@@ -26,7 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Text in, embeddings out: tokenizer + model + pooling as one Triton ensemble
+# Text in, the task's outputs out: tokenizer + model + the task's post-processing as one Triton ensemble
 
 
 #: Tokenizer files copied next to the tokenizer model when the tokenizer folder has them. The model reads only
@@ -53,9 +82,11 @@ class TritonEnsembleResult:
 
     Attributes:
         repository: The model repository.
-        ensemble_name: The model clients call: input `TEXT` (strings), output `EMBEDDING` (or the model's outputs
-            when there is no pooling).
-        models: Role ("model", "tokenizer", "pooling", "ensemble") -> the folder written for it.
+        ensemble_name: The model clients call: input `TEXT` (strings), the task's outputs (`EMBEDDING` for
+            sentence embeddings, `LABEL` and `PROBABILITIES` for classifiers; the model's raw outputs without
+            post-processing).
+        models: Role ("model", "tokenizer", the post-processing's role such as "pooling" or "labels", "ensemble")
+            -> the folder written for it.
         readme: `<repository>/README.md`.
         provenance: `<repository>/provenance.json`.
         sequence_length: Every text is truncated to this many tokens (and padded to it with the fixed policy).
@@ -114,11 +145,12 @@ class TritonEnsembleResult:
         )
 
 
-def ensemble_model_names(model_name: str, *, pooling: str | None = "mean") -> dict[str, str]:
-    """Role -> model name for the ensemble of `model_name`: model, tokenizer, pooling (with pooling), ensemble."""
+def ensemble_model_names(model_name: str, *, post_suffix: str | None = POOLING_SUFFIX) -> dict[str, str]:
+    """Role -> model name for the ensemble of `model_name`: model, tokenizer, the task's post-processing (its
+    role is its suffix without the underscore: "pooling", "labels", ...), ensemble."""
     names = {"model": model_name, "tokenizer": model_name + TOKENIZER_SUFFIX}
-    if pooling is not None:
-        names["pooling"] = model_name + POOLING_SUFFIX
+    if post_suffix is not None:
+        names[post_suffix.lstrip("_")] = model_name + post_suffix
     names["ensemble"] = model_name + ENSEMBLE_SUFFIX
     for name in names.values():
         _check_model_name(name)
@@ -307,53 +339,56 @@ def _python_model_scheduling(pb2: Any, cfg: Any, config: TritonConfig, warmup_le
         _add_warmup(cfg, config, warmup_length)
 
 
-def _pooling_config(pb2: Any, name: str, config: TritonConfig, hidden: Any, mask_type: int, normalize: bool,
-                    sequence_length: int) -> Any:
+def _post_config(pb2: Any, name: str, config: TritonConfig, spec: PostProcessing, model_cfg: Any,
+                 tokenizer_outputs: Mapping[str, int], sequence_length: int, path: Path) -> Any:
+    """The config of the task's Python post-processing model: the engine outputs and tokenizer tensors it reads,
+    the outputs it returns, its parameters."""
     cfg = pb2.ModelConfig(name=name, backend="python", max_batch_size=config.max_batch_size)
-    cfg.input.add(name=hidden.name, data_type=hidden.data_type, dims=list(hidden.dims))
-    cfg.input.add(name="attention_mask", data_type=mask_type, dims=[-1])
-    cfg.output.add(name=ENSEMBLE_EMBEDDING_OUTPUT, data_type=pb2.DataType.Value("TYPE_FP32"),
-                   dims=[hidden.dims[-1]])
+    outputs = {t.name: t for t in model_cfg.output}
+    for input_name in spec.model_inputs:
+        if input_name not in outputs:
+            raise TritonExportError(f"{path} has no output {input_name!r}, which the task's post-processing reads.",
+                                    expected=f"one of {sorted(outputs)}",
+                                    fix="serve the raw outputs (postprocess=False), or pass the model's task")
+        produced = outputs[input_name]
+        cfg.input.add(name=produced.name, data_type=produced.data_type, dims=list(produced.dims))
+    for extra in spec.extra_inputs:
+        cfg.input.add(name=extra, data_type=tokenizer_outputs[extra], dims=[-1])
+    for out in spec.outputs:
+        cfg.output.add(name=out.name, data_type=pb2.DataType.Value(out.data_type), dims=list(out.dims))
     _python_model_scheduling(pb2, cfg, config, sequence_length)
-    _string_parameters(cfg, {"normalize": "true" if normalize else "false"})
+    _string_parameters(cfg, dict(spec.parameters))
     return cfg
 
 
-def _pick_embedding_output(model_cfg: Any, embedding_output: str | None, path: Path) -> Any:
-    outputs = {t.name: t for t in model_cfg.output}
-    if embedding_output is not None:
-        if embedding_output not in outputs:
-            raise TritonExportError(
-                f"{path} has no output {embedding_output!r} to pool (its outputs: {sorted(outputs)}).",
-                fix="pass embedding_output= one of those, or pooling=None to serve the raw outputs",
-            )
-        chosen = outputs[embedding_output]
-    elif "last_hidden_state" in outputs:
-        chosen = outputs["last_hidden_state"]
-    else:
-        token_level = [t for t in model_cfg.output if len(t.dims) == 2]
-        if len(token_level) != 1:
-            raise TritonExportError(
-                f"{path} has no 'last_hidden_state' output and {len(token_level)} outputs of shape [batch, "
-                f"sequence, hidden] ({[t.name for t in token_level]}), so it is unclear which one to pool.",
-                fix="pass embedding_output= the token-embedding output, or pooling=None for a model that is not "
-                "a feature extractor (a classifier, for example)",
-            )
-        chosen = token_level[0]
-    if len(chosen.dims) != 2:
-        raise TritonExportError(
-            f"Output {chosen.name!r} of {path} has dims {list(chosen.dims)} after the batch dimension; mean "
-            "pooling needs [sequence, hidden].",
-            fix="pool a token-level output, or pass pooling=None",
-        )
-    return chosen
+def _task_postprocessing(task: Any, model_cfg: Any, model_config: Mapping[str, Any],
+                         path: Path) -> PostProcessing | None:
+    """The task's post-processing for this model (the task is found from the outputs when not given)."""
+    from workbench.errors import ConfigError as _ConfigError
+    from workbench.tasks.base import Task, get_task, task_for_outputs
+
+    ranks = {t.name: len(t.dims) + 1 for t in model_cfg.output}
+    try:
+        resolved = task if isinstance(task, Task) else get_task(task) if task is not None else task_for_outputs(ranks)
+    except _ConfigError as exc:
+        raise TritonExportError(f"The post-processing of {path} cannot be chosen: {exc.what}", expected=exc.expected,
+                                fix="pass task= the model's task, or postprocess=False for the raw outputs") from exc
+    missing = [o for o in resolved.outputs if o not in ranks]
+    if missing and resolved.name != "feature-extraction":
+        raise TritonExportError(f"{path} has no output(s) {missing} for task {resolved.name!r}.",
+                                expected=f"outputs {list(resolved.outputs)}; it has {sorted(ranks)}",
+                                fix="pass the model's task, or postprocess=False for the raw outputs")
+    dims = {t.name: list(t.dims) for t in model_cfg.output}
+    spec = resolved.postprocessing(output_names=[t.name for t in model_cfg.output], output_dims=dims,
+                                   model_config=model_config)
+    return spec  # None: the task has no post-processing, the ensemble returns the model's outputs
 
 
 def _ensemble_config(pb2: Any, names: dict[str, str], config: TritonConfig, tokenizer_cfg: Any, model_cfg: Any,
-                     pooling_cfg: Any | None) -> Any:
+                     post_cfg: Any | None, post_role: str | None = None) -> Any:
     cfg = pb2.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=config.max_batch_size)
     cfg.input.add(name=ENSEMBLE_TEXT_INPUT, data_type=pb2.DataType.Value("TYPE_STRING"), dims=[1])
-    final = pooling_cfg if pooling_cfg is not None else model_cfg
+    final = post_cfg if post_cfg is not None else model_cfg
     for tensor in final.output:
         cfg.output.add().CopyFrom(tensor)
     steps = cfg.ensemble_scheduling.step
@@ -364,17 +399,19 @@ def _ensemble_config(pb2: Any, names: dict[str, str], config: TritonConfig, toke
     run = steps.add(model_name=names["model"], model_version=-1)
     for tensor in model_cfg.input:
         run.input_map[tensor.name] = tensor.name
-    if pooling_cfg is None:
+    model_outputs = {t.name for t in model_cfg.output}
+    if post_cfg is None:
         for tensor in model_cfg.output:
             run.output_map[tensor.name] = tensor.name
     else:
-        hidden = pooling_cfg.input[0].name
-        run.output_map[hidden] = hidden
-        pool = steps.add(model_name=names["pooling"], model_version=-1)
-        for tensor in pooling_cfg.input:
-            pool.input_map[tensor.name] = tensor.name
-        for tensor in pooling_cfg.output:
-            pool.output_map[tensor.name] = tensor.name
+        for tensor in post_cfg.input:
+            if tensor.name in model_outputs:
+                run.output_map[tensor.name] = tensor.name
+        post = steps.add(model_name=names[post_role or ""], model_version=-1)
+        for tensor in post_cfg.input:
+            post.input_map[tensor.name] = tensor.name
+        for tensor in post_cfg.output:
+            post.output_map[tensor.name] = tensor.name
     return cfg
 
 
@@ -384,14 +421,19 @@ def _resolve_padding(padding: PaddingPolicy | None, sequence_length: int) -> Pad
     return resolve_padding(padding, sequence_length)
 
 
-def _checked_text(cfg: Any) -> str:
-    text = render_model_config(cfg)
-    if parse_model_config(text) != cfg:  # never expected: the text must say exactly what was derived
-        raise TritonExportError(
-            f"The rendered Triton config of {cfg.name!r} does not parse back to the config it was rendered from.",
-            fix="report this as a workbench bug, with the model and the TritonConfig",
-        )
-    return text
+def _served_names(chain: dict[str, str], policy: PaddingPolicy, spec: PostProcessing | None,
+                  post_role: str | None) -> dict[str, str]:
+    """The models written: the whole chain, or for the BLS design no tokenizer model (the BLS model tokenizes)
+    and no post-processing model when its source offers `postprocess()` (the BLS model runs it)."""
+    if policy.batching != "bls":
+        return dict(chain)
+    from workbench.triton.python_models import FOLDER
+    from workbench.triton.served import inline_postprocessing
+
+    names = {role: name for role, name in chain.items() if role != "tokenizer"}
+    if spec is not None and post_role is not None and inline_postprocessing(FOLDER / spec.source):
+        del names[post_role]
+    return names
 
 
 def export_triton_ensemble(
@@ -401,14 +443,14 @@ def export_triton_ensemble(
     config: TritonConfig = TritonConfig(),
     *,
     sequence_length: int,
-    pooling: str | None = "mean",
-    normalize: bool = True,
-    embedding_output: str | None = None,
+    task: Any = None,
+    model_config: Mapping[str, Any] | None = None,
+    postprocess: bool = True,
     padding: PaddingPolicy | None = None,
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> TritonEnsembleResult:
-    """Write a model repository that Triton serves as text in, embeddings (or the model's outputs) out.
+    """Write a model repository that Triton serves as text in, the task's outputs out.
 
     With `config.model_name` = NAME it writes, all or nothing:
 
@@ -418,11 +460,11 @@ def export_triton_ensemble(
       version folder, with the other tokenizer files; nothing is downloaded) and turns `TEXT` (TYPE_STRING,
       dims [1]) into the model's integer inputs, truncated and padded to `sequence_length` so that requests
       from different clients batch together;
-    - `NAME_pooling/` (with `pooling="mean"`): a Python-backend model (numpy only) that mean-pools the token
-      embeddings where attention_mask is 1 and, with `normalize`, L2-normalises them: the workbench's own
-      `mean_pooled_embeddings`;
-    - `NAME_ensemble/`: platform "ensemble", wiring TEXT -> tokenizer -> model -> pooling -> EMBEDDING
-      (without pooling, the model's outputs);
+    - the task's post-processing (workbench.tasks: `Task.postprocessing()`), a Python-backend model (numpy only)
+      computing what the library computes: `NAME_pooling/` for sentence embeddings (attention-mask-aware mean
+      pooling, L2-normalised: EMBEDDING), `NAME_labels/` for classifiers (LABEL from id2label, PROBABILITIES);
+    - `NAME_ensemble/`: platform "ensemble", wiring TEXT -> tokenizer -> model -> post-processing (with
+      `postprocess=False`, the model's raw outputs);
     - `README.md` and `provenance.json` at the repository root.
 
     Before anything is written: every config is rendered and parsed back strictly, the ensemble's wiring is
@@ -436,18 +478,17 @@ def export_triton_ensemble(
         config: Name, batching, instances, warmup, accelerators; Python-backend steps always get one CPU
             instance and batch whatever is queued.
         sequence_length: Tokens per text (longer texts are truncated, shorter ones padded).
-        pooling: "mean" for sentence embeddings, None to return the model's outputs as they are.
-        normalize: L2-normalise the pooled embeddings.
-        embedding_output: The output to pool; default `last_hidden_state`, else the only [batch, sequence,
-            hidden] output.
+        task: The model's task (a workbench.tasks Task or its name); None: found from the model's outputs.
+        model_config: The checkpoint's config.json (the classifier's id2label names its labels).
+        postprocess: False serves the model's raw outputs, without the task's post-processing.
         padding: How texts are padded and batched (workbench.triton.padding.PaddingPolicy, whose max_length must
             be `sequence_length`); default `PaddingPolicy(max_length=sequence_length)`: the ensemble above with
             each request padded to the smallest of 16, 32, 64, ... tokens that holds its longest text (outputs
             dims [-1]), which the engine's dynamic batcher merges per bucket. `PaddingPolicy.fixed(
             sequence_length)` pads every text to sequence_length; `PaddingPolicy(batching="bls")` makes
             `NAME_ensemble` a Python model that tokenizes each dynamic batch itself and calls NAME per bucket
-            through BLS (no tokenizer model; mean pooling runs inside it). The policy goes into the config
-            parameters and provenance.json.
+            through BLS (no tokenizer model; a post-processing whose source offers `postprocess()`, such as mean
+            pooling, runs inside it). The policy goes into the config parameters and provenance.json.
         provenance: Extra provenance.json entries, for example `source_model`, `precision_plan` (a PrecisionPlan
             or its dict), `accuracy`, `speed`. Objects with to_dict() are converted. The keys the export writes
             itself (format, models, libraries, hardware, ...) cannot be replaced.
@@ -462,7 +503,7 @@ def export_triton_ensemble(
         TritonExportError: The model cannot be served this way (an input no tokenizer produces, no output to
             pool, a static batch dimension ...), the served tokenizer would differ from the workbench's, an entry
             exists and overwrite is False, or writing failed.
-        ConfigError: Invalid arguments (config, sequence_length, pooling, provenance).
+        ConfigError: Invalid arguments (config, sequence_length, task, provenance).
     """
     if not isinstance(config, TritonConfig):
         raise ConfigError(
@@ -472,19 +513,22 @@ def export_triton_ensemble(
     if not _is_int(sequence_length) or sequence_length < 2:
         raise ConfigError(f"sequence_length must be an integer >= 2, got {sequence_length!r}.",
                           fix="pass the sequence length the model was measured at, for example 128")
-    if pooling is not None and pooling not in POOLING_MODES:
-        raise ConfigError(f"pooling must be one of {list(POOLING_MODES)} or None, got {pooling!r}.")
-    if not isinstance(normalize, bool):
-        raise ConfigError(f"normalize must be True or False, got {normalize!r}.")
+    if not isinstance(postprocess, bool):
+        raise ConfigError(f"postprocess must be True or False, got {postprocess!r}.")
     policy = _resolve_padding(padding, sequence_length)
-    names = ensemble_model_names(config.model_name, pooling=pooling)
-    if policy.batching == "bls":
-        del names["tokenizer"]  # the BLS model tokenizes itself
     repository = Path(repository)
     tokenizer_dir = Path(tokenizer_dir)
     if repository.exists() and not repository.is_dir():
         raise TritonExportError(f"The model repository {repository} is a file, not a folder.",
                                 fix="pass a folder (it may already hold other models)")
+    onnx = require("onnx", purpose="Exporting an ONNX model to Triton")
+    pb2 = _model_config_pb2("Writing a Triton model config")
+    path, model = _load_checked(onnx_path)
+    model_cfg = _config_from_model(model, config, path, warmup_length=sequence_length)
+    spec = _task_postprocessing(task, model_cfg, model_config or {}, path) if postprocess else None
+    chain = ensemble_model_names(config.model_name, post_suffix=spec.suffix if spec is not None else None)
+    post_role = spec.suffix.lstrip("_") if spec is not None else None
+    names = _served_names(chain, policy, spec, post_role)  # what is written (the BLS design writes fewer)
     entry_names = [*names.values(), README_FILENAME, PROVENANCE_FILENAME]
     existing = [n for n in entry_names if (repository / n).exists() or (repository / n).is_symlink()]
     if existing and not overwrite:
@@ -493,11 +537,6 @@ def export_triton_ensemble(
             "in the repository; nothing was changed.",
             fix="pass overwrite=True to replace them, or choose another TritonConfig.model_name (or repository)",
         )
-
-    onnx = require("onnx", purpose="Exporting an ONNX model to Triton")
-    pb2 = _model_config_pb2("Writing a Triton model config")
-    path, model = _load_checked(onnx_path)
-    model_cfg = _config_from_model(model, config, path, warmup_length=sequence_length)
 
     tokenizer_outputs: dict[str, int] = {}
     for tensor in model_cfg.input:
@@ -516,39 +555,36 @@ def export_triton_ensemble(
                 "with PaddingPolicy.fixed(sequence_length)",
             )
         tokenizer_outputs[tensor.name] = tensor.data_type
-    hidden = None
-    if pooling is not None:
-        hidden = _pick_embedding_output(model_cfg, embedding_output, path)
-        tokenizer_outputs.setdefault("attention_mask", pb2.DataType.Value("TYPE_INT64"))
+    for extra in spec.extra_inputs if spec is not None else ():
+        if extra not in TOKENIZER_OUTPUTS:
+            raise TritonExportError(f"The task's post-processing reads {extra!r}, which the tokenizer does not make.",
+                                    expected=f"tensors among {list(TOKENIZER_OUTPUTS)}")
+        tokenizer_outputs.setdefault(extra, pb2.DataType.Value("TYPE_INT64"))
     plan = _tokenizer_plan(tokenizer_dir, list(tokenizer_outputs), sequence_length, policy)
 
-    tokenizer_name = names.get("tokenizer", config.model_name + TOKENIZER_SUFFIX)
-    tokenizer_cfg = _tokenizer_config(pb2, tokenizer_name, config, tokenizer_outputs, sequence_length, plan, policy)
-    pooling_cfg = _pooling_config(pb2, names["pooling"], config, hidden, tokenizer_outputs["attention_mask"],
-                                  normalize, sequence_length) if hidden is not None else None
-    ensemble_cfg = _ensemble_config(pb2, {**names, "tokenizer": tokenizer_name}, config, tokenizer_cfg, model_cfg,
-                                    pooling_cfg)
-    configs = {tokenizer_name: tokenizer_cfg, names["model"]: model_cfg, names["ensemble"]: ensemble_cfg}
-    if pooling_cfg is not None:
-        configs[names["pooling"]] = pooling_cfg
+    tokenizer_cfg = _tokenizer_config(pb2, chain["tokenizer"], config, tokenizer_outputs, sequence_length, plan,
+                                      policy)
+    post_cfg = _post_config(pb2, chain[post_role], config, spec, model_cfg, tokenizer_outputs, sequence_length,
+                            path) if spec is not None and post_role is not None else None
+    ensemble_cfg = _ensemble_config(pb2, chain, config, tokenizer_cfg, model_cfg, post_cfg, post_role)
+    configs = {chain["tokenizer"]: tokenizer_cfg, chain["model"]: model_cfg, chain["ensemble"]: ensemble_cfg}
+    if post_cfg is not None and post_role is not None:
+        configs[chain[post_role]] = post_cfg
     check_ensemble(ensemble_cfg, configs)
     if policy.batching == "bls":  # the checked chain, with tokenizing and batching moved into one BLS model
-        from workbench.triton.python_models import POOLING_MODEL
-        from workbench.triton.served import bls_configs, inline_postprocessing
+        from workbench.triton.served import bls_configs
 
-        inline = pooling_cfg is not None and inline_postprocessing(POOLING_MODEL)
-        configs = {cfg.name: cfg for cfg in bls_configs(pb2, names, config, policy, tokenizer_cfg, model_cfg,
-                                                         pooling_cfg, ensemble_cfg, inline=inline).values()}
-        if inline:
-            del names["pooling"]  # it runs inside the BLS model
+        configs = {cfg.name: cfg for cfg in bls_configs(
+            pb2, chain, config, policy, tokenizer_cfg, model_cfg, post_cfg, ensemble_cfg, post_role=post_role,
+            inline=post_role is not None and post_role not in names).values()}
     model_cfg = configs[names["model"]]
-    texts = {name: _checked_text(cfg) for name, cfg in configs.items()}
+    texts = {name: checked_text(cfg) for name, cfg in configs.items()}
     output_names = tuple(t.name for t in ensemble_cfg.output)
 
     record = _provenance_record(names=names, onnx_path=path, tokenizer_dir=tokenizer_dir,
-                                tokenizer_json=plan.json_text, sequence_length=sequence_length, pooling=pooling,
-                                normalize=normalize, config=config, provided=provenance, padding=policy)
-    readme = _readme_text(names, sequence_length=sequence_length, pooling=pooling, normalize=normalize, padding=policy,
+                                tokenizer_json=plan.json_text, sequence_length=sequence_length, postprocessing=spec,
+                                config=config, provided=provenance, padding=policy)
+    readme = _readme_text(names, sequence_length=sequence_length, postprocessing=spec, padding=policy,
                           output_names=output_names, config=config, model_cfg=model_cfg,
                           provided=[k for k in record if k not in _COMPUTED_PROVENANCE_KEYS])
     onnx_files = _onnx_files_writer(onnx, model, path, config.version)
@@ -582,28 +618,28 @@ def export_triton_ensemble(
 
     import json
 
-    from workbench.triton.python_models import BLS_MODEL, POOLING_MODEL, TOKENIZER_MODEL
+    from workbench.triton.python_models import BLS_MODEL, FOLDER, TOKENIZER_MODEL
 
     def bls_files(version_dir: Path) -> None:
         tokenizer_files(version_dir)
         shutil.copyfile(TOKENIZER_MODEL, version_dir / TOKENIZER_MODEL.name)  # bls_model.py imports it
-        if pooling_cfg is not None and "pooling" not in names:  # post-processing runs inside the BLS model
-            shutil.copyfile(POOLING_MODEL, version_dir / "postprocess_model.py")
+        if spec is not None and post_role not in names:  # the post-processing runs inside the BLS model
+            shutil.copyfile(FOLDER / spec.source, version_dir / "postprocess_model.py")
 
     roles = {"model": onnx_files}
-    if policy.batching == "ensemble":
+    if "tokenizer" in names:
         roles["tokenizer"] = python_model(TOKENIZER_MODEL, tokenizer_files)
-    if pooling_cfg is not None and "pooling" in names:
-        roles["pooling"] = python_model(POOLING_MODEL)
+    if spec is not None and post_role is not None and post_role in names:
+        roles[post_role] = python_model(FOLDER / spec.source)
     roles["ensemble"] = python_model(BLS_MODEL, bls_files) if policy.batching == "bls" else empty_version
-    entries = [_Entry(names[role], model_folder(names[role], populate)) for role, populate in roles.items()]
-    entries.append(_Entry(README_FILENAME, text_file(readme)))
-    entries.append(_Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2, sort_keys=False) + "\n")))
+    entries = [Entry(names[role], model_folder(names[role], populate)) for role, populate in roles.items()]
+    entries.append(Entry(README_FILENAME, text_file(readme)))
+    entries.append(Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2, sort_keys=False) + "\n")))
 
     created_repository = not repository.exists()
     try:
         repository.mkdir(parents=True, exist_ok=True)
-        _write_repository_entries(repository, entries, overwrite=overwrite)
+        write_entries(repository, entries, overwrite=overwrite)
     except WorkbenchError:
         _remove_if_empty(repository, created_repository)
         raise

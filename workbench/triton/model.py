@@ -31,10 +31,23 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from workbench._files import atomic_directory
 from workbench._lazy import require
-from workbench.errors import ConfigError, ModelSourceError, TritonExportError, WorkbenchError
-from workbench.triton.config import CONFIG_FILENAME, ONNX_BACKEND, ONNX_MODEL_FILENAME, ONNX_PLATFORM, ONNX_TO_TRITON_DTYPE, TritonConfig, _model_config_pb2, parse_model_config, render_model_config
+from workbench.errors import (
+    ConfigError,
+    ModelSourceError,
+    TritonExportError,
+    WorkbenchError,
+)
+from workbench.triton.config import (
+    CONFIG_FILENAME,
+    ONNX_BACKEND,
+    ONNX_MODEL_FILENAME,
+    ONNX_PLATFORM,
+    ONNX_TO_TRITON_DTYPE,
+    TritonConfig,
+    _model_config_pb2,
+)
+from workbench.triton.writer import Entry, checked_text, write_entries
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from tritonclient.grpc import model_config_pb2
@@ -282,12 +295,16 @@ def _write_model_folder(
             f"Triton model folder {model_dir} already exists; nothing was changed.",
             fix="pass overwrite=True to replace it, or choose another TritonConfig.model_name",
         )
+    def folder(target: Path) -> None:
+        target.mkdir()
+        (target / CONFIG_FILENAME).write_text(config_text, encoding="utf-8")
+        populate(target)
+
     created_repository = not repository.exists()
     try:
-        with atomic_directory(model_dir, overwrite=overwrite) as staging:
-            (staging / CONFIG_FILENAME).write_text(config_text, encoding="utf-8")
-            populate(staging)
-            relative = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
+        repository.mkdir(parents=True, exist_ok=True)
+        write_entries(repository, [Entry(model_name, folder)], overwrite=overwrite)
+        relative = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*") if p.is_file())
     except WorkbenchError:
         _remove_if_empty(repository, created_repository)
         raise
@@ -451,12 +468,7 @@ def export_triton(
             fix="pass overwrite=True to replace it, or choose another TritonConfig.model_name",
         )
     cfg = _config_from_model(model, config, path)
-    text = render_model_config(cfg)
-    if parse_model_config(text) != cfg:  # never expected: the text must say exactly what was derived
-        raise TritonExportError(
-            "The rendered Triton config does not parse back to the config it was rendered from.",
-            fix="report this as a workbench bug, with the model and the TritonConfig",
-        )
+    text = checked_text(cfg)
     populate = _onnx_files_writer(onnx, model, path, config.version)
     return _write_model_folder(repository, config.model_name, text, populate, overwrite=overwrite)
 
@@ -504,10 +516,7 @@ def export_triton_engine(
     repository = Path(repository)
     cfg = _config_from_model(model, config, path)
     cfg.platform, cfg.backend, cfg.default_model_filename = TENSORRT_PLATFORM, TENSORRT_BACKEND, TENSORRT_FILENAME
-    text = render_model_config(cfg)
-    if parse_model_config(text) != cfg:
-        raise TritonExportError("The rendered Triton config does not parse back to the config it was rendered from.",
-                                fix="report this as a workbench bug, with the model and the TritonConfig")
+    text = checked_text(cfg)
 
     def populate(folder: Path) -> None:
         version = folder / str(config.version)

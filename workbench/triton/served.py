@@ -84,7 +84,8 @@ def inline_postprocessing(source: Path | None) -> bool:
 
 
 def bls_configs(pb2: Any, names: dict[str, str], config: TritonConfig, policy: PaddingPolicy, tokenizer_cfg: Any,
-                model_cfg: Any, post_cfg: Any | None, ensemble_cfg: Any, *, inline: bool = False) -> dict[str, Any]:
+                model_cfg: Any, post_cfg: Any | None, ensemble_cfg: Any, *, post_role: str | None = None,
+                inline: bool = False) -> dict[str, Any]:
     """Role -> ModelConfig of the BLS design, from the checked ensemble design's configs.
 
     The client-facing model keeps the ensemble's name, input and outputs, so clients do not change with the
@@ -119,7 +120,7 @@ def bls_configs(pb2: Any, names: dict[str, str], config: TritonConfig, policy: P
         "engine_model": names["model"],
         "engine_inputs": json.dumps({t.name: type_name(t.data_type) for t in model_cfg.input}),
         "engine_outputs": json.dumps(engine_outputs),
-        "postprocess_model": names["pooling"] if post_cfg is not None and not inline else "",
+        "postprocess_model": names[post_role] if post_cfg is not None and post_role and not inline else "",
         "postprocess_inputs": json.dumps([t.name for t in post_cfg.input] if post_cfg is not None else []),
         "postprocess_inline": "true" if post_cfg is not None and inline else "false",
         "postprocess_parameters": json.dumps({k: v.string_value for k, v in post_cfg.parameters.items()}
@@ -133,7 +134,7 @@ def bls_configs(pb2: Any, names: dict[str, str], config: TritonConfig, policy: P
         del engine.dynamic_batching.preferred_batch_size[:]
         engine.dynamic_batching.max_queue_delay_microseconds = 0
     configs = {"model": engine}
-    if post_cfg is not None and not inline:
-        configs["pooling"] = post_cfg
+    if post_cfg is not None and post_role is not None and not inline:
+        configs[post_role] = post_cfg
     configs[ENTRY_ROLE] = cfg
     return configs

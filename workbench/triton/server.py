@@ -102,7 +102,11 @@ def copy_for_cpu(repository: str | os.PathLike[str], destination: str | os.PathL
     Returns:
         The names of the models whose configs were rewritten.
     """
-    from workbench.triton.config import CONFIG_FILENAME, parse_model_config, render_model_config
+    from workbench.triton.config import (
+        CONFIG_FILENAME,
+        parse_model_config,
+        render_model_config,
+    )
 
     pb2 = require("tritonclient.grpc.model_config_pb2", purpose="Rewriting Triton configs", extra="triton")
     source, target = Path(repository), Path(destination)

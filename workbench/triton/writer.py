@@ -1,4 +1,9 @@
-"""Writing model folders into a Triton repository: every folder is complete or absent."""
+"""Writing into a Triton repository: the one render-and-check of a config, and the one atomic writer.
+
+:func:`checked_text` renders a ModelConfig to config.pbtxt text and parses it back strictly (so what is written
+says exactly what was derived); :func:`write_entries` writes top-level entries (model folders, files) of a
+repository all or nothing. Every Triton export goes through both.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,33 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from workbench.errors import TritonExportError
+from workbench.triton.config import parse_model_config, render_model_config
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers only
-    pass
+
+def checked_text(cfg: Any) -> str:
+    """config.pbtxt text of `cfg`, parsed back strictly with Triton's schema and compared with `cfg`."""
+    text = render_model_config(cfg)
+    if parse_model_config(text) != cfg:  # never expected: the text must say exactly what was derived
+        raise TritonExportError(
+            f"The rendered Triton config of {cfg.name!r} does not parse back to the config it was rendered from.",
+            fix="report this as a workbench bug, with the model and the TritonConfig",
+        )
+    return text
 
 
 
 @dataclass(frozen=True)
-class _Entry:
+class Entry:
     """One top-level entry of the repository being written: a model folder or a file."""
 
     name: str
     populate: Callable[[Path], None]  # writes the entry at the path it is given
 
 
-def _write_repository_entries(repository: Path, entries: list[_Entry], *, overwrite: bool) -> None:
+def write_entries(repository: Path, entries: list[Entry], *, overwrite: bool) -> None:
     """Write several top-level entries of `repository` all or nothing.
 
     Everything is built in one hidden staging folder inside the repository first; only when all of it is
@@ -74,3 +88,8 @@ def _write_repository_entries(repository: Path, entries: list[_Entry], *, overwr
         shutil.rmtree(staging, ignore_errors=True)
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
+
+
+# the names the ensemble writer used before they became this module's public API
+_Entry = Entry
+_write_repository_entries = write_entries

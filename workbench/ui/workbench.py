@@ -20,65 +20,32 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import ipywidgets as widgets
 
 from workbench.errors import ConfigError, WorkbenchError
-from workbench.pipeline import PipelineParameters
-from workbench.stages.accuracy.compare import AccuracyBudget  # the pipeline imports these configs too: light
+from workbench.pipeline import STEPS, Pipeline, PipelineParameters
 from workbench.stages.export import EXPORTERS, ExportConfig
 from workbench.stages.precision.quantize import WEIGHT_TYPES, DynamicQuantConfig
 from workbench.ui.base import StageView
 from workbench.ui.controls import config_from_controls, controls_for
 
-__all__ = ["Workbench", "STEP_KEYS", "NOT_RUN", "RUNNING", "DONE", "FAILED", "STALE"]
+__all__ = ["Workbench", "STEP_KEYS", "NOT_RUN", "RUNNING", "DONE", "FAILED", "STALE", "panel_for"]
 
 # step states
 NOT_RUN, RUNNING, DONE, FAILED, STALE = "not run", "running", "done", "failed", "stale"
 
-STEP_KEYS = ("load", "export", "fuse", "quantize", "compare", "benchmark", "choose", "export_triton",
-             "write_summary")
+#: The Workbench's own first step (it builds the Pipeline), then every registered pipeline step.
+LOAD = "load"
+STEP_KEYS = (LOAD, *STEPS.names)
 # Other names for the steps, as the issue and the stage views call them.
 ALIASES = {"surgery": "fuse", "graph_surgery": "fuse", "precision": "quantize", "accuracy": "compare",
-           "choice": "choose", "deploy": "export_triton", "triton": "export_triton", "summary": "write_summary"}
-# Step -> the steps whose results it reads (directly). Re-running one marks everything downstream stale.
-INPUTS: dict[str, tuple[str, ...]] = {
-    "load": (),
-    "export": ("load",),
-    "fuse": ("export",),
-    "quantize": ("export", "fuse"),
-    "compare": ("export", "fuse", "quantize"),
-    "benchmark": ("export", "fuse", "quantize"),
-    "choose": ("compare", "benchmark"),
-    "export_triton": ("choose",),
-    "write_summary": ("export", "fuse", "quantize", "compare", "benchmark", "choose", "export_triton"),
-}
-# Step -> the steps that must have run for it to run (its Run is disabled until then).
-REQUIRES: dict[str, tuple[str, ...]] = {
-    "load": (),
-    "export": ("load",),
-    "fuse": ("export",),
-    "quantize": ("export",),
-    "compare": ("export",),
-    "benchmark": ("export",),
-    "choose": ("compare", "benchmark"),
-    "export_triton": ("choose",),
-    "write_summary": ("export",),
-}
+           "choice": "choose", "deploy": "export_triton", "triton": "export_triton", "summary": "write_summary",
+           "smoothquant": "quantize_smoothquant"}
 _STATE_COLORS = {NOT_RUN: "#777", RUNNING: "#1565c0", DONE: "#2e7d32", FAILED: "#b00020", STALE: "#a86b00"}
-
-
-def _downstream(key: str) -> list[str]:
-    """Every step that reads `key`'s results, directly or not, in step order."""
-    found: set[str] = set()
-    frontier = {key}
-    while frontier:
-        frontier = {step for step, inputs in INPUTS.items() if frontier & set(inputs)} - found
-        found |= frontier
-    return [step for step in STEP_KEYS if step in found]
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -87,12 +54,15 @@ def _downstream(key: str) -> list[str]:
 
 
 class StepPanel(StageView):
-    """One Workbench step: a StageView whose Run calls one Pipeline method of the Workbench's pipeline.
+    """One Workbench step: a StageView whose Run calls one registered step of the Workbench's pipeline.
 
-    Subclasses set `key`, `title`, `method` and implement `_prepare(pipeline)` (set the step's config from the
-    controls; raise ConfigError for a bad value) and, where the step shows more than its result, `_show`.
+    Built from the step's declaration (workbench.pipeline.Step): its title, blurb, what it needs; its controls
+    are the fields of the one config it reads (`Step.configs`), else the PipelineParameters fields it reads
+    (`Step.parameters`). Subclasses (registered with :func:`panel_for`) only refine labels, choices and what is
+    shown; any step a Pipeline registers gets this generic panel.
 
     Attributes:
+        step: The Step it runs.
         state: "not run", "running", "done", "failed" or "stale".
         runs: How many times Run was clicked; the status line carries it as `data-run` once a run ends, so a
             browser test can wait for the end of the run it started.
@@ -101,18 +71,25 @@ class StepPanel(StageView):
         settings: The Accordion the controls fold into (closed at first; `settings.selected_index = 0` opens it).
     """
 
-    key: ClassVar[str] = ""
-    method: ClassVar[str] = ""
+    placeholders: ClassVar[Mapping[str, str]] = {}
     short: ClassVar[str] = ""
     blurb: ClassVar[str] = ""
 
-    def __init__(self, workbench: Workbench, number: int, *, config_base: Any = None) -> None:
+    def __init__(self, workbench: Workbench, number: int, step: Any, *, config_base: Any = None) -> None:
         self.workbench = workbench
+        self.step = step
+        self.title = step.title if step is not None else type(self).title  # type: ignore[misc]
+        self.key = step.name if step is not None else LOAD
+        self.short = step.short if step is not None else self.short
+        self.blurb = step.blurb if step is not None else self.blurb
+        self.config_attr = step.configs[0] if step is not None and len(step.configs) == 1 else None
+        if self.config_attr is not None and config_base is not None and type(self).config_cls is None:
+            self.config_cls = type(config_base)
         self.state = NOT_RUN
         self.runs = 0
-        super().__init__(title=f"{number}. {self.title}", config_base=config_base)
+        super().__init__(title=f"{number}. {step.title if step is not None else self.title}", config_base=config_base)
         self.needs = widgets.HTML("")
-        self.blurb_widget = widgets.HTML(f"<small><i>{self.blurb}</i></small>" if self.blurb else "")
+        self.blurb_widget = widgets.HTML(f"<small><i>{html.escape(self.blurb)}</i></small>" if self.blurb else "")
         # the controls fold away under "settings" (their defaults are what most runs want)
         self.settings = widgets.Accordion(children=(widgets.VBox(list(self.controls.values())),),
                                           titles=("settings",), selected_index=None)
@@ -125,11 +102,38 @@ class StepPanel(StageView):
         self.run_button.add_class("wb-run")
         self.widget.layout = widgets.Layout(border="1px solid #d0d7de", padding="0 12px 8px 12px", margin="6px 0")
 
-    # -- what subclasses implement ------------------------------------------------------------------------------
+    # -- controls -----------------------------------------------------------------------------------------------
 
-    def _prepare(self, pipeline: Any) -> tuple[Any, ...]:
-        """Set the step's config on `pipeline` from the controls; return the method's positional arguments."""
-        return ()
+    def _controls(self) -> Mapping[str, widgets.Widget]:
+        if self.config_cls is not None:
+            controls = dict(super()._controls())
+        elif self.step is not None and self.step.parameters:
+            from dataclasses import fields
+
+            base = self.workbench.parameters
+            exclude = [f.name for f in fields(PipelineParameters) if f.name not in self.step.parameters]
+            controls = dict(controls_for(base, exclude=exclude, labels=self.config_labels))
+        else:
+            controls = {}
+        for name, text in self.placeholders.items():
+            if name in controls:
+                controls[name].placeholder = text
+        return controls
+
+    def _prepare(self, pipeline: Any) -> dict[str, Any]:
+        """Set the step's config (or parameters) on `pipeline` from the controls; return the call's arguments."""
+        if self.config_attr is not None and self.config_cls is not None:
+            setattr(pipeline, self.config_attr, self.config())
+        elif self.step is not None and self.step.parameters:
+            pipeline.parameters = config_from_controls(PipelineParameters, self.controls, base=pipeline.parameters)
+        return {}
+
+    def rebuild(self, config_base: Any) -> None:
+        """New controls for another config type (a new model's task has another Budget type)."""
+        self.config_cls = type(config_base)
+        self.config_base = config_base
+        self.controls = dict(self._controls())
+        self.settings.children = (widgets.VBox(list(self.controls.values())),)
 
     # -- running ------------------------------------------------------------------------------------------------
 
@@ -140,8 +144,8 @@ class StepPanel(StageView):
             raise WorkbenchError(f"{self.title} needs {titles} first.",
                                  fix=f"run {titles} (the Run buttons above)")
         pipeline = self.workbench.pipeline
-        args = self._prepare(pipeline)
-        return getattr(pipeline, self.method)(*args)
+        kwargs = self._prepare(pipeline)
+        return pipeline.run_step(self.key, **kwargs)
 
     def run(self, *, raise_errors: bool = False) -> Any:
         """StageView.run, then the Workbench updates every step's state (and stale marks) and the recipe."""
@@ -161,31 +165,37 @@ class StepPanel(StageView):
             self.status.value = f'<span style="color:{_STATE_COLORS[state]}">{html.escape(text)}</span>'
 
 
+_PANELS: dict[str, type[StepPanel]] = {}
+P = TypeVar("P", bound=type[StepPanel])
+
+
+def panel_for(step: str) -> Callable[[P], P]:
+    """Class decorator: the panel class a step gets (steps without one get the generic StepPanel)."""
+
+    def register(cls: P) -> P:
+        _PANELS[step] = cls
+        return cls
+
+    return register
+
+
 class LoadPanel(StepPanel):
-    key, method = "load", ""
     short = "Load"
-    title = "Load the model and the sentences"
+    title = "Load the model and the data"
     config_cls = PipelineParameters
     config_exclude = ("benchmark_batch_sizes", "benchmark_iterations", "triton_model_name", "overwrite")
     config_labels = {"model_path": "model path", "data_dir": "data folder"}
-    placeholders = {"model_path": "empty: the bundled all-MiniLM-L6-v2",
-                    "data_dir": "empty: the bundled sentences (data/)", "threads": "empty: all cores"}
-    blurb = ("A local Hugging Face folder or an .onnx file (nothing is downloaded); the calibration and evaluation "
-             "sentences; where every file of the run goes. Running it again starts a new pipeline.")
-
-    def _controls(self) -> Mapping[str, widgets.Widget]:
-        controls = dict(super()._controls())
-        for name, text in self.placeholders.items():
-            controls[name].placeholder = text
-        return controls
+    placeholders = {"model_path": "empty: the bundled all-MiniLM-L6-v2", "task": "empty: from the model's config",
+                    "data_dir": "empty: the bundled data (data/)", "threads": "empty: all cores"}
+    blurb = ("A local Hugging Face folder or an .onnx file (nothing is downloaded); its task (from config.json); "
+             "the calibration and evaluation data; where every file of the run goes. Running it again starts a new "
+             "pipeline.")
 
     def _run(self) -> Any:
-        from workbench.recipe import RecordingPipeline
-
         parameters = self.config()
         wb = self.workbench
-        pipeline = RecordingPipeline(parameters, export_config=wb.export_config, quant_config=wb.quant_config,
-                                     budget=wb.budget)
+        pipeline = wb.pipeline_class(parameters, export_config=wb.export_config, quant_config=wb.quant_config,
+                                     budget=wb.budget_for(parameters))
         pipeline.sentences  # noqa: B018 - read them now, so a bad data folder fails here and not in a later step
         wb._set_pipeline(pipeline)
         return pipeline
@@ -194,45 +204,25 @@ class LoadPanel(StepPanel):
         source = pipeline.source
         splits = pipeline.sentences
         rows = [("model", f"{type(source).__name__}: {getattr(source, 'path', source.name)}"),
-                ("sentences", f"{len(splits.calibration)} calibration, {len(splits.evaluation)} evaluation"),
+                ("task", f"{pipeline.task.title} ({pipeline.task.name})"),
+                ("samples", f"{len(splits.calibration)} calibration, {len(splits.evaluation)} evaluation"),
                 ("output folder", str(pipeline.output_dir))]
+        rows += [("warning", w) for w in getattr(source, "warnings", ())]
         self.show(widgets.HTML("<table>" + "".join(
             f"<tr><td><b>{html.escape(k)}</b></td><td><code>{html.escape(v)}</code></td></tr>" for k, v in rows)
             + "</table>"))
 
 
+@panel_for("export")
 class ExportPanel(StepPanel):
-    key, method = "export", "export"
-    short = "Export"
     config_cls = ExportConfig
     config_choices = {"exporter": EXPORTERS}
-    title = "Export to ONNX"
-    blurb = "torch.onnx export with dynamic batch and sequence axes, checked against PyTorch on real sentences."
-
-    def _prepare(self, pipeline: Any) -> tuple[Any, ...]:
-        pipeline.export_config = self.config()
-        return ()
 
 
-class FusePanel(StepPanel):
-    key, method = "fuse", "fuse"
-    short = "Graph surgery"
-    title = "Graph surgery: fuse transformer subgraphs (optional)"
-    blurb = ("onnxruntime's transformer optimizer fuses Attention, LayerNorm and GELU; checked against the unfused "
-             "graph. Optional: quantization starts from the fused graph when there is one, else from the export.")
-
-
+@panel_for("quantize")
 class QuantizePanel(StepPanel):
-    key, method = "quantize", "quantize"
-    short = "Precision"
     config_cls = DynamicQuantConfig
     config_choices = {"weight_type": WEIGHT_TYPES}
-    title = "Precision: dynamic INT8"
-    blurb = "Weights quantized to INT8 offline, activation scales computed per run (no calibration data needed)."
-
-    def _prepare(self, pipeline: Any) -> tuple[Any, ...]:
-        pipeline.quant_config = self.config()
-        return ()
 
     def _show(self, result: Any) -> None:
         from workbench.stages.precision.plan import PrecisionPlan
@@ -241,93 +231,39 @@ class QuantizePanel(StepPanel):
         self.show(PrecisionPlan("int8_dynamic", self.workbench.pipeline.quant_config))
 
 
-class ComparePanel(StepPanel):
-    key, method = "compare", "compare"
-    short = "Accuracy"
-    config_cls = AccuracyBudget
-    title = "Accuracy against the FP32 reference"
-    blurb = ("Every candidate against the ONNX FP32 export on the held-out sentences, padded as served; "
-             "a candidate meets the budget or says why not.")
-
-    def _prepare(self, pipeline: Any) -> tuple[Any, ...]:
-        pipeline.budget = self.config()
-        return ()
-
-
-class _ParameterPanel(StepPanel):
-    """A step whose controls are some PipelineParameters fields (set on the pipeline's parameters before it runs)."""
-
-    fields: ClassVar[tuple[str, ...]] = ()
-
-    def _controls(self) -> Mapping[str, widgets.Widget]:
-        from dataclasses import fields
-
-        base = self.config_base if self.config_base is not None else PipelineParameters()
-        exclude = [f.name for f in fields(PipelineParameters) if f.name not in self.fields]
-        controls = controls_for(base, exclude=exclude, labels=self.config_labels)
-        if "triton_model_name" in controls:
-            controls["triton_model_name"].placeholder = "empty: from the model's folder name"
-        return controls
-
-    def _prepare(self, pipeline: Any) -> tuple[Any, ...]:
-        pipeline.parameters = config_from_controls(PipelineParameters, self.controls, base=pipeline.parameters)
-        return ()
-
-
-class BenchmarkPanel(_ParameterPanel):
-    key, method = "benchmark", "benchmark"
-    short = "Benchmark"
-    title = "Benchmark"
-    fields = ("benchmark_batch_sizes", "benchmark_iterations")
+@panel_for("benchmark")
+class BenchmarkPanel(StepPanel):
     config_labels = {"benchmark_batch_sizes": "batch sizes", "benchmark_iterations": "iterations"}
-    blurb = ("PyTorch eager (the baseline) and every candidate, interleaved run by run, at these batch sizes and "
-             "the sequence length.")
 
     def _show(self, result: Any) -> None:
         self.show(result)
         self.show(result.figure(baseline="pytorch" if "pytorch" in result.names else None))
 
 
+@panel_for("choose")
 class ChoosePanel(StepPanel):
-    key, method = "choose", "choose"
-    short = "Choice"
-    title = "Choose the candidate to ship"
-    blurb = "The fastest candidate at this batch size that meets the accuracy budget, with the reason."
-
     def _controls(self) -> Mapping[str, widgets.Widget]:
         batch = widgets.IntText(value=int(self.config_base or 1), description="batch size",
                                 style={"description_width": "14em"}, layout=widgets.Layout(width="36em"),
                                 tooltip="The batch size the choice optimises latency for (one of those benchmarked)")
         return {"batch": batch}
 
-    def _prepare(self, pipeline: Any) -> tuple[Any, ...]:
-        return (int(self.controls["batch"].value),)
+    def _prepare(self, pipeline: Any) -> dict[str, Any]:
+        return {"batch": int(self.controls["batch"].value)}
 
 
-class DeployPanel(_ParameterPanel):
-    key, method = "export_triton", "export_triton"
-    short = "Deploy"
-    title = "Deploy: Triton model repository"
-    fields = ("triton_model_name", "overwrite")
+@panel_for("export_triton")
+class DeployPanel(StepPanel):
     config_labels = {"triton_model_name": "model name", "overwrite": "overwrite"}
-    blurb = ("The chosen candidate as a Triton model (onnxruntime backend, dynamic batching), its config.pbtxt "
-             "checked strictly before anything is written.")
+    placeholders = {"triton_model_name": "empty: from the model's folder name"}
 
 
+@panel_for("write_summary")
 class SummaryPanel(StepPanel):
-    key, method = "write_summary", "write_summary"
-    short = "Summary"
-    title = "Summary"
-    blurb = "Writes summary.json (the contract CI reads) and shows its table."
-
     def _show(self, summary: Any) -> None:
         from workbench.summary import format_summary
 
         self.show(format_summary(summary))
-
-
-PANELS: tuple[type[StepPanel], ...] = (LoadPanel, ExportPanel, FusePanel, QuantizePanel, ComparePanel,
-                                       BenchmarkPanel, ChoosePanel, DeployPanel, SummaryPanel)
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -340,15 +276,19 @@ class Workbench:
 
     Args:
         parameters: The run's parameters (the load step's controls start from them).
-        export_config, quant_config, budget: The configs the export, precision and accuracy steps start from.
+        export_config, quant_config, budget: The configs the export, precision and accuracy steps start from
+            (budget None: the task's default budget).
         choose_batch: The batch size the choice step starts from.
         recipe: A Recipe whose step order "Run all" follows (see from_recipe).
         load: Run the load step now (the model is only located, not read; a failure shows in its panel).
         autosave: Keep <output_dir>/recipe.json up to date after every step that succeeds.
+        pipeline_class: The Pipeline class whose registered steps become the panels (an extended pipeline's
+            steps appear as panels too).
 
     Attributes:
-        pipeline: The RecordingPipeline the steps run on (None until load has run).
-        panels: Step key -> its StepPanel (keys in STEP_KEYS; `wb["precision"]` and other ALIASES work too).
+        pipeline: The Pipeline the steps run on (None until load has run).
+        panels: Step key -> its StepPanel ("load", then every registered step; `wb["precision"]` and other
+            ALIASES work too).
         widget: The whole UI (a VBox); displaying the Workbench displays it.
         recipe_path, save_button, run_all_button, message, overview: the toolbar's and the overview's widgets.
     """
@@ -364,6 +304,7 @@ class Workbench:
         recipe: Any = None,
         load: bool = True,
         autosave: bool = True,
+        pipeline_class: type[Pipeline] = Pipeline,
     ) -> None:
         if not isinstance(parameters, PipelineParameters):
             raise ConfigError(f"Workbench takes PipelineParameters, got {type(parameters).__name__}.",
@@ -371,17 +312,21 @@ class Workbench:
         self.parameters = parameters
         self.export_config = export_config if export_config is not None else ExportConfig()
         self.quant_config = quant_config if quant_config is not None else DynamicQuantConfig()
-        self.budget = budget if budget is not None else AccuracyBudget()
+        self.pipeline_class = pipeline_class
+        self.steps = pipeline_class.steps
+        self.budget = budget if budget is not None else self.budget_for(parameters)
         self.source_recipe = recipe
         self.autosave = autosave
         self.pipeline: Any = None
 
-        bases = {"load": parameters, "export": self.export_config, "quantize": self.quant_config,
-                 "compare": self.budget, "benchmark": parameters, "choose": choose_batch,
-                 "export_triton": parameters}
-        self.panels: dict[str, StepPanel] = {}
-        for number, panel_cls in enumerate(PANELS, 1):
-            self.panels[panel_cls.key] = panel_cls(self, number, config_base=bases.get(panel_cls.key))
+        configs = {"export_config": self.export_config, "quant_config": self.quant_config, "budget": self.budget}
+        self.panels: dict[str, StepPanel] = {LOAD: LoadPanel(self, 1, None, config_base=parameters)}
+        for number, declared in enumerate(self.steps, 2):
+            base = configs.get(declared.configs[0]) if len(declared.configs) == 1 else None
+            if declared.name == "choose":
+                base = choose_batch
+            panel_cls = _PANELS.get(declared.name, StepPanel)
+            self.panels[declared.name] = panel_cls(self, number, declared, config_base=base)
 
         self.header = widgets.HTML("<h2>Inference Workbench</h2><p>Run the steps in order; each Run is one "
                                    "pipeline call. What ran is recorded as a recipe that "
@@ -410,15 +355,16 @@ class Workbench:
     # -- construction -------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_parameters(cls, *, recipe: Any = None, **parameters: Any) -> Workbench:
+    def from_parameters(cls, *, recipe: Any = None, pipeline_class: type[Pipeline] = Pipeline,
+                        **parameters: Any) -> Workbench:
         """Build from keyword parameters, as papermill passes them (unknown names are a ConfigError).
 
         With `recipe` (a Recipe, a recipe file or a run folder), the recipe's parameters and step configs are
         used and `parameters` override the recipe's parameters (see from_recipe).
         """
         if recipe is not None:
-            return cls.from_recipe(recipe, **parameters)
-        return cls(PipelineParameters.from_dict(parameters))
+            return cls.from_recipe(recipe, pipeline_class=pipeline_class, **parameters)
+        return cls(PipelineParameters.from_dict(parameters), pipeline_class=pipeline_class)
 
     @classmethod
     def from_notebook(cls, *, recipe: Any = None, output_dir: str | None = None, **parameters: Any) -> Workbench:
@@ -431,7 +377,8 @@ class Workbench:
             cls.from_parameters(**parameters)
 
     @classmethod
-    def from_recipe(cls, recipe: Any, *, load: bool = True, **overrides: Any) -> Workbench:
+    def from_recipe(cls, recipe: Any, *, load: bool = True, pipeline_class: type[Pipeline] = Pipeline,
+                    **overrides: Any) -> Workbench:
         """A Workbench whose controls hold a recipe's parameters and step configs (the last call of each step).
 
         Nothing but load runs: "Run all steps" (or `run_all()`) replays the recipe's steps in its order, through
@@ -440,7 +387,7 @@ class Workbench:
         from workbench.recipe import Recipe
 
         if not isinstance(recipe, Recipe):
-            recipe = Recipe.load(recipe)
+            recipe = Recipe.load(recipe, pipeline_class=pipeline_class)
         parameters = PipelineParameters.from_dict({**recipe.parameters.to_dict(), **overrides})
         configs: dict[str, Any] = {}
         for step in recipe.steps:
@@ -448,11 +395,12 @@ class Workbench:
         choose = recipe.last("choose")
         workbench = cls(parameters, export_config=configs.get("export_config"),
                         quant_config=configs.get("quant_config"), budget=configs.get("budget"),
-                        choose_batch=int(choose.args.get("batch", 1)) if choose else 1, recipe=recipe, load=False)
-        for key in ("benchmark", "export_triton"):  # the parameters those steps ran with, if they changed them
-            step = recipe.last(key)
+                        choose_batch=int(choose.args.get("batch", 1)) if choose else 1, recipe=recipe, load=False,
+                        pipeline_class=pipeline_class)
+        for declared in workbench.steps:  # the parameters each step ran with, where it changed them
+            step = recipe.last(declared.name)
             if step is not None and step.parameters:
-                panel = workbench.panels[key]
+                panel = workbench.panels[declared.name]
                 for name, value in step.parameters.items():
                     if name in panel.controls:
                         _set_control(panel.controls[name], value)
@@ -474,18 +422,33 @@ class Workbench:
         return self[key].state
 
     def missing_inputs(self, key: str) -> list[str]:
-        """The steps that must run before `key` can (empty when its inputs exist)."""
-        return [step for step in REQUIRES[ALIASES.get(key, key)] if not self._has_run(step)]
+        """The steps that must run before `key` can (empty when its inputs exist): load, then what the step's
+        registry entry needs."""
+        key = ALIASES.get(key, key)
+        if key == LOAD:
+            return []
+        required = [LOAD, *self.steps[key].needs]
+        return [step for step in required if not self._has_run(step)]
 
     def _has_run(self, step: str) -> bool:
         pipeline = self.pipeline
         if pipeline is None:
             return False
-        if step == "load":
-            return True
-        if step == "export":
-            return "reference" in pipeline.candidates
-        return step in pipeline.results
+        return step == LOAD or step in pipeline.results
+
+    def budget_for(self, parameters: PipelineParameters) -> Any:
+        """The budget the accuracy step starts from for these parameters: the Workbench's own when it fits the
+        model's task, else the task's default (a new model of another task gets its task's budget)."""
+        from workbench.models import load_model
+        from workbench.tasks.base import get_task
+
+        current = getattr(self, "budget", None)
+        try:
+            source = load_model(parameters.model_path, task=parameters.task)
+            task = source.task if hasattr(source, "task") else get_task(parameters.task or "feature-extraction")
+        except WorkbenchError:
+            return current if current is not None else get_task("feature-extraction").default_budget()
+        return current if isinstance(current, task.budget_type) else task.default_budget()
 
     # -- running ------------------------------------------------------------------------------------------------
 
@@ -503,7 +466,7 @@ class Workbench:
             if self.source_recipe is not None:
                 steps = [step.step for step in self.source_recipe.steps]
             else:
-                steps = [key for key in STEP_KEYS if key != "load"]
+                steps = list(self.steps.names)
         if self.pipeline is None or self.panels["load"].state != DONE:
             steps = ["load", *steps]
         for key in steps:
@@ -518,6 +481,10 @@ class Workbench:
 
     def _set_pipeline(self, pipeline: Any) -> None:
         self.pipeline = pipeline
+        self.budget = pipeline.budget
+        compare = self.panels.get("compare")
+        if compare is not None and compare.config_cls is not type(pipeline.budget):
+            compare.rebuild(pipeline.budget)  # another task: its own budget's controls
         self.recipe_path.value = str(Path(pipeline.output_dir) / "recipe.json")
 
     def _before_run(self, panel: StepPanel) -> None:
@@ -528,7 +495,7 @@ class Workbench:
     def _after_run(self, panel: StepPanel) -> None:
         if panel.error is None:
             panel.state = DONE
-            for key in _downstream(panel.key):
+            for key in (self.steps.names if panel.key == LOAD else self.steps.downstream(panel.key)):
                 other = self.panels[key]
                 if other.state in (DONE, STALE):
                     other._mark(STALE, f"stale: {panel.short} ran again since; run again")

@@ -71,11 +71,14 @@ class Trial:
     path: Path
     pinned_parameters: int = 0  # weights the pins keep in FP32: a noise-free proxy for what the pins cost
     smoothed: bool = False
+    shortfall: float = 0.0  # how far it misses the budget's gates, summed (0 when it meets them)
+    metrics: Mapping[str, float] = field(default_factory=dict)  # the task's metrics of this trial
 
     def to_dict(self) -> dict[str, Any]:
         values = dict(self.__dict__)
         values["path"] = str(self.path)
         values["pins"] = list(self.pins)
+        values["metrics"] = dict(self.metrics)
         return values
 
 
@@ -91,6 +94,7 @@ class AutofixResult:
     budget: Any
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    primary: str = "embedding_cosine_mean"  # the task metric the trials' cosine_mean is
 
     @property
     def best(self) -> Trial:
@@ -129,9 +133,12 @@ class AutofixResult:
         front = self.pareto_front()
         figure.add_scatter(x=[t.latency_ms for t in front], y=[t.cosine_mean for t in front], mode="lines",
                            line={"dash": "dot", "color": "gray"}, name="Pareto front")
-        figure.add_hline(y=self.budget.embedding_cosine_mean, line_dash="dash", annotation_text="budget (mean)")
+        primary = self.primary
+        for gate in self.budget.gates():
+            if gate.metric == primary:
+                figure.add_hline(y=gate.limit, line_dash="dash", annotation_text="budget (mean)")
         figure.update_layout(title="Autofix trials", xaxis_title="latency, batch 1 (ms)",
-                             yaxis_title="mean embedding cosine")
+                             yaxis_title=primary.replace("_", " ") or "mean cosine")
         return figure
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,10 +168,11 @@ def trial_budget(quantized_count: int, max_prune_trials: int) -> int:
 def autofix(
     model_path: str | os.PathLike[str],
     plan: Any,
-    evaluation_feeds: Sequence[Mapping[str, np.ndarray]],
+    evaluation_feeds: Sequence[Mapping[str, np.ndarray]] | Any,
     output_dir: str | os.PathLike[str],
     *,
     budget: Any = None,
+    task: Any = None,
     reference: str | os.PathLike[str] | None = None,
     calibration_feeds: Any = None,
     config: AutofixConfig = AutofixConfig(),
@@ -176,9 +184,11 @@ def autofix(
     Args:
         model_path: The FP32 model the plan converts (node names are this model's).
         plan: The starting PrecisionPlan (e.g. PrecisionPlan.preset("cpu_int8_static")).
-        evaluation_feeds: Held-out feed dicts, shaped as served (padded to a fixed length).
+        evaluation_feeds: Held-out feed dicts, shaped as served (padded to a fixed length), or the task's
+            Encoded batches.
         output_dir: Where the trials' models and the fixed model are written.
-        budget: The AccuracyBudget to meet (default AccuracyBudget()).
+        budget: The task's Budget to meet (default: the task's default budget).
+        task: The task (workbench.tasks), or None: found from the reference's outputs.
         reference: The FP32 model accuracy is measured against; default `model_path`.
         calibration_feeds: For static INT8 and FP16's overflow scan.
         config: Search settings.
@@ -189,11 +199,15 @@ def autofix(
         AccuracyError: Even with every quantized node in FP32 the budget does not hold.
     """
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
-    from workbench.stages.accuracy.compare import AccuracyBudget, compare_candidates
+    from workbench.stages.accuracy.compare import compare_candidates, task_and_budget
     from workbench.stages.accuracy.diagnose import diagnose
+    from workbench.tasks.base import Encoded
 
-    budget = budget or AccuracyBudget()
     reference = Path(reference or model_path)
+    encoded = evaluation_feeds if isinstance(evaluation_feeds, Encoded) else None
+    evaluation_feeds = encoded.feeds if encoded is not None else list(evaluation_feeds)
+    resolved, budget = task_and_budget(reference, task, budget)
+    task_name = resolved.name
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -212,8 +226,8 @@ def autofix(
         converted = plan.pin([p for p in pins if p not in plan.nodes], reason="sensitivity")  # user pins stay
         result = converted.convert(model_path, output_dir / f"trial_{index:02d}.onnx",
                                    calibration_feeds=calibration_feeds, cache_dir=cache_dir, progress=False)
-        accuracy = compare_candidates(reference, {"trial": result.path}, evaluation_feeds, budget=budget,
-                                      threads=config.threads)["trial"]
+        accuracy = compare_candidates(reference, {"trial": result.path}, encoded or evaluation_feeds,
+                                      task=task_name, budget=budget, threads=config.threads)["trial"]
         with OnnxRuntimeRunner(result.path, intra_op_threads=config.threads, allow_spinning=False) as runner:
             for _ in range(3):
                 runner.infer(latency_feed)
@@ -222,9 +236,10 @@ def autofix(
                 tick = time.perf_counter()
                 runner.infer(latency_feed)
                 timings.append((time.perf_counter() - tick) * 1000.0)
-        trial = Trial(index, stage, tuple(pins), float(accuracy.embedding_cosine_mean),
-                      float(accuracy.embedding_cosine_min), bool(accuracy), float(np.median(timings)), result.path,
-                      sum(weight_sizes.get(p, 0) for p in pins), plan.smoothing is not None)
+        trial = Trial(index, stage, tuple(pins), _number(accuracy.cosine_mean), _number(accuracy.cosine_min),
+                      bool(accuracy), float(np.median(timings)), result.path,
+                      sum(weight_sizes.get(p, 0) for p in pins), plan.smoothing is not None,
+                      _shortfall(accuracy.task_metrics, budget), dict(accuracy.task_metrics))
         trials.append(trial)
         evaluated[key] = trial
         if progress:
@@ -244,7 +259,7 @@ def autofix(
         unsmoothed = plan
         plan = replace(plan, smoothing=SmoothingConfig(alpha=config.smoothing_alpha))
         smoothed = evaluate((), "smooth")
-        if _closer(smoothed, start, budget):
+        if smoothed.shortfall < start.shortfall:
             current = smoothed
             notes.append(f"SmoothQuant (alpha {config.smoothing_alpha}) took the candidate from mean "
                          f"{start.cosine_mean:.5f} / min {start.cosine_min:.5f} to {smoothed.cosine_mean:.5f} / "
@@ -256,15 +271,16 @@ def autofix(
         if current is start:
             notes.append("the starting candidate already meets the budget: nothing to pin")
     else:
-        diagnosis = diagnose(model_path, current.path, evaluation_feeds)
+        diagnosis = diagnose(model_path, current.path, evaluation_feeds, task=task_name)
         ranking = diagnosis.sensitivity()
         order = [name for name, _ in ranking]
         everything = evaluate(order, "all pinned")
         if not everything.meets_budget:
             raise AccuracyError(
                 f"Even with all {len(order)} quantized nodes in FP32 the candidate misses the budget "
-                f"(mean {everything.cosine_mean:.5f}, min {everything.cosine_min:.5f}).",
-                expected=f"mean >= {budget.embedding_cosine_mean}, min >= {budget.embedding_cosine_min}",
+                f"(mean {everything.cosine_mean:.5f}, min {everything.cosine_min:.5f}; "
+                f"{'; '.join(budget.failures(everything.metrics))}).",
+                expected=budget.describe(),
                 fix="check the reference and the evaluation data, or relax the budget",
             )
         low, high = 0, len(order)  # the prefix of `low` nodes misses, the prefix of `high` meets
@@ -294,7 +310,7 @@ def autofix(
     save_onnx(load_onnx(best.path), fixed_path)
     final_plan.save(output_dir / "fixed_plan.json")
     return AutofixResult(fixed_path, final_plan, tuple(trials), tuple(ranking), diagnosis, budget,
-                         time.perf_counter() - started, tuple(notes))
+                         time.perf_counter() - started, tuple(notes), resolved.primary_cosine[0])
 
 
 def _weight_sizes(model_path: str | os.PathLike[str]) -> dict[str, int]:
@@ -306,10 +322,19 @@ def _weight_sizes(model_path: str | os.PathLike[str]) -> dict[str, int]:
     return {n.name: sum(sizes.get(i, 0) for i in n.input) for n in model.graph.node}
 
 
-def _closer(trial: Trial, than: Trial, budget: Any) -> bool:
-    """Whether `trial` misses the budget by less than `than` does (sum of the shortfalls of mean and min)."""
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
-    def shortfall(t: Trial) -> float:
-        return max(0.0, budget.embedding_cosine_mean - t.cosine_mean) + max(0.0, budget.embedding_cosine_min - t.cosine_min)
 
-    return shortfall(trial) < shortfall(than)
+def _shortfall(metrics: Mapping[str, float], budget: Any) -> float:
+    """How far `metrics` miss the budget's gates, summed (a metric not measured counts as far as can be)."""
+    total = 0.0
+    for gate in budget.gates():
+        value = metrics.get(gate.metric)
+        if value is None or not math.isfinite(value):
+            total += 1.0
+        elif gate.op == ">=":
+            total += max(0.0, gate.limit - value)
+        else:
+            total += max(0.0, value - gate.limit) / max(abs(gate.limit), 1e-12)
+    return total

@@ -109,8 +109,8 @@ def _expose_as_float(model: Any, names: Sequence[str]) -> Any:
     Shape inference cannot type every tensor of a quantized graph (QAttention, DynamicQuantizeMatMul...), but
     each matched tensor is float32 in the reference, and onnxruntime needs no shape for a graph output.
     """
-    from workbench.onnx.shapes import copy_model
     from workbench._lazy import require
+    from workbench.onnx.shapes import copy_model
 
     onnx = require("onnx", purpose="Diagnosis")
     exposed = copy_model(model)
@@ -127,6 +127,7 @@ def diagnose(
     feeds: Sequence[Mapping[str, np.ndarray]],
     *,
     local_batches: int = 2,
+    task: Any = None,
 ) -> Diagnosis:
     """Compare every intermediate tensor of `candidate` with `reference` in one pass over `feeds`.
 
@@ -139,14 +140,16 @@ def diagnose(
         candidate: The converted model.
         feeds: Evaluation feed dicts.
         local_batches: How many of the feed dicts the local errors are measured on.
+        task: The task (a workbench.tasks Task or its name) whose primary cosine measures a node's impact;
+            None: found from the reference's outputs (the channel-relative output error where none matches).
 
     Raises:
         DataError: No feeds.
         WorkbenchError: No tensor of the reference could be matched in the candidate.
     """
+    from workbench.engines.onnxruntime import model_session
     from workbench.onnx.io import load_onnx
     from workbench.stages.surgery.edits import AddOutputs, tensor_types
-    from workbench.engines.onnxruntime import model_session
 
     if not feeds:
         raise DataError("No evaluation inputs to diagnose on.", fix="pass feed dicts from tokenize_batches()")
@@ -192,7 +195,7 @@ def diagnose(
         input_error = max((relative.get(i, 0.0) for i in node.input if i), default=0.0)
         errors.append(NodeError(index, node.name, node.op_type, output, relative[output], float(cosine[output]),
                                 input_error, relative[output] - input_error, tuple(i for i in node.input if i)))
-    local, impact = _local_errors(reference_model, candidate_model,
+    local, impact = _local_errors(reference_model, candidate_model, _task_or_none(task, reference_model),
                                   quantized_nodes(reference_model, candidate_model), feeds[:local_batches])
     errors = [replace(e, local_error=local.get(e.name), impact=impact.get(e.name)) for e in errors]
     return Diagnosis(Path(reference), Path(candidate), tuple(errors), unmatched, len(feeds),
@@ -222,7 +225,23 @@ def quantized_nodes(reference: Any, candidate: Any) -> list[str]:
     return found
 
 
-def _local_errors(reference: Any, candidate: Any, nodes: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]],
+def _task_or_none(task: Any, reference: Any) -> Any:
+    """The task whose primary cosine scores a node's impact, or None (then the channel-relative error does)."""
+    from workbench.errors import ConfigError
+    from workbench.stages.accuracy.compare import resolve_task
+
+    ranks = {o.name: len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else None
+             for o in reference.graph.output}
+    try:
+        return resolve_task(task, ranks)
+    except ConfigError:
+        if task is not None:
+            raise
+        return None
+
+
+def _local_errors(reference: Any, candidate: Any, task: Any, nodes: Sequence[str],
+                  feeds: Sequence[Mapping[str, np.ndarray]],
                   impact_batches: int = 1) -> tuple[dict[str, float], dict[str, float]]:
     """Per quantized node: (its local error, its impact on the output) when only it is quantized.
 
@@ -230,8 +249,8 @@ def _local_errors(reference: Any, candidate: Any, nodes: Sequence[str], feeds: S
     compared with the reference's (local error) and fed to the rest of the FP32 reference (impact).
     """
     from workbench._lazy import require
-    from workbench.stages.surgery.edits import AddOutputs
     from workbench.engines.onnxruntime import run_model
+    from workbench.stages.surgery.edits import AddOutputs
 
     if not nodes:
         return {}, {}
@@ -277,7 +296,7 @@ def _local_errors(reference: Any, candidate: Any, nodes: Sequence[str], feeds: S
             continue
         produced = [r[quantized_output] for r in results]
         errors[name] = channel_relative_error([v[output] for v in values], produced)
-        impacts[name] = _impact(reference, output, produced[:impact_batches], feeds[:impact_batches], exact)
+        impacts[name] = _impact(reference, task, output, produced[:impact_batches], feeds[:impact_batches], exact)
     return errors, impacts
 
 
@@ -288,21 +307,19 @@ def _requantized_outputs(candidate: Any) -> dict[str, str]:
             if n.op_type == "QuantizeLinear" and n.output[0] in dequantize_of}
 
 
-def _impact(reference: Any, tensor: str, replacement: Sequence[np.ndarray], feeds: Sequence[Mapping[str, np.ndarray]],
-            exact: Sequence[Mapping[str, np.ndarray]]) -> float:
+def _impact(reference: Any, task: Any, tensor: str, replacement: Sequence[np.ndarray],
+            feeds: Sequence[Mapping[str, np.ndarray]], exact: Sequence[Mapping[str, np.ndarray]]) -> float:
     """The reference model's output error when `tensor` takes the quantized node's values and all else is FP32.
 
     The tensor becomes a graph input of a copy of the reference (its producer's output is renamed away and
     pruned by onnxruntime), so the rest of the FP32 graph runs on the quantized node's output. The error is
-    measured on the task: 1 - cosine of mean-pooled sentence embeddings (mean plus worst sentence) where the
-    model has `last_hidden_state` and the feeds an `attention_mask`; else the channel-relative error of the
-    graph outputs.
+    measured on the task: 1 - its primary cosine (mean plus worst sample; for embeddings the cosine of
+    mean-pooled sentence embeddings); without a task, the channel-relative error of the graph outputs.
     """
     from workbench._lazy import require
-    from workbench.onnx.shapes import copy_model
-    from workbench.stages.accuracy.compare import mean_pooled_embeddings
-    from workbench.stages.surgery.edits import tensor_types
     from workbench.engines.onnxruntime import run_model
+    from workbench.onnx.shapes import copy_model
+    from workbench.stages.surgery.edits import tensor_types
 
     onnx = require("onnx", purpose="Diagnosis")
     cut = copy_model(reference)
@@ -314,12 +331,11 @@ def _impact(reference: Any, tensor: str, replacement: Sequence[np.ndarray], feed
     cut.graph.input.append(onnx.helper.make_tensor_value_info(tensor, elem_type, None))
     outputs = [o.name for o in reference.graph.output]
     with_q, _ = run_model(cut, [{**dict(f), tensor: r} for f, r in zip(feeds, replacement)], outputs)
-    if "last_hidden_state" in outputs and "attention_mask" in feeds[0]:
-        cosines = np.concatenate([
-            np.sum(mean_pooled_embeddings(e["last_hidden_state"], f["attention_mask"])
-                   * mean_pooled_embeddings(q["last_hidden_state"], f["attention_mask"]), axis=1)
-            for e, q, f in zip(exact, with_q, feeds)])
-        return float((1.0 - cosines.mean()) + (1.0 - cosines.min()))
+    if task is not None:
+        values = task.metrics(list(exact), list(with_q), list(feeds)).values
+        mean, low = (values.get(name) for name in task.primary_cosine)
+        if mean is not None and low is not None:
+            return float((1.0 - mean) + (1.0 - low))
     return max(channel_relative_error([e[o] for e in exact], [q[o] for q in with_q]) for o in outputs)
 
 

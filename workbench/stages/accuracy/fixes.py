@@ -49,11 +49,10 @@ class PlanEvaluation(NamedTuple):
 
     def _repr_html_(self) -> str:
         accuracy = self.accuracy
-        if accuracy.embedding_cosine_mean is None:
-            cosine = "no sentence-embedding metric"
+        if accuracy.cosine_mean is None:
+            cosine = "no task metric"
         else:
-            cosine = (f"embedding cosine mean {accuracy.embedding_cosine_mean:.5f}, "
-                      f"min {accuracy.embedding_cosine_min:.5f}")
+            cosine = f"cosine mean {accuracy.cosine_mean:.5f}, min {accuracy.cosine_min:.5f}"
         verdict = ("meets the budget" if accuracy else
                    "misses the budget: " + html.escape("; ".join(accuracy.failures)))
         kept = len(self.conversion.keep_fp32)
@@ -69,6 +68,7 @@ def evaluate_plan(
     *,
     reference: str | os.PathLike[str] | None = None,
     budget: Any = None,
+    task: Any = None,
     calibration_feeds: Any = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> PlanEvaluation:
@@ -80,7 +80,8 @@ def evaluate_plan(
         evaluation_feeds: Held-out feed dicts, shaped as served (padded to a fixed length).
         output_path: Where the converted model goes; its stem names the candidate in the accuracy.
         reference: The FP32 model accuracy is measured against; default `model_path`.
-        budget: The AccuracyBudget the candidate is judged by (default AccuracyBudget()).
+        budget: The task's Budget the candidate is judged by (default: the task's default budget).
+        task: The task (workbench.tasks); None: found from the reference's outputs.
         calibration_feeds: For static INT8, SmoothQuant and FP16's overflow scan.
         cache_dir: Calibration cache folder (static INT8).
 
@@ -93,17 +94,16 @@ def evaluate_plan(
         DataError: No evaluation feeds.
     """
     from workbench.errors import DataError
-    from workbench.stages.accuracy.compare import AccuracyBudget, compare_candidates
+    from workbench.stages.accuracy.compare import compare_candidates
 
     if not evaluation_feeds:
         raise DataError("No evaluation inputs to measure the plan on.",
                         fix="pass feed dicts from tokenize_batches()")
-    budget = budget if budget is not None else AccuracyBudget()
     conversion = plan.convert(model_path, output_path, calibration_feeds=calibration_feeds, cache_dir=cache_dir,
                               progress=False)
     name = Path(output_path).stem
     report = compare_candidates(reference if reference is not None else model_path, {name: conversion.path},
-                                evaluation_feeds, budget=budget)
+                                evaluation_feeds, task=task, budget=budget)
     return PlanEvaluation(conversion, report[name])
 
 
@@ -157,7 +157,7 @@ def accuracy_summary(report: Any, autofix_result: Any, *, model_path: str | os.P
         start_row = rows[0]  # a report of the starting candidate alone
 
     def from_row(row: Any) -> dict[str, Any]:
-        return {"cosine_mean": row.embedding_cosine_mean, "cosine_min": row.embedding_cosine_min,
+        return {"cosine_mean": row.cosine_mean, "cosine_min": row.cosine_min,
                 "meets_budget": bool(row), "path": str(row.path), "source": "comparison"}
 
     def from_trial(trial: Any) -> dict[str, Any]:
@@ -195,8 +195,8 @@ def accuracy_summary(report: Any, autofix_result: Any, *, model_path: str | os.P
                        "cosine_min": t.cosine_min, "meets_budget": bool(t.meets_budget), "latency_ms": t.latency_ms,
                        "pinned_parameters": int(t.pinned_parameters), "smoothed": bool(t.smoothed)}
                       for t in autofix_result.trials],
-        "candidates": [{"name": c.name, "path": str(c.path), "cosine_mean": c.embedding_cosine_mean,
-                        "cosine_min": c.embedding_cosine_min, "meets_budget": bool(c), "failures": list(c.failures)}
+        "candidates": [{"name": c.name, "path": str(c.path), "cosine_mean": c.cosine_mean,
+                        "cosine_min": c.cosine_min, "meets_budget": bool(c), "failures": list(c.failures)}
                        for c in rows],
         "notes": list(autofix_result.notes),
     }

@@ -63,7 +63,8 @@ class InvarianceResult:
                 "worst_text": self.worst_text, "per_text": list(self.per_text)}
 
     def _repr_html_(self) -> str:
-        return (f"<b>Batch invariance</b> of <code>{html.escape(self.name)}</code> ({html.escape(self.policy.describe())}, "
+        return (f"<b>Batch invariance</b> of <code>{html.escape(self.name)}</code> "
+                f"({html.escape(self.policy.describe())}, "
                 f"batches of {self.batch_size}): min cosine {self.cosine_min:.6f}, mean {self.cosine_mean:.6f}; "
                 f"worst: {html.escape(self.worst_text[:80])!r}")
 
@@ -124,8 +125,9 @@ def batch_invariance(
     path = Path(model_path)
     order = np.random.default_rng(seed).permutation(len(texts))
     mixed = [texts[i] for i in order]  # arrival order: a mix of lengths
-    with OnnxRuntimeRunner(path, name=name, intra_op_threads=threads, allow_spinning=False,
-                           output_names=[embedding_output]) as runner:
+    runner = OnnxRuntimeRunner(path, name=name, intra_op_threads=threads, allow_spinning=False,
+                               output_names=[embedding_output])
+    with runner:
         inputs = list(runner.input_specs())
         if "attention_mask" not in inputs:
             raise ConfigError(f"{path} has no attention_mask input, so padding cannot be masked out of its "

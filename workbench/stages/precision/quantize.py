@@ -256,18 +256,20 @@ def preprocess_for_quantization(model_path: str | os.PathLike[str], output_path:
     auto_merge=True (the default fails with "Incomplete symbolic shape inference" on MiniLM), and no graph
     optimization, so node names stay those of the input model (a PrecisionPlan pins nodes by name).
     """
-    from workbench.onnx.shapes import inside_temporary_directory
+    from workbench.onnx.io import load_onnx
+    from workbench.onnx.shapes import symbolic_shape_inference
 
     shape_inference = require("onnxruntime.quantization.shape_inference", purpose="Quantization pre-processing")
-    source, target = Path(model_path).resolve(), Path(output_path).resolve()
-    with inside_temporary_directory():  # its symbolic inference may drop a temp file into the cwd
-        try:
-            shape_inference.quant_pre_process(str(source), str(target), skip_optimization=True, auto_merge=True)
-        except Exception as exc:
-            raise QuantizationError(
-                f"Pre-processing {model_path} for quantization failed: {type(exc).__name__}: {exc}",
-                fix="fold constants first (workbench.stages.surgery.edits.FoldConstants), or set preprocess=False",
-            ) from exc
+    target = Path(output_path).resolve()
+    try:
+        # our own symbolic inference (auto_merge, writes no file), then onnxruntime's ONNX-shape step
+        inferred = symbolic_shape_inference(load_onnx(model_path))
+        shape_inference.quant_pre_process(inferred, str(target), skip_optimization=True, skip_symbolic_shape=True)
+    except Exception as exc:
+        raise QuantizationError(
+            f"Pre-processing {model_path} for quantization failed: {type(exc).__name__}: {exc}",
+            fix="fold constants first (workbench.stages.surgery.edits.FoldConstants), or set preprocess=False",
+        ) from exc
     return target
 
 
@@ -437,8 +439,8 @@ def convert_fp16(
     """
     onnx = require("onnx", purpose="FP16 conversion")
     onnx_model = require("onnxruntime.transformers.onnx_model", purpose="FP16 conversion")
-    from workbench.onnx.shapes import inside_temporary_directory
     from workbench.onnx.io import load_onnx, model_size_mb, save_onnx
+    from workbench.onnx.shapes import with_inferred_types
     from workbench.stages.precision.calibrate import validate_feeds
 
     started = time.perf_counter()
@@ -453,12 +455,12 @@ def convert_fp16(
         scan = fp16_overflow_scan(model_path, feeds, underflow_fraction=config.underflow_fraction)
         block += [name for name in scan.flagged if name not in block]
         notes += [f"kept FP32 by the overflow scan: {name} ({why})" for name, why in scan.flagged.items()]
-    wrapper = onnx_model.OnnxModel(model)
     try:
-        with inside_temporary_directory():
-            wrapper.convert_float_to_float16(keep_io_types=config.keep_io_types,
-                                             op_block_list=list(config.op_block_list) or None,
-                                             node_block_list=block or None)
+        # types from our own symbolic inference: the converter's would write a file into the cwd when incomplete
+        wrapper = onnx_model.OnnxModel(with_inferred_types(model))
+        wrapper.convert_float_to_float16(use_symbolic_shape_infer=False, keep_io_types=config.keep_io_types,
+                                         op_block_list=list(config.op_block_list) or None,
+                                         node_block_list=block or None)
     except Exception as exc:
         raise QuantizationError(f"FP16 conversion of {model_path} failed: {type(exc).__name__}: {exc}",
                                 fix="keep the failing op types in FP32 with Fp16Config(op_block_list=...)") from exc

@@ -40,8 +40,8 @@ def precision_summary(results: Mapping[str, Any], report: Any) -> dict[str, Any]
             "method": result.method,
             "size_mb": float(result.size_mb),
             "keep_fp32_count": len(result.keep_fp32),
-            "cosine_mean": accuracy.embedding_cosine_mean if accuracy is not None else None,
-            "cosine_min": accuracy.embedding_cosine_min if accuracy is not None else None,
+            "cosine_mean": accuracy.cosine_mean if accuracy is not None else None,
+            "cosine_min": accuracy.cosine_min if accuracy is not None else None,
             "meets_budget": bool(accuracy) if accuracy is not None else None,
             "failures": list(accuracy.failures) if accuracy is not None else [],
         })

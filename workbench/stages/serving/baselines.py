@@ -60,7 +60,11 @@ def create_app(engine: str, model: str | os.PathLike[str], tokenizer_dir: str | 
         from workbench.engines.pytorch import PyTorchRunner
 
         # transformers' default attention, as a data scientist's AutoModel.from_pretrained(path) loads it
-        runner: Any = PyTorchRunner(load_model(model, attn_implementation="sdpa").load_module(), threads=threads)
+        source: Any = load_model(model, attn_implementation="sdpa")
+        if not hasattr(source, "load_module"):
+            raise ConfigError(f"The PyTorch baseline needs a Hugging Face model folder, not {model}.",
+                              fix="pass the model folder the ONNX engine was exported from")
+        runner: Any = PyTorchRunner(source.load_module(), threads=threads)
     elif engine == "onnxruntime":
         from workbench.engines.onnxruntime import OnnxRuntimeRunner
 

@@ -23,7 +23,7 @@ import asyncio
 import dataclasses
 import html
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -445,7 +445,7 @@ async def _measure_level(client: _Client, texts: Sequence[str], concurrency: int
     return level, state["next"]
 
 
-def _in_own_loop(coroutine_function: Callable[[], Awaitable[Any]]) -> Any:
+def _in_own_loop(coroutine_function: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     """Run a coroutine in a fresh event loop on a thread of its own (works inside Jupyter's running loop)."""
     from concurrent.futures import ThreadPoolExecutor
 

@@ -216,7 +216,7 @@ def benchmark_serving(
         fastapis = {}
         for key, engine, model in ((FASTAPI_PYTORCH, "pytorch", pytorch_model),
                                    (FASTAPI_ONNXRUNTIME, "onnxruntime", onnx_path)):
-            if key in wanted:
+            if key in wanted and model is not None:
                 fastapis[key] = stack.enter_context(FastAPIServer(engine, model, tokenizer_dir,
                                                                   max_length=padding.max_length))
         endpoints: dict[str, tuple[Endpoint, Any]] = {}

@@ -63,7 +63,8 @@ def serving_summary(result: Any) -> dict[str, Any]:
     suggestion = None
     if result.sweep is not None:
         s = result.sweep.suggestion
-        suggestion = {"max_queue_delay_us": s.max_queue_delay_us, "preferred_batch_sizes": list(s.preferred_batch_sizes),
+        suggestion = {"max_queue_delay_us": s.max_queue_delay_us,
+                      "preferred_batch_sizes": list(s.preferred_batch_sizes),
                       "instance_count": s.instance_count, "concurrency": s.concurrency, "throughput": s.throughput,
                       "p99_ms": s.p99_ms}
     return {

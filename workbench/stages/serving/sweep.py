@@ -85,7 +85,8 @@ class SweepConfig(StageConfig):
         if self.objective_concurrency is not None and self.objective_concurrency not in levels:
             raise ConfigError(f"SweepConfig.objective_concurrency {self.objective_concurrency} is not among the "
                               f"measured levels {levels}.", fix="add it to concurrency, or pass None")
-        if self.p99_limit_ms is not None and (not isinstance(self.p99_limit_ms, (int, float)) or self.p99_limit_ms <= 0):
+        limit = self.p99_limit_ms
+        if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or limit <= 0):
             raise ConfigError(f"SweepConfig.p99_limit_ms must be positive or None, got {self.p99_limit_ms!r}.")
         if not 0 <= self.tie_fraction < 1:
             raise ConfigError(f"SweepConfig.tie_fraction must be in [0, 1), got {self.tie_fraction!r}.")

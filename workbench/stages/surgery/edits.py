@@ -17,13 +17,13 @@ import numpy as np
 
 from workbench._lazy import require
 from workbench.config import StageConfig
+from workbench.engines.onnxruntime import run_model
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.onnx.shapes import (
     best_effort_shape_inference,
     copy_model,
     symbolic_shape_inference,
 )
-from workbench.engines.onnxruntime import run_model
 
 DTYPES = {"float32": 1, "uint8": 2, "int8": 3, "int32": 6, "int64": 7, "bool": 9, "float16": 10, "float64": 11}
 _BYPASSABLE_OP_TYPES = ("Identity", "Dropout")

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from workbench.errors import WorkbenchError
 from workbench.engines.onnxruntime import max_abs_difference, run_model
+from workbench.errors import WorkbenchError
 from workbench.stages.fusion import _op_counts
 
 # onnxruntime.transformers' model types for encoder models this workbench targets; the optimizer knows more.

@@ -178,7 +178,7 @@ class TritonPythonModel:
                     index, row = owners[i]
                     rows[index][row] = {n: outputs[n][position] for n in self.output_names}
         responses = []
-        for index, request in enumerate(requests):
+        for index in range(len(requests)):
             mine = [rows[index][row] for row in sorted(rows[index])]
             if errors[index] is None and not mine:
                 errors[index] = f"the request has no texts in {TEXT_INPUT!r}"
