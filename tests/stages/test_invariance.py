@@ -25,21 +25,11 @@ POLICY = PaddingPolicy(max_length=32)  # the default served policy: buckets
 def candidates(tmp_path_factory):
     """A tiny BERT whose weights are drawn wider than usual (initializer_range 0.2), so that its activations
     differ from token to token as a trained model's do, and its dynamic INT8 quantization."""
-    import torch
-    import transformers
-
-    from tests.tiny_models import VOCAB_SIZE
-    from workbench.models import bundled_model_path
+    from tests.tiny_models import build_wide_bert
     from workbench.stages.export import export_onnx
     from workbench.stages.precision.quantize import quantize_dynamic
 
-    folder = tmp_path_factory.mktemp("wide-bert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=512,
-                                     initializer_range=0.2)
-    transformers.AutoModel.from_config(config, attn_implementation="eager").eval().save_pretrained(folder)
-    transformers.AutoTokenizer.from_pretrained(str(bundled_model_path()), local_files_only=True).save_pretrained(folder)
+    folder = build_wide_bert(tmp_path_factory.mktemp("wide-bert"))
     fp32 = export_onnx(load_model(folder), folder / "model.onnx").path
     int8 = quantize_dynamic(fp32, folder / "model_int8.onnx").path
     return load_model(folder).load_tokenizer(), {"fp32": fp32, "int8_dynamic": int8}

@@ -77,9 +77,14 @@ def is_batch_invariant(result: InvarianceResult, *, batching: bool, minimum: flo
 
 
 def _embeddings(runner: Any, feed: Mapping[str, np.ndarray], output: str) -> np.ndarray:
+    """One vector per text: token outputs (batch, tokens, width) mean-pooled where attention_mask is 1; per-text
+    outputs (batch, width), such as a classifier's logits, as they are."""
     from workbench.stages.accuracy.compare import mean_pooled_embeddings
 
-    return mean_pooled_embeddings(runner.infer(feed)[output], feed["attention_mask"])
+    values = np.asarray(runner.infer(feed)[output])
+    if values.ndim == 2:
+        return values.astype(np.float64)
+    return mean_pooled_embeddings(values, feed["attention_mask"])
 
 
 def batch_invariance(
@@ -104,7 +109,8 @@ def batch_invariance(
         batch_size: Texts per dynamic batch (the served max_batch_size, for example).
         name: Name in reports; default the file's stem.
         threads: onnxruntime intra-op threads.
-        embedding_output: The token-embedding output, mean-pooled where attention_mask is 1.
+        embedding_output: The output compared: a token-embedding output (mean-pooled where attention_mask is 1),
+            or a per-text output such as "logits" (compared as it is).
         seed: Seed of the shuffle that mixes texts of different lengths into batches.
 
     Raises:
