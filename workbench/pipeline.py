@@ -31,6 +31,7 @@ from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import HFModelSource, ModelSource, OnnxSource, load_model
 from workbench.stages.export import ExportConfig
 from workbench.stages.precision.quantize import DynamicQuantConfig
+from workbench.stages.serving.load import ServingConfig
 from workbench.summary import SUMMARY_FILE, SUMMARY_VERSION
 from workbench.tasks.base import Budget, Encoded, Samples, Task
 from workbench.triton.padding import PaddingPolicy
@@ -852,3 +853,57 @@ def _output_hashes(result: Any, output_dir: Path) -> dict[str, str]:
 def _triton_name(name: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
     return cleaned.lower()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the optional serving step: a subclass, so that Pipeline.run_all (and the guided Workbench) stay as fast as before
+
+
+def _serving_summary(pipeline: Pipeline, result: Any) -> dict[str, Any]:
+    from workbench.stages.serving.summary import serving_summary
+
+    return {"serving": serving_summary(result)}
+
+
+class ServingPipeline(Pipeline):
+    """A Pipeline with the serving step after the deploy step: the chosen engine under load on real servers on
+    loopback (Triton length-aware and fixed padding over HTTP and gRPC, FastAPI + PyTorch, FastAPI + ONNX
+    Runtime), which fills summary.json's `serving` section (workbench.stages.serving.summary).
+
+    Its `run_all()` runs it; `serving_config` (a ServingConfig, default the "quick" preset: seconds per level)
+    and `serving_servers` say how long and against what.
+    """
+
+    config_types: ClassVar[dict[str, type[StageConfig]]] = {**Pipeline.config_types, "serving_config": ServingConfig}
+
+    def __init__(self, parameters: PipelineParameters = PipelineParameters(), **kwargs: Any) -> None:
+        from workbench.stages.serving.run import SERVERS
+
+        super().__init__(parameters, **kwargs)
+        self.serving_config = ServingConfig.preset("quick")
+        self.serving_servers: tuple[str, ...] = SERVERS
+
+    @step(title="Serving under load", short="Serving", needs=("export_triton",), reads=("choose",),
+          configs=("serving_config", "padding"), after="export_triton", summary=_serving_summary,
+          blurb="The chosen engine served on loopback: the length-aware and the fixed-padding Triton repository "
+                "(HTTP and gRPC) and FastAPI baselines, closed-loop clients per concurrency level, side by side.")
+    def serve(self) -> Any:
+        """Load the chosen engine on every server with the evaluation texts (workbench.stages.serving)."""
+        from workbench.stages.serving.run import benchmark_serving
+        from workbench.triton.config import TritonConfig
+
+        choice = self.results["choose"]
+        tokenizer_dir = getattr(self.source, "tokenizer_path", None) or (
+            self.source.path if isinstance(self.source, HFModelSource) else None)
+        if tokenizer_dir is None and isinstance(self.source, OnnxSource):
+            tokenizer_dir = self.source.path.parent
+        if tokenizer_dir is None:
+            raise WorkbenchError("The serving step serves raw text, so it needs the model's tokenizer.",
+                                 fix="use a Hugging Face model folder or an .onnx file with its tokenizer")
+        texts = [s for s in self.sentences.evaluation if isinstance(s, str)]
+        return benchmark_serving(
+            self.candidates[choice.name].path, tokenizer_dir, texts, self.serving_config,
+            triton_config=TritonConfig(model_name="served", max_batch_size=self.served_max_batch_size),
+            padding=self.padding,
+            pytorch_model=self.source.path if isinstance(self.source, HFModelSource) else None,
+            servers=self.serving_servers, progress=False)

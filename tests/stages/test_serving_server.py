@@ -283,3 +283,27 @@ def test_bls_calls_a_post_processing_model_that_offers_no_function(tiny_bert_onn
         stats = server.client.get_inference_statistics("tiny_pooling")["model_stats"][0]
     assert np.sum(together * expected, axis=1).min() > 0.9999
     assert stats["inference_count"] == len(TEXTS)  # the pooling model did the work
+
+
+def test_the_serving_pipeline_fills_the_summarys_serving_section(tiny_model_dir, tmp_path):
+    from workbench.pipeline import PipelineParameters, ServingPipeline
+    from workbench.stages.accuracy.compare import AccuracyBudget
+
+    parameters = PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"),
+                                    sequence_length=MAX_LENGTH, max_eval_samples=24, max_calibration_samples=8,
+                                    benchmark_batch_sizes=(1,), benchmark_iterations=2, threads=1)
+    pipeline = ServingPipeline(parameters, budget=AccuracyBudget.preset("relaxed"))
+    assert pipeline.steps.names[-2:] == ("serve", "write_summary")
+    pipeline.serving_config = QUICK.replace(concurrency=(4,))
+    pipeline.serving_servers = ("triton_length_aware_http", "triton_fixed_http")
+    for name in ("export", "compare", "benchmark", "choose", "export_triton", "serve"):
+        pipeline.run_step(name)
+    summary = pipeline.write_summary()
+    serving = json.loads(summary.path.read_text())["serving"]
+    assert set(serving["servers"]) == {"triton_length_aware_http", "triton_fixed_http"}
+    assert serving["concurrency"] == 4 and serving["padding"] == {
+        **pipeline.padding.to_dict(), "buckets": list(pipeline.padding.bucket_lengths),
+        "description": pipeline.padding.describe()}
+    assert all(s["throughput"] > 0 and s["p99_ms"] > 0 for s in serving["servers"].values())
+    assert serving["length_aware_vs_fixed"] > 0
+    assert pipeline.history[-1].configs["serving_config"] == pipeline.serving_config
