@@ -5,8 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch first, pinned to the CPU build on disk: anything that depends on torch would otherwise pull a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-# Exactly one ONNX Runtime flavour: [cpu] here; GPU machines use `make setup EXTRAS=gpu,openvino,triton,dev`.
-EXTRAS ?= cpu,openvino,triton,dev
+# Exactly one ONNX Runtime flavour: [cpu] here; GPU machines use `make setup EXTRAS=gpu,openvino,triton,serving,dev`.
+EXTRAS ?= cpu,openvino,triton,serving,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=

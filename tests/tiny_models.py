@@ -56,3 +56,21 @@ def build_tiny_model(kind: str, folder: Path, *, seed: int = 0, classifier: bool
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(bundled_model_path()), local_files_only=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_wide_bert(folder: Path, *, seed: int = 0) -> Path:
+    """A tiny BERT whose weights are drawn wider than usual (initializer_range 0.2), so that its activations differ
+    from token to token as a trained model's do (dynamic INT8 then depends visibly on batch-mates), with the
+    bundled MiniLM tokenizer."""
+    import torch
+    import transformers
+
+    from workbench.models import bundled_model_path
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=512,
+                                     initializer_range=0.2)
+    transformers.AutoModel.from_config(config, attn_implementation="eager").eval().save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(str(bundled_model_path()), local_files_only=True).save_pretrained(folder)
+    return folder

@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "OutputFolderError": "workbench.errors",
     "OutputFolderBusy": "workbench.errors",
     "DiskFullError": "workbench.errors",
+    "ServingError": "workbench.errors",
     # model sources and data
     "load_model": "workbench.models",
     "HFModelSource": "workbench.models",
@@ -83,6 +84,12 @@ _EXPORTS: dict[str, str] = {
     "generation_summary": "workbench.stages.generation.summary",
     "GenerationServingConfig": "workbench.triton.generation",
     "export_triton_generation": "workbench.triton.generation",
+    "PaddingPolicy": "workbench.triton.padding",
+    "batch_invariance": "workbench.stages.accuracy.invariance",
+    "ServingConfig": "workbench.stages.serving.load",
+    "SweepConfig": "workbench.stages.serving.sweep",
+    "benchmark_serving": "workbench.stages.serving.run",
+    "serving_summary": "workbench.stages.serving.summary",
     # runners
     "OnnxRuntimeRunner": "workbench.engines.onnxruntime",
     "PyTorchRunner": "workbench.engines.pytorch",
@@ -122,6 +129,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         OutputFolderBusy,
         OutputFolderError,
         QuantizationError,
+        ServingError,
         TritonExportError,
         TritonServerError,
         WorkbenchError,
@@ -152,3 +160,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.triton.generation import GenerationServingConfig, export_triton_generation
     from workbench.triton.model import export_triton
     from workbench.triton.server import TritonServer
+    from workbench.triton.padding import PaddingPolicy
+    from workbench.stages.accuracy.invariance import batch_invariance
+    from workbench.stages.serving.load import ServingConfig
+    from workbench.stages.serving.run import benchmark_serving
+    from workbench.stages.serving.summary import serving_summary
+    from workbench.stages.serving.sweep import SweepConfig

@@ -78,3 +78,7 @@ class OutputFolderBusy(OutputFolderError):
 
 class DiskFullError(OutputFolderError):
     """The disk (or the user's quota) is full: nothing was moved into place."""
+
+
+class ServingError(WorkbenchError):
+    """A served model could not be load-tested: a server did not start or stop, or its requests failed."""

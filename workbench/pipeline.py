@@ -33,8 +33,10 @@ from workbench.models import HFModelSource, ModelSource, OnnxSource, load_model
 from workbench.progress import ProgressCallback
 from workbench.stages.export import ExportConfig, check_sequence_length
 from workbench.stages.precision.quantize import DynamicQuantConfig
+from workbench.stages.serving.load import ServingConfig
 from workbench.summary import SUMMARY_FILE
 from workbench.tasks.base import Budget, Encoded, Samples, Task
+from workbench.triton.padding import PaddingPolicy
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -308,7 +310,11 @@ def _export_summary(pipeline: Pipeline, result: Any) -> dict[str, Any]:
 
 
 def _compare_summary(pipeline: Pipeline, report: Any) -> dict[str, Any]:
-    return {"budget": report.budget.to_dict(), "task": report.task, "primary_metrics": list(report.primary)}
+    measured = next(iter(report.batch_invariance.values()), None)
+    return {"budget": report.budget.to_dict(), "task": report.task, "primary_metrics": list(report.primary),
+            "batch_invariance": {"padding": measured.policy.to_dict() if measured else pipeline.padding.to_dict(),
+                                 "batch_size": measured.batch_size if measured else None,
+                                 "rule_min": pipeline.batch_invariance_min, "measured": measured is not None}}
 
 
 def _compare_candidate(pipeline: Pipeline, report: Any, name: str) -> dict[str, Any]:
@@ -317,7 +323,14 @@ def _compare_candidate(pipeline: Pipeline, report: Any, name: str) -> dict[str, 
     accuracy = report[name]
     return {"cosine_mean": accuracy.cosine_mean, "cosine_min": accuracy.cosine_min, "meets_budget": bool(accuracy),
             "failures": list(accuracy.failures),
-            "metrics": {k: v for k, v in accuracy.task_metrics.items()}}
+            "metrics": {k: v for k, v in accuracy.task_metrics.items()},
+            **_invariance_fields(report.batch_invariance.get(name))}
+
+
+def _invariance_fields(result: Any) -> dict[str, Any]:
+    """A candidate's batch-invariance figures (None when not measured): stable summary.json keys."""
+    return {"batch_invariance_min": result.cosine_min if result is not None else None,
+            "batch_invariance_mean": result.cosine_mean if result is not None else None}
 
 
 def _benchmark_summary(pipeline: Pipeline, timings: Any) -> dict[str, Any]:
@@ -366,6 +379,9 @@ class Pipeline:
         export_config: How to export and check the export.
         quant_config: The INT8 candidates' dynamic quantization.
         budget: The accuracy budget candidates must meet to be chosen; None: the task's default budget.
+        padding: How the deployment pads and batches texts (workbench.triton.padding.PaddingPolicy): what the
+            batch invariance is measured under and the Triton export serves; None: the default (length buckets)
+            at `parameters.sequence_length`.
 
     Attributes:
         steps: The class's StepRegistry (class attribute).
@@ -380,6 +396,8 @@ class Pipeline:
         logs: Step name -> what the libraries said during its last call (warnings, log records, stderr).
         skipped: Skippable step name -> why `run_all` / `run_if_available` skipped it here (e.g. the OpenVINO steps
             without the openvino extra: the reason names the extra); summary.json's `skipped_steps`.
+        batch_invariance_min: The choice's batch-invariance rule: when the deployment batches, candidates whose
+            batch-invariance minimum cosine is below it are not chosen; None turns the rule off.
     """
 
     steps: ClassVar[StepRegistry] = StepRegistry()
@@ -389,6 +407,7 @@ class Pipeline:
     #: Pipeline attribute -> its config type (recipes read them back with the type's from_dict).
     config_types: ClassVar[dict[str, type[StageConfig]]] = {
         "export_config": ExportConfig, "quant_config": DynamicQuantConfig, "budget": Budget,
+        "padding": PaddingPolicy,
     }
 
     def __init__(
@@ -399,6 +418,7 @@ class Pipeline:
         export_config: ExportConfig = ExportConfig(),
         quant_config: DynamicQuantConfig = DynamicQuantConfig(),
         budget: Budget | None = None,
+        padding: PaddingPolicy | None = None,
     ) -> None:
         if not isinstance(parameters, PipelineParameters):
             raise ConfigError(f"Pipeline takes PipelineParameters, got {type(parameters).__name__}.",
@@ -412,6 +432,12 @@ class Pipeline:
         check_sequence_length(self.source, parameters.sequence_length)  # before the output folder is claimed
         self._task: Task | None = None
         self._budget: Budget | None = budget
+        self._padding: PaddingPolicy | None = None
+        if padding is not None:
+            self.padding = padding
+        from workbench.stages.accuracy.invariance import BATCH_INVARIANCE_MIN
+
+        self.batch_invariance_min: float | None = BATCH_INVARIANCE_MIN
         if isinstance(self.source, HFModelSource) or budget is not None:
             self.task.check_budget(self.budget)  # a checkpoint's task (and a budget of another task) fail at load
         self.results = RunState()
@@ -467,6 +493,26 @@ class Pipeline:
     def budget(self, value: Budget) -> None:
         self.task.check_budget(value)
         self._budget = value
+
+    @property
+    def padding(self) -> PaddingPolicy:
+        """How the deployment pads and batches texts: the policy given, else the default (length buckets) at the
+        sequence length. Batch invariance is measured under it and the Triton export serves it."""
+        if self._padding is not None:
+            return self._padding
+        return PaddingPolicy(max_length=self.parameters.sequence_length)
+
+    @padding.setter
+    def padding(self, value: PaddingPolicy) -> None:
+        if not isinstance(value, PaddingPolicy):
+            raise ConfigError(f"padding must be a PaddingPolicy, not {type(value).__name__}.",
+                              fix="pass PaddingPolicy(max_length=...) or PaddingPolicy.preset('fixed', max_length=...)")
+        self._padding = value
+
+    @property
+    def served_max_batch_size(self) -> int:
+        """The max_batch_size the Triton export serves with (dynamic batching merges up to this many texts)."""
+        return max(8, *self.parameters.benchmark_batch_sizes)
 
     def _resolve_task(self) -> Task:
         from workbench.tasks.base import get_task
@@ -782,16 +828,42 @@ class Pipeline:
         self.candidates[name] = Candidate(name, result.path, engine="openvino", precision="int8_nncf")
         return result
 
-    @step(title="Accuracy against the FP32 reference", short="Accuracy", needs=("export",), configs=("budget",),
+    @step(title="Accuracy against the FP32 reference", short="Accuracy", needs=("export",),
+          configs=("budget", "padding"),
           reads_candidates=True, summary=_compare_summary, candidate_summary=_compare_candidate,
           blurb="Every candidate against the ONNX FP32 export on the held-out samples, padded as served, judged "
-                "by the task's metrics; a candidate meets the budget or says why not.")
+                "by the task's metrics; a candidate meets the budget or says why not. Each candidate's batch "
+                "invariance (a text alone vs in a batch of mixed-length texts, padded as served) is measured too.")
     def compare(self) -> Any:
-        """Compare every candidate with the FP32 reference on the held-out samples (Polygraphy + the task)."""
+        """Compare every candidate with the FP32 reference on the held-out samples (Polygraphy + the task), and
+        measure each candidate's batch invariance under the served padding policy (`self.padding`)."""
         from workbench.stages.accuracy.compare import compare_candidates
 
-        return compare_candidates(self._require_reference(), self.candidate_models, self.evaluation_batches(),
-                                  task=self.task, budget=self.budget, threads=self.parameters.threads)
+        report = compare_candidates(self._require_reference(), self.candidate_models, self.evaluation_batches(),
+                                    task=self.task, budget=self.budget, threads=self.parameters.threads)
+        return self._with_batch_invariance(report)
+
+    def _with_batch_invariance(self, report: Any) -> Any:
+        """`report` with every ONNX Runtime candidate's batch invariance under the served policy, in batches of the
+        served max_batch_size (the texts are the evaluation samples when they are texts)."""
+        from dataclasses import replace
+
+        from workbench.stages.accuracy.invariance import batch_invariance
+
+        texts = [s for s in self.sentences.evaluation if isinstance(s, str)]
+        output = next(iter(self.task.outputs), None)
+        if len(texts) < 2 or output is None:
+            return replace(report, notes=(*report.notes, "batch invariance was not measured: it needs at least 2 "
+                                                         "evaluation texts and a task output to compare"))
+        measured, notes = {}, []
+        for name, candidate in self.candidate_models.items():
+            if candidate.engine != "onnxruntime":
+                notes.append(f"batch invariance of {name!r} was not measured: it runs on {candidate.engine}")
+                continue
+            measured[name] = batch_invariance(candidate.path, self.tokenizer, texts, self.padding,
+                                              batch_size=self.served_max_batch_size, name=name,
+                                              threads=self.parameters.threads, embedding_output=output)
+        return replace(report, batch_invariance=measured, notes=(*report.notes, *notes))
 
     @step(title="Accuracy fix: keep the layers that lose accuracy in FP32", short="Auto-fix", needs=("export",),
           reads=("fuse",), args=("candidate",), makes_candidates=True, optional=True,
@@ -865,10 +937,14 @@ class Pipeline:
         """The fastest candidate at `batch` that meets the accuracy budget."""
         from workbench.stages.choose import choose_candidate
 
+        # the Triton export batches (dynamic batching up to served_max_batch_size), so the batch-invariance rule
+        # applies: a text's served vector must not depend on its batch-mates
+        batching = self.served_max_batch_size > 1
         return choose_candidate(self.results["compare"], self.results["benchmark"], batch=batch,
-                                seq=self.parameters.sequence_length)
+                                seq=self.parameters.sequence_length,
+                                batch_invariance_min=self.batch_invariance_min if batching else None)
 
-    @step(title="Deploy: Triton model repository", short="Deploy", needs=("choose",),
+    @step(title="Deploy: Triton model repository", short="Deploy", needs=("choose",), configs=("padding",),
           parameters=("triton_model_name", "overwrite"), summary=_triton_summary, details=_triton_details,
           blurb="The chosen candidate as a Triton repository that serves raw text (tokenizer, model, the task's "
                 "post-processing, an ensemble), every config.pbtxt checked strictly before anything is written.")
@@ -890,7 +966,7 @@ class Pipeline:
         name = self.parameters.triton_model_name or _triton_name(self.source.name)
         candidate = self.candidates[choice.name]
         repository = self.output_dir / "triton_repository"
-        config = TritonConfig(model_name=name, max_batch_size=max(8, *self.parameters.benchmark_batch_sizes),
+        config = TritonConfig(model_name=name, max_batch_size=self.served_max_batch_size,
                               warmup=True, warmup_sequence_length=self.parameters.sequence_length)
         tokenizer_dir = None
         if isinstance(self.source, HFModelSource):
@@ -901,6 +977,7 @@ class Pipeline:
             return export_triton(candidate, repository, config, overwrite=self.parameters.overwrite)
         report, timings = self.results.get("compare"), self.results.get("benchmark")
         accuracy = report[choice.name].to_dict() if report is not None else None
+        invariance = report.batch_invariance.get(choice.name) if report is not None else None
         speed = ({"p50_ms": {f"batch {r.batch}, seq {r.seq}": r.p50_ms for r in timings.rows if r.name == choice.name},
                   "machine": timings.machine} if timings is not None else None)
         provenance = {"source_model": str(getattr(self.source, "path", self.source.name)), "chosen": choice.name,
@@ -915,8 +992,9 @@ class Pipeline:
                                      provenance=provenance, overwrite=self.parameters.overwrite)
         return export_triton_ensemble(
             candidate, repository, tokenizer_dir, config, sequence_length=self.parameters.sequence_length,
-            task=self.task, model_config=model_config, provenance={**provenance, "task": self.task.name},
-            overwrite=self.parameters.overwrite)
+            task=self.task, model_config=model_config,
+            provenance={**provenance, "task": self.task.name, "batch_invariance": _invariance_fields(invariance)},
+            padding=self.padding, overwrite=self.parameters.overwrite)
 
     @step(title="Summary", short="Summary", needs=("export",),
           reads=("export", "compare", "benchmark", "choose", "export_triton"), reads_candidates=True,
@@ -1007,3 +1085,57 @@ def _output_hashes(result: Any, output_dir: Path) -> dict[str, str]:
 def _triton_name(name: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
     return cleaned.lower()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the optional serving step: a subclass, so that Pipeline.run_all (and the guided Workbench) stay as fast as before
+
+
+def _serving_summary(pipeline: Pipeline, result: Any) -> dict[str, Any]:
+    from workbench.stages.serving.summary import serving_summary
+
+    return {"serving": serving_summary(result)}
+
+
+class ServingPipeline(Pipeline):
+    """A Pipeline with the serving step after the deploy step: the chosen engine under load on real servers on
+    loopback (Triton length-aware and fixed padding over HTTP and gRPC, FastAPI + PyTorch, FastAPI + ONNX
+    Runtime), which fills summary.json's `serving` section (workbench.stages.serving.summary).
+
+    Its `run_all()` runs it; `serving_config` (a ServingConfig, default the "quick" preset: seconds per level)
+    and `serving_servers` say how long and against what.
+    """
+
+    config_types: ClassVar[dict[str, type[StageConfig]]] = {**Pipeline.config_types, "serving_config": ServingConfig}
+
+    def __init__(self, parameters: PipelineParameters = PipelineParameters(), **kwargs: Any) -> None:
+        from workbench.stages.serving.run import SERVERS
+
+        super().__init__(parameters, **kwargs)
+        self.serving_config = ServingConfig.preset("quick")
+        self.serving_servers: tuple[str, ...] = SERVERS
+
+    @step(title="Serving under load", short="Serving", needs=("export_triton",), reads=("choose",),
+          configs=("serving_config", "padding"), after="export_triton", summary=_serving_summary,
+          blurb="The chosen engine served on loopback: the length-aware and the fixed-padding Triton repository "
+                "(HTTP and gRPC) and FastAPI baselines, closed-loop clients per concurrency level, side by side.")
+    def serve(self) -> Any:
+        """Load the chosen engine on every server with the evaluation texts (workbench.stages.serving)."""
+        from workbench.stages.serving.run import benchmark_serving
+        from workbench.triton.config import TritonConfig
+
+        choice = self.results["choose"]
+        tokenizer_dir = getattr(self.source, "tokenizer_path", None) or (
+            self.source.path if isinstance(self.source, HFModelSource) else None)
+        if tokenizer_dir is None and isinstance(self.source, OnnxSource):
+            tokenizer_dir = self.source.path.parent
+        if tokenizer_dir is None:
+            raise WorkbenchError("The serving step serves raw text, so it needs the model's tokenizer.",
+                                 fix="use a Hugging Face model folder or an .onnx file with its tokenizer")
+        texts = [s for s in self.sentences.evaluation if isinstance(s, str)]
+        return benchmark_serving(
+            self.candidates[choice.name].path, tokenizer_dir, texts, self.serving_config,
+            triton_config=TritonConfig(model_name="served", max_batch_size=self.served_max_batch_size),
+            padding=self.padding,
+            pytorch_model=self.source.path if isinstance(self.source, HFModelSource) else None,
+            servers=self.serving_servers, progress=False)

@@ -5,8 +5,11 @@ cosine_mean, cosine_min, meets_budget, failures, metrics}], pytorch_latency_ms_p
 For every task, `cosine_mean` / `cosine_min` hold the task's primary cosine (sentence-embedding cosine for
 embeddings, logits cosine for classifiers, ...) and `metrics` the task's own metrics under stable names
 (workbench.tasks: each task's `metric_names`). Each step adds its own keys (Step.summary) and its fields of each
-candidate's row (Step.candidate_summary); `skipped_steps` names the optional steps run_all skipped here and why;
-everything else is informative.
+candidate's row (Step.candidate_summary); `skipped_steps` names the skippable steps run_all skipped here and why;
+everything else is informative. Also stable: each candidate's `batch_invariance_min` / `batch_invariance_mean`
+(a text alone vs inside a batch under the served padding policy; None where not measured) with the top-level
+`batch_invariance` {padding, batch_size, rule_min, measured}, and, from ServingPipeline's serving step, `serving`
+(workbench.stages.serving.summary).
 """
 
 from __future__ import annotations

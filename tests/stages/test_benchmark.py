@@ -432,7 +432,7 @@ def test_candidates_table_joins_accuracy_and_speed():
     table = candidates_table(REPORT, TIMINGS, 1, 128, latency_ceiling_ms=30)
     assert [row["name"] for row in table] == ["fp32", "fused", "int8", "int8_fixed"]  # not pytorch
     expected = {"name", "engine", "p50_ms", "p90_ms", "throughput", "speedup", "cosine_mean", "cosine_min",
-                "meets_budget", "failures", "meets_ceiling", "pareto"}
+                "meets_budget", "failures", "meets_ceiling", "batch_invariance_min", "pareto"}
     assert all(set(row) == expected for row in table)
     fused = table[1]
     assert (fused["p50_ms"], fused["p90_ms"]) == (19.0, 40.0)

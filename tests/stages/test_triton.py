@@ -415,10 +415,16 @@ from workbench.triton.ensemble import (  # noqa: E402
 
 
 def _ensemble(tiny_bert_onnx, tiny_model_dir, repository, **kwargs):
+    """The fixed-padding ensemble (the length-aware designs are tested in test_padding.py)."""
+    from workbench.triton.padding import PaddingPolicy
+
     config = kwargs.pop("config", TritonConfig(model_name="tiny", preferred_batch_sizes=(4, 8),
                                                max_queue_delay_us=500))
+    sequence_length = kwargs.pop("sequence_length", 16)
+    kwargs.setdefault("padding", PaddingPolicy.fixed(sequence_length) if isinstance(sequence_length, int)
+                      and sequence_length >= 2 else None)
     return export_triton_ensemble(tiny_bert_onnx, repository, tiny_model_dir("bert"), config,
-                                  sequence_length=kwargs.pop("sequence_length", 16), **kwargs)
+                                  sequence_length=sequence_length, **kwargs)
 
 
 def test_ensemble_layout_and_configs(tiny_bert_onnx, tiny_model_dir, tmp_path):
@@ -696,8 +702,11 @@ def test_ensemble_follows_int32_model_inputs(tiny_model_dir, tmp_path):
     )
     onnx_path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "i32.onnx")
 
+    from workbench.triton.padding import PaddingPolicy
+
     result = export_triton_ensemble(onnx_path, tmp_path / "repo", tiny_model_dir("bert"),
-                                    TritonConfig(model_name="i32"), sequence_length=8)
+                                    TritonConfig(model_name="i32"), sequence_length=8,
+                                    padding=PaddingPolicy.fixed(8))
     tokenizer = parse_model_config(result.models["tokenizer"].config_text)
     pooling = parse_model_config(result.models["pooling"].config_text)
     assert {o.name: pb2.DataType.Name(o.data_type) for o in tokenizer.output} == {

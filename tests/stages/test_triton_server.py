@@ -45,12 +45,18 @@ TEXTS = (
 )
 
 
-def workbench_embeddings(onnx_path: Path, tokenizer_dir: Path, texts, sequence_length: int, *, batch_size: int):
-    """The workbench's own sentence embeddings: tokenize_batches + onnxruntime + mean_pooled_embeddings."""
+def workbench_embeddings(onnx_path: Path, tokenizer_dir: Path, texts, sequence_length: int, *, batch_size: int,
+                         padding=None):
+    """The workbench's own sentence embeddings: tokenize_batches (or the served PaddingPolicy's encode, whose
+    feeds follow text order at batch_size 1) + onnxruntime + mean_pooled_embeddings."""
     tokenizer = load_model(tokenizer_dir).load_tokenizer()
     with OnnxRuntimeRunner(onnx_path) as runner:
-        feeds = tokenize_batches(tokenizer, list(texts), batch_size=batch_size, sequence_length=sequence_length,
-                                 input_names=list(runner.input_specs()))
+        if padding is not None:
+            assert batch_size == 1, "PaddingPolicy.encode regroups texts by bucket above batch size 1"
+            feeds = padding.encode(tokenizer, list(texts), 1, input_names=list(runner.input_specs()))
+        else:
+            feeds = tokenize_batches(tokenizer, list(texts), batch_size=batch_size, sequence_length=sequence_length,
+                                     input_names=list(runner.input_specs()))
         return np.concatenate([mean_pooled_embeddings(runner.infer(f)["last_hidden_state"], f["attention_mask"])
                                for f in feeds])
 
@@ -226,9 +232,11 @@ def test_minilm_dynamic_int8_ensemble_serves_the_workbench_embeddings(tmp_path):
         sequence_length=sequence_length,
         provenance={"source_model": str(source.path), "precision_plan": plan, "accuracy": {"note": "test"}},
     )
-    # Dynamic INT8 computes activation scales over the whole batch, so compare request for request: one text per
-    # request, sent one after the other (batch 1 at the model), against the workbench at batch 1.
-    reference = workbench_embeddings(int8, source.path, TEXTS, sequence_length, batch_size=1)
+    # Dynamic INT8 computes activation scales over the whole batch (and its padding), so compare request for
+    # request: one text per request, sent one after the other (batch 1 at the model), against the workbench at
+    # batch 1 padded as the served policy pads it.
+    reference = workbench_embeddings(int8, source.path, TEXTS, sequence_length, batch_size=1,
+                                     padding=exported.padding)
     with TritonServer(exported.repository, models=[exported.ensemble_name]) as server:
         served = np.concatenate([served_embeddings(server.client, exported.ensemble_name, [t]) for t in TEXTS])
     assert served.shape == (len(TEXTS), 384)

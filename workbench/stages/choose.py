@@ -183,8 +183,9 @@ def candidates_table(
     Keys: name, engine, p50_ms, p90_ms, throughput (samples/s), speedup (baseline p50 / p50; None without a
     baseline row), cosine_mean, cosine_min (the task's primary cosine: sentence-embedding cosine, logits cosine,
     ...; the first output's cosine for objects without one), meets_budget (the accuracy budget), failures, meets_ceiling
-    (p90 <= latency_ceiling_ms; True without a ceiling, None when not timed), pareto (no other candidate is at
-    least as fast at p50 and at least as accurate by mean cosine, and better on one of them).
+    (p90 <= latency_ceiling_ms; True without a ceiling, None when not timed), batch_invariance_min (the lowest
+    cosine of a text alone vs in a batch under the served padding policy; None when not measured), pareto (no
+    other candidate is at least as fast at p50 and at least as accurate by mean cosine, and better on one of them).
 
     Args:
         accuracy: A ComparisonReport, or anything with `.candidates` whose items have `name`, `failures`,
@@ -198,6 +199,7 @@ def candidates_table(
     """
     seq = seq or timings.config.sequence_lengths[0]
     base = timings.p50(baseline, batch, seq)
+    invariance = getattr(accuracy, "batch_invariance", None) or {}
     table = CandidatesTable()
     table.batch, table.seq, table.latency_ceiling_ms = batch, seq, latency_ceiling_ms
     for candidate in accuracy.candidates:
@@ -219,6 +221,7 @@ def candidates_table(
             "meets_budget": bool(candidate),
             "failures": list(getattr(candidate, "failures", ())),
             "meets_ceiling": None if p90 is None else (latency_ceiling_ms is None or p90 <= latency_ceiling_ms),
+            "batch_invariance_min": invariance[candidate.name].cosine_min if candidate.name in invariance else None,
             "pareto": False,
         })
     for row_dict, flag in zip(table, _pareto_flags([(r["p50_ms"], r["cosine_mean"]) for r in table])):
@@ -280,9 +283,10 @@ def choose_candidate(
     seq: int | None = None,
     objective: str = "latency",
     latency_ceiling_ms: float | None = None,
+    batch_invariance_min: float | None = None,
 ) -> Choice:
     """Pick the best candidate on `objective` at (batch, seq) among those that meet the accuracy budget and stay
-    under the latency ceiling.
+    under the latency ceiling (and, for a deployment that batches, are batch-invariant).
 
     Args:
         accuracy: A ComparisonReport (its candidates are truthy when they meet the budget).
@@ -292,6 +296,10 @@ def choose_candidate(
         seq: Sequence length; default the first one benchmarked.
         objective: "latency" (lowest p50) or "throughput" (most samples/s).
         latency_ceiling_ms: Rule out candidates whose p90 at (batch, seq) is above it; None: no ceiling.
+        batch_invariance_min: Rule out candidates whose batch-invariance minimum cosine (the report's
+            `batch_invariance`, measured under the served padding policy) is below it: pass it when the
+            deployment batches requests (a text's result must not depend on its batch-mates). None: no rule;
+            candidates the report has no figure for are not ruled out by it.
 
     Raises:
         ConfigError: A bad objective, batch, seq or ceiling.
@@ -316,6 +324,18 @@ def choose_candidate(
             fix="relax the budget, or keep the failing nodes in FP32 (the accuracy stage's fixes)"
             + (", or benchmark the candidates that meet it at this shape" if untimed else ""),
         )
+    def invariant(row: dict[str, Any]) -> bool:
+        figure = row["batch_invariance_min"]
+        return batch_invariance_min is None or figure is None or figure >= batch_invariance_min
+
+    if not any(invariant(r) for r in accurate):
+        raise WorkbenchError(
+            f"No candidate that meets the accuracy budget is batch-invariant (min cosine >= {batch_invariance_min:g}, "
+            "a text alone vs inside a batch): "
+            + "; ".join(f"{r['name']}: {r['batch_invariance_min']:.6f}" for r in accurate),
+            fix="serve without dynamic batching (then the rule does not apply), or add a candidate whose outputs do "
+                "not depend on batch-mates (FP32, or INT8 with static, calibrated scales)")
+    accurate = [r for r in accurate if invariant(r)]
     passing = [r for r in accurate if r["meets_ceiling"]]
     if not passing:
         raise WorkbenchError(
@@ -353,6 +373,10 @@ def choose_candidate(
             continue
         if not r["meets_budget"]:
             rejected.append(f"{r['name']} ({value(r)}) misses the budget: {', '.join(r['failures'])}")
+        elif not invariant(r):
+            rejected.append(f"{r['name']} ({value(r)}) is not batch-invariant: a text alone vs in a batch has min "
+                            f"cosine {r['batch_invariance_min']:.6f} < {batch_invariance_min:g}, and the deployment "
+                            "batches")
         elif not r["meets_ceiling"]:
             rejected.append(f"{r['name']} ({value(r)}) exceeds the latency ceiling: p90 {r['p90_ms']:.2f} ms > "
                             f"{latency_ceiling_ms:g} ms")
@@ -364,6 +388,7 @@ def choose_candidate(
         "accuracy_budget": budget.to_dict() if budget is not None and hasattr(budget, "to_dict") else None,
         "latency_ceiling_ms": latency_ceiling_ms,
         "latency_ceiling_statistic": CEILING_STATISTIC.removesuffix("_ms"),
+        "batch_invariance_min": batch_invariance_min,
     }
     return Choice(name=best["name"], reason=reason, batch=batch, seq=seq, objective=config.objective,
                   constraints=constraints, p50_ms=best["p50_ms"], throughput=best["throughput"],

@@ -36,6 +36,7 @@ from workbench.triton.model import (
     _remove_if_empty,
     engine_model,
 )
+from workbench.triton.padding import PaddingPolicy
 from workbench.triton.provenance import (
     _COMPUTED_PROVENANCE_KEYS,
     PROVENANCE_FILENAME,
@@ -85,8 +86,9 @@ class TritonEnsembleResult:
             -> the folder written for it.
         readme: `<repository>/README.md`.
         provenance: `<repository>/provenance.json`.
-        sequence_length: Every text is truncated and padded to this many tokens.
+        sequence_length: Every text is truncated to this many tokens (and padded to it with the fixed policy).
         output_names: The ensemble's outputs.
+        padding: The padding and batching policy served (recorded in config.pbtxt and provenance.json).
     """
 
     repository: Path
@@ -96,6 +98,7 @@ class TritonEnsembleResult:
     provenance: Path
     sequence_length: int
     output_names: tuple[str, ...]
+    padding: PaddingPolicy | None = None
 
     @property
     def model_name(self) -> str:
@@ -120,6 +123,7 @@ class TritonEnsembleResult:
             "provenance": str(self.provenance),
             "sequence_length": self.sequence_length,
             "output_names": list(self.output_names),
+            "padding": self.padding.to_dict() if self.padding is not None else None,
         }
 
     def _repr_html_(self) -> str:
@@ -133,7 +137,8 @@ class TritonEnsembleResult:
             f"(TEXT &rarr; {html.escape(', '.join(self.output_names))}, {self.sequence_length} tokens) in "
             f"<code>{html.escape(str(self.repository))}</code>"
             f"<table><tr><th>role</th><th>model</th><th>files</th></tr>{rows}</table>"
-            f"Serve it with <code>tritonserver --model-repository={html.escape(str(self.repository))}</code>."
+            + (f"Padding: {html.escape(self.padding.describe())}.<br>" if self.padding is not None else "")
+            + f"Serve it with <code>tritonserver --model-repository={html.escape(str(self.repository))}</code>."
         )
 
 
@@ -220,7 +225,8 @@ class _TokenizerPlan:
     source: Path
 
 
-def _tokenizer_plan(tokenizer_dir: Path, names: list[str], sequence_length: int) -> _TokenizerPlan:
+def _tokenizer_plan(tokenizer_dir: Path, names: list[str], sequence_length: int,
+                    policy: PaddingPolicy | None = None) -> _TokenizerPlan:
     """Load the tokenizer the workbench uses, and prove that the server's tokenization gives the same ids."""
     from workbench.data import tokenize_batches
     from workbench.models import _load_tokenizer
@@ -290,6 +296,12 @@ def _tokenizer_plan(tokenizer_dir: Path, names: list[str], sequence_length: int)
             fix="save the tokenizer again with a current transformers (tokenizer.save_pretrained(DIR)), which "
             "writes a tokenizer.json that matches it",
         )
+    if policy is not None and policy.mode != "fixed":
+        from workbench.triton.served import check_served_tokenization
+
+        pad = {"direction": plan.padding_side, "pad_id": plan.pad_id, "pad_type_id": plan.pad_type_id,
+               "pad_token": plan.pad_token, "truncation_side": plan.truncation_side}
+        check_served_tokenization(json_text, tokenizer, names, policy, pad, _TOKENIZER_CHECK_TEXTS, tokenizer_dir)
     return plan
 
 
@@ -299,16 +311,18 @@ def _string_parameters(cfg: Any, values: dict[str, Any]) -> None:
 
 
 def _tokenizer_config(pb2: Any, name: str, config: TritonConfig, outputs: dict[str, int], sequence_length: int,
-                      plan: _TokenizerPlan) -> Any:
+                      plan: _TokenizerPlan, policy: PaddingPolicy) -> Any:
+    from workbench.triton.served import token_dims
+
     cfg = pb2.ModelConfig(name=name, backend="python", max_batch_size=config.max_batch_size)
     cfg.input.add(name=ENSEMBLE_TEXT_INPUT, data_type=pb2.DataType.Value("TYPE_STRING"), dims=[1])
     for output, data_type in outputs.items():
-        cfg.output.add(name=output, data_type=data_type, dims=[sequence_length])
+        cfg.output.add(name=output, data_type=data_type, dims=token_dims(policy))
     _python_model_scheduling(pb2, cfg, config, sequence_length)
     _string_parameters(cfg, {
         "sequence_length": sequence_length, "pad_id": plan.pad_id, "pad_token": plan.pad_token,
         "pad_type_id": plan.pad_type_id, "padding_side": plan.padding_side,
-        "truncation_side": plan.truncation_side, "tokenizer_file": "tokenizer.json",
+        "truncation_side": plan.truncation_side, "tokenizer_file": "tokenizer.json", **policy.to_parameters(),
     })
     return cfg
 
@@ -398,6 +412,27 @@ def _ensemble_config(pb2: Any, names: dict[str, str], config: TritonConfig, toke
     return cfg
 
 
+def _resolve_padding(padding: PaddingPolicy | None, sequence_length: int) -> PaddingPolicy:
+    from workbench.triton.served import resolve_padding
+
+    return resolve_padding(padding, sequence_length)
+
+
+def _served_names(chain: dict[str, str], policy: PaddingPolicy, spec: PostProcessing | None,
+                  post_role: str | None) -> dict[str, str]:
+    """The models written: the whole chain, or for the BLS design no tokenizer model (the BLS model tokenizes)
+    and no post-processing model when its source offers `postprocess()` (the BLS model runs it)."""
+    if policy.batching != "bls":
+        return dict(chain)
+    from workbench.triton.python_models import FOLDER
+    from workbench.triton.served import inline_postprocessing
+
+    names = {role: name for role, name in chain.items() if role != "tokenizer"}
+    if spec is not None and post_role is not None and inline_postprocessing(FOLDER / spec.source):
+        del names[post_role]
+    return names
+
+
 def export_triton_ensemble(
     onnx_path: str | os.PathLike[str],
     repository: str | os.PathLike[str],
@@ -408,6 +443,7 @@ def export_triton_ensemble(
     task: Any = None,
     model_config: Mapping[str, Any] | None = None,
     postprocess: bool = True,
+    padding: PaddingPolicy | None = None,
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> TritonEnsembleResult:
@@ -442,6 +478,14 @@ def export_triton_ensemble(
         task: The model's task (a workbench.tasks Task or its name); None: found from the model's outputs.
         model_config: The checkpoint's config.json (the classifier's id2label names its labels).
         postprocess: False serves the model's raw outputs, without the task's post-processing.
+        padding: How texts are padded and batched (workbench.triton.padding.PaddingPolicy, whose max_length must
+            be `sequence_length`); default `PaddingPolicy(max_length=sequence_length)`: the ensemble above with
+            each request padded to the smallest of 16, 32, 64, ... tokens that holds its longest text (outputs
+            dims [-1]), which the engine's dynamic batcher merges per bucket. `PaddingPolicy.fixed(
+            sequence_length)` pads every text to sequence_length; `PaddingPolicy(batching="bls")` makes
+            `NAME_ensemble` a Python model that tokenizes each dynamic batch itself and calls NAME per bucket
+            through BLS (no tokenizer model; a post-processing whose source offers `postprocess()`, such as mean
+            pooling, runs inside it). The policy goes into the config parameters and provenance.json.
         provenance: Extra provenance.json entries, for example `source_model`, `precision_plan` (a PrecisionPlan
             or its dict), `accuracy`, `speed`. Objects with to_dict() are converted. The keys the export writes
             itself (format, models, libraries, hardware, ...) cannot be replaced.
@@ -468,6 +512,7 @@ def export_triton_ensemble(
                           fix="pass the sequence length the model was measured at, for example 128")
     if not isinstance(postprocess, bool):
         raise ConfigError(f"postprocess must be True or False, got {postprocess!r}.")
+    policy = _resolve_padding(padding, sequence_length)
     repository = Path(repository)
     tokenizer_dir = Path(tokenizer_dir)
     if repository.exists() and not repository.is_dir():
@@ -478,8 +523,9 @@ def export_triton_ensemble(
     # the one engine-specific step: an ONNX model or an OpenVINO IR (by the engine that loads the file)
     model_cfg, model_files = engine_model(onnx_path, config, warmup_length=sequence_length)
     spec = _task_postprocessing(task, model_cfg, model_config or {}, path) if postprocess else None
-    names = ensemble_model_names(config.model_name, post_suffix=spec.suffix if spec is not None else None)
+    chain = ensemble_model_names(config.model_name, post_suffix=spec.suffix if spec is not None else None)
     post_role = spec.suffix.lstrip("_") if spec is not None else None
+    names = _served_names(chain, policy, spec, post_role)  # what is written (the BLS design writes fewer)
     entry_names = [*names.values(), README_FILENAME, PROVENANCE_FILENAME]
     existing = [n for n in entry_names if (repository / n).exists() or (repository / n).is_symlink()]
     if existing and not overwrite:
@@ -498,11 +544,12 @@ def export_triton_ensemble(
                 expected=f"inputs among {list(TOKENIZER_OUTPUTS)}, of type {' or '.join(_TOKENIZER_INTEGER_TYPES)}",
                 fix="serve this model with export_triton() and tokenize on the client instead",
             )
-        if list(tensor.dims) not in ([-1], [sequence_length]):
+        if list(tensor.dims) not in (([-1], [sequence_length]) if policy.mode == "fixed" else ([-1],)):
             raise TritonExportError(
                 f"{path} input {tensor.name!r} has dims {list(tensor.dims)} after the batch dimension, which does "
                 f"not take {sequence_length} tokens.",
-                fix="export the model with a dynamic sequence axis, or pass that fixed length as sequence_length",
+                fix="export the model with a dynamic sequence axis, or pass that fixed length as sequence_length "
+                "with PaddingPolicy.fixed(sequence_length)",
             )
         tokenizer_outputs[tensor.name] = tensor.data_type
     for extra in spec.extra_inputs if spec is not None else ():
@@ -510,23 +557,31 @@ def export_triton_ensemble(
             raise TritonExportError(f"The task's post-processing reads {extra!r}, which the tokenizer does not make.",
                                     expected=f"tensors among {list(TOKENIZER_OUTPUTS)}")
         tokenizer_outputs.setdefault(extra, pb2.DataType.Value("TYPE_INT64"))
-    plan = _tokenizer_plan(tokenizer_dir, list(tokenizer_outputs), sequence_length)
+    plan = _tokenizer_plan(tokenizer_dir, list(tokenizer_outputs), sequence_length, policy)
 
-    tokenizer_cfg = _tokenizer_config(pb2, names["tokenizer"], config, tokenizer_outputs, sequence_length, plan)
-    post_cfg = _post_config(pb2, names[post_role], config, spec, model_cfg, tokenizer_outputs, sequence_length,
+    tokenizer_cfg = _tokenizer_config(pb2, chain["tokenizer"], config, tokenizer_outputs, sequence_length, plan,
+                                      policy)
+    post_cfg = _post_config(pb2, chain[post_role], config, spec, model_cfg, tokenizer_outputs, sequence_length,
                             path) if spec is not None and post_role is not None else None
-    ensemble_cfg = _ensemble_config(pb2, names, config, tokenizer_cfg, model_cfg, post_cfg, post_role)
-    configs = {names["tokenizer"]: tokenizer_cfg, names["model"]: model_cfg, names["ensemble"]: ensemble_cfg}
+    ensemble_cfg = _ensemble_config(pb2, chain, config, tokenizer_cfg, model_cfg, post_cfg, post_role)
+    configs = {chain["tokenizer"]: tokenizer_cfg, chain["model"]: model_cfg, chain["ensemble"]: ensemble_cfg}
     if post_cfg is not None and post_role is not None:
-        configs[names[post_role]] = post_cfg
+        configs[chain[post_role]] = post_cfg
     check_ensemble(ensemble_cfg, configs)
+    if policy.batching == "bls":  # the checked chain, with tokenizing and batching moved into one BLS model
+        from workbench.triton.served import bls_configs
+
+        configs = {cfg.name: cfg for cfg in bls_configs(
+            pb2, chain, config, policy, tokenizer_cfg, model_cfg, post_cfg, ensemble_cfg, post_role=post_role,
+            inline=post_role is not None and post_role not in names).values()}
+    model_cfg = configs[names["model"]]
     texts = {name: checked_text(cfg) for name, cfg in configs.items()}
     output_names = tuple(t.name for t in ensemble_cfg.output)
 
     record = _provenance_record(names=names, onnx_path=path, tokenizer_dir=tokenizer_dir,
                                 tokenizer_json=plan.json_text, sequence_length=sequence_length, postprocessing=spec,
-                                config=config, provided=provenance)
-    readme = _readme_text(names, sequence_length=sequence_length, postprocessing=spec,
+                                config=config, provided=provenance, padding=policy)
+    readme = _readme_text(names, sequence_length=sequence_length, postprocessing=spec, padding=policy,
                           output_names=output_names, config=config, model_cfg=model_cfg,
                           provided=[k for k in record if k not in _COMPUTED_PROVENANCE_KEYS])
 
@@ -561,12 +616,20 @@ def export_triton_ensemble(
 
     import json
 
-    from workbench.triton.python_models import FOLDER, TOKENIZER_MODEL
+    from workbench.triton.python_models import BLS_MODEL, FOLDER, TOKENIZER_MODEL
 
-    roles = {"model": model_files, "tokenizer": python_model(TOKENIZER_MODEL, tokenizer_files)}
-    if spec is not None and post_role is not None:
+    def bls_files(version_dir: Path) -> None:
+        tokenizer_files(version_dir)
+        shutil.copyfile(TOKENIZER_MODEL, version_dir / TOKENIZER_MODEL.name)  # bls_model.py imports it
+        if spec is not None and post_role not in names:  # the post-processing runs inside the BLS model
+            shutil.copyfile(FOLDER / spec.source, version_dir / "postprocess_model.py")
+
+    roles = {"model": model_files}
+    if "tokenizer" in names:
+        roles["tokenizer"] = python_model(TOKENIZER_MODEL, tokenizer_files)
+    if spec is not None and post_role is not None and post_role in names:
         roles[post_role] = python_model(FOLDER / spec.source)
-    roles["ensemble"] = empty_version
+    roles["ensemble"] = python_model(BLS_MODEL, bls_files) if policy.batching == "bls" else empty_version
     entries = [Entry(names[role], model_folder(names[role], populate)) for role, populate in roles.items()]
     entries.append(Entry(README_FILENAME, text_file(readme)))
     entries.append(Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2, sort_keys=False) + "\n")))
@@ -604,4 +667,5 @@ def export_triton_ensemble(
         provenance=repository / PROVENANCE_FILENAME,
         sequence_length=sequence_length,
         output_names=output_names,
+        padding=policy,
     )

@@ -21,7 +21,7 @@ PROVENANCE_FILENAME = "provenance.json"
 PROVENANCE_FORMAT = "workbench-triton-provenance/1"
 _COMPUTED_PROVENANCE_KEYS = (
     "format", "created_utc", "ensemble", "models", "onnx_model", "tokenizer", "sequence_length", "postprocessing",
-    "triton_config", "libraries", "hardware",
+    "triton_config", "libraries", "hardware", "padding",
 )
 _LIBRARIES = (
     "inference-workbench", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers", "transformers", "torch", "numpy",
@@ -74,7 +74,7 @@ def _sha256(path: Path) -> str:
 
 def _provenance_record(
     *, names: dict[str, str], onnx_path: Path, tokenizer_dir: Path, tokenizer_json: str, sequence_length: int,
-    postprocessing: Any, config: TritonConfig, provided: Mapping[str, Any] | None,
+    postprocessing: Any, config: TritonConfig, provided: Mapping[str, Any] | None, padding: Any = None,
 ) -> dict[str, Any]:
     import datetime
     import hashlib
@@ -96,6 +96,8 @@ def _provenance_record(
             "model": postprocessing.source, "outputs": [o.name for o in postprocessing.outputs],
             "parameters": dict(postprocessing.parameters)},
         "triton_config": config.to_dict(),
+        "padding": ({**padding.to_dict(), "buckets": list(padding.bucket_lengths), "description": padding.describe()}
+                    if padding is not None else None),
         "libraries": {n: v for n in _LIBRARIES if (v := installed_distribution(n))},
         "hardware": machine_info(),
     }
@@ -119,10 +121,15 @@ def _provenance_record(
 
 
 def _readme_text(result_names: dict[str, str], *, sequence_length: int, postprocessing: Any,
-                 output_names: tuple[str, ...], config: TritonConfig, model_cfg: Any, provided: list[str]) -> str:
+                 output_names: tuple[str, ...], config: TritonConfig, model_cfg: Any, provided: list[str],
+                 padding: Any = None) -> str:
     ensemble = result_names["ensemble"]
-    steps = [f"`{result_names['tokenizer']}` (Python backend: `tokenizers`, texts truncated and padded to "
-             f"{sequence_length} tokens)",
+    padded = padding.describe() if padding is not None else f"texts padded to {sequence_length} tokens"
+    if padding is not None and padding.batching == "bls":
+        return _bls_readme_text(result_names, padded=padded, output_names=output_names, config=config,
+                                provided=provided)
+    steps = [f"`{result_names['tokenizer']}` (Python backend: `tokenizers`, texts truncated to "
+             f"{sequence_length} tokens; {padded})",
              f"`{result_names['model']}` (ONNX Runtime, dynamic batching up to {config.max_batch_size}, "
              f"{config.instance_count} x {config.instance_kind}"
              + (", TensorRT FP16 accelerator" if config.ort_gpu_tensorrt_fp16 else "") + ")"]
@@ -144,7 +151,7 @@ Written by the Inference Workbench (`export_triton_ensemble`). Send texts, get {
 1. {steps[0]}
 2. {steps[1]}{chr(10) + "3. " + steps[2] if len(steps) > 2 else ""}
 
-The ONNX model can also be called directly with {model_inputs} (int, [batch, {sequence_length}]).
+The ONNX model can also be called directly with {model_inputs} (int, [batch, tokens]).
 `provenance.json` records the ONNX model's hash, the Triton settings, library versions and the exporting
 machine{", and " + ", ".join(f"`{k}`" for k in provided) if provided else ""}.
 
@@ -165,6 +172,51 @@ Each request holds one or more texts (`{ENSEMBLE_TEXT_INPUT}`, BYTES, shape [bat
 are truncated to {sequence_length} tokens. An empty text is accepted (it is encoded as its special tokens only).
 A request with a text that is not UTF-8, too long or not a string gets an error response that names the text;
 the other requests, even those in the same dynamic batch, get their results.
+
+## Query
+
+```python
+import numpy as np
+import tritonclient.http as http
+
+client = http.InferenceServerClient("127.0.0.1:8000")
+texts = np.array([[b"A man is playing a guitar."], [b"A woman reads."]], dtype=object)  # [batch, 1]
+request = http.InferInput("{ENSEMBLE_TEXT_INPUT}", texts.shape, "BYTES")
+request.set_data_from_numpy(texts)
+result = client.infer("{ensemble}", [request])
+print(result.as_numpy("{output_names[0]}").shape)
+```
+"""
+
+
+def _bls_readme_text(names: dict[str, str], *, padded: str, output_names: tuple[str, ...], config: TritonConfig,
+                     provided: list[str]) -> str:
+    ensemble = names["ensemble"]
+    called = [role for role in names if role not in ("model", "ensemble", "tokenizer")]
+    post = "".join(f" and `{names[role]}`" for role in called)
+    outputs = ", ".join(f"`{n}`" for n in output_names)
+    load = " ".join(f"--load-model={names[role]}" for role in ("model", *called, "ensemble"))
+    return f"""# Triton model repository: `{ensemble}`
+
+Written by the Inference Workbench (`export_triton_ensemble`). Send texts, get {outputs} back.
+
+`{ensemble}` is a Python-backend model (business-logic scripting) behind Triton's dynamic batcher (up to
+{config.max_batch_size} texts, {config.max_queue_delay_us} us queue delay, {config.instance_count} instance(s)).
+For each batch it tokenizes every text with `tokenizers` ({padded}) and, per padded length, calls `{names['model']}`
+(ONNX Runtime){post} once{"" if called else ", then post-processes the outputs itself"}. Its input and outputs are
+those of the ensemble the workbench writes with fixed padding, so clients do not change with the padding policy.
+
+`provenance.json` records the padding policy, the ONNX model's hash, the Triton settings, library versions and the
+exporting machine{", and " + ", ".join(f"`{k}`" for k in provided) if provided else ""}.
+
+## Serve
+
+```
+tritonserver --model-repository=$PWD --model-control-mode=explicit {load}
+```
+
+With explicit model control `{ensemble}` also loads the models it calls when it starts. The server's Python
+environment needs `numpy` and `tokenizers`; the ONNX model needs Triton's onnxruntime backend.
 
 ## Query
 

@@ -9,7 +9,8 @@ deployment with the real backend reads it (execution accelerators such as Tensor
 second one named `openvino` (`openvino_model.py`) does the same for OpenVINO IR and `backend: "openvino"`.
 
 The server listens on 127.0.0.1 only, on free ports, with explicit model control (nothing loads until
-:meth:`TritonServer.load`), no metrics endpoint, no pinned or CUDA memory pools, and auto-completion of configs
+:meth:`TritonServer.load`), no metrics endpoint unless asked for (`metrics=True`: Prometheus metrics on a
+third loopback port, for load tests), no pinned or CUDA memory pools, and auto-completion of configs
 turned off, so a repository that loads here has complete configs. Its log goes to a temporary file whose tail
 is part of every error. Every wait is bounded. Stopping sends SIGTERM to the server (which unloads its models
 and ends its Python-backend stubs) and, after `stop_timeout_s`, SIGKILL to its whole process group.
@@ -150,9 +151,13 @@ class TritonServer:
         onnxruntime_backend: Provide the Python-based `onnxruntime` backend (for `backend: "onnxruntime"`).
         openvino_backend: Provide the Python-based `openvino` backend (for `backend: "openvino"`).
         extra_args: More `tritonserver` command-line arguments.
+        metrics: Serve Prometheus metrics (`/metrics`) on 127.0.0.1 too (CPU and GPU metrics off), every
+            `metrics_interval_ms`.
+        metrics_interval_ms: How often the server refreshes its metrics.
 
     Attributes:
         http_port, grpc_port: The ports it listens on (127.0.0.1), once started.
+        metrics_port: The metrics port (127.0.0.1), once started with `metrics=True`; else None.
     """
 
     def __init__(
@@ -167,6 +172,8 @@ class TritonServer:
         onnxruntime_backend: bool = True,
         openvino_backend: bool = True,
         extra_args: tuple[str, ...] | list[str] = (),
+        metrics: bool = False,
+        metrics_interval_ms: int = 1000,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.models = tuple(models)
@@ -177,8 +184,11 @@ class TritonServer:
         self.onnxruntime_backend = onnxruntime_backend
         self.openvino_backend = openvino_backend
         self.extra_args = tuple(extra_args)
+        self.metrics = bool(metrics)
+        self.metrics_interval_ms = int(metrics_interval_ms)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
+        self.metrics_port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
         self._log_path: Path | None = None
@@ -199,6 +209,15 @@ class TritonServer:
     def grpc_url(self) -> str:
         self._require_running()
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """`http://127.0.0.1:PORT/metrics` (needs `metrics=True`)."""
+        self._require_running()
+        if self.metrics_port is None:
+            raise TritonServerError("This Triton server was started without metrics.",
+                                    fix="start it with TritonServer(..., metrics=True)")
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -268,7 +287,9 @@ class TritonServer:
             backends = self._build_backends(server_dir, self._workdir / "backends")
             env = self._environment(server_dir)
             for attempt in range(_PORT_RETRIES):
-                self.http_port, self.grpc_port = _free_ports(2)
+                ports = _free_ports(3 if self.metrics else 2)
+                self.http_port, self.grpc_port = ports[:2]
+                self.metrics_port = ports[2] if self.metrics else None
                 self._log_path = self._workdir / f"tritonserver-{attempt}.log"
                 self._launch(server_dir, backends, env)
                 if self._wait_ready(retry_on_port_clash=attempt + 1 < _PORT_RETRIES):
@@ -331,7 +352,7 @@ class TritonServer:
             f"--http-port={self.http_port}",
             "--grpc-address=127.0.0.1",
             f"--grpc-port={self.grpc_port}",
-            "--allow-metrics=false",
+            *self._metrics_args(),
             "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0",
             f"--exit-timeout-secs={max(1, int(self.stop_timeout_s) - 2)}",
@@ -345,6 +366,13 @@ class TritonServer:
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 cwd=self._workdir, start_new_session=True,  # its own process group: the stubs go with it
             )
+
+    def _metrics_args(self) -> list[str]:
+        if not self.metrics:
+            return ["--allow-metrics=false"]
+        return ["--allow-metrics=true", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false",
+                "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
+                f"--metrics-interval-ms={self.metrics_interval_ms}"]
 
     def _wait_ready(self, *, retry_on_port_clash: bool) -> bool:
         """True once ready; False if it died of a port clash and may be retried; raises otherwise."""
@@ -442,15 +470,23 @@ class TritonServer:
             self._client = self.new_client()
         return self._client
 
-    def load(self, name: str) -> None:
+    def load(self, name: str, *, config: str | None = None) -> None:
         """Load (or reload) model `name` from the repository, waiting at most `load_timeout_s`.
+
+        Args:
+            name: The model.
+            config: A model config as JSON (protobuf's JSON form) to load instead of the repository's
+                config.pbtxt, whose files are not touched (Triton's load-with-override; a load without it
+                reads config.pbtxt again).
 
         Raises:
             TritonServerError: The server refused the model; the message has the server's own reason and the
                 end of its log.
         """
-        self._check_configs(name)
-        self._call(f"load model {name!r}", lambda: self.client.load_model(name))
+        if config is None:  # an overriding config is the caller's; the repository's files are checked here
+            self._check_configs(name)
+        what = f"load model {name!r}" + (" with an overriding config" if config is not None else "")
+        self._call(what, lambda: self.client.load_model(name, config=config))
         if not self.client.is_model_ready(name):
             raise TritonServerError(
                 f"Triton loaded model {name!r} without an error but reports it not ready." + self._log_section(),

@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "BenchmarkView": "workbench.ui.deploy",
     "ChoiceView": "workbench.ui.deploy",
     "ExportView": "workbench.ui.deploy",
+    "ServingView": "workbench.ui.serving",
     "AccuracyView": "workbench.ui.accuracy",
     "DiagnosisView": "workbench.ui.accuracy",
     "FixView": "workbench.ui.accuracy",
@@ -39,5 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.ui.base import StageView
     from workbench.ui.controls import config_from_controls, controls_for, field_labels
     from workbench.ui.deploy import BenchmarkView, ChoiceView, ExportView
+    from workbench.ui.serving import ServingView
     from workbench.ui.surgery import InspectView, SurgeryView
     from workbench.ui.workbench import Workbench

@@ -227,6 +227,8 @@ class ComparisonReport:
         task: The task's name ("feature-extraction", "text-classification", ...).
         primary: The task metrics that fill each candidate's cosine_mean / cosine_min.
         output_checks: Output name -> the check applied to it (defaults resolved to each output).
+        batch_invariance: Candidate name -> its batch invariance under the served padding policy
+            (workbench.stages.accuracy.invariance.InvarianceResult); empty where it was not measured.
     """
 
     reference: Path
@@ -237,6 +239,7 @@ class ComparisonReport:
     task: str = ""
     primary: tuple[str, str] = ("", "")
     output_checks: dict[str, OutputCheck] = field(default_factory=dict)
+    batch_invariance: dict[str, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return all(self.candidates)
@@ -256,7 +259,9 @@ class ComparisonReport:
                 "task": self.task, "primary_metrics": list(self.primary),
                 "output_checks": {o: c.to_dict() for o, c in self.output_checks.items()},
                 "error_histogram_edges": list(ERROR_HISTOGRAM_EDGES), "notes": list(self.notes),
-                "candidates": [c.to_dict() for c in self.candidates]}
+                "candidates": [c.to_dict() for c in self.candidates],
+                "batch_invariance": {n: {k: v for k, v in r.to_dict().items() if k != "per_text"}
+                                     for n, r in self.batch_invariance.items()}}
 
     def metric_figure(self, kind: str = "box") -> Any:
         """Per-sample primary cosine vs the reference, per candidate, with the budget's gates on it (plotly).
@@ -346,6 +351,8 @@ class ComparisonReport:
         for c in self.candidates:
             cells = "".join(f"<td>{_format(c.task_metrics.get(m))}</td>" for m in metric_names)
             verdict = "meets budget" if c else "misses: " + "; ".join(c.failures)
+            invariance = self.batch_invariance.get(c.name)
+            cells += f"<td>{_format(invariance.cosine_min if invariance is not None else None)}</td>"
             rows.append(f"<tr><td>{html.escape(c.name)}</td>{cells}<td>{html.escape(verdict)}</td></tr>")
         gates = [g.describe() for g in self.budget.gates()]
         gates += [f"{o!r} {c.describe()}" for o, c in self.output_checks.items()]
@@ -357,6 +364,7 @@ class ComparisonReport:
             return f"<th>{html.escape(metric.replace('_', ' '))}<br><small>{html.escape(note)}</small></th>"
 
         header = "".join(heading(m) for m in metric_names)
+        header += "<th>batch invariance min<br><small>gated by the choice when the deployment batches</small></th>"
         return (f"<b>Accuracy</b> vs <code>{html.escape(self.reference.name)}</code> on {self.samples} samples, "
                 f"task {html.escape(self.task)}; gated: {html.escape('; '.join(gates))}"
                 f"<table><tr><th>candidate</th>{header}<th>verdict</th></tr>{''.join(rows)}</table>")

@@ -11,6 +11,9 @@ config ([hidden]).
 
 Each request is answered on its own: one whose shapes disagree gets an error response of its own (a TritonError
 made for it alone) and the other requests of the batch their embeddings; execute() never raises.
+
+`postprocess` is the same computation as a plain function, which the BLS model (bls_model.py) runs in its own
+process instead of calling this model through Triton.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ def mean_pool(hidden, attention_mask, normalize=True):
     if normalize:
         pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
     return pooled
+
+
+def postprocess(inputs, parameters, output_names):
+    """The model's work as a function: {hidden name: [batch, sequence, hidden], "attention_mask": [batch,
+    sequence]} and the config's string parameters -> {first output name: [batch, hidden] float64}."""
+    hidden_name = next(name for name in inputs if name != MASK_INPUT)
+    normalize = str(parameters.get("normalize", "true")).lower() == "true"
+    return {output_names[0]: mean_pool(inputs[hidden_name], inputs[MASK_INPUT], normalize)}
 
 
 class TritonPythonModel:

@@ -1,13 +1,16 @@
-"""Triton Python-backend model: text in, the model's integer inputs out, padded to a fixed length.
+"""Triton Python-backend model: text in, the model's integer inputs out, padded by the served padding policy.
 
 Written by the workbench's Triton export (`export_triton_ensemble`). The tokenizer is read from `tokenizer.json`
-in this model's version folder (copied there at export time; nothing is downloaded). Every output is padded and
-truncated to the same `sequence_length`, so requests from different clients have the same shape and Triton's
-dynamic batcher can merge them for the model that follows.
+in this model's version folder (copied there at export time; nothing is downloaded). Texts are truncated to
+`sequence_length`; with `padding` "fixed" every output is padded to it, so requests from different clients have
+the same shape and Triton's dynamic batcher can merge any of them for the model that follows; with "buckets"
+each request is padded to the smallest of `buckets` that holds its longest text (the batcher merges requests of
+one bucket); with "longest" to its longest text (see workbench/triton/padding.py).
 
 Config parameters (string values): `sequence_length`, `pad_id`, `pad_token`, `pad_type_id`, `padding_side`,
-`truncation_side`, `tokenizer_file`, and optionally `max_text_bytes`. Input: `TEXT` (TYPE_STRING, dims [1]).
-Outputs: any of `input_ids`, `attention_mask`, `token_type_ids`, with the data type the config gives them.
+`truncation_side`, `tokenizer_file`, `padding` (default "fixed") and `buckets` (comma-separated). Input: `TEXT`
+(TYPE_STRING, dims [1]). Outputs: any of `input_ids`, `attention_mask`, `token_type_ids`, with the data type the
+config gives them. Optional: `max_text_bytes`.
 
 What a request may hold: one or more texts, each UTF-8 bytes of at most `max_text_bytes` (default
 MAX_TEXT_BYTES, 64 KiB; longer texts are refused rather than tokenized, since every text is truncated to
@@ -35,32 +38,72 @@ MAX_TEXT_BYTES = 65536
 _ERROR_CHARS = 300
 
 
+PADDING_MODES = ("fixed", "buckets", "longest")
+
+
+def padded_length(tokens, mode, max_length, buckets=()):
+    """The length a group of texts is padded to when its longest text has `tokens` tokens (after truncation).
+
+    "fixed": `max_length`; "longest": `tokens`; "buckets": the smallest of `buckets` (increasing, the last one
+    `max_length`) that holds `tokens`.
+    """
+    tokens = max(1, min(int(tokens), int(max_length)))
+    if mode == "fixed":
+        return int(max_length)
+    if mode == "longest":
+        return tokens
+    if mode != "buckets":
+        raise ValueError(f"padding mode {mode!r} is not one of {PADDING_MODES}")
+    return next((int(b) for b in buckets if int(b) >= tokens), int(max_length))
+
+
+def parse_buckets(text):
+    """"16,32,64,128" -> (16, 32, 64, 128)."""
+    return tuple(int(b) for b in str(text).split(",") if b.strip())
+
+
 def load_tokenizer(path, *, sequence_length, pad_id, pad_token, pad_type_id=0, padding_side="right",
-                   truncation_side="right"):
-    """A `tokenizers.Tokenizer` from tokenizer.json that truncates and pads every text to `sequence_length`."""
+                   truncation_side="right", padding="fixed"):
+    """A `tokenizers.Tokenizer` from tokenizer.json that truncates every text to `sequence_length` and, with
+    padding "fixed", pads it to `sequence_length` (other modes pad per group: `encode(..., length=)`)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.enable_truncation(max_length=int(sequence_length), direction=truncation_side)
-    tokenizer.enable_padding(direction=padding_side, length=int(sequence_length), pad_id=int(pad_id),
-                             pad_type_id=int(pad_type_id), pad_token=pad_token)
+    tokenizer.no_padding()
+    if padding == "fixed":
+        tokenizer.enable_padding(direction=padding_side, length=int(sequence_length), pad_id=int(pad_id),
+                                 pad_type_id=int(pad_type_id), pad_token=pad_token)
     return tokenizer
 
 
-def encode(tokenizer, texts, dtypes):
-    """Tokenize `texts` (str or UTF-8 bytes) into arrays [len(texts), sequence_length], one per output name.
+def encodings(tokenizer, texts):
+    """`tokenizers.Encoding`s of `texts` (str or UTF-8 bytes; bytes that are not UTF-8 raise UnicodeDecodeError)."""
+    decoded = [t.decode("utf-8") if isinstance(t, (bytes, bytearray)) else str(t) for t in texts]
+    return tokenizer.encode_batch(decoded, add_special_tokens=True)
+
+
+def stack(group, dtypes, length=None, pad=None):
+    """Arrays [len(group), length], one per output name, from encodings padded to `length` with `pad`
+    (Encoding.pad's keyword arguments: direction, pad_id, pad_type_id, pad_token); no padding with None."""
+    if length is not None:
+        for encoding in group:
+            encoding.pad(int(length), **(pad or {}))
+    return {name: np.array([getattr(e, ENCODING_FIELDS[name]) for e in group], dtype=dtype).reshape(len(group), -1)
+            for name, dtype in dtypes.items()}
+
+
+def encode(tokenizer, texts, dtypes, *, length=None, pad=None):
+    """Tokenize `texts` (str or UTF-8 bytes) into arrays [len(texts), tokens], one per output name.
 
     Args:
         tokenizer: From `load_tokenizer`.
         texts: The texts.
         dtypes: Output name (a key of ENCODING_FIELDS) -> numpy dtype.
+        length: Pad every text to this many tokens (for tokenizers loaded without fixed padding).
+        pad: Encoding.pad's keyword arguments (direction, pad_id, pad_type_id, pad_token), with `length`.
     """
-    decoded = [t.decode("utf-8") if isinstance(t, (bytes, bytearray)) else str(t) for t in texts]
-    encodings = tokenizer.encode_batch(decoded, add_special_tokens=True)
-    return {
-        name: np.array([getattr(e, ENCODING_FIELDS[name]) for e in encodings], dtype=dtype).reshape(len(decoded), -1)
-        for name, dtype in dtypes.items()
-    }
+    return stack(encodings(tokenizer, texts), dtypes, length, pad)
 
 
 def decode_text(value, index, max_text_bytes):
@@ -100,6 +143,11 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"tokenizer outputs {unknown} are not among {sorted(ENCODING_FIELDS)}")
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+        self.padding = parameters.get("padding", "fixed")
+        self.max_length = int(parameters["sequence_length"])
+        self.buckets = parse_buckets(parameters.get("buckets", ""))
+        self.pad = {"direction": parameters.get("padding_side", "right"), "pad_id": int(parameters["pad_id"]),
+                    "pad_type_id": int(parameters.get("pad_type_id", "0")), "pad_token": parameters["pad_token"]}
         self.tokenizer = load_tokenizer(
             path,
             sequence_length=parameters["sequence_length"],
@@ -108,6 +156,7 @@ class TritonPythonModel:
             pad_type_id=parameters.get("pad_type_id", "0"),
             padding_side=parameters.get("padding_side", "right"),
             truncation_side=parameters.get("truncation_side", "right"),
+            padding=self.padding,
         )
         self.max_text_bytes = int(parameters.get("max_text_bytes", MAX_TEXT_BYTES))
         if self.max_text_bytes < 1:
@@ -124,7 +173,7 @@ class TritonPythonModel:
 
     def _execute(self, pb_utils, requests):
         # Each request's texts are checked on their own; the good ones are tokenized together (the fast
-        # tokenizer encodes a batch in parallel), and split back per request.
+        # tokenizer encodes a batch in parallel), split back per request and padded per request by the policy.
         texts, problems = [], []
         for request in requests:
             try:
@@ -144,18 +193,25 @@ class TritonPythonModel:
         try:
             if not good:
                 return self._responses(pb_utils, problems, arrays_of)
-            arrays = encode(self.tokenizer, [t for i in good for t in texts[i]], self.dtypes)
+            encoded = encodings(self.tokenizer, [t for i in good for t in texts[i]])
             start = 0
             for i in good:
-                arrays_of[i] = {n: a[start:start + len(texts[i])] for n, a in arrays.items()}
+                arrays_of[i] = self._arrays(encoded[start:start + len(texts[i])])
                 start += len(texts[i])
         except Exception:  # noqa: BLE001 (find the request, one at a time)
             for i in good:
                 try:
-                    arrays_of[i] = encode(self.tokenizer, texts[i], self.dtypes)
+                    arrays_of[i] = self._arrays(encodings(self.tokenizer, texts[i]))
                 except Exception as exc:  # noqa: BLE001
                     problems[i] = error_text(f"tokenizing failed: {type(exc).__name__}: {exc}")
         return self._responses(pb_utils, problems, arrays_of)
+
+    def _arrays(self, group):
+        length = None
+        if self.padding != "fixed":  # each request padded by the policy (one shape per request)
+            length = padded_length(max((len(e.ids) for e in group), default=1), self.padding,
+                                   self.max_length, self.buckets)
+        return stack(group, self.dtypes, length, self.pad)
 
     @staticmethod
     def _responses(pb_utils, problems, arrays_of):
