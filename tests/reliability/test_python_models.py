@@ -53,11 +53,15 @@ def test_tokenizer_answers_each_request_on_its_own(tokenizer, pb_utils):
     assert str(tokenizer.max_text_bytes) in responses[3].error.message()
     for index, texts in ((0, [GOOD[0]]), (2, [GOOD[1], GOOD[2]]), (5, [GOOD[2]])):
         got = {t.name(): t.as_numpy() for t in responses[index].output_tensors()}
-        want = tokenizer_module.encode(tokenizer.tokenizer, texts, tokenizer.dtypes)
+        # each request alone, padded as the served policy pads it (fixed: SEQUENCE_LENGTH; buckets: its bucket)
+        longest = max(len(e.ids) for e in tokenizer_module.encodings(tokenizer.tokenizer, texts))
+        length = tokenizer_module.padded_length(longest, tokenizer.padding, SEQUENCE_LENGTH, tokenizer.buckets)
+        want = tokenizer_module.encode(tokenizer.tokenizer, texts, tokenizer.dtypes,
+                                       length=None if tokenizer.padding == "fixed" else length, pad=tokenizer.pad)
         assert sorted(got) == sorted(want)
         for name in want:
             np.testing.assert_array_equal(got[name], want[name])
-            assert got[name].shape == (len(texts), SEQUENCE_LENGTH)
+            assert got[name].shape == (len(texts), length)
 
 
 def test_tokenizer_gives_every_bad_request_its_own_error(tokenizer, pb_utils):
