@@ -429,7 +429,6 @@ class Pipeline:
         self.quant_config = quant_config
         self.output_dir = Path(parameters.output_dir).resolve()  # summary.json records absolute paths
         self.source = source if source is not None else load_model(parameters.model_path, task=parameters.task)
-        check_sequence_length(self.source, parameters.sequence_length)  # before the output folder is claimed
         self._task: Task | None = None
         self._budget: Budget | None = budget
         self._padding: PaddingPolicy | None = None
@@ -452,6 +451,7 @@ class Pipeline:
         self._samples: Samples | None = None
         self.unavailable_engines: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
+        check_sequence_length(self.source, parameters.sequence_length)  # before the output folder is claimed
         # one run per output folder, claimed once the inputs checked out: a lock, an earlier run refused up front
         # without overwrite, a killed run's leftovers cleaned
         self.output_folder = OutputFolder(self.output_dir).claim(overwrite=parameters.overwrite)
