@@ -30,7 +30,6 @@ from workbench.recipe import (  # noqa: E402
 from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
 from workbench.stages.export import ExportConfig  # noqa: E402
 from workbench.stages.precision.quantize import DynamicQuantConfig  # noqa: E402
-from workbench.triton.padding import PaddingPolicy  # noqa: E402
 
 SMALL = {"sequence_length": 16, "max_eval_samples": 8, "max_calibration_samples": 8, "eval_batch_size": 4,
          "benchmark_batch_sizes": (1,), "benchmark_iterations": 2}
@@ -84,9 +83,7 @@ def test_the_recipe_holds_steps_configs_versions_and_input_hashes(recorded, tiny
     assert recipe.parameters.output_dir == str(output_dir)
     assert recipe.last("export").config == {"export_config": ExportConfig()}
     assert recipe.last("quantize").config == {"quant_config": DynamicQuantConfig()}
-    assert recipe.last("compare").config == {"budget": AccuracyBudget.preset("relaxed"),
-                                             "padding": PaddingPolicy(max_length=16)}
-    assert recipe.last("export_triton").config == {"padding": PaddingPolicy(max_length=16)}
+    assert recipe.last("compare").config == {"budget": AccuracyBudget.preset("relaxed")}
     assert recipe.last("choose").args == {"batch": 1}
     assert recipe.last("choose").details["chosen"] == pipeline.results["choose"].name
     assert recipe.last("export_triton").details["model_name"]

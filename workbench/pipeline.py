@@ -407,7 +407,6 @@ class Pipeline:
     #: Pipeline attribute -> its config type (recipes read them back with the type's from_dict).
     config_types: ClassVar[dict[str, type[StageConfig]]] = {
         "export_config": ExportConfig, "quant_config": DynamicQuantConfig, "budget": Budget,
-        "padding": PaddingPolicy,
     }
 
     def __init__(
@@ -828,8 +827,7 @@ class Pipeline:
         self.candidates[name] = Candidate(name, result.path, engine="openvino", precision="int8_nncf")
         return result
 
-    @step(title="Accuracy against the FP32 reference", short="Accuracy", needs=("export",),
-          configs=("budget", "padding"),
+    @step(title="Accuracy against the FP32 reference", short="Accuracy", needs=("export",), configs=("budget",),
           reads_candidates=True, summary=_compare_summary, candidate_summary=_compare_candidate,
           blurb="Every candidate against the ONNX FP32 export on the held-out samples, padded as served, judged "
                 "by the task's metrics; a candidate meets the budget or says why not. Each candidate's batch "
@@ -944,7 +942,7 @@ class Pipeline:
                                 seq=self.parameters.sequence_length,
                                 batch_invariance_min=self.batch_invariance_min if batching else None)
 
-    @step(title="Deploy: Triton model repository", short="Deploy", needs=("choose",), configs=("padding",),
+    @step(title="Deploy: Triton model repository", short="Deploy", needs=("choose",),
           parameters=("triton_model_name", "overwrite"), summary=_triton_summary, details=_triton_details,
           blurb="The chosen candidate as a Triton repository that serves raw text (tokenizer, model, the task's "
                 "post-processing, an ensemble), every config.pbtxt checked strictly before anything is written.")
@@ -1116,7 +1114,7 @@ class ServingPipeline(Pipeline):
         self.serving_servers: tuple[str, ...] = SERVERS
 
     @step(title="Serving under load", short="Serving", needs=("export_triton",), reads=("choose",),
-          configs=("serving_config", "padding"), after="export_triton", summary=_serving_summary,
+          configs=("serving_config",), after="export_triton", summary=_serving_summary,
           blurb="The chosen engine served on loopback: the length-aware and the fixed-padding Triton repository "
                 "(HTTP and gRPC) and FastAPI baselines, closed-loop clients per concurrency level, side by side.")
     def serve(self) -> Any:
