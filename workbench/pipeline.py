@@ -842,8 +842,8 @@ class Pipeline:
         return self._with_batch_invariance(report)
 
     def _with_batch_invariance(self, report: Any) -> Any:
-        """`report` with every ONNX Runtime candidate's batch invariance under the served policy, in batches of the
-        served max_batch_size (the texts are the evaluation samples when they are texts)."""
+        """`report` with every candidate's batch invariance (run by its engine) under the served policy, in batches
+        of the served max_batch_size (the texts are the evaluation samples when they are texts)."""
         from dataclasses import replace
 
         from workbench.stages.accuracy.invariance import batch_invariance
@@ -853,15 +853,12 @@ class Pipeline:
         if len(texts) < 2 or output is None:
             return replace(report, notes=(*report.notes, "batch invariance was not measured: it needs at least 2 "
                                                          "evaluation texts and a task output to compare"))
-        measured, notes = {}, []
+        measured = {}
         for name, candidate in self.candidate_models.items():
-            if candidate.engine != "onnxruntime":
-                notes.append(f"batch invariance of {name!r} was not measured: it runs on {candidate.engine}")
-                continue
-            measured[name] = batch_invariance(candidate.path, self.tokenizer, texts, self.padding,
+            measured[name] = batch_invariance(candidate, self.tokenizer, texts, self.padding,
                                               batch_size=self.served_max_batch_size, name=name,
                                               threads=self.parameters.threads, embedding_output=output)
-        return replace(report, batch_invariance=measured, notes=(*report.notes, *notes))
+        return replace(report, batch_invariance=measured)
 
     @step(title="Accuracy fix: keep the layers that lose accuracy in FP32", short="Auto-fix", needs=("export",),
           reads=("fuse",), args=("candidate",), makes_candidates=True, optional=True,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from workbench.engines.base import Candidate
 from workbench.errors import ConfigError, DataError
 from workbench.triton.padding import PaddingPolicy
 
@@ -88,7 +89,7 @@ def _embeddings(runner: Any, feed: Mapping[str, np.ndarray], output: str) -> np.
 
 
 def batch_invariance(
-    model_path: str | os.PathLike[str],
+    model_path: str | os.PathLike[str] | Candidate,
     tokenizer: Any,
     texts: Sequence[str],
     policy: PaddingPolicy,
@@ -102,13 +103,15 @@ def batch_invariance(
     """Each text alone vs inside shuffled dynamic batches of `batch_size`, under `policy`: cosine of embeddings.
 
     Args:
-        model_path: The candidate's ONNX file (with an `attention_mask` input and a token-embedding output).
+        model_path: The candidate (a Candidate, run by its engine) or its model file (run by the engine that loads
+            such files: ONNX Runtime for .onnx, OpenVINO for .xml), with an `attention_mask` input and a
+            token-embedding output.
         tokenizer: The model's Hugging Face tokenizer.
         texts: The evaluation texts (at least 2, so that a batch has batch-mates).
         policy: The served padding policy (`TritonEnsembleResult.padding`, or the one to be exported).
         batch_size: Texts per dynamic batch (the served max_batch_size, for example).
         name: Name in reports; default the file's stem.
-        threads: onnxruntime intra-op threads.
+        threads: The engine's threads.
         embedding_output: The output compared: a token-embedding output (mean-pooled where attention_mask is 1),
             or a per-text output such as "logits" (compared as it is).
         seed: Seed of the shuffle that mixes texts of different lengths into batches.
@@ -117,7 +120,7 @@ def batch_invariance(
         DataError: Fewer than 2 texts.
         ConfigError: batch_size below 2, or a policy that is not a PaddingPolicy.
     """
-    from workbench.engines.onnxruntime import OnnxRuntimeRunner
+    from workbench.engines.base import engine_for_path, get_engine
 
     texts = [str(t) for t in texts]
     if len(texts) < 2:
@@ -128,11 +131,11 @@ def batch_invariance(
     if not isinstance(policy, PaddingPolicy):
         raise ConfigError(f"policy must be a PaddingPolicy, not {type(policy).__name__}.",
                           fix="pass the served policy, e.g. TritonEnsembleResult.padding or PaddingPolicy()")
-    path = Path(model_path)
+    engine = get_engine(model_path.engine) if isinstance(model_path, Candidate) else engine_for_path(model_path)
+    path = Path(model_path.path if isinstance(model_path, Candidate) else model_path)
     order = np.random.default_rng(seed).permutation(len(texts))
     mixed = [texts[i] for i in order]  # arrival order: a mix of lengths
-    runner = OnnxRuntimeRunner(path, name=name, intra_op_threads=threads, allow_spinning=False,
-                               output_names=[embedding_output])
+    runner: Any = engine.runner(path, name=name, threads=threads)
     with runner:
         inputs = list(runner.input_specs())
         if "attention_mask" not in inputs:
