@@ -191,7 +191,8 @@ def test_run_all_stops_at_the_first_failure(tiny_model_dir, tmp_path):
     wb["deploy"].controls["triton_model_name"].value = ".hidden"  # Triton model names must not start with a dot
     assert wb.run_all() is False
     optional = {"surgery", "convert", "autofix"}  # run on request: "Run all" leaves them out
-    assert [wb.state(step) for step in STEP_KEYS if step not in optional] == ["done"] * 8 + ["failed", "not run"]
+    ran = [step for step in STEP_KEYS if step not in optional]
+    assert [wb.state(step) for step in ran] == ["done"] * (len(ran) - 2) + ["failed", "not run"]
     assert all(wb.state(step) == "not run" for step in optional)
     assert "stopped at Deploy" in wb.message.value
     assert status_text(wb["deploy"]).startswith("failed: ConfigError") and ".hidden" in panel_text(wb["deploy"])
