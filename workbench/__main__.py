@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             written = finish(pipeline)
             print(format_summary(written))
             check = pipeline.output_check
+            assert check is not None  # replay() always compares the files it wrote with the recording's
             print(check.headline())
             if check.choice is not None:
                 print(_near_tie(pipeline, check.choice))

@@ -82,7 +82,7 @@ def clean_leftovers(folder: str | os.PathLike[str], *, all_owners: bool = False)
         What was removed.
     """
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError, PermissionError):

@@ -877,7 +877,8 @@ class Pipeline:
         report = self.results.get("compare")
         if candidate is None:
             ran = report is not None  # (a report is falsy when a candidate misses: test for None)
-            missing = [c.name for c in report.candidates if not c and c.name in self.plans] if ran else []
+            missing = [c.name for c in report.candidates if not c and c.name in self.plans] if report is not None \
+                else []
             if not missing:
                 raise WorkbenchError(
                     "There is no candidate to fix: " + ("every candidate made from a precision plan meets the "

@@ -345,7 +345,7 @@ def calibrate(
     key = _key(model_digest, data_digest, config)
     cache_path = cache_dir / f"{key}.json"
     tensor_names = _model_tensor_names(model_path)
-    expected = {"key": key, "model_digest": model_digest, "data_digest": data_digest, "config": config,
+    expected: dict[str, Any] = {"key": key, "model_digest": model_digest, "data_digest": data_digest, "config": config,
                 "tensor_names": tensor_names}
     started = time.perf_counter()
     report = Progress(as_callback(progress), f"calibration ({config.method})", "calibration batches",
@@ -376,8 +376,10 @@ def calibrate(
             try:
                 report(0, "collecting activation ranges")
                 for start, chunk in zip(range(0, len(feeds), config.chunk_size), chunks):
-                    calibrator.collect_data(FeedReader(chunk, on_next=lambda i, start=start: report(
-                        start + i, f"batch {start + i} of {len(feeds)}")))
+                    def on_next(i: int, start: int = start) -> None:
+                        report(start + i, f"batch {start + i} of {len(feeds)}")
+
+                    calibrator.collect_data(FeedReader(chunk, on_next=on_next))
                 report(len(feeds), "computing ranges")
                 tensors_data = calibrator.compute_data()
             except (IndexError, MemoryError, ValueError) as exc:
