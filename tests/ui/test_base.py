@@ -10,9 +10,9 @@ import html
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from collections.abc import Callable
 
 import ipywidgets as widgets
 import pytest
