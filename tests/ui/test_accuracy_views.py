@@ -14,11 +14,11 @@ pytest.importorskip("onnxruntime")
 go = pytest.importorskip("plotly.graph_objects")
 
 from workbench.errors import AccuracyError, ConfigError, QuantizationError  # noqa: E402
-from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
-from workbench.stages.accuracy.compare import AccuracyBudget, ComparisonReport  # noqa: E402
 from workbench.stages.accuracy.autofix import AutofixConfig, AutofixResult  # noqa: E402
+from workbench.stages.accuracy.compare import AccuracyBudget, ComparisonReport  # noqa: E402
 from workbench.stages.accuracy.diagnose import Diagnosis  # noqa: E402
 from workbench.stages.accuracy.fixes import PlanEvaluation  # noqa: E402
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
 from workbench.ui import AccuracyView, DiagnosisView, FixView  # noqa: E402
 
 PRESET = "cpu_int8_dynamic"
@@ -92,7 +92,8 @@ def test_accuracy_view_bad_control_shows_the_config_error_and_keeps_the_report(f
     first = view.result
     view.controls["embedding_cosine_min"].value = 1.5
     view.click()
-    assert isinstance(view.error, ConfigError) and "embedding_cosine_min" in panel_text(view)
+    assert isinstance(view.error, ConfigError) and "embedding_cosine_min" in str(view.error)
+    assert "'embedding cosine min' must be in [-1.0, 1.0]" in panel_text(view)  # the control's label
     assert view.result is first and "failed" in view.status.value
 
 

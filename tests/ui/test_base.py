@@ -10,8 +10,9 @@ import html
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import ipywidgets as widgets
 import pytest
@@ -180,15 +181,15 @@ def test_a_bad_control_value_fails_the_run_with_the_config_error_in_the_panel():
     view.controls["b"].value = -1.0
     view.click()
     assert isinstance(view.error, ConfigError) and view.calls == 0 and view.result is None
-    assert "failed: ConfigError: AddConfig.b must be &gt;= 0" in view.status.value
-    assert "ConfigError: AddConfig.b must be >= 0, got -1.0." in panel_text(view)
+    assert "failed: ConfigError: &#x27;b&#x27; must be &gt;= 0" in view.status.value  # the label, not AddConfig.b
+    assert "ConfigError: 'b' must be >= 0, got -1.0." in panel_text(view) and "AddConfig.b" in str(view.error)
     assert "Fix: enter 0 or a positive number" in panel_text(view)
     # unreadable text in a control is a ConfigError as well, naming the control
     view.controls["b"].value = 1.0
     view.controls["extra"].value = "1, two"
     view.click()
     assert isinstance(view.error, ConfigError)
-    assert "AddConfig.extra: cannot read '1, two'" in panel_text(view)
+    assert "'extra': cannot read '1, two'" in panel_text(view) and "AddConfig.extra" in str(view.error)
     assert "Fix: correct the 'extra' control" in panel_text(view)
 
 

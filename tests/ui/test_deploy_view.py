@@ -19,10 +19,8 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from workbench.errors import ConfigError, TritonExportError, WorkbenchError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
 from workbench.stages import choose as choose_stage  # noqa: E402
-from workbench.stages.benchmark import latency as benchmark_stage  # noqa: E402
-from workbench.triton import config as triton_stage  # noqa: E402
-from workbench.triton import model as triton_model  # noqa: E402
 from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
+from workbench.stages.benchmark import latency as benchmark_stage  # noqa: E402
 from workbench.stages.benchmark.latency import (  # noqa: E402
     BenchmarkConfig,
     BenchmarkResult,
@@ -31,6 +29,8 @@ from workbench.stages.benchmark.latency import (  # noqa: E402
     feeds_from_sentences,
 )
 from workbench.stages.choose import Choice, choose_candidate  # noqa: E402
+from workbench.triton import config as triton_stage  # noqa: E402
+from workbench.triton import model as triton_model  # noqa: E402
 from workbench.triton.config import TritonConfig, parse_model_config  # noqa: E402
 from workbench.triton.model import TritonExportResult
 from workbench.ui import BenchmarkView, ChoiceView, ExportView  # noqa: E402
@@ -146,7 +146,9 @@ def test_benchmark_view_shows_a_bad_control_value_and_keeps_the_result(tiny):
     assert first is not None
     view.controls["batch_sizes"].value = "0, 8"
     view.click()
-    assert isinstance(view.error, ConfigError) and "batch_sizes must be positive" in panel_text(view)
+    assert isinstance(view.error, ConfigError) and "batch_sizes must be positive" in str(view.error)
+    # the panel speaks the control's label, not the dataclass path
+    assert "'batch sizes' must be positive" in panel_text(view) and "BenchmarkConfig." not in panel_text(view)
     assert view.result is first and view.status.value.startswith('<span style="color:#b00020">failed')
 
 
@@ -222,7 +224,8 @@ def test_choice_view_latency_ceiling(measured):
     assert view.result is first  # a failed run keeps the previous choice
     view.controls["latency_ceiling_ms"].value = "fast"
     view.click()
-    assert isinstance(view.error, ConfigError) and "latency_ceiling_ms" in panel_text(view)
+    assert isinstance(view.error, ConfigError) and "latency_ceiling_ms" in str(view.error)
+    assert "'latency ceiling (ms, p90)': cannot read 'fast'" in panel_text(view)  # the label, not the field path
 
 
 def test_choice_view_on_a_hand_made_comparison():
@@ -322,7 +325,8 @@ def test_export_view_shows_a_bad_model_name_and_writes_nothing(tiny_bert_onnx, t
     view = ExportView(tiny_bert_onnx, tmp_path / "repo")
     view.controls["model_name"].value = "../escape"
     view.click()
-    assert isinstance(view.error, ConfigError) and "model_name" in panel_text(view) and "Fix:" in panel_text(view)
+    assert isinstance(view.error, ConfigError) and "model_name" in str(view.error) and "Fix:" in panel_text(view)
+    assert "'model name' '../escape' has characters" in panel_text(view)  # the control's label
     assert not (tmp_path / "repo").exists() and not (tmp_path / "escape").exists()
 
 

@@ -137,6 +137,7 @@ def test_re_running_export_marks_the_steps_after_it_stale(wb):
                          "compare": "stale", "autofix": "not run", "benchmark": "stale",
                          "choose": "not run", "export_triton": "not run", "write_summary": "not run"}
     assert status_text(wb["quantize"]) == "stale: Export ran again since; run again"
+    assert f'data-run="{wb["quantize"].runs}"' in wb["quantize"].status.value  # a stale mark keeps the run count
     assert "stale" in wb.overview.value
     click(wb, "quantize")  # running a stale step brings it up to date; what reads it stays stale
     assert wb.state("quantize") == "done" and wb.state("compare") == "stale" and wb.state("fuse") == "stale"

@@ -923,6 +923,8 @@ class Workbench:
                     other = self.panels[key]
                     if other.state in (DONE, STALE):
                         other._mark(STALE, f"stale: {panel.short} ran again since; run again")
+                        # the mark keeps the run count (a browser test waits for the next number)
+                        other.status.value = f'<span data-run="{other.runs}">{other.status.value}</span>'
                 self._save()
         else:
             panel.state = FAILED
