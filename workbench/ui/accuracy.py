@@ -248,7 +248,7 @@ class FixView(StageView):
     # -- controls and the plan -----------------------------------------------------------------------------------
 
     def _controls(self) -> dict[str, widgets.Widget]:
-        controls = super()._controls()
+        controls = dict(super()._controls())  # type: ignore[arg-type]  # the config's controls are a dict here
         self.nodes = widgets.Text(description="nodes to pin", placeholder="node names, comma-separated",
                                   style=dict(_STYLE), layout=widgets.Layout(**_LAYOUT),
                                   tooltip="Names of nodes of the model (e.g. from the diagnosis) to keep in FP32")

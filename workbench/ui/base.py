@@ -67,7 +67,7 @@ class StageView:
     """
 
     title: ClassVar[str | None] = None
-    config_cls: ClassVar[type | None] = None
+    config_cls: type | None = None  # a class default; a panel may set its own from the step's config
     config_choices: ClassVar[Mapping[str, Sequence[Any]] | None] = None
     config_exclude: ClassVar[Sequence[str]] = ()
     config_labels: ClassVar[Mapping[str, str] | None] = None

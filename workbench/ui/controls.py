@@ -84,7 +84,9 @@ def controls_for(
         if field.name in excluded:
             continue
         value = getattr(config, field.name) if not isinstance(config, type) else _default(field)
-        widget = _widget_for(hints[field.name], value, choices.get(field.name), docs.get(field.name, ""))
+        allowed = choices.get(field.name)
+        widget = _widget_for(hints[field.name], value, tuple(allowed) if allowed is not None else None,
+                             docs.get(field.name, ""))
         widget.description = labels.get(field.name, field.name.replace("_", " "))
         widget.style = dict(_STYLE)
         widget.layout = widgets.Layout(**_LAYOUT)
@@ -146,8 +148,9 @@ def _tuple_placeholder(hint: Any) -> str:
     """A placeholder that shows what the tuple's items look like."""
     args = typing.get_args(hint)
     item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
-    return {int: "comma-separated whole numbers, e.g. 1, 8", float: "comma-separated numbers, e.g. 0.5, 1",
-            str: "comma-separated names"}.get(item, "comma-separated values")
+    placeholders: dict[Any, str] = {int: "comma-separated whole numbers, e.g. 1, 8",
+                                    float: "comma-separated numbers, e.g. 0.5, 1", str: "comma-separated names"}
+    return placeholders.get(item, "comma-separated values")
 
 
 def _widget_for(hint: Any, value: Any, choices: tuple[Any, ...] | None, doc: str = "") -> widgets.Widget:
@@ -251,8 +254,9 @@ def _expected_text(inner: Any, optional: bool) -> str:
         text = "a number, e.g. 0.001 or 1e-3"
     elif _is_tuple(inner):
         item = _item_types(inner, 1)[0] if typing.get_args(inner)[1:2] == (Ellipsis,) else None
-        text = {int: "comma-separated whole numbers, e.g. 1, 8", float: "comma-separated numbers, e.g. 0.5, 1"}.get(
-            item, "comma-separated values")
+        lists: dict[Any, str] = {int: "comma-separated whole numbers, e.g. 1, 8",
+                                 float: "comma-separated numbers, e.g. 0.5, 1"}
+        text = lists.get(item, "comma-separated values")
     else:
         text = "JSON, e.g. {\"key\": 1}"
     return text + (", or empty for None" if optional else "")
@@ -275,7 +279,7 @@ def _is_tuple(hint: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
+    return str(getattr(hint, "__name__", hint)) if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def _default(field: dataclasses.Field) -> Any:

@@ -99,8 +99,8 @@ class StepPanel(StageView):
     """
 
     placeholders: ClassVar[Mapping[str, str]] = {}
-    short: ClassVar[str] = ""
-    blurb: ClassVar[str] = ""
+    short: str = ""  # class defaults; a step's panel takes its own from the step
+    blurb: str = ""
     open_settings: ClassVar[bool] = False
 
     def __init__(self, workbench: Workbench, number: int, step: Any, *, config_base: Any = None) -> None:
@@ -197,7 +197,7 @@ class StepPanel(StageView):
     def _run(self) -> Any:
         missing = self.workbench.missing_inputs(self.key)
         if missing:
-            titles = ", ".join(self.workbench.panels[step].title for step in missing)
+            titles = ", ".join(str(self.workbench.panels[step].title) for step in missing)
             raise WorkbenchError(f"{self.title} needs {titles} first.",
                                  fix=f"run {titles} (the Run buttons above)")
         pipeline = self.workbench.pipeline
@@ -215,7 +215,7 @@ class StepPanel(StageView):
         self.stopped = False
         self.workbench._before_run(self)
         pipeline = self.workbench.pipeline
-        self.progress.start(self.short or self.title)
+        self.progress.start(self.short or str(self.title))
         self.stop_button.disabled = False
         self.stop_button.layout.display = "inline-flex"
         if pipeline is not None:
@@ -713,7 +713,7 @@ class Workbench:
         """The notebook's one call. With `recipe`, start from it (only `output_dir` overrides it: the other
         notebook parameters are ignored, so a replay uses the recorded settings); else from `parameters`."""
         if recipe:
-            overrides = {"output_dir": output_dir} if output_dir is not None else {}
+            overrides: dict[str, Any] = {"output_dir": output_dir} if output_dir is not None else {}
             return cls.from_recipe(recipe, **overrides)
         return cls.from_parameters(output_dir=output_dir, **parameters) if output_dir is not None else \
             cls.from_parameters(**parameters)
@@ -822,7 +822,7 @@ class Workbench:
             if panel.error is not None or panel.stopped or self._stop_all:
                 verb = "stopped" if panel.stopped or self._stop_all else "failed"
                 self.message.value = (f'<span style="color:{_STATE_COLORS[FAILED]}">'
-                                      f"stopped at {html.escape(panel.title)} ({verb})</span>")
+                                      f"stopped at {html.escape(str(panel.title))} ({verb})</span>")
                 return False
         self.message.value = f"ran {len(steps)} steps"
         if self.source_recipe is not None and self.pipeline is not None:
@@ -883,7 +883,7 @@ class Workbench:
 
     def fix(self, candidate: str) -> bool:
         """What an accuracy panel's "Auto-fix <candidate>" does: run the auto-fix step on that candidate."""
-        panel = self.panels["autofix"]
+        panel: Any = self.panels["autofix"]  # the auto-fix panel: its candidate dropdown
         panel.refresh_inputs()
         if candidate in panel.candidate.options:
             panel.candidate.value = candidate
@@ -940,10 +940,10 @@ class Workbench:
         if not saved:
             return
         for key in saved.steps:
-            panel = self.panels.get(key)
-            if panel is not None:
-                panel.show_config(self.pipeline)
-                panel.restore(self.pipeline.results[key], saved.states.get(key, DONE))
+            restored = self.panels.get(key)
+            if restored is not None:
+                restored.show_config(self.pipeline)
+                restored.restore(self.pipeline.results[key], saved.states.get(key, DONE))
         self.message.value = (f"re-attached to <code>{html.escape(str(self.pipeline.output_dir))}</code>: "
                               f"{len(saved.steps)} finished step(s) restored")
 
@@ -970,7 +970,7 @@ class Workbench:
                     panel.needs.value = f"<small>{html.escape(_headline(exc))}</small>"
             missing = self.missing_inputs(key)
             panel.run_button.disabled = bool(missing) or busy
-            panel.needs.value = ("<small>needs: " + ", ".join(html.escape(self.panels[m].title) for m in missing)
+            panel.needs.value = ("<small>needs: " + ", ".join(html.escape(str(self.panels[m].title)) for m in missing)
                                  + "</small>") if missing else ""
         self.run_all_button.disabled = busy
         self._refresh_overview()
