@@ -132,7 +132,7 @@ def test_bad_requests_are_refused_before_any_work(exported_decoder, models):
     _, tokenizer = models["gpt2"]
     spec = exported_decoder("gpt2").spec
     for bad in (0, -3, 2.5, True):
-        with pytest.raises(ConfigError, match="max_new_tokens must be an integer >= 1"):
+        with pytest.raises(ConfigError, match="max_new_tokens must be an integer"):
             GenerationConfig(max_new_tokens=bad)
     with pytest.raises(ConfigError, match="temperature"):
         GenerationConfig(do_sample=True, temperature=0.0)

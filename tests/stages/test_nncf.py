@@ -144,10 +144,11 @@ def test_autofix_tunes_the_smoothquant_alpha_before_pinning(tiny_bert_onnx, data
     start = plan.convert(tiny_bert_onnx, tmp_path / "start.xml", calibration_feeds=calibration)
     accuracy = compare_candidates(tiny_bert_onnx, {"c": start.path}, evaluation)["c"]
     budget = AccuracyBudget(embedding_cosine_mean=1.0, embedding_cosine_min=1.0)  # unreachable
-    seen = []
+    events = []
     with pytest.raises(AccuracyError):
         autofix(tiny_bert_onnx, plan, evaluation, tmp_path / "fix", budget=budget, calibration_feeds=calibration,
-                config=AutofixConfig(latency_iterations=1, smoothing_alphas=(0.5, 0.95)), progress=seen.append)
+                config=AutofixConfig(latency_iterations=1, smoothing_alphas=(0.5, 0.95)), progress=events.append)
+    seen = [event.item for event in events if event.item is not None]  # the trials, as each completed
     assert [t.stage for t in seen[:2]] == ["start", "alpha"]
     assert seen[0].smoothing_alpha == 0.95 and seen[1].smoothing_alpha == 0.5, "its own alpha is not tried again"
     assert seen[0].cosine_mean == pytest.approx(accuracy.embedding_cosine_mean)

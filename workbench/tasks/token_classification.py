@@ -393,6 +393,10 @@ class TokenClassification(Task):
     serving_output = "ENTITIES"
     served_by_front_model = True
 
+    def accepts_outputs(self, outputs: Mapping[str, int | None]) -> bool:
+        """3-D logits without a key/value cache (a decoder's 3-D logits come with `present.*` outputs)."""
+        return super().accepts_outputs(outputs) and not any(name.startswith("present.") for name in outputs)
+
     def check_tokenizer(self, tokenizer: Any, *, model_path: str) -> None:
         super().check_tokenizer(tokenizer, model_path=model_path)
         if not getattr(tokenizer, "is_fast", False):
