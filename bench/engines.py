@@ -80,18 +80,28 @@ def time_one(args: argparse.Namespace) -> int:
         runner = get_engine(args.engine).runner(Path(args.model), name=args.engine, threads=args.threads)
     timings: dict[str, list[float]] = {}
     with runner:
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
-                 if args.engine == "pytorch" or n in runner.input_specs()]
+        names = [
+            n
+            for n in ("input_ids", "attention_mask", "token_type_ids")
+            if args.engine == "pytorch" or n in runner.input_specs()
+        ]
         for batch in args.batch_sizes:
             for seq in args.seq:
                 if seq == MIX:  # every sentence once per pass, each batch padded to its longest sentence
-                    feeds = tokenize_batches(tokenizer, sentences, batch_size=batch, sequence_length=SEQUENCE_LENGTH,
-                                             padding="longest", input_names=names)
+                    feeds = tokenize_batches(
+                        tokenizer,
+                        sentences,
+                        batch_size=batch,
+                        sequence_length=SEQUENCE_LENGTH,
+                        padding="longest",
+                        input_names=names,
+                    )
                     passes = max(1, args.iterations // 10)
                 else:
                     chosen = [sentences[i % len(sentences)] for i in range(batch)]
-                    feeds = tokenize_batches(tokenizer, chosen, batch_size=batch, sequence_length=int(seq),
-                                             input_names=names)
+                    feeds = tokenize_batches(
+                        tokenizer, chosen, batch_size=batch, sequence_length=int(seq), input_names=names
+                    )
                     passes = args.iterations
                 for feed in feeds if seq == MIX else [feeds[0]] * args.warmup:  # warm every shape up
                     runner.infer(feed)
@@ -106,19 +116,35 @@ def time_one(args: argparse.Namespace) -> int:
     return 0
 
 
-def interleaved_timings(candidates: dict[str, dict[str, Any]], args: argparse.Namespace,
-                        started: float) -> dict[str, dict[str, list[float]]]:
+def interleaved_timings(
+    candidates: dict[str, dict[str, Any]], args: argparse.Namespace, started: float
+) -> dict[str, dict[str, list[float]]]:
     """name -> shape -> every sample, from `args.rounds` rounds of one process per candidate, order rotating."""
     names = list(candidates)
     samples: dict[str, dict[str, list[float]]] = {name: {} for name in names}
     for round_index in range(args.rounds):
-        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in order:
             facts = candidates[name]
-            command = [sys.executable, __file__, "--time-one", "--engine", facts["engine"],
-                       "--model", str(facts.get("path") or ""), "--threads", str(args.threads),
-                       "--iterations", str(args.iterations), "--warmup", str(args.warmup),
-                       "--batch-sizes", *map(str, args.batch_sizes), "--seq", *map(str, args.seq)]
+            command = [
+                sys.executable,
+                __file__,
+                "--time-one",
+                "--engine",
+                facts["engine"],
+                "--model",
+                str(facts.get("path") or ""),
+                "--threads",
+                str(args.threads),
+                "--iterations",
+                str(args.iterations),
+                "--warmup",
+                str(args.warmup),
+                "--batch-sizes",
+                *map(str, args.batch_sizes),
+                "--seq",
+                *map(str, args.seq),
+            ]
             if args.model_path:
                 command += ["--model-path", args.model_path]
             done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
@@ -147,8 +173,9 @@ def accuracy_control(reference: Path, calibration: list, evaluation: list, outpu
     from workbench.stages.accuracy.compare import mean_pooled_embeddings
 
     with OnnxRuntimeRunner(reference) as runner:
-        expected = [mean_pooled_embeddings(runner.infer(f)["last_hidden_state"], f["attention_mask"])
-                    for f in evaluation]
+        expected = [
+            mean_pooled_embeddings(runner.infer(f)["last_hidden_state"], f["attention_mask"]) for f in evaluation
+        ]
     calls = {"full": 0, "items": 0}
 
     def cosines_of(compiled: Any, items: Any) -> tuple[list[float], list[float]]:
@@ -158,31 +185,45 @@ def accuracy_control(reference: Path, calibration: list, evaluation: list, outpu
             hidden = compiled(feed)[output_port]
             cos = (mean_pooled_embeddings(hidden, feed["attention_mask"]) * expected[index]).sum(axis=1)
             every += cos.tolist()
-            per_item.append(float(min(cos.mean() - TARGET["embedding_cosine_mean"],
-                                      cos.min() - TARGET["embedding_cosine_min"])))
+            per_item.append(
+                float(min(cos.mean() - TARGET["embedding_cosine_mean"], cos.min() - TARGET["embedding_cosine_min"]))
+            )
         return every, per_item
 
     def validate(compiled: Any, items: Any) -> tuple[float, list[float]]:
         items = list(items)
         calls["full" if len(items) == len(evaluation) else "items"] += 1
         every, per_item = cosines_of(compiled, items)
-        metric = min(float(np.mean(every)) - TARGET["embedding_cosine_mean"],
-                     float(np.min(every)) - TARGET["embedding_cosine_min"])
+        metric = min(
+            float(np.mean(every)) - TARGET["embedding_cosine_mean"],
+            float(np.min(every)) - TARGET["embedding_cosine_min"],
+        )
         return metric, per_item
 
     started = time.perf_counter()
     model = read_model(reference)
     quantized = nncf.quantize_with_accuracy_control(
-        model, nncf.Dataset(calibration), nncf.Dataset(list(enumerate(evaluation)), lambda item: item[1]), validate,
-        max_drop=0.003, drop_type=nncf.DropType.ABSOLUTE, model_type=nncf.ModelType.TRANSFORMER,
+        model,
+        nncf.Dataset(calibration),
+        nncf.Dataset(list(enumerate(evaluation)), lambda item: item[1]),
+        validate,
+        max_drop=0.003,
+        drop_type=nncf.DropType.ABSOLUTE,
+        model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(calibration),
-        advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(max_num_iterations=trial_bound))
+        advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(max_num_iterations=trial_bound),
+    )
     seconds = time.perf_counter() - started
     path = save_model(quantized, output)
     fp32_ops = sorted(name for name, precision in ir_precisions(path).items() if precision == "fp32")
-    return {"path": str(path), "seconds": round(seconds, 1), "full_evaluations": calls["full"],
-            "item_evaluations": calls["items"], "fp32_compute_ops": fp32_ops,
-            "max_num_iterations": trial_bound}
+    return {
+        "path": str(path),
+        "seconds": round(seconds, 1),
+        "full_evaluations": calls["full"],
+        "item_evaluations": calls["items"],
+        "fp32_compute_ops": fp32_ops,
+        "max_num_iterations": trial_bound,
+    }
 
 
 def build(args: argparse.Namespace, folder: Path, started: float) -> tuple[dict, dict, dict | None, Any]:
@@ -194,36 +235,55 @@ def build(args: argparse.Namespace, folder: Path, started: float) -> tuple[dict,
     from workbench.stages.accuracy.diagnose import quantized_nodes
     from workbench.stages.precision.plan import PrecisionPlan
 
-    pipeline = Pipeline(PipelineParameters(model_path=args.model_path, output_dir=str(folder),
-                                           max_eval_samples=args.eval_samples,
-                                           max_calibration_samples=args.calibration_samples))
+    pipeline = Pipeline(
+        PipelineParameters(
+            model_path=args.model_path,
+            output_dir=str(folder),
+            max_eval_samples=args.eval_samples,
+            max_calibration_samples=args.calibration_samples,
+        )
+    )
     pipeline.export()
     pipeline.fuse()
     pipeline.quantize_smoothquant()
     reference = pipeline.candidates["reference"]
     log(started, "exported, fused, ORT dynamic INT8 + SmoothQuant built")
-    calibration = tokenize_batches(pipeline.tokenizer, pipeline.sentences.calibration, batch_size=1,
-                                   sequence_length=SEQUENCE_LENGTH, input_names=pipeline.input_names)
+    calibration = tokenize_batches(
+        pipeline.tokenizer,
+        pipeline.sentences.calibration,
+        batch_size=1,
+        sequence_length=SEQUENCE_LENGTH,
+        input_names=pipeline.input_names,
+    )
     evaluation = pipeline.evaluation_feeds()  # padded to 128, batches of 8: as served
     candidates: dict[str, dict[str, Any]] = {
         "pytorch_fp32": {"engine": "pytorch", "precision": "fp32", "path": None},
-        "ort_int8_dynamic_smoothquant": {"engine": "onnxruntime", "precision": "int8_dynamic",
-                                         "path": pipeline.candidates["int8_dynamic_smoothquant"]},
+        "ort_int8_dynamic_smoothquant": {
+            "engine": "onnxruntime",
+            "precision": "int8_dynamic",
+            "path": pipeline.candidates["int8_dynamic_smoothquant"],
+        },
     }
     converted = convert_to_openvino(reference, folder / "ov_fp32.xml")
     candidates["ov_fp32"] = {"engine": "openvino", "precision": "fp32", "path": converted.path}
-    defaults = PrecisionPlan.preset("cpu_int8_nncf").convert(reference, folder / "ov_int8_nncf.xml",
-                                                             calibration_feeds=calibration)
+    defaults = PrecisionPlan.preset("cpu_int8_nncf").convert(
+        reference, folder / "ov_int8_nncf.xml", calibration_feeds=calibration
+    )
     candidates["ov_int8_nncf"] = {"engine": "openvino", "precision": "int8_nncf", "path": defaults.path}
     log(started, f"OpenVINO FP32 and NNCF INT8 built ({defaults.seconds:.0f} s)")
 
     if args.fixed_plan:  # the plan an earlier search found (--save-plan), applied again: one quantization, no search
         plan = PrecisionPlan.load(args.fixed_plan)
         fixed_result = plan.convert(reference, folder / "ov_int8_fixed.xml", calibration_feeds=calibration)
-        search = {"reused_plan": str(args.fixed_plan), "pins": list(plan.keep_fp32),
-                  "smoothing_alpha": plan.smoothing.alpha if plan.smoothing else None,
-                  "quantized_ops": len(quantized_nodes(reference, defaults.path)), "trials": None,
-                  "trial_bound": None, "seconds": round(fixed_result.seconds, 1)}
+        search = {
+            "reused_plan": str(args.fixed_plan),
+            "pins": list(plan.keep_fp32),
+            "smoothing_alpha": plan.smoothing.alpha if plan.smoothing else None,
+            "quantized_ops": len(quantized_nodes(reference, defaults.path)),
+            "trials": None,
+            "trial_bound": None,
+            "seconds": round(fixed_result.seconds, 1),
+        }
         candidates["ov_int8_fixed"] = {"engine": "openvino", "precision": "int8_nncf", "path": fixed_result.path}
         log(started, f"the fixed plan from {args.fixed_plan} applied: {len(plan.keep_fp32)} pins")
         return candidates, search, None, (reference, evaluation)
@@ -231,20 +291,42 @@ def build(args: argparse.Namespace, folder: Path, started: float) -> tuple[dict,
     budget = AccuracyBudget(**TARGET)
     search_started = time.perf_counter()
     config = AutofixConfig(threads=args.threads, latency_iterations=10)
-    fixed = autofix(reference, PrecisionPlan.preset("cpu_int8_nncf"), evaluation, folder / "search", budget=budget,
-                    calibration_feeds=calibration, config=config,
-                    progress=lambda t: log(started, f"  trial {t.index} ({t.stage}): {len(t.pins)} pins, mean "
-                                                    f"{t.cosine_mean:.5f} min {t.cosine_min:.5f}"))
+    fixed = autofix(
+        reference,
+        PrecisionPlan.preset("cpu_int8_nncf"),
+        evaluation,
+        folder / "search",
+        budget=budget,
+        calibration_feeds=calibration,
+        config=config,
+        progress=lambda t: log(
+            started,
+            f"  trial {t.index} ({t.stage}): {len(t.pins)} pins, mean {t.cosine_mean:.5f} min {t.cosine_min:.5f}",
+        ),
+    )
     quantized = len(quantized_nodes(reference, fixed.start.path))
     bound = trial_budget(quantized, config.max_prune_trials, len(config.smoothing_alphas))
-    search = {"trials": len(fixed.trials), "trial_bound": bound, "quantized_ops": quantized,
-              "pins": list(fixed.plan.keep_fp32), "smoothing_alpha": fixed.plan.smoothing.alpha
-              if fixed.plan.smoothing else None, "seconds": round(time.perf_counter() - search_started, 1),
-              "diagnosis_seconds": round(fixed.diagnosis.seconds, 1) if fixed.diagnosis else None,
-              "notes": list(fixed.notes),
-              "trial_log": [{"stage": t.stage, "pins": len(t.pins), "alpha": t.smoothing_alpha,
-                             "cosine_mean": round(t.cosine_mean, 5), "cosine_min": round(t.cosine_min, 5),
-                             "meets_budget": t.meets_budget} for t in fixed.trials]}
+    search = {
+        "trials": len(fixed.trials),
+        "trial_bound": bound,
+        "quantized_ops": quantized,
+        "pins": list(fixed.plan.keep_fp32),
+        "smoothing_alpha": fixed.plan.smoothing.alpha if fixed.plan.smoothing else None,
+        "seconds": round(time.perf_counter() - search_started, 1),
+        "diagnosis_seconds": round(fixed.diagnosis.seconds, 1) if fixed.diagnosis else None,
+        "notes": list(fixed.notes),
+        "trial_log": [
+            {
+                "stage": t.stage,
+                "pins": len(t.pins),
+                "alpha": t.smoothing_alpha,
+                "cosine_mean": round(t.cosine_mean, 5),
+                "cosine_min": round(t.cosine_min, 5),
+                "meets_budget": t.meets_budget,
+            }
+            for t in fixed.trials
+        ],
+    }
     candidates["ov_int8_fixed"] = {"engine": "openvino", "precision": "int8_nncf", "path": fixed.path}
     log(started, f"autofix: {len(fixed.trials)} trials, {len(fixed.plan.keep_fp32)} pins")
     if args.save_plan:
@@ -255,10 +337,16 @@ def build(args: argparse.Namespace, folder: Path, started: float) -> tuple[dict,
         control = accuracy_control(reference, calibration, evaluation, folder / "ov_int8_accuracy_control.xml", bound)
         default_fp32 = {n for n, p in ir_precisions(defaults.path).items() if p == "fp32"}
         control["pins"] = [n for n in control.pop("fp32_compute_ops") if n not in default_fp32]
-        candidates["ov_int8_accuracy_control"] = {"engine": "openvino", "precision": "int8_nncf",
-                                                  "path": Path(control["path"])}
-        log(started, f"NNCF accuracy control: {control['full_evaluations']} full evaluations, "
-                     f"{len(control['pins'])} ops reverted")
+        candidates["ov_int8_accuracy_control"] = {
+            "engine": "openvino",
+            "precision": "int8_nncf",
+            "path": Path(control["path"]),
+        }
+        log(
+            started,
+            f"NNCF accuracy control: {control['full_evaluations']} full evaluations, "
+            f"{len(control['pins'])} ops reverted",
+        )
     return candidates, search, control, (reference, evaluation)
 
 
@@ -276,9 +364,13 @@ def main() -> int:
     parser.add_argument("--skip-accuracy-control", action="store_true", help="leave out NNCF's own search")
     parser.add_argument("--model-path", default=None, help="default: the bundled all-MiniLM-L6-v2")
     parser.add_argument("--save-plan", type=Path, default=None, help="write the fix search's PrecisionPlan (JSON)")
-    parser.add_argument("--fixed-plan", type=Path, default=None,
-                        help="apply this PrecisionPlan JSON (from --save-plan) as ov_int8_fixed instead of searching "
-                             "(one quantization instead of the search's dozen); no accuracy control then")
+    parser.add_argument(
+        "--fixed-plan",
+        type=Path,
+        default=None,
+        help="apply this PrecisionPlan JSON (from --save-plan) as ov_int8_fixed instead of searching "
+        "(one quantization instead of the search's dozen); no accuracy control then",
+    )
     parser.add_argument("--time-one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -310,42 +402,76 @@ def main() -> int:
             base = float(np.median(samples["pytorch_fp32"][shape]))
             p50 = float(np.median(values))
             mean, low = accuracy[name]
-            rows.append({"name": name, "engine": facts["engine"], "precision": facts["precision"],
-                         "batch": int(batch), "seq": seq if seq == MIX else int(seq), "p50_ms": round(p50, 3),
-                         "p90_ms": round(float(np.percentile(values, 90)), 3),
-                         "speedup_vs_pytorch": round(base / p50, 2), "cosine_mean": round(mean, 5),
-                         "cosine_min": round(low, 5),
-                         "meets_target": bool(mean >= TARGET["embedding_cosine_mean"]
-                                              and low >= TARGET["embedding_cosine_min"])})
+            rows.append(
+                {
+                    "name": name,
+                    "engine": facts["engine"],
+                    "precision": facts["precision"],
+                    "batch": int(batch),
+                    "seq": seq if seq == MIX else int(seq),
+                    "p50_ms": round(p50, 3),
+                    "p90_ms": round(float(np.percentile(values, 90)), 3),
+                    "speedup_vs_pytorch": round(base / p50, 2),
+                    "cosine_mean": round(mean, 5),
+                    "cosine_min": round(low, 5),
+                    "meets_target": bool(
+                        mean >= TARGET["embedding_cosine_mean"] and low >= TARGET["embedding_cosine_min"]
+                    ),
+                }
+            )
     machine = machine_info()
-    timing = (f"{args.rounds} rounds x {args.iterations} runs, each candidate in its own process, order rotating; "
-              f"{args.threads} threads per engine; load average before {load_before}, after {load_after}")
+    timing = (
+        f"{args.rounds} rounds x {args.iterations} runs, each candidate in its own process, order rotating; "
+        f"{args.threads} threads per engine; load average before {load_before}, after {load_after}"
+    )
     if args.json:
-        print(json.dumps({"machine": machine, "timing": timing, "target": TARGET, "rows": rows, "search": search,
-                          "accuracy_control": control}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "timing": timing,
+                    "target": TARGET,
+                    "rows": rows,
+                    "search": search,
+                    "accuracy_control": control,
+                },
+                indent=2,
+            )
+        )
         log(started, "done")
         return 0
     print(f"# {machine['processor']}, {machine['cpu_count']} cores; {timing}")
-    print(f"# accuracy: {len(evaluation)} batches of 8 evaluation sentences padded to 128 vs the FP32 export; "
-          f"target mean >= {TARGET['embedding_cosine_mean']}, min >= {TARGET['embedding_cosine_min']}")
-    header = (f"{'name':<30}{'batch':>6}{'seq':>5}{'p50 ms':>9}{'p90 ms':>9}{'vs torch':>10}{'cos mean':>10}"
-              f"{'cos min':>9}")
+    print(
+        f"# accuracy: {len(evaluation)} batches of 8 evaluation sentences padded to 128 vs the FP32 export; "
+        f"target mean >= {TARGET['embedding_cosine_mean']}, min >= {TARGET['embedding_cosine_min']}"
+    )
+    header = (
+        f"{'name':<30}{'batch':>6}{'seq':>5}{'p50 ms':>9}{'p90 ms':>9}{'vs torch':>10}{'cos mean':>10}{'cos min':>9}"
+    )
     print(header)
     print("-" * len(header))
     for row in sorted(rows, key=lambda r: (str(r["seq"]), r["batch"])):
-        print(f"{row['name']:<30}{row['batch']:>6}{row['seq']!s:>5}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}"
-              f"{row['speedup_vs_pytorch']:>9.2f}x{row['cosine_mean']:>10.5f}{row['cosine_min']:>9.5f}")
+        print(
+            f"{row['name']:<30}{row['batch']:>6}{row['seq']!s:>5}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}"
+            f"{row['speedup_vs_pytorch']:>9.2f}x{row['cosine_mean']:>10.5f}{row['cosine_min']:>9.5f}"
+        )
     if search.get("reused_plan"):
-        print(f"\nworkbench fix: the plan in {search['reused_plan']} (alpha {search['smoothing_alpha']}, "
-              f"{len(search['pins'])} of {search['quantized_ops']} quantized ops pinned: {search['pins']})")
+        print(
+            f"\nworkbench fix: the plan in {search['reused_plan']} (alpha {search['smoothing_alpha']}, "
+            f"{len(search['pins'])} of {search['quantized_ops']} quantized ops pinned: {search['pins']})"
+        )
     else:
-        print(f"\nworkbench search: {search['trials']} trials (bound {search['trial_bound']}), alpha "
-              f"{search['smoothing_alpha']}, {len(search['pins'])} of {search['quantized_ops']} quantized ops "
-              f"pinned: {search['pins']}; {search['seconds']} s")
+        print(
+            f"\nworkbench search: {search['trials']} trials (bound {search['trial_bound']}), alpha "
+            f"{search['smoothing_alpha']}, {len(search['pins'])} of {search['quantized_ops']} quantized ops "
+            f"pinned: {search['pins']}; {search['seconds']} s"
+        )
     if control is not None:
-        print(f"NNCF quantize_with_accuracy_control: {control['full_evaluations']} full evaluations + "
-              f"{control['item_evaluations']} ranking evaluations, {len(control['pins'])} ops reverted to FP32: "
-              f"{control['pins']}; {control['seconds']} s")
+        print(
+            f"NNCF quantize_with_accuracy_control: {control['full_evaluations']} full evaluations + "
+            f"{control['item_evaluations']} ranking evaluations, {len(control['pins'])} ops reverted to FP32: "
+            f"{control['pins']}; {control['seconds']} s"
+        )
     log(started, "done")
     return 0
 

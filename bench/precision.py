@@ -82,8 +82,13 @@ def log(started: float, message: str) -> None:
 def child_calibration(model: Path, data: Path, method: str, folder: Path, timeout: float) -> dict[str, Any]:
     """Calibrate `model` on the saved feeds in a child interpreter, cold (its own empty cache folder)."""
     cache = folder / f"child-cache-{method.lower()}"
-    process = subprocess.run([sys.executable, "-c", CHILD, str(model), str(data), method, str(cache)],
-                             capture_output=True, text=True, timeout=timeout, cwd=folder)
+    process = subprocess.run(
+        [sys.executable, "-c", CHILD, str(model), str(data), method, str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=folder,
+    )
     if process.returncode != 0:
         tail = process.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
         return {"method": method, "error": f"child exited {process.returncode}: {tail[0]}"}
@@ -92,9 +97,12 @@ def child_calibration(model: Path, data: Path, method: str, folder: Path, timeou
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", action="store_true",
-                        help="stdout: only a JSON list of rows (name, batch, seq, p50_ms, cosine_mean, cosine_min, "
-                        "size_mb); the calibration facts go to stderr as one JSON line")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="stdout: only a JSON list of rows (name, batch, seq, p50_ms, cosine_mean, cosine_min, "
+        "size_mb); the calibration facts go to stderr as one JSON line",
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--seq", type=int, default=128, help="padded sequence length for timing, calibration, eval")
     parser.add_argument("--iterations", type=int, default=20, help="timed runs per candidate and batch size")
@@ -103,8 +111,11 @@ def main() -> int:
     parser.add_argument("--calibration-samples", type=int, default=200, help="calibration sentences (batch 1 each)")
     parser.add_argument("--eval-samples", type=int, default=120, help="evaluation sentences (batches of 8)")
     parser.add_argument("--scan-samples", type=int, default=8, help="calibration feeds for FP16's overflow scan")
-    parser.add_argument("--cache-dir", default=None,
-                        help="calibration cache folder to reuse across runs (default: one inside the temp folder)")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="calibration cache folder to reuse across runs (default: one inside the temp folder)",
+    )
     parser.add_argument("--model-path", default=None, help="default: the bundled all-MiniLM-L6-v2")
     args = parser.parse_args()
 
@@ -132,30 +143,41 @@ def main() -> int:
 def run(args: argparse.Namespace, folder: Path, threads: int, started: float) -> tuple[list, dict, dict, str]:
     import numpy as np
 
-    from workbench.engines.onnxruntime import OnnxRuntimeRunner
     from workbench.data import tokenize_batches
+    from workbench.engines.onnxruntime import OnnxRuntimeRunner
     from workbench.onnx.io import model_size_mb
     from workbench.pipeline import Pipeline, PipelineParameters
-    from workbench.stages.precision.plan import PrecisionPlan
     from workbench.stages.accuracy.compare import compare_candidates
     from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
     from workbench.stages.precision.calibrate import CalibrationConfig
+    from workbench.stages.precision.plan import PrecisionPlan
     from workbench.stages.precision.quantize import StaticQuantConfig, preprocess_for_quantization
 
     cache_dir = Path(args.cache_dir).resolve() if args.cache_dir else folder / "calibration-cache"
-    pipeline = Pipeline(PipelineParameters(
-        model_path=args.model_path, output_dir=str(folder), sequence_length=args.seq,
-        max_calibration_samples=args.calibration_samples, max_eval_samples=args.eval_samples, eval_batch_size=8,
-        threads=threads,
-    ))
+    pipeline = Pipeline(
+        PipelineParameters(
+            model_path=args.model_path,
+            output_dir=str(folder),
+            sequence_length=args.seq,
+            max_calibration_samples=args.calibration_samples,
+            max_eval_samples=args.eval_samples,
+            eval_batch_size=8,
+            threads=threads,
+        )
+    )
     pipeline.export()
     pipeline.fuse()
     reference, fused = pipeline.candidates["reference"], pipeline.candidates["fp32_fused"]
     log(started, f"exported and fused ({pipeline.results['fuse'].fused_ops})")
     input_names = pipeline.input_names
     # batch 1, all padded to one length: histogram methods (Entropy, Percentile) need equal shapes
-    calibration_feeds = tokenize_batches(pipeline.tokenizer, pipeline.sentences.calibration, batch_size=1,
-                                         sequence_length=args.seq, input_names=input_names)
+    calibration_feeds = tokenize_batches(
+        pipeline.tokenizer,
+        pipeline.sentences.calibration,
+        batch_size=1,
+        sequence_length=args.seq,
+        input_names=input_names,
+    )
     eval_feeds = pipeline.evaluation_feeds()
     eval_sentences = len(pipeline.sentences.evaluation)
 
@@ -165,8 +187,9 @@ def run(args: argparse.Namespace, folder: Path, threads: int, started: float) ->
     def build(name: str, plan: PrecisionPlan, feeds: Any = None) -> Any:
         begun = time.perf_counter()
         try:
-            result = plan.convert(fused, folder / f"{name}.onnx", calibration_feeds=feeds, cache_dir=cache_dir,
-                                  progress=False)
+            result = plan.convert(
+                fused, folder / f"{name}.onnx", calibration_feeds=feeds, cache_dir=cache_dir, progress=False
+            )
         except Exception as exc:  # report every method, even when one fails
             failures[name] = f"{type(exc).__name__}: {exc}"
             log(started, f"FAILED {name} after {time.perf_counter() - begun:.1f} s: {failures[name]}")
@@ -180,20 +203,27 @@ def run(args: argparse.Namespace, folder: Path, threads: int, started: float) ->
     cold = build("int8_static_qdq_minmax", minmax_plan, calibration_feeds)
     rss_after_calibration = peak_rss_mb()
     calibration: dict[str, Any] = {
-        "samples": len(calibration_feeds), "seq": args.seq, "batch": 1, "cache_dir": str(cache_dir),
+        "samples": len(calibration_feeds),
+        "seq": args.seq,
+        "batch": 1,
+        "cache_dir": str(cache_dir),
         "cache_dir_reused": bool(args.cache_dir),
         "parent_peak_rss_mb_after_calibration": round(rss_after_calibration, 1),
     }
     if cold is not None:
-        calibration["minmax_first"] = {"cache_hit": cold.calibration.cache_hit,
-                                       "calibrate_s": round(cold.calibration.seconds, 3),
-                                       "quantize_static_s": round(cold.seconds, 2)}
+        calibration["minmax_first"] = {
+            "cache_hit": cold.calibration.cache_hit,
+            "calibrate_s": round(cold.calibration.seconds, 3),
+            "quantize_static_s": round(cold.seconds, 2),
+        }
         again = build("int8_static_qdq_minmax_again", minmax_plan, calibration_feeds)
         built.pop("int8_static_qdq_minmax_again", None)
         if again is not None:
-            calibration["minmax_second"] = {"cache_hit": again.calibration.cache_hit,
-                                            "calibrate_s": round(again.calibration.seconds, 3),
-                                            "quantize_static_s": round(again.seconds, 2)}
+            calibration["minmax_second"] = {
+                "cache_hit": again.calibration.cache_hit,
+                "calibrate_s": round(again.calibration.seconds, 3),
+                "quantize_static_s": round(again.seconds, 2),
+            }
 
     # ---- calibration alone, in child processes: peak RSS without torch ----
     children = []
@@ -226,8 +256,16 @@ def run(args: argparse.Namespace, folder: Path, threads: int, started: float) ->
     build("int8_static_qoperator_minmax", PrecisionPlan.preset("cpu_int8_static_qoperator"), calibration_feeds)
     build("fp16", PrecisionPlan.preset("gpu_fp16"), calibration_feeds[: args.scan_samples])
 
-    order = ["fp32_fused", "int8_dynamic_per_tensor", "int8_dynamic_per_channel", "int8_static_qdq_minmax",
-             "int8_static_qdq_entropy", "int8_static_qdq_percentile", "int8_static_qoperator_minmax", "fp16"]
+    order = [
+        "fp32_fused",
+        "int8_dynamic_per_tensor",
+        "int8_dynamic_per_channel",
+        "int8_static_qdq_minmax",
+        "int8_static_qdq_entropy",
+        "int8_static_qdq_percentile",
+        "int8_static_qoperator_minmax",
+        "fp16",
+    ]
     paths = {"fp32_fused": fused, **{name: result.path for name, result in built.items()}}
     sizes = {"fp32_fused": model_size_mb(fused), **{name: result.size_mb for name, result in built.items()}}
     # a candidate onnxruntime cannot load would stop the comparison of all of them: check each first
@@ -242,8 +280,13 @@ def run(args: argparse.Namespace, folder: Path, threads: int, started: float) ->
 
     report = compare_candidates(reference, {n: paths[n] for n in names}, eval_feeds, threads=threads)
     log(started, "compared")
-    config = BenchmarkConfig(batch_sizes=tuple(args.batch_sizes), sequence_lengths=(args.seq,),
-                             warmup=args.warmup, iterations=args.iterations, threads=threads)
+    config = BenchmarkConfig(
+        batch_sizes=tuple(args.batch_sizes),
+        sequence_lengths=(args.seq,),
+        warmup=args.warmup,
+        iterations=args.iterations,
+        threads=threads,
+    )
     runners = [OnnxRuntimeRunner(paths[n], name=n, intra_op_threads=threads, allow_spinning=False) for n in names]
     timings = benchmark(runners, pipeline._feeds_for, config)
     log(started, "benchmarked")
@@ -252,17 +295,30 @@ def run(args: argparse.Namespace, folder: Path, threads: int, started: float) ->
     for name in names:
         accuracy = report[name]
         for batch in args.batch_sizes:
-            rows.append({"name": name, "batch": batch, "seq": args.seq,
-                         "p50_ms": round(timings.p50(name, batch, args.seq), 3),
-                         "cosine_mean": round(accuracy.embedding_cosine_mean, 6),
-                         "cosine_min": round(accuracy.embedding_cosine_min, 6),
-                         "size_mb": round(sizes[name], 2)})
+            rows.append(
+                {
+                    "name": name,
+                    "batch": batch,
+                    "seq": args.seq,
+                    "p50_ms": round(timings.p50(name, batch, args.seq), 3),
+                    "cosine_mean": round(accuracy.embedding_cosine_mean, 6),
+                    "cosine_min": round(accuracy.embedding_cosine_min, 6),
+                    "size_mb": round(sizes[name], 2),
+                }
+            )
     text = table(rows, timings, threads, args, eval_sentences, built, calibration)
     return rows, calibration, failures, text
 
 
-def table(rows: list[dict[str, Any]], timings: Any, threads: int, args: argparse.Namespace, eval_sentences: int,
-          built: dict[str, Any], calibration: dict[str, Any]) -> str:
+def table(
+    rows: list[dict[str, Any]],
+    timings: Any,
+    threads: int,
+    args: argparse.Namespace,
+    eval_sentences: int,
+    built: dict[str, Any],
+    calibration: dict[str, Any],
+) -> str:
     machine = timings.machine
     lines = [
         f"# {machine['processor']}, {machine['cpu_count']} cores; onnxruntime runners with allow_spinning=False "
@@ -275,8 +331,10 @@ def table(rows: list[dict[str, Any]], timings: Any, threads: int, args: argparse
     for row in rows:
         base = timings.p50("fp32_fused", row["batch"], row["seq"])
         ratio = f"{base / row['p50_ms']:.2f}x" if base else "-"
-        lines.append(f"{row['name']:<30}{row['batch']:>6}{row['seq']:>5}{row['p50_ms']:>9.2f}{ratio:>9}"
-                     f"{row['cosine_mean']:>10.5f}{row['cosine_min']:>10.5f}{row['size_mb']:>8.1f}")
+        lines.append(
+            f"{row['name']:<30}{row['batch']:>6}{row['seq']:>5}{row['p50_ms']:>9.2f}{ratio:>9}"
+            f"{row['cosine_mean']:>10.5f}{row['cosine_min']:>10.5f}{row['size_mb']:>8.1f}"
+        )
     lines.append("")
     lines.append("# built")
     for name, result in built.items():
@@ -294,27 +352,37 @@ def table(rows: list[dict[str, Any]], timings: Any, threads: int, args: argparse
 
 
 def calibration_lines(c: dict[str, Any]) -> list[str]:
-    lines = [f"# calibration: static QDQ MinMax, {c['samples']} sentences, batch {c['batch']}, seq {c['seq']}, "
-             f"cache {c['cache_dir']}{' (--cache-dir)' if c['cache_dir_reused'] else ' (temporary)'}"]
+    lines = [
+        f"# calibration: static QDQ MinMax, {c['samples']} sentences, batch {c['batch']}, seq {c['seq']}, "
+        f"cache {c['cache_dir']}{' (--cache-dir)' if c['cache_dir_reused'] else ' (temporary)'}"
+    ]
     for key, label in (("minmax_first", "first run "), ("minmax_second", "second run")):
         if key in c:
             run = c[key]
-            lines.append(f"calibration {label}: cache_hit={run['cache_hit']}, calibrate {run['calibrate_s']:.3f} s "
-                         f"(quantize_static total {run['quantize_static_s']:.2f} s)")
-    lines.append(f"peak RSS of this process after calibration (ru_maxrss): "
-                 f"{c['parent_peak_rss_mb_after_calibration']:.0f} MB (includes torch and the export)")
+            lines.append(
+                f"calibration {label}: cache_hit={run['cache_hit']}, calibrate {run['calibrate_s']:.3f} s "
+                f"(quantize_static total {run['quantize_static_s']:.2f} s)"
+            )
+    lines.append(
+        f"peak RSS of this process after calibration (ru_maxrss): "
+        f"{c['parent_peak_rss_mb_after_calibration']:.0f} MB (includes torch and the export)"
+    )
     for child in c["child_processes"]:
         if "error" in child:
             lines.append(f"calibration in a child process {child.get('method', '')}: FAILED {child['error']}")
             continue
         verdict = "under" if child["peak_rss_mb"] < GB_TARGET_MB else "OVER"
-        lines.append(f"calibration in a child process, {child['method']:<7}: peak RSS {child['peak_rss_mb']:.0f} MB "
-                     f"({child['rss_before_mb']:.0f} MB before calibrating), {child['seconds']:.1f} s, "
-                     f"{child['samples']} samples, cache_hit={child['cache_hit']}; {verdict} the 2 GB target")
+        lines.append(
+            f"calibration in a child process, {child['method']:<7}: peak RSS {child['peak_rss_mb']:.0f} MB "
+            f"({child['rss_before_mb']:.0f} MB before calibrating), {child['seconds']:.1f} s, "
+            f"{child['samples']} samples, cache_hit={child['cache_hit']}; {verdict} the 2 GB target"
+        )
     if any("ru_maxrss_mb" in child for child in c["child_processes"]):
-        lines.append("# child peak = VmHWM of its own address space; its ru_maxrss "
-                     f"({max(ch.get('ru_maxrss_mb', 0) for ch in c['child_processes']):.0f} MB) is the parent's "
-                     "peak, which Linux carries across execve")
+        lines.append(
+            "# child peak = VmHWM of its own address space; its ru_maxrss "
+            f"({max(ch.get('ru_maxrss_mb', 0) for ch in c['child_processes']):.0f} MB) is the parent's "
+            "peak, which Linux carries across execve"
+        )
     return lines
 
 

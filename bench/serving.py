@@ -61,8 +61,9 @@ def build_engine(args: argparse.Namespace, folder: Path, started: float) -> tupl
     if args.engine == "int8":
         from workbench.stages.precision.plan import PrecisionPlan
 
-        engine = PrecisionPlan.preset("cpu_int8_dynamic").convert(fused, folder / "model_int8.onnx",
-                                                                  progress=False).path
+        engine = (
+            PrecisionPlan.preset("cpu_int8_dynamic").convert(fused, folder / "model_int8.onnx", progress=False).path
+        )
     log(started, f"built the engine ({args.engine}): {engine.name}")
     return source, engine
 
@@ -97,8 +98,14 @@ def run_designs(args: argparse.Namespace, folder: Path, started: float) -> list[
     with contextlib.ExitStack() as stack:
         servers = {}
         for design in DESIGNS:
-            exported = export_triton_ensemble(engine, folder / design, source.path, triton_config, sequence_length=128,
-                                              padding=PaddingPolicy.preset(design, max_length=128))
+            exported = export_triton_ensemble(
+                engine,
+                folder / design,
+                source.path,
+                triton_config,
+                sequence_length=128,
+                padding=PaddingPolicy.preset(design, max_length=128),
+            )
             server = stack.enter_context(TritonServer(exported.repository, models=[exported.model_name]))
             servers[design] = (exported, server)
         log(started, f"started {len(servers)} Triton servers")
@@ -108,20 +115,33 @@ def run_designs(args: argparse.Namespace, folder: Path, started: float) -> list[
                     probe = ServerProbe(server.url, exported.model_names, engine=exported.models["model"].model_name)
                     endpoint = Endpoint(design, "http", server.url, model=exported.model_name)
                     (level,) = measure_load(endpoint, texts, config, probe=probe, concurrency=(concurrency,)).levels
-                    rows.append({"round": round_index, "design": design, "concurrency": concurrency,
-                                 "throughput": round(level.throughput, 2), "p50_ms": round(level.p50_ms, 2),
-                                 "p99_ms": round(level.p99_ms, 2), "stable": level.stable,
-                                 "engine_batch": round(level.server.mean_batch_size, 2)})
-                    log(started, f"round {round_index} {design} c{concurrency}: {level.throughput:.1f} texts/s, "
-                                 f"p99 {level.p99_ms:.0f} ms")
+                    rows.append(
+                        {
+                            "round": round_index,
+                            "design": design,
+                            "concurrency": concurrency,
+                            "throughput": round(level.throughput, 2),
+                            "p50_ms": round(level.p50_ms, 2),
+                            "p99_ms": round(level.p99_ms, 2),
+                            "stable": level.stable,
+                            "engine_batch": round(level.server.mean_batch_size, 2),
+                        }
+                    )
+                    log(
+                        started,
+                        f"round {round_index} {design} c{concurrency}: {level.throughput:.1f} texts/s, "
+                        f"p99 {level.p99_ms:.0f} ms",
+                    )
     return rows
 
 
 def print_designs(rows: list[dict[str, Any]]) -> None:
     import statistics
 
-    print(f"# serving designs on one engine, medians over {max(r['round'] for r in rows) + 1} interleaved round(s);"
-          f" load average now {load_average()}")
+    print(
+        f"# serving designs on one engine, medians over {max(r['round'] for r in rows) + 1} interleaved round(s);"
+        f" load average now {load_average()}"
+    )
     header = f"{'design':<20}{'conc':>5}{'texts/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'engine batch':>14}{'vs fixed':>10}"
     print(header)
     print("-" * len(header))
@@ -129,12 +149,15 @@ def print_designs(rows: list[dict[str, Any]]) -> None:
         medians = {}
         for design in DESIGNS:
             mine = [r for r in rows if r["design"] == design and r["concurrency"] == concurrency]
-            medians[design] = {k: statistics.median(r[k] for r in mine)
-                               for k in ("throughput", "p50_ms", "p99_ms", "engine_batch")}
+            medians[design] = {
+                k: statistics.median(r[k] for r in mine) for k in ("throughput", "p50_ms", "p99_ms", "engine_batch")
+            }
         for design, m in medians.items():
             ratio = m["throughput"] / medians["fixed"]["throughput"]
-            print(f"{design:<20}{concurrency:>5}{m['throughput']:>10.1f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}"
-                  f"{m['engine_batch']:>14.2f}{ratio:>9.2f}x")
+            print(
+                f"{design:<20}{concurrency:>5}{m['throughput']:>10.1f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}"
+                f"{m['engine_batch']:>14.2f}{ratio:>9.2f}x"
+            )
 
 
 def run_servers(args: argparse.Namespace, folder: Path, started: float) -> Any:
@@ -147,13 +170,25 @@ def run_servers(args: argparse.Namespace, folder: Path, started: float) -> Any:
     source, engine = build_engine(args, folder, started)
     texts = read_sentences(default_data_dir() / EVALUATION_FILE)
     config = serving_config(args)
-    sweep = None if args.no_sweep else SweepConfig(
-        max_queue_delays_us=tuple(args.sweep_delays_us), instance_counts=(1, 2),
-        concurrency=(8,) if 8 in config.concurrency or not args.concurrency else (max(config.concurrency),))
-    result = benchmark_serving(engine, source.path, texts, config,
-                               triton_config=TritonConfig(model_name="minilm", max_batch_size=8,
-                                                          max_queue_delay_us=args.delay_us),
-                               padding=PaddingPolicy(max_length=128), pytorch_model=source.path, sweep=sweep)
+    sweep = (
+        None
+        if args.no_sweep
+        else SweepConfig(
+            max_queue_delays_us=tuple(args.sweep_delays_us),
+            instance_counts=(1, 2),
+            concurrency=(8,) if 8 in config.concurrency or not args.concurrency else (max(config.concurrency),),
+        )
+    )
+    result = benchmark_serving(
+        engine,
+        source.path,
+        texts,
+        config,
+        triton_config=TritonConfig(model_name="minilm", max_batch_size=8, max_queue_delay_us=args.delay_us),
+        padding=PaddingPolicy(max_length=128),
+        pytorch_model=source.path,
+        sweep=sweep,
+    )
     log(started, "measured every server")
     return result
 
@@ -162,21 +197,29 @@ def print_servers(result: Any, summary: dict[str, Any], load_before: str) -> Non
     from workbench.stages.serving.run import TITLES
 
     machine = result.machine
-    print(f"# {machine.get('processor')}, {machine.get('cpu_count')} cores; load average before {load_before}, "
-          f"after {load_average()}; client in the same process (2 cores: quote ratios)")
-    print(f"# length-aware policy: {result.padding.describe()}; engine tokens per text: "
-          f"length-aware {result.tokens['length_aware']['per_text']:.1f}, "
-          f"fixed {result.tokens['fixed']['per_text']:.1f}")
-    header = (f"{'server':<30}{'conc':>5}{'texts/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'engine batch':>14}"
-              f"{'stable':>8}")
+    print(
+        f"# {machine.get('processor')}, {machine.get('cpu_count')} cores; load average before {load_before}, "
+        f"after {load_average()}; client in the same process (2 cores: quote ratios)"
+    )
+    print(
+        f"# length-aware policy: {result.padding.describe()}; engine tokens per text: "
+        f"length-aware {result.tokens['length_aware']['per_text']:.1f}, "
+        f"fixed {result.tokens['fixed']['per_text']:.1f}"
+    )
+    header = (
+        f"{'server':<30}{'conc':>5}{'texts/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'engine batch':>14}"
+        f"{'stable':>8}"
+    )
     print(header)
     print("-" * len(header))
     for concurrency in result.config.concurrency:
         for key, load in result.servers.items():
             lv = load.level(concurrency)
             batch = f"{lv.server.mean_batch_size:.2f}" if lv.server is not None else "-"
-            print(f"{TITLES[key]:<30}{concurrency:>5}{lv.throughput:>10.1f}{lv.p50_ms:>9.1f}{lv.p90_ms:>9.1f}"
-                  f"{lv.p99_ms:>9.1f}{batch:>14}{'yes' if lv.stable else 'no':>8}")
+            print(
+                f"{TITLES[key]:<30}{concurrency:>5}{lv.throughput:>10.1f}{lv.p50_ms:>9.1f}{lv.p90_ms:>9.1f}"
+                f"{lv.p99_ms:>9.1f}{batch:>14}{'yes' if lv.stable else 'no':>8}"
+            )
         print()
     c = summary["concurrency"]
 
@@ -184,10 +227,12 @@ def print_servers(result: Any, summary: dict[str, Any], load_before: str) -> Non
         value = summary.get(key)
         return "-" if value is None else f"{value:.2f}x"
 
-    print(f"At concurrency {c}: length-aware / fixed padding {ratio('length_aware_vs_fixed')} texts/s "
-          f"(p99 ratio {ratio('length_aware_vs_fixed_p99')}); Triton length-aware / FastAPI + PyTorch "
-          f"{ratio('triton_vs_fastapi_pytorch')}; / FastAPI + ONNX Runtime {ratio('triton_vs_fastapi_onnxruntime')}; "
-          f"gRPC / HTTP {ratio('grpc_vs_http')}")
+    print(
+        f"At concurrency {c}: length-aware / fixed padding {ratio('length_aware_vs_fixed')} texts/s "
+        f"(p99 ratio {ratio('length_aware_vs_fixed_p99')}); Triton length-aware / FastAPI + PyTorch "
+        f"{ratio('triton_vs_fastapi_pytorch')}; / FastAPI + ONNX Runtime {ratio('triton_vs_fastapi_onnxruntime')}; "
+        f"gRPC / HTTP {ratio('grpc_vs_http')}"
+    )
     if result.sweep is not None:
         print()
         print(f"Batching sweep ({result.sweep.batching} design), concurrency {result.sweep.suggestion.concurrency}:")
@@ -210,8 +255,12 @@ def main() -> int:
     parser.add_argument("--delay-us", type=int, default=2000, help="dynamic batching max queue delay to export with")
     parser.add_argument("--sweep-delays-us", type=int, nargs="+", default=[0, 2000, 10000])
     parser.add_argument("--no-sweep", action="store_true", help="skip the batching sweep")
-    parser.add_argument("--engine", choices=("fp32", "int8"), default="fp32",
-                        help="fp32: the fused FP32 graph; int8: dynamic INT8 per-channel of it")
+    parser.add_argument(
+        "--engine",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="fp32: the fused FP32 graph; int8: dynamic INT8 per-channel of it",
+    )
     parser.add_argument("--model-path", default=None, help="default: the bundled all-MiniLM-L6-v2")
     args = parser.parse_args()
 
@@ -234,9 +283,17 @@ def main() -> int:
 
     summary = serving_summary(result)
     if args.json:
-        print(json.dumps({"rows": result.table(), "sweep": result.sweep.table() if result.sweep else None,
-                          "summary": summary, "load_average": {"before": load_before, "after": load_average()}},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "rows": result.table(),
+                    "sweep": result.sweep.table() if result.sweep else None,
+                    "summary": summary,
+                    "load_average": {"before": load_before, "after": load_average()},
+                },
+                indent=2,
+            )
+        )
     else:
         print_servers(result, summary, load_before)
     log(started, "done")

@@ -44,8 +44,11 @@ NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC
 TASKS = {"token-classification": 128, "question-answering": 384}  # task -> the sequence length it is served at
 #: task -> what its fresh head's config needs beside MiniLM's (NER: CoNLL-style labels)
 HEAD_CONFIGS: dict[str, dict[str, Any]] = {
-    "token-classification": {"num_labels": len(NER_LABELS), "id2label": dict(enumerate(NER_LABELS)),
-                             "label2id": {label: i for i, label in enumerate(NER_LABELS)}},
+    "token-classification": {
+        "num_labels": len(NER_LABELS),
+        "id2label": dict(enumerate(NER_LABELS)),
+        "label2id": {label: i for i, label in enumerate(NER_LABELS)},
+    },
     "question-answering": {},
 }
 
@@ -58,8 +61,11 @@ def build_model(task_name: str, folder: Path, seed: int) -> Any:
     task = get_task(task_name)
     extra = HEAD_CONFIGS[task_name]
     torch.manual_seed(seed)
-    model = getattr(transformers, task.auto_model).from_pretrained(
-        str(bundled_model_path()), attn_implementation="eager", local_files_only=True, **extra).eval()
+    model = (
+        getattr(transformers, task.auto_model)
+        .from_pretrained(str(bundled_model_path()), attn_implementation="eager", local_files_only=True, **extra)
+        .eval()
+    )
     model.save_pretrained(folder)
     transformers.AutoTokenizer.from_pretrained(str(bundled_model_path()), local_files_only=True).save_pretrained(folder)
     return model
@@ -81,40 +87,63 @@ def bench_task(task_name: str, folder: Path, args: argparse.Namespace) -> dict[s
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder / "model"))
     config = json.loads((folder / "model" / "config.json").read_text())
     reference = export(folder / "model", folder / "model.onnx")
-    fused = fuse_transformer(reference, folder / "fused.onnx", FusionConfig(model_type="bert", num_heads=12,
-                                                                            hidden_size=384)).path
+    fused = fuse_transformer(
+        reference, folder / "fused.onnx", FusionConfig(model_type="bert", num_heads=12, hidden_size=384)
+    ).path
     samples = task.load_samples(None, max_calibration=args.calibration_samples, max_eval=args.eval_samples)
     with OnnxRuntimeRunner(reference) as runner:
         names = list(runner.input_specs())
-    evaluation = task.encode(tokenizer, list(samples.evaluation), batch_size=8, sequence_length=length,
-                             input_names=names, model_config=config)
-    calibration = task.encode(tokenizer, list(samples.calibration), batch_size=1, sequence_length=length,
-                              input_names=names).feeds
-    plans = {"dynamic_int8": PrecisionPlan.preset("cpu_int8_dynamic"),
-             "dynamic_int8_smoothquant": PrecisionPlan("int8_dynamic", PrecisionPlan.preset("cpu_int8_dynamic").options,
-                                                       smoothing=SmoothingConfig(alpha=args.alpha))}
+    evaluation = task.encode(
+        tokenizer,
+        list(samples.evaluation),
+        batch_size=8,
+        sequence_length=length,
+        input_names=names,
+        model_config=config,
+    )
+    calibration = task.encode(
+        tokenizer, list(samples.calibration), batch_size=1, sequence_length=length, input_names=names
+    ).feeds
+    plans = {
+        "dynamic_int8": PrecisionPlan.preset("cpu_int8_dynamic"),
+        "dynamic_int8_smoothquant": PrecisionPlan(
+            "int8_dynamic",
+            PrecisionPlan.preset("cpu_int8_dynamic").options,
+            smoothing=SmoothingConfig(alpha=args.alpha),
+        ),
+    }
     candidates = {"fp32_fused": fused}
     for name, plan in plans.items():
-        candidates[name] = plan.convert(fused, folder / f"{name}.onnx", calibration_feeds=calibration,
-                                        progress=False).path
+        candidates[name] = plan.convert(
+            fused, folder / f"{name}.onnx", calibration_feeds=calibration, progress=False
+        ).path
     budget = task.default_budget()
-    report: dict[str, Any] = {"sequence_length": length, "evaluation_samples": len(samples.evaluation),
-                              "evaluation_rows": sum(len(next(iter(f.values()))) for f in evaluation.feeds),
-                              "budget": budget.to_dict(), "budget_text": budget.describe(), "candidates": {}}
+    report: dict[str, Any] = {
+        "sequence_length": length,
+        "evaluation_samples": len(samples.evaluation),
+        "evaluation_rows": sum(len(next(iter(f.values()))) for f in evaluation.feeds),
+        "budget": budget.to_dict(),
+        "budget_text": budget.describe(),
+        "candidates": {},
+    }
     # the accuracy stage: every candidate against the FP32 export, judged by the task's metrics and budget
-    comparison = compare_candidates(reference, candidates, evaluation, task=task, budget=budget,
-                                    threads=args.threads)
+    comparison = compare_candidates(reference, candidates, evaluation, task=task, budget=budget, threads=args.threads)
     for name in candidates:
         accuracy = comparison[name]
-        report["candidates"][name] = {"metrics": {k: round(float(accuracy.task_metrics[k]), 5)
-                                                  for k in task.metric_names if k in accuracy.task_metrics},
-                                      "meets_budget": bool(accuracy), "failures": list(accuracy.failures)}
+        report["candidates"][name] = {
+            "metrics": {
+                k: round(float(accuracy.task_metrics[k]), 5) for k in task.metric_names if k in accuracy.task_metrics
+            },
+            "meets_budget": bool(accuracy),
+            "failures": list(accuracy.failures),
+        }
     for name, plan in plans.items():
         facts = report["candidates"][name]
         if facts["meets_budget"]:
             continue
-        facts["autofix"] = try_autofix(task, fused, plan, evaluation, folder / f"fix_{name}", budget, reference,
-                                       calibration, args)
+        facts["autofix"] = try_autofix(
+            task, fused, plan, evaluation, folder / f"fix_{name}", budget, reference, calibration, args
+        )
         if facts["autofix"].get("path"):
             candidates[f"{name}_fixed"] = Path(facts["autofix"].pop("path"))
     report["latency"] = time_candidates(task, module, candidates, evaluation.feeds[0], length, args)
@@ -128,34 +157,65 @@ def bench_task(task_name: str, folder: Path, args: argparse.Namespace) -> dict[s
     return report
 
 
-def try_autofix(task: Any, fused: Path, plan: PrecisionPlan, evaluation: Any, out: Path, budget: Any,
-                reference: Path, calibration: list[dict[str, np.ndarray]], args: argparse.Namespace) -> dict[str, Any]:
+def try_autofix(
+    task: Any,
+    fused: Path,
+    plan: PrecisionPlan,
+    evaluation: Any,
+    out: Path,
+    budget: Any,
+    reference: Path,
+    calibration: list[dict[str, np.ndarray]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     """Run the auto-fix on the task's budget (trials judged by the task's metrics); when it cannot reach the
     budget, its own reason."""
     try:
-        result = autofix(fused, plan, evaluation, out, budget=budget, task=task, reference=reference,
-                         calibration_feeds=calibration,
-                         config=AutofixConfig(threads=args.threads, max_prune_trials=args.prune_trials,
-                                              latency_iterations=5))
+        result = autofix(
+            fused,
+            plan,
+            evaluation,
+            out,
+            budget=budget,
+            task=task,
+            reference=reference,
+            calibration_feeds=calibration,
+            config=AutofixConfig(threads=args.threads, max_prune_trials=args.prune_trials, latency_iterations=5),
+        )
     except AccuracyError as exc:  # every quantized node in FP32 still misses: the search says why
         return {"ran": True, "meets_budget": False, "why": str(exc).splitlines()[0]}
     best = result.best
-    return {"ran": True, "meets_budget": best.meets_budget, "pins": list(result.plan.keep_fp32),
-            "smoothing": result.plan.smoothing is not None, "trials": len(result.trials),
-            "metrics": {k: round(v, 5) for k, v in best.metrics.items() if k in task.metric_names},
-            "notes": list(result.notes), "path": str(result.path)}
+    return {
+        "ran": True,
+        "meets_budget": best.meets_budget,
+        "pins": list(result.plan.keep_fp32),
+        "smoothing": result.plan.smoothing is not None,
+        "trials": len(result.trials),
+        "metrics": {k: round(v, 5) for k, v in best.metrics.items() if k in task.metric_names},
+        "notes": list(result.notes),
+        "path": str(result.path),
+    }
 
 
-def time_candidates(task: Any, module: Any, candidates: dict[str, Path], feed: dict[str, np.ndarray], length: int,
-                    args: argparse.Namespace) -> dict[str, float]:
+def time_candidates(
+    task: Any,
+    module: Any,
+    candidates: dict[str, Path],
+    feed: dict[str, np.ndarray],
+    length: int,
+    args: argparse.Namespace,
+) -> dict[str, float]:
     """PyTorch and every candidate, batch 1 at the served length, interleaved, onnxruntime spinning off."""
-    config = BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(length,), iterations=args.iterations, warmup=5,
-                             threads=args.threads)
+    config = BenchmarkConfig(
+        batch_sizes=(1,), sequence_lengths=(length,), iterations=args.iterations, warmup=5, threads=args.threads
+    )
     threads = config.effective_threads
     one = {k: v[:1] for k, v in feed.items()}
     runners = [PyTorchRunner(module, output_names=task.outputs, name="pytorch_fp32", threads=threads)]
-    runners += [OnnxRuntimeRunner(path, name=name, intra_op_threads=threads, allow_spinning=False)
-                for name, path in candidates.items()]
+    runners += [
+        OnnxRuntimeRunner(path, name=name, intra_op_threads=threads, allow_spinning=False)
+        for name, path in candidates.items()
+    ]
     timings = benchmark(runners, lambda batch, seq: one, config)
     return {row.name: round(row.p50_ms, 3) for row in timings.rows}
 
@@ -175,8 +235,11 @@ def main() -> int:
 
     from workbench.machine import machine_info
 
-    report: dict[str, Any] = {"machine": machine_info(), "tasks": {},
-                              "timing": f"batch 1, {args.iterations} interleaved runs, spinning off"}
+    report: dict[str, Any] = {
+        "machine": machine_info(),
+        "tasks": {},
+        "timing": f"batch 1, {args.iterations} interleaved runs, spinning off",
+    }
     with tempfile.TemporaryDirectory(prefix="bench-tasks-") as folder:
         for task_name in args.tasks:
             (Path(folder) / task_name / "model").mkdir(parents=True)
@@ -186,20 +249,27 @@ def main() -> int:
         return 0
     print(f"# {report['machine'].get('processor')}, {report['machine'].get('cpu_count')} cores; {report['timing']}")
     for task_name, facts in report["tasks"].items():
-        print(f"\n## {task_name}: MiniLM + fresh head, {facts['evaluation_samples']} evaluation samples "
-              f"({facts['evaluation_rows']} rows of {facts['sequence_length']} tokens); budget: {facts['budget_text']}")
+        print(
+            f"\n## {task_name}: MiniLM + fresh head, {facts['evaluation_samples']} evaluation samples "
+            f"({facts['evaluation_rows']} rows of {facts['sequence_length']} tokens); budget: {facts['budget_text']}"
+        )
         print(f"PyTorch FP32 {facts['latency']['pytorch_fp32']:.2f} ms")
         for name, c in facts["candidates"].items():
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in c["metrics"].items()
-                              if k in get_task(task_name).metric_names[:4] or k.endswith("cosine_min"))
+            shown = ", ".join(
+                f"{k} {v:.4f}"
+                for k, v in c["metrics"].items()
+                if k in get_task(task_name).metric_names[:4] or k.endswith("cosine_min")
+            )
             verdict = "meets the budget" if c["meets_budget"] else "MISSES: " + "; ".join(c["failures"])
             print(f"  {name:28s} {c['latency_ms']:8.2f} ms  {c['speedup_vs_pytorch']:5.2f}x  {shown}  -> {verdict}")
             fix = c.get("autofix")
             if fix and "pins" in fix:
                 smoothing = ", SmoothQuant" if fix["smoothing"] else ""
-                print(f"    auto-fix: {len(fix['pins'])} nodes kept in FP32{smoothing} in {fix['trials']} trials -> "
-                      f"meets the budget: {fix['meets_budget']} ({fix['metrics']}); "
-                      f"latency {facts['latency'].get(name + '_fixed')} ms")
+                print(
+                    f"    auto-fix: {len(fix['pins'])} nodes kept in FP32{smoothing} in {fix['trials']} trials -> "
+                    f"meets the budget: {fix['meets_budget']} ({fix['metrics']}); "
+                    f"latency {facts['latency'].get(name + '_fixed')} ms"
+                )
             elif fix:
                 print(f"    auto-fix could not reach the budget: {fix['why']}")
         print(f"  chosen: {facts['chosen']}")

@@ -31,7 +31,7 @@ from typing import Any
 # Run as a script, this file's folder is sys.path[0], and this file would be what `import tensorrt` finds.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from workbench.engines.base import BaseRunner
+from workbench.engines.base import BaseRunner  # noqa: E402 (after the sys.path fix above)
 
 EXIT_MISSING = 2
 EVAL_BATCH = 8
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seq", type=int, default=128, help="padded sequence length")
     parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--model-path", default=None, help="a Hugging Face model folder; default: the bundled all-MiniLM-L6-v2")
+    parser.add_argument(
+        "--model-path", default=None, help="a Hugging Face model folder; default: the bundled all-MiniLM-L6-v2"
+    )
     parser.add_argument("--output-dir", default=None, help="keep the models and engines here (default: a temp dir)")
     args = parser.parse_args(argv)
 
@@ -94,23 +96,26 @@ def _first_line(exc: BaseException) -> str:
 def _run(args: argparse.Namespace, folder: Path, status: str) -> int:
     import numpy as np
 
+    from workbench.data import tokenize_batches
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
     from workbench.engines.pytorch import PyTorchRunner
     from workbench.engines.tensorrt import TensorRTRunner, ort_gpu_providers
-    from workbench.data import tokenize_batches
     from workbench.errors import WorkbenchError
     from workbench.pipeline import Pipeline, PipelineParameters
-    from workbench.stages.precision.plan import PrecisionPlan
     from workbench.stages.accuracy.compare import mean_pooled_embeddings
     from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
+    from workbench.stages.precision.plan import PrecisionPlan
     from workbench.stages.tensorrt import (
         TensorRTConfig,
         build_engine,
         profile_from_choices,
     )
 
-    pipeline = Pipeline(PipelineParameters(model_path=args.model_path, output_dir=str(folder),
-                                           sequence_length=args.seq, eval_batch_size=EVAL_BATCH))
+    pipeline = Pipeline(
+        PipelineParameters(
+            model_path=args.model_path, output_dir=str(folder), sequence_length=args.seq, eval_batch_size=EVAL_BATCH
+        )
+    )
     export = pipeline.export()
     plain = pipeline.candidates["reference"]
     names = pipeline.input_names
@@ -119,8 +124,13 @@ def _run(args: argparse.Namespace, folder: Path, status: str) -> int:
     batches = sorted({*args.batch_sizes, EVAL_BATCH})
     profile = profile_from_choices(names, batches, [args.seq], opt_batch=args.batch_sizes[0])
     opt_batch = profile[names[0]][1][0]
-    calibration = tokenize_batches(pipeline.tokenizer, pipeline.sentences.calibration, batch_size=opt_batch,
-                                   sequence_length=args.seq, input_names=names)
+    calibration = tokenize_batches(
+        pipeline.tokenizer,
+        pipeline.sentences.calibration,
+        batch_size=opt_batch,
+        sequence_length=args.seq,
+        input_names=names,
+    )
     calibration = [f for f in calibration if next(iter(f.values())).shape[0] == opt_batch]  # opt shape only
 
     notes: list[str] = []
@@ -142,26 +152,37 @@ def _run(args: argparse.Namespace, folder: Path, status: str) -> int:
 
     ort_providers = onnxruntime.get_available_providers()
     if "CUDAExecutionProvider" in ort_providers:
-        runners.append(OnnxRuntimeRunner(plain, name="ort_cuda_fp32",
-                                         providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
+        runners.append(
+            OnnxRuntimeRunner(plain, name="ort_cuda_fp32", providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+        )
     else:
         notes.append(f"ort_cuda_fp32: skipped, onnxruntime offers {ort_providers} (install onnxruntime-gpu)")
     if "TensorrtExecutionProvider" in ort_providers:
-        runners.append(OnnxRuntimeRunner(plain, name="ort_trt_ep_fp16",
-                                         providers=ort_gpu_providers(True, cache_dir=folder / "ort_trt_cache")))
+        runners.append(
+            OnnxRuntimeRunner(
+                plain, name="ort_trt_ep_fp16", providers=ort_gpu_providers(True, cache_dir=folder / "ort_trt_cache")
+            )
+        )
     else:
         notes.append("ort_trt_ep_fp16: skipped, onnxruntime has no TensorrtExecutionProvider")
 
     engines = {
-        "trt_fp16": lambda: build_engine(plain, TensorRTConfig.preset("tensorrt_fp16", profiles=(profile,)),
-                                         engine_path=folder / "trt_fp16.plan"),
+        "trt_fp16": lambda: build_engine(
+            plain, TensorRTConfig.preset("tensorrt_fp16", profiles=(profile,)), engine_path=folder / "trt_fp16.plan"
+        ),
         "trt_int8_qdq": lambda: build_engine(
-            PrecisionPlan.preset("tensorrt_int8_qdq").convert(plain, folder / "model_qdq.onnx",
-                                                              calibration_feeds=calibration, progress=False).path,
-            TensorRTConfig.preset("tensorrt_int8_qdq", profiles=(profile,)), engine_path=folder / "trt_int8_qdq.plan"),
+            PrecisionPlan.preset("tensorrt_int8_qdq")
+            .convert(plain, folder / "model_qdq.onnx", calibration_feeds=calibration, progress=False)
+            .path,
+            TensorRTConfig.preset("tensorrt_int8_qdq", profiles=(profile,)),
+            engine_path=folder / "trt_int8_qdq.plan",
+        ),
         "trt_int8_calibrated": lambda: build_engine(
-            plain, TensorRTConfig.preset("tensorrt_int8_calibrated", profiles=(profile,)),
-            calibration_feeds=calibration, engine_path=folder / "trt_int8_calibrated.plan"),
+            plain,
+            TensorRTConfig.preset("tensorrt_int8_calibrated", profiles=(profile,)),
+            calibration_feeds=calibration,
+            engine_path=folder / "trt_int8_calibrated.plan",
+        ),
     }
     for name, build in engines.items():
         try:
@@ -169,8 +190,10 @@ def _run(args: argparse.Namespace, folder: Path, status: str) -> int:
         except WorkbenchError as exc:
             notes.append(f"{name}: build failed: {_first_line(exc)}")
             continue
-        notes.append(f"{name}: built in {engine.seconds:.1f} s, {engine.size_mb:.1f} MB"
-                     + "".join(f"; {n}" for n in engine.notes))
+        notes.append(
+            f"{name}: built in {engine.seconds:.1f} s, {engine.size_mb:.1f} MB"
+            + "".join(f"; {n}" for n in engine.notes)
+        )
         runners.append(TensorRTRunner(engine.path, name=name, output_names=output_names))
 
     # accuracy, and weed out candidates that cannot run here (a provider falling back, a CUDA error)
@@ -183,29 +206,47 @@ def _run(args: argparse.Namespace, folder: Path, status: str) -> int:
         except (WorkbenchError, RuntimeError) as exc:  # torch and CUDA errors are RuntimeErrors
             notes.append(f"{runner.name}: skipped, {type(exc).__name__}: {_first_line(exc)}")
             continue
-        cosines = np.concatenate([
-            np.sum(mean_pooled_embeddings(e, f["attention_mask"]) * mean_pooled_embeddings(g, f["attention_mask"]), axis=1)
-            for e, f, g in zip(expected, eval_feeds, got)])
+        cosines = np.concatenate(
+            [
+                np.sum(
+                    mean_pooled_embeddings(e, f["attention_mask"]) * mean_pooled_embeddings(g, f["attention_mask"]),
+                    axis=1,
+                )
+                for e, f, g in zip(expected, eval_feeds, got)
+            ]
+        )
         accuracy[runner.name] = (float(cosines.mean()), float(cosines.min()))
         usable.append(runner)
     if not usable:
         print("bench/tensorrt.py: no candidate could run; " + " | ".join(notes), file=sys.stderr)
         return 1
 
-    config = BenchmarkConfig(batch_sizes=tuple(args.batch_sizes), sequence_lengths=(args.seq,),
-                             iterations=args.iterations, warmup=10)
+    config = BenchmarkConfig(
+        batch_sizes=tuple(args.batch_sizes), sequence_lengths=(args.seq,), iterations=args.iterations, warmup=10
+    )
     result = benchmark(usable, pipeline._feeds_for, config)
-    rows = [{"name": r.name, "batch": r.batch, "seq": r.seq, "p50_ms": round(r.p50_ms, 3),
-             "p90_ms": round(r.p90_ms, 3), "cosine_mean": round(accuracy[r.name][0], 5),
-             "cosine_min": round(accuracy[r.name][1], 5)} for r in result.rows]
+    rows = [
+        {
+            "name": r.name,
+            "batch": r.batch,
+            "seq": r.seq,
+            "p50_ms": round(r.p50_ms, 3),
+            "p90_ms": round(r.p90_ms, 3),
+            "cosine_mean": round(accuracy[r.name][0], 5),
+            "cosine_min": round(accuracy[r.name][1], 5),
+        }
+        for r in result.rows
+    ]
     if args.json:
         print(json.dumps({"rows": rows, "notes": notes}, indent=2))
         return 0
     print(f"# {status}; {result.machine['processor']}; {args.iterations} interleaved runs, numpy in/out")
     print(f"{'name':<24}{'batch':>6}{'seq':>6}{'p50 ms':>10}{'p90 ms':>10}{'cos mean':>10}{'cos min':>10}")
     for row in rows:
-        print(f"{row['name']:<24}{row['batch']:>6}{row['seq']:>6}{row['p50_ms']:>10.3f}{row['p90_ms']:>10.3f}"
-              f"{row['cosine_mean']:>10.5f}{row['cosine_min']:>10.5f}")
+        print(
+            f"{row['name']:<24}{row['batch']:>6}{row['seq']:>6}{row['p50_ms']:>10.3f}{row['p90_ms']:>10.3f}"
+            f"{row['cosine_mean']:>10.5f}{row['cosine_min']:>10.5f}"
+        )
     for note in notes:
         print(f"# {note}")
     return 0

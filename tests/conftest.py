@@ -48,7 +48,8 @@ def fused_tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory: pytest.TempPath
     from workbench.stages.fusion import FusionConfig, fuse_transformer
 
     source = load_model(tiny_model_dir("bert"))
-    path = fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",
-                            FusionConfig.for_source(source)).path
+    path = fuse_transformer(
+        tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx", FusionConfig.for_source(source)
+    ).path
     feeds = tokenize_batches(source.load_tokenizer(), FUSED_TINY_TEXTS, batch_size=1, sequence_length=16)
     return path, feeds

@@ -17,12 +17,27 @@ SUMMARY = {
     "model": "/models/all-MiniLM-L6-v2",
     "reference": "runs/x/model.onnx",
     "candidates": [
-        {"name": "onnx_fp32_fused", "path": "runs/x/fused.onnx", "latency_ms_p50": 4.0,
-         "cosine_mean": 0.999991, "cosine_min": 0.99987},
-        {"name": "onnx_int8_dynamic", "path": "runs/x/int8.onnx", "latency_ms_p50": 2.5,
-         "cosine_mean": 0.99712, "cosine_min": 0.98123},
-        {"name": "not_timed", "path": "runs/x/other.onnx", "latency_ms_p50": None,
-         "cosine_mean": None, "cosine_min": None},
+        {
+            "name": "onnx_fp32_fused",
+            "path": "runs/x/fused.onnx",
+            "latency_ms_p50": 4.0,
+            "cosine_mean": 0.999991,
+            "cosine_min": 0.99987,
+        },
+        {
+            "name": "onnx_int8_dynamic",
+            "path": "runs/x/int8.onnx",
+            "latency_ms_p50": 2.5,
+            "cosine_mean": 0.99712,
+            "cosine_min": 0.98123,
+        },
+        {
+            "name": "not_timed",
+            "path": "runs/x/other.onnx",
+            "latency_ms_p50": None,
+            "cosine_mean": None,
+            "cosine_min": None,
+        },
     ],
     "pytorch_latency_ms_p50": 10.0,
     "chosen": "onnx_int8_dynamic",
@@ -135,12 +150,17 @@ def test_doctor_reports_conflict(monkeypatch, capsys):
 
 
 def test_module_entry_point(summary_file, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "workbench", "summary", str(summary_file)],
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "workbench", "summary", str(summary_file)], capture_output=True, text=True, timeout=120
+    )
     assert ok.returncode == 0, ok.stderr
     assert "onnx_int8_dynamic" in ok.stdout
-    missing = subprocess.run([sys.executable, "-m", "workbench", "summary", str(tmp_path / "nope.json")],
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "workbench", "summary", str(tmp_path / "nope.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 1
     assert "No summary" in missing.stderr
     assert "Traceback" not in missing.stderr

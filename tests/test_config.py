@@ -19,12 +19,21 @@ CONFIGS = [ExportConfig, BenchmarkConfig, AccuracyBudget, PipelineParameters, Dy
 
 # non-default, valid instances, including tuples, None and floats
 NON_DEFAULT = [
-    ExportConfig(exporter="dynamo", opset=18, check_batch_sizes=(2, 3), check_sequence_lengths=(7,), atol=5e-4,
-                 min_cosine=0.999),
+    ExportConfig(
+        exporter="dynamo", opset=18, check_batch_sizes=(2, 3), check_sequence_lengths=(7,), atol=5e-4, min_cosine=0.999
+    ),
     BenchmarkConfig(batch_sizes=(1, 4, 16), sequence_lengths=(32, 64), warmup=0, iterations=3, threads=2),
     AccuracyBudget(embedding_cosine_mean=0.9, embedding_cosine_min=-0.5, output_cosine_min=0.8),
-    PipelineParameters(model_path="some/model", data_dir="data", output_dir="runs/x", sequence_length=64,
-                       benchmark_batch_sizes=(1, 2), threads=4, triton_model_name="m", overwrite=True),
+    PipelineParameters(
+        model_path="some/model",
+        data_dir="data",
+        output_dir="runs/x",
+        sequence_length=64,
+        benchmark_batch_sizes=(1, 2),
+        threads=4,
+        triton_model_name="m",
+        overwrite=True,
+    ),
     DynamicQuantConfig(per_channel=False, weight_type="uint8", reduce_range=True, op_types=("MatMul", "Gemm")),
 ]
 

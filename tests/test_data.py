@@ -146,9 +146,7 @@ def test_max_length_shapes_and_dtype(tokenizer):
 
 def test_sentences_are_kept_in_order(tokenizer):
     feeds = tokenize_batches(tokenizer, SENTENCES, batch_size=3, sequence_length=32)
-    decoded = [
-        tokenizer.decode(ids, skip_special_tokens=True) for feed in feeds for ids in feed["input_ids"]
-    ]
+    decoded = [tokenizer.decode(ids, skip_special_tokens=True) for feed in feeds for ids in feed["input_ids"]]
     assert len(decoded) == len(SENTENCES)
     assert decoded[0] == "hello!"
     assert decoded[3] == "short one."
@@ -167,28 +165,30 @@ def test_truncation(tokenizer):
 
 
 def test_longest_padding(tokenizer):
-    feeds = tokenize_batches(tokenizer, ["Hi.", "A somewhat longer sentence here."], batch_size=2,
-                             sequence_length=128, padding="longest")
+    feeds = tokenize_batches(
+        tokenizer, ["Hi.", "A somewhat longer sentence here."], batch_size=2, sequence_length=128, padding="longest"
+    )
     length = feeds[0]["input_ids"].shape[1]
     assert length < 128
     assert feeds[0]["attention_mask"][1].sum() == length  # the longest sentence has no padding
 
 
 def test_input_names_filter_and_order(tokenizer):
-    feeds = tokenize_batches(tokenizer, SENTENCES[:3], batch_size=2, sequence_length=16,
-                             input_names=["attention_mask", "input_ids"])
+    feeds = tokenize_batches(
+        tokenizer, SENTENCES[:3], batch_size=2, sequence_length=16, input_names=["attention_mask", "input_ids"]
+    )
     for feed in feeds:
         assert list(feed) == ["attention_mask", "input_ids"]
-    reordered = tokenize_batches(tokenizer, SENTENCES[:3], batch_size=2, sequence_length=16,
-                                 input_names=("input_ids",))
+    reordered = tokenize_batches(tokenizer, SENTENCES[:3], batch_size=2, sequence_length=16, input_names=("input_ids",))
     assert [list(feed) for feed in reordered] == [["input_ids"], ["input_ids"]]
     np.testing.assert_array_equal(reordered[0]["input_ids"], feeds[0]["input_ids"])
 
 
 def test_unknown_input_name(tokenizer):
     with pytest.raises(DataError) as info:
-        tokenize_batches(tokenizer, SENTENCES, batch_size=2, sequence_length=16,
-                         input_names=["input_ids", "pixel_values"])
+        tokenize_batches(
+            tokenizer, SENTENCES, batch_size=2, sequence_length=16, input_names=["input_ids", "pixel_values"]
+        )
     assert "pixel_values" in str(info.value)
     assert "Fix:" in str(info.value)
 

@@ -53,8 +53,18 @@ def test_all_light_config_names_together_stay_light():
 
 @pytest.mark.parametrize(
     "module",
-    ["workbench.errors", "workbench._lazy", "workbench._files", "workbench.config", "workbench.models",
-     "workbench.data", "workbench.onnx.io", "workbench.summary", "workbench.doctor", "workbench.__main__"],
+    [
+        "workbench.errors",
+        "workbench._lazy",
+        "workbench._files",
+        "workbench.config",
+        "workbench.models",
+        "workbench.data",
+        "workbench.onnx.io",
+        "workbench.summary",
+        "workbench.doctor",
+        "workbench.__main__",
+    ],
 )
 def test_core_modules_import_light(module):
     assert _heavy_modules_after(f"import {module}") == []
@@ -94,12 +104,11 @@ def test_type_checking_imports_match_exports():
     """The TYPE_CHECKING block (for IDEs) names the same objects, from the same modules, as the lazy table."""
     tree = ast.parse(Path(workbench.__file__).read_text())
     block = next(
-        node for node in tree.body
+        node
+        for node in tree.body
         if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
     )
     imported = {
-        alias.name: node.module
-        for node in block.body if isinstance(node, ast.ImportFrom)
-        for alias in node.names
+        alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names
     }
     assert imported == workbench._EXPORTS

@@ -18,7 +18,7 @@ def test_missing_module_names_the_extra_from_the_table(monkeypatch):
     with pytest.raises(MissingDependency) as info:
         lazy.require(FAKE, purpose="Serving with the fake engine")
     message = str(info.value)
-    assert 'inference-workbench[triton]' in message
+    assert "inference-workbench[triton]" in message
     assert FAKE in message
     assert "Serving with the fake engine" in message
     assert "Fix:" in message

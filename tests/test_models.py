@@ -199,8 +199,12 @@ def test_corrupt_weights_are_a_model_source_error(tiny_model_dir, tmp_path):
 
 
 def test_classifier_checkpoint_is_sequence_classification(tmp_path):
-    config = {"model_type": "bert", "architectures": ["BertForSequenceClassification"],
-              "num_attention_heads": 2, "hidden_size": 8}
+    config = {
+        "model_type": "bert",
+        "architectures": ["BertForSequenceClassification"],
+        "num_attention_heads": 2,
+        "hidden_size": 8,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.safetensors").write_bytes(b"")
     source = load_model(tmp_path)

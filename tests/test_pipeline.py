@@ -14,8 +14,14 @@ from workbench.errors import ConfigError, WorkbenchError  # noqa: E402
 from workbench.pipeline import Pipeline, PipelineParameters  # noqa: E402
 from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
 
-SMALL = {"sequence_length": 16, "max_eval_samples": 8, "max_calibration_samples": 8, "eval_batch_size": 4,
-         "benchmark_batch_sizes": (1,), "benchmark_iterations": 2}
+SMALL = {
+    "sequence_length": 16,
+    "max_eval_samples": 8,
+    "max_calibration_samples": 8,
+    "eval_batch_size": 4,
+    "benchmark_batch_sizes": (1,),
+    "benchmark_iterations": 2,
+}
 
 
 def test_pipeline_runs_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
@@ -38,8 +44,10 @@ def test_pipeline_accepts_an_onnx_file_with_its_tokenizer(tiny_model_dir, tiny_b
     shutil.copy(tiny_bert_onnx, folder / "model.onnx")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_model_dir("bert") / name, folder / name)
-    pipeline = Pipeline(PipelineParameters(model_path=str(folder / "model.onnx"), output_dir=str(tmp_path / "run"),
-                                           **SMALL), budget=AccuracyBudget.preset("relaxed"))
+    pipeline = Pipeline(
+        PipelineParameters(model_path=str(folder / "model.onnx"), output_dir=str(tmp_path / "run"), **SMALL),
+        budget=AccuracyBudget.preset("relaxed"),
+    )
     summary = pipeline.run_all()
     assert summary["pytorch_latency_ms_p50"] is None  # no PyTorch model to time
     assert summary["reference"] == str(folder / "model.onnx")

@@ -14,8 +14,15 @@ from workbench.pipeline import Pipeline, PipelineParameters  # noqa: E402
 from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
 from workbench.triton.padding import PaddingPolicy  # noqa: E402
 
-SMALL = {"sequence_length": 32, "max_eval_samples": 24, "max_calibration_samples": 8, "eval_batch_size": 8,
-         "benchmark_batch_sizes": (1,), "benchmark_iterations": 2, "threads": 1}
+SMALL = {
+    "sequence_length": 32,
+    "max_eval_samples": 24,
+    "max_calibration_samples": 8,
+    "eval_batch_size": 8,
+    "benchmark_batch_sizes": (1,),
+    "benchmark_iterations": 2,
+    "threads": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +46,10 @@ def test_summary_carries_each_candidates_batch_invariance_under_the_served_polic
     assert set(rows) == {"fp32", "int8_dynamic_per_channel"}
     assert rows["fp32"]["batch_invariance_min"] == pytest.approx(1.0, abs=1e-6)  # float noise only
     assert rows["int8_dynamic_per_channel"]["batch_invariance_min"] < 0.9999
-    assert rows["int8_dynamic_per_channel"]["batch_invariance_mean"] >= rows["int8_dynamic_per_channel"][
-        "batch_invariance_min"]
+    assert (
+        rows["int8_dynamic_per_channel"]["batch_invariance_mean"]
+        >= rows["int8_dynamic_per_channel"]["batch_invariance_min"]
+    )
     # measured under the policy the export serves (the default: length buckets), in batches of max_batch_size
     section = summary["batch_invariance"]
     assert section["measured"] and section["padding"] == PaddingPolicy(max_length=32).to_dict()
@@ -59,8 +68,10 @@ def test_the_choice_rules_out_a_candidate_that_is_not_batch_invariant(compared):
     report = pipeline.results["compare"]
     # timings where the INT8 candidate is faster, so that only the invariance rule can rule it out
     config = BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(32,), iterations=2)
-    rows = [BenchmarkRow(name=n, batch=1, seq=32, p50_ms=ms, p90_ms=ms, p99_ms=ms, mean_ms=ms,
-                         throughput=1000.0 / ms) for n, ms in (("fp32", 2.0), ("int8_dynamic_per_channel", 1.0))]
+    rows = [
+        BenchmarkRow(name=n, batch=1, seq=32, p50_ms=ms, p90_ms=ms, p99_ms=ms, mean_ms=ms, throughput=1000.0 / ms)
+        for n, ms in (("fp32", 2.0), ("int8_dynamic_per_channel", 1.0))
+    ]
     timings = BenchmarkResult(rows=tuple(rows), config=config, machine={})
     from workbench.stages.choose import choose_candidate
 
@@ -96,8 +107,13 @@ def test_a_fixed_padding_deployment_is_measured_and_exported_as_fixed(tmp_path):
     folder = build_wide_bert(tmp_path / "model")
     fixed = PaddingPolicy.fixed(32)
     budget = AccuracyBudget(embedding_cosine_mean=0.5, embedding_cosine_min=0.5)
-    pipeline = Pipeline(PipelineParameters(model_path=str(folder), output_dir=str(tmp_path / "run"),
-                                           **{**SMALL, "max_eval_samples": 12}), budget=budget, padding=fixed)
+    pipeline = Pipeline(
+        PipelineParameters(
+            model_path=str(folder), output_dir=str(tmp_path / "run"), **{**SMALL, "max_eval_samples": 12}
+        ),
+        budget=budget,
+        padding=fixed,
+    )
     pipeline.export()
     pipeline.quantize()
     report = pipeline.compare()

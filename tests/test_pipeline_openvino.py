@@ -18,8 +18,14 @@ from workbench.pipeline import STEPS, Pipeline, PipelineParameters  # noqa: E402
 from workbench.recipe import Recipe, replay  # noqa: E402
 from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
 
-SMALL = {"sequence_length": 16, "max_eval_samples": 8, "max_calibration_samples": 8, "eval_batch_size": 4,
-         "benchmark_batch_sizes": (1,), "benchmark_iterations": 2}
+SMALL = {
+    "sequence_length": 16,
+    "max_eval_samples": 8,
+    "max_calibration_samples": 8,
+    "eval_batch_size": 4,
+    "benchmark_batch_sizes": (1,),
+    "benchmark_iterations": 2,
+}
 OPENVINO_STEPS = ("openvino_fp32", "openvino_int8")
 OPENVINO_CANDIDATES = {"openvino_fp32": "fp32", "openvino_int8_nncf": "int8_nncf"}
 
@@ -56,16 +62,19 @@ def test_run_all_offers_openvino_candidates_chooses_the_fastest_in_budget_and_re
     assert recipe.step_names[:6] == ("export", "fuse", "quantize", "quantize_smoothquant", *OPENVINO_STEPS)
     assert recipe.last("openvino_int8").details == {"plan": "cpu_int8_nncf"}
     for step_name, candidate in zip(OPENVINO_STEPS, OPENVINO_CANDIDATES, strict=True):
-        assert recipe.last(step_name).outputs == {f"model_{candidate}.xml":
-                                                  file_sha256(tmp_path / "run" / f"model_{candidate}.xml")}
-    replayed = replay(Recipe.from_dict(recipe.to_dict()), output_dir=tmp_path / "replay", progress=False,
-                      check=True)  # raises when a step wrote other bytes
+        assert recipe.last(step_name).outputs == {
+            f"model_{candidate}.xml": file_sha256(tmp_path / "run" / f"model_{candidate}.xml")
+        }
+    replayed = replay(
+        Recipe.from_dict(recipe.to_dict()), output_dir=tmp_path / "replay", progress=False, check=True
+    )  # raises when a step wrote other bytes
     assert {f"model_{name}.xml" for name in OPENVINO_CANDIDATES} <= set(replayed.output_check.identical)
     for name in OPENVINO_CANDIDATES:
         assert replayed.candidates[name].engine == "openvino"
         for suffix in (".xml", ".bin"):  # the same IR, byte for byte (generated op names included)
-            assert (file_sha256(replayed.candidates[name].path.with_suffix(suffix))
-                    == file_sha256(pipeline.candidates[name].path.with_suffix(suffix))), (name, suffix)
+            assert file_sha256(replayed.candidates[name].path.with_suffix(suffix)) == file_sha256(
+                pipeline.candidates[name].path.with_suffix(suffix)
+            ), (name, suffix)
 
 
 def test_without_openvino_run_all_skips_the_steps_and_says_which_extra(tiny_model_dir, tmp_path, monkeypatch):
@@ -79,8 +88,12 @@ def test_without_openvino_run_all_skips_the_steps_and_says_which_extra(tiny_mode
     assert set(summary["skipped_steps"]) == set(OPENVINO_STEPS)
     for reason in summary["skipped_steps"].values():
         assert "OpenVINO is not available" in reason and "inference-workbench[openvino]" in reason
-    assert [c["name"] for c in summary["candidates"]] == ["fp32", "fp32_fused", "int8_dynamic_per_channel",
-                                                         "int8_dynamic_smoothquant"]
+    assert [c["name"] for c in summary["candidates"]] == [
+        "fp32",
+        "fp32_fused",
+        "int8_dynamic_per_channel",
+        "int8_dynamic_smoothquant",
+    ]
     assert not set(OPENVINO_STEPS) & set(summary["steps"])  # not in the history: a recipe replays what ran
     assert summary["chosen"] and "OpenVINO" in pipeline.unavailable_engines
     assert not list((tmp_path / "run").glob("*.xml")) and not list((tmp_path / "run").glob("*.bin"))

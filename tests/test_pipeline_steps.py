@@ -17,8 +17,14 @@ from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
 from workbench.stages.precision.choices import as_plan, candidate_name  # noqa: E402
 from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
 
-SMALL = {"sequence_length": 16, "max_eval_samples": 8, "max_calibration_samples": 8, "eval_batch_size": 4,
-         "benchmark_batch_sizes": (1,), "benchmark_iterations": 2}
+SMALL = {
+    "sequence_length": 16,
+    "max_eval_samples": 8,
+    "max_calibration_samples": 8,
+    "eval_batch_size": 4,
+    "benchmark_batch_sizes": (1,),
+    "benchmark_iterations": 2,
+}
 STRICT = AccuracyBudget(embedding_cosine_mean=0.999999, embedding_cosine_min=0.99999)  # INT8 misses it
 
 
@@ -47,8 +53,11 @@ def test_convert_takes_a_preset_a_plan_or_its_dict_and_adds_a_named_candidate(ex
     events = []
     exported.progress = events.append
     static = exported.convert("cpu_int8_static")
-    assert exported.candidates["int8_static_minmax"].path == static.path == exported.output_dir / \
-        "model_int8_static_minmax.onnx"
+    assert (
+        exported.candidates["int8_static_minmax"].path
+        == static.path
+        == exported.output_dir / "model_int8_static_minmax.onnx"
+    )
     assert exported.candidates["int8_static_minmax"].precision == "int8_static"
     # calibration reported its batches through the pipeline's progress callback
     calibration = [e for e in events if e.unit == "calibration batches"]
@@ -133,8 +142,7 @@ def test_a_stopped_autofix_leaves_no_folder_and_no_partial_file(tiny_model_dir, 
     assert seen and seen[-1].item is not None and seen[-1].item.index == 0
     assert not (pipeline.output_dir / "autofix_int8_dynamic_per_channel").exists()
     assert not partial_files(pipeline.output_dir)
-    assert "autofix" not in pipeline.results and [r.step for r in pipeline.history] == ["export", "quantize",
-                                                                                       "compare"]
+    assert "autofix" not in pipeline.results and [r.step for r in pipeline.history] == ["export", "quantize", "compare"]
 
 
 def test_run_all_leaves_the_optional_steps_out_and_replay_runs_what_was_recorded(exported, tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from workbench.errors import ConfigError
-from workbench.stages.precision.plan import PrecisionPlan
 from workbench.stages.precision.choices import parse_node_names, plan_from_choices, preset_choices
+from workbench.stages.precision.plan import PrecisionPlan
 
 
 def test_no_choices_is_the_preset():
@@ -15,8 +15,7 @@ def test_no_choices_is_the_preset():
 
 
 def test_static_choices_reach_the_options():
-    plan = plan_from_choices("cpu_int8_static", calibration_method="Entropy", per_channel=False,
-                             activation_type="int8")
+    plan = plan_from_choices("cpu_int8_static", calibration_method="Entropy", per_channel=False, activation_type="int8")
     assert plan.method == "int8_static"
     assert plan.options.calibration.method == "Entropy" and plan.options.per_channel is False
     assert plan.options.activation_type == "int8"
@@ -49,8 +48,11 @@ def test_bad_values_are_config_errors(bad):
 
 
 def test_preset_choices_name_what_applies():
-    assert preset_choices("cpu_int8_static") == {"calibration_method": "MinMax", "per_channel": True,
-                                                 "activation_type": "uint8"}
+    assert preset_choices("cpu_int8_static") == {
+        "calibration_method": "MinMax",
+        "per_channel": True,
+        "activation_type": "uint8",
+    }
     assert preset_choices("tensorrt_int8_qdq")["calibration_method"] == "Entropy"
     assert preset_choices("cpu_int8_dynamic_per_tensor") == {"per_channel": False}
     assert preset_choices("gpu_fp16") == {}

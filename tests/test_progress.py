@@ -23,8 +23,10 @@ def test_progress_builds_events_with_the_elapsed_time_and_does_nothing_without_a
     report = Progress(seen.append, "calibration", "calibration batches", total=4)
     report(1, "batch 1 of 4")
     report(2, total=5, item="anything")
-    assert [(e.done, e.total, e.message, e.item) for e in seen] == [(1, 4, "batch 1 of 4", None),
-                                                                    (2, 5, "", "anything")]
+    assert [(e.done, e.total, e.message, e.item) for e in seen] == [
+        (1, 4, "batch 1 of 4", None),
+        (2, 5, "", "anything"),
+    ]
     assert all(e.stage == "calibration" and e.elapsed_s >= 0 for e in seen)
     assert seen[1].elapsed_s >= seen[0].elapsed_s
     Progress(None, "quiet", "units")(3)  # no callback: nothing to call, nothing raised

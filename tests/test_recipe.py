@@ -31,8 +31,14 @@ from workbench.stages.accuracy.compare import AccuracyBudget  # noqa: E402
 from workbench.stages.export import ExportConfig  # noqa: E402
 from workbench.stages.precision.quantize import DynamicQuantConfig  # noqa: E402
 
-SMALL = {"sequence_length": 16, "max_eval_samples": 8, "max_calibration_samples": 8, "eval_batch_size": 4,
-         "benchmark_batch_sizes": (1,), "benchmark_iterations": 2}
+SMALL = {
+    "sequence_length": 16,
+    "max_eval_samples": 8,
+    "max_calibration_samples": 8,
+    "eval_batch_size": 4,
+    "benchmark_batch_sizes": (1,),
+    "benchmark_iterations": 2,
+}
 # the files of the deterministic steps: export, fuse, dynamic quantization
 MODEL_FILES = ("model.onnx", "model_fused.onnx", "model_int8_dynamic_per_channel.onnx")
 
@@ -47,8 +53,10 @@ def model_hashes(folder: Path) -> dict[str, str]:
 def recorded(tiny_model_dir, tmp_path_factory):
     """The tiny BERT through every step of a RecordingPipeline, and its recipe saved in the run folder."""
     output_dir = tmp_path_factory.mktemp("recorded") / "run"
-    pipeline = RecordingPipeline(PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(output_dir),
-                                                    **SMALL), budget=AccuracyBudget.preset("relaxed"))
+    pipeline = RecordingPipeline(
+        PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(output_dir), **SMALL),
+        budget=AccuracyBudget.preset("relaxed"),
+    )
     pipeline.run_all()
     recipe = Recipe.from_pipeline(pipeline)
     recipe.save(output_dir / RECIPE_FILE)
@@ -58,15 +66,22 @@ def recorded(tiny_model_dir, tmp_path_factory):
 def test_a_replay_twice_writes_identical_model_files(recorded, tmp_path):
     _pipeline, _recipe, output_dir = recorded
     original = model_hashes(output_dir)
-    summaries = [run_recipe(output_dir / RECIPE_FILE, output_dir=tmp_path / name, progress=False, check=True)
-                 for name in ("a", "b")]
+    summaries = [
+        run_recipe(output_dir / RECIPE_FILE, output_dir=tmp_path / name, progress=False, check=True)
+        for name in ("a", "b")
+    ]
     assert model_hashes(tmp_path / "a") == original
     assert model_hashes(tmp_path / "b") == original
     for name, summary in zip(("a", "b"), summaries, strict=True):
         assert json.loads((tmp_path / name / "summary.json").read_text()) == json.loads(json.dumps(summary))
         openvino = [] if summary["skipped_steps"] else ["openvino_fp32", "openvino_int8_nncf"]
-        assert [c["name"] for c in summary["candidates"]] == ["fp32", "fp32_fused", "int8_dynamic_per_channel",
-                                                             "int8_dynamic_smoothquant", *openvino]
+        assert [c["name"] for c in summary["candidates"]] == [
+            "fp32",
+            "fp32_fused",
+            "int8_dynamic_per_channel",
+            "int8_dynamic_smoothquant",
+            *openvino,
+        ]
         assert summary["parameters"]["output_dir"] == str(tmp_path / name)
         # a replay records itself: same steps, same model files
         replayed = Recipe.load(tmp_path / name)
@@ -77,8 +92,18 @@ def test_a_replay_twice_writes_identical_model_files(recorded, tmp_path):
 def test_the_recipe_holds_steps_configs_versions_and_input_hashes(recorded, tiny_model_dir):
     pipeline, recipe, output_dir = recorded
     openvino = () if pipeline.skipped else ("openvino_fp32", "openvino_int8")  # skipped without the openvino extra
-    assert recipe.step_names == ("export", "fuse", "quantize", "quantize_smoothquant", *openvino, "compare",
-                                 "benchmark", "choose", "export_triton", "write_summary")
+    assert recipe.step_names == (
+        "export",
+        "fuse",
+        "quantize",
+        "quantize_smoothquant",
+        *openvino,
+        "compare",
+        "benchmark",
+        "choose",
+        "export_triton",
+        "write_summary",
+    )
     assert recipe.parameters.model_path == str(tiny_model_dir("bert").resolve())
     assert recipe.parameters.output_dir == str(output_dir)
     assert recipe.last("export").config == {"export_config": ExportConfig()}
@@ -97,13 +122,17 @@ def test_the_recipe_holds_steps_configs_versions_and_input_hashes(recorded, tiny
     # JSON round trip: the file holds the same recipe, with typed configs
     assert Recipe.load(output_dir / RECIPE_FILE) == recipe
     on_disk = json.loads((output_dir / RECIPE_FILE).read_text())
-    assert on_disk["steps"][0] == {"step": "export", "config": {"export_config": ExportConfig().to_dict()},
-                                   "outputs": {"model.onnx": file_sha256(output_dir / "model.onnx")}}
+    assert on_disk["steps"][0] == {
+        "step": "export",
+        "config": {"export_config": ExportConfig().to_dict()},
+        "outputs": {"model.onnx": file_sha256(output_dir / "model.onnx")},
+    }
 
 
 def test_each_step_records_the_configs_it_ran_with(tiny_model_dir, tmp_path):
-    pipeline = RecordingPipeline(PipelineParameters(model_path=str(tiny_model_dir("bert")),
-                                                    output_dir=str(tmp_path / "run"), **SMALL))
+    pipeline = RecordingPipeline(
+        PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"), **SMALL)
+    )
     pipeline.export()
     pipeline.quant_config = DynamicQuantConfig(per_channel=False)
     pipeline.quantize()
@@ -118,13 +147,15 @@ def test_each_step_records_the_configs_it_ran_with(tiny_model_dir, tmp_path):
     assert "int8_dynamic_per_tensor" in replayed.candidates
     assert replayed.results["benchmark"].config.iterations == 3
     assert replayed.parameters.benchmark_iterations == 3
-    assert file_sha256(tmp_path / "replay" / "model_int8_dynamic_per_tensor.onnx") == \
-        file_sha256(tmp_path / "run" / "model_int8_dynamic_per_tensor.onnx")
+    assert file_sha256(tmp_path / "replay" / "model_int8_dynamic_per_tensor.onnx") == file_sha256(
+        tmp_path / "run" / "model_int8_dynamic_per_tensor.onnx"
+    )
 
 
 def test_a_plain_pipeline_is_recorded_from_its_results(tiny_model_dir, tmp_path):
-    pipeline = Pipeline(PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"),
-                                           **SMALL))
+    pipeline = Pipeline(
+        PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"), **SMALL)
+    )
     pipeline.export()
     pipeline.fuse()
     recipe = Recipe.from_pipeline(pipeline)
@@ -187,15 +218,18 @@ def test_an_in_memory_module_cannot_be_recorded(tmp_path):
         Recipe.from_pipeline(pipeline)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda r: r.update(recipe_version=99), "newer than this workbench reads"),
-    (lambda r: r.update(colour="blue"), "unknown key"),
-    (lambda r: r["steps"].append({"step": "deploy"}), "'deploy' is not a pipeline step"),
-    (lambda r: r["steps"].append({"step": "fuse", "config": {"budget": {}}}), "unknown config"),
-    (lambda r: r["steps"].append({"step": "benchmark", "parameters": {"model_path": "x"}}), "cannot change"),
-    (lambda r: r["steps"].append({"step": "export", "args": {"batch": 1}}), "takes no argument"),
-    (lambda r: r["steps"].append({"step": "export", "config": {"export_config": {"opset": 3}}}), "opset"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.update(recipe_version=99), "newer than this workbench reads"),
+        (lambda r: r.update(colour="blue"), "unknown key"),
+        (lambda r: r["steps"].append({"step": "deploy"}), "'deploy' is not a pipeline step"),
+        (lambda r: r["steps"].append({"step": "fuse", "config": {"budget": {}}}), "unknown config"),
+        (lambda r: r["steps"].append({"step": "benchmark", "parameters": {"model_path": "x"}}), "cannot change"),
+        (lambda r: r["steps"].append({"step": "export", "args": {"batch": 1}}), "takes no argument"),
+        (lambda r: r["steps"].append({"step": "export", "config": {"export_config": {"opset": 3}}}), "opset"),
+    ],
+)
 def test_invalid_recipe_files_say_what_is_wrong(tmp_path, change, message):
     values = Recipe(parameters=PipelineParameters(output_dir=str(tmp_path))).to_dict()
     change(values)
@@ -210,16 +244,35 @@ def test_minilm_recipe_recorded_through_the_workbench_replays_with_the_cli_to_id
     """The issue's Done-when: record through the UI on MiniLM, replay with `python -m workbench run`."""
     from workbench.ui import Workbench
 
-    wb = Workbench.from_parameters(output_dir=str(tmp_path / "ui"), sequence_length=32, max_eval_samples=8,
-                                   max_calibration_samples=8, benchmark_batch_sizes=[1], benchmark_iterations=3)
+    wb = Workbench.from_parameters(
+        output_dir=str(tmp_path / "ui"),
+        sequence_length=32,
+        max_eval_samples=8,
+        max_calibration_samples=8,
+        benchmark_batch_sizes=[1],
+        benchmark_iterations=3,
+    )
     for step in ("export", "fuse", "quantize", "compare", "benchmark", "choose", "deploy", "summary"):
         wb[step].click()
         assert wb.state(step) == "done", (step, wb[step].error_output.value)
     recipe_path = wb.save_recipe(tmp_path / "minilm_recipe.json")
     assert Recipe.load(recipe_path).parameters.model_path is None  # the bundled model, by its hashes
     completed = subprocess.run(
-        [sys.executable, "-m", "workbench", "run", str(recipe_path), "--output-dir", str(tmp_path / "replay"),
-         "--check"], capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "run",
+            str(recipe_path),
+            "--output-dir",
+            str(tmp_path / "replay"),
+            "--check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "model files identical to the recording" in completed.stdout
     assert "recipe:" in completed.stderr and "8/8" in completed.stderr  # the progress bar, one step each

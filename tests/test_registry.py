@@ -32,10 +32,20 @@ from workbench.tasks.base import (  # noqa: E402
     tasks,
 )
 
-SMALL = {"sequence_length": 16, "max_eval_samples": 8, "max_calibration_samples": 8, "eval_batch_size": 4,
-         "benchmark_batch_sizes": (1,), "benchmark_iterations": 2}
-MODEL_FILES = ("model.onnx", "model_fused.onnx", "model_int8_dynamic_per_channel.onnx",
-               "model_int8_dynamic_smoothquant.onnx")
+SMALL = {
+    "sequence_length": 16,
+    "max_eval_samples": 8,
+    "max_calibration_samples": 8,
+    "eval_batch_size": 4,
+    "benchmark_batch_sizes": (1,),
+    "benchmark_iterations": 2,
+}
+MODEL_FILES = (
+    "model.onnx",
+    "model_fused.onnx",
+    "model_int8_dynamic_per_channel.onnx",
+    "model_int8_dynamic_smoothquant.onnx",
+)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,12 +57,34 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 def test_every_built_in_step_is_declared_once_with_what_it_needs():
-    assert STEPS.names == ("export", "fuse", "surgery", "quantize", "quantize_smoothquant", "convert",
-                           "openvino_fp32", "openvino_int8", "compare", "autofix", "benchmark", "choose",
-                           "export_triton", "write_summary")
+    assert STEPS.names == (
+        "export",
+        "fuse",
+        "surgery",
+        "quantize",
+        "quantize_smoothquant",
+        "convert",
+        "openvino_fp32",
+        "openvino_int8",
+        "compare",
+        "autofix",
+        "benchmark",
+        "choose",
+        "export_triton",
+        "write_summary",
+    )
     assert STEPS["choose"].needs == ("compare", "benchmark") and STEPS["choose"].args == ("batch",)
-    assert set(STEPS.inputs("compare")) == {"export", "fuse", "surgery", "quantize", "quantize_smoothquant",
-                                            "convert", "openvino_fp32", "openvino_int8", "autofix"}
+    assert set(STEPS.inputs("compare")) == {
+        "export",
+        "fuse",
+        "surgery",
+        "quantize",
+        "quantize_smoothquant",
+        "convert",
+        "openvino_fp32",
+        "openvino_int8",
+        "autofix",
+    }
     # run on request (a user's plan or candidate): run_all leaves them out
     assert [s.name for s in STEPS if s.optional] == ["surgery", "convert", "autofix"]
     # run_all runs them where the openvino extra is installed and says why it skipped them elsewhere
@@ -72,8 +104,13 @@ class NodeCount:
 class CountingPipeline(Pipeline):
     """The built-in steps plus one the test declares, placed after fuse."""
 
-    @step(title="Count the fused graph's nodes", short="Count", needs=("fuse",), after="fuse",
-          summary=lambda pipeline, result: {"fused_nodes": result.nodes})
+    @step(
+        title="Count the fused graph's nodes",
+        short="Count",
+        needs=("fuse",),
+        after="fuse",
+        summary=lambda pipeline, result: {"fused_nodes": result.nodes},
+    )
     def count_nodes(self) -> NodeCount:
         import onnx
 
@@ -88,11 +125,13 @@ def test_a_step_added_to_the_registry_appears_in_run_all_the_recipe_and_the_work
 
     assert "count_nodes" not in STEPS  # the built-in registry is untouched
     assert CountingPipeline.steps.names[:3] == ("export", "fuse", "count_nodes")
-    parameters = PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"),
-                                    **SMALL)
-    pipeline = CountingPipeline(parameters, budget=Budget.from_dict({"task": "feature-extraction",
-                                                                    "embedding_cosine_mean": 0.9,
-                                                                    "embedding_cosine_min": 0.8}))
+    parameters = PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"), **SMALL)
+    pipeline = CountingPipeline(
+        parameters,
+        budget=Budget.from_dict(
+            {"task": "feature-extraction", "embedding_cosine_mean": 0.9, "embedding_cosine_min": 0.8}
+        ),
+    )
     summary = pipeline.run_all()
     assert [r.step for r in pipeline.history][:3] == ["export", "fuse", "count_nodes"]
     assert summary["fused_nodes"] == pipeline.results["count_nodes"].nodes > 0
@@ -101,11 +140,17 @@ def test_a_step_added_to_the_registry_appears_in_run_all_the_recipe_and_the_work
     assert recipe.last("count_nodes").outputs == {"node_count.json": file_sha256(tmp_path / "run" / "node_count.json")}
     with pytest.raises(Exception, match="'count_nodes' is not a pipeline step"):
         Recipe.from_dict(recipe.to_dict())  # the plain Pipeline does not know the step
-    replayed = replay(Recipe.from_dict(recipe.to_dict(), pipeline_class=CountingPipeline),
-                      output_dir=tmp_path / "replay", progress=False, check=True, pipeline_class=CountingPipeline)
+    replayed = replay(
+        Recipe.from_dict(recipe.to_dict(), pipeline_class=CountingPipeline),
+        output_dir=tmp_path / "replay",
+        progress=False,
+        check=True,
+        pipeline_class=CountingPipeline,
+    )
     assert replayed.results["count_nodes"].nodes == pipeline.results["count_nodes"].nodes
-    wb = Workbench.from_parameters(**{**parameters.to_dict(), "output_dir": str(tmp_path / "ui")},
-                                   pipeline_class=CountingPipeline)
+    wb = Workbench.from_parameters(
+        **{**parameters.to_dict(), "output_dir": str(tmp_path / "ui")}, pipeline_class=CountingPipeline
+    )
     assert list(wb.panels)[:4] == ["load", "export", "fuse", "count_nodes"]
     panel = wb["count_nodes"]
     assert panel.title == "Count the fused graph's nodes" and panel.run_button.disabled  # needs fuse first
@@ -125,11 +170,17 @@ def test_a_quickstart_recipe_replays_in_the_workbench_and_headless_to_identical_
 
     notebook = ROOT / "notebooks" / "quickstart.ipynb"
     run = tmp_path / "quickstart"
-    papermill.execute_notebook(str(notebook), str(tmp_path / "executed.ipynb"), cwd=str(notebook.parent),
-                               progress_bar=False,
-                               parameters={"model_path": str(tiny_model_dir("bert")), "output_dir": str(run),
-                                           **{k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()
-                                              if k != "eval_batch_size"}})
+    papermill.execute_notebook(
+        str(notebook),
+        str(tmp_path / "executed.ipynb"),
+        cwd=str(notebook.parent),
+        progress_bar=False,
+        parameters={
+            "model_path": str(tiny_model_dir("bert")),
+            "output_dir": str(run),
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items() if k != "eval_batch_size"},
+        },
+    )
     recorded = Recipe.load(run)
     assert recorded.step_names == STEPS.names  # the quickstart runs every step, quantize_smoothquant included
     original = _hashes(run)
@@ -139,9 +190,23 @@ def test_a_quickstart_recipe_replays_in_the_workbench_and_headless_to_identical_
     assert wb.run_all() is True, {k: v for k, v in wb.states.items() if v != "done"}
     assert _hashes(tmp_path / "workbench") == original
     # headless, with the check
-    completed = subprocess.run([sys.executable, "-m", "workbench", "run", str(run / "recipe.json"), "--output-dir",
-                                str(tmp_path / "cli"), "--check", "--quiet"], capture_output=True, text=True,
-                               timeout=900, cwd=ROOT)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "run",
+            str(run / "recipe.json"),
+            "--output-dir",
+            str(tmp_path / "cli"),
+            "--check",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "model files identical to the recording" in completed.stdout and "wrote other bytes" not in completed.stdout
     assert _hashes(tmp_path / "cli") == original
@@ -180,16 +245,25 @@ class NormTask(Task):
             b = np.linalg.norm(cand["last_hidden_state"], axis=-1) * feed["attention_mask"]
             ratios += list(np.minimum(a, b).sum(axis=1) / np.maximum(a, b).sum(axis=1))
             cosines += list(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
-        return TaskMetrics({"norm_ratio_min": float(min(ratios)), "norm_cosine_mean": float(np.mean(cosines)),
-                            "norm_cosine_min": float(min(cosines))}, per_sample=tuple(cosines))
+        return TaskMetrics(
+            {
+                "norm_ratio_min": float(min(ratios)),
+                "norm_cosine_mean": float(np.mean(cosines)),
+                "norm_cosine_min": float(min(cosines)),
+            },
+            per_sample=tuple(cosines),
+        )
 
 
 def test_a_task_registered_in_a_test_runs_the_pipeline_end_to_end(tiny_model_dir, tmp_path):
     with registered_task(NormTask):
         assert "toy-norm" in tasks()
         assert load_model(tiny_model_dir("bert")).task.name == "feature-extraction"  # built-in tasks come first
-        pipeline = Pipeline(PipelineParameters(model_path=str(tiny_model_dir("bert")), task="toy-norm",
-                                               output_dir=str(tmp_path / "run"), **SMALL))
+        pipeline = Pipeline(
+            PipelineParameters(
+                model_path=str(tiny_model_dir("bert")), task="toy-norm", output_dir=str(tmp_path / "run"), **SMALL
+            )
+        )
         assert pipeline.task.name == "toy-norm" and pipeline.budget == NormBudget()
         summary = pipeline.run_all()
     assert "toy-norm" not in tasks()
@@ -213,8 +287,9 @@ def _save_checkpoint(folder: Path, kind: str) -> Path:
 
     torch.manual_seed(0)
     if kind == "distilbert-token":
-        config = transformers.DistilBertConfig(vocab_size=VOCAB_SIZE, dim=32, n_layers=1, n_heads=4, hidden_dim=64,
-                                               num_labels=5)
+        config = transformers.DistilBertConfig(
+            vocab_size=VOCAB_SIZE, dim=32, n_layers=1, n_heads=4, hidden_dim=64, num_labels=5
+        )
         model = transformers.DistilBertForTokenClassification(config)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(bundled_model_path()), local_files_only=True)
     else:
@@ -228,8 +303,9 @@ def _save_checkpoint(folder: Path, kind: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(("kind", "architecture"), [("distilbert-token", "DistilBertForTokenClassification"),
-                                                    ("gpt2", "GPT2LMHeadModel")])
+@pytest.mark.parametrize(
+    ("kind", "architecture"), [("distilbert-token", "DistilBertForTokenClassification"), ("gpt2", "GPT2LMHeadModel")]
+)
 def test_a_checkpoint_whose_head_no_task_supports_is_refused_at_load(tmp_path, kind, architecture):
     folder = _save_checkpoint(tmp_path / kind, kind)
     registered = tasks()
@@ -260,9 +336,12 @@ def _gpt2_base_with_a_bpe_tokenizer(folder: Path, *, pad: bool, max_length: int 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train([str(default_data_dir() / "calibration.txt")],
-              trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train(
+        [str(default_data_dir() / "calibration.txt")],
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     kwargs = {"tokenizer_object": bpe, "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}
     if pad:
         kwargs["pad_token"] = "<|endoftext|>"
@@ -270,8 +349,9 @@ def _gpt2_base_with_a_bpe_tokenizer(folder: Path, *, pad: bool, max_length: int 
         kwargs["model_max_length"] = max_length
     tokenizer = transformers.PreTrainedTokenizerFast(**kwargs)
     torch.manual_seed(0)
-    model = transformers.GPT2Model(transformers.GPT2Config(vocab_size=bpe.get_vocab_size(), n_embd=32, n_layer=1,
-                                                           n_head=4, n_positions=64))
+    model = transformers.GPT2Model(
+        transformers.GPT2Config(vocab_size=bpe.get_vocab_size(), n_embd=32, n_layer=1, n_head=4, n_positions=64)
+    )
     folder.mkdir(parents=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -313,8 +393,9 @@ def test_task_detection_reads_architectures():
 def test_gpt2_configs_give_fusion_their_heads_and_width(tmp_path):
     folder = tmp_path / "gpt2"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"architectures": ["GPT2Model"], "model_type": "gpt2",
-                                                     "n_head": 4, "n_embd": 32, "n_positions": 64}))
+    (folder / "config.json").write_text(
+        json.dumps({"architectures": ["GPT2Model"], "model_type": "gpt2", "n_head": 4, "n_embd": 32, "n_positions": 64})
+    )
     (folder / "model.safetensors").write_bytes(b"")
     source = load_model(folder)
     from workbench.stages.fusion import FusionConfig
@@ -332,8 +413,11 @@ def test_engines_are_registered_once_with_what_they_load_and_serve():
     assert {"pytorch", "onnxruntime", "tensorrt"} <= set(registered)
     ort = get_engine("onnxruntime")
     assert ort.availability() and "onnxruntime" in ort.availability().reason
-    assert (ort.triton_backend, ort.triton_platform, ort.model_files) == ("onnxruntime", "onnxruntime_onnx",
-                                                                        ("model.onnx",))
+    assert (ort.triton_backend, ort.triton_platform, ort.model_files) == (
+        "onnxruntime",
+        "onnxruntime_onnx",
+        ("model.onnx",),
+    )
     assert engine_for_path("m.onnx") is ort and engine_for_path("m.plan") is get_engine("tensorrt")
     with pytest.raises(ModelSourceError, match="No registered engine"):
         engine_for_path("m.tflite")

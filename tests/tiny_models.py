@@ -15,20 +15,34 @@ VOCAB_SIZE = 30522  # the bundled MiniLM tokenizer's vocabulary
 
 
 def _bert_config(transformers: Any) -> Any:
-    return transformers.BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                   intermediate_size=64, max_position_embeddings=512)
+    return transformers.BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
 
 
 def _distilbert_config(transformers: Any) -> Any:
-    return transformers.DistilBertConfig(vocab_size=VOCAB_SIZE, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
-                                         max_position_embeddings=512)
+    return transformers.DistilBertConfig(
+        vocab_size=VOCAB_SIZE, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=512
+    )
 
 
 def _roberta_config(transformers: Any) -> Any:
     # RoBERTa offsets positions by padding_idx + 1, so it needs 2 extra position slots
-    return transformers.RobertaConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2,
-                                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=514,
-                                      pad_token_id=0, type_vocab_size=1)
+    return transformers.RobertaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        pad_token_id=0,
+        type_vocab_size=1,
+    )
 
 
 TINY_CONFIGS: dict[str, Callable[[Any], Any]] = {
@@ -68,9 +82,15 @@ def build_wide_bert(folder: Path, *, seed: int = 0) -> Path:
     from workbench.models import bundled_model_path
 
     torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=512,
-                                     initializer_range=0.2)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        initializer_range=0.2,
+    )
     transformers.AutoModel.from_config(config, attn_implementation="eager").eval().save_pretrained(folder)
     transformers.AutoTokenizer.from_pretrained(str(bundled_model_path()), local_files_only=True).save_pretrained(folder)
     return folder

@@ -139,6 +139,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.pipeline import STEPS, Pipeline, PipelineParameters, step
     from workbench.recipe import Recipe, run_recipe, save_recipe
     from workbench.stages.accuracy.compare import compare_candidates
+    from workbench.stages.accuracy.invariance import batch_invariance
     from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
     from workbench.stages.choose import choose_candidate
     from workbench.stages.export import ExportConfig, export_onnx
@@ -150,6 +151,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.stages.generation.generate import GenerationConfig, generate, stream
     from workbench.stages.generation.summary import generation_summary
     from workbench.stages.precision.quantize import DynamicQuantConfig, quantize_dynamic
+    from workbench.stages.serving.load import ServingConfig
+    from workbench.stages.serving.run import benchmark_serving
+    from workbench.stages.serving.summary import serving_summary
+    from workbench.stages.serving.sweep import SweepConfig
     from workbench.summary import format_summary
     from workbench.tasks.base import Budget, Task, get_task, register_task
     from workbench.tasks.classification import ClassificationBudget
@@ -159,10 +164,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from workbench.triton.ensemble import export_triton_ensemble
     from workbench.triton.generation import GenerationServingConfig, export_triton_generation
     from workbench.triton.model import export_triton
-    from workbench.triton.server import TritonServer
     from workbench.triton.padding import PaddingPolicy
-    from workbench.stages.accuracy.invariance import batch_invariance
-    from workbench.stages.serving.load import ServingConfig
-    from workbench.stages.serving.run import benchmark_serving
-    from workbench.stages.serving.summary import serving_summary
-    from workbench.stages.serving.sweep import SweepConfig
+    from workbench.triton.server import TritonServer

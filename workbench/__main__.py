@@ -14,15 +14,23 @@ def main(argv: list[str] | None = None) -> int:
     summary = commands.add_parser("summary", help="print the table of a run's summary.json")
     summary.add_argument("path", type=Path, help="summary.json, or the run folder that holds it")
     commands.add_parser("doctor", help="check the installation: versions, ONNX Runtime conflicts, GPU, TensorRT")
-    run = commands.add_parser("run", help="replay a recipe headless (one progress step per pipeline step) and "
-                                          "print the summary table")
+    run = commands.add_parser(
+        "run", help="replay a recipe headless (one progress step per pipeline step) and print the summary table"
+    )
     run.add_argument("recipe", type=Path, help="recipe.json (Workbench.save_recipe), or the run folder that holds it")
-    run.add_argument("--output-dir", type=Path, default=None,
-                     help="where the replay writes (default: the recipe's own output_dir)")
-    run.add_argument("--no-check-inputs", action="store_true",
-                     help="replay even when the model or sentence files differ from the recorded sha256")
-    run.add_argument("--check", action="store_true",
-                     help="exit with an error when a model file differs from the one the recording wrote")
+    run.add_argument(
+        "--output-dir", type=Path, default=None, help="where the replay writes (default: the recipe's own output_dir)"
+    )
+    run.add_argument(
+        "--no-check-inputs",
+        action="store_true",
+        help="replay even when the model or sentence files differ from the recorded sha256",
+    )
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="exit with an error when a model file differs from the one the recording wrote",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -46,8 +54,14 @@ def main(argv: list[str] | None = None) -> int:
             from workbench.recipe import finish, replay
             from workbench.summary import format_summary
 
-            pipeline = replay(args.recipe, output_dir=args.output_dir, progress=not args.quiet,
-                              check_inputs=not args.no_check_inputs, check=args.check, save=False)
+            pipeline = replay(
+                args.recipe,
+                output_dir=args.output_dir,
+                progress=not args.quiet,
+                check_inputs=not args.no_check_inputs,
+                check=args.check,
+                save=False,
+            )
             written = finish(pipeline)
             print(format_summary(written))
             check = pipeline.output_check
@@ -75,8 +89,9 @@ def _near_tie(pipeline: object, choice: tuple[str | None, str | None]) -> str:
         return "  (no benchmark in the replay to compare the two candidates)"
     recorded, replayed = choice
     values = {name: timings.p50(name, chosen.batch, chosen.seq) for name in (replayed, recorded) if name}
-    shown = ", ".join(f"{name} {value:.2f} ms" if value is not None else f"{name} not timed"
-                      for name, value in values.items())
+    shown = ", ".join(
+        f"{name} {value:.2f} ms" if value is not None else f"{name} not timed" for name, value in values.items()
+    )
     return f"  p50 at batch {chosen.batch}, seq {chosen.seq} in this replay: {shown}"
 
 

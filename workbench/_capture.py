@@ -25,8 +25,19 @@ from dataclasses import dataclass, field
 __all__ = ["CapturedLog", "captured_output", "LIBRARY_LOGGERS"]
 
 #: Loggers of the libraries the stages call; their own handlers are set aside while a step runs.
-LIBRARY_LOGGERS = ("transformers", "torch", "onnxruntime", "onnx", "onnxscript", "polygraphy", "nncf", "openvino",
-                   "huggingface_hub", "tritonclient", "optimum")
+LIBRARY_LOGGERS = (
+    "transformers",
+    "torch",
+    "onnxruntime",
+    "onnx",
+    "onnxscript",
+    "polygraphy",
+    "nncf",
+    "openvino",
+    "huggingface_hub",
+    "tritonclient",
+    "optimum",
+)
 
 
 @dataclass
@@ -95,8 +106,14 @@ def captured_output() -> Iterator[CapturedLog]:
     root.addHandler(handler)
     writer = _LineWriter(log)
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None,
-             line: str | None = None) -> None:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: object = None,
+        line: str | None = None,
+    ) -> None:
         log.lines.append(f"{category.__name__}: {message} ({filename}:{lineno})")
 
     try:

@@ -118,7 +118,7 @@ def _restore_aside(path: Path) -> None:
         return
     name = path.name[1:]
     match = _TAG.search(name)
-    destination = folder / (name[:match.start()] if match else name.split(".")[0])
+    destination = folder / (name[: match.start()] if match else name.split(".")[0])
     if not destination.exists():  # atomic_directory: the whole old destination
         os.replace(path, destination)
         path.mkdir()  # an empty stand-in, removed by the caller
@@ -215,13 +215,17 @@ def check_output_file(path: str | os.PathLike[str], *, what: str = "Output") -> 
     """
     path = Path(path)
     if path.is_dir():
-        raise OutputFolderError(f"{what} {path} is a folder, not a file path.",
-                                fix="pass the path of a file inside it, for example model.onnx")
+        raise OutputFolderError(
+            f"{what} {path} is a folder, not a file path.",
+            fix="pass the path of a file inside it, for example model.onnx",
+        )
     parent = path.parent
     blocking = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
-        raise OutputFolderError(f"{what} {path} cannot be written: {blocking} is a file, not a folder.",
-                                fix="choose another output path, or move the file away")
+        raise OutputFolderError(
+            f"{what} {path} cannot be written: {blocking} is a file, not a folder.",
+            fix="choose another output path, or move the file away",
+        )
     existing = next(p for p in (parent, *parent.parents) if p.exists())
     read_only = False
     with contextlib.suppress(OSError, AttributeError):
@@ -356,8 +360,9 @@ def _describe_run(info: dict[str, Any]) -> str:
     if not info:
         return "another run"
     command = " ".join(info.get("command", []))[:200]
-    return (f"process {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
-            + (f" ({command})" if command else ""))
+    return f"process {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}" + (
+        f" ({command})" if command else ""
+    )
 
 
 class OutputFolder:
@@ -418,8 +423,14 @@ class OutputFolder:
         try:
             products = self.earlier_run()
             if products and not overwrite and earlier_claim is None:
-                killed = (" An earlier run (" + _describe_run(self.previous_run) + ") was killed before it "
-                          "finished, so these files may be incomplete.") if self.previous_run else ""
+                killed = (
+                    (
+                        " An earlier run (" + _describe_run(self.previous_run) + ") was killed before it "
+                        "finished, so these files may be incomplete."
+                    )
+                    if self.previous_run
+                    else ""
+                )
                 raise OutputFolderError(
                     f"Output folder {self.path} holds an earlier run ({', '.join(products[:6])}"
                     f"{' ...' if len(products) > 6 else ''}); nothing was changed.{killed}",
@@ -479,8 +490,12 @@ class OutputFolder:
                 continue
             previous = _read_lock(self.lock_path)
             self.previous_run = previous or None
-            record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
-                      "command": [os.path.basename(sys.argv[0]) if sys.argv else "python", *sys.argv[1:4]]}
+            record = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": _now(),
+                "command": [os.path.basename(sys.argv[0]) if sys.argv else "python", *sys.argv[1:4]],
+            }
             try:
                 with disk_errors(self.lock_path):
                     os.ftruncate(fd, 0)
@@ -491,8 +506,10 @@ class OutputFolder:
             self._fd = fd
             self._finalizer = weakref.finalize(self, _unlock, fd, str(self.lock_path))
             return
-        raise OutputFolderBusy(f"Output folder {self.path}'s lock file keeps changing; another run is starting.",
-                               fix="wait for it, or choose another output folder")
+        raise OutputFolderBusy(
+            f"Output folder {self.path}'s lock file keeps changing; another run is starting.",
+            fix="wait for it, or choose another output folder",
+        )
 
     def release(self) -> None:
         """Give the folder up (remove the lock file); safe to call twice."""

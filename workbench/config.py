@@ -68,8 +68,10 @@ class StageConfig:
     def from_dict(cls, values: dict[str, Any]) -> Self:
         """Build from a dict; unknown keys are an error (a typo must not be silently ignored)."""
         if not isinstance(values, collections.abc.Mapping):
-            raise ConfigError(f"{cls.__name__} needs a mapping of field names to values, got {type(values).__name__}.",
-                              fix="pass a dict (a JSON object) such as {'field': value}")
+            raise ConfigError(
+                f"{cls.__name__} needs a mapping of field names to values, got {type(values).__name__}.",
+                fix="pass a dict (a JSON object) such as {'field': value}",
+            )
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - set(fields))
         if unknown:
@@ -78,11 +80,19 @@ class StageConfig:
                 expected=f"fields among {sorted(fields)}",
                 fix="check the spelling of the keys",
             )
-        missing = sorted(name for name, f in fields.items() if name not in values and f.init
-                         and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        missing = sorted(
+            name
+            for name, f in fields.items()
+            if name not in values
+            and f.init
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        )
         if missing:
-            raise ConfigError(f"{cls.__name__} needs the field(s) {missing}, which are missing.",
-                              fix=f"give {', '.join(missing)} a value")
+            raise ConfigError(
+                f"{cls.__name__} needs the field(s) {missing}, which are missing.",
+                fix=f"give {', '.join(missing)} a value",
+            )
         return cls(**values)
 
     @classmethod
@@ -90,8 +100,10 @@ class StageConfig:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{cls.__name__} JSON does not parse: {exc}.",
-                              fix="write the config with to_json(), or repair the JSON by hand") from exc
+            raise ConfigError(
+                f"{cls.__name__} JSON does not parse: {exc}.",
+                fix="write the config with to_json(), or repair the JSON by hand",
+            ) from exc
         return cls.from_dict(values)
 
     @classmethod
@@ -146,8 +158,7 @@ def _hints(cls: type) -> dict[str, Any]:
                 namespace = vars(sys.modules.get(klass.__module__, object()))
                 for name, annotation in vars(klass).get("__annotations__", {}).items():
                     try:
-                        hints[name] = (eval(annotation, dict(namespace)) if isinstance(annotation, str)
-                                       else annotation)
+                        hints[name] = eval(annotation, dict(namespace)) if isinstance(annotation, str) else annotation
                     except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is not checked
                         hints[name] = Any
             _HINTS[cls] = hints
@@ -304,8 +315,9 @@ def _check(hint: Any, value: Any, where: str) -> Any:
             raise _Mismatch(_describe(hint), where, value)
         if not args:
             return value
-        checked = {_check(args[0], k, f"{where} key {k!r}"): _check(args[1], v, f"{where}[{k!r}]")
-                   for k, v in value.items()}
+        checked = {
+            _check(args[0], k, f"{where} key {k!r}"): _check(args[1], v, f"{where}[{k!r}]") for k, v in value.items()
+        }
         same = all(checked[k] is v for k, v in value.items())
         return value if same else checked
     if isinstance(hint, type) and issubclass(hint, StageConfig):
@@ -359,8 +371,10 @@ def check_choice(config: object, field: str, allowed: typing.Iterable[Any]) -> N
     value = getattr(config, field)
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ConfigError(f"{type(config).__name__}.{field} = {value!r} is not one of {list(allowed)}"
-                          f"{closest_hint([str(value)], allowed) if isinstance(value, str) else ''}.")
+        raise ConfigError(
+            f"{type(config).__name__}.{field} = {value!r} is not one of {list(allowed)}"
+            f"{closest_hint([str(value)], allowed) if isinstance(value, str) else ''}."
+        )
 
 
 def check_positive(config: object, *fields: str) -> None:

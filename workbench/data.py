@@ -33,8 +33,9 @@ def read_sentences(path: str | os.PathLike[str], limit: int | None = None) -> li
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"Sentence file {path} cannot be read: {exc.strerror or exc}.",
-                        fix="check the file's permissions") from exc
+        raise DataError(
+            f"Sentence file {path} cannot be read: {exc.strerror or exc}.", fix="check the file's permissions"
+        ) from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -151,7 +152,9 @@ def conform_feeds(feeds: Mapping[str, Any], dtypes: Mapping[str, Any], *, what: 
     if missing or unknown:
         raise DataError(
             f"{what[0].upper() + what[1:]} have inputs {sorted(feeds)}"
-            + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else "") + ".",
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {unknown}" if unknown else "")
+            + ".",
             expected=f"exactly the model's inputs {sorted(dtypes)}",
             fix="tokenize with input_names= the model's inputs, or rename the keys",
         )
@@ -162,12 +165,16 @@ def conform_feeds(feeds: Mapping[str, Any], dtypes: Mapping[str, Any], *, what: 
             if np.issubdtype(array.dtype, np.integer) and np.issubdtype(want, np.integer):
                 limits = np.iinfo(want)
                 if array.size and (array.min() < limits.min or array.max() > limits.max):
-                    raise DataError(f"Input {name!r} of {what} has values outside {want}'s range "
-                                    f"({array.min()}..{array.max()}), which the model takes.",
-                                    fix="check the token ids (a tokenizer of another model?)")
+                    raise DataError(
+                        f"Input {name!r} of {what} has values outside {want}'s range "
+                        f"({array.min()}..{array.max()}), which the model takes.",
+                        fix="check the token ids (a tokenizer of another model?)",
+                    )
                 array = array.astype(want)
             else:
-                raise DataError(f"Input {name!r} of {what} is {array.dtype}, the model takes {want}.",
-                                fix=f"cast it: array.astype(np.{want})")
+                raise DataError(
+                    f"Input {name!r} of {what} is {array.dtype}, the model takes {want}.",
+                    fix=f"cast it: array.astype(np.{want})",
+                )
         conformed[name] = array
     return conformed

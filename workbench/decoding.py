@@ -105,8 +105,9 @@ class DecoderSpec:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def prompt_feeds(spec: DecoderSpec, prompts: Sequence[Sequence[int]], *,
-                 all_logits: bool = False) -> dict[str, np.ndarray]:
+def prompt_feeds(
+    spec: DecoderSpec, prompts: Sequence[Sequence[int]], *, all_logits: bool = False
+) -> dict[str, np.ndarray]:
     """Feeds of a prompt step: `prompts` left-padded to one length, an empty cache.
 
     Args:
@@ -120,8 +121,8 @@ def prompt_feeds(spec: DecoderSpec, prompts: Sequence[Sequence[int]], *,
     attention_mask = np.zeros((len(prompts), length), dtype=np.int64)
     for row, tokens in enumerate(prompts):
         if len(tokens):
-            input_ids[row, length - len(tokens):] = tokens
-            attention_mask[row, length - len(tokens):] = 1
+            input_ids[row, length - len(tokens) :] = tokens
+            attention_mask[row, length - len(tokens) :] = 1
     feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
     if spec.has_position_ids:
         feeds["position_ids"] = position_ids(attention_mask)
@@ -163,8 +164,7 @@ class Sampling:
     def problems(self) -> list[str]:
         """What is wrong with these settings, as readable lines (empty: they are valid)."""
         found = []
-        if not (isinstance(self.temperature, (int, float)) and np.isfinite(self.temperature)
-                and self.temperature > 0):
+        if not (isinstance(self.temperature, (int, float)) and np.isfinite(self.temperature) and self.temperature > 0):
             found.append(f"temperature must be > 0, got {self.temperature!r}")
         if not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
             found.append(f"top_k must be an integer >= 0 (0: no limit), got {self.top_k!r}")
@@ -282,8 +282,9 @@ class DecodeState:
         return feeds
 
 
-def run(state: DecodeState, forward: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
-        ) -> Iterator[list[int | None]]:
+def run(
+    state: DecodeState, forward: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+) -> Iterator[list[int | None]]:
     """Run the loop: one forward pass per generated token (the prompt's pass yields the first token).
 
     Yields:
@@ -298,8 +299,10 @@ def prompt_problem(length: int, max_positions: int) -> str | None:
     if length < 1:
         return "the prompt has no tokens (an empty text with a tokenizer that adds none)"
     if length > max_positions:
-        return (f"the prompt has {length} tokens but the model has only {max_positions} positions; shorten it to "
-                f"at most {max_positions - 1} tokens to leave room for the continuation")
+        return (
+            f"the prompt has {length} tokens but the model has only {max_positions} positions; shorten it to "
+            f"at most {max_positions - 1} tokens to leave room for the continuation"
+        )
     return None
 
 
@@ -334,16 +337,16 @@ class TextStream:
     def push(self, token: int) -> str:
         """Add one token; returns the text it completes (possibly empty)."""
         self.tokens.append(int(token))
-        before = self.decode(self.tokens[self.prefix_offset:self.read_offset])
-        after = self.decode(self.tokens[self.prefix_offset:])
+        before = self.decode(self.tokens[self.prefix_offset : self.read_offset])
+        after = self.decode(self.tokens[self.prefix_offset :])
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
-            return after[len(before):]
+            return after[len(before) :]
         return ""
 
     def flush(self) -> str:
         """Whatever is still held back (an incomplete character at the very end)."""
-        before = self.decode(self.tokens[self.prefix_offset:self.read_offset])
-        after = self.decode(self.tokens[self.prefix_offset:])
+        before = self.decode(self.tokens[self.prefix_offset : self.read_offset])
+        after = self.decode(self.tokens[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.tokens)
-        return after[len(before):] if len(after) > len(before) else ""
+        return after[len(before) :] if len(after) > len(before) else ""

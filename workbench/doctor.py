@@ -13,8 +13,11 @@ def report() -> str:
     lines = [f"{name}: {version}" for name, version in library_versions().items()]
     try:
         check_onnxruntime_conflict()
-        flavour = "onnxruntime-gpu" if installed_distribution("onnxruntime-gpu") else (
-            "onnxruntime" if installed_distribution("onnxruntime") else None)
+        flavour = (
+            "onnxruntime-gpu"
+            if installed_distribution("onnxruntime-gpu")
+            else ("onnxruntime" if installed_distribution("onnxruntime") else None)
+        )
         lines.append(f"ONNX Runtime: {flavour or 'not installed (pip install -e .[cpu])'}")
         if flavour:
             import onnxruntime

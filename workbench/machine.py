@@ -23,8 +23,12 @@ def cpu_name() -> str:
 
 def machine_info() -> dict[str, Any]:
     """The facts a latency figure is meaningless without."""
-    return {"platform": platform.platform(), "processor": cpu_name(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version()}
+    return {
+        "platform": platform.platform(),
+        "processor": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
 
 
 def _proc_status_mb(key: str) -> float | None:
@@ -69,8 +73,17 @@ def release_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-_VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf", "polygraphy",
-              "tritonclient")
+_VERSIONED = (
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "openvino",
+    "nncf",
+    "polygraphy",
+    "tritonclient",
+)
 
 
 def library_versions() -> dict[str, str]:

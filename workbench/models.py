@@ -12,13 +12,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from workbench._lazy import require
 from workbench.errors import ModelSourceError
 from workbench.onnx.io import check_onnx_file
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")
 
 
@@ -74,11 +79,15 @@ class HFModelSource:
         try:
             values = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ModelSourceError(f"{self.path / 'config.json'} is not readable JSON ({exc}).",
-                                   fix="save the model again with save_pretrained()") from exc
+            raise ModelSourceError(
+                f"{self.path / 'config.json'} is not readable JSON ({exc}).",
+                fix="save the model again with save_pretrained()",
+            ) from exc
         if not isinstance(values, dict):
-            raise ModelSourceError(f"{self.path / 'config.json'} holds a {type(values).__name__}, not an object.",
-                                   fix="save the model again with save_pretrained()")
+            raise ModelSourceError(
+                f"{self.path / 'config.json'} holds a {type(values).__name__}, not an object.",
+                fix="save the model again with save_pretrained()",
+            )
         return values
 
     @property
@@ -139,19 +148,27 @@ class HFModelSource:
         architectures = ", ".join(map(str, self.config.get("architectures") or ["(none listed)"]))
         raise ModelSourceError(
             f"{self.path} is a {architectures}, which is not a {task.name!r} checkpoint"
-            + (f" (it is {detected.name!r})" if detected is not None else "") + ".",
-            fix=f"leave task unset to use {detected.name!r}" if detected is not None else
-            "pick a checkpoint of that task, or task='feature-extraction' for its base model",
+            + (f" (it is {detected.name!r})" if detected is not None else "")
+            + ".",
+            fix=f"leave task unset to use {detected.name!r}"
+            if detected is not None
+            else "pick a checkpoint of that task, or task='feature-extraction' for its base model",
         )
 
     @property
     def warnings(self) -> tuple[str, ...]:
         """What the user should know about how this checkpoint is used (e.g. a head dropped on request)."""
         architectures = [str(a) for a in self.config.get("architectures") or []]
-        if self.task.name == "feature-extraction" and self.task_name is not None and architectures \
-                and not self.task.detect(self.config):
-            return (f"{', '.join(architectures)} is exported as its base model: its head is dropped, because "
-                    "task='feature-extraction' was asked for",)
+        if (
+            self.task.name == "feature-extraction"
+            and self.task_name is not None
+            and architectures
+            and not self.task.detect(self.config)
+        ):
+            return (
+                f"{', '.join(architectures)} is exported as its base model: its head is dropped, because "
+                "task='feature-extraction' was asked for",
+            )
         return ()
 
     @property
@@ -249,7 +266,7 @@ class OnnxSource:
         return _load_tokenizer(folder)
 
 
-ModelSource = Union[HFModelSource, ModuleSource, OnnxSource]
+ModelSource = HFModelSource | ModuleSource | OnnxSource
 
 
 def load_model(
@@ -284,11 +301,7 @@ def load_model(
     tokenizer_folder = Path(tokenizer_path).expanduser() if tokenizer_path is not None else None
     if not resolved.exists():
         hub_like = isinstance(path, str) and not resolved.is_absolute() and path.count("/") <= 1
-        hint = (
-            " It looks like a model hub id; the workbench never downloads models."
-            if hub_like
-            else ""
-        )
+        hint = " It looks like a model hub id; the workbench never downloads models." if hub_like else ""
         raise ModelSourceError(
             f"Model path {str(path)!r} does not exist.{hint}",
             expected="a local Hugging Face model directory (with config.json) or an .onnx file",
@@ -313,8 +326,10 @@ def load_model(
                 fix="save the model again with model.save_pretrained(DIR), or repair config.json",
             ) from exc
         if not isinstance(config, dict):
-            raise ModelSourceError(f"{resolved / 'config.json'} holds a {type(config).__name__}, not a model config.",
-                                   fix="save the model again with model.save_pretrained(DIR)")
+            raise ModelSourceError(
+                f"{resolved / 'config.json'} holds a {type(config).__name__}, not a model config.",
+                fix="save the model again with model.save_pretrained(DIR)",
+            )
         if not any((resolved / name).is_file() for name in _WEIGHT_FILES):
             raise ModelSourceError(
                 f"{resolved} has config.json but no weights (looked for {', '.join(_WEIGHT_FILES)}).",

@@ -45,9 +45,15 @@ def check_parameters(namespace: Mapping[str, Any], *allowed: str | Iterable[str]
             names.add(item)
         else:
             names.update(item)
-    unknown = sorted(name for name, value in namespace.items()
-                     if not name.startswith("_") and name not in names and name not in _KERNEL_NAMES
-                     and isinstance(value, _PARAMETER_TYPES) and not isinstance(value, types.ModuleType))
+    unknown = sorted(
+        name
+        for name, value in namespace.items()
+        if not name.startswith("_")
+        and name not in names
+        and name not in _KERNEL_NAMES
+        and isinstance(value, _PARAMETER_TYPES)
+        and not isinstance(value, types.ModuleType)
+    )
     if unknown:
         hints = []
         for name in unknown:

@@ -38,7 +38,6 @@ from workbench.summary import SUMMARY_FILE
 from workbench.tasks.base import Budget, Encoded, Samples, Task
 from workbench.triton.padding import PaddingPolicy
 
-
 F = TypeVar("F", bound=Callable[..., Any])
 #: The PrecisionPlan preset the openvino_int8 step quantizes with (NNCF's defaults for transformers).
 OPENVINO_INT8_PLAN = "cpu_int8_nncf"
@@ -80,14 +79,26 @@ class PipelineParameters(StageConfig):
     overwrite: bool = False
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "ci": {"max_calibration_samples": 16, "max_eval_samples": 16, "benchmark_batch_sizes": (1,),
-               "benchmark_iterations": 5, "sequence_length": 64},
+        "ci": {
+            "max_calibration_samples": 16,
+            "max_eval_samples": 16,
+            "benchmark_batch_sizes": (1,),
+            "benchmark_iterations": 5,
+            "sequence_length": 64,
+        },
         "demo": {},
     }
 
     def __post_init__(self) -> None:
-        check_positive(self, "sequence_length", "max_calibration_samples", "max_eval_samples", "eval_batch_size",
-                       "benchmark_batch_sizes", "benchmark_iterations")
+        check_positive(
+            self,
+            "sequence_length",
+            "max_calibration_samples",
+            "max_eval_samples",
+            "eval_batch_size",
+            "benchmark_batch_sizes",
+            "benchmark_iterations",
+        )
         if self.sequence_length < 8:
             raise ConfigError(f"sequence_length must be at least 8 tokens, got {self.sequence_length}.")
 
@@ -205,13 +216,26 @@ class StepRegistry(Sequence[Step]):
         return StepRegistry(steps)
 
 
-def step(name: str | None = None, *, title: str, short: str = "", blurb: str = "", needs: Sequence[str] = (),
-         reads: Sequence[str] = (), configs: Sequence[str] = (), parameters: Sequence[str] = (),
-         args: Sequence[str] = (), makes_candidates: bool = False, reads_candidates: bool = False,
-         optional: bool = False, skippable: bool = False, after: str | None = None,
-         summary: Callable[[Any, Any], Mapping[str, Any]] | None = None,
-         candidate_summary: Callable[[Any, Any, str], Mapping[str, Any]] | None = None,
-         details: Callable[[Any], Mapping[str, Any]] | None = None) -> Callable[[F], F]:
+def step(
+    name: str | None = None,
+    *,
+    title: str,
+    short: str = "",
+    blurb: str = "",
+    needs: Sequence[str] = (),
+    reads: Sequence[str] = (),
+    configs: Sequence[str] = (),
+    parameters: Sequence[str] = (),
+    args: Sequence[str] = (),
+    makes_candidates: bool = False,
+    reads_candidates: bool = False,
+    optional: bool = False,
+    skippable: bool = False,
+    after: str | None = None,
+    summary: Callable[[Any, Any], Mapping[str, Any]] | None = None,
+    candidate_summary: Callable[[Any, Any, str], Mapping[str, Any]] | None = None,
+    details: Callable[[Any], Mapping[str, Any]] | None = None,
+) -> Callable[[F], F]:
     """Declare a Pipeline method as a step (see :class:`Step`); the class's registry picks it up.
 
     The method is wrapped so that every call checks `needs`, runs, and is recorded (configs, parameter changes,
@@ -220,12 +244,24 @@ def step(name: str | None = None, *, title: str, short: str = "", blurb: str = "
     """
 
     def decorate(method: F) -> F:
-        declared = Step(name=name or method.__name__, title=title, short=short or title, blurb=blurb,
-                        needs=tuple(needs), reads=tuple(reads), configs=tuple(configs),
-                        parameters=tuple(parameters), args=tuple(args), makes_candidates=makes_candidates,
-                        reads_candidates=reads_candidates, optional=optional, skippable=skippable,
-                        summary=summary,
-                        candidate_summary=candidate_summary, details=details)
+        declared = Step(
+            name=name or method.__name__,
+            title=title,
+            short=short or title,
+            blurb=blurb,
+            needs=tuple(needs),
+            reads=tuple(reads),
+            configs=tuple(configs),
+            parameters=tuple(parameters),
+            args=tuple(args),
+            makes_candidates=makes_candidates,
+            reads_candidates=reads_candidates,
+            optional=optional,
+            skippable=skippable,
+            summary=summary,
+            candidate_summary=candidate_summary,
+            details=details,
+        )
 
         def run(self: Pipeline, *call_args: Any, **kwargs: Any) -> Any:
             return self._run_step(declared, method, *call_args, **kwargs)
@@ -311,42 +347,63 @@ def _export_summary(pipeline: Pipeline, result: Any) -> dict[str, Any]:
 
 def _compare_summary(pipeline: Pipeline, report: Any) -> dict[str, Any]:
     measured = next(iter(report.batch_invariance.values()), None)
-    return {"budget": report.budget.to_dict(), "task": report.task, "primary_metrics": list(report.primary),
-            "batch_invariance": {"padding": measured.policy.to_dict() if measured else pipeline.padding.to_dict(),
-                                 "batch_size": measured.batch_size if measured else None,
-                                 "rule_min": pipeline.batch_invariance_min, "measured": measured is not None}}
+    return {
+        "budget": report.budget.to_dict(),
+        "task": report.task,
+        "primary_metrics": list(report.primary),
+        "batch_invariance": {
+            "padding": measured.policy.to_dict() if measured else pipeline.padding.to_dict(),
+            "batch_size": measured.batch_size if measured else None,
+            "rule_min": pipeline.batch_invariance_min,
+            "measured": measured is not None,
+        },
+    }
 
 
 def _compare_candidate(pipeline: Pipeline, report: Any, name: str) -> dict[str, Any]:
     if name not in report.names:
         return {}
     accuracy = report[name]
-    return {"cosine_mean": accuracy.cosine_mean, "cosine_min": accuracy.cosine_min, "meets_budget": bool(accuracy),
-            "failures": list(accuracy.failures),
-            "metrics": {k: v for k, v in accuracy.task_metrics.items()},
-            **_invariance_fields(report.batch_invariance.get(name))}
+    return {
+        "cosine_mean": accuracy.cosine_mean,
+        "cosine_min": accuracy.cosine_min,
+        "meets_budget": bool(accuracy),
+        "failures": list(accuracy.failures),
+        "metrics": {k: v for k, v in accuracy.task_metrics.items()},
+        **_invariance_fields(report.batch_invariance.get(name)),
+    }
 
 
 def _invariance_fields(result: Any) -> dict[str, Any]:
     """A candidate's batch-invariance figures (None when not measured): stable summary.json keys."""
-    return {"batch_invariance_min": result.cosine_min if result is not None else None,
-            "batch_invariance_mean": result.cosine_mean if result is not None else None}
+    return {
+        "batch_invariance_min": result.cosine_min if result is not None else None,
+        "batch_invariance_mean": result.cosine_mean if result is not None else None,
+    }
 
 
 def _benchmark_summary(pipeline: Pipeline, timings: Any) -> dict[str, Any]:
     seq = pipeline.parameters.sequence_length
-    return {"pytorch_latency_ms_p50": timings.p50("pytorch", 1, seq) if "pytorch" in timings.names else None,
-            "benchmark": {"batch": 1, "seq": seq, "threads": timings.config.effective_threads,
-                          "iterations": timings.config.iterations},
-            "machine": timings.machine}
+    return {
+        "pytorch_latency_ms_p50": timings.p50("pytorch", 1, seq) if "pytorch" in timings.names else None,
+        "benchmark": {
+            "batch": 1,
+            "seq": seq,
+            "threads": timings.config.effective_threads,
+            "iterations": timings.config.iterations,
+        },
+        "machine": timings.machine,
+    }
 
 
 def _benchmark_candidate(pipeline: Pipeline, timings: Any, name: str) -> dict[str, Any]:
     seq = pipeline.parameters.sequence_length
     if name not in timings.names:
         return {}
-    return {"latency_ms_p50": timings.p50(name, 1, seq) if 1 in timings.config.batch_sizes else None,
-            "latency_ms_p50_by_batch": {str(b): timings.p50(name, b, seq) for b in timings.config.batch_sizes}}
+    return {
+        "latency_ms_p50": timings.p50(name, 1, seq) if 1 in timings.config.batch_sizes else None,
+        "latency_ms_p50_by_batch": {str(b): timings.p50(name, b, seq) for b in timings.config.batch_sizes},
+    }
 
 
 def _choose_summary(pipeline: Pipeline, choice: Any) -> dict[str, Any]:
@@ -402,11 +459,19 @@ class Pipeline:
 
     steps: ClassVar[StepRegistry] = StepRegistry()
     #: Parameters a Pipeline reads once, when it is built or on first use: a step cannot change them.
-    FIXED_PARAMETERS: ClassVar[tuple[str, ...]] = ("model_path", "task", "data_dir", "output_dir",
-                                                   "max_calibration_samples", "max_eval_samples")
+    FIXED_PARAMETERS: ClassVar[tuple[str, ...]] = (
+        "model_path",
+        "task",
+        "data_dir",
+        "output_dir",
+        "max_calibration_samples",
+        "max_eval_samples",
+    )
     #: Pipeline attribute -> its config type (recipes read them back with the type's from_dict).
     config_types: ClassVar[dict[str, type[StageConfig]]] = {
-        "export_config": ExportConfig, "quant_config": DynamicQuantConfig, "budget": Budget,
+        "export_config": ExportConfig,
+        "quant_config": DynamicQuantConfig,
+        "budget": Budget,
     }
 
     def __init__(
@@ -420,8 +485,10 @@ class Pipeline:
         padding: PaddingPolicy | None = None,
     ) -> None:
         if not isinstance(parameters, PipelineParameters):
-            raise ConfigError(f"Pipeline takes PipelineParameters, got {type(parameters).__name__}.",
-                              fix="use Pipeline.from_parameters(**values)")
+            raise ConfigError(
+                f"Pipeline takes PipelineParameters, got {type(parameters).__name__}.",
+                fix="use Pipeline.from_parameters(**values)",
+            )
         self.parameters = parameters
         self.initial_parameters = parameters
         self.export_config = export_config
@@ -504,8 +571,10 @@ class Pipeline:
     @padding.setter
     def padding(self, value: PaddingPolicy) -> None:
         if not isinstance(value, PaddingPolicy):
-            raise ConfigError(f"padding must be a PaddingPolicy, not {type(value).__name__}.",
-                              fix="pass PaddingPolicy(max_length=...) or PaddingPolicy.preset('fixed', max_length=...)")
+            raise ConfigError(
+                f"padding must be a PaddingPolicy, not {type(value).__name__}.",
+                fix="pass PaddingPolicy(max_length=...) or PaddingPolicy.preset('fixed', max_length=...)",
+            )
         self._padding = value
 
     @property
@@ -540,9 +609,11 @@ class Pipeline:
     def sentences(self) -> Samples:
         """The task's calibration and evaluation samples (sentences for text tasks)."""
         if self._samples is None:
-            self._samples = self.task.load_samples(self.parameters.data_dir,
-                                                   max_calibration=self.parameters.max_calibration_samples,
-                                                   max_eval=self.parameters.max_eval_samples)
+            self._samples = self.task.load_samples(
+                self.parameters.data_dir,
+                max_calibration=self.parameters.max_calibration_samples,
+                max_eval=self.parameters.max_eval_samples,
+            )
         return self._samples
 
     @property
@@ -565,8 +636,13 @@ class Pipeline:
     def evaluation_batches(self) -> Encoded:
         """Evaluation samples encoded as a batching server feeds them (padded to the sequence length), with what
         the task's metrics need beside the feeds."""
-        return self.task.encode(self.tokenizer, self.sentences.evaluation, batch_size=self.parameters.eval_batch_size,
-                                sequence_length=self.parameters.sequence_length, input_names=self.input_names)
+        return self.task.encode(
+            self.tokenizer,
+            self.sentences.evaluation,
+            batch_size=self.parameters.eval_batch_size,
+            sequence_length=self.parameters.sequence_length,
+            input_names=self.input_names,
+        )
 
     def evaluation_feeds(self) -> list[dict[str, Any]]:
         """Evaluation feed dicts, padded to the sequence length."""
@@ -574,15 +650,20 @@ class Pipeline:
 
     def calibration_feeds(self) -> list[dict[str, Any]]:
         """Calibration feed dicts, padded to the sequence length."""
-        return self.task.encode(self.tokenizer, self.sentences.calibration,
-                                batch_size=self.parameters.eval_batch_size,
-                                sequence_length=self.parameters.sequence_length, input_names=self.input_names).feeds
+        return self.task.encode(
+            self.tokenizer,
+            self.sentences.calibration,
+            batch_size=self.parameters.eval_batch_size,
+            sequence_length=self.parameters.sequence_length,
+            input_names=self.input_names,
+        ).feeds
 
     def _feeds_for(self, batch: int, seq: int) -> dict[str, Any]:
         samples = self.sentences.evaluation
         chosen = [samples[i % len(samples)] for i in range(batch)]
-        return self.task.encode(self.tokenizer, chosen, batch_size=batch, sequence_length=seq,
-                                input_names=self.input_names).feeds[0]
+        return self.task.encode(
+            self.tokenizer, chosen, batch_size=batch, sequence_length=seq, input_names=self.input_names
+        ).feeds[0]
 
     def _require_reference(self) -> Candidate:
         if "reference" not in self.candidates:
@@ -607,13 +688,20 @@ class Pipeline:
         missing = self.missing_inputs(declared.name)
         if missing:
             titles = ", ".join(self.steps[m].title for m in missing)
-            raise WorkbenchError(f"{declared.title} needs {titles} first.",
-                                 fix=" then ".join(f"run {m}()" for m in missing) + " first")
-        moved = [name for name in self.FIXED_PARAMETERS
-                 if getattr(self.parameters, name) != getattr(self.initial_parameters, name)]
+            raise WorkbenchError(
+                f"{declared.title} needs {titles} first.", fix=" then ".join(f"run {m}()" for m in missing) + " first"
+            )
+        moved = [
+            name
+            for name in self.FIXED_PARAMETERS
+            if getattr(self.parameters, name) != getattr(self.initial_parameters, name)
+        ]
         if moved:
-            raise WorkbenchError(f"The pipeline's {', '.join(moved)} changed after it was built; it read them once, "
-                                 "so this step would not use them.", fix="build a new pipeline with the new parameters")
+            raise WorkbenchError(
+                f"The pipeline's {', '.join(moved)} changed after it was built; it read them once, "
+                "so this step would not use them.",
+                fix="build a new pipeline with the new parameters",
+            )
         configs = {name: getattr(self, name) for name in declared.configs}
         started = time.perf_counter()
         from workbench._capture import captured_output
@@ -628,12 +716,18 @@ class Pipeline:
         bound = inspect.signature(method).bind(self, *args, **kwargs)
         bound.apply_defaults()  # a recipe records what the call ran with, defaults included
         call_args = {name: bound.arguments[name] for name in declared.args if name in bound.arguments}
-        self.history.append(StepRecord(
-            step=declared.name, configs=configs, parameters=_parameter_changes(self.initial_parameters,
-                                                                                self.parameters),
-            args=call_args, outputs=_output_hashes(result, self.output_dir),
-            details=dict(declared.details(result)) if declared.details and result is not None else {},
-            seconds=seconds, log=log.text))
+        self.history.append(
+            StepRecord(
+                step=declared.name,
+                configs=configs,
+                parameters=_parameter_changes(self.initial_parameters, self.parameters),
+                args=call_args,
+                outputs=_output_hashes(result, self.output_dir),
+                details=dict(declared.details(result)) if declared.details and result is not None else {},
+                seconds=seconds,
+                log=log.text,
+            )
+        )
         return result
 
     def run_all(self) -> Summary:
@@ -672,44 +766,69 @@ class Pipeline:
         return result
 
     # steps ----------------------------------------------------------------------------------------------------
-    @step(title="Export to ONNX", short="Export", configs=("export_config",), summary=_export_summary,
-          blurb="torch.onnx export with dynamic batch and sequence axes, checked against PyTorch on real samples.")
+    @step(
+        title="Export to ONNX",
+        short="Export",
+        configs=("export_config",),
+        summary=_export_summary,
+        blurb="torch.onnx export with dynamic batch and sequence axes, checked against PyTorch on real samples.",
+    )
     def export(self) -> Any:
         """Export to ONNX and check it against PyTorch (an .onnx source is checked and used as it is)."""
         from workbench.stages.export import ExportResult, export_onnx
 
         if isinstance(self.source, OnnxSource):
             path = self.source.path
-            result = ExportResult(path=path, config=self.export_config, input_names=(), output_names=(),
-                                  checks=(), seconds=0.0, source_name=self.source.name,
-                                  notes=("an .onnx model is used as it is: there is no PyTorch model to check it "
-                                         "against",))
+            result = ExportResult(
+                path=path,
+                config=self.export_config,
+                input_names=(),
+                output_names=(),
+                checks=(),
+                seconds=0.0,
+                source_name=self.source.name,
+                notes=("an .onnx model is used as it is: there is no PyTorch model to check it against",),
+            )
         else:
             texts = [s for s in self.sentences.evaluation if isinstance(s, str)] or None
-            result = export_onnx(self.source, self.output_dir / "model.onnx", self.export_config,
-                                 check_texts=texts)
+            result = export_onnx(self.source, self.output_dir / "model.onnx", self.export_config, check_texts=texts)
         self.candidates["reference"] = Candidate("reference", result.path)
         self.candidates["fp32"] = Candidate("fp32", result.path)
         return result
 
-    @step(title="Graph surgery: fuse transformer subgraphs", short="Graph surgery", needs=("export",),
-          makes_candidates=True,
-          blurb="onnxruntime's transformer optimizer fuses Attention, LayerNorm and GELU; checked against the "
-                "unfused graph. Precision starts from the fused graph when there is one, else from the export.")
+    @step(
+        title="Graph surgery: fuse transformer subgraphs",
+        short="Graph surgery",
+        needs=("export",),
+        makes_candidates=True,
+        blurb="onnxruntime's transformer optimizer fuses Attention, LayerNorm and GELU; checked against the "
+        "unfused graph. Precision starts from the fused graph when there is one, else from the export.",
+    )
     def fuse(self) -> Any:
         """Fuse transformer subgraphs (Attention, LayerNorm, GELU) with onnxruntime's optimizer."""
         from workbench.stages.fusion import FusionConfig, fuse_transformer
 
         config = FusionConfig.for_source(self.source)
-        result = fuse_transformer(self._require_reference(), self.output_dir / "model_fused.onnx", config,
-                                  check_feeds=self.evaluation_feeds()[:1])
+        result = fuse_transformer(
+            self._require_reference(),
+            self.output_dir / "model_fused.onnx",
+            config,
+            check_feeds=self.evaluation_feeds()[:1],
+        )
         self.candidates["fp32_fused"] = Candidate("fp32_fused", result.path)
         return result
 
-    @step(title="Graph surgery: a plan of edits", short="Surgery plan", needs=("export",), reads=("fuse",),
-          args=("plan",), makes_candidates=True, optional=True,
-          blurb="Edits you choose (fold constants, clean up, remove or replace nodes, ...) applied to the fused graph "
-                "(else the export), each checked on an evaluation batch; the edited graph becomes an FP32 candidate.")
+    @step(
+        title="Graph surgery: a plan of edits",
+        short="Surgery plan",
+        needs=("export",),
+        reads=("fuse",),
+        args=("plan",),
+        makes_candidates=True,
+        optional=True,
+        blurb="Edits you choose (fold constants, clean up, remove or replace nodes, ...) applied to the fused graph "
+        "(else the export), each checked on an evaluation batch; the edited graph becomes an FP32 candidate.",
+    )
     def surgery(self, plan: Any = None) -> Any:
         """Apply a SurgeryPlan (a plan, its JSON list of edits, or None: fold constants then clean up)."""
         from workbench.stages.surgery.edits import Cleanup, FoldConstants, SurgeryPlan
@@ -719,14 +838,21 @@ class Pipeline:
             plan = SurgeryPlan((FoldConstants(), Cleanup()))
         elif not isinstance(plan, SurgeryPlan):
             plan = SurgeryPlan.from_json(plan if isinstance(plan, str) else json.dumps(list(plan)))
-        result = run_surgery(self._base_model(), self.output_dir / "model_edited.onnx", plan,
-                             check_feeds=self.evaluation_feeds()[:1])
+        result = run_surgery(
+            self._base_model(), self.output_dir / "model_edited.onnx", plan, check_feeds=self.evaluation_feeds()[:1]
+        )
         self.candidates["fp32_edited"] = Candidate("fp32_edited", result.path)
         return result
 
-    @step(title="Precision: dynamic INT8", short="Precision", needs=("export",), reads=("fuse",),
-          configs=("quant_config",), makes_candidates=True,
-          blurb="Weights quantized to INT8 offline, activation scales computed per run (no calibration data).")
+    @step(
+        title="Precision: dynamic INT8",
+        short="Precision",
+        needs=("export",),
+        reads=("fuse",),
+        configs=("quant_config",),
+        makes_candidates=True,
+        blurb="Weights quantized to INT8 offline, activation scales computed per run (no calibration data).",
+    )
     def quantize(self) -> Any:
         """Dynamic INT8 (per-channel weights by default) on the fused graph when there is one."""
         from workbench.stages.precision.quantize import quantize_dynamic
@@ -739,10 +865,16 @@ class Pipeline:
         self.plans[name] = PrecisionPlan("int8_dynamic", self.quant_config)
         return result
 
-    @step(title="Precision: dynamic INT8 after SmoothQuant", short="SmoothQuant", needs=("export",),
-          reads=("fuse",), configs=("quant_config",), makes_candidates=True,
-          blurb="Activation outliers moved into the per-channel-quantized weights first (calibrated on the "
-                "calibration samples), then dynamic INT8.")
+    @step(
+        title="Precision: dynamic INT8 after SmoothQuant",
+        short="SmoothQuant",
+        needs=("export",),
+        reads=("fuse",),
+        configs=("quant_config",),
+        makes_candidates=True,
+        blurb="Activation outliers moved into the per-channel-quantized weights first (calibrated on the "
+        "calibration samples), then dynamic INT8.",
+    )
     def quantize_smoothquant(self) -> Any:
         """Dynamic INT8 after SmoothQuant: activation outliers moved into the weights first.
 
@@ -756,16 +888,24 @@ class Pipeline:
 
         plan = replace(PrecisionPlan("int8_dynamic", self.quant_config), smoothing=SmoothingConfig())
         name = "int8_dynamic_smoothquant"
-        result = plan.convert(self._base_model(), self.output_dir / f"model_{name}.onnx",
-                              calibration_feeds=self.calibration_feeds())
+        result = plan.convert(
+            self._base_model(), self.output_dir / f"model_{name}.onnx", calibration_feeds=self.calibration_feeds()
+        )
         self.candidates[name] = Candidate(name, result.path, precision="int8_dynamic")
         self.plans[name] = plan
         return result
 
-    @step(title="Precision: a plan of your choice", short="Precision plan", needs=("export",), reads=("fuse",),
-          args=("plan", "name"), makes_candidates=True, optional=True,
-          blurb="Any PrecisionPlan method the library offers (dynamic or static INT8 with its calibration method, "
-                "SmoothQuant, FP16, an engine's own such as OpenVINO NNCF), calibrated on the calibration samples.")
+    @step(
+        title="Precision: a plan of your choice",
+        short="Precision plan",
+        needs=("export",),
+        reads=("fuse",),
+        args=("plan", "name"),
+        makes_candidates=True,
+        optional=True,
+        blurb="Any PrecisionPlan method the library offers (dynamic or static INT8 with its calibration method, "
+        "SmoothQuant, FP16, an engine's own such as OpenVINO NNCF), calibrated on the calibration samples.",
+    )
     def convert(self, plan: Any = "cpu_int8_static", name: str | None = None) -> Any:
         """Convert the fused graph (else the export) with a PrecisionPlan: a preset name, a plan or its dict.
 
@@ -779,17 +919,27 @@ class Pipeline:
         name = name or candidate_name(plan)
         offering = [e for e in engines().values() if plan.method in e.precisions and e.suffixes]
         suffix = offering[0].suffixes[0] if offering else ".onnx"
-        result = plan.convert(self._base_model(), self.output_dir / f"model_{name}{suffix}",
-                              calibration_feeds=self.calibration_feeds(),
-                              progress=self.progress if self.progress is not None else True)
-        self.candidates[name] = Candidate(name, result.path, engine=engine_for_path(result.path).name,
-                                          precision=plan.method)
+        result = plan.convert(
+            self._base_model(),
+            self.output_dir / f"model_{name}{suffix}",
+            calibration_feeds=self.calibration_feeds(),
+            progress=self.progress if self.progress is not None else True,
+        )
+        self.candidates[name] = Candidate(
+            name, result.path, engine=engine_for_path(result.path).name, precision=plan.method
+        )
         self.plans[name] = plan
         return result
 
-    @step(title="OpenVINO FP32", short="OpenVINO FP32", needs=("export",), makes_candidates=True, skippable=True,
-          blurb="The plain ONNX export converted to OpenVINO IR (model.xml + model.bin, FP32 weights; OpenVINO "
-                "fuses the graph itself). Needs the openvino extra: run_all skips it, with the reason, without.")
+    @step(
+        title="OpenVINO FP32",
+        short="OpenVINO FP32",
+        needs=("export",),
+        makes_candidates=True,
+        skippable=True,
+        blurb="The plain ONNX export converted to OpenVINO IR (model.xml + model.bin, FP32 weights; OpenVINO "
+        "fuses the graph itself). Needs the openvino extra: run_all skips it, with the reason, without.",
+    )
     def openvino_fp32(self) -> Any:
         """The ONNX export as an OpenVINO IR, a candidate run by the OpenVINO engine.
 
@@ -805,11 +955,17 @@ class Pipeline:
         self.candidates[name] = Candidate(name, result.path, engine="openvino", precision="fp32")
         return result
 
-    @step(title="Precision: OpenVINO INT8 (NNCF)", short="OpenVINO INT8", needs=("export",), makes_candidates=True,
-          skippable=True, details=lambda result: {"plan": OPENVINO_INT8_PLAN},
-          blurb="Static INT8 of the plain export by NNCF (PrecisionPlan preset cpu_int8_nncf: model_type "
-                "TRANSFORMER, SmoothQuant alpha 0.95), calibrated on the calibration samples. Needs the openvino "
-                "extra: run_all skips it, with the reason, without.")
+    @step(
+        title="Precision: OpenVINO INT8 (NNCF)",
+        short="OpenVINO INT8",
+        needs=("export",),
+        makes_candidates=True,
+        skippable=True,
+        details=lambda result: {"plan": OPENVINO_INT8_PLAN},
+        blurb="Static INT8 of the plain export by NNCF (PrecisionPlan preset cpu_int8_nncf: model_type "
+        "TRANSFORMER, SmoothQuant alpha 0.95), calibrated on the calibration samples. Needs the openvino "
+        "extra: run_all skips it, with the reason, without.",
+    )
     def openvino_int8(self) -> Any:
         """OpenVINO INT8 quantized by NNCF from the plain export, calibrated on the calibration samples.
 
@@ -822,23 +978,37 @@ class Pipeline:
         get_engine("openvino").require()  # before calibrating: names the extra to install
         plan = PrecisionPlan.preset(OPENVINO_INT8_PLAN)
         name = "openvino_int8_nncf"
-        result = plan.convert(self._require_reference(), self.output_dir / f"model_{name}.xml",
-                              calibration_feeds=self.calibration_feeds())
+        result = plan.convert(
+            self._require_reference(), self.output_dir / f"model_{name}.xml", calibration_feeds=self.calibration_feeds()
+        )
         self.candidates[name] = Candidate(name, result.path, engine="openvino", precision="int8_nncf")
         return result
 
-    @step(title="Accuracy against the FP32 reference", short="Accuracy", needs=("export",), configs=("budget",),
-          reads_candidates=True, summary=_compare_summary, candidate_summary=_compare_candidate,
-          blurb="Every candidate against the ONNX FP32 export on the held-out samples, padded as served, judged "
-                "by the task's metrics; a candidate meets the budget or says why not. Each candidate's batch "
-                "invariance (a text alone vs in a batch of mixed-length texts, padded as served) is measured too.")
+    @step(
+        title="Accuracy against the FP32 reference",
+        short="Accuracy",
+        needs=("export",),
+        configs=("budget",),
+        reads_candidates=True,
+        summary=_compare_summary,
+        candidate_summary=_compare_candidate,
+        blurb="Every candidate against the ONNX FP32 export on the held-out samples, padded as served, judged "
+        "by the task's metrics; a candidate meets the budget or says why not. Each candidate's batch "
+        "invariance (a text alone vs in a batch of mixed-length texts, padded as served) is measured too.",
+    )
     def compare(self) -> Any:
         """Compare every candidate with the FP32 reference on the held-out samples (Polygraphy + the task), and
         measure each candidate's batch invariance under the served padding policy (`self.padding`)."""
         from workbench.stages.accuracy.compare import compare_candidates
 
-        report = compare_candidates(self._require_reference(), self.candidate_models, self.evaluation_batches(),
-                                    task=self.task, budget=self.budget, threads=self.parameters.threads)
+        report = compare_candidates(
+            self._require_reference(),
+            self.candidate_models,
+            self.evaluation_batches(),
+            task=self.task,
+            budget=self.budget,
+            threads=self.parameters.threads,
+        )
         return self._with_batch_invariance(report)
 
     def _with_batch_invariance(self, report: Any) -> Any:
@@ -851,19 +1021,39 @@ class Pipeline:
         texts = [s for s in self.sentences.evaluation if isinstance(s, str)]
         output = next(iter(self.task.outputs), None)
         if len(texts) < 2 or output is None:
-            return replace(report, notes=(*report.notes, "batch invariance was not measured: it needs at least 2 "
-                                                         "evaluation texts and a task output to compare"))
+            return replace(
+                report,
+                notes=(
+                    *report.notes,
+                    "batch invariance was not measured: it needs at least 2 "
+                    "evaluation texts and a task output to compare",
+                ),
+            )
         measured = {}
         for name, candidate in self.candidate_models.items():
-            measured[name] = batch_invariance(candidate, self.tokenizer, texts, self.padding,
-                                              batch_size=self.served_max_batch_size, name=name,
-                                              threads=self.parameters.threads, embedding_output=output)
+            measured[name] = batch_invariance(
+                candidate,
+                self.tokenizer,
+                texts,
+                self.padding,
+                batch_size=self.served_max_batch_size,
+                name=name,
+                threads=self.parameters.threads,
+                embedding_output=output,
+            )
         return replace(report, batch_invariance=measured)
 
-    @step(title="Accuracy fix: keep the layers that lose accuracy in FP32", short="Auto-fix", needs=("export",),
-          reads=("fuse",), args=("candidate",), makes_candidates=True, optional=True,
-          blurb="For a candidate that misses the budget: SmoothQuant first, then the fewest nodes kept in FP32 that "
-                "meet it (a bisection over the layer-by-layer diagnosis); the fixed model becomes a candidate.")
+    @step(
+        title="Accuracy fix: keep the layers that lose accuracy in FP32",
+        short="Auto-fix",
+        needs=("export",),
+        reads=("fuse",),
+        args=("candidate",),
+        makes_candidates=True,
+        optional=True,
+        blurb="For a candidate that misses the budget: SmoothQuant first, then the fewest nodes kept in FP32 that "
+        "meet it (a bisection over the layer-by-layer diagnosis); the fixed model becomes a candidate.",
+    )
     def autofix(self, candidate: str | None = None) -> Any:
         """Search the fewest FP32 pins (after trying SmoothQuant) that bring `candidate` inside the budget.
 
@@ -877,58 +1067,101 @@ class Pipeline:
         report = self.results.get("compare")
         if candidate is None:
             ran = report is not None  # (a report is falsy when a candidate misses: test for None)
-            missing = [c.name for c in report.candidates if not c and c.name in self.plans] if report is not None \
-                else []
+            missing = (
+                [c.name for c in report.candidates if not c and c.name in self.plans] if report is not None else []
+            )
             if not missing:
                 raise WorkbenchError(
-                    "There is no candidate to fix: " + ("every candidate made from a precision plan meets the "
-                                                       "budget." if ran else "no accuracy comparison ran yet."),
-                    fix="name one: autofix(candidate=...) among " + ", ".join(sorted(self.plans)) if self.plans
-                    else "run a precision step first")
+                    "There is no candidate to fix: "
+                    + (
+                        "every candidate made from a precision plan meets the budget."
+                        if ran
+                        else "no accuracy comparison ran yet."
+                    ),
+                    fix="name one: autofix(candidate=...) among " + ", ".join(sorted(self.plans))
+                    if self.plans
+                    else "run a precision step first",
+                )
             candidate = missing[0]
         if candidate not in self.plans:
-            raise ConfigError(f"{candidate!r} was not made from a precision plan in this run, so there is no plan to "
-                              "fix.", expected=f"one of {sorted(self.plans)}", fix="run a precision step first")
+            raise ConfigError(
+                f"{candidate!r} was not made from a precision plan in this run, so there is no plan to fix.",
+                expected=f"one of {sorted(self.plans)}",
+                fix="run a precision step first",
+            )
         folder = self.output_dir / f"autofix_{candidate}"
         with atomic_directory(folder, overwrite=True) as staging:
-            result = autofix(self._base_model().path, self.plans[candidate], self.evaluation_batches(), staging,
-                             budget=self.budget, task=self.task, reference=self._require_reference().path,
-                             calibration_feeds=self.calibration_feeds(),
-                             config=AutofixConfig(threads=self.parameters.threads), progress=self.progress)
+            result = autofix(
+                self._base_model().path,
+                self.plans[candidate],
+                self.evaluation_batches(),
+                staging,
+                budget=self.budget,
+                task=self.task,
+                reference=self._require_reference().path,
+                calibration_feeds=self.calibration_feeds(),
+                config=AutofixConfig(threads=self.parameters.threads),
+                progress=self.progress,
+            )
         result = moved(result, staging, folder)
         name = f"{candidate}_autofix"
         self.candidates[name] = Candidate(name, result.path, precision=result.plan.method)
         self.plans[name] = result.plan
         return result
 
-    @step(title="Benchmark", short="Benchmark", needs=("export",), reads_candidates=True,
-          parameters=("benchmark_batch_sizes", "benchmark_iterations"), summary=_benchmark_summary,
-          candidate_summary=_benchmark_candidate,
-          blurb="PyTorch eager (the baseline) and every candidate, interleaved run by run, at these batch sizes "
-                "and the sequence length.")
+    @step(
+        title="Benchmark",
+        short="Benchmark",
+        needs=("export",),
+        reads_candidates=True,
+        parameters=("benchmark_batch_sizes", "benchmark_iterations"),
+        summary=_benchmark_summary,
+        candidate_summary=_benchmark_candidate,
+        blurb="PyTorch eager (the baseline) and every candidate, interleaved run by run, at these batch sizes "
+        "and the sequence length.",
+    )
     def benchmark(self) -> Any:
         """Time PyTorch and every candidate, interleaved, at batch sizes x the sequence length."""
         from workbench.engines.base import engines, get_engine
         from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
 
-        config = BenchmarkConfig(batch_sizes=self.parameters.benchmark_batch_sizes,
-                                 sequence_lengths=(self.parameters.sequence_length,),
-                                 iterations=self.parameters.benchmark_iterations, threads=self.parameters.threads)
+        config = BenchmarkConfig(
+            batch_sizes=self.parameters.benchmark_batch_sizes,
+            sequence_lengths=(self.parameters.sequence_length,),
+            iterations=self.parameters.benchmark_iterations,
+            threads=self.parameters.threads,
+        )
         runners: list[Any] = []
         module = self.pytorch_module()
         if module is not None:
-            runners.append(get_engine("pytorch").runner(  # type: ignore[call-arg]
-                module, name="pytorch", threads=config.effective_threads, output_names=getattr(self.source, "output_names", None)))
+            runners.append(
+                get_engine("pytorch").runner(  # type: ignore[call-arg]
+                    module,
+                    name="pytorch",
+                    threads=config.effective_threads,
+                    output_names=getattr(self.source, "output_names", None),
+                )
+            )
         runners += [c.runner(threads=config.effective_threads) for c in self.candidate_models.values()]
         # the benchmark is where engines are asked whether they run here (choosing never probes the hardware)
-        self.unavailable_engines = {e.title: e.availability().reason for e in engines().values()
-                                    if e.name not in {c.engine for c in self.candidates.values()}
-                                    and e.name != "pytorch" and not e.availability()}
+        self.unavailable_engines = {
+            e.title: e.availability().reason
+            for e in engines().values()
+            if e.name not in {c.engine for c in self.candidates.values()}
+            and e.name != "pytorch"
+            and not e.availability()
+        }
         return benchmark(runners, self._feeds_for, config, progress=self.progress)
 
-    @step(title="Choose the candidate to ship", short="Choice", needs=("compare", "benchmark"), args=("batch",),
-          summary=_choose_summary, details=lambda choice: {"chosen": choice.name},
-          blurb="The fastest candidate at this batch size that meets the accuracy budget, with the reason.")
+    @step(
+        title="Choose the candidate to ship",
+        short="Choice",
+        needs=("compare", "benchmark"),
+        args=("batch",),
+        summary=_choose_summary,
+        details=lambda choice: {"chosen": choice.name},
+        blurb="The fastest candidate at this batch size that meets the accuracy budget, with the reason.",
+    )
     def choose(self, batch: int = 1) -> Any:
         """The fastest candidate at `batch` that meets the accuracy budget."""
         from workbench.stages.choose import choose_candidate
@@ -936,14 +1169,24 @@ class Pipeline:
         # the Triton export batches (dynamic batching up to served_max_batch_size), so the batch-invariance rule
         # applies: a text's served vector must not depend on its batch-mates
         batching = self.served_max_batch_size > 1
-        return choose_candidate(self.results["compare"], self.results["benchmark"], batch=batch,
-                                seq=self.parameters.sequence_length,
-                                batch_invariance_min=self.batch_invariance_min if batching else None)
+        return choose_candidate(
+            self.results["compare"],
+            self.results["benchmark"],
+            batch=batch,
+            seq=self.parameters.sequence_length,
+            batch_invariance_min=self.batch_invariance_min if batching else None,
+        )
 
-    @step(title="Deploy: Triton model repository", short="Deploy", needs=("choose",),
-          parameters=("triton_model_name", "overwrite"), summary=_triton_summary, details=_triton_details,
-          blurb="The chosen candidate as a Triton repository that serves raw text (tokenizer, model, the task's "
-                "post-processing, an ensemble), every config.pbtxt checked strictly before anything is written.")
+    @step(
+        title="Deploy: Triton model repository",
+        short="Deploy",
+        needs=("choose",),
+        parameters=("triton_model_name", "overwrite"),
+        summary=_triton_summary,
+        details=_triton_details,
+        blurb="The chosen candidate as a Triton repository that serves raw text (tokenizer, model, the task's "
+        "post-processing, an ensemble), every config.pbtxt checked strictly before anything is written.",
+    )
     def export_triton(self) -> Any:
         """Write the chosen model as a Triton model repository under output_dir/triton_repository.
 
@@ -962,8 +1205,12 @@ class Pipeline:
         name = self.parameters.triton_model_name or _triton_name(self.source.name)
         candidate = self.candidates[choice.name]
         repository = self.output_dir / "triton_repository"
-        config = TritonConfig(model_name=name, max_batch_size=self.served_max_batch_size,
-                              warmup=True, warmup_sequence_length=self.parameters.sequence_length)
+        config = TritonConfig(
+            model_name=name,
+            max_batch_size=self.served_max_batch_size,
+            warmup=True,
+            warmup_sequence_length=self.parameters.sequence_length,
+        )
         tokenizer_dir = None
         if isinstance(self.source, HFModelSource):
             tokenizer_dir = self.source.path
@@ -974,27 +1221,58 @@ class Pipeline:
         report, timings = self.results.get("compare"), self.results.get("benchmark")
         accuracy = report[choice.name].to_dict() if report is not None else None
         invariance = report.batch_invariance.get(choice.name) if report is not None else None
-        speed = ({"p50_ms": {f"batch {r.batch}, seq {r.seq}": r.p50_ms for r in timings.rows if r.name == choice.name},
-                  "machine": timings.machine} if timings is not None else None)
-        provenance = {"source_model": str(getattr(self.source, "path", self.source.name)), "chosen": choice.name,
-                      "chosen_reason": choice.reason,
-                      "accuracy": accuracy, "speed": speed, "quantization": self.quant_config.to_dict()}
+        speed = (
+            {
+                "p50_ms": {f"batch {r.batch}, seq {r.seq}": r.p50_ms for r in timings.rows if r.name == choice.name},
+                "machine": timings.machine,
+            }
+            if timings is not None
+            else None
+        )
+        provenance = {
+            "source_model": str(getattr(self.source, "path", self.source.name)),
+            "chosen": choice.name,
+            "chosen_reason": choice.reason,
+            "accuracy": accuracy,
+            "speed": speed,
+            "quantization": self.quant_config.to_dict(),
+        }
         model_config = getattr(self.source, "config", None) or {}
         if self.task.served_by_front_model:  # the task decodes in a BLS front model (entities, answers as JSON)
             from workbench.triton.bls import export_triton_bls
 
-            return export_triton_bls(candidate.path, repository, tokenizer_dir, config, task=self.task,  # records it
-                                     sequence_length=self.parameters.sequence_length, model_config=model_config,
-                                     provenance=provenance, overwrite=self.parameters.overwrite)
+            return export_triton_bls(
+                candidate.path,
+                repository,
+                tokenizer_dir,
+                config,
+                task=self.task,  # records it
+                sequence_length=self.parameters.sequence_length,
+                model_config=model_config,
+                provenance=provenance,
+                overwrite=self.parameters.overwrite,
+            )
         return export_triton_ensemble(
-            candidate, repository, tokenizer_dir, config, sequence_length=self.parameters.sequence_length,
-            task=self.task, model_config=model_config,
+            candidate,
+            repository,
+            tokenizer_dir,
+            config,
+            sequence_length=self.parameters.sequence_length,
+            task=self.task,
+            model_config=model_config,
             provenance={**provenance, "task": self.task.name, "batch_invariance": _invariance_fields(invariance)},
-            padding=self.padding, overwrite=self.parameters.overwrite)
+            padding=self.padding,
+            overwrite=self.parameters.overwrite,
+        )
 
-    @step(title="Summary", short="Summary", needs=("export",),
-          reads=("export", "compare", "benchmark", "choose", "export_triton"), reads_candidates=True,
-          blurb="Writes summary.json (the contract CI reads) and shows its table.")
+    @step(
+        title="Summary",
+        short="Summary",
+        needs=("export",),
+        reads=("export", "compare", "benchmark", "choose", "export_triton"),
+        reads_candidates=True,
+        blurb="Writes summary.json (the contract CI reads) and shows its table.",
+    )
     def write_summary(self) -> Summary:
         """Write output_dir/summary.json (the contract CI reads) and return it."""
         from workbench._files import atomic_path
@@ -1050,6 +1328,8 @@ def pipeline_class_for(parameters: PipelineParameters) -> type[Pipeline]:
     task = getattr(source, "task", None)
     name = task.name if task is not None else parameters.task
     return _TASK_PIPELINES.get(name or "", Pipeline)
+
+
 #: The built-in steps, in order.
 STEPS = Pipeline.steps
 #: Steps that record measurements (timings, machine), so their files differ from run to run by design.
@@ -1111,10 +1391,17 @@ class ServingPipeline(Pipeline):
         self.serving_config = ServingConfig.preset("quick")
         self.serving_servers: tuple[str, ...] = SERVERS
 
-    @step(title="Serving under load", short="Serving", needs=("export_triton",), reads=("choose",),
-          configs=("serving_config",), after="export_triton", summary=_serving_summary,
-          blurb="The chosen engine served on loopback: the length-aware and the fixed-padding Triton repository "
-                "(HTTP and gRPC) and FastAPI baselines, closed-loop clients per concurrency level, side by side.")
+    @step(
+        title="Serving under load",
+        short="Serving",
+        needs=("export_triton",),
+        reads=("choose",),
+        configs=("serving_config",),
+        after="export_triton",
+        summary=_serving_summary,
+        blurb="The chosen engine served on loopback: the length-aware and the fixed-padding Triton repository "
+        "(HTTP and gRPC) and FastAPI baselines, closed-loop clients per concurrency level, side by side.",
+    )
     def serve(self) -> Any:
         """Load the chosen engine on every server with the evaluation texts (workbench.stages.serving)."""
         from workbench.stages.serving.run import benchmark_serving
@@ -1122,16 +1409,24 @@ class ServingPipeline(Pipeline):
 
         choice = self.results["choose"]
         tokenizer_dir = getattr(self.source, "tokenizer_path", None) or (
-            self.source.path if isinstance(self.source, HFModelSource) else None)
+            self.source.path if isinstance(self.source, HFModelSource) else None
+        )
         if tokenizer_dir is None and isinstance(self.source, OnnxSource):
             tokenizer_dir = self.source.path.parent
         if tokenizer_dir is None:
-            raise WorkbenchError("The serving step serves raw text, so it needs the model's tokenizer.",
-                                 fix="use a Hugging Face model folder or an .onnx file with its tokenizer")
+            raise WorkbenchError(
+                "The serving step serves raw text, so it needs the model's tokenizer.",
+                fix="use a Hugging Face model folder or an .onnx file with its tokenizer",
+            )
         texts = [s for s in self.sentences.evaluation if isinstance(s, str)]
         return benchmark_serving(
-            self.candidates[choice.name].path, tokenizer_dir, texts, self.serving_config,
+            self.candidates[choice.name].path,
+            tokenizer_dir,
+            texts,
+            self.serving_config,
             triton_config=TritonConfig(model_name="served", max_batch_size=self.served_max_batch_size),
             padding=self.padding,
             pytorch_model=self.source.path if isinstance(self.source, HFModelSource) else None,
-            servers=self.serving_servers, progress=False)
+            servers=self.serving_servers,
+            progress=False,
+        )

@@ -23,8 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-__all__ = ["ProgressEvent", "ProgressCallback", "Progress", "Stopped", "StopFlag", "TqdmProgress", "as_callback",
-           "format_elapsed"]
+__all__ = [
+    "ProgressEvent",
+    "ProgressCallback",
+    "Progress",
+    "Stopped",
+    "StopFlag",
+    "TqdmProgress",
+    "as_callback",
+    "format_elapsed",
+]
 
 
 @dataclass(frozen=True)
@@ -112,8 +120,11 @@ class Progress:
         if total is not None:
             self.total = total
         if self.callback is not None:
-            self.callback(ProgressEvent(self.stage, done, self.total, self.unit, message,
-                                        time.perf_counter() - self.started, item))
+            self.callback(
+                ProgressEvent(
+                    self.stage, done, self.total, self.unit, message, time.perf_counter() - self.started, item
+                )
+            )
 
 
 class TqdmProgress:
@@ -139,8 +150,14 @@ class TqdmProgress:
             from workbench._lazy import require
 
             tqdm = require("tqdm.auto", purpose="Progress bars").tqdm
-            self._bar = tqdm(total=event.total, desc=event.stage, unit=event.unit.split()[-1], file=self.file,
-                             leave=self.leave, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=event.total,
+                desc=event.stage,
+                unit=event.unit.split()[-1],
+                file=self.file,
+                leave=self.leave,
+                dynamic_ncols=True,
+            )
             self._key = key
         bar = self._bar
         if event.total is not None and bar.total != event.total:
@@ -168,7 +185,7 @@ def as_callback(progress: bool | ProgressCallback | None) -> ProgressCallback | 
 
 
 def format_elapsed(seconds: float) -> str:
-    """"4.2 s", "1:05" (minutes:seconds) or "1:02:03"."""
+    """ "4.2 s", "1:05" (minutes:seconds) or "1:02:03"."""
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(int(seconds), 60)

@@ -34,9 +34,22 @@ from workbench._files import file_sha256
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.pipeline import MEASURED_OUTPUTS, Pipeline, PipelineParameters, StepRecord
 
-__all__ = ["RECIPE_FILE", "RECIPE_VERSION", "Recipe", "RecipeError", "RecipeStep", "RecordingPipeline",
-           "OutputCheck", "check_outputs", "file_sha256", "finish", "input_hashes", "replay", "run_recipe",
-           "save_recipe"]
+__all__ = [
+    "RECIPE_FILE",
+    "RECIPE_VERSION",
+    "Recipe",
+    "RecipeError",
+    "RecipeStep",
+    "RecordingPipeline",
+    "OutputCheck",
+    "check_outputs",
+    "file_sha256",
+    "finish",
+    "input_hashes",
+    "replay",
+    "run_recipe",
+    "save_recipe",
+]
 
 RECIPE_VERSION = 2
 RECIPE_FILE = "recipe.json"
@@ -44,10 +57,23 @@ RECIPE_FILE = "recipe.json"
 _NOT_COMPARED = (*MEASURED_OUTPUTS, "summary.json", RECIPE_FILE)
 
 # Files of a Hugging Face folder that loading the model and its tokenizer reads (top level only).
-_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-                "pytorch_model.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
-                "spiece.model", "sentencepiece.bpe.model")
+_MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 _MODEL_PATTERNS = ("model-*.safetensors", "pytorch_model-*.bin")
 
 
@@ -90,8 +116,7 @@ class RecipeStep:
         for name in ("config", "parameters", "args", "outputs", "details"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
-                raise RecipeError(f"Recipe step {self.step!r}: {name} must be an object, got "
-                                  f"{type(value).__name__}.")
+                raise RecipeError(f"Recipe step {self.step!r}: {name} must be an object, got {type(value).__name__}.")
             object.__setattr__(self, name, dict(value))
 
     def checked(self, pipeline_class: type[Pipeline]) -> RecipeStep:
@@ -102,12 +127,16 @@ class RecipeStep:
         """
         steps = pipeline_class.steps
         if self.step not in steps:
-            raise RecipeError(f"Recipe step {self.step!r} is not a pipeline step.", expected=f"one of {list(steps.names)}")
+            raise RecipeError(
+                f"Recipe step {self.step!r} is not a pipeline step.", expected=f"one of {list(steps.names)}"
+            )
         declared = steps[self.step]
         unknown = sorted(set(self.config) - set(declared.configs))
         if unknown:
-            raise RecipeError(f"Recipe step {self.step!r} has unknown config(s) {unknown}.",
-                              expected=f"configs among {list(declared.configs)}")
+            raise RecipeError(
+                f"Recipe step {self.step!r} has unknown config(s) {unknown}.",
+                expected=f"configs among {list(declared.configs)}",
+            )
         config = {}
         for name, value in self.config.items():
             kind = pipeline_class.config_types[name]
@@ -118,28 +147,38 @@ class RecipeStep:
                 try:
                     value = kind.from_dict(values)
                 except ConfigError as exc:
-                    raise RecipeError(f"Recipe step {self.step!r} holds an invalid {name}: {exc.what}",
-                                      expected=exc.expected, fix=exc.fix) from exc
+                    raise RecipeError(
+                        f"Recipe step {self.step!r} holds an invalid {name}: {exc.what}",
+                        expected=exc.expected,
+                        fix=exc.fix,
+                    ) from exc
             elif not isinstance(value, kind):
-                raise RecipeError(f"Recipe step {self.step!r}: {name} must be a {kind.__name__}, "
-                                  f"got {type(value).__name__}.")
+                raise RecipeError(
+                    f"Recipe step {self.step!r}: {name} must be a {kind.__name__}, got {type(value).__name__}."
+                )
             config[name] = value
         unknown_args = sorted(set(self.args) - set(declared.args))
         if unknown_args:
-            raise RecipeError(f"Recipe step {self.step!r} takes no argument(s) {unknown_args}.",
-                              expected=f"arguments among {list(declared.args)}")
+            raise RecipeError(
+                f"Recipe step {self.step!r} takes no argument(s) {unknown_args}.",
+                expected=f"arguments among {list(declared.args)}",
+            )
         fields = {f.name for f in dataclasses.fields(PipelineParameters)} - set(pipeline_class.FIXED_PARAMETERS)
         unknown_parameters = sorted(set(self.parameters) - fields)
         if unknown_parameters:
-            raise RecipeError(f"Recipe step {self.step!r} sets parameter(s) {unknown_parameters}, which a step "
-                              "cannot change.", expected=f"PipelineParameters fields among {sorted(fields)}")
+            raise RecipeError(
+                f"Recipe step {self.step!r} sets parameter(s) {unknown_parameters}, which a step cannot change.",
+                expected=f"PipelineParameters fields among {sorted(fields)}",
+            )
         return dataclasses.replace(self, config=config)
 
     def to_dict(self) -> dict[str, Any]:
         values: dict[str, Any] = {"step": self.step}
         if self.config:
-            values["config"] = {name: config.to_dict() if hasattr(config, "to_dict") else dict(config)
-                                for name, config in self.config.items()}
+            values["config"] = {
+                name: config.to_dict() if hasattr(config, "to_dict") else dict(config)
+                for name, config in self.config.items()
+            }
         for name in ("parameters", "args", "outputs", "details"):
             if getattr(self, name):
                 values[name] = _plain(getattr(self, name))
@@ -158,8 +197,14 @@ class RecipeStep:
 
     @classmethod
     def from_record(cls, record: StepRecord) -> RecipeStep:
-        return cls(step=record.step, config=dict(record.configs), parameters=dict(record.parameters),
-                   args=dict(record.args), outputs=dict(record.outputs), details=dict(record.details))
+        return cls(
+            step=record.step,
+            config=dict(record.configs),
+            parameters=dict(record.parameters),
+            args=dict(record.args),
+            outputs=dict(record.outputs),
+            details=dict(record.details),
+        )
 
 
 @dataclass(frozen=True)
@@ -188,20 +233,25 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not isinstance(self.recipe_version, int) or self.recipe_version > RECIPE_VERSION:
-            raise RecipeError(f"Recipe format {self.recipe_version!r} is newer than this workbench reads "
-                              f"({RECIPE_VERSION}).", fix="upgrade the workbench that replays it")
+            raise RecipeError(
+                f"Recipe format {self.recipe_version!r} is newer than this workbench reads ({RECIPE_VERSION}).",
+                fix="upgrade the workbench that replays it",
+            )
         parameters = self.parameters
         if isinstance(parameters, Mapping):
             try:
                 parameters = PipelineParameters.from_dict(dict(parameters))
             except ConfigError as exc:
-                raise RecipeError(f"The recipe's parameters are invalid: {exc.what}", expected=exc.expected,
-                                  fix=exc.fix) from exc
+                raise RecipeError(
+                    f"The recipe's parameters are invalid: {exc.what}", expected=exc.expected, fix=exc.fix
+                ) from exc
         elif not isinstance(parameters, PipelineParameters):
             raise RecipeError(f"Recipe.parameters must be PipelineParameters, got {type(parameters).__name__}.")
         object.__setattr__(self, "parameters", parameters)
-        steps = tuple((s if isinstance(s, RecipeStep) else RecipeStep.from_dict(s)).checked(self.pipeline_class)
-                      for s in self.steps)
+        steps = tuple(
+            (s if isinstance(s, RecipeStep) else RecipeStep.from_dict(s)).checked(self.pipeline_class)
+            for s in self.steps
+        )
         object.__setattr__(self, "steps", steps)
         object.__setattr__(self, "versions", dict(self.versions))
         object.__setattr__(self, "inputs", dict(self.inputs))
@@ -225,8 +275,13 @@ class Recipe:
 
         parameters = _replayable_parameters(pipeline, pipeline.initial_parameters)
         steps = tuple(RecipeStep.from_record(record) for record in pipeline.history)
-        return cls(parameters=parameters, steps=steps, versions=library_versions(), inputs=input_hashes(parameters),
-                   pipeline_class=type(pipeline))
+        return cls(
+            parameters=parameters,
+            steps=steps,
+            versions=library_versions(),
+            inputs=input_hashes(parameters),
+            pipeline_class=type(pipeline),
+        )
 
     # -- JSON -----------------------------------------------------------------------------------------------------
 
@@ -280,8 +335,10 @@ class Recipe:
         if path.is_dir():
             path = path / RECIPE_FILE
         if not path.is_file():
-            raise RecipeError(f"No recipe at {path}.", fix="save one with Workbench.save_recipe(path) or "
-                                                          "Recipe.from_pipeline(pipeline).save(path)")
+            raise RecipeError(
+                f"No recipe at {path}.",
+                fix="save one with Workbench.save_recipe(path) or Recipe.from_pipeline(pipeline).save(path)",
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -313,16 +370,22 @@ class Recipe:
     def input_differences(self) -> dict[str, tuple[str | None, str | None]]:
         """Input file -> (recorded sha256, current sha256) for every input that differs now (None: missing)."""
         current = input_hashes(self.parameters)
-        return {name: (self.inputs.get(name), current.get(name))
-                for name in sorted(set(self.inputs) | set(current)) if self.inputs.get(name) != current.get(name)}
+        return {
+            name: (self.inputs.get(name), current.get(name))
+            for name in sorted(set(self.inputs) | set(current))
+            if self.inputs.get(name) != current.get(name)
+        }
 
     def version_differences(self) -> dict[str, tuple[str | None, str | None]]:
         """Library -> (recorded version, installed version) where they differ."""
         from workbench.machine import library_versions
 
         current = library_versions()
-        return {name: (self.versions.get(name), current.get(name))
-                for name in sorted(set(self.versions) | set(current)) if self.versions.get(name) != current.get(name)}
+        return {
+            name: (self.versions.get(name), current.get(name))
+            for name in sorted(set(self.versions) | set(current))
+            if self.versions.get(name) != current.get(name)
+        }
 
     def outputs(self) -> dict[str, str]:
         """Every file the recorded steps wrote -> its last recorded sha256."""
@@ -336,11 +399,15 @@ class Recipe:
 
         rows = "".join(
             f"<tr><td>{i}</td><td><code>{step.step}</code></td><td>{html.escape(_describe(step))}</td>"
-            f"<td>{html.escape(', '.join(step.outputs))}</td></tr>" for i, step in enumerate(self.steps, 1))
+            f"<td>{html.escape(', '.join(step.outputs))}</td></tr>"
+            for i, step in enumerate(self.steps, 1)
+        )
         model = self.parameters.model_path or "bundled all-MiniLM-L6-v2"
-        return (f"<b>Recipe</b>: {len(self.steps)} steps on <code>{html.escape(model)}</code>, "
-                f"{len(self.inputs)} input files hashed<table><tr><th></th><th>step</th><th>with</th>"
-                f"<th>wrote</th></tr>{rows}</table>")
+        return (
+            f"<b>Recipe</b>: {len(self.steps)} steps on <code>{html.escape(model)}</code>, "
+            f"{len(self.inputs)} input files hashed<table><tr><th></th><th>step</th><th>with</th>"
+            f"<th>wrote</th></tr>{rows}</table>"
+        )
 
 
 def _describe(step: RecipeStep) -> str:
@@ -393,15 +460,24 @@ def _replayable_parameters(pipeline: Pipeline, parameters: PipelineParameters) -
     if not isinstance(source, (HFModelSource, OnnxSource)):
         raise RecipeError(
             f"A recipe cannot record a {type(source).__name__}: a replay loads the model from a path.",
-            fix="save the model with save_pretrained() (or export it to .onnx) and pass model_path= that path")
+            fix="save the model with save_pretrained() (or export it to .onnx) and pass model_path= that path",
+        )
     if isinstance(source, HFModelSource) and source.attn_implementation != "eager":
-        raise RecipeError(f"The pipeline's model was loaded with attn_implementation={source.attn_implementation!r}; "
-                          "a replay loads it as the Pipeline does, with 'eager'.",
-                          fix="build the pipeline from model_path= alone")
-    if isinstance(source, OnnxSource) and source.tokenizer_path is not None \
-            and Path(source.tokenizer_path).resolve() != source.path.resolve().parent:
-        raise RecipeError("The pipeline's .onnx model takes its tokenizer from another folder; a replay reads the "
-                          "tokenizer beside the .onnx file.", fix="copy the tokenizer files next to the .onnx file")
+        raise RecipeError(
+            f"The pipeline's model was loaded with attn_implementation={source.attn_implementation!r}; "
+            "a replay loads it as the Pipeline does, with 'eager'.",
+            fix="build the pipeline from model_path= alone",
+        )
+    if (
+        isinstance(source, OnnxSource)
+        and source.tokenizer_path is not None
+        and Path(source.tokenizer_path).resolve() != source.path.resolve().parent
+    ):
+        raise RecipeError(
+            "The pipeline's .onnx model takes its tokenizer from another folder; a replay reads the "
+            "tokenizer beside the .onnx file.",
+            fix="copy the tokenizer files next to the .onnx file",
+        )
     expected = load_model(parameters.model_path, task=parameters.task)
     if Path(expected.path).resolve() != Path(source.path).resolve():
         parameters = parameters.replace(model_path=str(Path(source.path).resolve()))
@@ -443,8 +519,11 @@ def input_hashes(parameters: PipelineParameters) -> dict[str, str]:
 
 def _as_recipe(path_or_recipe: Recipe | str | os.PathLike[str], pipeline_class: type[Pipeline]) -> Recipe:
     if isinstance(path_or_recipe, Recipe):
-        return path_or_recipe if path_or_recipe.pipeline_class is pipeline_class else \
-            dataclasses.replace(path_or_recipe, pipeline_class=pipeline_class)
+        return (
+            path_or_recipe
+            if path_or_recipe.pipeline_class is pipeline_class
+            else dataclasses.replace(path_or_recipe, pipeline_class=pipeline_class)
+        )
     return Recipe.load(path_or_recipe, pipeline_class=pipeline_class)
 
 
@@ -480,17 +559,26 @@ def replay(
     if check_inputs:
         differences = recipe.input_differences()
         if differences:
-            listed = "; ".join(f"{name}: recorded {_short(old)}, now {_short(new)}"
-                               for name, (old, new) in list(differences.items())[:8])
+            listed = "; ".join(
+                f"{name}: recorded {_short(old)}, now {_short(new)}"
+                for name, (old, new) in list(differences.items())[:8]
+            )
             raise RecipeError(
                 f"The recipe's inputs changed since it was recorded: {listed}.",
                 expected="the model and sentence files the recipe was recorded on",
                 fix="point model_path / data_dir at those files, or replay anyway with check_inputs=False "
-                    "(--no-check-inputs)")
+                "(--no-check-inputs)",
+            )
     parameters = recipe.parameters if output_dir is None else recipe.parameters.replace(output_dir=str(output_dir))
-    runner_class = pipeline_class if issubclass(pipeline_class, RecordingPipeline) else \
-        type(f"Recording{pipeline_class.__name__}", (pipeline_class,),
-             {"output_check": None, "recorded": RecordingPipeline.recorded})
+    runner_class = (
+        pipeline_class
+        if issubclass(pipeline_class, RecordingPipeline)
+        else type(
+            f"Recording{pipeline_class.__name__}",
+            (pipeline_class,),
+            {"output_check": None, "recorded": RecordingPipeline.recorded},
+        )
+    )
     pipeline = runner_class(parameters)
     with tqdm(total=len(recipe.steps), desc="recipe", unit="step", disable=not progress, leave=True) as bar:
         for step in recipe.steps:
@@ -501,8 +589,11 @@ def replay(
             try:
                 pipeline.run_step(step.step, **step.args)
             except WorkbenchError as exc:
-                raise RecipeError(f"Step {step.step!r} failed on replay: {type(exc).__name__}: {exc.what}",
-                                  expected=exc.expected, fix=exc.fix) from exc
+                raise RecipeError(
+                    f"Step {step.step!r} failed on replay: {type(exc).__name__}: {exc.what}",
+                    expected=exc.expected,
+                    fix=exc.fix,
+                ) from exc
             bar.update(1)
     replayed = Recipe.from_pipeline(pipeline)
     if save:
@@ -539,22 +630,32 @@ class OutputCheck:
         candidates may differ: it follows timings), or a step that wrote different bytes (named)."""
         if self.differing:
             names = ", ".join(list(self.differing)[:4]) + (" ..." if len(self.differing) > 4 else "")
-            return (f"replay check: a step wrote different bytes: {len(self.differing)} file(s) differ from the "
-                    f"recording ({names})")
+            return (
+                f"replay check: a step wrote different bytes: {len(self.differing)} file(s) differ from the "
+                f"recording ({names})"
+            )
         text = f"replay check: all {len(self.identical)} model files identical to the recording"
         if self.choice is not None:
-            text += (f"; a different choice among near-tied candidates (the replay chose {self.choice[1]}, the "
-                     f"recording {self.choice[0]}: the choice follows timings), not a step writing other bytes")
+            text += (
+                f"; a different choice among near-tied candidates (the replay chose {self.choice[1]}, the "
+                f"recording {self.choice[0]}: the choice follows timings), not a step writing other bytes"
+            )
         return text
 
     def __str__(self) -> str:
-        lines = [f"model files identical to the recording: {len(self.identical)}"
-                 + (f", differing: {len(self.differing)}" if self.differing else "")]
+        lines = [
+            f"model files identical to the recording: {len(self.identical)}"
+            + (f", differing: {len(self.differing)}" if self.differing else "")
+        ]
         if self.choice is not None:
-            lines.append(f"  different choice: the replay chose {self.choice[1]}, the recording {self.choice[0]} "
-                         "(the choice follows timings; every model file both runs wrote is compared above)")
-        lines += [f"  differs: {name} (recorded {_short(old)}, replayed {_short(new)}): this step wrote other bytes"
-                  for name, (old, new) in self.differing.items()]
+            lines.append(
+                f"  different choice: the replay chose {self.choice[1]}, the recording {self.choice[0]} "
+                "(the choice follows timings; every model file both runs wrote is compared above)"
+            )
+        lines += [
+            f"  differs: {name} (recorded {_short(old)}, replayed {_short(new)}): this step wrote other bytes"
+            for name, (old, new) in self.differing.items()
+        ]
         lines += [f"  not compared: {name} ({why})" for name, why in self.skipped.items()]
         return "\n".join(lines)
 
@@ -576,11 +677,14 @@ def check_outputs(recorded: Recipe, replayed: Recipe) -> OutputCheck:
         choice = (old_name, new_name)
         triton = recorded.last("export_triton")
         why = f"the replay chose {new_name}, the recording {old_name}: the choice follows timings"
-        for name in (triton.outputs if triton else ()):
+        for name in triton.outputs if triton else ():
             skipped.setdefault(name, why)
     identical = tuple(name for name, digest in before.items() if name not in skipped and after.get(name) == digest)
-    differing = {name: (digest, after.get(name)) for name, digest in before.items()
-                 if name not in skipped and after.get(name) != digest}
+    differing = {
+        name: (digest, after.get(name))
+        for name, digest in before.items()
+        if name not in skipped and after.get(name) != digest
+    }
     return OutputCheck(identical=identical, differing=differing, skipped=skipped, choice=choice)
 
 
@@ -590,13 +694,20 @@ def _raise_if_different(recorded: Recipe, check: OutputCheck) -> None:
     versions = recorded.version_differences()
     steps = {name: step.step for step in recorded.steps for name in step.outputs}
     raise RecipeError(
-        "The replay wrote different files: " + "; ".join(
+        "The replay wrote different files: "
+        + "; ".join(
             f"{name} (step {steps.get(name, '?')}): recorded {_short(old)}, replayed {_short(new)}"
-            for name, (old, new) in check.differing.items())
-        + (". Library versions differ: " + ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in versions.items())
-           if versions else "."),
-        fix="replay with the library versions the recipe records (`versions`)" if versions else
-            "that step is not deterministic on this machine; compare the files' contents")
+            for name, (old, new) in check.differing.items()
+        )
+        + (
+            ". Library versions differ: " + ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in versions.items())
+            if versions
+            else "."
+        ),
+        fix="replay with the library versions the recipe records (`versions`)"
+        if versions
+        else "that step is not deterministic on this machine; compare the files' contents",
+    )
 
 
 def run_recipe(
@@ -613,8 +724,15 @@ def run_recipe(
     See :func:`replay` for the arguments; the recipe's steps run as they were recorded, then `write_summary()`
     if the recipe did not end with it.
     """
-    pipeline = replay(path_or_recipe, output_dir=output_dir, progress=progress, check_inputs=check_inputs,
-                      check=check, save=False, pipeline_class=pipeline_class)
+    pipeline = replay(
+        path_or_recipe,
+        output_dir=output_dir,
+        progress=progress,
+        check_inputs=check_inputs,
+        check=check,
+        save=False,
+        pipeline_class=pipeline_class,
+    )
     return finish(pipeline)
 
 
@@ -640,4 +758,3 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "to_dict") and callable(value.to_dict):  # a config or plan passed as a step argument
         return _plain(value.to_dict())
     return value
-

@@ -30,11 +30,19 @@ def build_summary(pipeline: Any) -> dict[str, Any]:
     task = pipeline.task
     rows = []
     for name, candidate in pipeline.candidate_models.items():
-        row: dict[str, Any] = {"name": name, "path": str(candidate.path), "engine": candidate.engine,
-                               "precision": candidate.precision, "latency_ms_p50": None,
-                               "latency_ms_p50_by_batch": {}, "cosine_mean": None, "cosine_min": None,
-                               "meets_budget": None, "failures": [],
-                               "metrics": {metric: None for metric in task.metric_names}}
+        row: dict[str, Any] = {
+            "name": name,
+            "path": str(candidate.path),
+            "engine": candidate.engine,
+            "precision": candidate.precision,
+            "latency_ms_p50": None,
+            "latency_ms_p50_by_batch": {},
+            "cosine_mean": None,
+            "cosine_min": None,
+            "meets_budget": None,
+            "failures": [],
+            "metrics": {metric: None for metric in task.metric_names},
+        }
         for declared in pipeline.steps:
             if declared.candidate_summary is not None and declared.name in pipeline.results:
                 contribution = dict(declared.candidate_summary(pipeline, pipeline.results[declared.name], name))
@@ -77,8 +85,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     pytorch = summary.get("pytorch_latency_ms_p50")
     primary = (summary.get("primary_metrics") or ["embedding_cosine_mean"])[0]
     what = primary.removesuffix("_mean").replace("_", " ")
-    lines = [f"model: {summary['model']} (task: {summary.get('task', 'feature-extraction')})",
-             f"latency: batch 1, sequence {seq}; cos: {what} vs ONNX FP32", ""]
+    lines = [
+        f"model: {summary['model']} (task: {summary.get('task', 'feature-extraction')})",
+        f"latency: batch 1, sequence {seq}; cos: {what} vs ONNX FP32",
+        "",
+    ]
     for warning in summary.get("warnings") or ():
         lines.insert(1, f"warning: {warning}")
     header = f"{'candidate':<28}{'engine':<13}{'p50 ms':>9}{'vs torch':>10}{'cos mean':>10}{'cos min':>9}  budget"
@@ -93,8 +104,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         verdict = {True: "meets", False: "misses", None: "-"}[c.get("meets_budget")]
         marker = " <- chosen" if c["name"] == summary.get("chosen") else ""
         p50_text = f"{p50:.2f}" if p50 is not None else "-"
-        lines.append(f"{c['name']:<28}{c.get('engine', ''):<13}{p50_text:>9}{speedup:>10}{cos_mean:>10}{cos_min:>9}"
-                     f"  {verdict}{marker}")
-    lines += ["", f"chosen: {summary.get('chosen')} ({summary.get('chosen_reason')})",
-              f"triton repository: {summary.get('triton_repository')}"]
+        lines.append(
+            f"{c['name']:<28}{c.get('engine', ''):<13}{p50_text:>9}{speedup:>10}{cos_mean:>10}{cos_min:>9}"
+            f"  {verdict}{marker}"
+        )
+    lines += [
+        "",
+        f"chosen: {summary.get('chosen')} ({summary.get('chosen_reason')})",
+        f"triton repository: {summary.get('triton_repository')}",
+    ]
     return "\n".join(lines)

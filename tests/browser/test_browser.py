@@ -79,9 +79,23 @@ def _voila(notebook: Path, scratch: Path) -> Iterator[str]:
     log_path = scratch / "voila.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "voila", notebook.name, "--no-browser", "--Voila.ip=127.0.0.1",
-             f"--Voila.port={port}", "--Voila.port_retries=0", "--show_tracebacks=True"],
-            cwd=notebook.parent, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "voila",
+                notebook.name,
+                "--no-browser",
+                "--Voila.ip=127.0.0.1",
+                f"--Voila.port={port}",
+                "--Voila.port_retries=0",
+                "--show_tracebacks=True",
+            ],
+            cwd=notebook.parent,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:  # ready: any HTTP answer on a made-up path (GET / would run the notebook)
@@ -94,8 +108,9 @@ def _voila(notebook: Path, scratch: Path) -> Iterator[str]:
                 break
             except (urllib.error.URLError, OSError):
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"Voilà did not answer in {SERVER_START_S} s:\n"
-                                         f"{log_path.read_text()[-4000:]}") from None
+                    raise AssertionError(
+                        f"Voilà did not answer in {SERVER_START_S} s:\n{log_path.read_text()[-4000:]}"
+                    ) from None
                 time.sleep(0.2)
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -139,10 +154,19 @@ def test_the_workbench_runs_its_steps_in_a_real_browser(tiny_model_dir, tmp_path
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     output_dir = tmp_path / "run"
-    notebook = _notebook_copy(tmp_path / "notebook", {
-        "model_path": str(tiny_model_dir("bert")), "output_dir": str(output_dir), "sequence_length": 16,
-        "max_eval_samples": 8, "max_calibration_samples": 8, "benchmark_batch_sizes": [1],
-        "benchmark_iterations": 2})
+    notebook = _notebook_copy(
+        tmp_path / "notebook",
+        {
+            "model_path": str(tiny_model_dir("bert")),
+            "output_dir": str(output_dir),
+            "sequence_length": 16,
+            "max_eval_samples": 8,
+            "max_calibration_samples": 8,
+            "benchmark_batch_sizes": [1],
+            "benchmark_iterations": 2,
+        },
+    )
+
     def step(page, key: str):
         return page.locator(f".wb-step-{key}")
 
@@ -224,8 +248,16 @@ def test_the_workbench_runs_its_steps_in_a_real_browser(tiny_model_dir, tmp_path
     assert any((output_dir / "triton_repository").iterdir())
     from workbench.recipe import Recipe
 
-    assert Recipe.load(output_dir).step_names == ("export", "quantize", "compare", "benchmark", "choose",
-                                                  "export_triton", "write_summary", "export")
+    assert Recipe.load(output_dir).step_names == (
+        "export",
+        "quantize",
+        "compare",
+        "benchmark",
+        "choose",
+        "export_triton",
+        "write_summary",
+        "export",
+    )
     if not README_SCREENSHOT.is_file() or os.environ.get("UPDATE_SCREENSHOTS") == "1":
         README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ARTIFACTS / "workbench-done-top.png", README_SCREENSHOT)

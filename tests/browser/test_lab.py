@@ -51,8 +51,13 @@ KERNEL_MS = 180_000
 STEP_MS = 600_000  # a MiniLM step on a loaded 2-core machine; seconds on a quiet one
 IDLE = re.compile(r"Python 3 \(ipykernel\) \| Idle")
 # MiniLM kept small through the notebook's own parameters, so the whole click-through fits a CI job
-MINILM = {"sequence_length": 32, "max_calibration_samples": 16, "max_eval_samples": 16,
-          "benchmark_batch_sizes": [1, 8], "benchmark_iterations": 10}
+MINILM = {
+    "sequence_length": 32,
+    "max_calibration_samples": 16,
+    "max_eval_samples": 16,
+    "benchmark_batch_sizes": [1, 8],
+    "benchmark_iterations": 10,
+}
 
 
 def _requirements() -> None:
@@ -87,18 +92,35 @@ def _lab(root: Path, scratch: Path) -> Iterator[str]:
     env["JUPYTER_PATH"] = str(Path(sys.prefix) / "share" / "jupyter")
     settings = scratch / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True, exist_ok=True)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
-                                                                           "checkForUpdates": False}))
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
     log_path = scratch / "lab.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
-             f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--IdentityProvider.token=",
-             f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
-             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-             "--LabApp.extension_manager=readonly", f"--LabApp.user_settings_dir={scratch / 'settings'}",
-             f"--LabApp.workspaces_dir={scratch / 'workspaces'}"],
-            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--allow-root",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={port}",
+                "--ServerApp.port_retries=0",
+                "--IdentityProvider.token=",
+                f"--ServerApp.root_dir={root}",
+                "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.extension_manager=readonly",
+                f"--LabApp.user_settings_dir={scratch / 'settings'}",
+                f"--LabApp.workspaces_dir={scratch / 'workspaces'}",
+            ],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:
@@ -111,8 +133,9 @@ def _lab(root: Path, scratch: Path) -> Iterator[str]:
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"JupyterLab did not answer in {SERVER_START_S} s:\n"
-                                     f"{log_path.read_text()[-4000:]}")
+                raise AssertionError(
+                    f"JupyterLab did not answer in {SERVER_START_S} s:\n{log_path.read_text()[-4000:]}"
+                )
             time.sleep(0.3)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -278,8 +301,19 @@ def test_every_step_with_defaults_on_minilm_ships_a_faster_candidate(tmp_path):
         for key in ("choose", "export_triton", "write_summary"):
             lab.run(key)
         overview = lab.page.locator(".wb-overview")
-        for name in ("Load", "Export", "Precision", "SmoothQuant", "Precision plan", "Accuracy", "Auto-fix",
-                     "Benchmark", "Choice", "Deploy", "Summary"):
+        for name in (
+            "Load",
+            "Export",
+            "Precision",
+            "SmoothQuant",
+            "Precision plan",
+            "Accuracy",
+            "Auto-fix",
+            "Benchmark",
+            "Choice",
+            "Deploy",
+            "Summary",
+        ):
             expect(overview).to_contain_text(f"{name} done")
         lab.whole_workbench(ARTIFACTS / "lab-workbench-done.png")
         assert not errors, errors
@@ -305,10 +339,19 @@ def test_a_reloaded_page_and_a_re_run_cell_find_the_finished_steps_done(tiny_mod
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     output_dir = tmp_path / "run"
     root = tmp_path / "lab-root"
-    _notebook_copy(root, "workbench_tiny.ipynb", {
-        "model_path": str(tiny_model_dir("bert")), "output_dir": str(output_dir), "sequence_length": 16,
-        "max_eval_samples": 8, "max_calibration_samples": 8, "benchmark_batch_sizes": [1],
-        "benchmark_iterations": 2})
+    _notebook_copy(
+        root,
+        "workbench_tiny.ipynb",
+        {
+            "model_path": str(tiny_model_dir("bert")),
+            "output_dir": str(output_dir),
+            "sequence_length": 16,
+            "max_eval_samples": 8,
+            "max_calibration_samples": 8,
+            "benchmark_batch_sizes": [1],
+            "benchmark_iterations": 2,
+        },
+    )
     with _lab(root, tmp_path / "lab") as url, _browser(f"{url}/lab/tree/workbench_tiny.ipynb") as (lab, errors):
         lab.open()
         lab.run_all_cells()

@@ -30,8 +30,12 @@ def tiny_feeds(tiny_model_dir):
     from workbench.models import load_model
 
     tokenizer = load_model(tiny_model_dir("bert")).load_tokenizer()
-    return tokenize_batches(tokenizer, ["the cat sat on the mat", "revenue grew 12%", "how do I reset it?", "x"],
-                            batch_size=2, sequence_length=16)
+    return tokenize_batches(
+        tokenizer,
+        ["the cat sat on the mat", "revenue grew 12%", "how do I reset it?", "x"],
+        batch_size=2,
+        sequence_length=16,
+    )
 
 
 def test_the_engine_is_registered_with_its_triton_backend():
@@ -47,8 +51,11 @@ def test_conversion_keeps_fp32_weights_and_writes_only_the_two_files(tiny_bert_o
     assert tiny_ir.path.name == "model.xml" and tiny_ir.weights == tiny_ir.path.with_suffix(".bin")
     assert sorted(p.name for p in tiny_ir.path.parent.iterdir()) == ["model.bin", "model.xml"]
     model = ov.Core().read_model(str(tiny_ir.path))
-    constants = {op.get_output_element_type(0).get_type_name() for op in model.get_ordered_ops()
-                 if op.get_type_name() == "Constant"}
+    constants = {
+        op.get_output_element_type(0).get_type_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Constant"
+    }
     assert "f16" not in constants and "f32" in constants
     assert tiny_ir.size_mb == pytest.approx(tiny_bert_onnx.stat().st_size / 1e6, rel=0.1)
     half = convert_to_openvino(tiny_bert_onnx, tmp_path / "half.xml", compress_to_fp16=True)
@@ -68,8 +75,10 @@ def test_a_failed_conversion_leaves_nothing(tmp_path):
 
 
 def test_runner_matches_onnxruntime_with_explicit_threads_and_hint(tiny_bert_onnx, tiny_ir, tiny_feeds):
-    with OnnxRuntimeRunner(tiny_bert_onnx) as reference, \
-            get_engine("openvino").runner(tiny_ir.path, name="ov", threads=1) as runner:
+    with (
+        OnnxRuntimeRunner(tiny_bert_onnx) as reference,
+        get_engine("openvino").runner(tiny_ir.path, name="ov", threads=1) as runner,
+    ):
         assert runner.compiled.get_property("INFERENCE_NUM_THREADS") == 1
         assert str(runner.compiled.get_property("PERFORMANCE_HINT")) in ("LATENCY", "PerformanceMode.LATENCY")
         specs = runner.input_specs()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import importlib.abc, json, sys
 
     class Blocker(importlib.abc.MetaPathFinder):
@@ -55,12 +55,13 @@ SCRIPT = textwrap.dedent('''
                         ("nncf_int8", nncf_int8)):
         attempt(label, call)
     print(json.dumps(result))
-''')
+""")
 
 
 def test_without_openvino_the_workbench_imports_and_names_the_extra(tmp_path):
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["imported"] is False

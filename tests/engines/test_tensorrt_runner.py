@@ -87,8 +87,9 @@ def test_activating_with_tensorrt_but_no_gpu_is_device_unavailable(tmp_path, fak
     assert "simulated" in str(info.value) and not runner.is_active
 
 
-def test_a_missing_engine_file_is_reported_once_tensorrt_and_a_gpu_are_there(tmp_path, monkeypatch,
-                                                                             fake_tensorrt_without_gpu):
+def test_a_missing_engine_file_is_reported_once_tensorrt_and_a_gpu_are_there(
+    tmp_path, monkeypatch, fake_tensorrt_without_gpu
+):
     monkeypatch.setattr(backend, "gpu_status", lambda: (True, "GPU 0 (simulated)"))
     with pytest.raises(ModelSourceError, match="does not exist"):
         TensorRTRunner(tmp_path / "missing.plan").activate()
@@ -146,8 +147,11 @@ def test_ort_gpu_providers_in_priority_order(fp16):
 
 def test_ort_gpu_providers_engine_cache(tmp_path):
     [trt_ep, *_] = ort_gpu_providers(True, cache_dir=tmp_path)
-    assert trt_ep[1] == {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                         "trt_engine_cache_path": str(tmp_path)}
+    assert trt_ep[1] == {
+        "trt_fp16_enable": True,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(tmp_path),
+    }
     assert repr(trt_ep).startswith("TensorrtExecutionProvider(trt_fp16_enable=True")
 
 
@@ -185,8 +189,11 @@ def test_onnxruntime_runner_accepts_a_provider_with_options_it_has(tiny_bert_onn
 
 @pytest.mark.gpu
 def test_fp16_engine_matches_onnxruntime(tiny_bert_onnx, tmp_path):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed: it needs NVIDIA's package index and a GPU, "
-                                           "neither available on this machine")
+    pytest.importorskip(
+        "tensorrt",
+        reason="TensorRT is not installed: it needs NVIDIA's package index and a GPU, "
+        "neither available on this machine",
+    )
     has_gpu, why = gpu_status()
     if not has_gpu:
         pytest.skip(f"TensorRT is installed but there is no NVIDIA GPU: {why}")
@@ -195,8 +202,9 @@ def test_fp16_engine_matches_onnxruntime(tiny_bert_onnx, tmp_path):
     from workbench.stages.tensorrt import TensorRTConfig, build_engine, profile_for
 
     profile = profile_for(["input_ids", "attention_mask", "token_type_ids"], 1, 2, 8, 8, 16, 64)
-    engine = build_engine(tiny_bert_onnx, TensorRTConfig.preset("tensorrt_fp16", profiles=(profile,)),
-                          engine_path=tmp_path / "fp16.plan")
+    engine = build_engine(
+        tiny_bert_onnx, TensorRTConfig.preset("tensorrt_fp16", profiles=(profile,)), engine_path=tmp_path / "fp16.plan"
+    )
     assert engine.path.is_file() and engine.size_mb > 0
     with engine.runner() as trt_runner, OnnxRuntimeRunner(tiny_bert_onnx) as ort_runner:
         specs = trt_runner.input_specs()
@@ -212,7 +220,10 @@ def test_fp16_engine_matches_onnxruntime(tiny_bert_onnx, tmp_path):
             assert got.shape == expected.shape == (batch, seq, 32)
             flat_cosine = got.ravel() @ expected.ravel() / (np.linalg.norm(got) * np.linalg.norm(expected))
             assert flat_cosine > 0.999
-            pooled = np.sum(mean_pooled_embeddings(got, feeds["attention_mask"])
-                            * mean_pooled_embeddings(expected, feeds["attention_mask"]), axis=1)
+            pooled = np.sum(
+                mean_pooled_embeddings(got, feeds["attention_mask"])
+                * mean_pooled_embeddings(expected, feeds["attention_mask"]),
+                axis=1,
+            )
             assert pooled.min() > 0.999
     assert not trt_runner.is_active and trt_runner.runner is None

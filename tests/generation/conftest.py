@@ -56,8 +56,9 @@ def fused_decoder(exported_decoder, tiny_decoder_dir, tmp_path_factory: pytest.T
     def get(kind: str = "gpt2"):
         if kind not in cache:
             config = decoder_fusion_config(json.loads((tiny_decoder_dir(kind) / "config.json").read_text()))
-            cache[kind] = fuse_decoder(exported_decoder(kind).path,
-                                       tmp_path_factory.mktemp(f"fused-{kind}") / "decoder.onnx", config)
+            cache[kind] = fuse_decoder(
+                exported_decoder(kind).path, tmp_path_factory.mktemp(f"fused-{kind}") / "decoder.onnx", config
+            )
         return cache[kind]
 
     return get

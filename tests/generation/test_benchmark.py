@@ -14,13 +14,17 @@ from workbench.stages.generation.benchmark import (
 from workbench.stages.generation.export import load_causal_lm
 
 
-def test_benchmark_times_every_candidate_and_pytorch_at_every_shape(exported_decoder, fused_decoder,
-                                                                     tiny_decoder_dir):
+def test_benchmark_times_every_candidate_and_pytorch_at_every_shape(exported_decoder, fused_decoder, tiny_decoder_dir):
     model, _ = load_causal_lm(tiny_decoder_dir("gpt2"))
-    config = GenerationBenchmarkConfig(batch_sizes=(1, 2), prompt_lengths=(4, 20), new_tokens=5, warmup=0,
-                                       iterations=2, threads=1)
-    result = benchmark_generation({"fp32": exported_decoder("gpt2").path, "fused": fused_decoder("gpt2").path},
-                                  exported_decoder("gpt2").spec, config, pytorch_model=model)
+    config = GenerationBenchmarkConfig(
+        batch_sizes=(1, 2), prompt_lengths=(4, 20), new_tokens=5, warmup=0, iterations=2, threads=1
+    )
+    result = benchmark_generation(
+        {"fp32": exported_decoder("gpt2").path, "fused": fused_decoder("gpt2").path},
+        exported_decoder("gpt2").spec,
+        config,
+        pytorch_model=model,
+    )
     assert result.names == ("pytorch", "fp32", "fused")
     assert {(t.batch, t.prompt_length) for t in result.timings} == {(1, 4), (1, 20), (2, 4), (2, 20)}
     for t in result.timings:
@@ -35,5 +39,8 @@ def test_benchmark_times_every_candidate_and_pytorch_at_every_shape(exported_dec
 def test_a_shape_that_does_not_fit_the_positions_is_refused(exported_decoder):
     spec = exported_decoder("gpt2").spec
     with pytest.raises(ConfigError, match="positions"):
-        benchmark_generation({"fp32": exported_decoder("gpt2").path}, spec,
-                             GenerationBenchmarkConfig(prompt_lengths=(spec.max_positions,), new_tokens=4))
+        benchmark_generation(
+            {"fp32": exported_decoder("gpt2").path},
+            spec,
+            GenerationBenchmarkConfig(prompt_lengths=(spec.max_positions,), new_tokens=4),
+        )

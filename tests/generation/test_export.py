@@ -63,8 +63,9 @@ def test_export_was_checked_at_several_batch_cache_and_step_lengths(exported_dec
 
 def test_a_mismatch_raises_and_writes_no_file(tiny_decoder_dir, tmp_path):
     # an exact-match demand: float reordering between torch and onnxruntime already differs by ~1e-6
-    strict = DecoderExportConfig(atol=1e-12, min_cosine=1.0, check_batch_sizes=(1,), check_prompt_lengths=(4,),
-                                 check_past_lengths=(0,))
+    strict = DecoderExportConfig(
+        atol=1e-12, min_cosine=1.0, check_batch_sizes=(1,), check_prompt_lengths=(4,), check_past_lengths=(0,)
+    )
     with pytest.raises(ExportError, match="differs from transformers"):
         export_decoder(tiny_decoder_dir("gpt2"), tmp_path / "decoder.onnx", strict)
     assert list(tmp_path.iterdir()) == []

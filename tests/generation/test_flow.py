@@ -30,15 +30,44 @@ from workbench.triton.generation import (
     export_triton_generation,
 )
 
-SUMMARY_KEYS = {"summary_version", "task", "decoder", "export", "fusion", "budget", "candidates", "pytorch",
-                "benchmark", "machine", "chosen", "chosen_reason", "triton"}
-CANDIDATE_KEYS = {"name", "path", "precision", "next_token_agreement", "perplexity_ratio", "logits_cosine_mean",
-                  "logits_cosine_min", "greedy_agreement", "meets_budget", "failures", "ttft_ms_p50", "ttft_ms_p90",
-                  "itl_ms_p50", "itl_ms_p90", "tokens_per_s", "decode_tokens_per_s"}
+SUMMARY_KEYS = {
+    "summary_version",
+    "task",
+    "decoder",
+    "export",
+    "fusion",
+    "budget",
+    "candidates",
+    "pytorch",
+    "benchmark",
+    "machine",
+    "chosen",
+    "chosen_reason",
+    "triton",
+}
+CANDIDATE_KEYS = {
+    "name",
+    "path",
+    "precision",
+    "next_token_agreement",
+    "perplexity_ratio",
+    "logits_cosine_mean",
+    "logits_cosine_min",
+    "greedy_agreement",
+    "meets_budget",
+    "failures",
+    "ttft_ms_p50",
+    "ttft_ms_p90",
+    "itl_ms_p50",
+    "itl_ms_p90",
+    "tokens_per_s",
+    "decode_tokens_per_s",
+}
 
 
-def test_the_llama_generation_path_ends_in_a_complete_summary(tiny_decoder_dir, exported_decoder, fused_decoder,
-                                                              tmp_path):
+def test_the_llama_generation_path_ends_in_a_complete_summary(
+    tiny_decoder_dir, exported_decoder, fused_decoder, tmp_path
+):
     folder = tiny_decoder_dir("llama")
     source = load_model(folder)
     task = detect_task(source.config)
@@ -51,18 +80,40 @@ def test_the_llama_generation_path_ends_in_a_complete_summary(tiny_decoder_dir, 
         candidates[f"ort_{method}"] = Candidate(f"ort_{method}", result.path, precision=method)
     tokenizer = source.load_tokenizer()
     texts = task.load_samples(None, max_eval=12).evaluation
-    accuracy = evaluate_generation(fused.path, {k: v for k, v in candidates.items() if k != "ort_fp32"}, tokenizer,
-                                   budget=task.default_budget(), texts=texts, prompts=load_prompts(limit=3),
-                                   sequence_length=32, greedy_tokens=6)
+    accuracy = evaluate_generation(
+        fused.path,
+        {k: v for k, v in candidates.items() if k != "ort_fp32"},
+        tokenizer,
+        budget=task.default_budget(),
+        texts=texts,
+        prompts=load_prompts(limit=3),
+        sequence_length=32,
+        greedy_tokens=6,
+    )
     model, _ = load_causal_lm(folder)
-    timings = benchmark_generation(candidates, exported.spec, GenerationBenchmarkConfig(
-        batch_sizes=(1,), prompt_lengths=(8,), new_tokens=4, warmup=0, iterations=1, threads=1), pytorch_model=model)
+    timings = benchmark_generation(
+        candidates,
+        exported.spec,
+        GenerationBenchmarkConfig(
+            batch_sizes=(1,), prompt_lengths=(8,), new_tokens=4, warmup=0, iterations=1, threads=1
+        ),
+        pytorch_model=model,
+    )
     choice = choose_generation_candidate(accuracy, timings)
     assert choice.name == "ort_fp32" or accuracy[choice.name].meets_budget
-    triton = export_triton_generation(candidates[choice.name].path, tmp_path / "triton", folder,
-                                      GenerationServingConfig(model_name="llama_generator"))
-    summary = generation_summary(spec=exported.spec, candidates=candidates, export=exported, fusion=fused,
-                                 accuracy=accuracy, benchmark=timings, choice=choice, triton=triton)
+    triton = export_triton_generation(
+        candidates[choice.name].path, tmp_path / "triton", folder, GenerationServingConfig(model_name="llama_generator")
+    )
+    summary = generation_summary(
+        spec=exported.spec,
+        candidates=candidates,
+        export=exported,
+        fusion=fused,
+        accuracy=accuracy,
+        benchmark=timings,
+        choice=choice,
+        triton=triton,
+    )
 
     assert set(summary) == SUMMARY_KEYS
     json.dumps(summary)  # plain JSON

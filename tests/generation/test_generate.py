@@ -36,9 +36,8 @@ def _runner(exported):
 
 def _hf_greedy(model, prompt_ids, new_tokens=NEW_TOKENS):
     ids = torch.tensor([prompt_ids])
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                         do_sample=False)
-    return out[0, len(prompt_ids):].tolist()
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False)
+    return out[0, len(prompt_ids) :].tolist()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -82,7 +81,7 @@ def test_transformers_batched_generate_agrees_with_the_batched_loop(models, expo
     with _runner(exported_decoder("gpt2")) as runner:
         result = generate_tokens(runner, exported_decoder("gpt2").spec, prompts, GenerationConfig(max_new_tokens=10))
     for row, tokens in enumerate(result.tokens):
-        assert list(tokens) == expected[row, :len(tokens)].tolist()
+        assert list(tokens) == expected[row, : len(tokens)].tolist()
 
 
 def test_stop_tokens_end_a_sequence_and_are_kept(exported_decoder, models):
@@ -92,9 +91,10 @@ def test_stop_tokens_end_a_sequence_and_are_kept(exported_decoder, models):
         free = generate(runner, spec, tokenizer, [PROMPTS[1]], GenerationConfig(max_new_tokens=10, stop_token_ids=()))
         stop = free.tokens[0][3]
         first = free.tokens[0].index(stop)
-        stopped = generate(runner, spec, tokenizer, [PROMPTS[1]],
-                           GenerationConfig(max_new_tokens=10, stop_token_ids=(stop,)))
-    assert stopped.tokens[0] == free.tokens[0][:first + 1]
+        stopped = generate(
+            runner, spec, tokenizer, [PROMPTS[1]], GenerationConfig(max_new_tokens=10, stop_token_ids=(stop,))
+        )
+    assert stopped.tokens[0] == free.tokens[0][: first + 1]
     assert stopped.finish_reasons == ("stop",) and stopped.forward_passes == first + 1
 
 
@@ -138,8 +138,9 @@ def test_bad_requests_are_refused_before_any_work(exported_decoder, models):
         GenerationConfig(do_sample=True, temperature=0.0)
     counting = CountingRunner(runner=None)  # never reached: a forward pass would fail on the missing runner
     too_long = [[5] * (spec.max_positions + 1)]
-    with pytest.raises(DataError, match=f"has {spec.max_positions + 1} tokens but the model has only "
-                                        f"{spec.max_positions} positions"):
+    with pytest.raises(
+        DataError, match=f"has {spec.max_positions + 1} tokens but the model has only {spec.max_positions} positions"
+    ):
         generate_tokens(counting, spec, too_long, GenerationConfig())
     with pytest.raises(DataError, match="longer than|positions"):
         next(stream(counting, spec, tokenizer, "word " * (2 * spec.max_positions), GenerationConfig()))

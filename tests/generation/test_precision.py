@@ -42,8 +42,10 @@ def gpt2(fused_decoder, tiny_decoder_dir):
 def candidates(gpt2, tmp_path_factory):
     fused, *_ = gpt2
     folder = tmp_path_factory.mktemp("decoder-candidates")
-    return {preset: PrecisionPlan.preset(preset).convert(fused, folder / f"{preset}.onnx")
-            for preset in ("cpu_int4_weight_only", "cpu_int8_weight_only", "cpu_int8_dynamic")}
+    return {
+        preset: PrecisionPlan.preset(preset).convert(fused, folder / f"{preset}.onnx")
+        for preset in ("cpu_int4_weight_only", "cpu_int8_weight_only", "cpu_int8_dynamic")
+    }
 
 
 def test_weight_only_plans_quantize_every_matmul_weight_and_keep_the_spec(gpt2, candidates):
@@ -86,8 +88,14 @@ def test_weight_only_settings_are_validated_and_round_trip():
 
 def test_generation_metrics_rank_the_candidates(gpt2, candidates):
     fused, tokenizer, texts, prompts = gpt2
-    report = evaluate_generation(fused, {"fp32": fused, **{k: v.path for k, v in candidates.items()}}, tokenizer,
-                                 texts=texts, prompts=prompts, **SETTINGS)
+    report = evaluate_generation(
+        fused,
+        {"fp32": fused, **{k: v.path for k, v in candidates.items()}},
+        tokenizer,
+        texts=texts,
+        prompts=prompts,
+        **SETTINGS,
+    )
     fp32 = report["fp32"].values
     assert fp32["next_token_agreement"] == 1.0 and fp32["perplexity_ratio"] == pytest.approx(1.0)
     assert fp32["greedy_agreement"] == 1.0 and report["fp32"].greedy_prefixes == (12,) * len(prompts)
@@ -114,8 +122,17 @@ def test_autofix_pins_few_matmuls_to_meet_the_generation_budget(gpt2, tmp_path):
     fused, tokenizer, texts, _ = gpt2
     plan = PrecisionPlan.preset("cpu_int4_weight_only")
     budget = GenerationBudget(next_token_agreement_min=0.9)
-    result = autofix_decoder(fused, plan, tmp_path, tokenizer, budget=budget, texts=texts, diagnosis_batches=3,
-                             max_prune_trials=2, **SETTINGS)
+    result = autofix_decoder(
+        fused,
+        plan,
+        tmp_path,
+        tokenizer,
+        budget=budget,
+        texts=texts,
+        diagnosis_batches=3,
+        max_prune_trials=2,
+        **SETTINGS,
+    )
     quantized = len(weight_matmuls(onnx.load(str(fused))))
     assert not result.start.meets_budget and result.best.meets_budget
     assert 0 < len(result.best.pins) < quantized
@@ -123,8 +140,9 @@ def test_autofix_pins_few_matmuls_to_meet_the_generation_budget(gpt2, tmp_path):
     assert len(result.trials) <= 2 + (quantized - 1).bit_length() + 2
     assert result.path.is_file() and (tmp_path / "fixed_plan.json").is_file()
     assert PrecisionPlan.load(tmp_path / "fixed_plan.json") == result.plan
-    fixed = evaluate_generation(fused, {"fixed": result.path}, tokenizer, texts=texts, prompts=(), budget=budget,
-                                **SETTINGS)
+    fixed = evaluate_generation(
+        fused, {"fixed": result.path}, tokenizer, texts=texts, prompts=(), budget=budget, **SETTINGS
+    )
     assert fixed["fixed"].meets_budget
 
 

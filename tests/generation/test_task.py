@@ -28,11 +28,15 @@ def test_encoders_keep_their_tasks():
 def test_the_default_budget_gates_agreement_and_perplexity_ratio():
     budget = get_task("text-generation").default_budget()
     assert isinstance(budget, GenerationBudget)
-    assert [(g.metric, g.op, g.limit) for g in budget.gates()] == [("next_token_agreement", ">=", 0.95),
-                                                                  ("perplexity_ratio", "<=", 1.05)]
+    assert [(g.metric, g.op, g.limit) for g in budget.gates()] == [
+        ("next_token_agreement", ">=", 0.95),
+        ("perplexity_ratio", "<=", 1.05),
+    ]
     assert budget.failures({"next_token_agreement": 0.97, "perplexity_ratio": 1.01}) == ()
     assert budget.failures({"next_token_agreement": 0.9, "perplexity_ratio": 1.2}) == (
-        "next-token agreement 0.90000 < 0.95", "perplexity ratio 1.20000 > 1.05")
+        "next-token agreement 0.90000 < 0.95",
+        "perplexity ratio 1.20000 > 1.05",
+    )
     assert Budget.from_dict(budget.to_dict()) == budget
     with pytest.raises(ConfigError, match="gates nothing"):
         GenerationBudget(next_token_agreement_min=None, perplexity_ratio_max=None)
@@ -49,8 +53,9 @@ def test_teacher_forced_metrics_on_known_logits():
     reference[0, 2] = [0.0, 0.0, 2.0, 1.0]  # predicts 2, label 3
     candidate = reference.copy()
     candidate[0, 2] = [0.0, 0.0, 1.0, 2.0]  # predicts 3: disagrees with the reference at one of two positions
-    values = task.metrics([{"logits": reference}], [{"logits": candidate}],
-                          [{"input_ids": ids, "attention_mask": mask}]).values
+    values = task.metrics(
+        [{"logits": reference}], [{"logits": candidate}], [{"input_ids": ids, "attention_mask": mask}]
+    ).values
 
     def nll(row, label):
         return math.log(sum(math.exp(x) for x in row)) - row[label]
@@ -74,8 +79,9 @@ def test_encode_builds_runnable_decoder_feeds_and_a_model_agrees_with_itself(exp
     task = get_task("text-generation")
     task.check_tokenizer(tokenizer, model_path="tiny llama")
     texts = task.load_samples(None, max_eval=6).evaluation
-    encoded = task.encode(tokenizer, texts, batch_size=3, sequence_length=24, spec=result.spec,
-                          input_names=result.input_names)
+    encoded = task.encode(
+        tokenizer, texts, batch_size=3, sequence_length=24, spec=result.spec, input_names=result.input_names
+    )
     assert len(encoded.feeds) == 2 and [len(m) for m in encoded.meta] == [3, 3]
     first = encoded.feeds[0]
     assert first["past_key_values.0.key"].shape[2] == 0
@@ -97,8 +103,13 @@ def test_encode_without_a_spec_refuses_cache_inputs(tiny_decoder_dir, exported_d
 
     tokenizer = load_model(tiny_decoder_dir("gpt2")).load_tokenizer()
     with pytest.raises(DataError, match="spec"):
-        get_task("text-generation").encode(tokenizer, ["hello there"], batch_size=1, sequence_length=8,
-                                           input_names=exported_decoder("gpt2").input_names)
+        get_task("text-generation").encode(
+            tokenizer,
+            ["hello there"],
+            batch_size=1,
+            sequence_length=8,
+            input_names=exported_decoder("gpt2").input_names,
+        )
 
 
 def test_a_tokenizer_without_pad_and_eos_is_refused():
@@ -116,8 +127,9 @@ def test_prompts_are_bundled():
     assert len(load_prompts(limit=3)) == 3
 
 
-def test_the_generic_comparison_judges_a_decoder_by_the_generation_task(exported_decoder, fused_decoder,
-                                                                         tiny_decoder_dir, tmp_path):
+def test_the_generic_comparison_judges_a_decoder_by_the_generation_task(
+    exported_decoder, fused_decoder, tiny_decoder_dir, tmp_path
+):
     """workbench.stages.accuracy.compare (the Polygraphy comparison every task goes through) finds the
     text-generation task from the decoder's outputs and gives its metrics and budget verdict."""
     pytest.importorskip("polygraphy")
@@ -130,8 +142,9 @@ def test_the_generic_comparison_judges_a_decoder_by_the_generation_task(exported
     int4 = PrecisionPlan.preset("cpu_int4_weight_only").convert(fused, tmp_path / "int4.onnx").path
     tokenizer = load_model(tiny_decoder_dir("gpt2")).load_tokenizer()
     task = get_task("text-generation")
-    encoded = task.encode(tokenizer, task.load_samples(None, max_eval=8).evaluation, batch_size=1,
-                          sequence_length=32, spec=spec)
+    encoded = task.encode(
+        tokenizer, task.load_samples(None, max_eval=8).evaluation, batch_size=1, sequence_length=32, spec=spec
+    )
     report = compare_candidates(fused, {"fp32": fused, "int4": int4}, encoded)
     assert report.task == "text-generation"
     fp32, quantized = report.candidates

@@ -34,9 +34,12 @@ MODEL = "generator"
 @pytest.fixture(scope="module")
 def repository(fused_decoder, tiny_decoder_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("generation-repository")
-    result = export_triton_generation(fused_decoder("gpt2").path, folder, tiny_decoder_dir("gpt2"),
-                                      GenerationServingConfig(model_name=MODEL, max_new_tokens_limit=64, workers=4,
-                                                              intra_op_threads=1))
+    result = export_triton_generation(
+        fused_decoder("gpt2").path,
+        folder,
+        tiny_decoder_dir("gpt2"),
+        GenerationServingConfig(model_name=MODEL, max_new_tokens_limit=64, workers=4, intra_op_threads=1),
+    )
     return result
 
 
@@ -47,8 +50,15 @@ def test_the_repository_is_complete_and_its_config_parses_strictly(repository):
     assert cfg.backend == "python" and cfg.max_batch_size == 0
     assert cfg.model_transaction_policy.decoupled
     inputs = {t.name: t.optional for t in cfg.input}
-    assert inputs == {"TEXT": False, "MAX_NEW_TOKENS": True, "DO_SAMPLE": True, "TEMPERATURE": True, "TOP_K": True,
-                      "TOP_P": True, "SEED": True}
+    assert inputs == {
+        "TEXT": False,
+        "MAX_NEW_TOKENS": True,
+        "DO_SAMPLE": True,
+        "TEMPERATURE": True,
+        "TOP_K": True,
+        "TOP_P": True,
+        "SEED": True,
+    }
     assert [t.name for t in cfg.output] == ["TEXT_OUTPUT", "TOKEN_ID", "FINISH_REASON"]
     assert repository.readme.is_file() and repository.provenance.is_file()
 
@@ -62,8 +72,12 @@ def test_a_model_without_a_decoder_spec_writes_nothing(tiny_bert_onnx, tiny_deco
 def test_an_existing_model_is_not_replaced_without_overwrite(repository, fused_decoder, tiny_decoder_dir):
     before = repository.model.config_path.read_text()
     with pytest.raises(TritonExportError, match="already exist"):
-        export_triton_generation(fused_decoder("gpt2").path, repository.repository, tiny_decoder_dir("gpt2"),
-                                 GenerationServingConfig(model_name=MODEL))
+        export_triton_generation(
+            fused_decoder("gpt2").path,
+            repository.repository,
+            tiny_decoder_dir("gpt2"),
+            GenerationServingConfig(model_name=MODEL),
+        )
     assert repository.model.config_path.read_text() == before
 
 
@@ -74,8 +88,9 @@ def test_a_served_tokenizer_that_disagrees_is_refused(tiny_decoder_dir):
 
     folder = tiny_decoder_dir("gpt2")
     served = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    served.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", pair="<|endoftext|> $A $B",
-                                                          special_tokens=[("<|endoftext|>", 0)])
+    served.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", 0)]
+    )
     check_served_tokenizer(folder, (folder / "tokenizer.json").read_text())  # the saved one agrees
     with pytest.raises(TritonExportError, match="disagrees"):
         check_served_tokenizer(folder, served.to_str())  # one that adds a token in front of every prompt
@@ -83,8 +98,9 @@ def test_a_served_tokenizer_that_disagrees_is_refused(tiny_decoder_dir):
 
 # ------------------------------------------------------------------------------------------------- the server
 
-needs_server = pytest.mark.skipif(importlib.util.find_spec("pytriton") is None,
-                                  reason="nvidia-pytriton is not installed (the [triton] extra)")
+needs_server = pytest.mark.skipif(
+    importlib.util.find_spec("pytriton") is None, reason="nvidia-pytriton is not installed (the [triton] extra)"
+)
 
 
 class Stream:
@@ -105,9 +121,14 @@ class Stream:
         grpc = self.grpc
         tensors = [grpc.InferInput("TEXT", [1], "BYTES")]
         tensors[0].set_data_from_numpy(np.array([text.encode("utf-8")], dtype=object))
-        types = {"MAX_NEW_TOKENS": ("INT32", np.int32), "DO_SAMPLE": ("BOOL", np.bool_),
-                 "TEMPERATURE": ("FP32", np.float32), "TOP_K": ("INT32", np.int32), "TOP_P": ("FP32", np.float32),
-                 "SEED": ("INT64", np.int64)}
+        types = {
+            "MAX_NEW_TOKENS": ("INT32", np.int32),
+            "DO_SAMPLE": ("BOOL", np.bool_),
+            "TEMPERATURE": ("FP32", np.float32),
+            "TOP_K": ("INT32", np.int32),
+            "TOP_P": ("FP32", np.float32),
+            "SEED": ("INT64", np.int64),
+        }
         for name, value in inputs.items():
             kind, dtype = types[name]
             tensor = grpc.InferInput(name, [1], kind)
@@ -132,8 +153,13 @@ class Stream:
                 streams.setdefault(response.id, [])
                 continue
             streams.setdefault(response.id, []).append(
-                (stamp, int(result.as_numpy("TOKEN_ID")[0]), result.as_numpy("TEXT_OUTPUT")[0].decode("utf-8"),
-                 result.as_numpy("FINISH_REASON")[0].decode("utf-8")))
+                (
+                    stamp,
+                    int(result.as_numpy("TOKEN_ID")[0]),
+                    result.as_numpy("TEXT_OUTPUT")[0].decode("utf-8"),
+                    result.as_numpy("FINISH_REASON")[0].decode("utf-8"),
+                )
+            )
         return streams, errors
 
     def close(self) -> None:
@@ -199,8 +225,10 @@ def test_two_concurrent_streams_do_not_mix_their_caches(server, library):
         results[key] = stream.collect(1)
 
     try:
-        threads = [threading.Thread(target=run, args=(first, PROMPT_A, "a")),
-                   threading.Thread(target=run, args=(second, PROMPT_B, "b"))]
+        threads = [
+            threading.Thread(target=run, args=(first, PROMPT_A, "a")),
+            threading.Thread(target=run, args=(second, PROMPT_B, "b")),
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

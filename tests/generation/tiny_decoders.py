@@ -25,8 +25,9 @@ VOCAB_SIZE = 512
 MAX_POSITIONS = 96  # small, so that the "prompt longer than the model's positions" tests are cheap
 
 
-def build_bpe_tokenizer(folder: Path, *, style: str, vocab_size: int = VOCAB_SIZE,
-                        max_positions: int = MAX_POSITIONS) -> Any:
+def build_bpe_tokenizer(
+    folder: Path, *, style: str, vocab_size: int = VOCAB_SIZE, max_positions: int = MAX_POSITIONS
+) -> Any:
     """Train a byte-level BPE tokenizer on data/calibration.txt and save it as a transformers fast tokenizer."""
     import transformers
     from tokenizers import (
@@ -42,20 +43,30 @@ def build_bpe_tokenizer(folder: Path, *, style: str, vocab_size: int = VOCAB_SIZ
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train([str(TOKENIZER_TEXT)], trainer)
     if style == "gpt2":
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-        special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                   "unk_token": "<|endoftext|>"}
+        special = {
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+        }
     else:
         bos = tokenizer.token_to_id("<s>")
-        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                                 special_tokens=[("<s>", bos)])
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+        )
         special = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=max_positions,
-                                                padding_side="left", **special)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_max_length=max_positions, padding_side="left", **special
+    )
     fast.save_pretrained(folder)
     return fast
 
@@ -63,21 +74,36 @@ def build_bpe_tokenizer(folder: Path, *, style: str, vocab_size: int = VOCAB_SIZ
 def _gpt2(transformers: Any, tokenizer: Any, **sizes: Any) -> Any:
     eos = tokenizer.eos_token_id
     return transformers.GPT2Config(
-        vocab_size=sizes.get("vocab_size", len(tokenizer)), n_positions=sizes.get("max_positions", MAX_POSITIONS),
-        n_embd=sizes.get("hidden", 64), n_layer=sizes.get("layers", 2), n_head=sizes.get("heads", 4),
-        initializer_range=sizes.get("init", 0.2), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-        architectures=["GPT2LMHeadModel"])
+        vocab_size=sizes.get("vocab_size", len(tokenizer)),
+        n_positions=sizes.get("max_positions", MAX_POSITIONS),
+        n_embd=sizes.get("hidden", 64),
+        n_layer=sizes.get("layers", 2),
+        n_head=sizes.get("heads", 4),
+        initializer_range=sizes.get("init", 0.2),
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        architectures=["GPT2LMHeadModel"],
+    )
 
 
 def _llama(transformers: Any, tokenizer: Any, **sizes: Any) -> Any:
     hidden = sizes.get("hidden", 64)
     return transformers.LlamaConfig(
-        vocab_size=sizes.get("vocab_size", len(tokenizer)), hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=sizes.get("layers", 2), num_attention_heads=sizes.get("heads", 4),
-        num_key_value_heads=sizes.get("kv_heads", 2), max_position_embeddings=sizes.get("max_positions", MAX_POSITIONS),
-        initializer_range=sizes.get("init", 0.2), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-        architectures=["LlamaForCausalLM"])
+        vocab_size=sizes.get("vocab_size", len(tokenizer)),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=sizes.get("layers", 2),
+        num_attention_heads=sizes.get("heads", 4),
+        num_key_value_heads=sizes.get("kv_heads", 2),
+        max_position_embeddings=sizes.get("max_positions", MAX_POSITIONS),
+        initializer_range=sizes.get("init", 0.2),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    )
 
 
 TINY_DECODERS: dict[str, Callable[..., Any]] = {"gpt2": _gpt2, "llama": _llama}

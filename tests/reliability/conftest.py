@@ -41,14 +41,20 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_ensemble(tiny_bert_onnx, tiny_model_dir, tmp_path_factory):
     """The tiny BERT as a text-in, embedding-out Triton ensemble (dynamic batching, batches of up to 8)."""
-    pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                        reason="tritonclient is not installed (the [triton] extra)")
+    pytest.importorskip(
+        "tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed (the [triton] extra)"
+    )
     from workbench.triton.config import TritonConfig
     from workbench.triton.ensemble import export_triton_ensemble
 
     config = TritonConfig(model_name="tiny", max_batch_size=8, max_queue_delay_us=2000)
-    return export_triton_ensemble(tiny_bert_onnx, tmp_path_factory.mktemp("ensemble") / "repo",
-                                  tiny_model_dir("bert"), config, sequence_length=SEQUENCE_LENGTH)
+    return export_triton_ensemble(
+        tiny_bert_onnx,
+        tmp_path_factory.mktemp("ensemble") / "repo",
+        tiny_model_dir("bert"),
+        config,
+        sequence_length=SEQUENCE_LENGTH,
+    )
 
 
 @pytest.fixture
@@ -72,6 +78,11 @@ def load_python_model(model_dir: Path, source: Path, *, parameters: dict[str, st
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model = module.TritonPythonModel()
-    model.initialize({"model_config": json.dumps(json_format.MessageToDict(cfg, preserving_proto_field_name=True)),
-                      "model_repository": str(model_dir), "model_version": "1"})
+    model.initialize(
+        {
+            "model_config": json.dumps(json_format.MessageToDict(cfg, preserving_proto_field_name=True)),
+            "model_repository": str(model_dir),
+            "model_version": "1",
+        }
+    )
     return model

@@ -32,10 +32,12 @@ def install_hold(point: str, marker: Path, step: str | None) -> None:
         def held(real):
             def move(source, destination, *args, **kwargs):
                 staged = Path(os.fspath(source))
-                if (any(p.name.endswith(".partial") for p in (staged, *staged.parents))
-                        and (step is None or step in str(destination))):
+                if any(p.name.endswith(".partial") for p in (staged, *staged.parents)) and (
+                    step is None or step in str(destination)
+                ):
                     hold(marker)
                 return real(source, destination, *args, **kwargs)
+
             return move
 
         os.replace, os.rename = held(real_replace), held(real_rename)
@@ -75,21 +77,32 @@ def main() -> None:
         from workbench.stages.precision.calibrate import calibrate
 
         tokenizer = load_model(args["tokenizer"]).load_tokenizer()
-        feeds = tokenize_batches(tokenizer, ["the cat sat on the mat", "revenue grew 12%", "how do I reset it?"],
-                                 batch_size=1, sequence_length=16)
+        feeds = tokenize_batches(
+            tokenizer,
+            ["the cat sat on the mat", "revenue grew 12%", "how do I reset it?"],
+            batch_size=1,
+            sequence_length=16,
+        )
         if mode == "quantize_dynamic":
             quantize.quantize_dynamic(args["model"], output / "int8.onnx")
         elif mode == "quantize_static":
-            quantize.quantize_static(args["model"], output / "int8.onnx", feeds, cache_dir=output / "cache",
-                                     progress=False)
+            quantize.quantize_static(
+                args["model"], output / "int8.onnx", feeds, cache_dir=output / "cache", progress=False
+            )
         else:
             calibrate(args["model"], feeds, cache_dir=output / "cache", progress=False)
     elif mode == "triton":
         from workbench.triton.config import TritonConfig
         from workbench.triton.ensemble import export_triton_ensemble
 
-        export_triton_ensemble(args["model"], output / "repo", args["tokenizer"], TritonConfig(model_name="tiny"),
-                               sequence_length=16, overwrite=bool(args.get("overwrite", False)))
+        export_triton_ensemble(
+            args["model"],
+            output / "repo",
+            args["tokenizer"],
+            TritonConfig(model_name="tiny"),
+            sequence_length=16,
+            overwrite=bool(args.get("overwrite", False)),
+        )
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -35,8 +35,9 @@ def main() -> None:
 
     source = load_model(ro / "tiny")
     tokenizer = source.load_tokenizer()
-    feeds = tokenize_batches(tokenizer, ["the cat sat", "revenue grew 12%", "how do I reset it?", "x"],
-                             batch_size=2, sequence_length=16)
+    feeds = tokenize_batches(
+        tokenizer, ["the cat sat", "revenue grew 12%", "how do I reset it?", "x"], batch_size=2, sequence_length=16
+    )
     fused_feeds = [{k: v for k, v in f.items()} for f in feeds]
 
     def export():
@@ -47,23 +48,40 @@ def main() -> None:
     def fuse():
         from workbench.stages.fusion import FusionConfig, fuse_transformer
 
-        return [fuse_transformer(ro / "model.onnx", out / "fuse" / "fused.onnx", FusionConfig.for_source(source),
-                                 check_feeds=feeds[:1]).path]
+        return [
+            fuse_transformer(
+                ro / "model.onnx", out / "fuse" / "fused.onnx", FusionConfig.for_source(source), check_feeds=feeds[:1]
+            ).path
+        ]
 
     def quantize_dynamic():
         from workbench.stages.precision.quantize import quantize_dynamic
 
-        return [quantize_dynamic(ro / "fused.onnx", out / "dynamic" / "int8.onnx").path,
-                quantize_dynamic(ro / "model.onnx", out / "dynamic" / "int8_unfused.onnx").path]
+        return [
+            quantize_dynamic(ro / "fused.onnx", out / "dynamic" / "int8.onnx").path,
+            quantize_dynamic(ro / "model.onnx", out / "dynamic" / "int8_unfused.onnx").path,
+        ]
 
     def quantize_static():
         from workbench.stages.precision.quantize import StaticQuantConfig, quantize_static
 
-        return [quantize_static(ro / "fused.onnx", out / "static" / "int8.onnx", fused_feeds,
-                                cache_dir=out / "static" / "cache", progress=False).path,
-                quantize_static(ro / "fused.onnx", out / "static" / "int8_raw.onnx", fused_feeds,
-                                StaticQuantConfig(preprocess=False), cache_dir=out / "static" / "cache",
-                                progress=False).path]
+        return [
+            quantize_static(
+                ro / "fused.onnx",
+                out / "static" / "int8.onnx",
+                fused_feeds,
+                cache_dir=out / "static" / "cache",
+                progress=False,
+            ).path,
+            quantize_static(
+                ro / "fused.onnx",
+                out / "static" / "int8_raw.onnx",
+                fused_feeds,
+                StaticQuantConfig(preprocess=False),
+                cache_dir=out / "static" / "cache",
+                progress=False,
+            ).path,
+        ]
 
     def calibrate():
         from workbench.stages.precision.calibrate import calibrate
@@ -94,10 +112,12 @@ def main() -> None:
     def compare():
         from workbench.stages.accuracy.compare import AccuracyBudget, compare_candidates, save_polygraphy_data
 
-        compare_candidates(ro / "model.onnx", {"fused": ro / "fused.onnx"}, feeds,
-                           budget=AccuracyBudget.preset("relaxed"))
-        files = save_polygraphy_data(ro / "model.onnx", feeds, out / "poly" / "inputs.json",
-                                     out / "poly" / "outputs.json")
+        compare_candidates(
+            ro / "model.onnx", {"fused": ro / "fused.onnx"}, feeds, budget=AccuracyBudget.preset("relaxed")
+        )
+        files = save_polygraphy_data(
+            ro / "model.onnx", feeds, out / "poly" / "inputs.json", out / "poly" / "outputs.json"
+        )
         return list(files)
 
     def benchmark():
@@ -105,8 +125,11 @@ def main() -> None:
         from workbench.stages.benchmark.latency import BenchmarkConfig, benchmark
 
         config = BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(16,), warmup=0, iterations=2, threads=1)
-        benchmark([OnnxRuntimeRunner(ro / "model.onnx", name="fp32")],
-                  lambda b, s: {k: v[:b, :s] for k, v in feeds[0].items()}, config)
+        benchmark(
+            [OnnxRuntimeRunner(ro / "model.onnx", name="fp32")],
+            lambda b, s: {k: v[:b, :s] for k, v in feeds[0].items()},
+            config,
+        )
         return []
 
     def triton():
@@ -115,26 +138,44 @@ def main() -> None:
         from workbench.triton.model import export_triton
 
         one = export_triton(ro / "model.onnx", out / "triton", TritonConfig(model_name="tiny"))
-        ensemble = export_triton_ensemble(ro / "model.onnx", out / "ensemble", ro / "tiny",
-                                          TritonConfig(model_name="tiny"), sequence_length=16)
+        ensemble = export_triton_ensemble(
+            ro / "model.onnx", out / "ensemble", ro / "tiny", TritonConfig(model_name="tiny"), sequence_length=16
+        )
         return [*one.files, *ensemble.files]
 
     def pipeline():
         from workbench.pipeline import Pipeline, PipelineParameters
         from workbench.stages.accuracy.compare import AccuracyBudget
 
-        parameters = PipelineParameters(model_path=str(ro / "tiny"), data_dir=str(ro / "data"),
-                                        output_dir=str(out / "pipeline"), sequence_length=16, max_eval_samples=4,
-                                        max_calibration_samples=4, eval_batch_size=2, benchmark_batch_sizes=(1,),
-                                        benchmark_iterations=2)
+        parameters = PipelineParameters(
+            model_path=str(ro / "tiny"),
+            data_dir=str(ro / "data"),
+            output_dir=str(out / "pipeline"),
+            sequence_length=16,
+            max_eval_samples=4,
+            max_calibration_samples=4,
+            eval_batch_size=2,
+            benchmark_batch_sizes=(1,),
+            benchmark_iterations=2,
+        )
         summary = Pipeline(parameters, budget=AccuracyBudget.preset("relaxed")).run_all()
         return [Path(c["path"]) for c in summary["candidates"]]
 
     report = {}
-    stages = {"export": export, "fuse": fuse, "quantize_dynamic": quantize_dynamic,
-              "quantize_static": quantize_static, "calibrate": calibrate, "fp16": fp16, "smoothquant": smoothquant,
-              "surgery": surgery, "compare": compare, "benchmark": benchmark, "triton": triton,
-              "pipeline": pipeline}
+    stages = {
+        "export": export,
+        "fuse": fuse,
+        "quantize_dynamic": quantize_dynamic,
+        "quantize_static": quantize_static,
+        "calibrate": calibrate,
+        "fp16": fp16,
+        "smoothquant": smoothquant,
+        "surgery": surgery,
+        "compare": compare,
+        "benchmark": benchmark,
+        "triton": triton,
+        "pipeline": pipeline,
+    }
     wanted = sys.argv[2].split(",") if len(sys.argv) > 2 and sys.argv[2] else list(stages)
     for name in wanted:
         before = listing(ro)
@@ -149,8 +190,9 @@ def main() -> None:
         # onnxruntime writes a session-id file `.ses` into TMPDIR when it is imported (not a stage's file)
         entry["tmp_left"] = sorted(k for k in listing(tmp) if k != ".ses")
         # ... and its device id and usage database into ~/.cache/Microsoft/DeveloperTools/.onnxruntime
-        entry["home_left"] = sorted(k for k in listing(home) if k != ".cache"
-                                    and not k.startswith((".cache/matplotlib", ".cache/Microsoft")))
+        entry["home_left"] = sorted(
+            k for k in listing(home) if k != ".cache" and not k.startswith((".cache/matplotlib", ".cache/Microsoft"))
+        )
         report[name] = entry
     np.seterr(all="ignore")
     print("REPORT " + json.dumps(report, default=str))

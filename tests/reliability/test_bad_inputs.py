@@ -82,17 +82,20 @@ def test_int32_id_models_are_fed_int32_ids(tiny_bert_onnx, tiny_model_dir, tmp_p
         if graph_input.type.tensor_type.elem_type == onnx.TensorProto.INT64:
             for node in model.graph.node:
                 node.input[:] = [f"{i}_64" if i == graph_input.name else i for i in node.input]
-            casts.append(onnx.helper.make_node("Cast", [graph_input.name], [f"{graph_input.name}_64"],
-                                               to=onnx.TensorProto.INT64))
+            casts.append(
+                onnx.helper.make_node("Cast", [graph_input.name], [f"{graph_input.name}_64"], to=onnx.TensorProto.INT64)
+            )
             graph_input.type.tensor_type.elem_type = onnx.TensorProto.INT32
     for cast in reversed(casts):
         model.graph.node.insert(0, cast)
     onnx.save(model, tmp_path / "int32.onnx")
-    feeds = tokenize_batches(load_model(tiny_model_dir("bert")).load_tokenizer(), ["a test"], batch_size=1,
-                             sequence_length=8)
+    feeds = tokenize_batches(
+        load_model(tiny_model_dir("bert")).load_tokenizer(), ["a test"], batch_size=1, sequence_length=8
+    )
     with OnnxRuntimeRunner(tmp_path / "int32.onnx") as int32, OnnxRuntimeRunner(tiny_bert_onnx) as int64:
-        np.testing.assert_allclose(int32.infer(feeds[0])["last_hidden_state"],
-                                   int64.infer(feeds[0])["last_hidden_state"], atol=1e-6)
+        np.testing.assert_allclose(
+            int32.infer(feeds[0])["last_hidden_state"], int64.infer(feeds[0])["last_hidden_state"], atol=1e-6
+        )
         too_large = {**feeds[0], "input_ids": np.full((1, 8), 2**40, dtype=np.int64)}
         with pytest.raises(DataError, match="outside int32"):
             int32.infer(too_large)
@@ -163,19 +166,27 @@ def test_a_read_only_output_folder_is_refused_naming_it(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     os.chmod(folder, 0o555)
-    script = ("import sys; from workbench._files import OutputFolder, check_output_file\n"
-              "from workbench.errors import OutputFolderError\n"
-              "calls = (lambda: OutputFolder(sys.argv[1]).claim(),\n"
-              "         lambda: check_output_file(sys.argv[1] + '/m.onnx'))\n"
-              "for call in calls:\n"
-              "    try:\n        call()\n"
-              "    except OutputFolderError as exc:\n        print('OutputFolderError', exc.what)\n")
+    script = (
+        "import sys; from workbench._files import OutputFolder, check_output_file\n"
+        "from workbench.errors import OutputFolderError\n"
+        "calls = (lambda: OutputFolder(sys.argv[1]).claim(),\n"
+        "         lambda: check_output_file(sys.argv[1] + '/m.onnx'))\n"
+        "for call in calls:\n"
+        "    try:\n        call()\n"
+        "    except OutputFolderError as exc:\n        print('OutputFolderError', exc.what)\n"
+    )
     # root ignores file modes; without CAP_DAC_OVERRIDE it cannot
     prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"] if os.geteuid() == 0 else []
     if prefix and shutil.which("setpriv") is None:
         pytest.skip("running as root without util-linux's setpriv, so a folder cannot be made read-only for root")
-    result = subprocess.run([*prefix, sys.executable, "-c", script, str(folder)], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120, check=False)
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", script, str(folder)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+        check=False,
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith("OutputFolderError")]
     assert len(lines) == 2, result.stdout + result.stderr
     assert all(str(folder) in line and "read-only" in line.lower() or "Permission" in line for line in lines), lines
@@ -202,8 +213,9 @@ def test_a_pipeline_with_overwrite_false_refuses_before_replacing_any_model(tiny
     from workbench.pipeline import Pipeline, PipelineParameters
 
     folder = tmp_path / "run"
-    parameters = PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(folder),
-                                    sequence_length=16, max_eval_samples=2)
+    parameters = PipelineParameters(
+        model_path=str(tiny_model_dir("bert")), output_dir=str(folder), sequence_length=16, max_eval_samples=2
+    )
     first = Pipeline(parameters)
     first.export()
     first.output_folder.release()  # as a finished run does
@@ -215,10 +227,16 @@ def test_a_pipeline_with_overwrite_false_refuses_before_replacing_any_model(tiny
 
 def test_a_second_run_into_a_busy_folder_names_the_first(tmp_path):
     folder = tmp_path / "run"
-    script = ("import sys, time; from workbench._files import OutputFolder\n"
-              "claim = OutputFolder(sys.argv[1]).claim(); print('held', flush=True); time.sleep(60)\n")
-    child = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    script = (
+        "import sys, time; from workbench._files import OutputFolder\n"
+        "claim = OutputFolder(sys.argv[1]).claim(); print('held', flush=True); time.sleep(60)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(folder)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert child.stdout.readline().strip() == "held"
         with pytest.raises(OutputFolderBusy, match=f"process {child.pid} on .*, started 20") as info:
@@ -241,8 +259,9 @@ def test_the_same_process_may_claim_its_folder_again(tmp_path):
 
 
 def test_leftovers_of_dead_processes_are_cleaned_and_live_ones_kept(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(dead.stdout)
     (tmp_path / f".model.onnx.wb{dead_pid}.abc.partial").write_text("half a model")
     (tmp_path / f".export.wb{dead_pid}.x1.partial").mkdir()
@@ -251,12 +270,16 @@ def test_leftovers_of_dead_processes_are_cleaned_and_live_ones_kept(tmp_path):
     with atomic_path(tmp_path / "summary.json") as tmp:
         tmp.write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f".mine.wb{os.getpid()}.x2.partial", "notes.partial", "summary.json"])
+        [f".mine.wb{os.getpid()}.x2.partial", "notes.partial", "summary.json"]
+    )
 
 
 def test_a_killed_swap_puts_the_previous_folder_back(tmp_path):
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout)
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     aside = tmp_path / f".tiny.wb{dead}.q1.old"  # atomic_directory moved `tiny` aside, then was killed
     aside.mkdir()
     (aside / "config.pbtxt").write_text("the only copy")
@@ -324,8 +347,9 @@ def test_a_full_disk_while_saving_a_model_leaves_the_old_one(tiny_bert_onnx, tmp
     monkeypatch.setattr(onnx, "save_model", real_save)
 
 
-def test_a_full_disk_while_writing_a_triton_repository_changes_nothing(tiny_bert_onnx, tiny_model_dir, tmp_path,
-                                                                     monkeypatch):
+def test_a_full_disk_while_writing_a_triton_repository_changes_nothing(
+    tiny_bert_onnx, tiny_model_dir, tmp_path, monkeypatch
+):
     pytest.importorskip("tritonclient.grpc.model_config_pb2")
     from workbench.triton import model as triton_model
     from workbench.triton.config import TritonConfig
@@ -337,8 +361,9 @@ def test_a_full_disk_while_writing_a_triton_repository_changes_nothing(tiny_bert
     before = snapshot(repository)
     monkeypatch.setattr(triton_model.shutil, "copyfile", enospc)
     with pytest.raises(DiskFullError):
-        export_triton_ensemble(tiny_bert_onnx, repository, tiny_model_dir("bert"), TritonConfig(model_name="tiny"),
-                               sequence_length=16)
+        export_triton_ensemble(
+            tiny_bert_onnx, repository, tiny_model_dir("bert"), TritonConfig(model_name="tiny"), sequence_length=16
+        )
     assert snapshot(repository) == before
 
 
@@ -388,10 +413,18 @@ def test_a_really_full_disk_is_reported_as_a_full_disk(stage, tiny_model_dir, fu
     out = tmp_path / "small"
     out.mkdir()
     model = str(tiny_model_dir("bert")) if stage == "export" else str(fused_tiny[0])
-    command = (f"mount -t tmpfs -o size=600k tmpfs {out} && exec {sys.executable} -c '{FULL_DISK_SCRIPT}' "
-               f"{out} {stage} {model}")
-    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", command], capture_output=True,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600, check=False)
+    command = (
+        f"mount -t tmpfs -o size=600k tmpfs {out} && exec {sys.executable} -c '{FULL_DISK_SCRIPT}' "
+        f"{out} {stage} {model}"
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+        check=False,
+    )
     if "mount:" in result.stderr and "RESULT" not in result.stdout:
         pytest.skip(f"mounting a private tmpfs is not permitted here: {result.stderr.strip()[:200]}")
     outcome = json.loads(next(line[7:] for line in result.stdout.splitlines() if line.startswith("RESULT ")))
@@ -411,12 +444,15 @@ def test_an_empty_benchmark_is_a_config_error_not_a_division_by_zero():
         benchmark([], lambda batch, seq: {}, BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(4,)))
 
 
-@pytest.mark.parametrize("content, words", [
-    ('{"method": "int8_dynamic", "opt', r"not valid JSON \(line 1"),
-    ("[1, 2]", "not a plan"),
-    (b"\xff\xfe", "cannot be read"),
-    (None, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ('{"method": "int8_dynamic", "opt', r"not valid JSON \(line 1"),
+        ("[1, 2]", "not a plan"),
+        (b"\xff\xfe", "cannot be read"),
+        (None, "does not exist"),
+    ],
+)
 def test_a_damaged_plan_file_is_a_config_error_naming_it(tmp_path, content, words):
     from workbench.stages.precision.plan import PrecisionPlan
 
@@ -447,8 +483,9 @@ def test_a_sequence_length_beyond_the_models_positions_fails_before_export_write
 def test_a_pipeline_refuses_a_sequence_length_beyond_the_models_positions_up_front(tiny_model_dir, tmp_path):
     from workbench.pipeline import Pipeline, PipelineParameters
 
-    parameters = PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"),
-                                    sequence_length=100000)
+    parameters = PipelineParameters(
+        model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"), sequence_length=100000
+    )
     with pytest.raises(ConfigError, match="sequence_length = 100000"):
         Pipeline(parameters)
     assert not (tmp_path / "run").exists()
@@ -458,8 +495,15 @@ def test_a_pipeline_refuses_a_sequence_length_beyond_the_models_positions_up_fro
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "workbench", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+        check=False,
+    )
 
 
 def test_cli_summary_of_nothing_and_of_a_damaged_file(tmp_path):
@@ -495,11 +539,13 @@ def test_cli_run_into_an_output_folder_that_is_a_file(tmp_path, tiny_model_dir):
     from workbench.pipeline import PipelineParameters
     from workbench.recipe import Recipe
 
-    Recipe(parameters=PipelineParameters(model_path=str(tiny_model_dir("bert")),
-                                         output_dir=str(tmp_path / "run"))).save(tmp_path / "recipe.json")
+    Recipe(
+        parameters=PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"))
+    ).save(tmp_path / "recipe.json")
     (tmp_path / "blocked").write_text("a file")
-    result = cli("run", str(tmp_path / "recipe.json"), "--output-dir", str(tmp_path / "blocked"), "--quiet",
-                 "--no-check-inputs")
+    result = cli(
+        "run", str(tmp_path / "recipe.json"), "--output-dir", str(tmp_path / "blocked"), "--quiet", "--no-check-inputs"
+    )
     assert result.returncode == 1 and result.stderr.startswith("OutputFolderError") and "is a file" in result.stderr
     assert (tmp_path / "blocked").read_text() == "a file"
 
@@ -514,7 +560,8 @@ def _recipe_into(tmp_path: Path, model_dir: Path, output: Path) -> Path:
     from workbench.recipe import Recipe
 
     Recipe(parameters=PipelineParameters(model_path=str(model_dir), output_dir=str(output))).save(
-        tmp_path / "recipe.json")
+        tmp_path / "recipe.json"
+    )
     return tmp_path / "recipe.json"
 
 

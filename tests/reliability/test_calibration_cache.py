@@ -53,12 +53,15 @@ def test_a_truncated_entry_is_re_measured_with_a_warning_naming_the_file(measure
     assert again(measured, tmp_path)[0].cache_hit  # the entry was written again, intact
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda e, k: e["data"][k].update(lowest=0.0, highest=0.0), "checksum"),  # valid JSON, wrong ranges
-    (lambda e, k: e.pop("workbench"), "no checksum"),  # an entry of an older workbench, or hand-made
-    (lambda e, k: e["workbench"].update(model_sha256="0" * 64), "another model"),
-    (lambda e, k: e.update(data={}), "checksum"),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda e, k: e["data"][k].update(lowest=0.0, highest=0.0), "checksum"),  # valid JSON, wrong ranges
+        (lambda e, k: e.pop("workbench"), "no checksum"),  # an entry of an older workbench, or hand-made
+        (lambda e, k: e["workbench"].update(model_sha256="0" * 64), "another model"),
+        (lambda e, k: e.update(data={}), "checksum"),
+    ],
+)
 def test_a_damaged_entry_is_never_a_hit(measured, tmp_path, damage, words):
     cache_path, ranges = measured[2].cache_path, measured[2].ranges()
     entry = json.loads(cache_path.read_text())
@@ -69,12 +72,15 @@ def test_a_damaged_entry_is_never_a_hit(measured, tmp_path, damage, words):
     assert len(warned) == 1 and str(cache_path) in str(warned[0].message) and words in str(warned[0].message)
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda e, k: e["data"][k].update(lowest=float("nan")), "not finite"),
-    (lambda e, k: e["data"].update({"no_such_tensor": e["data"][k]}), "no_such_tensor"),
-    (lambda e, k: [v.update(lowest=0.0, highest=0.0) for v in e["data"].values()], "empty"),
-    (lambda e, k: e["data"][k].update(lowest=5.0, highest=-5.0), "low > high"),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda e, k: e["data"][k].update(lowest=float("nan")), "not finite"),
+        (lambda e, k: e["data"].update({"no_such_tensor": e["data"][k]}), "no_such_tensor"),
+        (lambda e, k: [v.update(lowest=0.0, highest=0.0) for v in e["data"].values()], "empty"),
+        (lambda e, k: e["data"][k].update(lowest=5.0, highest=-5.0), "low > high"),
+    ],
+)
 def test_an_implausible_entry_with_a_valid_checksum_is_re_measured(measured, tmp_path, damage, words):
     # what a bug in a writer (ours or a copy of another tool's cache) could produce: the checksum matches
     from workbench.stages.precision.calibrate import _checksum
@@ -101,8 +107,9 @@ def test_wrong_ranges_in_the_cache_never_reach_the_quantized_model(fused_tiny, t
         value.update(lowest=0.0, highest=0.0)  # every range empty: every quantized activation is zero
     entry_path.write_text(json.dumps(entry))
     with pytest.warns(CalibrationCacheWarning, match=str(entry_path)):
-        again_result = quantize_static(path, tmp_path / "again.onnx", feeds, cache_dir=tmp_path / "cache",
-                                       progress=False)
+        again_result = quantize_static(
+            path, tmp_path / "again.onnx", feeds, cache_dir=tmp_path / "cache", progress=False
+        )
     assert not again_result.calibration.cache_hit
     with OnnxRuntimeRunner(good.path) as a, OnnxRuntimeRunner(again_result.path) as b:
         out_a, out_b = a.infer(feeds[0]), b.infer(feeds[0])

@@ -20,12 +20,23 @@ from workbench.errors import ConfigError
 
 pytestmark = pytest.mark.reliability
 
-MODULES = ("workbench.pipeline", "workbench.stages.export", "workbench.stages.fusion", "workbench.stages.choose",
-           "workbench.stages.precision.quantize", "workbench.stages.precision.calibrate",
-           "workbench.stages.precision.smooth", "workbench.stages.benchmark.latency",
-           "workbench.stages.accuracy.compare", "workbench.stages.accuracy.autofix", "workbench.stages.surgery.edits",
-           "workbench.stages.tensorrt", "workbench.triton.config", "workbench.tasks.embedding",
-           "workbench.tasks.classification")
+MODULES = (
+    "workbench.pipeline",
+    "workbench.stages.export",
+    "workbench.stages.fusion",
+    "workbench.stages.choose",
+    "workbench.stages.precision.quantize",
+    "workbench.stages.precision.calibrate",
+    "workbench.stages.precision.smooth",
+    "workbench.stages.benchmark.latency",
+    "workbench.stages.accuracy.compare",
+    "workbench.stages.accuracy.autofix",
+    "workbench.stages.surgery.edits",
+    "workbench.stages.tensorrt",
+    "workbench.triton.config",
+    "workbench.tasks.embedding",
+    "workbench.tasks.classification",
+)
 
 
 def all_config_classes():
@@ -181,8 +192,11 @@ def test_unknown_key_names_the_closest_field():
 @pytest.mark.parametrize("cls", all_config_classes(), ids=lambda c: c.__name__)
 def test_every_config_class_checks_its_types(cls):
     # the defaults construct; every bool, int, float and str field refuses a value of the wrong type
-    required = {f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     if required:
         pytest.skip(f"{cls.__name__} has required fields {sorted(required)}: covered by the tests above")
     try:

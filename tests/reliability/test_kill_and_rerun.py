@@ -28,16 +28,27 @@ pytest.importorskip("onnxruntime")
 SCRIPT = Path(__file__).with_name("kill_script.py")
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 180.0
-SMALL = {"sequence_length": 16, "max_eval_samples": 4, "max_calibration_samples": 4, "eval_batch_size": 2,
-         "benchmark_batch_sizes": [1], "benchmark_iterations": 2}
+SMALL = {
+    "sequence_length": 16,
+    "max_eval_samples": 4,
+    "max_calibration_samples": 4,
+    "eval_batch_size": 2,
+    "benchmark_batch_sizes": [1],
+    "benchmark_iterations": 2,
+}
 
 
 def start(mode: str, output: Path, hold: str, args: dict) -> tuple[subprocess.Popen, Path]:
     marker = output.parent / f".{output.name}.{mode}.held"
     marker.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, str(SCRIPT), mode, str(output), hold, str(marker), json.dumps(args)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), mode, str(output), hold, str(marker), json.dumps(args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return process, marker
 
 
@@ -45,8 +56,9 @@ def kill_when_held(process: subprocess.Popen, marker: Path) -> None:
     deadline = time.monotonic() + WAIT_S
     while not marker.exists():
         if process.poll() is not None:
-            raise AssertionError(f"the stage ended (rc {process.returncode}) before it was held: "
-                                 f"{process.stderr.read()[-3000:]}")
+            raise AssertionError(
+                f"the stage ended (rc {process.returncode}) before it was held: {process.stderr.read()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             process.kill()
             raise AssertionError(f"the stage was not held within {WAIT_S} s")
@@ -69,15 +81,19 @@ def inputs(tiny_model_dir, tiny_bert_onnx, fused_tiny):
     return {"model_dir": str(tiny_model_dir("bert")), "onnx": str(tiny_bert_onnx), "fused": str(fused_tiny[0])}
 
 
-@pytest.mark.parametrize("mode, hold, result", [
-    ("export", "publish", "model.onnx"),
-    ("quantize_dynamic", "publish", "int8.onnx"),
-    ("quantize_static", "publish", "int8.onnx"),
-    ("calibrate", "calibrate", "cache"),
-])
+@pytest.mark.parametrize(
+    "mode, hold, result",
+    [
+        ("export", "publish", "model.onnx"),
+        ("quantize_dynamic", "publish", "int8.onnx"),
+        ("quantize_static", "publish", "int8.onnx"),
+        ("calibrate", "calibrate", "cache"),
+    ],
+)
 def test_sigkill_in_a_stage_then_a_rerun_leaves_exactly_the_clean_result(inputs, tmp_path, mode, hold, result):
-    args = {"export": {"model": inputs["model_dir"]}}.get(mode, {"model": inputs["fused"],
-                                                                 "tokenizer": inputs["model_dir"]})
+    args = {"export": {"model": inputs["model_dir"]}}.get(
+        mode, {"model": inputs["fused"], "tokenizer": inputs["model_dir"]}
+    )
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     run(mode, clean, args)
 
@@ -126,8 +142,14 @@ def run_in_process_triton(inputs, output: Path, *, overwrite: bool):
     from workbench.triton.config import TritonConfig
     from workbench.triton.ensemble import export_triton_ensemble
 
-    return export_triton_ensemble(inputs["onnx"], output / "repo", inputs["model_dir"],
-                                  TritonConfig(model_name="tiny"), sequence_length=16, overwrite=overwrite)
+    return export_triton_ensemble(
+        inputs["onnx"],
+        output / "repo",
+        inputs["model_dir"],
+        TritonConfig(model_name="tiny"),
+        sequence_length=16,
+        overwrite=overwrite,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +195,11 @@ def test_sigkill_in_a_pipeline_step_then_a_rerun(inputs, clean_pipeline_run, tmp
     assert leftovers(output) and (output / LOCK_FILE).exists()
     assert not (output / "summary.json").exists()
 
-    parameters = PipelineParameters(model_path=inputs["model_dir"], output_dir=str(output),
-                                    **{k: tuple(v) if isinstance(v, list) else v for k, v in SMALL.items()})
+    parameters = PipelineParameters(
+        model_path=inputs["model_dir"],
+        output_dir=str(output),
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in SMALL.items()},
+    )
     if step != "model.onnx":  # the killed run left complete models behind: without overwrite, refused up front
         before = sorted(p.name for p in output.iterdir())
         with pytest.raises(OutputFolderError, match="was killed before it finished"):

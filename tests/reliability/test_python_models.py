@@ -41,9 +41,14 @@ def expected_ids(tokenizer, text: bytes):
 
 def test_tokenizer_answers_each_request_on_its_own(tokenizer, pb_utils):
     oversized = b"x " * (tokenizer.max_text_bytes // 2 + 1)
-    requests = [texts_request(pb_utils, GOOD[0]), texts_request(pb_utils, b"\xff\xfe not UTF-8"),
-                texts_request(pb_utils, GOOD[1], GOOD[2]), texts_request(pb_utils, oversized),
-                texts_request(pb_utils, GOOD[3], b"\xc3\x28"), texts_request(pb_utils, GOOD[2])]
+    requests = [
+        texts_request(pb_utils, GOOD[0]),
+        texts_request(pb_utils, b"\xff\xfe not UTF-8"),
+        texts_request(pb_utils, GOOD[1], GOOD[2]),
+        texts_request(pb_utils, oversized),
+        texts_request(pb_utils, GOOD[3], b"\xc3\x28"),
+        texts_request(pb_utils, GOOD[2]),
+    ]
     responses = tokenizer.execute(requests)
 
     assert len(responses) == len(requests)
@@ -56,8 +61,13 @@ def test_tokenizer_answers_each_request_on_its_own(tokenizer, pb_utils):
         # each request alone, padded as the served policy pads it (fixed: SEQUENCE_LENGTH; buckets: its bucket)
         longest = max(len(e.ids) for e in tokenizer_module.encodings(tokenizer.tokenizer, texts))
         length = tokenizer_module.padded_length(longest, tokenizer.padding, SEQUENCE_LENGTH, tokenizer.buckets)
-        want = tokenizer_module.encode(tokenizer.tokenizer, texts, tokenizer.dtypes,
-                                       length=None if tokenizer.padding == "fixed" else length, pad=tokenizer.pad)
+        want = tokenizer_module.encode(
+            tokenizer.tokenizer,
+            texts,
+            tokenizer.dtypes,
+            length=None if tokenizer.padding == "fixed" else length,
+            pad=tokenizer.pad,
+        )
         assert sorted(got) == sorted(want)
         for name in want:
             np.testing.assert_array_equal(got[name], want[name])
@@ -95,8 +105,9 @@ def test_tokenizer_falls_back_to_one_request_at_a_time(tokenizer, pb_utils, monk
         return real(texts, **kwargs)
 
     monkeypatch.setattr(tokenizer, "tokenizer", _Proxy(tokenizer.tokenizer, encode_batch=fragile))
-    responses = tokenizer.execute([texts_request(pb_utils, GOOD[0]), texts_request(pb_utils, b"poison"),
-                                   texts_request(pb_utils, GOOD[3])])
+    responses = tokenizer.execute(
+        [texts_request(pb_utils, GOOD[0]), texts_request(pb_utils, b"poison"), texts_request(pb_utils, GOOD[3])]
+    )
     assert_own_errors(pb_utils, responses, {1})
     assert "tokenizer bug" in responses[1].error.message()
 
@@ -136,10 +147,12 @@ def test_pooling_answers_each_request_on_its_own(tiny_ensemble, pb_utils):
     rng = np.random.default_rng(1)
     hidden = rng.normal(size=(2, SEQUENCE_LENGTH, 32)).astype(np.float32)
     mask = np.ones((2, SEQUENCE_LENGTH), dtype=np.int64)
-    requests = [pb_utils.InferenceRequest(last_hidden_state=hidden, attention_mask=mask),
-                pb_utils.InferenceRequest(last_hidden_state=hidden, attention_mask=mask[:, :3]),  # shapes disagree
-                pb_utils.InferenceRequest(last_hidden_state=hidden),  # no mask
-                pb_utils.InferenceRequest(last_hidden_state=hidden[:1], attention_mask=mask[:1])]
+    requests = [
+        pb_utils.InferenceRequest(last_hidden_state=hidden, attention_mask=mask),
+        pb_utils.InferenceRequest(last_hidden_state=hidden, attention_mask=mask[:, :3]),  # shapes disagree
+        pb_utils.InferenceRequest(last_hidden_state=hidden),  # no mask
+        pb_utils.InferenceRequest(last_hidden_state=hidden[:1], attention_mask=mask[:1]),
+    ]
     responses = model.execute(requests)
     assert_own_errors(pb_utils, responses, {1, 2})
     (embedding,) = responses[3].output_tensors()
@@ -161,10 +174,12 @@ def test_labels_answers_each_request_on_its_own(tmp_path, pb_utils):
     (tmp_path / "config.pbtxt").write_text(render_model_config(cfg))
     assert json_format  # the loader converts the config the way Triton hands it over
     model = load_python_model(tmp_path, LABELS_MODEL)
-    requests = [pb_utils.InferenceRequest(logits=np.array([[0.0, 2.0, 1.0]], dtype=np.float32)),
-                pb_utils.InferenceRequest(logits=np.array([[0.0, 2.0]], dtype=np.float32)),
-                pb_utils.InferenceRequest(),
-                pb_utils.InferenceRequest(logits=np.array([[5.0, 0.0, 1.0]], dtype=np.float32))]
+    requests = [
+        pb_utils.InferenceRequest(logits=np.array([[0.0, 2.0, 1.0]], dtype=np.float32)),
+        pb_utils.InferenceRequest(logits=np.array([[0.0, 2.0]], dtype=np.float32)),
+        pb_utils.InferenceRequest(),
+        pb_utils.InferenceRequest(logits=np.array([[5.0, 0.0, 1.0]], dtype=np.float32)),
+    ]
     responses = model.execute(requests)
     assert_own_errors(pb_utils, responses, {1, 2})
     labels = [r.output_tensors()[0].as_numpy()[0][0] for r in (responses[0], responses[3])]

@@ -59,10 +59,16 @@ def workbench_embeddings(onnx_path, tokenizer_dir, texts):
 
     tokenizer = load_model(tokenizer_dir).load_tokenizer()
     with OnnxRuntimeRunner(onnx_path) as runner:
-        feeds = tokenize_batches(tokenizer, list(texts), batch_size=1, sequence_length=SEQUENCE_LENGTH,
-                                 input_names=list(runner.input_specs()))
-        return np.concatenate([mean_pooled_embeddings(runner.infer(f)["last_hidden_state"], f["attention_mask"])
-                               for f in feeds])
+        feeds = tokenize_batches(
+            tokenizer,
+            list(texts),
+            batch_size=1,
+            sequence_length=SEQUENCE_LENGTH,
+            input_names=list(runner.input_specs()),
+        )
+        return np.concatenate(
+            [mean_pooled_embeddings(runner.infer(f)["last_hidden_state"], f["attention_mask"]) for f in feeds]
+        )
 
 
 def text_input(values, datatype="BYTES", name="TEXT"):
@@ -138,9 +144,12 @@ def test_a_thousand_mixed_concurrent_requests_leave_the_server_answering_correct
             elif kind == "too_big_batch":
                 client.infer(name, [text_input([[b"a"]] * 9)])
             elif kind == "bad_json":
-                raw = urllib.request.Request(f"http://{served.url}/v2/models/{name}/infer", method="POST",
-                                             data=b"{\"inputs\": [{\"name\": \"TEXT\", \"shape\": [1, 1], ",
-                                             headers={"Content-Type": "application/json"})
+                raw = urllib.request.Request(
+                    f"http://{served.url}/v2/models/{name}/infer",
+                    method="POST",
+                    data=b'{"inputs": [{"name": "TEXT", "shape": [1, 1], ',
+                    headers={"Content-Type": "application/json"},
+                )
                 try:
                     urllib.request.urlopen(raw, timeout=30).read()
                 except urllib.error.HTTPError as exc:
@@ -182,8 +191,12 @@ def test_a_thousand_mixed_concurrent_requests_leave_the_server_answering_correct
     (stats,) = served.client.get_inference_statistics(tiny_ensemble.models["tokenizer"].model_name)["model_stats"]
     assert any(s["batch_size"] > 1 and s["compute_infer"]["count"] > 0 for s in stats["batch_stats"]), stats
     # and it still answers, correctly
-    after = np.concatenate([served.client.infer(name, [text_input([[t.encode()] for t in GOOD_TEXTS[i:i + 5]])])
-                            .as_numpy("EMBEDDING") for i in (0, 5)])
+    after = np.concatenate(
+        [
+            served.client.infer(name, [text_input([[t.encode()] for t in GOOD_TEXTS[i : i + 5]])]).as_numpy("EMBEDDING")
+            for i in (0, 5)
+        ]
+    )
     np.testing.assert_allclose(after, reference, atol=1e-4)
 
 
@@ -198,8 +211,11 @@ def test_direct_model_requests_with_bad_ids_do_not_spoil_good_ones(served, tiny_
         if not bad:
             ids[:] = rng.integers(0, 1000, ids.shape)
         inputs = []
-        for name, array in (("input_ids", ids), ("attention_mask", np.ones_like(ids)),
-                            ("token_type_ids", np.zeros_like(ids))):
+        for name, array in (
+            ("input_ids", ids),
+            ("attention_mask", np.ones_like(ids)),
+            ("token_type_ids", np.zeros_like(ids)),
+        ):
             tensor = http.InferInput(name, list(array.shape), "INT64")
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)

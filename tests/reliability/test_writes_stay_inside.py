@@ -38,16 +38,29 @@ def _make_read_only(folder: Path) -> None:
 
 def run_stages(base: Path, stages: str = "") -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
-    env.update(TMPDIR=str(base / "tmp"), HOME=str(base / "home"), PYTHONPATH=str(ROOT),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLCONFIGDIR=str(base / "home" / ".cache/matplotlib"))
+    env.update(
+        TMPDIR=str(base / "tmp"),
+        HOME=str(base / "home"),
+        PYTHONPATH=str(ROOT),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        MPLCONFIGDIR=str(base / "home" / ".cache/matplotlib"),
+    )
     prefix = WITHOUT_OVERRIDES if os.geteuid() == 0 else []
     if prefix and shutil.which("setpriv") is None:
         pytest.skip("running as root without util-linux's setpriv, so a folder cannot be made read-only for root")
-    completed = subprocess.run([*prefix, sys.executable, str(SCRIPT), str(base), stages], cwd=base / "ro", env=env,
-                               capture_output=True, text=True, timeout=900, check=False)
+    completed = subprocess.run(
+        [*prefix, sys.executable, str(SCRIPT), str(base), stages],
+        cwd=base / "ro",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("REPORT ")]
     assert completed.returncode == 0 and lines, completed.stderr[-4000:]
-    return json.loads(lines[-1][len("REPORT "):])
+    return json.loads(lines[-1][len("REPORT ") :])
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +84,20 @@ def stage_report(tiny_model_dir, tiny_bert_onnx, fused_tiny):
         shutil.rmtree(base, ignore_errors=True)
 
 
-STAGES = ("export", "fuse", "quantize_dynamic", "quantize_static", "calibrate", "fp16", "smoothquant", "surgery",
-          "compare", "benchmark", "triton", "pipeline")
+STAGES = (
+    "export",
+    "fuse",
+    "quantize_dynamic",
+    "quantize_static",
+    "calibrate",
+    "fp16",
+    "smoothquant",
+    "surgery",
+    "compare",
+    "benchmark",
+    "triton",
+    "pipeline",
+)
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -36,14 +36,20 @@ from workbench.tasks.base import (  # noqa: E402
 )
 from workbench.tasks.classification import ClassificationBudget  # noqa: E402
 
-TEXTS = ["the cat sat on the mat", "quarterly revenue grew 12%", "how do I reset my password?",
-         "SELECT * FROM users;", "a much longer sentence that goes on and on about nothing in particular"]
+TEXTS = [
+    "the cat sat on the mat",
+    "quarterly revenue grew 12%",
+    "how do I reset my password?",
+    "SELECT * FROM users;",
+    "a much longer sentence that goes on and on about nothing in particular",
+]
 
 
 @pytest.fixture(scope="module")
 def feeds(tiny_model_dir):
-    return tokenize_batches(load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=2,
-                            sequence_length=24)
+    return tokenize_batches(
+        load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=2, sequence_length=24
+    )
 
 
 def _noisy_copy(path, out, scale):
@@ -53,7 +59,9 @@ def _noisy_copy(path, out, scale):
     for tensor in model.graph.initializer:
         if tensor.data_type == onnx.TensorProto.FLOAT:
             values = onnx.numpy_helper.to_array(tensor)
-            noisy = values + scale * rng.standard_normal(values.shape).astype(np.float32) * (np.abs(values).mean() + 1e-6)
+            noisy = values + scale * rng.standard_normal(values.shape).astype(np.float32) * (
+                np.abs(values).mean() + 1e-6
+            )
             tensor.CopyFrom(onnx.numpy_helper.from_array(noisy.astype(np.float32), tensor.name))
     onnx.save(model, str(out))
     return out
@@ -80,8 +88,11 @@ def test_budget_names_each_failing_statistic(tiny_bert_onnx, feeds, tmp_path):
     int8 = quantize_dynamic(tiny_bert_onnx, tmp_path / "int8.onnx", DynamicQuantConfig()).path
     measured = compare_candidates(tiny_bert_onnx, {"int8": int8}, feeds)["int8"]
     # a budget just above what was measured must fail on exactly the statistics it tightens
-    budget = AccuracyBudget(embedding_cosine_mean=min(1.0, measured.embedding_cosine_mean + 1e-6),
-                            embedding_cosine_min=-1.0, output_cosine_min=1.0)
+    budget = AccuracyBudget(
+        embedding_cosine_mean=min(1.0, measured.embedding_cosine_mean + 1e-6),
+        embedding_cosine_min=-1.0,
+        output_cosine_min=1.0,
+    )
     failing = compare_candidates(tiny_bert_onnx, {"int8": int8}, feeds, budget=budget)["int8"]
     assert len(failing.failures) == 2
     assert failing.failures[0].startswith("embedding cosine mean")
@@ -111,19 +122,29 @@ def noisy_bert(tiny_bert_onnx, tmp_path_factory):
     return _noisy_copy(tiny_bert_onnx, tmp_path_factory.mktemp("noisy") / "noisy.onnx", scale=0.05)
 
 
-@pytest.mark.parametrize("check, statistic, recorded", [
-    (OutputCheck("cosine", threshold=0.9999), "cosine similarity", "cosine_min"),
-    (OutputCheck("simple", atol=1e-4, rtol=1e-4), "max abs diff", "max_rel"),
-    (OutputCheck("simple", atol=1e-3, stat="mean"), "mean abs diff", "mean_abs"),
-    (OutputCheck("simple", atol=1e-3, stat="median"), "median abs diff", "median_abs"),
-    (OutputCheck("simple", rtol=1e-3, stat="quantile", quantile=0.9), "0.9-quantile rel diff", "quantile_rel"),
-    (OutputCheck("l2", threshold=1e-3), "L2 norm", "l2_max"),
-    (OutputCheck("snr", threshold=40.0), "SNR", "snr_min"),
-], ids=["cosine", "simple-max", "simple-mean", "simple-median", "simple-quantile", "l2", "snr"])
-def test_each_output_check_passes_identical_and_fails_noisy(tiny_bert_onnx, noisy_bert, feeds, check, statistic,
-                                                            recorded):
-    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx, "noisy": noisy_bert}, feeds,
-                                budget=NO_BUDGET, output_checks={"": check})
+@pytest.mark.parametrize(
+    "check, statistic, recorded",
+    [
+        (OutputCheck("cosine", threshold=0.9999), "cosine similarity", "cosine_min"),
+        (OutputCheck("simple", atol=1e-4, rtol=1e-4), "max abs diff", "max_rel"),
+        (OutputCheck("simple", atol=1e-3, stat="mean"), "mean abs diff", "mean_abs"),
+        (OutputCheck("simple", atol=1e-3, stat="median"), "median abs diff", "median_abs"),
+        (OutputCheck("simple", rtol=1e-3, stat="quantile", quantile=0.9), "0.9-quantile rel diff", "quantile_rel"),
+        (OutputCheck("l2", threshold=1e-3), "L2 norm", "l2_max"),
+        (OutputCheck("snr", threshold=40.0), "SNR", "snr_min"),
+    ],
+    ids=["cosine", "simple-max", "simple-mean", "simple-median", "simple-quantile", "l2", "snr"],
+)
+def test_each_output_check_passes_identical_and_fails_noisy(
+    tiny_bert_onnx, noisy_bert, feeds, check, statistic, recorded
+):
+    report = compare_candidates(
+        tiny_bert_onnx,
+        {"same": tiny_bert_onnx, "noisy": noisy_bert},
+        feeds,
+        budget=NO_BUDGET,
+        output_checks={"": check},
+    )
     assert report.output_checks == {"last_hidden_state": check}
     same, noisy = report["same"], report["noisy"]
     assert same and same.checks[0].passed and same.checks[0].batches == len(feeds)
@@ -134,21 +155,38 @@ def test_each_output_check_passes_identical_and_fails_noisy(tiny_bert_onnx, nois
     result = noisy.checks[0]
     assert not result and result.batches_failed == len(feeds) and result.message == line
     assert recorded in noisy.outputs["last_hidden_state"]
-    limit = check.tolerances[0] if check.atol is not None else (
-        check.tolerances[1] if check.kind == "simple" else check.limit)
+    limit = (
+        check.tolerances[0]
+        if check.atol is not None
+        else (check.tolerances[1] if check.kind == "simple" else check.limit)
+    )
     assert f"{limit:g}" in line  # the line names the threshold
     shown = {f"{v:{spec}}" for v in result.values.values() for spec in (".5g", ".6g", ".6f")}
     assert any(text in line for text in shown), (line, result.values)  # and the value
 
 
 def test_simple_check_records_polygraphys_statistics(tiny_bert_onnx, noisy_bert, feeds):
-    report = compare_candidates(tiny_bert_onnx, {"noisy": noisy_bert}, feeds, budget=NO_BUDGET,
-                                output_checks={"last_hidden_state": OutputCheck("simple", atol=10.0,
-                                                                                stat="quantile", quantile=0.5)})
+    report = compare_candidates(
+        tiny_bert_onnx,
+        {"noisy": noisy_bert},
+        feeds,
+        budget=NO_BUDGET,
+        output_checks={"last_hidden_state": OutputCheck("simple", atol=10.0, stat="quantile", quantile=0.5)},
+    )
     stats = report["noisy"].outputs["last_hidden_state"]
     assert report, report["noisy"].failures  # a loose tolerance passes
-    for key in ("cosine_mean", "cosine_min", "max_abs", "mean_abs", "median_abs", "max_rel", "mean_rel",
-                "median_rel", "quantile_abs", "quantile_rel"):
+    for key in (
+        "cosine_mean",
+        "cosine_min",
+        "max_abs",
+        "mean_abs",
+        "median_abs",
+        "max_rel",
+        "mean_rel",
+        "median_rel",
+        "quantile_abs",
+        "quantile_rel",
+    ):
         assert np.isfinite(stats[key]), key
     assert stats["quantile"] == 0.5
     assert 0 < stats["median_abs"] <= stats["max_abs"] and 0 < stats["quantile_abs"] <= stats["max_abs"]
@@ -165,8 +203,9 @@ def test_named_output_check_overrides_the_default(tiny_bert_onnx, noisy_bert, fe
 
 def test_output_checks_are_validated(tiny_bert_onnx, feeds):
     with pytest.raises(ConfigError, match="no_such_output"):
-        compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds,
-                           output_checks={"no_such_output": OutputCheck()})
+        compare_candidates(
+            tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, output_checks={"no_such_output": OutputCheck()}
+        )
     with pytest.raises(ConfigError, match="OutputCheck"):
         compare_candidates(tiny_bert_onnx, {"x": tiny_bert_onnx}, feeds, output_checks={"": 0.99})
     with pytest.raises(ConfigError, match="atol"):
@@ -183,12 +222,14 @@ def test_output_checks_are_validated(tiny_bert_onnx, feeds):
     assert OutputCheck("simple").tolerances == (1e-5, 1e-5)
     assert OutputCheck("simple", atol=1e-3).tolerances == (1e-3, 0.0)  # an absolute-only check
     assert OutputCheck.from_json(OutputCheck("simple", rtol=0.1, stat="mean").to_json()) == OutputCheck(
-        "simple", rtol=0.1, stat="mean")
+        "simple", rtol=0.1, stat="mean"
+    )
 
 
 def test_output_checks_accept_dicts(tiny_bert_onnx, feeds):
-    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds,
-                                output_checks={"": {"kind": "l2", "threshold": 0.0}})
+    report = compare_candidates(
+        tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds, output_checks={"": {"kind": "l2", "threshold": 0.0}}
+    )
     assert report and report["same"].checks[0].check == OutputCheck("l2", threshold=0.0)
 
 
@@ -202,13 +243,16 @@ def test_statistics_and_error_histogram_are_recorded_without_checks(tiny_bert_on
     assert same[0] == elements  # identical: every difference is below the first edge (exact zeros)
     assert noisy[0] < elements and sum(noisy[1:]) > 0
     assert report["same"].checks == () and set(report["noisy"].outputs["last_hidden_state"]) >= {
-        "max_rel", "mean_rel", "median_abs", "median_rel"}
+        "max_rel",
+        "mean_rel",
+        "median_abs",
+        "median_rel",
+    }
     json.dumps(report.to_dict(), allow_nan=False)  # strict JSON
 
 
 def test_to_dict_is_strict_json_with_infinite_snr(tiny_bert_onnx, feeds):
-    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds,
-                                output_checks={"": OutputCheck("snr")})
+    report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx}, feeds, output_checks={"": OutputCheck("snr")})
     assert report["same"].outputs["last_hidden_state"]["snr_min"] == float("inf")
     encoded = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert encoded["candidates"][0]["outputs"]["last_hidden_state"]["snr_min"] is None
@@ -216,6 +260,7 @@ def test_to_dict_is_strict_json_with_infinite_snr(tiny_bert_onnx, feeds):
 
 
 # --- task metrics ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
@@ -240,7 +285,9 @@ def test_classification_task_is_detected_and_measured_against_its_default_budget
     assert same["logits_cosine_min"] == pytest.approx(1.0) and same["top_probability_change_max"] == 0.0
     assert other["argmax_agreement"] < 1.0 or other["logit_max_abs"] > 0.0
     assert report["same"] and (report["same"].cosine_mean, report["same"].cosine_min) == (
-        same["logits_cosine_mean"], same["logits_cosine_min"])  # every task fills the primary cosine
+        same["logits_cosine_mean"],
+        same["logits_cosine_min"],
+    )  # every task fills the primary cosine
     assert report["same"].embedding_cosine_mean is None and len(report["same"].per_sample_cosine) == len(TEXTS)
     page = report._repr_html_()
     assert "argmax agreement" in page
@@ -252,8 +299,7 @@ def test_classification_task_is_detected_and_measured_against_its_default_budget
 def test_classification_budget_fails_a_noisy_classifier(classifier):
     path, noisy, feeds = classifier
     budget = ClassificationBudget(argmax_agreement_min=1.0, logit_max_abs=1e-6)
-    report = compare_candidates(path, {"same": path, "noisy": noisy}, feeds, budget=budget,
-                                task="text-classification")
+    report = compare_candidates(path, {"same": path, "noisy": noisy}, feeds, budget=budget, task="text-classification")
     assert report["same"] and not report["noisy"] and not report
     assert any(line.startswith(("argmax agreement", "logit max abs")) for line in report["noisy"].failures)
 
@@ -305,8 +351,13 @@ class _HiddenError(Task):
 def test_a_task_registered_in_a_test_judges_candidates_by_its_own_metric(tiny_bert_onnx, noisy_bert, feeds):
     with registered_task(_HiddenError) as toy:
         assert get_task("toy-hidden-error") is toy
-        report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx, "noisy": noisy_bert}, feeds,
-                                    task="toy-hidden-error", budget=_HiddenErrorBudget(hidden_max_abs_max=1e-6))
+        report = compare_candidates(
+            tiny_bert_onnx,
+            {"same": tiny_bert_onnx, "noisy": noisy_bert},
+            feeds,
+            task="toy-hidden-error",
+            budget=_HiddenErrorBudget(hidden_max_abs_max=1e-6),
+        )
         assert report.task == "toy-hidden-error" and report.budget.describe() == "hidden max abs <= 1e-06"
         assert report["same"] and report["same"].task_metrics["hidden_max_abs"] == 0.0
         assert not report["noisy"] and report["noisy"].failures[0].startswith("hidden max abs")
@@ -336,13 +387,15 @@ def test_classification_budget_fields_round_trip_and_validate():
 
 # --- charts ---------------------------------------------------------------------------------------------------
 
+
 def test_metric_figure_has_a_box_per_candidate_and_the_budget_lines(tiny_bert_onnx, noisy_bert, feeds):
     report = compare_candidates(tiny_bert_onnx, {"same": tiny_bert_onnx, "noisy": noisy_bert}, feeds)
     figure = report.metric_figure()
     assert [t.type for t in figure.data] == ["box", "box"] and [t.name for t in figure.data] == ["same", "noisy"]
     assert figure.data[0].boxpoints == "all" and len(figure.data[1].y) == len(TEXTS)
     assert sorted(s.y0 for s in figure.layout.shapes) == sorted(
-        [report.budget.embedding_cosine_min, report.budget.embedding_cosine_mean])
+        [report.budget.embedding_cosine_min, report.budget.embedding_cosine_mean]
+    )
     assert [t.type for t in report.metric_figure("violin").data] == ["violin", "violin"]
     with pytest.raises(ConfigError):
         report.metric_figure("pie")
@@ -364,6 +417,7 @@ def test_metric_figure_plots_the_tasks_primary_cosine(classifier):
     report = compare_candidates(path, {"same": path}, feeds)
     figure = report.metric_figure()
     assert [t.name for t in figure.data] == ["same"] and "logits cosine" in figure.layout.title.text
-    assert sorted(s.y0 for s in figure.layout.shapes) == sorted([report.budget.logits_cosine_min,
-                                                                 report.budget.logits_cosine_mean])
+    assert sorted(s.y0 for s in figure.layout.shapes) == sorted(
+        [report.budget.logits_cosine_min, report.budget.logits_cosine_mean]
+    )
     assert [t.name for t in report.error_histogram_figure("logits").data] == ["same"]

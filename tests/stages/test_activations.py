@@ -20,8 +20,13 @@ from workbench.errors import ConfigError, DataError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
 from workbench.stages.precision.activations import ActivationStats, TensorStats, activation_statistics  # noqa: E402
 
-TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;",
-         "a somewhat longer sentence, with punctuation and 42 numbers"]
+TEXTS = [
+    "the cat sat on the mat",
+    "revenue grew 12%",
+    "how do I reset my password?",
+    "SELECT 1;",
+    "a somewhat longer sentence, with punctuation and 42 numbers",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +34,9 @@ def fused_tiny_longer(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
     from workbench.stages.fusion import FusionConfig, fuse_transformer
 
     source = load_model(tiny_model_dir("bert"))
-    path = fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",
-                            FusionConfig.for_source(source)).path
+    path = fuse_transformer(
+        tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx", FusionConfig.for_source(source)
+    ).path
     feeds = tokenize_batches(source.load_tokenizer(), TEXTS, batch_size=1, sequence_length=16)
     return path, feeds
 
@@ -49,7 +55,8 @@ def _mul_model(path, x_shape, factor: float):
     """y = x * factor, one Mul node named 'scale'."""
     graph = helper.make_graph(
         [helper.make_node("Mul", ["x", "factor"], ["y"], name="scale")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", x_shape[1]])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", x_shape[1]])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", x_shape[1]])],
         [numpy_helper.from_array(np.array(factor, np.float32), "factor")],
     )
@@ -122,14 +129,21 @@ def test_top_outliers_puts_the_tensor_with_the_outlier_first(tmp_path):
     x = np.random.default_rng(2).uniform(-1.0, 1.0, size=(1, 40000)).astype(np.float32)
     x[0, 7] = -800.0
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "one"], ["wild"], name="keep"),
-         helper.make_node("Clip", ["x", "lo", "hi"], ["calm"], name="clip")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, x.shape[1]])],
-        [helper.make_tensor_value_info("wild", TensorProto.FLOAT, [1, x.shape[1]]),
-         helper.make_tensor_value_info("calm", TensorProto.FLOAT, [1, x.shape[1]])],
-        [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
-         numpy_helper.from_array(np.array(-1.0, np.float32), "lo"),
-         numpy_helper.from_array(np.array(1.0, np.float32), "hi")],
+        [
+            helper.make_node("Mul", ["x", "one"], ["wild"], name="keep"),
+            helper.make_node("Clip", ["x", "lo", "hi"], ["calm"], name="clip"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, x.shape[1]])],
+        [
+            helper.make_tensor_value_info("wild", TensorProto.FLOAT, [1, x.shape[1]]),
+            helper.make_tensor_value_info("calm", TensorProto.FLOAT, [1, x.shape[1]]),
+        ],
+        [
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array(-1.0, np.float32), "lo"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "hi"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -188,8 +202,11 @@ def test_input_model_is_unchanged(fused_tiny_longer, tmp_path):
 @pytest.mark.parametrize("bad", ["empty", "names", "dtypes"])
 def test_bad_feeds_are_a_data_error(fused_tiny_longer, bad):
     path, feeds = fused_tiny_longer
-    data = {"empty": [], "names": [{"ids": f["input_ids"]} for f in feeds],
-            "dtypes": [{k: v.astype("int32") for k, v in f.items()} for f in feeds]}[bad]
+    data = {
+        "empty": [],
+        "names": [{"ids": f["input_ids"]} for f in feeds],
+        "dtypes": [{k: v.astype("int32") for k, v in f.items()} for f in feeds],
+    }[bad]
     with pytest.raises(DataError):
         activation_statistics(path, data)
 

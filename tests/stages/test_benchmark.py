@@ -17,9 +17,16 @@ import pytest
 
 from workbench.errors import ConfigError, DataError, WorkbenchError
 from workbench.stages.accuracy.compare import AccuracyBudget
-from workbench.stages.benchmark.latency import BenchmarkConfig, BenchmarkResult, BenchmarkRow, benchmark
-from workbench.stages.choose import CandidatesTable, Choice, ChoiceConfig, candidates_table, choose_candidate, pareto_figure
 from workbench.stages.benchmark.concurrency import ConcurrencyResult, benchmark_concurrency
+from workbench.stages.benchmark.latency import BenchmarkConfig, BenchmarkResult, BenchmarkRow, benchmark
+from workbench.stages.choose import (
+    CandidatesTable,
+    Choice,
+    ChoiceConfig,
+    candidates_table,
+    choose_candidate,
+    pareto_figure,
+)
 
 FEEDS = {"x": np.zeros((1, 4), dtype=np.int64)}
 HAS_PROC = os.path.exists("/proc/self/status")
@@ -28,8 +35,16 @@ HAS_PROC = os.path.exists("/proc/self/status")
 class FakeRunner:
     """A runner that sleeps `ms` per call (sleep releases the GIL, as onnxruntime's run does) and logs calls."""
 
-    def __init__(self, name: str, ms: float = 0.0, *, log: list | None = None, jitter_ms: float = 0.0,
-                 allocate_mb: int = 0, fail: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        ms: float = 0.0,
+        *,
+        log: list | None = None,
+        jitter_ms: float = 0.0,
+        allocate_mb: int = 0,
+        fail: bool = False,
+    ) -> None:
         self.name = name
         self.ms = ms
         self.jitter_ms = jitter_ms
@@ -83,7 +98,8 @@ def test_a_row_for_every_candidate_batch_and_sequence():
     config = BenchmarkConfig(batch_sizes=(1, 2), sequence_lengths=(4, 8), warmup=1, iterations=4)
     result = benchmark(runners, feeds_for, config)
     assert {(r.name, r.batch, r.seq) for r in result.rows} == {
-        (n, b, s) for n in ("a", "b", "c") for b in (1, 2) for s in (4, 8)}
+        (n, b, s) for n in ("a", "b", "c") for b in (1, 2) for s in (4, 8)
+    }
     assert len(result.rows) == 12 and result.names == ["a", "b", "c"]
     assert all(r.iterations == 4 for r in result.rows)
     assert all(not r.is_active for r in runners)  # deactivated at the end
@@ -95,8 +111,9 @@ def test_a_row_for_every_candidate_batch_and_sequence():
 
 def test_percentiles_are_ordered():
     runners = [FakeRunner("steady", 1.0), FakeRunner("noisy", 1.0, jitter_ms=4.0)]
-    result = benchmark(runners, feeds_for, BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(8,), warmup=0,
-                                                           iterations=25))
+    result = benchmark(
+        runners, feeds_for, BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(8,), warmup=0, iterations=25)
+    )
     for row in result.rows:
         assert 0 < row.p50_ms <= row.p90_ms <= row.p99_ms
         assert row.mean_ms > 0 and row.throughput > 0
@@ -109,7 +126,7 @@ def test_runners_take_turns_run_by_run():
     runners = [FakeRunner(n, log=log) for n in names]
     benchmark(runners, feeds_for, BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(4,), warmup=0, iterations=6))
     assert len(log) == 18
-    rounds = [log[i:i + 3] for i in range(0, len(log), 3)]
+    rounds = [log[i : i + 3] for i in range(0, len(log), 3)]
     assert all(sorted(r) == sorted(names) for r in rounds)  # every runner once per round: interleaved
     assert [r[0] for r in rounds] == ["a", "b", "c", "a", "b", "c"]  # who goes first rotates
     assert log != sorted(log)  # not all of a's runs before b's
@@ -117,8 +134,11 @@ def test_runners_take_turns_run_by_run():
 
 def test_warmup_runs_are_not_timed():
     log: list[str] = []
-    benchmark([FakeRunner("a", log=log)], feeds_for,
-              BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(4,), warmup=3, iterations=5))
+    benchmark(
+        [FakeRunner("a", log=log)],
+        feeds_for,
+        BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(4,), warmup=3, iterations=5),
+    )
     assert len(log) == 8
 
 
@@ -138,8 +158,9 @@ def test_runners_are_deactivated_when_a_run_fails():
 
 
 def test_time_budget_stops_a_shape_early():
-    config = BenchmarkConfig(batch_sizes=(1, 2), sequence_lengths=(4,), warmup=0, iterations=10_000,
-                             time_budget_s=0.1, min_iterations=3)
+    config = BenchmarkConfig(
+        batch_sizes=(1, 2), sequence_lengths=(4,), warmup=0, iterations=10_000, time_budget_s=0.1, min_iterations=3
+    )
     result = benchmark([FakeRunner("a", 5.0), FakeRunner("b", 5.0)], feeds_for, config)
     for row in result.rows:  # far fewer than the 10,000 asked for: the budget stopped each shape (no timed assert)
         assert 3 <= row.iterations < 100
@@ -149,25 +170,37 @@ def test_time_budget_stops_a_shape_early():
 
 
 def test_time_budget_never_cuts_below_min_iterations():
-    config = BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(4,), warmup=0, iterations=50,
-                             time_budget_s=1e-6, min_iterations=4)
+    config = BenchmarkConfig(
+        batch_sizes=(1,), sequence_lengths=(4,), warmup=0, iterations=50, time_budget_s=1e-6, min_iterations=4
+    )
     result = benchmark([FakeRunner("a", 1.0)], feeds_for, config)
     assert result.row("a", 1, 4).iterations == 4
     # a floor above iterations is capped at iterations
-    capped = BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(4,), warmup=0, iterations=2, time_budget_s=1e-6,
-                             min_iterations=3)
+    capped = BenchmarkConfig(
+        batch_sizes=(1,), sequence_lengths=(4,), warmup=0, iterations=2, time_budget_s=1e-6, min_iterations=3
+    )
     assert benchmark([FakeRunner("a")], feeds_for, capped).row("a", 1, 4).iterations == 2
 
 
 def test_no_time_budget_runs_every_iteration():
-    result = benchmark([FakeRunner("a")], feeds_for, BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(4,),
-                                                                     warmup=0, iterations=7))
+    result = benchmark(
+        [FakeRunner("a")], feeds_for, BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(4,), warmup=0, iterations=7)
+    )
     assert result.row("a", 1, 4).iterations == 7
     assert not any("time budget" in note for note in result.notes)
 
 
-@pytest.mark.parametrize("bad", [{"time_budget_s": 0}, {"time_budget_s": -1.0}, {"min_iterations": 0},
-                                 {"iterations": 0}, {"warmup": -1}, {"threads": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"time_budget_s": 0},
+        {"time_budget_s": -1.0},
+        {"min_iterations": 0},
+        {"iterations": 0},
+        {"warmup": -1},
+        {"threads": 0},
+    ],
+)
 def test_bad_benchmark_configs_are_rejected(bad):
     with pytest.raises(ConfigError):
         BenchmarkConfig(**bad)
@@ -185,8 +218,9 @@ def test_new_config_fields_round_trip_through_json():
 @pytest.mark.skipif(not HAS_PROC, reason="reads /proc/self/status (Linux)")
 def test_peak_memory_is_the_rss_growth_of_each_activation():
     runners = [FakeRunner("small"), FakeRunner("big", allocate_mb=96)]
-    result = benchmark(runners, feeds_for, BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(4,), warmup=0,
-                                                           iterations=2))
+    result = benchmark(
+        runners, feeds_for, BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(4,), warmup=0, iterations=2)
+    )
     assert result.peak_memory_mb["big"] >= 80
     assert result.peak_memory_mb["small"] < 16
     assert result.process_peak_rss_mb >= result.peak_memory_mb["big"]
@@ -248,8 +282,7 @@ def test_concurrency_reports_a_failing_runner_and_deactivates_all():
     assert made and not any(r.is_active for r in made)
 
 
-@pytest.mark.parametrize("kwargs", [{"threads_list": (0,)}, {"threads_list": ()}, {"duration_s": 0},
-                                    {"warmup": -1}])
+@pytest.mark.parametrize("kwargs", [{"threads_list": (0,)}, {"threads_list": ()}, {"duration_s": 0}, {"warmup": -1}])
 def test_concurrency_rejects_bad_settings(kwargs):
     with pytest.raises(ConfigError):
         benchmark_concurrency(lambda: FakeRunner("a"), FEEDS, **{"duration_s": 0.1, **kwargs})
@@ -293,22 +326,36 @@ def timings_of(table: dict[str, dict[tuple[int, int], tuple[float, float, float]
     rows = []
     for name, shapes in table.items():
         for (batch, seq), (p50, p90, mean) in shapes.items():
-            rows.append(BenchmarkRow(name=name, batch=batch, seq=seq, p50_ms=p50, p90_ms=p90, p99_ms=p90,
-                                     mean_ms=mean, throughput=batch * 1000.0 / mean, iterations=10))
+            rows.append(
+                BenchmarkRow(
+                    name=name,
+                    batch=batch,
+                    seq=seq,
+                    p50_ms=p50,
+                    p90_ms=p90,
+                    p99_ms=p90,
+                    mean_ms=mean,
+                    throughput=batch * 1000.0 / mean,
+                    iterations=10,
+                )
+            )
     batches = tuple(sorted({r.batch for r in rows}))
     seqs = tuple(sorted({r.seq for r in rows}))
-    return BenchmarkResult(rows=tuple(rows), config=BenchmarkConfig(batch_sizes=batches, sequence_lengths=seqs),
-                           machine={"cpu_count": 2})
+    return BenchmarkResult(
+        rows=tuple(rows), config=BenchmarkConfig(batch_sizes=batches, sequence_lengths=seqs), machine={"cpu_count": 2}
+    )
 
 
 REPORT = FakeReport((ok("fp32", 1.0, 1.0), ok("fused", 0.99999), bad("int8", 0.98), ok("int8_fixed", 0.997)))
-TIMINGS = timings_of({
-    "pytorch": {(1, 128): (30.0, 32.0, 30.0), (8, 128): (200.0, 210.0, 200.0)},
-    "fp32": {(1, 128): (24.0, 26.0, 24.0), (8, 128): (170.0, 175.0, 170.0)},
-    "fused": {(1, 128): (19.0, 40.0, 21.0), (8, 128): (150.0, 152.0, 150.0)},
-    "int8": {(1, 128): (8.0, 9.0, 8.0), (8, 128): (60.0, 62.0, 60.0)},
-    "int8_fixed": {(1, 128): (15.0, 16.0, 15.0), (8, 128): (100.0, 300.0, 110.0)},
-})
+TIMINGS = timings_of(
+    {
+        "pytorch": {(1, 128): (30.0, 32.0, 30.0), (8, 128): (200.0, 210.0, 200.0)},
+        "fp32": {(1, 128): (24.0, 26.0, 24.0), (8, 128): (170.0, 175.0, 170.0)},
+        "fused": {(1, 128): (19.0, 40.0, 21.0), (8, 128): (150.0, 152.0, 150.0)},
+        "int8": {(1, 128): (8.0, 9.0, 8.0), (8, 128): (60.0, 62.0, 60.0)},
+        "int8_fixed": {(1, 128): (15.0, 16.0, 15.0), (8, 128): (100.0, 300.0, 110.0)},
+    }
+)
 
 
 def test_choose_picks_the_fastest_candidate_that_meets_the_budget():
@@ -343,10 +390,12 @@ def test_choose_respects_the_latency_ceiling_on_p90():
 
 
 def test_choose_by_throughput_defaults_to_the_largest_batch():
-    timings = timings_of({
-        "a": {(1, 64): (5.0, 6.0, 5.0), (16, 64): (100.0, 110.0, 100.0)},  # 160 samples/s at batch 16
-        "b": {(1, 64): (7.0, 8.0, 7.0), (16, 64): (60.0, 65.0, 60.0)},  # 267 samples/s at batch 16
-    })
+    timings = timings_of(
+        {
+            "a": {(1, 64): (5.0, 6.0, 5.0), (16, 64): (100.0, 110.0, 100.0)},  # 160 samples/s at batch 16
+            "b": {(1, 64): (7.0, 8.0, 7.0), (16, 64): (60.0, 65.0, 60.0)},  # 267 samples/s at batch 16
+        }
+    )
     report = FakeReport((ok("a", 0.999), ok("b", 0.999)))
     assert choose_candidate(report, timings).name == "a"  # latency at batch 1
     by_throughput = choose_candidate(report, timings, objective="throughput")
@@ -386,8 +435,9 @@ def test_choose_needs_timings_at_the_shape():
         choose_candidate(REPORT, TIMINGS, batch=4)
 
 
-@pytest.mark.parametrize("kwargs", [{"objective": "cheapest"}, {"latency_ceiling_ms": 0}, {"batch": 0},
-                                    {"latency_ceiling_ms": -5.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"objective": "cheapest"}, {"latency_ceiling_ms": 0}, {"batch": 0}, {"latency_ceiling_ms": -5.0}]
+)
 def test_choose_rejects_bad_settings(kwargs):
     with pytest.raises(ConfigError):
         choose_candidate(REPORT, TIMINGS, **kwargs)
@@ -404,26 +454,29 @@ def test_choice_config_resolves_defaults():
 
 
 def test_pareto_flags_on_a_hand_made_example():
-    report = FakeReport((
-        ok("exact", 1.0),        # slowest, most accurate: on the front
-        ok("fast", 0.99),        # on the front
-        ok("worse", 0.98),       # slower and less accurate than "fast": dominated
-        ok("fastest", 0.90),     # fastest of all: on the front
-        ok("tie_slow", 0.999),   # as slow as "exact" and less accurate: dominated
-        ok("untimed", 1.0),      # not benchmarked: never on the front
-    ))
-    timings = timings_of({
-        "exact": {(1, 16): (20.0, 21.0, 20.0)},
-        "fast": {(1, 16): (10.0, 11.0, 10.0)},
-        "worse": {(1, 16): (15.0, 16.0, 15.0)},
-        "fastest": {(1, 16): (5.0, 6.0, 5.0)},
-        "tie_slow": {(1, 16): (20.0, 22.0, 20.0)},
-    })
+    report = FakeReport(
+        (
+            ok("exact", 1.0),  # slowest, most accurate: on the front
+            ok("fast", 0.99),  # on the front
+            ok("worse", 0.98),  # slower and less accurate than "fast": dominated
+            ok("fastest", 0.90),  # fastest of all: on the front
+            ok("tie_slow", 0.999),  # as slow as "exact" and less accurate: dominated
+            ok("untimed", 1.0),  # not benchmarked: never on the front
+        )
+    )
+    timings = timings_of(
+        {
+            "exact": {(1, 16): (20.0, 21.0, 20.0)},
+            "fast": {(1, 16): (10.0, 11.0, 10.0)},
+            "worse": {(1, 16): (15.0, 16.0, 15.0)},
+            "fastest": {(1, 16): (5.0, 6.0, 5.0)},
+            "tie_slow": {(1, 16): (20.0, 22.0, 20.0)},
+        }
+    )
     table = candidates_table(report, timings, 1, 16)
     assert isinstance(table, CandidatesTable) and isinstance(table, list)
     flags = {row["name"]: row["pareto"] for row in table}
-    assert flags == {"exact": True, "fast": True, "worse": False, "fastest": True, "tie_slow": False,
-                     "untimed": False}
+    assert flags == {"exact": True, "fast": True, "worse": False, "fastest": True, "tie_slow": False, "untimed": False}
     untimed = table[-1]
     assert untimed["p50_ms"] is None and untimed["meets_ceiling"] is None
 
@@ -431,8 +484,21 @@ def test_pareto_flags_on_a_hand_made_example():
 def test_candidates_table_joins_accuracy_and_speed():
     table = candidates_table(REPORT, TIMINGS, 1, 128, latency_ceiling_ms=30)
     assert [row["name"] for row in table] == ["fp32", "fused", "int8", "int8_fixed"]  # not pytorch
-    expected = {"name", "engine", "p50_ms", "p90_ms", "throughput", "speedup", "cosine_mean", "cosine_min",
-                "meets_budget", "failures", "meets_ceiling", "batch_invariance_min", "pareto"}
+    expected = {
+        "name",
+        "engine",
+        "p50_ms",
+        "p90_ms",
+        "throughput",
+        "speedup",
+        "cosine_mean",
+        "cosine_min",
+        "meets_budget",
+        "failures",
+        "meets_ceiling",
+        "batch_invariance_min",
+        "pareto",
+    }
     assert all(set(row) == expected for row in table)
     fused = table[1]
     assert (fused["p50_ms"], fused["p90_ms"]) == (19.0, 40.0)
@@ -469,8 +535,12 @@ def test_candidates_table_falls_back_to_the_output_cosine():
 
 def test_latency_figure_has_a_line_per_candidate_and_sequence():
     pytest.importorskip("plotly")
-    timings = timings_of({name: {(b, s): (b * s / 10, b * s / 8, b * s / 10) for b in (1, 8) for s in (32, 128)}
-                          for name in ("a", "b", "c")})
+    timings = timings_of(
+        {
+            name: {(b, s): (b * s / 10, b * s / 8, b * s / 10) for b in (1, 8) for s in (32, 128)}
+            for name in ("a", "b", "c")
+        }
+    )
     figure = timings.latency_figure()
     assert len(figure.data) == 6
     assert {trace.name for trace in figure.data} == {f"{n}, seq {s}" for n in "abc" for s in (32, 128)}
@@ -508,12 +578,16 @@ def test_benchmark_candidates_times_onnx_files_and_pytorch(tiny_model_dir, tiny_
     from workbench.stages.benchmark.latency import benchmark_candidates, feeds_from_sentences
 
     source = load_model(tiny_model_dir("bert"))
-    feeds = feeds_from_sentences(source.load_tokenizer(), ["a short sentence", "another one"],
-                                 input_names=("input_ids", "attention_mask", "token_type_ids"))
+    feeds = feeds_from_sentences(
+        source.load_tokenizer(),
+        ["a short sentence", "another one"],
+        input_names=("input_ids", "attention_mask", "token_type_ids"),
+    )
     assert feeds(2, 16)["input_ids"].shape == (2, 16) and feeds(2, 16) is feeds(2, 16)
     config = BenchmarkConfig(batch_sizes=(1, 2), sequence_lengths=(16,), warmup=1, iterations=3, threads=1)
-    result = benchmark_candidates({"onnx_a": tiny_bert_onnx, "onnx_b": tiny_bert_onnx}, feeds, config,
-                                  pytorch_module=source.load_module())
+    result = benchmark_candidates(
+        {"onnx_a": tiny_bert_onnx, "onnx_b": tiny_bert_onnx}, feeds, config, pytorch_module=source.load_module()
+    )
     assert result.names == ["pytorch", "onnx_a", "onnx_b"]
     assert len(result.rows) == 6 and all(r.p50_ms > 0 for r in result.rows)
     assert set(result.peak_memory_mb) == {"pytorch", "onnx_a", "onnx_b"}
@@ -524,11 +598,17 @@ def test_concurrency_with_onnxruntime_sessions(tiny_bert_onnx):
     pytest.importorskip("onnxruntime")
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
 
-    feeds = {"input_ids": np.ones((1, 16), dtype=np.int64), "attention_mask": np.ones((1, 16), dtype=np.int64),
-             "token_type_ids": np.zeros((1, 16), dtype=np.int64)}
+    feeds = {
+        "input_ids": np.ones((1, 16), dtype=np.int64),
+        "attention_mask": np.ones((1, 16), dtype=np.int64),
+        "token_type_ids": np.zeros((1, 16), dtype=np.int64),
+    }
     result = benchmark_concurrency(
-        lambda: OnnxRuntimeRunner(tiny_bert_onnx, intra_op_threads=1, allow_spinning=False), feeds,
-        threads_list=(1, 2), duration_s=0.3)
+        lambda: OnnxRuntimeRunner(tiny_bert_onnx, intra_op_threads=1, allow_spinning=False),
+        feeds,
+        threads_list=(1, 2),
+        duration_s=0.3,
+    )
     assert [r.concurrency for r in result.rows] == [1, 2]
     assert all(r.requests > 0 and r.requests_per_s > 0 for r in result.rows)
     assert result.name == "model"

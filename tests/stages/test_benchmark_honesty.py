@@ -46,8 +46,9 @@ def test_batch_1_slower_in_absolute_time_than_batch_8_is_flagged_slower_per_samp
 
 def test_a_high_load_average_is_flagged():
     warnings = busy_warnings(QUIET, cores=2, load_average=(1.0, 9.5))
-    assert warnings == ("The load average was 9.5 (1 minute) on 2 cores while timing: other processes competed "
-                        "for the CPU.",)
+    assert warnings == (
+        "The load average was 9.5 (1 minute) on 2 cores while timing: other processes competed for the CPU.",
+    )
 
 
 class Inverted(FakeRunner):
@@ -68,8 +69,11 @@ def test_the_result_carries_the_warnings_and_the_load_average_and_shows_them():
         inverted.batch = batch
         return FEEDS
 
-    result = benchmark([inverted, FakeRunner("other", ms=1.0)], feeds_for,
-                       BenchmarkConfig(batch_sizes=(1, 2), sequence_lengths=(4,), warmup=0, iterations=6))
+    result = benchmark(
+        [inverted, FakeRunner("other", ms=1.0)],
+        feeds_for,
+        BenchmarkConfig(batch_sizes=(1, 2), sequence_lengths=(4,), warmup=0, iterations=6),
+    )
     assert any("inverted at seq 4: batch 1 took" in w for w in result.warnings), result.warnings
     assert result.busy and result.load_average is not None and len(result.load_average) == 2
     assert result.to_dict()["warnings"] == list(result.warnings)
@@ -126,8 +130,11 @@ def test_a_benchmark_under_deliberate_cpu_contention_says_the_machine_was_busy(t
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
 
     cores = os.cpu_count() or 1
-    feeds = {"input_ids": np.ones((1, 16), np.int64), "attention_mask": np.ones((1, 16), np.int64),
-             "token_type_ids": np.zeros((1, 16), np.int64)}
+    feeds = {
+        "input_ids": np.ones((1, 16), np.int64),
+        "attention_mask": np.ones((1, 16), np.int64),
+        "token_type_ids": np.zeros((1, 16), np.int64),
+    }
 
     def feeds_for(batch: int, seq: int):
         return {k: np.repeat(v[:, :seq], batch, axis=0) for k, v in feeds.items()}
@@ -135,10 +142,13 @@ def test_a_benchmark_under_deliberate_cpu_contention_says_the_machine_was_busy(t
     hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(2 * cores)]
     try:
         time.sleep(0.5)  # let them start spinning
-        runners = [OnnxRuntimeRunner(tiny_bert_onnx, name=f"tiny{i}", intra_op_threads=cores, allow_spinning=False)
-                   for i in range(2)]
-        result = benchmark(runners, feeds_for, BenchmarkConfig(batch_sizes=(1, 8), sequence_lengths=(16,),
-                                                               warmup=2, iterations=60))
+        runners = [
+            OnnxRuntimeRunner(tiny_bert_onnx, name=f"tiny{i}", intra_op_threads=cores, allow_spinning=False)
+            for i in range(2)
+        ]
+        result = benchmark(
+            runners, feeds_for, BenchmarkConfig(batch_sizes=(1, 8), sequence_lengths=(16,), warmup=2, iterations=60)
+        )
         running = [hog.poll() is None for hog in hogs]
     finally:
         for hog in hogs:

@@ -21,14 +21,16 @@ def fused(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
     from workbench.stages.fusion import FusionConfig, fuse_transformer
 
     source = load_model(tiny_model_dir("bert"))
-    return fuse_transformer(tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx",
-                            FusionConfig.for_source(source)).path
+    return fuse_transformer(
+        tiny_bert_onnx, tmp_path_factory.mktemp("fused") / "fused.onnx", FusionConfig.for_source(source)
+    ).path
 
 
 @pytest.fixture(scope="module")
 def feeds(tiny_model_dir):
-    return tokenize_batches(load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=1,
-                            sequence_length=16)
+    return tokenize_batches(
+        load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=1, sequence_length=16
+    )
 
 
 @pytest.mark.parametrize("method", ["MinMax", "Entropy", "Percentile", "Distribution"])
@@ -46,8 +48,7 @@ def test_cache_key_changes_with_data_and_method_not_with_chunking(tiny_bert_onnx
     base = calibrate(tiny_bert_onnx, feeds, CalibrationConfig(chunk_size=1), cache_dir=tmp_path, progress=False)
     rechunked = calibrate(tiny_bert_onnx, feeds, CalibrationConfig(chunk_size=3), cache_dir=tmp_path, progress=False)
     fewer = calibrate(tiny_bert_onnx, feeds[:2], CalibrationConfig(), cache_dir=tmp_path, progress=False)
-    entropy = calibrate(tiny_bert_onnx, feeds, CalibrationConfig(method="Entropy"), cache_dir=tmp_path,
-                        progress=False)
+    entropy = calibrate(tiny_bert_onnx, feeds, CalibrationConfig(method="Entropy"), cache_dir=tmp_path, progress=False)
     assert rechunked.cache_hit and rechunked.cache_path == base.cache_path
     assert len({base.cache_path, fewer.cache_path, entropy.cache_path}) == 3
 

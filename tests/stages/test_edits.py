@@ -13,11 +13,11 @@ pytest.importorskip("onnxruntime")
 from workbench.data import tokenize_batches  # noqa: E402
 from workbench.errors import ConfigError, WorkbenchError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
-from workbench.stages.surgery import edits as E  # noqa: E402
 from workbench.stages.export import ExportConfig, export_onnx  # noqa: E402
 from workbench.stages.fusion import FusionConfig  # noqa: E402
-from workbench.stages.surgery.run import apply_edit, run_surgery
+from workbench.stages.surgery import edits as E  # noqa: E402
 from workbench.stages.surgery.edits import run_tensors
+from workbench.stages.surgery.run import apply_edit, run_surgery
 
 TEXTS = ["hello there", "a somewhat longer sentence, with punctuation and 42 numbers", "short"]
 
@@ -33,8 +33,9 @@ def exported(tiny_model_dir, tmp_path_factory):
             path = tmp_path_factory.mktemp(f"edits-{kind}") / "model.onnx"
             config = ExportConfig(check_batch_sizes=(2,), check_sequence_lengths=(12,))
             result = export_onnx(source, path, config)
-            feeds = tokenize_batches(source.load_tokenizer(), TEXTS, batch_size=3, sequence_length=12,
-                                     input_names=result.input_names)
+            feeds = tokenize_batches(
+                source.load_tokenizer(), TEXTS, batch_size=3, sequence_length=12, input_names=result.input_names
+            )
             cache[kind] = (source, onnx.load(str(path)), feeds)
         return cache[kind]
 
@@ -58,7 +59,11 @@ def _edits_for(source, model):
     matmul, consumer = _linear(model)
     fusion = FusionConfig.for_source(source)
     return [
-        E.FoldConstants(), E.Cleanup(), E.TopologicalSort(), E.InferShapes(), E.InferShapes(symbolic=True),
+        E.FoldConstants(),
+        E.Cleanup(),
+        E.TopologicalSort(),
+        E.InferShapes(),
+        E.InferShapes(symbolic=True),
         E.FuseTransformer(fusion.model_type, fusion.num_heads, fusion.hidden_size),
         E.OverrideInputShapes({"input_ids": (3, 16)}),
         E.OverrideInputShapes({"input_ids": ("batch_size", "tokens")}),
@@ -184,12 +189,24 @@ def test_plan_runs_in_order_and_round_trips(exported, tmp_path):
     source, model, feeds = exported("distilbert")
     path = tmp_path / "in.onnx"
     onnx.save(model, str(path))
-    plan = E.SurgeryPlan((E.FoldConstants(), E.RemoveNodes(), E.RenameTensors({"last_hidden_state": "hidden"}),
-                          E.CastIO(inputs={"input_ids": "int32"}), E.Cleanup()))
+    plan = E.SurgeryPlan(
+        (
+            E.FoldConstants(),
+            E.RemoveNodes(),
+            E.RenameTensors({"last_hidden_state": "hidden"}),
+            E.CastIO(inputs={"input_ids": "int32"}),
+            E.Cleanup(),
+        )
+    )
     assert E.SurgeryPlan.from_json(plan.to_json()) == plan
     result = run_surgery(path, tmp_path / "out.onnx", plan, check_feeds=feeds, latency_repeats=2)
-    assert [r.edit.kind for r in result.reports] == ["fold_constants", "remove_nodes", "rename_tensors", "cast_io",
-                                                     "cleanup"]
+    assert [r.edit.kind for r in result.reports] == [
+        "fold_constants",
+        "remove_nodes",
+        "rename_tensors",
+        "cast_io",
+        "cleanup",
+    ]
     assert all(r.check.passed for r in result.reports)
     assert all(r.diff.latency_ms_before and r.diff.latency_ms_after for r in result.reports)
     out = onnx.load(str(result.path))
@@ -232,10 +249,13 @@ def test_model_above_2gb_round_trips_through_an_edit(tmp_path):
 
     rows = (2**30 + 2**24) // (256 * 4)
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["table_a", "idx"], ["a"], axis=0),
-         helper.make_node("Gather", ["table_b", "idx"], ["b"], axis=0),
-         helper.make_node("Add", ["a", "b"], ["y"])],
-        "big", [helper.make_tensor_value_info("idx", TensorProto.INT64, ["k"])],
+        [
+            helper.make_node("Gather", ["table_a", "idx"], ["a"], axis=0),
+            helper.make_node("Gather", ["table_b", "idx"], ["b"], axis=0),
+            helper.make_node("Add", ["a", "b"], ["y"]),
+        ],
+        "big",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["k"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["k", 256])],
     )
     for name, offset in (("table_a", 0), ("table_b", 1000)):
@@ -250,8 +270,9 @@ def test_model_above_2gb_round_trips_through_an_edit(tmp_path):
     assert (tmp_path / "big.onnx.data").is_file() and model_size_mb(source) > 2147
 
     feeds = [{"idx": np.array([0, 5, rows - 1], dtype=np.int64)}]
-    result = run_surgery(source, tmp_path / "renamed.onnx", E.SurgeryPlan((E.RenameTensors({"y": "sum"}),)),
-                         check_feeds=feeds)
+    result = run_surgery(
+        source, tmp_path / "renamed.onnx", E.SurgeryPlan((E.RenameTensors({"y": "sum"}),)), check_feeds=feeds
+    )
     assert result.reports[0].check.passed and result.reports[0].check.max_abs_diff == 0.0
     assert (tmp_path / "renamed.onnx.data").is_file() and model_size_mb(result.path) > 2147
     header = onnx.load(str(result.path), load_external_data=False)

@@ -20,8 +20,9 @@ def _dims(value_info) -> list:
 
 def test_tiny_models_export_with_dynamic_axes_and_match_pytorch(tiny_model_dir, tiny_kind, tmp_path):
     source = load_model(tiny_model_dir(tiny_kind))
-    result = export_onnx(source, tmp_path / "model.onnx", ExportConfig(check_batch_sizes=(1, 3),
-                                                                      check_sequence_lengths=(8, 40)))
+    result = export_onnx(
+        source, tmp_path / "model.onnx", ExportConfig(check_batch_sizes=(1, 3), check_sequence_lengths=(8, 40))
+    )
     assert result.passed and result.path.is_file()
     assert len(result.checks) == 4  # 2 batch sizes x 2 lengths x 1 output
     assert {(c.batch, c.sequence) for c in result.checks} == {(1, 8), (1, 40), (3, 8), (3, 40)}
@@ -37,9 +38,12 @@ def test_tiny_models_export_with_dynamic_axes_and_match_pytorch(tiny_model_dir, 
 def test_export_keeps_the_source_model_unchanged(tiny_model_dir, tmp_path):
     module = load_model(tiny_model_dir("bert")).load_module().train()  # a user's model may be in train mode
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    source = ModuleSource(module, example_inputs={"input_ids": torch.ones(2, 6, dtype=torch.long)},
-                          output_names=("last_hidden_state",),
-                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}})
+    source = ModuleSource(
+        module,
+        example_inputs={"input_ids": torch.ones(2, 6, dtype=torch.long)},
+        output_names=("last_hidden_state",),
+        dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}},
+    )
     result = export_onnx(source, tmp_path / "m.onnx")
     assert result.passed  # exported and checked in eval mode (dropout off), the mode inference runs in
     assert module.training, "export must restore the module's train/eval mode"

@@ -10,9 +10,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from workbench.errors import DataError, QuantizationError  # noqa: E402
-from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
-from workbench.stages.accuracy.compare import AccuracyBudget, CandidateAccuracy, compare_candidates  # noqa: E402
 from workbench.stages.accuracy.autofix import AutofixConfig, autofix  # noqa: E402
+from workbench.stages.accuracy.compare import AccuracyBudget, CandidateAccuracy, compare_candidates  # noqa: E402
 from workbench.stages.accuracy.diagnose import quantized_nodes  # noqa: E402
 from workbench.stages.accuracy.fixes import (  # noqa: E402
     ACCURACY_SUMMARY_VERSION,
@@ -21,6 +20,7 @@ from workbench.stages.accuracy.fixes import (  # noqa: E402
     evaluate_plan,
     write_accuracy_summary,
 )
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.precision.quantize import QuantizeResult  # noqa: E402
 
 TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;"]
@@ -34,8 +34,14 @@ def fixed(fused_tiny, tmp_path_factory):
     path, feeds = fused_tiny
     folder = tmp_path_factory.mktemp("autofix")
     candidate = PrecisionPlan.preset("cpu_int8_dynamic").convert(path, folder / "int8.onnx")
-    result = autofix(path, PrecisionPlan.preset("cpu_int8_dynamic"), feeds, folder / "search", budget=STRICT,
-                     config=AutofixConfig.preset("quick"))
+    result = autofix(
+        path,
+        PrecisionPlan.preset("cpu_int8_dynamic"),
+        feeds,
+        folder / "search",
+        budget=STRICT,
+        config=AutofixConfig.preset("quick"),
+    )
     report = compare_candidates(path, {"start": candidate.path, "fixed": result.path}, feeds, budget=STRICT)
     return result, report
 
@@ -62,12 +68,17 @@ def test_evaluate_plan_converts_and_measures_in_one_call(fused_tiny, tmp_path):
     assert json.loads(json.dumps(evaluation.to_dict()))["conversion"]["keep_fp32"] == [node]
 
 
-def test_evaluate_plan_judges_by_the_budget_and_measures_against_the_reference(fused_tiny, tiny_bert_onnx,
-                                                                                tmp_path):
+def test_evaluate_plan_judges_by_the_budget_and_measures_against_the_reference(fused_tiny, tiny_bert_onnx, tmp_path):
     path, feeds = fused_tiny
     strict = AccuracyBudget(embedding_cosine_mean=0.9999999, embedding_cosine_min=0.9999999)
-    _, accuracy = evaluate_plan(path, PrecisionPlan.preset("cpu_int8_dynamic"), feeds, tmp_path / "int8.onnx",
-                                reference=tiny_bert_onnx, budget=strict)
+    _, accuracy = evaluate_plan(
+        path,
+        PrecisionPlan.preset("cpu_int8_dynamic"),
+        feeds,
+        tmp_path / "int8.onnx",
+        reference=tiny_bert_onnx,
+        budget=strict,
+    )
     assert not accuracy
     assert any(line.startswith("embedding cosine mean") for line in accuracy.failures)
     # the same numbers as compare_candidates against that reference
@@ -119,8 +130,7 @@ def test_accuracy_summary_records_start_fixed_pins_and_trials(fixed, tmp_path):
     assert summary["trial_log"][0]["stage"] == "start" and not summary["trial_log"][0]["meets_budget"]
 
 
-def test_accuracy_summary_falls_back_to_the_trials_without_the_fixed_model_in_the_report(fixed, fused_tiny,
-                                                                                        tmp_path):
+def test_accuracy_summary_falls_back_to_the_trials_without_the_fixed_model_in_the_report(fixed, fused_tiny, tmp_path):
     result, _ = fixed
     path, feeds = fused_tiny
     start_only = compare_candidates(path, {"int8": result.start.path}, feeds, budget=STRICT)
@@ -135,8 +145,14 @@ def test_accuracy_summary_falls_back_to_the_trials_without_the_fixed_model_in_th
 def test_accuracy_summary_when_the_start_meets_the_budget(fused_tiny, tmp_path):
     path, feeds = fused_tiny
     relaxed = AccuracyBudget.preset("relaxed")
-    result = autofix(path, PrecisionPlan.preset("cpu_int8_dynamic"), feeds, tmp_path / "search", budget=relaxed,
-                     config=AutofixConfig.preset("quick"))
+    result = autofix(
+        path,
+        PrecisionPlan.preset("cpu_int8_dynamic"),
+        feeds,
+        tmp_path / "search",
+        budget=relaxed,
+        config=AutofixConfig.preset("quick"),
+    )
     report = compare_candidates(path, {"fixed": result.path}, feeds, budget=relaxed)
     summary = accuracy_summary(report, result)
     assert summary["trials"] == 1 and summary["pins"] == [] and summary["ranked_nodes"] == 0

@@ -24,8 +24,13 @@ def _snapshot(model) -> bytes:
 
 
 def _constant_sizes(model) -> int:
-    return sum(numpy_helper.to_array(a.t).size for n in model.graph.node if n.op_type == "Constant"
-               for a in n.attribute if a.name == "value")
+    return sum(
+        numpy_helper.to_array(a.t).size
+        for n in model.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    )
 
 
 def _graph_with_unused_parts():
@@ -47,8 +52,10 @@ def _graph_with_unused_parts():
 def _chain(n_nodes: int):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
     y = helper.make_tensor_value_info(f"t{n_nodes}", TensorProto.FLOAT, [2, 3])
-    nodes = [helper.make_node("Relu" if i % 2 else "Abs", ["x" if i == 0 else f"t{i}"], [f"t{i + 1}"], name=f"Step_{i}")
-             for i in range(n_nodes)]
+    nodes = [
+        helper.make_node("Relu" if i % 2 else "Abs", ["x" if i == 0 else f"t{i}"], [f"t{i + 1}"], name=f"Step_{i}")
+        for i in range(n_nodes)
+    ]
     graph = helper.make_graph(nodes, "chain", [x], [y])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -78,8 +85,9 @@ def test_tiny_bert_header_and_io(bert_summary, tiny_bert_onnx):
     assert s.producer_name == "pytorch" and s.producer_version
     assert s.ir_version >= 7
     assert [(t.name, t.dtype, t.shape) for t in s.inputs] == [(n, "int64", ["batch", "sequence"]) for n in BERT_INPUTS]
-    assert [(t.name, t.dtype, t.shape) for t in s.outputs] == [("last_hidden_state", "float32",
-                                                                ["batch", "sequence", 32])]
+    assert [(t.name, t.dtype, t.shape) for t in s.outputs] == [
+        ("last_hidden_state", "float32", ["batch", "sequence", 32])
+    ]
     assert not s.has_external_data
     assert not s.has_unused_parts
 
@@ -153,8 +161,9 @@ def test_outer_scope_reads_from_subgraphs_count_as_uses():
         return helper.make_graph([helper.make_node(op, ["x", "w"], [f"{op}_out"])], op, [], [result])
 
     node = helper.make_node("If", ["cond"], ["out"], then_branch=branch("Add"), else_branch=branch("Sub"))
-    model = helper.make_model(helper.make_graph([node], "if", [cond, x], [out], initializer=[w]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph([node], "if", [cond, x], [out], initializer=[w]), opset_imports=[helper.make_opsetid("", 17)]
+    )
     s = inspect_model(model)
     assert (s.unused_initializers, s.unused_inputs, s.dead_nodes) == ((), (), ())
     assert s.op_counts == {"If": 1} and s.node_count == 1
@@ -165,8 +174,14 @@ def test_external_data_is_detected_and_counted_without_reading_it(tmp_path):
     big = numpy_helper.from_array(np.zeros((64, 64), np.float32), "big")
     model.graph.initializer.append(big)
     path = tmp_path / "ext.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="ext.onnx.data", size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=1024,
+    )
     s = inspect_model(path)
     assert s.has_external_data
     assert s.largest_initializers[0].name == "big" and s.largest_initializers[0].bytes == 64 * 64 * 4
@@ -294,8 +309,14 @@ def test_symbolic_inference_keeps_the_dim_names(bert_table):
     assert bert_table.shape_inference == "onnxruntime-symbolic" and bert_table.notes
     query = bert_table.filter(name_contains="layer.0/attention/self/query/MatMul").rows[0]
     assert query.output_shapes == (["batch", "sequence", 32],)
-    anonymous = [r.name for r in bert_table for s in r.output_shapes if s
-                 for d in s if d is None or (isinstance(d, str) and d.startswith("unk__"))]
+    anonymous = [
+        r.name
+        for r in bert_table
+        for s in r.output_shapes
+        if s
+        for d in s
+        if d is None or (isinstance(d, str) and d.startswith("unk__"))
+    ]
     assert anonymous == []
 
 
@@ -305,14 +326,20 @@ def test_contrib_ops_get_shapes_from_symbolic_inference():
     pytest.importorskip("onnxruntime")
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    nodes = [helper.make_node("Gelu", ["x"], ["g"], name="gelu", domain="com.microsoft"),
-             helper.make_node("Relu", ["g"], ["y"], name="relu")]
-    model = helper.make_model(helper.make_graph(nodes, "contrib", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    nodes = [
+        helper.make_node("Gelu", ["x"], ["g"], name="gelu", domain="com.microsoft"),
+        helper.make_node("Relu", ["g"], ["y"], name="relu"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "contrib", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+    )
     table = node_table(model)
     assert table.shape_inference == "onnxruntime-symbolic"
     assert [(r.domain, r.output_shapes, r.output_dtypes) for r in table] == [
-        ("com.microsoft", (["batch", 8],), ("float32",)), ("ai.onnx", (["batch", 8],), ("float32",))]
+        ("com.microsoft", (["batch", 8],), ("float32",)),
+        ("ai.onnx", (["batch", 8],), ("float32",)),
+    ]
     assert inspect_model(model).opset_imports == {"ai.onnx": 17, "com.microsoft": 1}
 
 
@@ -323,11 +350,19 @@ def test_incomplete_symbolic_inference_keeps_partial_shapes_and_writes_no_file(t
     monkeypatch.chdir(tmp_path)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    nodes = [helper.make_node("Gelu", ["x"], ["a"], name="gelu", domain="com.microsoft"),
-             helper.make_node("Mystery", ["a"], ["b"], name="mystery", domain="custom.ops"),
-             helper.make_node("Relu", ["b"], ["y"], name="relu")]
-    model = helper.make_model(helper.make_graph(nodes, "partial", [x], [y]), opset_imports=[
-        helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1), helper.make_opsetid("custom.ops", 1)])
+    nodes = [
+        helper.make_node("Gelu", ["x"], ["a"], name="gelu", domain="com.microsoft"),
+        helper.make_node("Mystery", ["a"], ["b"], name="mystery", domain="custom.ops"),
+        helper.make_node("Relu", ["b"], ["y"], name="relu"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "partial", [x], [y]),
+        opset_imports=[
+            helper.make_opsetid("", 17),
+            helper.make_opsetid("com.microsoft", 1),
+            helper.make_opsetid("custom.ops", 1),
+        ],
+    )
     table = node_table(model)
     assert [r.output_shapes for r in table] == [(["batch", 8],), (None,), (None,)]
     assert [r.output_dtypes for r in table] == [("float32",), (None,), ("float32",)]  # y declares its dtype
@@ -348,8 +383,7 @@ def test_without_inference_only_recorded_shapes_are_known():
 def test_to_rows_are_plain_dicts(bert_table):
     rows = bert_table.filter(op_types=["Softmax"]).to_rows()
     assert len(rows) == 2 and rows[0]["op_type"] == "Softmax"
-    assert set(rows[0]) == {"index", "name", "op_type", "domain", "inputs", "outputs", "output_shapes",
-                            "output_dtypes"}
+    assert set(rows[0]) == {"index", "name", "op_type", "domain", "inputs", "outputs", "output_shapes", "output_dtypes"}
     json.dumps(rows)
 
 
@@ -407,8 +441,10 @@ def test_weight_size_figure(bert_summary):
 
 
 def test_importing_the_module_stays_light():
-    code = ("import json, sys\nimport workbench.stages.surgery.inspect\n"
-            "print(json.dumps(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'plotly') if m in sys.modules)))")
+    code = (
+        "import json, sys\nimport workbench.stages.surgery.inspect\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'plotly') if m in sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []

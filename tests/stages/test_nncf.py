@@ -22,8 +22,14 @@ from workbench.stages.precision.nncf import NncfQuantConfig, smoothquant_alphas
 from workbench.stages.precision.plan import PrecisionPlan
 from workbench.stages.precision.smooth import SmoothingConfig
 
-TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;",
-         "a much longer sentence about nothing in particular", "ok"]
+TEXTS = [
+    "the cat sat on the mat",
+    "revenue grew 12%",
+    "how do I reset my password?",
+    "SELECT 1;",
+    "a much longer sentence about nothing in particular",
+    "ok",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +46,19 @@ def data(tiny_model_dir):
 @pytest.fixture(scope="module")
 def dense_nodes(tiny_bert_onnx):
     """ONNX node names of the plain export's dense MatMuls (what a user pins)."""
-    return [n.name for n in onnx.load(str(tiny_bert_onnx)).graph.node
-            if n.op_type == "MatMul" and n.name.endswith("dense/MatMul")]
+    return [
+        n.name
+        for n in onnx.load(str(tiny_bert_onnx)).graph.node
+        if n.op_type == "MatMul" and n.name.endswith("dense/MatMul")
+    ]
 
 
 @pytest.fixture(scope="module")
 def int8(tiny_bert_onnx, data, tmp_path_factory):
     calibration, _ = data
-    return PrecisionPlan.preset("cpu_int8_nncf").convert(tiny_bert_onnx, tmp_path_factory.mktemp("nncf") / "int8.xml",
-                                                         calibration_feeds=calibration)
+    return PrecisionPlan.preset("cpu_int8_nncf").convert(
+        tiny_bert_onnx, tmp_path_factory.mktemp("nncf") / "int8.xml", calibration_feeds=calibration
+    )
 
 
 def test_a_pin_by_onnx_node_name_keeps_that_op_fp32(tiny_bert_onnx, data, dense_nodes, int8, tmp_path):
@@ -69,12 +79,14 @@ def test_pins_that_name_no_op_are_refused_before_any_work(tiny_bert_onnx, data, 
     calibration, _ = data
     with pytest.raises(QuantizationError, match="not in the OpenVINO model"):
         PrecisionPlan.preset("cpu_int8_nncf").pin(["no/such/MatMul"]).convert(
-            tiny_bert_onnx, tmp_path / "x.xml", calibration_feeds=calibration)
+            tiny_bert_onnx, tmp_path / "x.xml", calibration_feeds=calibration
+        )
     with pytest.raises(DataError, match="calibration"):
         PrecisionPlan.preset("cpu_int8_nncf").convert(tiny_bert_onnx, tmp_path / "x.xml")
     with pytest.raises(ConfigError, match=".xml"):
-        PrecisionPlan.preset("cpu_int8_nncf").convert(tiny_bert_onnx, tmp_path / "x.onnx",
-                                                      calibration_feeds=calibration)
+        PrecisionPlan.preset("cpu_int8_nncf").convert(
+            tiny_bert_onnx, tmp_path / "x.onnx", calibration_feeds=calibration
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -92,13 +104,17 @@ def test_smoothing_maps_to_nncf_smoothquant_alphas(tiny_bert_onnx, data, int8, t
     def smoothquant_muls(path):
         import openvino as ov
 
-        return [op for op in ov.Core().read_model(str(path)).get_ordered_ops()
-                if "nncf_smooth_quant" in op.get_friendly_name() and op.get_type_name() == "Multiply"]
+        return [
+            op
+            for op in ov.Core().read_model(str(path)).get_ordered_ops()
+            if "nncf_smooth_quant" in op.get_friendly_name() and op.get_type_name() == "Multiply"
+        ]
 
     assert smoothquant_muls(int8.path)
     calibration, _ = data
-    off = PrecisionPlan.preset("cpu_int8_nncf_no_smoothing").convert(tiny_bert_onnx, tmp_path / "off.xml",
-                                                                    calibration_feeds=calibration)
+    off = PrecisionPlan.preset("cpu_int8_nncf_no_smoothing").convert(
+        tiny_bert_onnx, tmp_path / "off.xml", calibration_feeds=calibration
+    )
     assert off.notes == ("SmoothQuant off",) and not smoothquant_muls(off.path)
     with pytest.raises(ConfigError):
         NncfQuantConfig(scheme="fastest")
@@ -121,10 +137,19 @@ def test_autofix_meets_a_strict_budget_for_openvino_int8(tiny_bert_onnx, data, t
     plan = PrecisionPlan.preset("cpu_int8_nncf_no_smoothing")
     start = plan.convert(tiny_bert_onnx, tmp_path / "start.xml", calibration_feeds=calibration)
     accuracy = compare_candidates(tiny_bert_onnx, {"c": start.path}, evaluation)["c"]
-    budget = AccuracyBudget(embedding_cosine_mean=1 - (1 - accuracy.embedding_cosine_mean) / 4,
-                            embedding_cosine_min=1 - (1 - accuracy.embedding_cosine_min) / 4)
-    result = autofix(tiny_bert_onnx, plan, evaluation, tmp_path / "fix", budget=budget, calibration_feeds=calibration,
-                     config=AutofixConfig(try_smoothing=False, latency_iterations=2, max_prune_trials=3))
+    budget = AccuracyBudget(
+        embedding_cosine_mean=1 - (1 - accuracy.embedding_cosine_mean) / 4,
+        embedding_cosine_min=1 - (1 - accuracy.embedding_cosine_min) / 4,
+    )
+    result = autofix(
+        tiny_bert_onnx,
+        plan,
+        evaluation,
+        tmp_path / "fix",
+        budget=budget,
+        calibration_feeds=calibration,
+        config=AutofixConfig(try_smoothing=False, latency_iterations=2, max_prune_trials=3),
+    )
     assert not result.start.meets_budget and result.best.meets_budget and result.best.pins
     n = len(quantized_nodes(tiny_bert_onnx, start.path))
     assert len(result.trials) <= trial_budget(n, 3) <= 2 * math.log2(n) + 10
@@ -146,8 +171,16 @@ def test_autofix_tunes_the_smoothquant_alpha_before_pinning(tiny_bert_onnx, data
     budget = AccuracyBudget(embedding_cosine_mean=1.0, embedding_cosine_min=1.0)  # unreachable
     events = []
     with pytest.raises(AccuracyError):
-        autofix(tiny_bert_onnx, plan, evaluation, tmp_path / "fix", budget=budget, calibration_feeds=calibration,
-                config=AutofixConfig(latency_iterations=1, smoothing_alphas=(0.5, 0.95)), progress=events.append)
+        autofix(
+            tiny_bert_onnx,
+            plan,
+            evaluation,
+            tmp_path / "fix",
+            budget=budget,
+            calibration_feeds=calibration,
+            config=AutofixConfig(latency_iterations=1, smoothing_alphas=(0.5, 0.95)),
+            progress=events.append,
+        )
     seen = [event.item for event in events if event.item is not None]  # the trials, as each completed
     assert [t.stage for t in seen[:2]] == ["start", "alpha"]
     assert seen[0].smoothing_alpha == 0.95 and seen[1].smoothing_alpha == 0.5, "its own alpha is not tried again"
@@ -155,4 +188,3 @@ def test_autofix_tunes_the_smoothquant_alpha_before_pinning(tiny_bert_onnx, data
     assert seen[2].stage == "all pinned"
     closer = seen[1] if seen[1].cosine_min + seen[1].cosine_mean > seen[0].cosine_min + seen[0].cosine_mean else seen[0]
     assert seen[2].smoothing_alpha == closer.smoothing_alpha, "the search goes on from the closer alpha"
-

@@ -16,9 +16,14 @@ from workbench.triton.python_models import bls_model, tokenizer_model
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed (the [triton] extra)")
 
-TEXTS = ["A man is playing a guitar.", "short", "", "Ünïcödé and émojis 🙂 too.",
-         " ".join(["A sentence longer than the sequence length is truncated."] * 12),
-         "How do I reset my password if I no longer have access to the e-mail address on the account?"]
+TEXTS = [
+    "A man is playing a guitar.",
+    "short",
+    "",
+    "Ünïcödé and émojis 🙂 too.",
+    " ".join(["A sentence longer than the sequence length is truncated."] * 12),
+    "How do I reset my password if I no longer have access to the e-mail address on the account?",
+]
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 
 
@@ -34,12 +39,21 @@ def served_tokenizer(tmp_path_factory):
     return tokenizer_model.load_tokenizer(path, sequence_length=32, pad_id=0, pad_token="[PAD]", padding="buckets")
 
 
-@pytest.mark.parametrize("changes", [
-    {"mode": "zeros"}, {"batching": "grpc"}, {"max_length": 1}, {"max_length": 64.0},
-    {"buckets": (16, 32)},  # does not end at max_length
-    {"buckets": (64, 32, 128)}, {"buckets": (0, 128)}, {"buckets": (16, 16, 128)},
-    {"mode": "fixed", "buckets": (64, 128)}, {"mode": "longest", "batching": "ensemble"},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"mode": "zeros"},
+        {"batching": "grpc"},
+        {"max_length": 1},
+        {"max_length": 64.0},
+        {"buckets": (16, 32)},  # does not end at max_length
+        {"buckets": (64, 32, 128)},
+        {"buckets": (0, 128)},
+        {"buckets": (16, 16, 128)},
+        {"mode": "fixed", "buckets": (64, 128)},
+        {"mode": "longest", "batching": "ensemble"},
+    ],
+)
 def test_invalid_policies_are_config_errors(changes):
     with pytest.raises(ConfigError):
         PaddingPolicy(**changes)
@@ -60,7 +74,8 @@ def test_workbench_and_server_pad_to_the_same_lengths(preset):
     policy = PaddingPolicy.preset(preset, max_length=100)
     for tokens in range(1, 140):
         assert policy.padded_length(tokens) == tokenizer_model.padded_length(
-            tokens, policy.mode, policy.max_length, tokenizer_model.parse_buckets(policy.to_parameters()["buckets"]))
+            tokens, policy.mode, policy.max_length, tokenizer_model.parse_buckets(policy.to_parameters()["buckets"])
+        )
     assert policy.padded_length(3) >= 3 and policy.padded_length(1000) == 100
 
 
@@ -71,13 +86,22 @@ def test_buckets_split_a_dynamic_batch_into_one_call_per_bucket():
     # every text exactly once, in calls of at most one dynamic batch, each padded to a bucket that holds it
     assert sorted(i for indices, _ in calls for i in indices) == list(range(len(lengths)))
     assert [(indices, length) for indices, length in calls] == [
-        ((0, 4, 7), 16), ((1, 5), 64), ((2,), 32), ((3, 6), 128), ((8,), 16), ((9,), 128)]
+        ((0, 4, 7), 16),
+        ((1, 5), 64),
+        ((2,), 32),
+        ((3, 6), 128),
+        ((8,), 16),
+        ((9,), 128),
+    ]
     # the BLS model groups one dynamic batch the same way
     for start in (0, 8):
-        chunk = lengths[start:start + 8]
+        chunk = lengths[start : start + 8]
         groups = bls_model.group_rows([min(n, 128) for n in chunk], "buckets", 128, policy.bucket_lengths)
-        expected = [(tuple(i - start for i in indices), length) for indices, length in calls
-                    if all(start <= i < start + 8 for i in indices)]
+        expected = [
+            (tuple(i - start for i in indices), length)
+            for indices, length in calls
+            if all(start <= i < start + 8 for i in indices)
+        ]
         assert [(tuple(v), k) for k, v in groups.items()] == expected
     longest = PaddingPolicy.preset("bls_longest")
     assert longest.batches(lengths, 8) == [(tuple(range(8)), 128), ((8, 9), 100)]
@@ -95,8 +119,9 @@ def test_encode_gives_exactly_what_the_server_computes(preset, tokenizer, served
     assert len(feeds) == len(calls)
     pad = {"direction": "right", "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"}
     for (indices, length), feed in zip(calls, feeds):
-        served = tokenizer_model.encode(served_tokenizer, [TEXTS[i] for i in indices], dict.fromkeys(INPUTS, np.int64),
-                                        length=length, pad=pad)
+        served = tokenizer_model.encode(
+            served_tokenizer, [TEXTS[i] for i in indices], dict.fromkeys(INPUTS, np.int64), length=length, pad=pad
+        )
         for name in INPUTS:
             assert feed[name].shape == (len(indices), length)
             np.testing.assert_array_equal(feed[name], served[name])
@@ -123,11 +148,13 @@ def _export(onnx_path, tokenizer_dir, repository, preset, **kwargs):
     from workbench.triton.config import TritonConfig
     from workbench.triton.ensemble import export_triton_ensemble
 
-    config = kwargs.pop("config", TritonConfig(model_name="tiny", max_queue_delay_us=3000, instance_count=2,
-                                               preferred_batch_sizes=(4,)))
+    config = kwargs.pop(
+        "config", TritonConfig(model_name="tiny", max_queue_delay_us=3000, instance_count=2, preferred_batch_sizes=(4,))
+    )
     padding = PaddingPolicy.preset(preset, max_length=32) if preset is not None else None
-    return export_triton_ensemble(onnx_path, repository, tokenizer_dir, config, sequence_length=32, padding=padding,
-                                  **kwargs)
+    return export_triton_ensemble(
+        onnx_path, repository, tokenizer_dir, config, sequence_length=32, padding=padding, **kwargs
+    )
 
 
 def test_the_bls_bucket_design(tiny_bert_onnx, tiny_model_dir, tmp_path):
@@ -199,8 +226,9 @@ def test_the_in_process_post_processing_is_the_pooling_models():
 
     rng = np.random.default_rng(0)
     hidden, mask = rng.normal(size=(3, 5, 4)), np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
-    out = pooling_model.postprocess({"last_hidden_state": hidden, "attention_mask": mask}, {"normalize": "true"},
-                                    ["EMBEDDING"])
+    out = pooling_model.postprocess(
+        {"last_hidden_state": hidden, "attention_mask": mask}, {"normalize": "true"}, ["EMBEDDING"]
+    )
     np.testing.assert_allclose(out["EMBEDDING"], pooling_model.mean_pool(hidden, mask, True))
     raw = pooling_model.postprocess({"h": hidden, "attention_mask": mask}, {"normalize": "false"}, ["E"])["E"]
     np.testing.assert_allclose(raw[2], hidden[2, 0])
@@ -213,24 +241,35 @@ def test_bls_follows_int32_engine_inputs(tiny_model_dir, tmp_path):
     from workbench.triton.config import TritonConfig, parse_model_config
 
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["input_ids", "attention_mask"], ["masked"]),
-         helper.make_node("Cast", ["masked"], ["as_float"], to=TensorProto.FLOAT),
-         helper.make_node("Unsqueeze", ["as_float", "axes"], ["token_vectors"])],
+        [
+            helper.make_node("Mul", ["input_ids", "attention_mask"], ["masked"]),
+            helper.make_node("Cast", ["masked"], ["as_float"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["as_float", "axes"], ["token_vectors"]),
+        ],
         "int32_inputs",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", "sequence"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT32, ["batch", "sequence"])],
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", "sequence"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT32, ["batch", "sequence"]),
+        ],
         [helper.make_tensor_value_info("token_vectors", TensorProto.FLOAT, ["batch", "sequence", 1])],
         initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [2])],
     )
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "i32.onnx")
     from workbench.triton.ensemble import export_triton_ensemble
 
-    result = export_triton_ensemble(tmp_path / "i32.onnx", tmp_path / "repo", tiny_model_dir("bert"),
-                                    TritonConfig(model_name="i32"), sequence_length=8,
-                                    padding=PaddingPolicy(max_length=8, batching="bls"))
+    result = export_triton_ensemble(
+        tmp_path / "i32.onnx",
+        tmp_path / "repo",
+        tiny_model_dir("bert"),
+        TritonConfig(model_name="i32"),
+        sequence_length=8,
+        padding=PaddingPolicy(max_length=8, batching="bls"),
+    )
     entry = parse_model_config(result.models["ensemble"].config_text)
     assert json.loads(entry.parameters["engine_inputs"].string_value) == {
-        "input_ids": "TYPE_INT32", "attention_mask": "TYPE_INT32"}
+        "input_ids": "TYPE_INT32",
+        "attention_mask": "TYPE_INT32",
+    }
     assert json.loads(entry.parameters["engine_outputs"].string_value) == ["token_vectors"]
 
 
@@ -240,18 +279,42 @@ def test_exports_refuse_what_a_policy_cannot_serve(tiny_bert_onnx, tiny_model_di
 
     tokenizer_dir = tiny_model_dir("bert")
     with pytest.raises(ConfigError, match="max_length"):
-        export_triton_ensemble(tiny_bert_onnx, tmp_path / "a", tokenizer_dir, TritonConfig(model_name="t"),
-                               sequence_length=32, padding=PaddingPolicy(max_length=64))
+        export_triton_ensemble(
+            tiny_bert_onnx,
+            tmp_path / "a",
+            tokenizer_dir,
+            TritonConfig(model_name="t"),
+            sequence_length=32,
+            padding=PaddingPolicy(max_length=64),
+        )
     with pytest.raises(ConfigError, match="PaddingPolicy"):
-        export_triton_ensemble(tiny_bert_onnx, tmp_path / "a", tokenizer_dir, TritonConfig(model_name="t"),
-                               sequence_length=32, padding="buckets")
+        export_triton_ensemble(
+            tiny_bert_onnx,
+            tmp_path / "a",
+            tokenizer_dir,
+            TritonConfig(model_name="t"),
+            sequence_length=32,
+            padding="buckets",
+        )
     # the BLS model cannot return token-level outputs (the texts of a request may get different lengths)
     with pytest.raises(TritonExportError, match="variable"):
-        export_triton_ensemble(tiny_bert_onnx, tmp_path / "a", tokenizer_dir, TritonConfig(model_name="t"),
-                               sequence_length=32, postprocess=False,
-                               padding=PaddingPolicy(max_length=32, batching="bls"))
+        export_triton_ensemble(
+            tiny_bert_onnx,
+            tmp_path / "a",
+            tokenizer_dir,
+            TritonConfig(model_name="t"),
+            sequence_length=32,
+            postprocess=False,
+            padding=PaddingPolicy(max_length=32, batching="bls"),
+        )
     assert not (tmp_path / "a").exists()
     # without pooling, the bucket ensemble serves them (one shape per request)
-    raw = export_triton_ensemble(tiny_bert_onnx, tmp_path / "b", tokenizer_dir, TritonConfig(model_name="t"),
-                                 sequence_length=32, postprocess=False)
+    raw = export_triton_ensemble(
+        tiny_bert_onnx,
+        tmp_path / "b",
+        tokenizer_dir,
+        TritonConfig(model_name="t"),
+        sequence_length=32,
+        postprocess=False,
+    )
     assert raw.output_names[0] == "last_hidden_state"

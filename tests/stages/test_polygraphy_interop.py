@@ -24,8 +24,9 @@ from workbench.stages.accuracy.compare import load_polygraphy_inputs, save_polyg
 
 @pytest.fixture(scope="module")
 def feeds(tiny_model_dir):
-    return tokenize_batches(load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=2,
-                            sequence_length=24)
+    return tokenize_batches(
+        load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=2, sequence_length=24
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +38,29 @@ def saved(tiny_bert_onnx, feeds, tmp_path_factory):
 def _polygraphy(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Polygraphy's real command line, from this interpreter's environment (the package has no __main__)."""
     script = Path(sys.executable).with_name("polygraphy")
-    command = [str(script)] if script.is_file() else [
-        sys.executable, "-c", "import sys; from polygraphy.tools import main; sys.exit(main())"]
+    command = (
+        [str(script)]
+        if script.is_file()
+        else [sys.executable, "-c", "import sys; from polygraphy.tools import main; sys.exit(main())"]
+    )
     return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def _run(candidate: Path, saved, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return _polygraphy("run", candidate, "--onnxrt", "--load-inputs", saved.inputs, "--load-outputs", saved.outputs,
-                       "--atol", "1e-4", "--rtol", "1e-4", cwd=cwd)
+    return _polygraphy(
+        "run",
+        candidate,
+        "--onnxrt",
+        "--load-inputs",
+        saved.inputs,
+        "--load-outputs",
+        saved.outputs,
+        "--atol",
+        "1e-4",
+        "--rtol",
+        "1e-4",
+        cwd=cwd,
+    )
 
 
 def test_polygraphy_cli_passes_the_same_model(tiny_bert_onnx, feeds, saved, tmp_path):

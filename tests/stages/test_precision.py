@@ -64,8 +64,14 @@ def _quantized_nodes(path) -> set[str]:
 @pytest.mark.parametrize("preset", ["cpu_int8_static", "cpu_int8_static_qoperator", "tensorrt_int8_qdq"])
 def test_static_quantization_quantizes_activations(fused_tiny, tmp_path, preset):
     path, feeds = fused_tiny
-    result = quantize_static(path, tmp_path / "int8.onnx", feeds, StaticQuantConfig.preset(preset),
-                             cache_dir=tmp_path / "cache", progress=False)
+    result = quantize_static(
+        path,
+        tmp_path / "int8.onnx",
+        feeds,
+        StaticQuantConfig.preset(preset),
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     ops = [n.op_type for n in onnx.load(str(result.path)).graph.node]
     if preset == "cpu_int8_static_qoperator":
         assert ops.count("QLinearMatMul") >= 4
@@ -80,14 +86,18 @@ def test_static_quantization_quantizes_activations(fused_tiny, tmp_path, preset)
 def test_plan_pins_exactly_those_nodes_to_fp32(fused_tiny, tmp_path):
     path, feeds = fused_tiny
     plan = PrecisionPlan.preset("cpu_int8_static")
-    everything = _quantized_nodes(plan.convert(path, tmp_path / "all.onnx", calibration_feeds=feeds,
-                                               cache_dir=tmp_path / "cache", progress=False).path)
+    everything = _quantized_nodes(
+        plan.convert(
+            path, tmp_path / "all.onnx", calibration_feeds=feeds, cache_dir=tmp_path / "cache", progress=False
+        ).path
+    )
     assert len(everything) == 6  # per layer: attention output, FFN up and down MatMuls (QKV live in Attention)
     pins = sorted(everything)[::2]
     pinned_plan = PrecisionPlan.from_json(plan.pin(pins, note="test").to_json())
     assert pinned_plan.keep_fp32 == tuple(pins)
-    result = pinned_plan.convert(path, tmp_path / "pinned.onnx", calibration_feeds=feeds,
-                                 cache_dir=tmp_path / "cache", progress=False)
+    result = pinned_plan.convert(
+        path, tmp_path / "pinned.onnx", calibration_feeds=feeds, cache_dir=tmp_path / "cache", progress=False
+    )
     assert result.calibration.cache_hit  # same model, data and method: ranges reused
     assert _quantized_nodes(result.path) == everything - set(pins)
 
@@ -103,8 +113,11 @@ def test_unknown_pinned_node_is_an_error_and_writes_nothing(fused_tiny, tmp_path
 @pytest.mark.parametrize("bad", ["empty", "names", "dtypes"])
 def test_bad_calibration_data_leaves_no_model(fused_tiny, tmp_path, bad):
     path, feeds = fused_tiny
-    data = {"empty": [], "names": [{"ids": f["input_ids"]} for f in feeds],
-            "dtypes": [{k: v.astype("int32") for k, v in f.items()} for f in feeds]}[bad]
+    data = {
+        "empty": [],
+        "names": [{"ids": f["input_ids"]} for f in feeds],
+        "dtypes": [{k: v.astype("int32") for k, v in f.items()} for f in feeds],
+    }[bad]
     with pytest.raises(DataError):
         quantize_static(path, tmp_path / "int8.onnx", data, cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "int8.onnx").exists()
@@ -115,8 +128,9 @@ def test_fp16_keeps_io_float32_and_blocks_pinned_nodes(fused_tiny, tmp_path):
     path, feeds = fused_tiny
     model = onnx.load(str(path))
     pinned = next(n.name for n in model.graph.node if n.op_type == "Attention")
-    result = PrecisionPlan.preset("gpu_fp16").pin([pinned]).convert(path, tmp_path / "fp16.onnx",
-                                                                    calibration_feeds=feeds)
+    result = (
+        PrecisionPlan.preset("gpu_fp16").pin([pinned]).convert(path, tmp_path / "fp16.onnx", calibration_feeds=feeds)
+    )
     converted = onnx.load(str(result.path))
     assert converted.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
     assert converted.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -137,12 +151,17 @@ def test_overflow_scan_flags_nodes_beyond_fp16(tmp_path):
     from workbench.stages.precision.quantize import fp16_overflow_scan
 
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "big"], ["scaled"], name="scale_up"),
-         helper.make_node("Mul", ["scaled", "small"], ["y"], name="scale_down")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [
+            helper.make_node("Mul", ["x", "big"], ["scaled"], name="scale_up"),
+            helper.make_node("Mul", ["scaled", "small"], ["y"], name="scale_down"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-        [numpy_helper.from_array(np.array(1e6, np.float32), "big"),
-         numpy_helper.from_array(np.array(1e-6, np.float32), "small")],
+        [
+            numpy_helper.from_array(np.array(1e6, np.float32), "big"),
+            numpy_helper.from_array(np.array(1e-6, np.float32), "small"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -12,8 +12,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("polygraphy")
 
-from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.accuracy.compare import AccuracyBudget, compare_candidates  # noqa: E402
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.precision.summary import (  # noqa: E402
     PRECISION_SUMMARY_VERSION,
     precision_summary,
@@ -27,8 +27,9 @@ def test_summary_of_real_candidates(fused_tiny, tmp_path):
         "int8_dynamic": PrecisionPlan.preset("cpu_int8_dynamic").convert(path, tmp_path / "dyn.onnx"),
         "fp16": PrecisionPlan.preset("gpu_fp16").convert(path, tmp_path / "fp16.onnx", calibration_feeds=feeds),
     }
-    report = compare_candidates(path, {name: r.path for name, r in results.items()}, feeds,
-                                budget=AccuracyBudget.preset("relaxed"))
+    report = compare_candidates(
+        path, {name: r.path for name, r in results.items()}, feeds, budget=AccuracyBudget.preset("relaxed")
+    )
     written = write_precision_summary(results, report, tmp_path / "out" / "precision_summary.json")
     summary = json.loads((tmp_path / "out" / "precision_summary.json").read_text())
     assert summary == written
@@ -36,9 +37,18 @@ def test_summary_of_real_candidates(fused_tiny, tmp_path):
     assert summary["samples"] == 4 and summary["budget"]["embedding_cosine_min"] == 0.95
     rows = {row["name"]: row for row in summary["candidates"]}
     assert list(rows) == ["int8_dynamic", "fp16"]
-    for name, row in rows.items():
-        assert set(row) == {"name", "path", "method", "size_mb", "keep_fp32_count", "cosine_mean", "cosine_min",
-                            "meets_budget", "failures"}
+    for _name, row in rows.items():
+        assert set(row) == {
+            "name",
+            "path",
+            "method",
+            "size_mb",
+            "keep_fp32_count",
+            "cosine_mean",
+            "cosine_min",
+            "meets_budget",
+            "failures",
+        }
         assert Path(row["path"]).is_file() and row["size_mb"] > 0
         assert -1 <= row["cosine_min"] <= row["cosine_mean"] <= 1 + 1e-9
         assert row["meets_budget"] is (not row["failures"])

@@ -32,19 +32,40 @@ from workbench.triton.config import TritonConfig
 
 aiohttp = pytest.importorskip("aiohttp", reason="aiohttp is not installed (tritonclient[http] brings it)")
 
-QUICK = ServingConfig(concurrency=(1, 4), window_s=0.3, stable_windows=2, stability=0.5, max_windows=4,
-                      warmup_s=0.1, max_level_s=5.0, request_timeout_s=5.0)
+QUICK = ServingConfig(
+    concurrency=(1, 4),
+    window_s=0.3,
+    stable_windows=2,
+    stability=0.5,
+    max_windows=4,
+    warmup_s=0.1,
+    max_level_s=5.0,
+    request_timeout_s=5.0,
+)
 
 
 # ------------------------------------------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("changes", [
-    {"concurrency": ()}, {"concurrency": (0, 2)}, {"concurrency": (2, 2)}, {"concurrency": (1.5,)},
-    {"stability": 0.0}, {"stability": 1.5}, {"window_s": 0}, {"max_windows": 2, "stable_windows": 3},
-    {"max_level_s": 1.0, "window_s": 1.0}, {"protocol": "websocket"}, {"texts_per_request": 0},
-    {"max_requests": 2.5}, {"warmup_s": -1}, {"max_error_fraction": 1.0},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"concurrency": ()},
+        {"concurrency": (0, 2)},
+        {"concurrency": (2, 2)},
+        {"concurrency": (1.5,)},
+        {"stability": 0.0},
+        {"stability": 1.5},
+        {"window_s": 0},
+        {"max_windows": 2, "stable_windows": 3},
+        {"max_level_s": 1.0, "window_s": 1.0},
+        {"protocol": "websocket"},
+        {"texts_per_request": 0},
+        {"max_requests": 2.5},
+        {"warmup_s": -1},
+        {"max_error_fraction": 1.0},
+    ],
+)
 def test_invalid_serving_configs_are_config_errors(changes):
     with pytest.raises(ConfigError):
         ServingConfig(**changes)
@@ -69,8 +90,9 @@ def test_triton_endpoints_need_a_model():
 
 
 def _window(throughput: float, mean_ms: float, requests: int = 10) -> Window:
-    return Window(start_s=0.0, seconds=1.0, requests=requests, texts=requests, errors=0, throughput=throughput,
-                  mean_ms=mean_ms)
+    return Window(
+        start_s=0.0, seconds=1.0, requests=requests, texts=requests, errors=0, throughput=throughput, mean_ms=mean_ms
+    )
 
 
 def test_stability_needs_the_last_windows_to_agree_on_throughput_and_latency():
@@ -152,7 +174,7 @@ def test_closed_loop_keeps_exactly_concurrency_requests_in_flight_and_measures_w
         assert level.throughput == pytest.approx(level.requests_per_s)
         assert 10 <= level.p50_ms <= level.p90_ms <= level.p99_ms
         assert 2 <= len(level.windows) <= QUICK.max_windows and level.seconds < QUICK.max_level_s + 1
-        assert level.requests == sum(w.requests for w in level.windows[-QUICK.stable_windows:])
+        assert level.requests == sum(w.requests for w in level.windows[-QUICK.stable_windows :])
         assert result.to_dict()["levels"][0]["concurrency"] == 4
 
 
@@ -169,8 +191,9 @@ def test_every_level_is_bounded_in_requests_and_time():
 def test_texts_per_request_multiplies_throughput_in_texts():
     with _JsonServer(delay_s=0.01) as server:
         one = measure_load(server.endpoint, ["a", "b"], QUICK, concurrency=(2,)).levels[0]
-        three = measure_load(server.endpoint, ["a", "b"], QUICK.replace(texts_per_request=3),
-                             concurrency=(2,)).levels[0]
+        three = measure_load(server.endpoint, ["a", "b"], QUICK.replace(texts_per_request=3), concurrency=(2,)).levels[
+            0
+        ]
     assert three.throughput == pytest.approx(3 * three.requests_per_s)
     assert three.throughput > 1.5 * one.throughput
 
@@ -181,8 +204,9 @@ def test_failing_requests_are_counted_and_raise_beyond_the_allowed_fraction():
             measure_load(server.endpoint, ["fail now"], QUICK, concurrency=(1,))
         with pytest.raises(ServingError, match="failed at concurrency 2"):
             measure_load(server.endpoint, ["fine", "fail later"], QUICK, concurrency=(2,))
-        tolerant = measure_load(server.endpoint, ["fine", "fail later"], QUICK.replace(max_error_fraction=0.9),
-                                concurrency=(2,))
+        tolerant = measure_load(
+            server.endpoint, ["fine", "fail later"], QUICK.replace(max_error_fraction=0.9), concurrency=(2,)
+        )
     level = tolerant.levels[0]
     assert level.errors > 0 and "500" in level.first_error
     assert level.requests == level.texts + level.errors  # one text per request: answered + failed
@@ -204,6 +228,7 @@ def test_a_server_that_is_not_there_fails_fast():
 def test_measure_load_works_inside_a_running_event_loop():
     """A notebook kernel runs an event loop; the load runs in a loop of its own."""
     with _JsonServer() as server:
+
         async def inside():
             return measure_load(server.endpoint, ["a"], QUICK, concurrency=(1,))
 
@@ -236,11 +261,17 @@ def test_prometheus_counters_are_read_per_model():
 
 
 def _stats(success: int, inferences: int, executions: int, queue_ns: int, sizes: dict[int, int]) -> dict:
-    return {"inference_count": inferences, "execution_count": executions,
-            "inference_stats": {"success": {"count": success, "ns": 0}, "fail": {"count": 0, "ns": 0},
-                                "queue": {"count": success, "ns": queue_ns},
-                                "compute_infer": {"count": success, "ns": 2_000_000 * success}},
-            "batch_stats": [{"batch_size": b, "compute_infer": {"count": c, "ns": 0}} for b, c in sizes.items()]}
+    return {
+        "inference_count": inferences,
+        "execution_count": executions,
+        "inference_stats": {
+            "success": {"count": success, "ns": 0},
+            "fail": {"count": 0, "ns": 0},
+            "queue": {"count": success, "ns": queue_ns},
+            "compute_infer": {"count": success, "ns": 2_000_000 * success},
+        },
+        "batch_stats": [{"batch_size": b, "compute_infer": {"count": c, "ns": 0}} for b, c in sizes.items()],
+    }
 
 
 def test_statistics_deltas_give_batch_sizes_and_times_per_request():
@@ -262,16 +293,34 @@ def test_statistics_deltas_give_batch_sizes_and_times_per_request():
 def _level(concurrency: int, throughput: float, p99: float, batch: float | None = None) -> LevelResult:
     server = None
     if batch is not None:
-        server = ServerStatistics(models={"m": ModelStatistics("m", 10, 0, int(10 * batch), 10, {2: 10}, 1.0, 0.0,
-                                                               1.0, 0.0)}, engine="m")
-    return LevelResult(concurrency=concurrency, throughput=throughput, requests_per_s=throughput, p50_ms=p99 / 2,
-                       p90_ms=p99 * 0.8, p99_ms=p99, mean_ms=p99 / 2, requests=100, texts=100, errors=0,
-                       windows=(), stable=True, seconds=3.0, server=server)
+        server = ServerStatistics(
+            models={"m": ModelStatistics("m", 10, 0, int(10 * batch), 10, {2: 10}, 1.0, 0.0, 1.0, 0.0)}, engine="m"
+        )
+    return LevelResult(
+        concurrency=concurrency,
+        throughput=throughput,
+        requests_per_s=throughput,
+        p50_ms=p99 / 2,
+        p90_ms=p99 * 0.8,
+        p99_ms=p99,
+        mean_ms=p99 / 2,
+        requests=100,
+        texts=100,
+        errors=0,
+        windows=(),
+        stable=True,
+        seconds=3.0,
+        server=server,
+    )
 
 
 def test_the_suggestion_maximises_throughput_within_the_latency_limit():
-    points = [SweepPoint(0, 1, (), (_level(8, 100, 50),)), SweepPoint(2000, 1, (), (_level(8, 140, 90),)),
-              SweepPoint(2000, 2, (8,), (_level(8, 139, 70),)), SweepPoint(10000, 2, (), (_level(8, 150, 300),))]
+    points = [
+        SweepPoint(0, 1, (), (_level(8, 100, 50),)),
+        SweepPoint(2000, 1, (), (_level(8, 140, 90),)),
+        SweepPoint(2000, 2, (8,), (_level(8, 139, 70),)),
+        SweepPoint(10000, 2, (), (_level(8, 150, 300),)),
+    ]
     best = suggest(points, SweepConfig())
     assert (best.max_queue_delay_us, best.instance_count) == (10000, 2)  # no limit: most throughput
     limited = suggest(points, SweepConfig(p99_limit_ms=100))
@@ -303,23 +352,46 @@ def test_serving_summary_has_its_documented_stable_keys():
 
     def load(name: str, kind: str, throughputs: list[float], p99s: list[float], batch: float | None) -> LoadResult:
         endpoint = Endpoint(name, kind, "127.0.0.1:1" if kind != "json" else "http://127.0.0.1:1/embed", model="m")
-        return LoadResult(endpoint, tuple(_level(c, t, p, batch) for c, t, p in zip((1, 8), throughputs, p99s)),
-                          QUICK.replace(concurrency=(1, 8)))
+        return LoadResult(
+            endpoint,
+            tuple(_level(c, t, p, batch) for c, t, p in zip((1, 8), throughputs, p99s)),
+            QUICK.replace(concurrency=(1, 8)),
+        )
 
-    servers = {"triton_length_aware_http": load("a", "http", [50, 300], [30, 60], 3.0),
-               "triton_length_aware_grpc": load("b", "grpc", [55, 330], [28, 55], 3.0),
-               "triton_fixed_http": load("c", "http", [20, 100], [60, 120], 4.0),
-               "fastapi_pytorch": load("d", "json", [10, 50], [100, 300], None),
-               "fastapi_onnxruntime": load("e", "json", [40, 150], [40, 100], None)}
+    servers = {
+        "triton_length_aware_http": load("a", "http", [50, 300], [30, 60], 3.0),
+        "triton_length_aware_grpc": load("b", "grpc", [55, 330], [28, 55], 3.0),
+        "triton_fixed_http": load("c", "http", [20, 100], [60, 120], 4.0),
+        "fastapi_pytorch": load("d", "json", [10, 50], [100, 300], None),
+        "fastapi_onnxruntime": load("e", "json", [40, 150], [40, 100], None),
+    }
     points = (SweepPoint(0, 1, (), (_level(8, 300, 60),)),)
     sweep = SweepResult(points, suggest(points, SweepConfig()), SweepConfig(), "bls")
-    result = ServingResult(servers=servers, sweep=sweep, padding=PaddingPolicy(), triton_config=TritonConfig(),
-                           tokens={"length_aware": {"per_text": 39.2}, "fixed": {"per_text": 128.0}},
-                           config=QUICK.replace(concurrency=(1, 8)), machine={"cpus": 2})
+    result = ServingResult(
+        servers=servers,
+        sweep=sweep,
+        padding=PaddingPolicy(),
+        triton_config=TritonConfig(),
+        tokens={"length_aware": {"per_text": 39.2}, "fixed": {"per_text": 128.0}},
+        config=QUICK.replace(concurrency=(1, 8)),
+        machine={"cpus": 2},
+    )
     summary = serving_summary(result)
-    assert set(summary) == {"serving_version", "concurrency", "padding", "tokens_per_text", "servers", "levels",
-                            "length_aware_vs_fixed", "length_aware_vs_fixed_p99", "triton_vs_fastapi_pytorch",
-                            "triton_vs_fastapi_onnxruntime", "grpc_vs_http", "suggestion", "machine"}
+    assert set(summary) == {
+        "serving_version",
+        "concurrency",
+        "padding",
+        "tokens_per_text",
+        "servers",
+        "levels",
+        "length_aware_vs_fixed",
+        "length_aware_vs_fixed_p99",
+        "triton_vs_fastapi_pytorch",
+        "triton_vs_fastapi_onnxruntime",
+        "grpc_vs_http",
+        "suggestion",
+        "machine",
+    }
     assert summary["concurrency"] == 8 and summary["serving_version"] == 1
     assert summary["length_aware_vs_fixed"] == pytest.approx(3.0)
     assert summary["length_aware_vs_fixed_p99"] == pytest.approx(0.5)

@@ -36,11 +36,24 @@ from workbench.triton.server import TritonServer
 pytestmark = pytest.mark.slow
 
 MAX_LENGTH = 32
-QUICK = ServingConfig(concurrency=(8,), window_s=0.5, stable_windows=2, stability=0.5, max_windows=3, warmup_s=0.3,
-                      max_level_s=6.0, request_timeout_s=20.0)
+QUICK = ServingConfig(
+    concurrency=(8,),
+    window_s=0.5,
+    stable_windows=2,
+    stability=0.5,
+    max_windows=3,
+    warmup_s=0.3,
+    max_level_s=6.0,
+    request_timeout_s=20.0,
+)
 DESIGNS = ("bls_buckets", "ensemble_buckets", "fixed")
-TEXTS = ("A man is playing a guitar.", "short", "Ünïcödé and émojis 🙂 go through the tokenizer too.",
-         " ".join(["A sentence longer than the sequence length is truncated."] * 8), "How are you?")
+TEXTS = (
+    "A man is playing a guitar.",
+    "short",
+    "Ünïcödé and émojis 🙂 go through the tokenizer too.",
+    " ".join(["A sentence longer than the sequence length is truncated."] * 8),
+    "How are you?",
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +66,13 @@ def served(request, tiny_bert_onnx, tiny_model_dir, tmp_path_factory):
     """(design, exported repository, running server with metrics) for each served design."""
     design = request.param
     exported = export_triton_ensemble(
-        tiny_bert_onnx, tmp_path_factory.mktemp(design) / "repo", tiny_model_dir("bert"),
-        TritonConfig(model_name="tiny", max_batch_size=8, max_queue_delay_us=5000), sequence_length=MAX_LENGTH,
-        padding=PaddingPolicy.preset(design, max_length=MAX_LENGTH))
+        tiny_bert_onnx,
+        tmp_path_factory.mktemp(design) / "repo",
+        tiny_model_dir("bert"),
+        TritonConfig(model_name="tiny", max_batch_size=8, max_queue_delay_us=5000),
+        sequence_length=MAX_LENGTH,
+        padding=PaddingPolicy.preset(design, max_length=MAX_LENGTH),
+    )
     with TritonServer(exported.repository, models=[exported.model_name], metrics=True) as server:
         yield design, exported, server
 
@@ -65,8 +82,13 @@ def reference(onnx_path, tokenizer_dir, texts, policy):
     tokenizer = load_model(tokenizer_dir).load_tokenizer()
     with OnnxRuntimeRunner(onnx_path) as runner:
         names = list(runner.input_specs())
-        return np.concatenate([mean_pooled_embeddings(runner.infer(f)["last_hidden_state"], f["attention_mask"])
-                               for t in texts for f in policy.encode(tokenizer, [t], 1, input_names=names)])
+        return np.concatenate(
+            [
+                mean_pooled_embeddings(runner.infer(f)["last_hidden_state"], f["attention_mask"])
+                for t in texts
+                for f in policy.encode(tokenizer, [t], 1, input_names=names)
+            ]
+        )
 
 
 def infer(client, module, model, texts, *, input_name="TEXT", raw=None):
@@ -205,8 +227,10 @@ def test_the_sweep_measures_each_setting_suggests_one_and_restores_the_configs(s
         written = parse_model_config(exported.models[role].config_text)
         assert cfg["instance_group"][0]["count"] == written.instance_group[0].count
         if written.HasField("dynamic_batching"):
-            assert (cfg["dynamic_batching"]["max_queue_delay_microseconds"]
-                    == written.dynamic_batching.max_queue_delay_microseconds)
+            assert (
+                cfg["dynamic_batching"]["max_queue_delay_microseconds"]
+                == written.dynamic_batching.max_queue_delay_microseconds
+            )
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "pytorch"])
@@ -219,14 +243,19 @@ def test_fastapi_baselines_serve_the_workbench_embeddings_and_stop(engine, tiny_
 
     model = tiny_bert_onnx if engine == "onnxruntime" else tiny_model_dir("bert")
     # FastAPI pads each request to its longest text
-    expected = reference(tiny_bert_onnx, tiny_model_dir("bert"), TEXTS,
-                         PaddingPolicy(mode="longest", batching="bls", max_length=MAX_LENGTH))
+    expected = reference(
+        tiny_bert_onnx,
+        tiny_model_dir("bert"),
+        TEXTS,
+        PaddingPolicy(mode="longest", batching="bls", max_length=MAX_LENGTH),
+    )
     server = FastAPIServer(engine, model, tiny_model_dir("bert"), max_length=MAX_LENGTH)
     with server:
         pid = server._process.pid
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        request = urllib.request.Request(server.url, data=json.dumps({"texts": list(TEXTS)}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            server.url, data=json.dumps({"texts": list(TEXTS)}).encode(), headers={"Content-Type": "application/json"}
+        )
         with opener.open(request, timeout=60) as response:
             together = np.array(json.loads(response.read())["embeddings"])
         result = measure_load(Endpoint(engine, "json", server.url), TEXTS, QUICK.replace(concurrency=(2,)))
@@ -245,10 +274,16 @@ def test_benchmark_serving_runs_every_server_side_by_side(tiny_bert_onnx, tiny_m
     from workbench.stages.serving.sweep import SweepConfig
 
     config = QUICK.replace(concurrency=(1, 8))
-    result = benchmark_serving(tiny_bert_onnx, tiny_model_dir("bert"), mix[:40], config,
-                               triton_config=TritonConfig(model_name="tiny", max_batch_size=8),
-                               padding=PaddingPolicy(max_length=MAX_LENGTH), pytorch_model=tiny_model_dir("bert"),
-                               sweep=SweepConfig(max_queue_delays_us=(0, 2000), instance_counts=(1,)))
+    result = benchmark_serving(
+        tiny_bert_onnx,
+        tiny_model_dir("bert"),
+        mix[:40],
+        config,
+        triton_config=TritonConfig(model_name="tiny", max_batch_size=8),
+        padding=PaddingPolicy(max_length=MAX_LENGTH),
+        pytorch_model=tiny_model_dir("bert"),
+        sweep=SweepConfig(max_queue_delays_us=(0, 2000), instance_counts=(1,)),
+    )
     assert tuple(result.servers) == SERVERS
     for key, load in result.servers.items():
         assert [lv.concurrency for lv in load.levels] == [1, 8], key
@@ -264,15 +299,21 @@ def test_benchmark_serving_runs_every_server_side_by_side(tiny_bert_onnx, tiny_m
     assert len(result.figure().data) == len(SERVERS)
 
 
-def test_bls_calls_a_post_processing_model_that_offers_no_function(tiny_bert_onnx, tiny_model_dir, tmp_path,
-                                                                   monkeypatch):
+def test_bls_calls_a_post_processing_model_that_offers_no_function(
+    tiny_bert_onnx, tiny_model_dir, tmp_path, monkeypatch
+):
     """Task post-processing without `postprocess()` (a labels model, say) is called through BLS instead."""
     import workbench.triton.served as served_module
 
     monkeypatch.setattr(served_module, "inline_postprocessing", lambda source: False)
-    exported = export_triton_ensemble(tiny_bert_onnx, tmp_path / "repo", tiny_model_dir("bert"),
-                                      TritonConfig(model_name="tiny"), sequence_length=MAX_LENGTH,
-                                      padding=PaddingPolicy(max_length=MAX_LENGTH, batching="bls"))
+    exported = export_triton_ensemble(
+        tiny_bert_onnx,
+        tmp_path / "repo",
+        tiny_model_dir("bert"),
+        TritonConfig(model_name="tiny"),
+        sequence_length=MAX_LENGTH,
+        padding=PaddingPolicy(max_length=MAX_LENGTH, batching="bls"),
+    )
     assert exported.model_names == ("tiny", "tiny_pooling", "tiny_ensemble")
     entry = parse_model_config(exported.models["ensemble"].config_text)
     assert entry.parameters["postprocess_model"].string_value == "tiny_pooling"
@@ -289,9 +330,16 @@ def test_the_serving_pipeline_fills_the_summarys_serving_section(tiny_model_dir,
     from workbench.pipeline import PipelineParameters, ServingPipeline
     from workbench.stages.accuracy.compare import AccuracyBudget
 
-    parameters = PipelineParameters(model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"),
-                                    sequence_length=MAX_LENGTH, max_eval_samples=24, max_calibration_samples=8,
-                                    benchmark_batch_sizes=(1,), benchmark_iterations=2, threads=1)
+    parameters = PipelineParameters(
+        model_path=str(tiny_model_dir("bert")),
+        output_dir=str(tmp_path / "run"),
+        sequence_length=MAX_LENGTH,
+        max_eval_samples=24,
+        max_calibration_samples=8,
+        benchmark_batch_sizes=(1,),
+        benchmark_iterations=2,
+        threads=1,
+    )
     pipeline = ServingPipeline(parameters, budget=AccuracyBudget.preset("relaxed"))
     assert pipeline.steps.names[-2:] == ("serve", "write_summary")
     pipeline.serving_config = QUICK.replace(concurrency=(4,))
@@ -302,8 +350,10 @@ def test_the_serving_pipeline_fills_the_summarys_serving_section(tiny_model_dir,
     serving = json.loads(summary.path.read_text())["serving"]
     assert set(serving["servers"]) == {"triton_length_aware_http", "triton_fixed_http"}
     assert serving["concurrency"] == 4 and serving["padding"] == {
-        **pipeline.padding.to_dict(), "buckets": list(pipeline.padding.bucket_lengths),
-        "description": pipeline.padding.describe()}
+        **pipeline.padding.to_dict(),
+        "buckets": list(pipeline.padding.bucket_lengths),
+        "description": pipeline.padding.describe(),
+    }
     assert all(s["throughput"] > 0 and s["p99_ms"] > 0 for s in serving["servers"].values())
     assert serving["length_aware_vs_fixed"] > 0
     (record,) = [r for r in pipeline.history if r.step == "serve"]

@@ -36,28 +36,41 @@ def _feeds(names: tuple[str, ...], count: int = 4) -> list[dict[str, np.ndarray]
 def _layer_norm_model(path, *, skip: bool, residual: bool):
     """x (and skip) -> LayerNorm -> MatMul q, MatMul k [-> + the LayerNorm output: a residual]."""
     rng = np.random.default_rng(1)
-    weights = [numpy_helper.from_array(rng.normal(size=(HIDDEN, n)).astype(np.float32), f"w_{name}")
-               for name, n in (("q", HIDDEN), ("k", HIDDEN))]
+    weights = [
+        numpy_helper.from_array(rng.normal(size=(HIDDEN, n)).astype(np.float32), f"w_{name}")
+        for name, n in (("q", HIDDEN), ("k", HIDDEN))
+    ]
     gamma = numpy_helper.from_array((1.0 + 0.1 * rng.normal(size=HIDDEN)).astype(np.float32), "gamma")
     beta = numpy_helper.from_array((0.1 * rng.normal(size=HIDDEN)).astype(np.float32), "beta")
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", HIDDEN])]
     if skip:
         inputs.append(helper.make_tensor_value_info("skip", TensorProto.FLOAT, ["batch", "seq", HIDDEN]))
-        norm = helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta"], ["y"], name="ln",
-                                domain="com.microsoft", epsilon=1e-5)
+        norm = helper.make_node(
+            "SkipLayerNormalization",
+            ["x", "skip", "gamma", "beta"],
+            ["y"],
+            name="ln",
+            domain="com.microsoft",
+            epsilon=1e-5,
+        )
     else:
-        norm = helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["y"], name="ln", axis=-1,
-                                epsilon=1e-5)
-    nodes = [norm, helper.make_node("MatMul", ["y", "w_q"], ["q"], name="query"),
-             helper.make_node("MatMul", ["y", "w_k"], ["k"], name="key")]
+        norm = helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["y"], name="ln", axis=-1, epsilon=1e-5)
+    nodes = [
+        norm,
+        helper.make_node("MatMul", ["y", "w_q"], ["q"], name="query"),
+        helper.make_node("MatMul", ["y", "w_k"], ["k"], name="key"),
+    ]
     outputs = {"q": HIDDEN, "k": HIDDEN}
     if residual:
         nodes.append(helper.make_node("Add", ["y", "q"], ["out"], name="residual"))
         outputs = {"out": HIDDEN, "k": HIDDEN}
-    graph = helper.make_graph(nodes, "ln", inputs,
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", "seq", n])
-                               for o, n in outputs.items()],
-                              initializer=[*weights, gamma, beta])
+    graph = helper.make_graph(
+        nodes,
+        "ln",
+        inputs,
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", "seq", n]) for o, n in outputs.items()],
+        initializer=[*weights, gamma, beta],
+    )
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.microsoft", 1)] if skip else [])
     model = helper.make_model(graph, opset_imports=opsets)
     onnx.save(model, str(path))

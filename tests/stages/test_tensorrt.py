@@ -24,8 +24,8 @@ from workbench.errors import (
     MissingDependency,
     ModelSourceError,
 )
-from workbench.stages.precision.plan import PrecisionPlan
 from workbench.stages import tensorrt as stage
+from workbench.stages.precision.plan import PrecisionPlan
 from workbench.stages.tensorrt import (
     CalibrationFeeds,
     PlanLayerPrecisions,
@@ -88,11 +88,14 @@ def test_default_config_is_fp16_with_room_for_layer_precisions():
     assert config.precisions == ("fp32", "fp16") and not config.calibrated
 
 
-@pytest.mark.parametrize("preset, fp16, int8, explicit", [
-    ("tensorrt_fp16", True, False, False),
-    ("tensorrt_int8_calibrated", True, True, False),
-    ("tensorrt_int8_qdq", True, True, True),
-])
+@pytest.mark.parametrize(
+    "preset, fp16, int8, explicit",
+    [
+        ("tensorrt_fp16", True, False, False),
+        ("tensorrt_int8_calibrated", True, True, False),
+        ("tensorrt_int8_qdq", True, True, True),
+    ],
+)
 def test_presets(preset, fp16, int8, explicit):
     config = TensorRTConfig.preset(preset, profiles=(PROFILE,))
     assert (config.fp16, config.int8, config.explicit_quantization) == (fp16, int8, explicit)
@@ -102,8 +105,12 @@ def test_presets(preset, fp16, int8, explicit):
 
 @pytest.mark.parametrize("preset", sorted(TensorRTConfig.PRESETS))
 def test_json_round_trip(preset, tmp_path):
-    overrides = {"profiles": (PROFILE, profile_for(INPUTS, 8, 16, 32, 64, 128, 256)), "workspace_mb": 1024,
-                 "timing_cache": tmp_path / "timing.cache", "builder_optimization_level": 4}
+    overrides = {
+        "profiles": (PROFILE, profile_for(INPUTS, 8, 16, 32, 64, 128, 256)),
+        "workspace_mb": 1024,
+        "timing_cache": tmp_path / "timing.cache",
+        "builder_optimization_level": 4,
+    }
     if preset == "tensorrt_int8_calibrated":
         overrides["calibration_cache"] = str(tmp_path / "calibration.cache")
     config = TensorRTConfig.preset(preset, **overrides)
@@ -119,23 +126,26 @@ def test_a_single_profile_mapping_is_accepted():
     assert TensorRTConfig(profiles=PROFILE).profiles == (PROFILE,)
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"int8": False, "explicit_quantization": True}, "needs int8=True"),
-    ({"fp16": 1}, "must be True or False"),
-    ({"precision_constraints": "strict"}, "precision_constraints"),
-    ({"workspace_mb": 0}, "workspace_mb"),
-    ({"builder_optimization_level": 6}, "builder_optimization_level"),
-    ({"timing_cache": ""}, "timing_cache"),
-    ({"calibration_cache": "c.cache"}, "nothing is calibrated"),
-    ({"int8": True, "explicit_quantization": True, "calibration_cache": "c.cache"}, "nothing is calibrated"),
-    ({"profiles": ({"input_ids": ((1, 16), (8, 16), (4, 16))},)}, "min <= opt <= max"),
-    ({"profiles": ({"input_ids": ((1, 16), (1, 16, 1), (4, 16))},)}, "same, non-zero rank"),
-    ({"profiles": ({"input_ids": ((0, 16), (1, 16), (4, 16))},)}, "integer >= 1"),
-    ({"profiles": ({"input_ids": ((1, 16), (1, 16))},)}, "must be \\(min, opt, max\\)"),
-    ({"profiles": ({},)}, "must map input names"),
-    ({"profiles": (PROFILE, {"input_ids": ((1, 1), (1, 1), (1, 1))})}, "name different inputs"),
-    ({"profiles": "input_ids"}, "tuple of profiles"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"int8": False, "explicit_quantization": True}, "needs int8=True"),
+        ({"fp16": 1}, "must be True or False"),
+        ({"precision_constraints": "strict"}, "precision_constraints"),
+        ({"workspace_mb": 0}, "workspace_mb"),
+        ({"builder_optimization_level": 6}, "builder_optimization_level"),
+        ({"timing_cache": ""}, "timing_cache"),
+        ({"calibration_cache": "c.cache"}, "nothing is calibrated"),
+        ({"int8": True, "explicit_quantization": True, "calibration_cache": "c.cache"}, "nothing is calibrated"),
+        ({"profiles": ({"input_ids": ((1, 16), (8, 16), (4, 16))},)}, "min <= opt <= max"),
+        ({"profiles": ({"input_ids": ((1, 16), (1, 16, 1), (4, 16))},)}, "same, non-zero rank"),
+        ({"profiles": ({"input_ids": ((0, 16), (1, 16), (4, 16))},)}, "integer >= 1"),
+        ({"profiles": ({"input_ids": ((1, 16), (1, 16))},)}, "must be \\(min, opt, max\\)"),
+        ({"profiles": ({},)}, "must map input names"),
+        ({"profiles": (PROFILE, {"input_ids": ((1, 1), (1, 1), (1, 1))})}, "name different inputs"),
+        ({"profiles": "input_ids"}, "tuple of profiles"),
+    ],
+)
 def test_invalid_configs_are_rejected(changes, match):
     with pytest.raises(ConfigError, match=match):
         TensorRTConfig(**changes)
@@ -182,8 +192,13 @@ def test_profile_from_the_benchmark_choices():
 
 
 def test_fp16_chain_is_polygraphy_loaders_constructed_without_tensorrt(tiny_bert_onnx, tmp_path):
-    config = TensorRTConfig.preset("tensorrt_fp16", profiles=(PROFILE,), timing_cache=str(tmp_path / "t.cache"),
-                                   builder_optimization_level=5, workspace_mb=256)
+    config = TensorRTConfig.preset(
+        "tensorrt_fp16",
+        profiles=(PROFILE,),
+        timing_cache=str(tmp_path / "t.cache"),
+        builder_optimization_level=5,
+        workspace_mb=256,
+    )
     loaders = build_loaders(tiny_bert_onnx, config, engine_path=tmp_path / "model.plan")
     assert isinstance(loaders, TensorRTLoaders)
     assert isinstance(loaders.network, trt_backend.NetworkFromOnnxPath) and loaders.network.path == str(tiny_bert_onnx)
@@ -213,8 +228,12 @@ def test_fp16_chain_is_polygraphy_loaders_constructed_without_tensorrt(tiny_bert
 
 @needs_no_tensorrt
 def test_building_the_chain_does_not_import_tensorrt(tiny_bert_onnx):
-    build_loaders(tiny_bert_onnx, TensorRTConfig.preset("tensorrt_int8_calibrated", profiles=(PROFILE,)),
-                  plan=PrecisionPlan.preset("gpu_fp16").pin([FFN_MATMUL]), calibration_feeds=_feeds())
+    build_loaders(
+        tiny_bert_onnx,
+        TensorRTConfig.preset("tensorrt_int8_calibrated", profiles=(PROFILE,)),
+        plan=PrecisionPlan.preset("gpu_fp16").pin([FFN_MATMUL]),
+        calibration_feeds=_feeds(),
+    )
     assert "tensorrt" not in sys.modules
 
 
@@ -240,8 +259,9 @@ def test_empty_profiles_need_batch_by_sequence_inputs(tmp_path):
 
 def test_calibrated_int8_chain_carries_the_feeds_and_defers_the_calibrator(tiny_bert_onnx, tmp_path):
     feeds = _feeds()
-    config = TensorRTConfig.preset("tensorrt_int8_calibrated", profiles=(PROFILE,),
-                                   calibration_cache=str(tmp_path / "calibration.cache"))
+    config = TensorRTConfig.preset(
+        "tensorrt_int8_calibrated", profiles=(PROFILE,), calibration_cache=str(tmp_path / "calibration.cache")
+    )
     loaders = build_loaders(tiny_bert_onnx, config, calibration_feeds=feeds)
     assert (loaders.create_config.fp16, loaders.create_config.int8) == (True, True)
     assert isinstance(loaders.calibration_feeds, CalibrationFeeds) and len(loaders.calibration_feeds) == 3
@@ -260,8 +280,11 @@ def test_polygraphy_calibrator_cannot_be_created_without_tensorrt(tiny_bert_onnx
 
     with pytest.raises(PolygraphyException, match="tensorrt"):
         trt_backend.Calibrator(data_loader=_feeds())
-    loaders = build_loaders(tiny_bert_onnx, TensorRTConfig.preset("tensorrt_int8_calibrated", profiles=(PROFILE,)),
-                            calibration_feeds=_feeds())
+    loaders = build_loaders(
+        tiny_bert_onnx,
+        TensorRTConfig.preset("tensorrt_int8_calibrated", profiles=(PROFILE,)),
+        calibration_feeds=_feeds(),
+    )
     with pytest.raises(MissingDependency, match=r"\[gpu\]"):
         loaders.builder_config.resolve()
 
@@ -276,8 +299,9 @@ def test_calibrated_int8_needs_feeds(tiny_bert_onnx):
     with pytest.raises(DataError, match="needs calibration_feeds"):
         build_loaders(tiny_bert_onnx, TensorRTConfig.preset("tensorrt_int8_calibrated", profiles=(PROFILE,)))
     with pytest.raises(DataError, match="none was given"):
-        build_loaders(tiny_bert_onnx, TensorRTConfig.preset("tensorrt_int8_calibrated", profiles=(PROFILE,)),
-                      calibration_feeds=[])
+        build_loaders(
+            tiny_bert_onnx, TensorRTConfig.preset("tensorrt_int8_calibrated", profiles=(PROFILE,)), calibration_feeds=[]
+        )
 
 
 def test_calibration_feeds_must_be_at_the_opt_shape(tiny_bert_onnx):
@@ -300,8 +324,9 @@ def test_calibration_feeds_are_cast_to_the_network_input_types():
     from polygraphy.datatype import DataType
 
     feeds = CalibrationFeeds(_feeds(count=1))
-    feeds.input_metadata = (TensorMetadata().add("input_ids", DataType.INT32, (4, 16))
-                            .add("attention_mask", DataType.INT64, (4, 16)))
+    feeds.input_metadata = (
+        TensorMetadata().add("input_ids", DataType.INT32, (4, 16)).add("attention_mask", DataType.INT64, (4, 16))
+    )
     [batch] = list(feeds)
     assert set(batch) == {"input_ids", "attention_mask"}  # token_type_ids is not a network input here
     assert batch["input_ids"].dtype == np.int32 and batch["attention_mask"].dtype == np.int64
@@ -317,14 +342,21 @@ def test_plan_adds_the_layer_precision_step(tiny_bert_onnx):
     assert loaders.layer_precisions.report is None  # filled by a build
 
 
-@pytest.mark.parametrize("plan, config, match", [
-    (PrecisionPlan("int8_dynamic"), TensorRTConfig(int8=True), "no dynamic INT8"),
-    (PrecisionPlan("fp16"), TensorRTConfig(fp16=False), r"needs \['fp16'\]"),
-    (PrecisionPlan.preset("tensorrt_int8_qdq"), TensorRTConfig.preset("tensorrt_fp16"), r"needs \['int8'\]"),
-    (PrecisionPlan("fp16").pin([FFN_MATMUL], "int8"), TensorRTConfig(), r"needs \['int8'\]"),
-    (PrecisionPlan("fp32"), TensorRTConfig(), "FP32 throughout"),
-    (PrecisionPlan("fp16").pin([FFN_MATMUL]), TensorRTConfig(precision_constraints="none"), "ignore layer precisions"),
-])
+@pytest.mark.parametrize(
+    "plan, config, match",
+    [
+        (PrecisionPlan("int8_dynamic"), TensorRTConfig(int8=True), "no dynamic INT8"),
+        (PrecisionPlan("fp16"), TensorRTConfig(fp16=False), r"needs \['fp16'\]"),
+        (PrecisionPlan.preset("tensorrt_int8_qdq"), TensorRTConfig.preset("tensorrt_fp16"), r"needs \['int8'\]"),
+        (PrecisionPlan("fp16").pin([FFN_MATMUL], "int8"), TensorRTConfig(), r"needs \['int8'\]"),
+        (PrecisionPlan("fp32"), TensorRTConfig(), "FP32 throughout"),
+        (
+            PrecisionPlan("fp16").pin([FFN_MATMUL]),
+            TensorRTConfig(precision_constraints="none"),
+            "ignore layer precisions",
+        ),
+    ],
+)
 def test_plan_and_config_must_agree(tiny_bert_onnx, plan, config, match):
     with pytest.raises(ConfigError, match=match):
         build_loaders(tiny_bert_onnx, config.replace(profiles=(PROFILE,)), plan=plan)
@@ -372,11 +404,14 @@ def test_int8_mode_must_match_the_model(tiny_bert_onnx, tmp_path):
         check_onnx_for_tensorrt(qdq, TensorRTConfig.preset("tensorrt_int8_calibrated"))
 
 
-@pytest.mark.parametrize("profile, match", [
-    ({n: PROFILE[n] for n in INPUTS[:2]}, r"no shapes for the inputs \['token_type_ids'\]"),
-    ({**PROFILE, "pixel_values": PROFILE["input_ids"]}, r"\['pixel_values'\], which are not inputs"),
-    ({**PROFILE, "input_ids": ((1, 1, 1), (1, 1, 1), (1, 1, 1))}, "ranks"),
-])
+@pytest.mark.parametrize(
+    "profile, match",
+    [
+        ({n: PROFILE[n] for n in INPUTS[:2]}, r"no shapes for the inputs \['token_type_ids'\]"),
+        ({**PROFILE, "pixel_values": PROFILE["input_ids"]}, r"\['pixel_values'\], which are not inputs"),
+        ({**PROFILE, "input_ids": ((1, 1, 1), (1, 1, 1), (1, 1, 1))}, "ranks"),
+    ],
+)
 def test_profiles_must_cover_exactly_the_model_inputs(tiny_bert_onnx, profile, match):
     with pytest.raises(ConfigError, match=match):
         check_onnx_for_tensorrt(tiny_bert_onnx, TensorRTConfig(profiles=(profile,)))
@@ -389,21 +424,24 @@ def test_layer_names_map_back_to_the_pinned_nodes(tiny_bert_onnx):
     nodes = check_onnx_for_tensorrt(tiny_bert_onnx, TensorRTConfig(profiles=(PROFILE,)))
     plan = PrecisionPlan.preset("gpu_fp16").pin([FFN_MATMUL, LAYER_NORM, ATTENTION_MATMUL])
     layers = [
-        FFN_MATMUL,                                    # the node's own layer: same name
-        FFN_MATMUL + "_87",                            # an extra layer of the same node
-        FFN_MATMUL + "_87_3",                          # ... renamed again to stay unique
-        LAYER_NORM + " [Normalization]",               # a " [...]" suffix
+        FFN_MATMUL,  # the node's own layer: same name
+        FFN_MATMUL + "_87",  # an extra layer of the same node
+        FFN_MATMUL + "_87_3",  # ... renamed again to stay unique
+        LAYER_NORM + " [Normalization]",  # a " [...]" suffix
         ATTENTION_MATMUL,
-        ATTENTION_MATMUL_1,                            # another node, not pinned: not a suffix of MatMul
-        ATTENTION_MATMUL_1 + "_12",                    # an extra layer of that other node
+        ATTENTION_MATMUL_1,  # another node, not pinned: not a suffix of MatMul
+        ATTENTION_MATMUL_1 + "_12",  # an extra layer of that other node
         "/inner/encoder/layer.0/output/dense/MatMulX",  # no separator: not the node
         "(Unnamed Layer* 12) [Constant]",
         "ONNXTRT_ShapeTensorFromDims_3",
         "/inner/encoder/layer.0/output/dense/Add",
     ]
     assert layer_precisions(plan, layers, node_names=nodes) == {
-        FFN_MATMUL: "fp32", FFN_MATMUL + "_87": "fp32", FFN_MATMUL + "_87_3": "fp32",
-        LAYER_NORM + " [Normalization]": "fp32", ATTENTION_MATMUL: "fp32",
+        FFN_MATMUL: "fp32",
+        FFN_MATMUL + "_87": "fp32",
+        FFN_MATMUL + "_87_3": "fp32",
+        LAYER_NORM + " [Normalization]": "fp32",
+        ATTENTION_MATMUL: "fp32",
     }
 
 
@@ -428,15 +466,20 @@ def test_fused_graph_names_and_longest_prefix():
 
 def test_tensorrt_10_metadata_wins_over_the_name():
     plan = PrecisionPlan("fp16").pin([LAYER_NORM])
-    metadata = {"(Unnamed Layer* 40) [Normalization]": f"[ONNX Layer: {LAYER_NORM}]",
-                LAYER_NORM: f"[ONNX Layer: {FFN_MATMUL}]"}
+    metadata = {
+        "(Unnamed Layer* 40) [Normalization]": f"[ONNX Layer: {LAYER_NORM}]",
+        LAYER_NORM: f"[ONNX Layer: {FFN_MATMUL}]",
+    }
     found = layer_precisions(plan, list(metadata), node_names=[LAYER_NORM, FFN_MATMUL], metadata=metadata)
     assert found == {"(Unnamed Layer* 40) [Normalization]": "fp32"}
 
 
 def test_other_precisions_come_through():
     plan = PrecisionPlan.preset("tensorrt_int8_qdq").pin([FFN_MATMUL], "fp16").pin([LAYER_NORM])
-    assert layer_precisions(plan, [FFN_MATMUL, LAYER_NORM, ATTENTION_MATMUL]) == {FFN_MATMUL: "fp16", LAYER_NORM: "fp32"}
+    assert layer_precisions(plan, [FFN_MATMUL, LAYER_NORM, ATTENTION_MATMUL]) == {
+        FFN_MATMUL: "fp16",
+        LAYER_NORM: "fp32",
+    }
 
 
 @needs_no_tensorrt
@@ -460,8 +503,21 @@ def _fake_tensorrt() -> types.ModuleType:
     trt.__version__ = "10.99.0-fake"
     for name in ("float32", "float16", "int8", "int32", "int64", "bool"):
         setattr(trt, name, _Enum("DataType", name.upper()))
-    trt.LayerType = types.SimpleNamespace(**{n: _Enum("LayerType", n) for n in (
-        "CONSTANT", "SHAPE", "QUANTIZE", "DEQUANTIZE", "MATRIX_MULTIPLY", "ELEMENTWISE", "NORMALIZATION", "GATHER")})
+    trt.LayerType = types.SimpleNamespace(
+        **{
+            n: _Enum("LayerType", n)
+            for n in (
+                "CONSTANT",
+                "SHAPE",
+                "QUANTIZE",
+                "DEQUANTIZE",
+                "MATRIX_MULTIPLY",
+                "ELEMENTWISE",
+                "NORMALIZATION",
+                "GATHER",
+            )
+        }
+    )
     return trt
 
 
@@ -508,19 +564,26 @@ def test_apply_layer_precisions_logic_on_a_stand_in_network(tiny_bert_onnx, monk
         "matmul": _Layer(FFN_MATMUL, kinds.MATRIX_MULTIPLY, trt.float32),
         "its_weights": _Layer(FFN_MATMUL + "_57", kinds.CONSTANT, trt.float32),
         "other_matmul": _Layer(ATTENTION_MATMUL_1, kinds.MATRIX_MULTIPLY, trt.float32),
-        "norm": _Layer("(Unnamed Layer* 9) [Normalization]", kinds.NORMALIZATION, trt.float16,
-                       metadata=f"[ONNX Layer: {LAYER_NORM}]"),
+        "norm": _Layer(
+            "(Unnamed Layer* 9) [Normalization]",
+            kinds.NORMALIZATION,
+            trt.float16,
+            metadata=f"[ONNX Layer: {LAYER_NORM}]",
+        ),
         "shape": _Layer("/inner/Shape_1", kinds.SHAPE, trt.int64),
         "gather": _Layer("/inner/Gather_1", kinds.GATHER, trt.int64),
         "shape_math": _Layer("/inner/Mul_1", kinds.ELEMENTWISE, trt.float32, execution=False),
     }
-    plan = (PrecisionPlan("fp16")
-            .pin([FFN_MATMUL, LAYER_NORM, "/inner/Shape_1", "/inner/Gather_1", "/inner/Mul_1", "/inner/Constant_1"]))
+    plan = PrecisionPlan("fp16").pin(
+        [FFN_MATMUL, LAYER_NORM, "/inner/Shape_1", "/inner/Gather_1", "/inner/Mul_1", "/inner/Constant_1"]
+    )
     step = PlanLayerPrecisions(plan, tiny_bert_onnx)  # what the chain's PostprocessNetwork calls
     step(network=_Network(list(layers.values())))
     report = step.report
-    assert report.applied == {FFN_MATMUL: (FFN_MATMUL, "fp32"),
-                              "(Unnamed Layer* 9) [Normalization]": (LAYER_NORM, "fp32")}
+    assert report.applied == {
+        FFN_MATMUL: (FFN_MATMUL, "fp32"),
+        "(Unnamed Layer* 9) [Normalization]": (LAYER_NORM, "fp32"),
+    }
     assert layers["matmul"].precision is trt.float32 and layers["matmul"].output_types == {0: trt.float32}
     assert layers["norm"].precision is trt.float32 and layers["norm"].output_types == {0: trt.float32}
     assert layers["other_matmul"].precision is None  # '.../MatMul_1' is its own node
@@ -575,8 +638,10 @@ def test_build_engine_with_tensorrt_but_no_gpu_is_device_unavailable(tiny_bert_o
     with pytest.raises(DeviceUnavailable, match="needs an NVIDIA GPU") as info:
         build_engine(tiny_bert_onnx, TensorRTConfig(profiles=(PROFILE,)), engine_path=tmp_path / "m.plan")
     assert "10.99.0-fake" in str(info.value) and "simulated" in str(info.value)
-    expected = ("TensorRT: not available — tensorrt 10.99.0-fake is installed but no NVIDIA GPU was found "
-                "(nvidia-smi is not on PATH (simulated))")
+    expected = (
+        "TensorRT: not available — tensorrt 10.99.0-fake is installed but no NVIDIA GPU was found "
+        "(nvidia-smi is not on PATH (simulated))"
+    )
     assert tensorrt_status() == (False, expected)
     monkeypatch.setattr(backend, "gpu_status", lambda: (True, "GPU 0: NVIDIA H100 (simulated)"))
     assert tensorrt_status() == (True, "TensorRT 10.99.0-fake on GPU 0: NVIDIA H100 (simulated)")
@@ -591,8 +656,11 @@ def test_argument_errors_come_before_the_missing_tensorrt(tiny_bert_onnx):
 
 
 def _require_tensorrt_and_gpu():
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed: it needs NVIDIA's package index and a GPU, "
-                                           "neither available on this machine")
+    pytest.importorskip(
+        "tensorrt",
+        reason="TensorRT is not installed: it needs NVIDIA's package index and a GPU, "
+        "neither available on this machine",
+    )
     from workbench.engines.tensorrt import gpu_status
 
     has_gpu, why = gpu_status()
@@ -611,18 +679,25 @@ def _compare_with_onnxruntime(engine_path, onnx_path, feeds):
             got = trt_runner.infer(feed)["last_hidden_state"].astype(np.float32)
             expected = ort_runner.infer(feed)["last_hidden_state"]
             assert got.shape == expected.shape and np.isfinite(got).all()
-            cosines += np.sum(mean_pooled_embeddings(got, feed["attention_mask"])
-                              * mean_pooled_embeddings(expected, feed["attention_mask"]), axis=1).tolist()
+            cosines += np.sum(
+                mean_pooled_embeddings(got, feed["attention_mask"])
+                * mean_pooled_embeddings(expected, feed["attention_mask"]),
+                axis=1,
+            ).tolist()
     return float(np.min(cosines))
 
 
 @pytest.mark.gpu
 def test_int8_qdq_engine_builds_and_runs(tiny_bert_onnx, tmp_path):
     _require_tensorrt_and_gpu()
-    qdq = PrecisionPlan.preset("tensorrt_int8_qdq").convert(tiny_bert_onnx, tmp_path / "qdq.onnx",
-                                                            calibration_feeds=_feeds(count=4), progress=False)
-    engine = build_engine(qdq.path, TensorRTConfig.preset("tensorrt_int8_qdq", profiles=(PROFILE,)),
-                          engine_path=tmp_path / "int8_qdq.plan")
+    qdq = PrecisionPlan.preset("tensorrt_int8_qdq").convert(
+        tiny_bert_onnx, tmp_path / "qdq.onnx", calibration_feeds=_feeds(count=4), progress=False
+    )
+    engine = build_engine(
+        qdq.path,
+        TensorRTConfig.preset("tensorrt_int8_qdq", profiles=(PROFILE,)),
+        engine_path=tmp_path / "int8_qdq.plan",
+    )
     assert engine.path.is_file() and engine.size_mb > 0 and engine.layer_precisions is None
     assert _compare_with_onnxruntime(engine.path, tiny_bert_onnx, _feeds(count=2)) > 0.9  # random tiny weights
 
@@ -630,8 +705,9 @@ def test_int8_qdq_engine_builds_and_runs(tiny_bert_onnx, tmp_path):
 @pytest.mark.gpu
 def test_calibrated_int8_engine_builds_and_writes_its_cache(tiny_bert_onnx, tmp_path):
     _require_tensorrt_and_gpu()
-    config = TensorRTConfig.preset("tensorrt_int8_calibrated", profiles=(PROFILE,),
-                                   calibration_cache=str(tmp_path / "calibration.cache"))
+    config = TensorRTConfig.preset(
+        "tensorrt_int8_calibrated", profiles=(PROFILE,), calibration_cache=str(tmp_path / "calibration.cache")
+    )
     engine = build_engine(tiny_bert_onnx, config, calibration_feeds=_feeds(count=4), engine_path=tmp_path / "c.plan")
     assert engine.path.is_file() and (tmp_path / "calibration.cache").is_file()
     assert any("deprecated" in note for note in engine.notes)
@@ -642,8 +718,9 @@ def test_calibrated_int8_engine_builds_and_writes_its_cache(tiny_bert_onnx, tmp_
 def test_plan_pins_layers_to_fp32_in_a_real_build(tiny_bert_onnx, tmp_path):
     _require_tensorrt_and_gpu()
     plan = PrecisionPlan.preset("gpu_fp16").pin([FFN_MATMUL, LAYER_NORM])
-    config = TensorRTConfig.preset("tensorrt_fp16", profiles=(PROFILE,), precision_constraints="obey",
-                                   timing_cache=str(tmp_path / "timing.cache"))
+    config = TensorRTConfig.preset(
+        "tensorrt_fp16", profiles=(PROFILE,), precision_constraints="obey", timing_cache=str(tmp_path / "timing.cache")
+    )
     engine = build_engine(tiny_bert_onnx, config, plan=plan, engine_path=tmp_path / "pinned.plan")
     report = engine.layer_precisions
     assert report is not None

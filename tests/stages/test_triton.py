@@ -64,9 +64,7 @@ def _bf16_model(path: Path) -> Path:
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
     """Every path under `folder` (relative) -> its bytes, or None for folders."""
-    return {
-        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))
-    }
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -396,8 +394,14 @@ def test_tensorrt_fp16_accelerator_for_gpu_instances(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "changes", [{"warmup": "yes"}, {"warmup": 1}, {"ort_gpu_tensorrt_fp16": 1, "instance_kind": "KIND_GPU"},
-                {"warmup_sequence_length": 0}, {"warmup_sequence_length": 2.5}],
+    "changes",
+    [
+        {"warmup": "yes"},
+        {"warmup": 1},
+        {"ort_gpu_tensorrt_fp16": 1, "instance_kind": "KIND_GPU"},
+        {"warmup_sequence_length": 0},
+        {"warmup_sequence_length": 2.5},
+    ],
 )
 def test_invalid_new_options_are_config_errors(changes):
     with pytest.raises(ConfigError):
@@ -418,28 +422,41 @@ def _ensemble(tiny_bert_onnx, tiny_model_dir, repository, **kwargs):
     """The fixed-padding ensemble (the length-aware designs are tested in test_padding.py)."""
     from workbench.triton.padding import PaddingPolicy
 
-    config = kwargs.pop("config", TritonConfig(model_name="tiny", preferred_batch_sizes=(4, 8),
-                                               max_queue_delay_us=500))
+    config = kwargs.pop("config", TritonConfig(model_name="tiny", preferred_batch_sizes=(4, 8), max_queue_delay_us=500))
     sequence_length = kwargs.pop("sequence_length", 16)
-    kwargs.setdefault("padding", PaddingPolicy.fixed(sequence_length) if isinstance(sequence_length, int)
-                      and sequence_length >= 2 else None)
-    return export_triton_ensemble(tiny_bert_onnx, repository, tiny_model_dir("bert"), config,
-                                  sequence_length=sequence_length, **kwargs)
+    kwargs.setdefault(
+        "padding",
+        PaddingPolicy.fixed(sequence_length) if isinstance(sequence_length, int) and sequence_length >= 2 else None,
+    )
+    return export_triton_ensemble(
+        tiny_bert_onnx, repository, tiny_model_dir("bert"), config, sequence_length=sequence_length, **kwargs
+    )
 
 
 def test_ensemble_layout_and_configs(tiny_bert_onnx, tiny_model_dir, tmp_path):
     import json
+
     pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
     repository = tmp_path / "repo"
-    result = _ensemble(tiny_bert_onnx, tiny_model_dir, repository, provenance={
-        "source_model": "tiny-bert", "precision_plan": {"method": "fp32"}, "speed": {"p50_ms": 1.5}})
+    result = _ensemble(
+        tiny_bert_onnx,
+        tiny_model_dir,
+        repository,
+        provenance={"source_model": "tiny-bert", "precision_plan": {"method": "fp32"}, "speed": {"p50_ms": 1.5}},
+    )
 
     assert isinstance(result, TritonEnsembleResult)
     assert result.ensemble_name == result.model_name == "tiny_ensemble"
     assert result.model_names == ("tiny", "tiny_tokenizer", "tiny_pooling", "tiny_ensemble")
     assert result.output_names == ("EMBEDDING",) and result.sequence_length == 16
     assert sorted(p.name for p in repository.iterdir()) == [
-        "README.md", "provenance.json", "tiny", "tiny_ensemble", "tiny_pooling", "tiny_tokenizer"]
+        "README.md",
+        "provenance.json",
+        "tiny",
+        "tiny_ensemble",
+        "tiny_pooling",
+        "tiny_tokenizer",
+    ]
     tokenizer_dir = repository / "tiny_tokenizer" / "1"
     assert (tokenizer_dir / "tokenizer.json").read_bytes() == (tiny_model_dir("bert") / "tokenizer.json").read_bytes()
     assert (tokenizer_dir / "model.py").is_file() and (repository / "tiny_pooling" / "1" / "model.py").is_file()
@@ -448,7 +465,7 @@ def test_ensemble_layout_and_configs(tiny_bert_onnx, tiny_model_dir, tmp_path):
     assert all(f.is_file() for f in result.files)
 
     configs = {}
-    for role, written in result.models.items():
+    for _role, written in result.models.items():
         text = written.config_path.read_text()
         assert text == written.config_text
         configs[written.model_name] = parse_model_config(text)  # every config parses strictly
@@ -465,9 +482,13 @@ def test_ensemble_layout_and_configs(tiny_bert_onnx, tiny_model_dir, tmp_path):
     assert tokenizer.backend == "python" and tokenizer.max_batch_size == 8
     (text_input,) = tokenizer.input
     assert (text_input.name, pb2.DataType.Name(text_input.data_type), list(text_input.dims)) == (
-        "TEXT", "TYPE_STRING", [1])
+        "TEXT",
+        "TYPE_STRING",
+        [1],
+    )
     assert {o.name: (pb2.DataType.Name(o.data_type), list(o.dims)) for o in tokenizer.output} == {
-        n: ("TYPE_INT64", [16]) for n in ("input_ids", "attention_mask", "token_type_ids")}
+        n: ("TYPE_INT64", [16]) for n in ("input_ids", "attention_mask", "token_type_ids")
+    }
     assert tokenizer.parameters["sequence_length"].string_value == "16"
     assert tokenizer.parameters["pad_token"].string_value == "[PAD]"
     assert pb2.ModelInstanceGroup.Kind.Name(tokenizer.instance_group[0].kind) == "KIND_CPU"
@@ -499,8 +520,9 @@ def test_ensemble_layout_and_configs(tiny_bert_onnx, tiny_model_dir, tmp_path):
 
 def test_ensemble_without_pooling_returns_the_model_outputs(tiny_bert_onnx, tiny_model_dir, tmp_path):
     config = TritonConfig(model_name="raw", warmup=True)
-    result = _ensemble(tiny_bert_onnx, tiny_model_dir, tmp_path / "repo", postprocess=False, config=config,
-                       sequence_length=24)
+    result = _ensemble(
+        tiny_bert_onnx, tiny_model_dir, tmp_path / "repo", postprocess=False, config=config, sequence_length=24
+    )
     assert sorted(result.models) == ["ensemble", "model", "tokenizer"]
     assert not (tmp_path / "repo" / "raw_pooling").exists()
     assert result.output_names == ("last_hidden_state",)
@@ -583,16 +605,20 @@ def test_ensemble_rejects_bad_arguments_without_writing(tiny_bert_onnx, tiny_mod
     # names: the derived model names are validated too
     with pytest.raises(ConfigError):
         _ensemble(tiny_bert_onnx, tiny_model_dir, repository, config=TritonConfig(model_name="m" * 195))
-    assert ensemble_model_names("m", post_suffix=None) == {"model": "m", "tokenizer": "m_tokenizer",
-                                                           "ensemble": "m_ensemble"}
+    assert ensemble_model_names("m", post_suffix=None) == {
+        "model": "m",
+        "tokenizer": "m_tokenizer",
+        "ensemble": "m_ensemble",
+    }
     assert not repository.exists()
 
 
 def test_ensemble_rejects_inputs_a_tokenizer_cannot_produce(tiny_model_dir, tmp_path):
     onnx_path = _token_model(tmp_path / "tokens.onnx")  # takes a bool 'flags' input
     with pytest.raises(TritonExportError, match="'flags'") as info:
-        export_triton_ensemble(onnx_path, tmp_path / "repo", tiny_model_dir("bert"), sequence_length=16,
-                               postprocess=False)
+        export_triton_ensemble(
+            onnx_path, tmp_path / "repo", tiny_model_dir("bert"), sequence_length=16, postprocess=False
+        )
     assert "export_triton()" in info.value.fix
     assert not (tmp_path / "repo").exists()
 
@@ -652,11 +678,15 @@ def test_onnxruntime_backend_checks_config_against_the_graph(tmp_path):
 
     onnx_path = _token_model(tmp_path / "tokens.onnx")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    good = {"input": [{"name": "input_ids", "data_type": "TYPE_INT64"}, {"name": "flags", "data_type": "TYPE_BOOL"}],
-            "output": [{"name": "embeddings", "data_type": "TYPE_FP32"}]}
+    good = {
+        "input": [{"name": "input_ids", "data_type": "TYPE_INT64"}, {"name": "flags", "data_type": "TYPE_BOOL"}],
+        "output": [{"name": "embeddings", "data_type": "TYPE_FP32"}],
+    }
     assert check_io(good, session) == []
-    bad = {"input": [{"name": "input_idz", "data_type": "TYPE_INT64"}, {"name": "flags", "data_type": "TYPE_INT32"}],
-           "output": [{"name": "embeddings", "data_type": "TYPE_FP32"}]}
+    bad = {
+        "input": [{"name": "input_idz", "data_type": "TYPE_INT64"}, {"name": "flags", "data_type": "TYPE_INT32"}],
+        "output": [{"name": "embeddings", "data_type": "TYPE_FP32"}],
+    }
     problems = " ".join(check_io(bad, session))
     assert "'input_idz' is not a graph input" in problems
     assert "TYPE_INT32 but the graph has tensor(bool)" in problems
@@ -704,15 +734,24 @@ def test_ensemble_follows_int32_model_inputs(tiny_model_dir, tmp_path):
 
     from workbench.triton.padding import PaddingPolicy
 
-    result = export_triton_ensemble(onnx_path, tmp_path / "repo", tiny_model_dir("bert"),
-                                    TritonConfig(model_name="i32"), sequence_length=8,
-                                    padding=PaddingPolicy.fixed(8))
+    result = export_triton_ensemble(
+        onnx_path,
+        tmp_path / "repo",
+        tiny_model_dir("bert"),
+        TritonConfig(model_name="i32"),
+        sequence_length=8,
+        padding=PaddingPolicy.fixed(8),
+    )
     tokenizer = parse_model_config(result.models["tokenizer"].config_text)
     pooling = parse_model_config(result.models["pooling"].config_text)
     assert {o.name: pb2.DataType.Name(o.data_type) for o in tokenizer.output} == {
-        "input_ids": "TYPE_INT32", "attention_mask": "TYPE_INT32"}
+        "input_ids": "TYPE_INT32",
+        "attention_mask": "TYPE_INT32",
+    }
     assert [(i.name, pb2.DataType.Name(i.data_type)) for i in pooling.input] == [
-        ("token_vectors", "TYPE_FP32"), ("attention_mask", "TYPE_INT32")]
+        ("token_vectors", "TYPE_FP32"),
+        ("attention_mask", "TYPE_INT32"),
+    ]
     assert [list(o.dims) for o in pooling.output] == [[1]]
 
 
@@ -725,8 +764,11 @@ def test_tensorrt_engine_export_writes_a_tensorrt_plan_model(tmp_path):
     engine.write_bytes(b"not a real engine, but the bytes must be copied as they are")
     result = export_triton_engine(engine, onnx_path, tmp_path / "repo", TritonConfig.preset("gpu", model_name="trt"))
     config = parse_model_config((tmp_path / "repo" / "trt" / "config.pbtxt").read_text())
-    assert (config.platform, config.backend, config.default_model_filename) == ("tensorrt_plan", "tensorrt",
-                                                                                "model.plan")
+    assert (config.platform, config.backend, config.default_model_filename) == (
+        "tensorrt_plan",
+        "tensorrt",
+        "model.plan",
+    )
     assert [i.name for i in config.input] == ["input_ids", "flags"] and config.max_batch_size > 0
     assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
     assert (tmp_path / "repo" / "trt" / "1" / "model.plan").read_bytes() == engine.read_bytes()

@@ -20,8 +20,13 @@ from workbench.triton.ensemble import export_triton_ensemble
 from workbench.triton.model import engine_model, export_triton_model
 
 SEQUENCE_LENGTH = 32
-TEXTS = ("A man is playing a guitar.", "The new movie is awesome!", "", "short",
-         " ".join(["A sentence longer than the sequence length is truncated."] * 20))
+TEXTS = (
+    "A man is playing a guitar.",
+    "The new movie is awesome!",
+    "",
+    "short",
+    " ".join(["A sentence longer than the sequence length is truncated."] * 20),
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +35,7 @@ def tiny_ir(tiny_bert_onnx, tmp_path_factory):
 
 
 def test_openvino_model_config_is_complete_and_parses_strictly(tiny_ir, tmp_path):
-    config = TritonConfig(model_name="tiny_ov", max_batch_size=8, openvino_threads=2, openvino_streams=1,
-                          warmup=True)
+    config = TritonConfig(model_name="tiny_ov", max_batch_size=8, openvino_threads=2, openvino_streams=1, warmup=True)
     result = export_triton_model(tiny_ir, tmp_path / "repo", config)
     text = result.config_path.read_text()
     cfg = parse_model_config(text)
@@ -39,7 +43,10 @@ def test_openvino_model_config_is_complete_and_parses_strictly(tiny_ir, tmp_path
     assert {t.name for t in cfg.input} == {"input_ids", "attention_mask", "token_type_ids"}
     assert [(t.name, list(t.dims)) for t in cfg.output] == [("last_hidden_state", [-1, 32])]
     assert {k: v.string_value for k, v in cfg.parameters.items()} == {
-        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "2", "NUM_STREAMS": "1"}
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": "2",
+        "NUM_STREAMS": "1",
+    }
     assert cfg.dynamic_batching.max_queue_delay_microseconds == config.max_queue_delay_us
     assert [s.batch_size for s in cfg.model_warmup] == [1, 8]
     files = sorted(p.relative_to(result.model_dir).as_posix() for p in result.files)
@@ -92,15 +99,22 @@ def _library_embeddings(model_xml, tokenizer_dir, texts):
 
     tokenizer = load_model(tokenizer_dir).load_tokenizer()
     with OpenVINORunner(model_xml) as runner:
-        feeds = tokenize_batches(tokenizer, list(texts), batch_size=1, sequence_length=SEQUENCE_LENGTH,
-                                 input_names=list(runner.input_specs()))
-        return np.concatenate([mean_pooled_embeddings(runner.infer(f)["last_hidden_state"], f["attention_mask"])
-                               for f in feeds])
+        feeds = tokenize_batches(
+            tokenizer,
+            list(texts),
+            batch_size=1,
+            sequence_length=SEQUENCE_LENGTH,
+            input_names=list(runner.input_specs()),
+        )
+        return np.concatenate(
+            [mean_pooled_embeddings(runner.infer(f)["last_hidden_state"], f["attention_mask"]) for f in feeds]
+        )
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("pytriton") is None,
-                    reason="nvidia-pytriton is not installed (the [triton] extra)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("pytriton") is None, reason="nvidia-pytriton is not installed (the [triton] extra)"
+)
 @pytest.mark.parametrize("precision", ["fp32", "int8_nncf"])
 def test_the_real_server_serves_an_openvino_ensemble(precision, tiny_ir, tiny_bert_onnx, tiny_model_dir, tmp_path):
     from tritonclient import http
@@ -114,12 +128,17 @@ def test_the_real_server_serves_an_openvino_ensemble(precision, tiny_ir, tiny_be
     if precision == "int8_nncf":  # the INT8 IR NNCF writes is what ships
         tokenizer = load_model(tiny_model_dir("bert")).load_tokenizer()
         feeds = tokenize_batches(tokenizer, list(TEXTS) * 2, batch_size=1, sequence_length=SEQUENCE_LENGTH)
-        model = PrecisionPlan.preset("cpu_int8_nncf").convert(tiny_bert_onnx, tmp_path / "int8.xml",
-                                                              calibration_feeds=feeds).path
-    config = TritonConfig(model_name="tinyov", max_batch_size=8, max_queue_delay_us=20_000, openvino_threads=1,
-                          warmup=True)
-    exported = export_triton_ensemble(model, tmp_path / "repo", tiny_model_dir("bert"), config,
-                                      sequence_length=SEQUENCE_LENGTH)
+        model = (
+            PrecisionPlan.preset("cpu_int8_nncf")
+            .convert(tiny_bert_onnx, tmp_path / "int8.xml", calibration_feeds=feeds)
+            .path
+        )
+    config = TritonConfig(
+        model_name="tinyov", max_batch_size=8, max_queue_delay_us=20_000, openvino_threads=1, warmup=True
+    )
+    exported = export_triton_ensemble(
+        model, tmp_path / "repo", tiny_model_dir("bert"), config, sequence_length=SEQUENCE_LENGTH
+    )
     assert parse_model_config(exported.models["model"].config_text).backend == "openvino"
     expected = _library_embeddings(model, tiny_model_dir("bert"), TEXTS)
     with TritonServer(exported.repository, models=[exported.ensemble_name]) as server:
@@ -129,7 +148,8 @@ def test_the_real_server_serves_an_openvino_ensemble(precision, tiny_ir, tiny_be
         served = server.client.infer(exported.ensemble_name, [request]).as_numpy("EMBEDDING")
         one = server.client.infer(exported.ensemble_name, [request]).as_numpy("EMBEDDING")
     similarity = (served.astype(np.float64) * expected).sum(axis=1) / (
-        np.linalg.norm(served, axis=1) * np.linalg.norm(expected, axis=1))
+        np.linalg.norm(served, axis=1) * np.linalg.norm(expected, axis=1)
+    )
     assert served.shape == (len(TEXTS), 32)
     assert similarity.min() >= 0.9999, similarity
     np.testing.assert_allclose(one, served, atol=1e-6)  # static shapes, per-request runs: deterministic

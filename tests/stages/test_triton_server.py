@@ -23,8 +23,8 @@ if importlib.util.find_spec("pytriton") is None:
 import numpy as np  # noqa: E402
 import tritonclient.http as http  # noqa: E402
 
-from workbench.engines.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 from workbench.data import tokenize_batches  # noqa: E402
+from workbench.engines.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 from workbench.errors import TritonServerError  # noqa: E402
 from workbench.models import load_model  # noqa: E402
 from workbench.stages.accuracy.compare import mean_pooled_embeddings  # noqa: E402
@@ -45,8 +45,9 @@ TEXTS = (
 )
 
 
-def workbench_embeddings(onnx_path: Path, tokenizer_dir: Path, texts, sequence_length: int, *, batch_size: int,
-                         padding=None):
+def workbench_embeddings(
+    onnx_path: Path, tokenizer_dir: Path, texts, sequence_length: int, *, batch_size: int, padding=None
+):
     """The workbench's own sentence embeddings: tokenize_batches (or the served PaddingPolicy's encode, whose
     feeds follow text order at batch_size 1) + onnxruntime + mean_pooled_embeddings."""
     tokenizer = load_model(tokenizer_dir).load_tokenizer()
@@ -55,10 +56,16 @@ def workbench_embeddings(onnx_path: Path, tokenizer_dir: Path, texts, sequence_l
             assert batch_size == 1, "PaddingPolicy.encode regroups texts by bucket above batch size 1"
             feeds = padding.encode(tokenizer, list(texts), 1, input_names=list(runner.input_specs()))
         else:
-            feeds = tokenize_batches(tokenizer, list(texts), batch_size=batch_size, sequence_length=sequence_length,
-                                     input_names=list(runner.input_specs()))
-        return np.concatenate([mean_pooled_embeddings(runner.infer(f)["last_hidden_state"], f["attention_mask"])
-                               for f in feeds])
+            feeds = tokenize_batches(
+                tokenizer,
+                list(texts),
+                batch_size=batch_size,
+                sequence_length=sequence_length,
+                input_names=list(runner.input_specs()),
+            )
+        return np.concatenate(
+            [mean_pooled_embeddings(runner.infer(f)["last_hidden_state"], f["attention_mask"]) for f in feeds]
+        )
 
 
 def served_embeddings(client, model: str, texts) -> np.ndarray:
@@ -85,10 +92,16 @@ def model_stats(client, model: str) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_repository(tiny_bert_onnx, tiny_model_dir, tmp_path_factory):
-    config = TritonConfig(model_name="tiny", max_batch_size=8, preferred_batch_sizes=(4, 8),
-                          max_queue_delay_us=20_000, warmup=True)
-    return export_triton_ensemble(tiny_bert_onnx, tmp_path_factory.mktemp("served") / "repo", tiny_model_dir("bert"),
-                                  config, sequence_length=SEQUENCE_LENGTH)
+    config = TritonConfig(
+        model_name="tiny", max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=20_000, warmup=True
+    )
+    return export_triton_ensemble(
+        tiny_bert_onnx,
+        tmp_path_factory.mktemp("served") / "repo",
+        tiny_model_dir("bert"),
+        config,
+        sequence_length=SEQUENCE_LENGTH,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +150,11 @@ def test_concurrent_requests_are_batched_by_the_server(tiny_server, tiny_reposit
     assert inferences == 32
     assert executions < inferences, (executions, inferences)
     sizes_before = {s["batch_size"]: s["compute_infer"]["count"] for s in before["batch_stats"]}
-    grown = [s["batch_size"] for s in after["batch_stats"]
-             if s["batch_size"] > 1 and s["compute_infer"]["count"] > sizes_before.get(s["batch_size"], 0)]
+    grown = [
+        s["batch_size"]
+        for s in after["batch_stats"]
+        if s["batch_size"] > 1 and s["compute_infer"]["count"] > sizes_before.get(s["batch_size"], 0)
+    ]
     assert grown, after["batch_stats"]
     expected = np.stack([tiny_reference[i % len(TEXTS)] for i in range(32)])
     assert cosines(np.stack(results), expected).min() >= 0.9999
@@ -169,8 +185,9 @@ def test_a_gpu_export_fails_here_with_no_gpus_and_serves_from_a_cpu_copy(
     tiny_bert_onnx, tiny_model_dir, tiny_reference, tmp_path
 ):
     config = TritonConfig.preset("gpu_tensorrt_fp16", model_name="tiny", max_batch_size=8)
-    exported = export_triton_ensemble(tiny_bert_onnx, tmp_path / "gpu_repo", tiny_model_dir("bert"), config,
-                                      sequence_length=SEQUENCE_LENGTH)
+    exported = export_triton_ensemble(
+        tiny_bert_onnx, tmp_path / "gpu_repo", tiny_model_dir("bert"), config, sequence_length=SEQUENCE_LENGTH
+    )
     model_config = exported.models["model"].config_path.read_text()
     assert "KIND_GPU" in model_config and 'value: "FP16"' in model_config
 
@@ -205,8 +222,9 @@ def test_server_stops_and_reports_a_missing_repository(tmp_path):
 
 
 def test_a_server_that_ignores_sigterm_too_long_is_killed_with_its_stubs(tiny_repository, tmp_path):
-    server = TritonServer(tiny_repository.repository, models=[tiny_repository.models["tokenizer"].model_name],
-                          stop_timeout_s=0.01)
+    server = TritonServer(
+        tiny_repository.repository, models=[tiny_repository.models["tokenizer"].model_name], stop_timeout_s=0.01
+    )
     with server:
         pid, prefix = server.pid, server._shm_prefix
     with pytest.raises(ProcessLookupError):
@@ -218,8 +236,8 @@ def test_a_server_that_ignores_sigterm_too_long_is_killed_with_its_stubs(tiny_re
 
 
 def test_minilm_dynamic_int8_ensemble_serves_the_workbench_embeddings(tmp_path):
-    from workbench.stages.precision.plan import PrecisionPlan
     from workbench.stages.export import export_onnx
+    from workbench.stages.precision.plan import PrecisionPlan
 
     source = load_model()
     fp32 = export_onnx(source, tmp_path / "minilm.onnx").path
@@ -228,15 +246,17 @@ def test_minilm_dynamic_int8_ensemble_serves_the_workbench_embeddings(tmp_path):
     plan.convert(fp32, int8, progress=False)
     sequence_length = 128
     exported = export_triton_ensemble(
-        int8, tmp_path / "repo", source.path, TritonConfig.preset("cpu", model_name="minilm"),
+        int8,
+        tmp_path / "repo",
+        source.path,
+        TritonConfig.preset("cpu", model_name="minilm"),
         sequence_length=sequence_length,
         provenance={"source_model": str(source.path), "precision_plan": plan, "accuracy": {"note": "test"}},
     )
     # Dynamic INT8 computes activation scales over the whole batch (and its padding), so compare request for
     # request: one text per request, sent one after the other (batch 1 at the model), against the workbench at
     # batch 1 padded as the served policy pads it.
-    reference = workbench_embeddings(int8, source.path, TEXTS, sequence_length, batch_size=1,
-                                     padding=exported.padding)
+    reference = workbench_embeddings(int8, source.path, TEXTS, sequence_length, batch_size=1, padding=exported.padding)
     with TritonServer(exported.repository, models=[exported.ensemble_name]) as server:
         served = np.concatenate([served_embeddings(server.client, exported.ensemble_name, [t]) for t in TEXTS])
     assert served.shape == (len(TEXTS), 384)
@@ -265,15 +285,26 @@ def test_a_served_classifier_returns_its_label_and_probabilities(tmp_path):
     config_path.write_text(json.dumps(config))
     source = load_model(folder)
     onnx_path = export_onnx(source, tmp_path / "classifier.onnx").path
-    repository = export_triton_ensemble(onnx_path, tmp_path / "repo", folder, TritonConfig(model_name="clf"),
-                                        sequence_length=SEQUENCE_LENGTH, task=source.task,
-                                        model_config=source.config)
+    repository = export_triton_ensemble(
+        onnx_path,
+        tmp_path / "repo",
+        folder,
+        TritonConfig(model_name="clf"),
+        sequence_length=SEQUENCE_LENGTH,
+        task=source.task,
+        model_config=source.config,
+    )
     assert set(repository.models) == {"model", "tokenizer", "labels", "ensemble"}
     assert repository.output_names == ("LABEL", "PROBABILITIES")
     tokenizer = source.load_tokenizer()
     with OnnxRuntimeRunner(onnx_path) as runner:
-        feeds = tokenize_batches(tokenizer, list(TEXTS), batch_size=len(TEXTS), sequence_length=SEQUENCE_LENGTH,
-                                 input_names=list(runner.input_specs()))
+        feeds = tokenize_batches(
+            tokenizer,
+            list(TEXTS),
+            batch_size=len(TEXTS),
+            sequence_length=SEQUENCE_LENGTH,
+            input_names=list(runner.input_specs()),
+        )
         logits = runner.infer(feeds[0])["logits"]
     expected = [config["id2label"][str(i)] for i in np.argmax(logits, axis=-1)]
     with TritonServer(repository.repository, models=[repository.ensemble_name]) as server:

@@ -42,16 +42,26 @@ def _run(transformers, request: dict) -> dict:
 
     def recording_forward(inputs):  # what the pipeline fed the model, and the logits it got back
         out = forward(inputs)
-        seen.append({"input_ids": inputs["input_ids"][0].tolist(), "start": out["start"][0].float().tolist(),
-                     "end": out["end"][0].float().tolist()})
+        seen.append(
+            {
+                "input_ids": inputs["input_ids"][0].tolist(),
+                "start": out["start"][0].float().tolist(),
+                "end": out["end"][0].float().tolist(),
+            }
+        )
         return out
 
     pipe._forward = recording_forward
     answers, windows = [], []
     for question, context in request["pairs"]:
         seen.clear()
-        found = pipe(question=question, context=context, max_seq_len=request["max_seq_len"],
-                     doc_stride=request["doc_stride"], max_answer_len=request["max_answer_len"])
+        found = pipe(
+            question=question,
+            context=context,
+            max_seq_len=request["max_seq_len"],
+            doc_stride=request["doc_stride"],
+            max_answer_len=request["max_answer_len"],
+        )
         answers.append({k: (float(v) if k == "score" else v) for k, v in found.items()})
         windows.append(list(seen))
     return {"answers": answers, "windows": windows}

@@ -35,21 +35,33 @@ def _served(source: str):
 def _front_parameters(task, tokenizer, folder, onnx_path, sequence_length, runner):
     config = json.loads((folder / "config.json").read_text())
     dims = {"logits": (-1, len(config.get("id2label") or {}))}
-    front = task.front_model(model_config=config, output_names=tuple(task.outputs), output_dims=dims,
-                             sequence_length=sequence_length)
+    front = task.front_model(
+        model_config=config, output_names=tuple(task.outputs), output_dims=dims, sequence_length=sequence_length
+    )
     plan = bls._load_tokenizer(folder, task)
     engine_inputs = [[name, "TYPE_INT64"] for name in runner.input_specs()]
-    return front, plan, {**plan.parameters, "sequence_length": str(sequence_length), "engine_model": "m",
-                         "engine_inputs": json.dumps(engine_inputs), "engine_max_batch": "8",
-                         **dict(front.parameters)}, config
+    return (
+        front,
+        plan,
+        {
+            **plan.parameters,
+            "sequence_length": str(sequence_length),
+            "engine_model": "m",
+            "engine_inputs": json.dumps(engine_inputs),
+            "engine_max_batch": "8",
+            **dict(front.parameters),
+        },
+        config,
+    )
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_served_entities_are_the_librarys_for_every_evaluation_sentence(kind, tiny_head, tiny_head_onnx, tmp_path):
     folder, path = tiny_head(kind, NER), tiny_head_onnx(kind, NER)
     task = get_task(NER)
-    module = _served(task.front_model(model_config={}, output_names=(), output_dims={"logits": (-1, 9)},
-                                      sequence_length=64).source)
+    module = _served(
+        task.front_model(model_config={}, output_names=(), output_dims={"logits": (-1, 9)}, sequence_length=64).source
+    )
     texts = list(load_sentence_splits().evaluation)
     with OnnxRuntimeRunner(path) as runner:
         _, plan, parameters, config = _front_parameters(task, None, folder, path, 64, runner)
@@ -58,9 +70,15 @@ def test_served_entities_are_the_librarys_for_every_evaluation_sentence(kind, ti
         for strategy in ("none", "simple", "first", "average", "max"):
             chosen = {**parameters, "aggregation_strategy": strategy}
             served = module.run(served_tokenizer, texts, runner.infer, chosen)
-            expected = task.served_outputs(plan.tokenizer, texts, runner.infer, sequence_length=64,
-                                           input_names=list(runner.input_specs()), model_config=config,
-                                           parameters=chosen)
+            expected = task.served_outputs(
+                plan.tokenizer,
+                texts,
+                runner.infer,
+                sequence_length=64,
+                input_names=list(runner.input_specs()),
+                model_config=config,
+                parameters=chosen,
+            )
             assert bls._differences(expected, served) == [], strategy
     assert sum(len(e) for e in expected) > len(texts)  # entities were found and compared
 
@@ -76,9 +94,15 @@ def test_served_answers_are_the_librarys_for_every_evaluation_pair(kind, tiny_he
         (tmp_path / "tokenizer.json").write_text(plan.json_text, encoding="utf-8")
         served_tokenizer = module.tokenizer_from(tmp_path / "tokenizer.json", parameters)
         served = module.run(served_tokenizer, pairs, runner.infer, parameters)
-        expected = task.served_outputs(plan.tokenizer, pairs, runner.infer, sequence_length=128,
-                                       input_names=list(runner.input_specs()), model_config=config,
-                                       parameters=parameters)
+        expected = task.served_outputs(
+            plan.tokenizer,
+            pairs,
+            runner.infer,
+            sequence_length=128,
+            input_names=list(runner.input_specs()),
+            model_config=config,
+            parameters=parameters,
+        )
     assert len(served) == len(pairs)
     assert bls._differences(expected, served) == []
     windows = [len(module.windows_of(served_tokenizer, q, c)) for q, c in pairs]
@@ -87,22 +111,37 @@ def test_served_answers_are_the_librarys_for_every_evaluation_pair(kind, tiny_he
 
 def test_export_writes_the_engine_and_its_front_model(tiny_head, tiny_head_onnx, tmp_path):
     folder, path = tiny_head("bert", NER), tiny_head_onnx("bert", NER)
-    result = export_triton_bls(path, tmp_path / "repo", folder, TritonConfig(model_name="ner", max_batch_size=4),
-                               task=NER, sequence_length=64, provenance={"source_model": "tiny"})
+    result = export_triton_bls(
+        path,
+        tmp_path / "repo",
+        folder,
+        TritonConfig(model_name="ner", max_batch_size=4),
+        task=NER,
+        sequence_length=64,
+        provenance={"source_model": "tiny"},
+    )
     assert result.front_name == "ner_ner" and result.model_names == ("ner", "ner_ner")
     assert result.input_names == ("TEXT",) and result.output_names == ("ENTITIES",)
-    assert result.checked == len(get_task(NER).front_model(model_config={}, output_names=(), output_dims={
-        "logits": (-1, 9)}, sequence_length=64).check_samples)
+    assert result.checked == len(
+        get_task(NER)
+        .front_model(model_config={}, output_names=(), output_dims={"logits": (-1, 9)}, sequence_length=64)
+        .check_samples
+    )
     front_dir = tmp_path / "repo" / "ner_ner"
     cfg = parse_model_config((front_dir / "config.pbtxt").read_text())
     assert cfg.backend == "python" and cfg.max_batch_size == 4 and not cfg.model_warmup
     parameters = {k: v.string_value for k, v in cfg.parameters.items()}
     assert parameters["engine_model"] == "ner" and parameters["sequence_length"] == "64"
     assert json.loads(parameters["labels"])[:3] == ["O", "B-PER", "I-PER"]
-    assert json.loads(parameters["engine_inputs"]) == [["input_ids", "TYPE_INT64"], ["token_type_ids", "TYPE_INT64"],
-                                                       ["attention_mask", "TYPE_INT64"]] or \
-        sorted(n for n, _ in json.loads(parameters["engine_inputs"])) == ["attention_mask", "input_ids",
-                                                                           "token_type_ids"]
+    assert json.loads(parameters["engine_inputs"]) == [
+        ["input_ids", "TYPE_INT64"],
+        ["token_type_ids", "TYPE_INT64"],
+        ["attention_mask", "TYPE_INT64"],
+    ] or sorted(n for n, _ in json.loads(parameters["engine_inputs"])) == [
+        "attention_mask",
+        "input_ids",
+        "token_type_ids",
+    ]
     assert (front_dir / "1" / "model.py").read_text() == (FOLDER / "token_classification_model.py").read_text()
     assert (front_dir / "1" / "tokenizer.json").is_file()
     engine = parse_model_config((tmp_path / "repo" / "ner" / "config.pbtxt").read_text())
@@ -134,20 +173,27 @@ def test_export_refuses_a_served_model_that_answers_differently(tiny_head, tiny_
 
 def test_export_refuses_what_it_cannot_serve(tiny_head, tiny_head_onnx, tiny_bert_onnx, tiny_model_dir, tmp_path):
     with pytest.raises(TritonExportError, match="served as an ensemble"):
-        export_triton_bls(tiny_bert_onnx, tmp_path / "repo", tiny_model_dir("bert"), task="feature-extraction",
-                          sequence_length=32)
+        export_triton_bls(
+            tiny_bert_onnx, tmp_path / "repo", tiny_model_dir("bert"), task="feature-extraction", sequence_length=32
+        )
     with pytest.raises(TritonExportError, match="no outputs"):  # a token-classification export of a QA model
-        export_triton_bls(tiny_head_onnx("bert", QA), tmp_path / "repo", tiny_head("bert", QA), task=NER,
-                          sequence_length=32, model_config={"id2label": {"0": "O"}})
+        export_triton_bls(
+            tiny_head_onnx("bert", QA),
+            tmp_path / "repo",
+            tiny_head("bert", QA),
+            task=NER,
+            sequence_length=32,
+            model_config={"id2label": {"0": "O"}},
+        )
     folder, path = tiny_head("bert", NER), tiny_head_onnx("bert", NER)
     export_triton_bls(path, tmp_path / "repo", folder, TritonConfig(model_name="ner"), task=NER, sequence_length=32)
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "repo").rglob("*"))
     with pytest.raises(TritonExportError, match="already exist"):
-        export_triton_bls(path, tmp_path / "repo", folder, TritonConfig(model_name="ner"), task=NER,
-                          sequence_length=32)
+        export_triton_bls(path, tmp_path / "repo", folder, TritonConfig(model_name="ner"), task=NER, sequence_length=32)
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "repo").rglob("*")) == before
-    again = export_triton_bls(path, tmp_path / "repo", folder, TritonConfig(model_name="ner"), task=NER,
-                              sequence_length=48, overwrite=True)
+    again = export_triton_bls(
+        path, tmp_path / "repo", folder, TritonConfig(model_name="ner"), task=NER, sequence_length=48, overwrite=True
+    )
     assert parse_model_config(again.models["front"].config_text).parameters["sequence_length"].string_value == "48"
 
 

@@ -38,8 +38,10 @@ KEYWORD = "lighthouse"
 
 
 def _filler(count: int) -> str:
-    return " ".join(f"On day {i} the ferry crossed the bay twice, and the harbour master logged {i + 7} boats."
-                    for i in range(count))
+    return " ".join(
+        f"On day {i} the ferry crossed the bay twice, and the harbour master logged {i + 7} boats."
+        for i in range(count)
+    )
 
 
 #: A context whose only "lighthouse" lies past the first window at QA_LENGTH tokens (checked in the test).
@@ -53,20 +55,38 @@ def served(tiny_head, tiny_head_onnx, tmp_path_factory):
     repository = tmp_path_factory.mktemp("bls-served") / "repo"
     config = {"max_batch_size": 8, "max_queue_delay_us": 20_000}
     exported = {}
-    for name, kind, task, length in (("ner", "bert", NER, NER_LENGTH), ("ner_bpe", "roberta", NER, NER_LENGTH),
-                                     ("qa", "bert", QA, QA_LENGTH)):
-        exported[name] = export_triton_bls(tiny_head_onnx(kind, task), repository, tiny_head(kind, task),
-                                           TritonConfig(model_name=name, **config), task=task, sequence_length=length,
-                                           overwrite=True)
+    for name, kind, task, length in (
+        ("ner", "bert", NER, NER_LENGTH),
+        ("ner_bpe", "roberta", NER, NER_LENGTH),
+        ("qa", "bert", QA, QA_LENGTH),
+    ):
+        exported[name] = export_triton_bls(
+            tiny_head_onnx(kind, task),
+            repository,
+            tiny_head(kind, task),
+            TritonConfig(model_name=name, **config),
+            task=task,
+            sequence_length=length,
+            overwrite=True,
+        )
     keyword_dir = build_keyword_qa(tmp_path_factory.mktemp("keyword-qa"), KEYWORD)
     keyword_onnx = export_tiny_head(keyword_dir, QA, keyword_dir / "model.onnx")
-    exported["keyword"] = export_triton_bls(keyword_onnx, repository, keyword_dir,
-                                            TritonConfig(model_name="keyword", **config), task=QA,
-                                            sequence_length=QA_LENGTH, overwrite=True)
+    exported["keyword"] = export_triton_bls(
+        keyword_onnx,
+        repository,
+        keyword_dir,
+        TritonConfig(model_name="keyword", **config),
+        task=QA,
+        sequence_length=QA_LENGTH,
+        overwrite=True,
+    )
     models = [m for result in exported.values() for m in result.model_names]
-    sources = {"ner": (tiny_head_onnx("bert", NER), tiny_head("bert", NER)),
-               "ner_bpe": (tiny_head_onnx("roberta", NER), tiny_head("roberta", NER)),
-               "qa": (tiny_head_onnx("bert", QA), tiny_head("bert", QA)), "keyword": (keyword_onnx, keyword_dir)}
+    sources = {
+        "ner": (tiny_head_onnx("bert", NER), tiny_head("bert", NER)),
+        "ner_bpe": (tiny_head_onnx("roberta", NER), tiny_head("roberta", NER)),
+        "qa": (tiny_head_onnx("bert", QA), tiny_head("bert", QA)),
+        "keyword": (keyword_onnx, keyword_dir),
+    }
     with TritonServer(repository, models=models) as server:
         yield server, exported, sources
 
@@ -79,12 +99,22 @@ def _library(sources, name: str, task_name: str, samples, length: int):
     task = get_task(task_name)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     config = json.loads((folder / "config.json").read_text())
-    front = task.front_model(model_config=config, output_names=task.outputs,
-                             output_dims={"logits": (-1, len(config.get("id2label") or {}))}, sequence_length=length)
+    front = task.front_model(
+        model_config=config,
+        output_names=task.outputs,
+        output_dims={"logits": (-1, len(config.get("id2label") or {}))},
+        sequence_length=length,
+    )
     with OnnxRuntimeRunner(onnx_path) as runner:
-        return task.served_outputs(tokenizer, samples, runner.infer, sequence_length=length,
-                                   input_names=list(runner.input_specs()), model_config=config,
-                                   parameters=front.parameters)
+        return task.served_outputs(
+            tokenizer,
+            samples,
+            runner.infer,
+            sequence_length=length,
+            input_names=list(runner.input_specs()),
+            model_config=config,
+            parameters=front.parameters,
+        )
 
 
 def _strings(values) -> np.ndarray:
@@ -104,9 +134,12 @@ def _ask_answers(client, model: str, pairs):
         inputs.append(http.InferInput(name, [len(pairs), 1], "BYTES"))
         inputs[-1].set_data_from_numpy(_strings(values))
     result = client.infer(model, inputs)
-    return [{"score": float(s[0]), "start": int(b[0]), "end": int(e[0]), "answer": a[0].decode("utf-8")}
-            for a, s, b, e in zip(result.as_numpy("ANSWER"), result.as_numpy("SCORE"), result.as_numpy("START"),
-                                  result.as_numpy("END"))]
+    return [
+        {"score": float(s[0]), "start": int(b[0]), "end": int(e[0]), "answer": a[0].decode("utf-8")}
+        for a, s, b, e in zip(
+            result.as_numpy("ANSWER"), result.as_numpy("SCORE"), result.as_numpy("START"), result.as_numpy("END")
+        )
+    ]
 
 
 def _same(expected, served):
@@ -122,7 +155,7 @@ def test_served_entities_are_the_librarys_for_every_evaluation_sentence(served, 
     expected = _library(sources, name, NER, texts, NER_LENGTH)
     got = []
     for first in range(0, len(texts), 5):  # requests of 5 texts, the last ones shorter
-        got += _ask_entities(server.client, exported[name].front_name, texts[first:first + 5])
+        got += _ask_entities(server.client, exported[name].front_name, texts[first : first + 5])
     assert _same(expected, got) == []
     assert sum(len(e) for e in got) > len(texts)
 
@@ -133,10 +166,10 @@ def test_served_answers_are_the_librarys_for_every_evaluation_pair(served):
     expected = _library(sources, "qa", QA, pairs, QA_LENGTH)
     got = []
     for first in range(0, len(pairs), 4):
-        got += _ask_answers(server.client, exported["qa"].front_name, pairs[first:first + 4])
+        got += _ask_answers(server.client, exported["qa"].front_name, pairs[first : first + 4])
     assert _same(expected, got) == []
     for answer, (_, context) in zip(got, pairs):
-        assert context[answer["start"]:answer["end"]] == answer["answer"]
+        assert context[answer["start"] : answer["end"]] == answer["answer"]
 
 
 def test_an_answer_in_the_second_window_is_found(served, tiny_head):
@@ -144,17 +177,25 @@ def test_an_answer_in_the_second_window_is_found(served, tiny_head):
 
     server, exported, sources = served
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(sources["keyword"][1]))
-    encoded = get_task(QA).encode(tokenizer, [(SECOND_WINDOW_QUESTION, SECOND_WINDOW_CONTEXT)], batch_size=8,
-                                  sequence_length=QA_LENGTH)
+    encoded = get_task(QA).encode(
+        tokenizer, [(SECOND_WINDOW_QUESTION, SECOND_WINDOW_CONTEXT)], batch_size=8, sequence_length=QA_LENGTH
+    )
     where = SECOND_WINDOW_CONTEXT.index(KEYWORD)
-    holders = [w.window for b in encoded.meta for w in b.windows
-               if w.offsets[w.sequence_ids == 1][0][0] <= where < w.offsets[w.sequence_ids == 1][-1][1]]
+    holders = [
+        w.window
+        for b in encoded.meta
+        for w in b.windows
+        if w.offsets[w.sequence_ids == 1][0][0] <= where < w.offsets[w.sequence_ids == 1][-1][1]
+    ]
     assert 0 not in holders and holders  # only a later window holds the answer
-    (answer,) = _ask_answers(server.client, exported["keyword"].front_name,
-                             [(SECOND_WINDOW_QUESTION, SECOND_WINDOW_CONTEXT)])
+    (answer,) = _ask_answers(
+        server.client, exported["keyword"].front_name, [(SECOND_WINDOW_QUESTION, SECOND_WINDOW_CONTEXT)]
+    )
     assert answer["answer"] == KEYWORD and answer["start"] == where and answer["end"] == where + len(KEYWORD)
-    assert _same(_library(sources, "keyword", QA, [(SECOND_WINDOW_QUESTION, SECOND_WINDOW_CONTEXT)], QA_LENGTH),
-                 [answer]) == []
+    assert (
+        _same(_library(sources, "keyword", QA, [(SECOND_WINDOW_QUESTION, SECOND_WINDOW_CONTEXT)], QA_LENGTH), [answer])
+        == []
+    )
 
 
 def test_a_malformed_request_gets_its_own_error(served):

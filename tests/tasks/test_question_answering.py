@@ -54,7 +54,7 @@ def test_bundled_data_is_as_documented(samples):
     assert len(set(ids)) == len(ids)
     assert not {e.context for e in calibration} & {e.context for e in evaluation}  # split by context
     for e in calibration + evaluation:
-        assert e.context[e.answer_start:e.answer_start + len(e.answer)] == e.answer
+        assert e.context[e.answer_start : e.answer_start + len(e.answer)] == e.answer
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path()))
     task = get_task(HEAD)
     for split in (calibration, evaluation):
@@ -76,8 +76,10 @@ def test_bundled_data_is_as_documented(samples):
 
 def test_read_examples_refuses_bad_files(tmp_path):
     path = tmp_path / "qa.jsonl"
-    path.write_text(json.dumps({"question": "Who?", "context": "Ada wrote it.", "answer": "Bob",
-                                "answer_start": 0}) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps({"question": "Who?", "context": "Ada wrote it.", "answer": "Bob", "answer_start": 0}) + "\n",
+        encoding="utf-8",
+    )
     with pytest.raises(DataError, match="not the context's text"):
         read_examples(path)
     path.write_text('{"question": "Who?"}\n', encoding="utf-8")
@@ -119,8 +121,7 @@ def test_the_task_is_registered_and_detected():
 
 #: (kind, sequence length, padding side) of every comparison with the pipeline: the pipeline's own 384 for each
 #: architecture, shorter windows (many more of them) for two, and a tokenizer that pads on the left.
-RUNS = [(k, 384, "right") for k in KINDS] + [("bert", 128, "right"), ("roberta", 128, "right"),
-                                             ("bert", 96, "left")]
+RUNS = [(k, 384, "right") for k in KINDS] + [("bert", 128, "right"), ("roberta", 128, "right"), ("bert", 96, "left")]
 
 
 def _examples_for(run, samples):
@@ -136,14 +137,32 @@ def pipeline_runs(tiny_head, transformers4, samples, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hf4")
     requests = []
     for kind, length, side in RUNS:
-        requests.append({"model": str(tiny_head(kind, HEAD)), "pairs": _pairs(_examples_for((kind, length), samples)),
-                         "max_seq_len": length, "doc_stride": doc_stride(length), "max_answer_len": 15,
-                         "padding_side": side})
+        requests.append(
+            {
+                "model": str(tiny_head(kind, HEAD)),
+                "pairs": _pairs(_examples_for((kind, length), samples)),
+                "max_seq_len": length,
+                "doc_stride": doc_stride(length),
+                "max_answer_len": 15,
+                "padding_side": side,
+            }
+        )
     (tmp / "request.json").write_text(json.dumps({"runs": requests}), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(transformers4), "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, str(REPOSITORY / "tests" / "tasks" / "hf4_reference.py"),
-                           str(tmp / "request.json"), str(tmp / "result.json")], env=env, capture_output=True,
-                          text=True, timeout=3600, cwd=str(tmp), check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPOSITORY / "tests" / "tasks" / "hf4_reference.py"),
+            str(tmp / "request.json"),
+            str(tmp / "result.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        cwd=str(tmp),
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp / "result.json").read_text(encoding="utf-8"))
     assert result["transformers"].startswith("4.")
@@ -175,8 +194,9 @@ def test_windows_and_answers_are_the_pipelines(run, tiny_head, pipeline_runs):
     assert sum(len(b.windows) for b in encoded.meta) == sum(len(w) for w in reference["windows"])
     answers = task.decode(outputs, encoded.meta)
     for answer, expected, pair in zip(answers, reference["answers"], pairs):
-        assert (answer.start, answer.end, answer.answer) == (expected["start"], expected["end"],
-                                                             expected["answer"]), pair[0]
+        assert (answer.start, answer.end, answer.answer) == (expected["start"], expected["end"], expected["answer"]), (
+            pair[0]
+        )
         assert answer.score == pytest.approx(expected["score"], rel=1e-6)
     assert sum(len(w) > 1 for w in reference["windows"]) >= 20  # windowing was exercised
 
@@ -201,8 +221,13 @@ def bert_runs(tiny_head, tiny_head_onnx, samples, tmp_path_factory):
     task = get_task(HEAD)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     with OnnxRuntimeRunner(path) as runner:
-        encoded = task.encode(tokenizer, list(samples.evaluation), batch_size=8, sequence_length=128,
-                              input_names=list(runner.input_specs()))
+        encoded = task.encode(
+            tokenizer,
+            list(samples.evaluation),
+            batch_size=8,
+            sequence_length=128,
+            input_names=list(runner.input_specs()),
+        )
         reference = [runner.infer(f) for f in encoded.feeds]
     model = onnx.load(str(path))
     damage_head(model, 2, factor=-1.0, column=0)  # the start-logit column of qa_outputs, negated
@@ -235,7 +260,8 @@ def test_a_damaged_candidate_is_rejected_naming_the_metric(bert_runs):
     assert result.details["disagreeing_samples"]
     only_cosine = QuestionAnsweringBudget(exact_match_min=None, answer_f1_min=None, logits_cosine_min=0.99)
     assert [line.split(" -")[0].split(" 0.")[0] for line in only_cosine.failures(result.values)] == [
-        "start/end logits cosine min"]
+        "start/end logits cosine min"
+    ]
 
 
 def test_budget_and_metrics_refuse_what_they_cannot_check(bert_runs):

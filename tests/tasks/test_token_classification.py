@@ -27,8 +27,13 @@ from workbench.tasks.token_classification import (
 
 HEAD = "token-classification"
 #: Texts beyond the bundled sentences: accents, emoji, hyphens, apostrophes, runs of whitespace, one character.
-EXTRA_TEXTS = ["Ünïcödé café naïve São Paulo 🙂", "Microsoft-Azure's CEO, Satya Nadella, visited New York.", "x",
-               "a  b\tc   d", "e-mail bob@example.com or call +44 20 7946 0958 before 09:30!"]
+EXTRA_TEXTS = [
+    "Ünïcödé café naïve São Paulo 🙂",
+    "Microsoft-Azure's CEO, Satya Nadella, visited New York.",
+    "x",
+    "a  b\tc   d",
+    "e-mail bob@example.com or call +44 20 7946 0958 before 09:30!",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +43,10 @@ def texts() -> list[str]:
 
 
 def _plain(entities):
-    return [{k: (float(v) if k == "score" else int(v) if k in ("index", "start", "end") else v)
-             for k, v in e.items()} for e in entities]
+    return [
+        {k: (float(v) if k == "score" else int(v) if k in ("index", "start", "end") else v) for k, v in e.items()}
+        for e in entities
+    ]
 
 
 def test_the_task_is_registered_and_detected():
@@ -75,8 +82,9 @@ def test_decoding_is_the_pipelines_for_every_strategy(kind, tiny_head, texts):
                 expected = _plain(pipe.postprocess([outputs], aggregation_strategy=AggregationStrategy(strategy)))
             (found,) = task.decode({"logits": logits}, meta, strategy=strategy)
             mine = [e.to_dict() for e in found]
-            assert [{k: v for k, v in e.items() if k != "score"} for e in mine] == \
-                   [{k: v for k, v in e.items() if k != "score"} for e in expected], (strategy, text)
+            assert [{k: v for k, v in e.items() if k != "score"} for e in mine] == [
+                {k: v for k, v in e.items() if k != "score"} for e in expected
+            ], (strategy, text)
             np.testing.assert_allclose([e["score"] for e in mine], [e["score"] for e in expected], rtol=1e-6)
             compared += len(mine)
     assert compared > 1000  # random heads label most tokens as entities: the comparison is not vacuous
@@ -138,8 +146,9 @@ def bert_runs(tiny_head, tiny_head_onnx, texts, tmp_path_factory):
     task = get_task(HEAD)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     with OnnxRuntimeRunner(path) as runner:
-        encoded = task.encode(tokenizer, texts, batch_size=8, sequence_length=64,
-                              input_names=list(runner.input_specs()))
+        encoded = task.encode(
+            tokenizer, texts, batch_size=8, sequence_length=64, input_names=list(runner.input_specs())
+        )
         reference = [runner.infer(f) for f in encoded.feeds]
     model = onnx.load(str(path))
     damage_head(model, len(NER_LABELS), factor=3.0, column=2)  # the classifier's I-PER column, tripled

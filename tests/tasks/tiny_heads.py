@@ -25,29 +25,56 @@ HEADS = ("token-classification", "question-answering")
 
 
 def _bert(transformers: Any, vocab_size: int) -> Any:
-    return transformers.BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                   intermediate_size=64, max_position_embeddings=512)
+    return transformers.BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
 
 
 def _distilbert(transformers: Any, vocab_size: int) -> Any:
-    return transformers.DistilBertConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
-                                         max_position_embeddings=512)
+    return transformers.DistilBertConfig(
+        vocab_size=vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=512
+    )
 
 
 def _roberta(transformers: Any, vocab_size: int) -> Any:
     # RoBERTa offsets positions by padding_idx + 1, so it needs 2 extra position slots
-    return transformers.RobertaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
-                                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=514,
-                                      pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+    return transformers.RobertaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        type_vocab_size=1,
+    )
 
 
 def _electra(transformers: Any, vocab_size: int) -> Any:
-    return transformers.ElectraConfig(vocab_size=vocab_size, embedding_size=16, hidden_size=32, num_hidden_layers=2,
-                                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=512)
+    return transformers.ElectraConfig(
+        vocab_size=vocab_size,
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
 
 
-CONFIGS: dict[str, Callable[[Any, int], Any]] = {"bert": _bert, "distilbert": _distilbert, "roberta": _roberta,
-                                                 "electra": _electra}
+CONFIGS: dict[str, Callable[[Any, int], Any]] = {
+    "bert": _bert,
+    "distilbert": _distilbert,
+    "roberta": _roberta,
+    "electra": _electra,
+}
 
 
 def _training_texts() -> list[str]:
@@ -56,8 +83,12 @@ def _training_texts() -> list[str]:
     from workbench.data import default_data_dir
 
     folder = default_data_dir()
-    texts = [line for name in ("calibration.txt", "evaluation.txt")
-             for line in (folder / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = [
+        line
+        for name in ("calibration.txt", "evaluation.txt")
+        for line in (folder / name).read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     for name in ("qa_calibration.jsonl", "qa_evaluation.jsonl"):
         path = folder / name
         if path.is_file():
@@ -76,13 +107,21 @@ def bpe_tokenizer(folder: Path) -> Any:
     from tokenizers import ByteLevelBPETokenizer
 
     trained = ByteLevelBPETokenizer(add_prefix_space=False, trim_offsets=True)
-    trained.train_from_iterator(_training_texts(), vocab_size=BPE_VOCAB_SIZE, min_frequency=2, show_progress=False,
-                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    trained.train_from_iterator(
+        _training_texts(),
+        vocab_size=BPE_VOCAB_SIZE,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    )
     folder.mkdir(parents=True, exist_ok=True)
     trained.save_model(str(folder))
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    merges = [tuple(line.split(" ")) for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
-              if line and not line.startswith("#")]
+    merges = [
+        tuple(line.split(" "))
+        for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
     tokenizer = transformers.RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=512)
     tokenizer.save_pretrained(folder)
     return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -104,8 +143,9 @@ def build_tiny_head(kind: str, head: str, folder: Path, *, seed: int = 0) -> Pat
             tokenizer = bpe_tokenizer(Path(scratch))
     else:  # DistilBERT checkpoints ship a tokenizer without token_type_ids
         names = {"model_input_names": ["input_ids", "attention_mask"]} if kind == "distilbert" else {}
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(bundled_model_path()), local_files_only=True,
-                                                               **names)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(bundled_model_path()), local_files_only=True, **names
+        )
     config = CONFIGS[kind](transformers, len(tokenizer))
     if head == "token-classification":
         config.num_labels = len(NER_LABELS)
@@ -151,8 +191,9 @@ def build_keyword_qa(folder: Path, keyword: str, *, seed: int = 0) -> Path:
     if len(ids) != 1:
         raise ValueError(f"{keyword!r} is {len(ids)} word pieces; pick a word that is one")
     torch.manual_seed(seed)
-    model = transformers.AutoModelForQuestionAnswering.from_config(_bert(transformers, len(tokenizer)),
-                                                                   attn_implementation="eager").eval()
+    model = transformers.AutoModelForQuestionAnswering.from_config(
+        _bert(transformers, len(tokenizer)), attn_implementation="eager"
+    ).eval()
     with torch.no_grad():
         direction = torch.zeros(model.config.hidden_size)
         direction[0] = 1.0
@@ -172,8 +213,14 @@ def damage_head(model: Any, width: int, *, factor: float, column: int) -> str:
     from onnx import numpy_helper
 
     weights = {t.name: t for t in model.graph.initializer}
-    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1
-               and n.input[1] in weights and list(weights[n.input[1]].dims)[-1:] == [width]]
+    matmuls = [
+        n
+        for n in model.graph.node
+        if n.op_type in ("MatMul", "Gemm")
+        and len(n.input) > 1
+        and n.input[1] in weights
+        and list(weights[n.input[1]].dims)[-1:] == [width]
+    ]
     if not matmuls:
         raise ValueError(f"no MatMul with a [hidden, {width}] weight in the graph")
     weight = weights[matmuls[-1].input[1]]

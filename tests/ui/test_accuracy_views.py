@@ -41,8 +41,15 @@ def diagnosis(fused_tiny, candidate):
 @pytest.fixture
 def fix_view(fused_tiny, tiny_bert_onnx, tmp_path):
     path, feeds = fused_tiny
-    return FixView(path, PrecisionPlan.preset(PRESET), feeds, tmp_path / "fix", reference=tiny_bert_onnx,
-                   budget=AccuracyBudget.preset("relaxed"), config=AutofixConfig.preset("quick"))
+    return FixView(
+        path,
+        PrecisionPlan.preset(PRESET),
+        feeds,
+        tmp_path / "fix",
+        reference=tiny_bert_onnx,
+        budget=AccuracyBudget.preset("relaxed"),
+        config=AutofixConfig.preset("quick"),
+    )
 
 
 def panel_text(view) -> str:
@@ -101,8 +108,9 @@ def test_accuracy_view_shows_the_report_figures_it_has(fused_tiny, candidate, mo
     path, feeds = fused_tiny
     figure = go.Figure()
     monkeypatch.setattr(ComparisonReport, "metric_figure", lambda self: figure, raising=False)
-    monkeypatch.setattr(ComparisonReport, "error_histogram_figure", lambda self, output: go.Figure(),
-                        raising=False)  # needs an argument: not shown unasked
+    monkeypatch.setattr(
+        ComparisonReport, "error_histogram_figure", lambda self, output: go.Figure(), raising=False
+    )  # needs an argument: not shown unasked
     view = AccuracyView(path, {"int8": candidate}, feeds)
     view.click()
     assert view.error is None, panel_text(view)
@@ -161,10 +169,14 @@ def test_diagnosis_view_of_an_unrelated_model_shows_the_error(fused_tiny, tmp_pa
     from workbench.errors import WorkbenchError
 
     path, feeds = fused_tiny
-    other = onnx.helper.make_model(onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["x"], ["y"], name="id")], "other",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    other = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"], name="id")],
+            "other",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
+    )
     onnx.save(other, str(tmp_path / "other.onnx"))
     view = DiagnosisView(path, tmp_path / "other.onnx", feeds)
     view.click()
@@ -236,14 +248,25 @@ def test_rerun_uses_the_budget_controls(fix_view):
 # -- FixView: the automatic fix ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("budget", [
-    AccuracyBudget(embedding_cosine_mean=0.99999, embedding_cosine_min=0.99999),  # the tiny BERT needs pins here
-    AccuracyBudget(embedding_cosine_mean=0.9999, embedding_cosine_min=0.999),  # its INT8 start already meets this
-], ids=["needs-pins", "start-meets"])
+@pytest.mark.parametrize(
+    "budget",
+    [
+        AccuracyBudget(embedding_cosine_mean=0.99999, embedding_cosine_min=0.99999),  # the tiny BERT needs pins here
+        AccuracyBudget(embedding_cosine_mean=0.9999, embedding_cosine_min=0.999),  # its INT8 start already meets this
+    ],
+    ids=["needs-pins", "start-meets"],
+)
 def test_autofix_meets_a_strict_budget_with_progress_per_trial(fused_tiny, tiny_bert_onnx, tmp_path, budget):
     path, feeds = fused_tiny
-    view = FixView(path, PrecisionPlan.preset(PRESET), feeds, tmp_path / "fix", reference=tiny_bert_onnx,
-                   budget=budget, config=AutofixConfig.preset("quick"))
+    view = FixView(
+        path,
+        PrecisionPlan.preset(PRESET),
+        feeds,
+        tmp_path / "fix",
+        reference=tiny_bert_onnx,
+        budget=budget,
+        config=AutofixConfig.preset("quick"),
+    )
     buttons = [view.run_button, view.autofix_button, view.pin_button, view.unpin_button]
     seen: list[tuple[bool, ...]] = []
     view.progress.observe(lambda change: seen.append(tuple(b.disabled for b in buttons)), names="value")
@@ -273,8 +296,9 @@ def test_autofix_meets_a_strict_budget_with_progress_per_trial(fused_tiny, tiny_
 def test_autofix_then_rerun_converts_the_fixed_plan(fused_tiny, tmp_path):
     path, feeds = fused_tiny
     strict = AccuracyBudget(embedding_cosine_mean=0.99999, embedding_cosine_min=0.99999)
-    view = FixView(path, PrecisionPlan.preset(PRESET), feeds, tmp_path / "fix", budget=strict,
-                   config=AutofixConfig.preset("quick"))
+    view = FixView(
+        path, PrecisionPlan.preset(PRESET), feeds, tmp_path / "fix", budget=strict, config=AutofixConfig.preset("quick")
+    )
     view.autofix()
     fixed = view.result
     assert isinstance(fixed, AutofixResult), panel_text(view)
@@ -290,8 +314,10 @@ def test_autofix_failure_shows_the_error_and_keeps_the_result(fix_view, monkeypa
     first = fix_view.result
 
     def unreachable(*args, **kwargs):
-        raise AccuracyError("Even with all 13 quantized nodes in FP32 the candidate misses the budget.",
-                            fix="check the reference and the evaluation data, or relax the budget")
+        raise AccuracyError(
+            "Even with all 13 quantized nodes in FP32 the candidate misses the budget.",
+            fix="check the reference and the evaluation data, or relax the budget",
+        )
 
     monkeypatch.setattr(autofix_stage, "autofix", unreachable)
     plan = fix_view.plan

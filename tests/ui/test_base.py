@@ -60,8 +60,9 @@ def add_numbers(config: AddConfig, *, hook: Callable[[], None] | None = None) ->
     if hook is not None:
         hook()
     if config.fail:
-        raise WorkbenchError("Adding failed on purpose.", expected="fail=False",
-                             fix="untick the fail box and run again")
+        raise WorkbenchError(
+            "Adding failed on purpose.", expected="fail=False", fix="untick the fail box and run again"
+        )
     return Sum(config.a + config.b + sum(config.extra), config)
 
 
@@ -111,11 +112,13 @@ def test_a_new_view_has_its_widgets_and_has_not_run():
     assert isinstance(view.widget, widgets.VBox) and isinstance(view.output, widgets.Output)
     assert "Add numbers" in view.title_widget.value
     assert view.calls == 0  # building the view calls nothing
+
     # every part is in the displayed widget tree
     def descendants(w):
         yield w
         for child in getattr(w, "children", ()):
             yield from descendants(child)
+
     tree = list(descendants(view.widget))
     for part in [view.run_button, view.status, view.error_output, view.output, *view.controls.values()]:
         assert any(part is w for w in tree)

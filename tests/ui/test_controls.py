@@ -71,10 +71,22 @@ def test_widget_type_per_field_type():
     controls = controls_for(KitchenSink, choices=SINK_CHOICES)
     kinds = {name: type(widget) for name, widget in controls.items()}
     assert kinds == {
-        "flag": widgets.Checkbox, "count": widgets.IntText, "scale": widgets.FloatText, "name": widgets.Text,
-        "mode": widgets.Dropdown, "level": widgets.Dropdown, "limit": widgets.Text, "label": widgets.Text,
-        "ratio": widgets.Text, "strict": widgets.Dropdown, "sizes": widgets.Text, "weights": widgets.Text,
-        "names": widgets.Text, "shape": widgets.Text, "extra": widgets.Text, "maybe_sizes": widgets.Text,
+        "flag": widgets.Checkbox,
+        "count": widgets.IntText,
+        "scale": widgets.FloatText,
+        "name": widgets.Text,
+        "mode": widgets.Dropdown,
+        "level": widgets.Dropdown,
+        "limit": widgets.Text,
+        "label": widgets.Text,
+        "ratio": widgets.Text,
+        "strict": widgets.Dropdown,
+        "sizes": widgets.Text,
+        "weights": widgets.Text,
+        "names": widgets.Text,
+        "shape": widgets.Text,
+        "extra": widgets.Text,
+        "maybe_sizes": widgets.Text,
     }
     assert list(controls) == [f.name for f in dataclasses.fields(KitchenSink)]  # field order
 
@@ -88,15 +100,34 @@ def test_initial_values_show_the_defaults():
     assert c["strict"].value is None and [v for _, v in c["strict"].options] == [None, True, False]
     assert [label for label, _ in c["strict"].options] == ["None", "True", "False"]
     assert (c["sizes"].value, c["weights"].value, c["names"].value, c["shape"].value) == (
-        "1, 8", "0.5, 1.5", "", "2, 3")
+        "1, 8",
+        "0.5, 1.5",
+        "",
+        "2, 3",
+    )
     assert c["extra"].value == '{"a": 1, "b": [1, 2]}'
     assert c["maybe_sizes"].value == ""
 
 
 def test_instance_values_and_round_trip_of_every_field_type():
-    config = KitchenSink(flag=False, count=0, scale=-2.0, name="", mode="slow", level="high", limit=7, label=None,
-                         ratio=None, strict=False, sizes=(4,), weights=(), names=("MatMul", "Gemm"), shape=(5, 6),
-                         extra={}, maybe_sizes=(1, 2))
+    config = KitchenSink(
+        flag=False,
+        count=0,
+        scale=-2.0,
+        name="",
+        mode="slow",
+        level="high",
+        limit=7,
+        label=None,
+        ratio=None,
+        strict=False,
+        sizes=(4,),
+        weights=(),
+        names=("MatMul", "Gemm"),
+        shape=(5, 6),
+        extra={},
+        maybe_sizes=(1, 2),
+    )
     controls = controls_for(config, choices=SINK_CHOICES)
     assert config_from_controls(KitchenSink, controls) == config
 
@@ -104,10 +135,10 @@ def test_instance_values_and_round_trip_of_every_field_type():
 def test_text_controls_are_parsed_to_the_field_types():
     c = controls_for(KitchenSink, choices=SINK_CHOICES)
     c["limit"].value = " 12 "
-    c["label"].value = "  "          # blank: None
+    c["label"].value = "  "  # blank: None
     c["ratio"].value = "1e-3"
     c["strict"].value = True
-    c["sizes"].value = "1,2, 3,"     # spaces and a trailing comma are fine
+    c["sizes"].value = "1,2, 3,"  # spaces and a trailing comma are fine
     c["weights"].value = "0.1, 2"
     c["names"].value = "MatMul, Attention"
     c["extra"].value = '{"k": [1, 2]}'
@@ -120,13 +151,16 @@ def test_text_controls_are_parsed_to_the_field_types():
     assert config_from_controls(KitchenSink, c).sizes == ()
 
 
-@pytest.mark.parametrize("name, text, expected", [
-    ("sizes", "1, x", "comma-separated whole numbers"),
-    ("limit", "1.5", "a whole number, or empty for None"),
-    ("ratio", "abc", "a number"),
-    ("shape", "1, 2, 3", "comma-separated values"),
-    ("extra", "{not json", "JSON"),
-])
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("sizes", "1, x", "comma-separated whole numbers"),
+        ("limit", "1.5", "a whole number, or empty for None"),
+        ("ratio", "abc", "a number"),
+        ("shape", "1, 2, 3", "comma-separated values"),
+        ("extra", "{not json", "JSON"),
+    ],
+)
 def test_unreadable_text_is_a_config_error_naming_the_field(name, text, expected):
     c = controls_for(KitchenSink, choices=SINK_CHOICES)
     c[name].value = text
@@ -184,9 +218,15 @@ def test_a_value_outside_the_choices_is_still_shown():
 # -- the project's configs -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", [
-    BenchmarkConfig(), BenchmarkConfig(threads=4), BenchmarkConfig.preset("quick"), BenchmarkConfig.preset("thorough"),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        BenchmarkConfig(),
+        BenchmarkConfig(threads=4),
+        BenchmarkConfig.preset("quick"),
+        BenchmarkConfig.preset("thorough"),
+    ],
+)
 def test_benchmark_config_round_trip(config):
     controls = controls_for(config)
     assert isinstance(controls["threads"], widgets.Text) and isinstance(controls["batch_sizes"], widgets.Text)
@@ -200,7 +240,8 @@ def test_benchmark_config_from_edited_controls():
     c["iterations"].value = 7
     c["threads"].value = "2"
     assert config_from_controls(BenchmarkConfig, c) == BenchmarkConfig(
-        batch_sizes=(1, 4, 16), sequence_lengths=(64,), iterations=7, threads=2)
+        batch_sizes=(1, 4, 16), sequence_lengths=(64,), iterations=7, threads=2
+    )
     c["threads"].value = ""
     assert config_from_controls(BenchmarkConfig, c).threads is None
     c["batch_sizes"].value = "0, 8"
@@ -233,9 +274,16 @@ def _project_configs():
     from workbench.stages.precision.quantize import DynamicQuantConfig
     from workbench.triton.config import TritonConfig
 
-    return [FusionConfig(), FusionConfig.preset("minilm"), DynamicQuantConfig(), AccuracyBudget(),
-            AccuracyBudget(output_cosine_min=0.999), TritonConfig(), PipelineParameters(),
-            PipelineParameters.preset("ci", model_path="some/dir", threads=2)]
+    return [
+        FusionConfig(),
+        FusionConfig.preset("minilm"),
+        DynamicQuantConfig(),
+        AccuracyBudget(),
+        AccuracyBudget(output_cosine_min=0.999),
+        TritonConfig(),
+        PipelineParameters(),
+        PipelineParameters.preset("ci", model_path="some/dir", threads=2),
+    ]
 
 
 @pytest.mark.parametrize("index", range(8))

@@ -46,8 +46,11 @@ def tiny(tiny_model_dir, tiny_bert_onnx, tmp_path_factory):
 
     source = load_model(tiny_model_dir("bert"))
     feeds_for = feeds_from_sentences(source.load_tokenizer(), TEXTS, input_names=INPUTS)
-    int8 = PrecisionPlan.preset("cpu_int8_dynamic").convert(
-        tiny_bert_onnx, tmp_path_factory.mktemp("int8") / "int8.onnx").path
+    int8 = (
+        PrecisionPlan.preset("cpu_int8_dynamic")
+        .convert(tiny_bert_onnx, tmp_path_factory.mktemp("int8") / "int8.onnx")
+        .path
+    )
     return source, feeds_for, {"fp32": tiny_bert_onnx, "int8": int8}
 
 
@@ -60,8 +63,11 @@ def measured(tiny):
     source, feeds_for, candidates = tiny
     feeds = tokenize_batches(source.load_tokenizer(), TEXTS, batch_size=2, sequence_length=16, input_names=INPUTS)
     report = compare_candidates(candidates["fp32"], candidates, feeds, budget=AccuracyBudget(0.5, 0.0))
-    timings = benchmark_candidates(candidates, feeds_for, BenchmarkConfig(batch_sizes=(1, 2), sequence_lengths=(16,),
-                                                                          warmup=1, iterations=5, threads=1))
+    timings = benchmark_candidates(
+        candidates,
+        feeds_for,
+        BenchmarkConfig(batch_sizes=(1, 2), sequence_lengths=(16,), warmup=1, iterations=5, threads=1),
+    )
     return report, timings
 
 
@@ -84,8 +90,10 @@ def record_button_during(monkeypatch, module, name, view):
 
 def snapshot(folder: Path) -> dict[str, Any]:
     """Every path under `folder` with a hash of each file's bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 # -- BenchmarkView --------------------------------------------------------------------------------------------
@@ -112,10 +120,12 @@ def test_benchmark_view_times_every_candidate_and_pytorch(tiny):
     assert view.error is None, panel_text(view)
     result = view.result
     assert isinstance(result, BenchmarkResult)
-    assert result.config == BenchmarkConfig(batch_sizes=(1, 2), sequence_lengths=(16,), warmup=1, iterations=3,
-                                            threads=1)
+    assert result.config == BenchmarkConfig(
+        batch_sizes=(1, 2), sequence_lengths=(16,), warmup=1, iterations=3, threads=1
+    )
     assert {(r.name, r.batch, r.seq) for r in result.rows} == {
-        (n, b, 16) for n in ("pytorch", "fp32", "int8") for b in (1, 2)}
+        (n, b, 16) for n in ("pytorch", "fp32", "int8") for b in (1, 2)
+    }
     table, latency, speedup = view.shown
     assert table is result
     assert "Latency vs batch size" in latency.layout.title.text and len(latency.data) == 3
@@ -127,8 +137,9 @@ def test_benchmark_view_times_every_candidate_and_pytorch(tiny):
 
 def test_benchmark_view_with_a_time_budget_and_no_baseline(tiny):
     _, feeds_for, candidates = tiny
-    view = BenchmarkView(candidates, feeds_for, config=BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(8,),
-                                                                       warmup=0, threads=1))
+    view = BenchmarkView(
+        candidates, feeds_for, config=BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(8,), warmup=0, threads=1)
+    )
     view.controls["iterations"].value = 100_000
     view.controls["time_budget_s"].value = "0.2"
     view.click()
@@ -139,8 +150,11 @@ def test_benchmark_view_with_a_time_budget_and_no_baseline(tiny):
 
 def test_benchmark_view_shows_a_bad_control_value_and_keeps_the_result(tiny):
     _, feeds_for, candidates = tiny
-    view = BenchmarkView(candidates, feeds_for, config=BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(8,),
-                                                                       warmup=0, iterations=2, threads=1))
+    view = BenchmarkView(
+        candidates,
+        feeds_for,
+        config=BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(8,), warmup=0, iterations=2, threads=1),
+    )
     view.click()
     first = view.result
     assert first is not None
@@ -154,8 +168,11 @@ def test_benchmark_view_shows_a_bad_control_value_and_keeps_the_result(tiny):
 
 def test_benchmark_view_disables_run_while_running(tiny, monkeypatch):
     _, feeds_for, candidates = tiny
-    view = BenchmarkView(candidates, feeds_for, config=BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(8,),
-                                                                       warmup=0, iterations=2, threads=1))
+    view = BenchmarkView(
+        candidates,
+        feeds_for,
+        config=BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(8,), warmup=0, iterations=2, threads=1),
+    )
     seen = record_button_during(monkeypatch, benchmark_stage, "benchmark", view)
     view.click()
     assert seen == [(True, True, "running...")]
@@ -164,8 +181,11 @@ def test_benchmark_view_disables_run_while_running(tiny, monkeypatch):
 
 def test_benchmark_view_reports_a_missing_model(tiny, tmp_path):
     _, feeds_for, _ = tiny
-    view = BenchmarkView({"ghost": tmp_path / "missing.onnx"}, feeds_for,
-                         config=BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(8,), iterations=1, threads=1))
+    view = BenchmarkView(
+        {"ghost": tmp_path / "missing.onnx"},
+        feeds_for,
+        config=BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(8,), iterations=1, threads=1),
+    )
     view.click()
     assert isinstance(view.error, WorkbenchError) and "does not exist" in panel_text(view)
     assert "Fix:" in panel_text(view) and view.result is None
@@ -186,8 +206,10 @@ def test_choice_view_runs_choose_candidate_and_shows_the_table_and_chart(measure
     choice, table, figure = view.shown
     assert choice is view.result and table is view.table
     assert [row["name"] for row in table] == ["fp32", "int8"]
-    assert all({"p50_ms", "p90_ms", "throughput", "cosine_mean", "cosine_min", "meets_budget", "pareto"} <= set(r)
-               for r in table)
+    assert all(
+        {"p50_ms", "p90_ms", "throughput", "cosine_mean", "cosine_min", "meets_budget", "pareto"} <= set(r)
+        for r in table
+    )
     assert any(row["pareto"] for row in table)
     assert any(t.name == "Pareto front" for t in figure.data)
     shown_html = view.output.outputs[1]["data"]["text/html"]
@@ -247,9 +269,16 @@ def test_choice_view_on_a_hand_made_comparison():
     def row(name, batch, p50, p90):
         return BenchmarkRow(name, batch, 128, p50, p90, p90, p50, batch * 1000 / p50, 5)
 
-    timings = BenchmarkResult(rows=(row("fast", 1, 5.0, 30.0), row("steady", 1, 8.0, 9.0), row("fast", 8, 30.0, 35.0),
-                                    row("steady", 8, 50.0, 55.0)),
-                              config=BenchmarkConfig(batch_sizes=(1, 8)), machine={})
+    timings = BenchmarkResult(
+        rows=(
+            row("fast", 1, 5.0, 30.0),
+            row("steady", 1, 8.0, 9.0),
+            row("fast", 8, 30.0, 35.0),
+            row("steady", 8, 50.0, 55.0),
+        ),
+        config=BenchmarkConfig(batch_sizes=(1, 8)),
+        machine={},
+    )
     report = Report((Candidate("fast", 0.999, 0.995), Candidate("steady", 0.999, 0.995)))
     view = ChoiceView(report, timings)
     view.click()
@@ -340,8 +369,9 @@ def test_export_view_disables_run_while_running(tiny_bert_onnx, tmp_path, monkey
 
 def test_export_view_with_a_tokenizer_writes_the_ensemble(tiny_bert_onnx, tiny_model_dir, tmp_path):
     repository = tmp_path / "repo"
-    view = ExportView(tiny_bert_onnx, repository, tiny_model_dir("bert"), config=TritonConfig(model_name="tiny"),
-                      sequence_length=16)
+    view = ExportView(
+        tiny_bert_onnx, repository, tiny_model_dir("bert"), config=TritonConfig(model_name="tiny"), sequence_length=16
+    )
     view.click()
     assert view.error is None, panel_text(view)
     configs = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))

@@ -11,8 +11,8 @@ ort = pytest.importorskip("onnxruntime")
 go = pytest.importorskip("plotly.graph_objects")
 
 from workbench.errors import DataError, QuantizationError  # noqa: E402
-from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.precision.activations import ActivationStats  # noqa: E402
+from workbench.stages.precision.plan import PrecisionPlan  # noqa: E402
 from workbench.stages.precision.quantize import QuantizeResult  # noqa: E402
 from workbench.ui import PrecisionView  # noqa: E402
 
@@ -132,9 +132,11 @@ def test_view_builds_without_heavy_imports():
     import subprocess
     import sys
 
-    code = ("from workbench.ui import PrecisionView\nv = PrecisionView('m.onnx', 'o.onnx')\n"
-            "v.preset.value = 'cpu_int8_static'\nimport sys, json\n"
-            "print(json.dumps(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules)))")
+    code = (
+        "from workbench.ui import PrecisionView\nv = PrecisionView('m.onnx', 'o.onnx')\n"
+        "v.preset.value = 'cpu_int8_static'\nimport sys, json\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -20,9 +20,11 @@ from workbench.ui import ServingView
 
 
 def test_building_the_view_is_light_and_has_a_control_per_field():
-    code = ("import sys; from workbench.ui import ServingView; "
-            "v = ServingView('m.onnx', 'tok', ['a']); "
-            "print(sorted(m for m in ('torch', 'onnxruntime', 'tritonclient', 'fastapi') if m in sys.modules))")
+    code = (
+        "import sys; from workbench.ui import ServingView; "
+        "v = ServingView('m.onnx', 'tok', ['a']); "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'tritonclient', 'fastapi') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     view = ServingView("m.onnx", "tok", ["a"])
@@ -57,19 +59,34 @@ def test_run_shows_the_servers_the_chart_and_the_sweep(tiny_bert_onnx, tiny_mode
     from workbench.triton.padding import PaddingPolicy
 
     texts = read_sentences(default_data_dir() / "evaluation.txt", limit=30)
-    view = ServingView(tiny_bert_onnx, tiny_model_dir("bert"), texts,
-                       triton_config=TritonConfig(model_name="tiny"), padding=PaddingPolicy(max_length=32),
-                       sweep=SweepConfig(max_queue_delays_us=(0, 2000), instance_counts=(1,), concurrency=(4,)),
-                       servers=("triton_length_aware_http", "fastapi_onnxruntime"))
-    for name, value in {"concurrency": "1, 4", "window_s": "0.4", "stable_windows": "2", "stability": "0.5",
-                        "max_windows": "3", "warmup_s": "0.2", "max_level_s": "5"}.items():
-        view.controls[name].value = value if isinstance(view.controls[name].value, str) else type(
-            view.controls[name].value)(value)
+    view = ServingView(
+        tiny_bert_onnx,
+        tiny_model_dir("bert"),
+        texts,
+        triton_config=TritonConfig(model_name="tiny"),
+        padding=PaddingPolicy(max_length=32),
+        sweep=SweepConfig(max_queue_delays_us=(0, 2000), instance_counts=(1,), concurrency=(4,)),
+        servers=("triton_length_aware_http", "fastapi_onnxruntime"),
+    )
+    for name, value in {
+        "concurrency": "1, 4",
+        "window_s": "0.4",
+        "stable_windows": "2",
+        "stability": "0.5",
+        "max_windows": "3",
+        "warmup_s": "0.2",
+        "max_level_s": "5",
+    }.items():
+        view.controls[name].value = (
+            value if isinstance(view.controls[name].value, str) else type(view.controls[name].value)(value)
+        )
     view.click()
     assert view.error is None, html.unescape(view.error_output.value)
     result = view.result
-    assert isinstance(result, ServingResult) and set(result.servers) == {"triton_length_aware_http",
-                                                                         "fastapi_onnxruntime"}
+    assert isinstance(result, ServingResult) and set(result.servers) == {
+        "triton_length_aware_http",
+        "fastapi_onnxruntime",
+    }
     assert result.config.concurrency == (1, 4) and result.sweep is not None
     figures = [obj for obj in view.shown if hasattr(obj, "to_plotly_json")]
     chart, sweep_chart = figures

@@ -32,8 +32,9 @@ TEXTS = ["hello there", "a somewhat longer sentence, with punctuation and 42 num
 @pytest.fixture(scope="module")
 def feeds(tiny_model_dir, tiny_bert_onnx):
     inputs = [i.name for i in onnx.load(str(tiny_bert_onnx), load_external_data=False).graph.input]
-    return tokenize_batches(load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=3,
-                            sequence_length=12, input_names=inputs)
+    return tokenize_batches(
+        load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=3, sequence_length=12, input_names=inputs
+    )
 
 
 def panel_text(view) -> str:
@@ -66,8 +67,15 @@ def test_inspect_view_is_built_without_reading_the_model(tmp_path):
     assert view.result is None and view.table is None and view.status.value == "not run"
     assert list(view.controls) == ["name_contains", "op_types"]
     assert view.filter_button.disabled
-    for part in [view.run_button, view.filter_button, view.status, view.error_output, view.output,
-                 view.netron_output, *view.controls.values()]:
+    for part in [
+        view.run_button,
+        view.filter_button,
+        view.status,
+        view.error_output,
+        view.output,
+        view.netron_output,
+        *view.controls.values(),
+    ]:
         assert in_tree(view, part)
     view.click()  # the missing file is a clear error in the panel
     assert isinstance(view.error, ModelSourceError) and "does not exist" in panel_text(view)
@@ -136,8 +144,15 @@ def test_surgery_view_offers_every_edit_kind_with_its_options(tiny_bert_onnx, tm
     assert list(view.kind.options) == list(EDIT_TYPES) and view.controls["kind"] is view.kind
     assert view.kind.value == "fold_constants" and list(view.option_controls) == ["fold_shapes"]
     assert len(view.plan) == 0 and view.remove_button.disabled and "no edits yet" in view.plan_html.value
-    for part in [view.kind, view.add_button, view.remove_button, view.plan_html, view.run_button,
-                 view.error_output, view.output]:
+    for part in [
+        view.kind,
+        view.add_button,
+        view.remove_button,
+        view.plan_html,
+        view.run_button,
+        view.error_output,
+        view.output,
+    ]:
         assert in_tree(view, part)
     view.kind.value = "fuse_transformer"  # the options box is rebuilt for the chosen kind
     assert list(view.option_controls) == ["model_type", "num_heads", "hidden_size", "opt_level"]
@@ -159,13 +174,22 @@ def test_add_and_remove_edits(tiny_bert_onnx, tmp_path):
     add(view, "remove_nodes", op_types="Identity")
     add(view, "cast_io", inputs='{"input_ids": "int32"}')
     add(view, "override_input_shapes", shapes='{"input_ids": ["batch", 12]}')
-    assert view.plan == SurgeryPlan((E.FoldConstants(), E.RemoveNodes(op_types=("Identity",)),
-                                     E.CastIO(inputs={"input_ids": "int32"}),
-                                     E.OverrideInputShapes({"input_ids": ("batch", 12)})))
+    assert view.plan == SurgeryPlan(
+        (
+            E.FoldConstants(),
+            E.RemoveNodes(op_types=("Identity",)),
+            E.CastIO(inputs={"input_ids": "int32"}),
+            E.OverrideInputShapes({"input_ids": ("batch", 12)}),
+        )
+    )
     assert view.plan_html.value.startswith(view.plan._repr_html_())
     items = view.plan_html.value.split("<li>")[1:]
-    assert [i.split("(")[0] for i in items] == ["<code>fold_constants", "<code>remove_nodes", "<code>cast_io",
-                                                "<code>override_input_shapes"]
+    assert [i.split("(")[0] for i in items] == [
+        "<code>fold_constants",
+        "<code>remove_nodes",
+        "<code>cast_io",
+        "<code>override_input_shapes",
+    ]
     assert "4 edits" in view.plan_status.value and not view.remove_button.disabled
     view.remove_button.click()
     assert [e.kind for e in view.plan.edits] == ["fold_constants", "remove_nodes", "cast_io"]
@@ -212,8 +236,7 @@ def test_the_plan_can_be_set_from_code(tiny_bert_onnx, tmp_path):
 # -- SurgeryView: running ---------------------------------------------------------------------------------------
 
 
-def test_a_plan_built_with_the_controls_runs_checked_and_writes_the_model(tiny_bert_onnx, feeds, tmp_path,
-                                                                          monkeypatch):
+def test_a_plan_built_with_the_controls_runs_checked_and_writes_the_model(tiny_bert_onnx, feeds, tmp_path, monkeypatch):
     import workbench.stages.surgery.run as surgery_stage
 
     seen = []
@@ -236,15 +259,21 @@ def test_a_plan_built_with_the_controls_runs_checked_and_writes_the_model(tiny_b
     view.click()
     assert view.error is None, panel_text(view)
     # the button was disabled while run_surgery ran, with the view's inputs and the plan as built
-    (disabled, status, args, kwargs), = seen
+    ((disabled, status, args, kwargs),) = seen
     assert disabled and status == "running..." and not view.run_button.disabled
     assert args == (tiny_bert_onnx, output, view.plan)
     assert kwargs == {"check_feeds": feeds, "latency_repeats": 3}
     result = view.result
     assert isinstance(result, SurgeryResult) and result.path == output and output.is_file()
     assert result.plan == view.plan
-    assert [r.edit.kind for r in result.reports] == ["fold_constants", "remove_nodes", "fuse_transformer",
-                                                     "cleanup", "rename_tensors", "cast_io"]
+    assert [r.edit.kind for r in result.reports] == [
+        "fold_constants",
+        "remove_nodes",
+        "fuse_transformer",
+        "cleanup",
+        "rename_tensors",
+        "cast_io",
+    ]
     assert all(r.check is not None and r.check.passed for r in result.reports)
     assert all(r.diff.latency_ms_before is not None for r in result.reports)
     fused = next(r for r in result.reports if r.edit.kind == "fuse_transformer")
@@ -293,8 +322,9 @@ def test_a_graph_edit_error_is_shown_and_nothing_is_written(tiny_bert_onnx, feed
 def test_show_in_netron_serves_the_model_on_localhost(tiny_bert_onnx, feeds, tmp_path):
     netron = pytest.importorskip("netron")
     inspect_view = InspectView(tiny_bert_onnx)
-    surgery_view = SurgeryView(tiny_bert_onnx, tmp_path / "edited.onnx", check_feeds=feeds,
-                               plan=SurgeryPlan((E.Cleanup(),)))
+    surgery_view = SurgeryView(
+        tiny_bert_onnx, tmp_path / "edited.onnx", check_feeds=feeds, plan=SurgeryPlan((E.Cleanup(),))
+    )
     assert inspect_view.netron_button is not None and in_tree(inspect_view, inspect_view.netron_button)
     try:
         inspect_view.netron_button.click()
@@ -343,8 +373,9 @@ def test_without_netron_there_is_no_button_and_a_note_says_why(tiny_bert_onnx, t
         assert view.netron_button is None
         assert "netron" in view.netron_note.value and "not installed" in view.netron_note.value
         assert in_tree(view, view.netron_note)
-        assert not any(isinstance(w, widgets.Button) and w.description == "Show in Netron"
-                       for w in descendants(view.widget))
+        assert not any(
+            isinstance(w, widgets.Button) and w.description == "Show in Netron" for w in descendants(view.widget)
+        )
         assert view.show_in_netron() is None and "pip install netron" in panel_text(view)
 
 

@@ -17,8 +17,14 @@ pytest.importorskip("plotly.graph_objects")
 from workbench.ui import Workbench  # noqa: E402
 from workbench.ui.state import STATE_FILE  # noqa: E402
 
-SMALL = {"sequence_length": 16, "max_eval_samples": 8, "max_calibration_samples": 8, "eval_batch_size": 4,
-         "benchmark_batch_sizes": [1], "benchmark_iterations": 2}
+SMALL = {
+    "sequence_length": 16,
+    "max_eval_samples": 8,
+    "max_calibration_samples": 8,
+    "eval_batch_size": 4,
+    "benchmark_batch_sizes": [1],
+    "benchmark_iterations": 2,
+}
 
 
 def status_text(panel) -> str:
@@ -148,8 +154,7 @@ def test_loading_another_model_clears_every_result_including_a_failed_steps_erro
             assert not panel.error_output.value and status_text(panel) == "not run", key
 
 
-def test_the_precision_panel_offers_every_method_and_adds_a_candidate_the_later_steps_see(model, tmp_path,
-                                                                                          monkeypatch):
+def test_the_precision_panel_offers_every_method_and_adds_a_candidate_the_later_steps_see(model, tmp_path, monkeypatch):
     from workbench.stages.precision import plan as plans
 
     # every preset PrecisionPlan knows, another engine's too (OpenVINO's NNCF)
@@ -201,8 +206,7 @@ def test_panels_are_quiet_the_log_folds_under_the_result_and_errors_speak_the_la
     wb["benchmark"].click()
     assert wb.state("benchmark") == "failed"
     assert "'batch sizes' must be positive" in status_text(wb["benchmark"])
-    assert "PipelineParameters" not in status_text(wb["benchmark"]) + html.unescape(
-        wb["benchmark"].error_output.value)
+    assert "PipelineParameters" not in status_text(wb["benchmark"]) + html.unescape(wb["benchmark"].error_output.value)
     assert "empty: None" not in str([c.placeholder for c in wb["load"].controls.values() if hasattr(c, "placeholder")])
 
 

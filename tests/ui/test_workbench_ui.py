@@ -22,8 +22,14 @@ from workbench.ui import Workbench  # noqa: E402
 from workbench.ui.workbench import STEP_KEYS  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "workbench.ipynb"
-SMALL = {"sequence_length": 16, "max_eval_samples": 8, "max_calibration_samples": 8, "eval_batch_size": 4,
-         "benchmark_batch_sizes": [1], "benchmark_iterations": 2}
+SMALL = {
+    "sequence_length": 16,
+    "max_eval_samples": 8,
+    "max_calibration_samples": 8,
+    "eval_batch_size": 4,
+    "benchmark_batch_sizes": [1],
+    "benchmark_iterations": 2,
+}
 CLICK_THROUGH = ("export", "quantize", "compare", "benchmark", "choose", "deploy", "summary")
 
 
@@ -38,8 +44,9 @@ def status_text(panel) -> str:
 
 @pytest.fixture
 def wb(tiny_model_dir, tmp_path) -> Workbench:
-    workbench = Workbench.from_parameters(model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"),
-                                          **SMALL)
+    workbench = Workbench.from_parameters(
+        model_path=str(tiny_model_dir("bert")), output_dir=str(tmp_path / "run"), **SMALL
+    )
     workbench["accuracy"].controls["embedding_cosine_mean"].value = 0.9  # a random-init model: relaxed budget
     workbench["accuracy"].controls["embedding_cosine_min"].value = 0.8
     return workbench
@@ -81,16 +88,35 @@ def test_clicking_through_every_step_runs_the_pipeline_and_records_it(wb, tmp_pa
     assert Path(triton.repository) == tmp_path / "run" / "triton_repository" and Path(triton.repository).is_dir()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["chosen"] == wb["choose"].result.name and "candidate" in wb["summary"].shown[0]
-    assert wb.states == {"load": "done", "export": "done", "fuse": "not run", "surgery": "not run",
-                         "quantize": "done", "quantize_smoothquant": "not run", "convert": "not run",
-                         "openvino_fp32": "not run", "openvino_int8": "not run",
-                         "compare": "done", "autofix": "not run", "benchmark": "done", "choose": "done",
-                         "export_triton": "done", "write_summary": "done"}
+    assert wb.states == {
+        "load": "done",
+        "export": "done",
+        "fuse": "not run",
+        "surgery": "not run",
+        "quantize": "done",
+        "quantize_smoothquant": "not run",
+        "convert": "not run",
+        "openvino_fp32": "not run",
+        "openvino_int8": "not run",
+        "compare": "done",
+        "autofix": "not run",
+        "benchmark": "done",
+        "choose": "done",
+        "export_triton": "done",
+        "write_summary": "done",
+    }
     assert all(status_text(wb[step]).startswith("done in") for step in CLICK_THROUGH)
     # the recipe: every step as clicked, with the configs of each call; kept in output_dir after each step
     recipe = wb.recipe
-    assert recipe.step_names == ("export", "quantize", "compare", "benchmark", "choose", "export_triton",
-                                 "write_summary")
+    assert recipe.step_names == (
+        "export",
+        "quantize",
+        "compare",
+        "benchmark",
+        "choose",
+        "export_triton",
+        "write_summary",
+    )
     budget = AccuracyBudget(embedding_cosine_mean=0.9, embedding_cosine_min=0.8)
     assert recipe.last("compare").config["budget"] == budget
     assert Recipe.load(tmp_path / "run" / RECIPE_FILE) == recipe
@@ -131,11 +157,23 @@ def test_a_failing_step_shows_its_error_and_keeps_earlier_results(wb, tmp_path):
 def test_re_running_export_marks_the_steps_after_it_stale(wb):
     click(wb, "export", "fuse", "quantize", "compare", "benchmark")
     click(wb, "export")
-    assert wb.states == {"load": "done", "export": "done", "fuse": "stale", "surgery": "not run",
-                         "quantize": "stale", "quantize_smoothquant": "not run", "convert": "not run",
-                         "openvino_fp32": "not run", "openvino_int8": "not run",
-                         "compare": "stale", "autofix": "not run", "benchmark": "stale",
-                         "choose": "not run", "export_triton": "not run", "write_summary": "not run"}
+    assert wb.states == {
+        "load": "done",
+        "export": "done",
+        "fuse": "stale",
+        "surgery": "not run",
+        "quantize": "stale",
+        "quantize_smoothquant": "not run",
+        "convert": "not run",
+        "openvino_fp32": "not run",
+        "openvino_int8": "not run",
+        "compare": "stale",
+        "autofix": "not run",
+        "benchmark": "stale",
+        "choose": "not run",
+        "export_triton": "not run",
+        "write_summary": "not run",
+    }
     assert status_text(wb["quantize"]) == "stale: Export ran again since; run again"
     assert f'data-run="{wb["quantize"].runs}"' in wb["quantize"].status.value  # a stale mark keeps the run count
     assert "stale" in wb.overview.value
@@ -145,8 +183,17 @@ def test_re_running_export_marks_the_steps_after_it_stale(wb):
     click(wb, "benchmark")
     click(wb, "compare")
     assert wb.state("benchmark") == "done"
-    assert wb.recipe.step_names == ("export", "fuse", "quantize", "compare", "benchmark", "export", "quantize",
-                                    "benchmark", "compare")
+    assert wb.recipe.step_names == (
+        "export",
+        "fuse",
+        "quantize",
+        "compare",
+        "benchmark",
+        "export",
+        "quantize",
+        "benchmark",
+        "compare",
+    )
 
 
 def test_re_running_load_starts_a_new_pipeline(wb, tmp_path):
@@ -177,8 +224,9 @@ def test_from_recipe_starts_from_the_recipe_and_run_all_replays_it(wb, tmp_path)
     assert again.state("load") == "done" and again.state("export") == "not run"
     assert again.run_all() is True
     assert again.recipe.step_names == wb.recipe.step_names
-    assert file_sha256(tmp_path / "again" / "model_int8_dynamic_per_tensor.onnx") == \
-        file_sha256(tmp_path / "run" / "model_int8_dynamic_per_tensor.onnx")
+    assert file_sha256(tmp_path / "again" / "model_int8_dynamic_per_tensor.onnx") == file_sha256(
+        tmp_path / "run" / "model_int8_dynamic_per_tensor.onnx"
+    )
     assert again.pipeline.results["benchmark"].config.iterations == 3
     # the same through from_parameters(recipe=...), as the notebook's parameters pass it
     third = Workbench.from_parameters(recipe=str(path), output_dir=str(tmp_path / "third"))
@@ -228,6 +276,7 @@ def test_from_notebook_uses_the_recipe_when_given_and_the_parameters_otherwise(w
     from_recipe = Workbench.from_notebook(recipe=path, output_dir=str(tmp_path / "replay"), model_path="ignored")
     assert from_recipe.recipe.parameters.model_path == wb.recipe.parameters.model_path
     assert from_recipe.pipeline.parameters.output_dir == str(tmp_path / "replay")
-    fresh = Workbench.from_notebook(recipe=None, model_path=wb.recipe.parameters.model_path,
-                                    output_dir=str(tmp_path / "fresh"), max_eval_samples=4)
+    fresh = Workbench.from_notebook(
+        recipe=None, model_path=wb.recipe.parameters.model_path, output_dir=str(tmp_path / "fresh"), max_eval_samples=4
+    )
     assert fresh.pipeline.parameters.max_eval_samples == 4

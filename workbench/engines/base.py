@@ -141,8 +141,11 @@ class Engine:
         if status:
             return
         error = DeviceUnavailable if self.gpu and status.version else MissingDependency
-        fix = (f'pip install "inference-workbench[{self.extra}]" (from a checkout: pip install -e ".[{self.extra}]")'
-               if self.extra else None)
+        fix = (
+            f'pip install "inference-workbench[{self.extra}]" (from a checkout: pip install -e ".[{self.extra}]")'
+            if self.extra
+            else None
+        )
         raise error(f"{self.title} is not available here: {status.reason}", fix=fix)
 
     def copy_model(self, source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Path:
@@ -171,7 +174,9 @@ E = TypeVar("E", bound=type[Engine])
 _ENGINES: dict[str, Engine] = {}
 # The built-in engines' modules: importing one registers its engine (each imports only numpy at module level).
 BUILTIN_ENGINE_MODULES = (
-    "workbench.engines.pytorch", "workbench.engines.onnxruntime", "workbench.engines.openvino",
+    "workbench.engines.pytorch",
+    "workbench.engines.onnxruntime",
+    "workbench.engines.openvino",
     "workbench.engines.tensorrt",
 )
 

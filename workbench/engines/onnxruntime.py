@@ -1,4 +1,5 @@
-"""ONNX Runtime engine: the runner (the only place, with the other engines, where inference sessions are created) and helpers that run in-memory models."""
+"""ONNX Runtime engine: the runner (the only place, with the other engines, where inference sessions are
+created) and helpers that run in-memory models."""
 
 from __future__ import annotations
 
@@ -89,12 +90,19 @@ class OnnxRuntimeRunner(BaseRunner):
         """Input name -> (numpy dtype, shape with symbolic dims as strings). Needs an active runner."""
         if self.session is None:
             raise RuntimeError(f"Runner {self.name!r} is not active: activate it first.")
-        return {i.name: (np.dtype(_ORT_TO_NUMPY.get(i.type, "float32")), list(i.shape)) for i in self.session.get_inputs()}
+        return {
+            i.name: (np.dtype(_ORT_TO_NUMPY.get(i.type, "float32")), list(i.shape)) for i in self.session.get_inputs()
+        }
 
 
 _ORT_TO_NUMPY = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
     "tensor(bool)": "bool",
 }
 
@@ -131,7 +139,9 @@ def max_abs_difference(a: np.ndarray, b: np.ndarray, feeds: dict[str, np.ndarray
 
 
 @contextlib.contextmanager
-def model_session(model: Any, output_names: Sequence[str] | None = None) -> Iterator[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]]:
+def model_session(
+    model: Any, output_names: Sequence[str] | None = None
+) -> Iterator[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]]:
     """An in-memory model ready to run many feed dicts: saved and loaded once, for as long as the block lasts.
 
     Yields a function feed dict -> outputs; raises WorkbenchError when onnxruntime cannot run a feed.
@@ -155,8 +165,9 @@ def model_session(model: Any, output_names: Sequence[str] | None = None) -> Iter
             yield run
 
 
-def run_model(model: Any, feeds_list: list[dict[str, np.ndarray]], output_names: list[str] | None = None,
-              *, repeats: int = 0) -> tuple[list[dict[str, np.ndarray]], float | None]:
+def run_model(
+    model: Any, feeds_list: list[dict[str, np.ndarray]], output_names: list[str] | None = None, *, repeats: int = 0
+) -> tuple[list[dict[str, np.ndarray]], float | None]:
     """Run an in-memory model on each feed dict; with `repeats`, also the median latency (ms) of feeds[0]."""
     with model_session(model, output_names) as run:
         results = [run(feeds) for feeds in feeds_list]

@@ -108,8 +108,10 @@ class OpenVINORunner(BaseRunner):
             known = {name for i in model.inputs for name in i.get_names()}
             unknown = sorted(set(self.shapes) - known)
             if unknown:
-                raise ConfigError(f"OpenVINORunner shapes name inputs {unknown} that {self.name!r} does not have.",
-                                  expected=f"input names among {sorted(known)}")
+                raise ConfigError(
+                    f"OpenVINORunner shapes name inputs {unknown} that {self.name!r} does not have.",
+                    expected=f"input names among {sorted(known)}",
+                )
             model = model.clone() if not isinstance(self.model, Path) else model  # never reshape a caller's model
             model.reshape({name: ov.PartialShape(shape) for name, shape in self.shapes.items()})
         try:
@@ -126,8 +128,10 @@ class OpenVINORunner(BaseRunner):
             by_name = {n: o for _, o in outputs for n in o.get_names()}
             missing = [n for n in self.output_names if n not in by_name]
             if missing:
-                raise ConfigError(f"OpenVINO model {self.name!r} has no outputs {missing}.",
-                                  expected=f"outputs among {sorted(by_name)}")
+                raise ConfigError(
+                    f"OpenVINO model {self.name!r} has no outputs {missing}.",
+                    expected=f"outputs among {sorted(by_name)}",
+                )
             outputs = [(n, by_name[n]) for n in self.output_names]
         self._outputs = outputs
 
@@ -172,16 +176,22 @@ def read_model(path: str | os.PathLike[str], *, core: Any = None) -> Any:
     ov = _openvino("Reading OpenVINO models")
     path = Path(path)
     if not path.is_file():
-        raise ModelSourceError(f"Model file {path} does not exist.",
-                               fix="convert the model first: convert_to_openvino(model.onnx, model.xml)")
+        raise ModelSourceError(
+            f"Model file {path} does not exist.",
+            fix="convert the model first: convert_to_openvino(model.onnx, model.xml)",
+        )
     if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
-        raise ModelSourceError(f"OpenVINO IR {path} has no weights file {path.with_suffix('.bin').name} beside it.",
-                               fix="keep model.xml and model.bin together (same folder, same stem)")
+        raise ModelSourceError(
+            f"OpenVINO IR {path} has no weights file {path.with_suffix('.bin').name} beside it.",
+            fix="keep model.xml and model.bin together (same folder, same stem)",
+        )
     try:
         return (core or ov.Core()).read_model(str(path))
     except Exception as exc:
-        raise ModelSourceError(f"OpenVINO could not read {path}: {type(exc).__name__}: {exc}",
-                               expected="an OpenVINO IR .xml (with its .bin) or an .onnx file") from exc
+        raise ModelSourceError(
+            f"OpenVINO could not read {path}: {type(exc).__name__}: {exc}",
+            expected="an OpenVINO IR .xml (with its .bin) or an .onnx file",
+        ) from exc
 
 
 def _name_generated_ops(model: Any) -> None:
@@ -215,8 +225,10 @@ def save_model(model: Any, output_xml: str | os.PathLike[str], *, compress_to_fp
     ov = _openvino("Saving OpenVINO models")
     output_xml = Path(output_xml)
     if output_xml.suffix.lower() != ".xml":
-        raise ConfigError(f"An OpenVINO IR is saved as an .xml file (with a .bin beside it), not {output_xml.name}.",
-                          fix="pass a path such as out/model.xml")
+        raise ConfigError(
+            f"An OpenVINO IR is saved as an .xml file (with a .bin beside it), not {output_xml.name}.",
+            fix="pass a path such as out/model.xml",
+        )
     _name_generated_ops(model)
     output_xml.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_xml.stem}.", suffix=".partial", dir=output_xml.parent))
@@ -225,8 +237,10 @@ def save_model(model: Any, output_xml: str | os.PathLike[str], *, compress_to_fp
         try:
             ov.save_model(model, str(staged), compress_to_fp16=compress_to_fp16)
         except Exception as exc:
-            raise WorkbenchError(f"OpenVINO could not save the model to {output_xml}: {type(exc).__name__}: {exc}",
-                                 fix="check free disk space and that the model is valid") from exc
+            raise WorkbenchError(
+                f"OpenVINO could not save the model to {output_xml}: {type(exc).__name__}: {exc}",
+                fix="check free disk space and that the model is valid",
+            ) from exc
         # the weights first, then the graph: a reader that finds the new .xml also finds its .bin
         os.replace(staged.with_suffix(".bin"), output_xml.with_suffix(".bin"))
         os.replace(staged, output_xml)
@@ -258,15 +272,24 @@ class ConversionResult:
     compress_to_fp16: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "weights": str(self.weights), "source": str(self.source), "ops": self.ops,
-                "size_mb": self.size_mb, "seconds": self.seconds, "compress_to_fp16": self.compress_to_fp16}
+        return {
+            "path": str(self.path),
+            "weights": str(self.weights),
+            "source": str(self.source),
+            "ops": self.ops,
+            "size_mb": self.size_mb,
+            "seconds": self.seconds,
+            "compress_to_fp16": self.compress_to_fp16,
+        }
 
     def _repr_html_(self) -> str:
         weights = "FP16" if self.compress_to_fp16 else "FP32"
-        return (f"<b>OpenVINO IR</b>: <code>{self.path}</code> + <code>{self.weights.name}</code> "
-                f"({self.size_mb:.1f} MB, {weights} weights, {sum(self.ops.values())} ops) from "
-                f"<code>{self.source.name}</code> in "
-                f"{self.seconds:.1f} s")
+        return (
+            f"<b>OpenVINO IR</b>: <code>{self.path}</code> + <code>{self.weights.name}</code> "
+            f"({self.size_mb:.1f} MB, {weights} weights, {sum(self.ops.values())} ops) from "
+            f"<code>{self.source.name}</code> in "
+            f"{self.seconds:.1f} s"
+        )
 
 
 def convert_to_openvino(
@@ -292,16 +315,25 @@ def convert_to_openvino(
     """
     _openvino("Converting ONNX models to OpenVINO IR")
     if Path(output_xml).suffix.lower() != ".xml":  # checked before any work
-        raise ConfigError(f"An OpenVINO IR is saved as an .xml file (with a .bin beside it), not "
-                          f"{Path(output_xml).name}.", fix="pass a path such as out/model.xml")
+        raise ConfigError(
+            f"An OpenVINO IR is saved as an .xml file (with a .bin beside it), not {Path(output_xml).name}.",
+            fix="pass a path such as out/model.xml",
+        )
     source = Path(onnx_path)
     started = time.perf_counter()
     model = read_model(source)
     path = save_model(model, output_xml, compress_to_fp16=compress_to_fp16)
     weights = path.with_suffix(".bin")
     ops = Counter(op.get_type_name() for op in model.get_ordered_ops())
-    return ConversionResult(path, weights, source, dict(sorted(ops.items())), weights.stat().st_size / 1e6,
-                            time.perf_counter() - started, compress_to_fp16)
+    return ConversionResult(
+        path,
+        weights,
+        source,
+        dict(sorted(ops.items())),
+        weights.stat().st_size / 1e6,
+        time.perf_counter() - started,
+        compress_to_fp16,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -349,7 +381,11 @@ def _op_name(runtime_name: str) -> str:
 #: IR op type -> the inputs whose precision decides the op's: every input of a compute op, the table of a Gather
 #: (NNCF stores a transformer's embedding tables in INT8).
 _PRECISION_INPUTS: dict[str, tuple[int, ...] | None] = {
-    "MatMul": None, "Convolution": None, "GroupConvolution": None, "ConvolutionBackpropData": None, "Gather": (0,),
+    "MatMul": None,
+    "Convolution": None,
+    "GroupConvolution": None,
+    "ConvolutionBackpropData": None,
+    "Gather": (0,),
 }
 
 
@@ -391,8 +427,9 @@ def _fed_by_quantizer(node: Any, depth: int = 0) -> bool:
     return False
 
 
-def op_precisions(model: str | os.PathLike[str] | Any, *, compiled: bool = True,
-                  threads: int | None = None) -> dict[str, str]:
+def op_precisions(
+    model: str | os.PathLike[str] | Any, *, compiled: bool = True, threads: int | None = None
+) -> dict[str, str]:
     """The precision each op runs in: from the compiled runtime graph (default) or statically from the IR.
 
     Args:

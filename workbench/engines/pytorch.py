@@ -73,6 +73,12 @@ class PyTorch(Engine):
             return Availability(False, "the Python package 'torch' is not installed (pip install torch)")
         return Availability(True, f"torch {version}", version)
 
-    def runner(self, model: Any, *, name: str | None = None, threads: int | None = None,
-               output_names: Sequence[str] = ("last_hidden_state",)) -> PyTorchRunner:
+    def runner(
+        self,
+        model: Any,
+        *,
+        name: str | None = None,
+        threads: int | None = None,
+        output_names: Sequence[str] = ("last_hidden_state",),
+    ) -> PyTorchRunner:
         return PyTorchRunner(model, output_names=output_names, name=name or "pytorch", threads=threads)

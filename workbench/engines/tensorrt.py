@@ -32,8 +32,10 @@ from workbench.errors import (
     WorkbenchError,
 )
 
-GPU_EXTRA_FIX = ("pip install 'inference-workbench[gpu]' on a machine with an NVIDIA GPU; it fetches TensorRT "
-                 "from NVIDIA's package index")
+GPU_EXTRA_FIX = (
+    "pip install 'inference-workbench[gpu]' on a machine with an NVIDIA GPU; it fetches TensorRT "
+    "from NVIDIA's package index"
+)
 
 # --------------------------------------------------------------------------------------------------------------
 # where can TensorRT run?
@@ -248,8 +250,10 @@ class TensorRTRunner(BaseRunner):
     def _activate(self) -> None:
         require_tensorrt("Running a TensorRT engine")
         if self.path is not None and not self.path.is_file():
-            raise ModelSourceError(f"TensorRT engine {self.path} does not exist.",
-                                   fix="build it first with workbench.stages.tensorrt.build_engine()")
+            raise ModelSourceError(
+                f"TensorRT engine {self.path} does not exist.",
+                fix="build it first with workbench.stages.tensorrt.build_engine()",
+            )
         trt_backend = require("polygraphy.backend.trt", purpose="The TensorRT runner")
         exceptions = require("polygraphy.exception", purpose="The TensorRT runner")
         runner = trt_backend.TrtRunner(self.loader, name=self.name, optimization_profile=self.optimization_profile)
@@ -283,8 +287,10 @@ class TensorRTRunner(BaseRunner):
         """Input name -> (numpy dtype, shape with -1 for dynamic dimensions). Needs an active runner."""
         if self.runner is None:
             raise RuntimeError(f"Runner {self.name!r} is not active: activate it first.")
-        return {name: (_numpy_dtype(meta.dtype), [-1 if d is None or int(d) < 0 else int(d) for d in meta.shape])
-                for name, meta in self._metadata(self.runner).items()}
+        return {
+            name: (_numpy_dtype(meta.dtype), [-1 if d is None or int(d) < 0 else int(d) for d in meta.shape])
+            for name, meta in self._metadata(self.runner).items()
+        }
 
     @staticmethod
     def _metadata(runner: Any) -> Any:
@@ -341,4 +347,3 @@ __all__ = [
     "require_tensorrt",
     "tensorrt_status",
 ]
-

@@ -29,11 +29,14 @@ def read_decoder_spec(path: str | os.PathLike[str]) -> DecoderSpec:
             f"{path} carries no decoder spec (metadata key {SPEC_METADATA_KEY!r}).",
             expected="an ONNX decoder written by export_decoder() or a stage after it (they keep the metadata)",
             fix="export the causal LM with workbench.stages.generation.export.export_decoder(), or pass spec= "
-            "explicitly")
+            "explicitly",
+        )
     spec = DecoderSpec.from_json(props[SPEC_METADATA_KEY])
     inputs = {i.name for i in model.graph.input}
     missing = [n for n in spec.input_names() if n not in inputs]
     if missing:
-        raise ModelSourceError(f"{path}'s decoder spec names inputs the graph lacks: {missing}.",
-                               fix="export the decoder again; its graph and metadata no longer agree")
+        raise ModelSourceError(
+            f"{path}'s decoder spec names inputs the graph lacks: {missing}.",
+            fix="export the decoder again; its graph and metadata no longer agree",
+        )
     return spec

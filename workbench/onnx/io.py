@@ -28,9 +28,13 @@ def stage_model(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
     staged = folder / source.name
     link_or_copy(source, staged)
     model = onnx.load(str(source), load_external_data=False)
-    locations = {entry.value for tensor in _all_tensors(model.graph)
-                 if tensor.data_location == onnx.TensorProto.EXTERNAL
-                 for entry in tensor.external_data if entry.key == "location"}
+    locations = {
+        entry.value
+        for tensor in _all_tensors(model.graph)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
     for location in sorted(locations):
         target = folder / location
         if not target.exists():
@@ -70,8 +74,10 @@ def save_onnx(model: Any, path: str | os.PathLike[str]) -> Path:
     if path.is_dir():
         from workbench.errors import OutputFolderError
 
-        raise OutputFolderError(f"Cannot write the model to {path}: it is a folder.",
-                                fix="pass the path of an .onnx file inside it, for example model.onnx")
+        raise OutputFolderError(
+            f"Cannot write the model to {path}: it is a folder.",
+            fix="pass the path of an .onnx file inside it, for example model.onnx",
+        )
     with staging_directory(path.parent, path.name) as staging, disk_errors(path, "Saving the model to"):
         external = model.ByteSize() >= EXTERNAL_DATA_THRESHOLD_BYTES if _has_no_external(model) else True
         staged = staging / path.name
@@ -80,8 +86,12 @@ def save_onnx(model: Any, path: str | os.PathLike[str]) -> Path:
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
             onnx.save_model(
-                copy, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                location=data_name, size_threshold=1024,
+                copy,
+                str(staged),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
             )
         else:
             onnx.save_model(model, str(staged))
@@ -99,9 +109,7 @@ def save_onnx(model: Any, path: str | os.PathLike[str]) -> Path:
 def _has_no_external(model: Any) -> bool:
     # ByteSize() is only meaningful when every tensor is inline.
     onnx = require("onnx", purpose="Saving an ONNX model")
-    return not any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
-    )
+    return not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def model_size_mb(path: str | os.PathLike[str]) -> float:

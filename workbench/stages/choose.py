@@ -1,4 +1,5 @@
-"""Choice stage: join accuracy with speed and pick the candidate to ship (with the reason), plus the candidates table and its Pareto chart."""
+"""Choice stage: join accuracy with speed and pick the candidate to ship (with the reason), plus the candidates
+table and its Pareto chart."""
 
 from __future__ import annotations
 
@@ -51,10 +52,13 @@ class ChoiceConfig(StageConfig):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"ChoiceConfig.{name} must be a whole number >= 1 or None, got {value!r}.")
         ceiling = self.latency_ceiling_ms
-        if ceiling is not None and (not isinstance(ceiling, (int, float)) or isinstance(ceiling, bool)
-                                    or not ceiling > 0 or math.isinf(ceiling)):
-            raise ConfigError(f"ChoiceConfig.latency_ceiling_ms must be a positive number of ms or None, got "
-                              f"{ceiling!r}.", fix="leave it empty (None) for no ceiling")
+        if ceiling is not None and (
+            not isinstance(ceiling, (int, float)) or isinstance(ceiling, bool) or not ceiling > 0 or math.isinf(ceiling)
+        ):
+            raise ConfigError(
+                f"ChoiceConfig.latency_ceiling_ms must be a positive number of ms or None, got {ceiling!r}.",
+                fix="leave it empty (None) for no ceiling",
+            )
 
     def resolve(self, timings: BenchmarkResult) -> Shape:
         """The (batch, seq) this choice is made at, defaults filled in from what `timings` measured."""
@@ -122,20 +126,29 @@ class CandidatesTable(list):
             f"<td>{number(r['cosine_mean'], 5)}</td><td>{number(r['cosine_min'], 5)}</td>"
             f"<td>{verdict(r['meets_budget'])}</td><td>{verdict(r['meets_ceiling'])}</td>"
             f"<td>{'yes' if r['pareto'] else ''}</td></tr>"
-            for r in self)
-        ceiling = (f"; latency ceiling {self.latency_ceiling_ms:g} ms p90" if self.latency_ceiling_ms is not None
-                   else "")
-        missing = "".join(f"<br><i>{html.escape(engine)}: not available ({html.escape(reason)})</i>"
-                          for engine, reason in self.unavailable.items())
+            for r in self
+        )
+        ceiling = f"; latency ceiling {self.latency_ceiling_ms:g} ms p90" if self.latency_ceiling_ms is not None else ""
+        missing = "".join(
+            f"<br><i>{html.escape(engine)}: not available ({html.escape(reason)})</i>"
+            for engine, reason in self.unavailable.items()
+        )
         # every figure beside a verdict says what it is and whether it was gated
-        judged = (f"'meets budget' judges the gated metrics: {html.escape(self.gated)}" if self.gated
-                  else "'meets budget': the comparison's verdict")
-        note = (f"<br><small>cos mean, cos min: the task's primary cosine vs FP32 (shown, gated only through the "
-                f"budget's own metrics); {judged}.</small>")
-        return (f"<b>Candidates</b> at batch {self.batch}, seq {self.seq}{ceiling}<table><tr><th>candidate</th>"
-                "<th>p50 ms</th><th>p90 ms</th><th>samples/s</th><th>vs pytorch</th><th>cos mean</th>"
-                "<th>cos min</th><th>meets budget</th><th>under ceiling</th><th>Pareto</th></tr>"
-                f"{body}</table>{note}{missing}")
+        judged = (
+            f"'meets budget' judges the gated metrics: {html.escape(self.gated)}"
+            if self.gated
+            else "'meets budget': the comparison's verdict"
+        )
+        note = (
+            f"<br><small>cos mean, cos min: the task's primary cosine vs FP32 (shown, gated only through the "
+            f"budget's own metrics); {judged}.</small>"
+        )
+        return (
+            f"<b>Candidates</b> at batch {self.batch}, seq {self.seq}{ceiling}<table><tr><th>candidate</th>"
+            "<th>p50 ms</th><th>p90 ms</th><th>samples/s</th><th>vs pytorch</th><th>cos mean</th>"
+            "<th>cos min</th><th>meets budget</th><th>under ceiling</th><th>Pareto</th></tr>"
+            f"{body}</table>{note}{missing}"
+        )
 
 
 def _cosines(candidate: Any) -> tuple[float | None, float | None]:
@@ -159,8 +172,11 @@ def _pareto_flags(points: Sequence[tuple[float | None, float | None]]) -> list[b
             flags.append(False)
             continue
         dominated = any(
-            j != i and other_latency is not None and other_accuracy is not None
-            and other_latency <= latency and other_accuracy >= accuracy
+            j != i
+            and other_latency is not None
+            and other_accuracy is not None
+            and other_latency <= latency
+            and other_accuracy >= accuracy
             and (other_latency < latency or other_accuracy > accuracy)
             for j, (other_latency, other_accuracy) in enumerate(points)
         )
@@ -209,21 +225,23 @@ def candidates_table(
             row = None
         mean, low = _cosines(candidate)
         p90 = row.p90_ms if row else None
-        table.append({
-            "name": candidate.name,
-            "engine": getattr(candidate, "engine", None),
-            "p50_ms": row.p50_ms if row else None,
-            "p90_ms": p90,
-            "throughput": row.throughput if row else None,
-            "speedup": base / row.p50_ms if row and base else None,
-            "cosine_mean": mean,
-            "cosine_min": low,
-            "meets_budget": bool(candidate),
-            "failures": list(getattr(candidate, "failures", ())),
-            "meets_ceiling": None if p90 is None else (latency_ceiling_ms is None or p90 <= latency_ceiling_ms),
-            "batch_invariance_min": invariance[candidate.name].cosine_min if candidate.name in invariance else None,
-            "pareto": False,
-        })
+        table.append(
+            {
+                "name": candidate.name,
+                "engine": getattr(candidate, "engine", None),
+                "p50_ms": row.p50_ms if row else None,
+                "p90_ms": p90,
+                "throughput": row.throughput if row else None,
+                "speedup": base / row.p50_ms if row and base else None,
+                "cosine_mean": mean,
+                "cosine_min": low,
+                "meets_budget": bool(candidate),
+                "failures": list(getattr(candidate, "failures", ())),
+                "meets_ceiling": None if p90 is None else (latency_ceiling_ms is None or p90 <= latency_ceiling_ms),
+                "batch_invariance_min": invariance[candidate.name].cosine_min if candidate.name in invariance else None,
+                "pareto": False,
+            }
+        )
     for row_dict, flag in zip(table, _pareto_flags([(r["p50_ms"], r["cosine_mean"]) for r in table])):
         row_dict["pareto"] = flag
     table.unavailable = dict(unavailable or {})
@@ -250,28 +268,47 @@ def pareto_figure(
     for meets, colour, label in ((True, "seagreen", "meets budget"), (False, "indianred", "misses budget")):
         rows = [r for r in plotted if r["meets_budget"] == meets]
         figure.add_scatter(
-            x=[r["p50_ms"] for r in rows], y=[r["cosine_mean"] for r in rows], mode="markers+text",
-            text=[r["name"] for r in rows], textposition="top center", name=label,
+            x=[r["p50_ms"] for r in rows],
+            y=[r["cosine_mean"] for r in rows],
+            mode="markers+text",
+            text=[r["name"] for r in rows],
+            textposition="top center",
+            name=label,
             marker={"color": colour, "size": 11, "symbol": ["star" if r["pareto"] else "circle" for r in rows]},
             customdata=[[r["p90_ms"], r["cosine_min"] if r["cosine_min"] is not None else float("nan")] for r in rows],
             hovertemplate="%{text}: p50 %{x:.2f} ms (p90 %{customdata[0]:.2f}), cosine mean %{y:.5f}, "
-                          "min %{customdata[1]:.5f}<extra></extra>",
+            "min %{customdata[1]:.5f}<extra></extra>",
         )
     front = sorted((r for r in plotted if r["pareto"]), key=lambda r: r["p50_ms"])
-    figure.add_scatter(x=[r["p50_ms"] for r in front], y=[r["cosine_mean"] for r in front], mode="lines",
-                       line={"dash": "dot", "color": "gray"}, name="Pareto front", hoverinfo="skip")
+    figure.add_scatter(
+        x=[r["p50_ms"] for r in front],
+        y=[r["cosine_mean"] for r in front],
+        mode="lines",
+        line={"dash": "dot", "color": "gray"},
+        name="Pareto front",
+        hoverinfo="skip",
+    )
     gates = getattr(getattr(accuracy, "budget", None), "gates", lambda: ())()
     primary = (getattr(accuracy, "primary", None) or ("",))[0] or next(
-        (g.metric for g in gates if g.op == ">="), "")  # the first minimum, for objects that name no primary
+        (g.metric for g in gates if g.op == ">="), ""
+    )  # the first minimum, for objects that name no primary
     for gate in gates:
         if gate.metric == primary:
-            figure.add_hline(y=gate.limit, line_dash="dash", line_color="gray",
-                             annotation_text=f"budget: mean >= {gate.limit:g}")
+            figure.add_hline(
+                y=gate.limit, line_dash="dash", line_color="gray", annotation_text=f"budget: mean >= {gate.limit:g}"
+            )
     if latency_ceiling_ms is not None:
-        figure.add_vline(x=latency_ceiling_ms, line_dash="dash", line_color="indianred",
-                         annotation_text=f"ceiling {latency_ceiling_ms:g} ms (p90)")
-    figure.update_layout(title=f"Latency vs accuracy at batch {table.batch}, seq {table.seq}",
-                         xaxis_title="p50 latency (ms)", yaxis_title="mean cosine vs reference")
+        figure.add_vline(
+            x=latency_ceiling_ms,
+            line_dash="dash",
+            line_color="indianred",
+            annotation_text=f"ceiling {latency_ceiling_ms:g} ms (p90)",
+        )
+    figure.update_layout(
+        title=f"Latency vs accuracy at batch {table.batch}, seq {table.seq}",
+        xaxis_title="p50 latency (ms)",
+        yaxis_title="mean cosine vs reference",
+    )
     return figure
 
 
@@ -311,19 +348,23 @@ def choose_candidate(
     table = candidates_table(accuracy, timings, batch, seq, latency_ceiling_ms=latency_ceiling_ms)
     measured = [r for r in table if r["p50_ms"] is not None]
     if not measured:
-        raise WorkbenchError(f"No candidate was benchmarked at batch {batch}, seq {seq}.",
-                             fix="benchmark the candidates at the shape you choose for")
+        raise WorkbenchError(
+            f"No candidate was benchmarked at batch {batch}, seq {seq}.",
+            fix="benchmark the candidates at the shape you choose for",
+        )
     accurate = [r for r in measured if r["meets_budget"]]
     if not accurate:
         untimed = [r["name"] for r in table if r["p50_ms"] is None and r["meets_budget"]]
         raise WorkbenchError(
             "No candidate meets the accuracy budget: "
             + "; ".join(f"{r['name']}: {', '.join(r['failures'])}" for r in table if not r["meets_budget"])
-            + (f". Meeting it but not benchmarked at batch {batch}, seq {seq}: {', '.join(untimed)}" if untimed
-               else ""),
+            + (
+                f". Meeting it but not benchmarked at batch {batch}, seq {seq}: {', '.join(untimed)}" if untimed else ""
+            ),
             fix="relax the budget, or keep the failing nodes in FP32 (the accuracy stage's fixes)"
             + (", or benchmark the candidates that meet it at this shape" if untimed else ""),
         )
+
     def invariant(row: dict[str, Any]) -> bool:
         figure = row["batch_invariance_min"]
         return batch_invariance_min is None or figure is None or figure >= batch_invariance_min
@@ -334,7 +375,8 @@ def choose_candidate(
             "a text alone vs inside a batch): "
             + "; ".join(f"{r['name']}: {r['batch_invariance_min']:.6f}" for r in accurate),
             fix="serve without dynamic batching (then the rule does not apply), or add a candidate whose outputs do "
-                "not depend on batch-mates (FP32, or INT8 with static, calibrated scales)")
+            "not depend on batch-mates (FP32, or INT8 with static, calibrated scales)",
+        )
     accurate = [r for r in accurate if invariant(r)]
     passing = [r for r in accurate if r["meets_ceiling"]]
     if not passing:
@@ -343,7 +385,7 @@ def choose_candidate(
             f"ms (p90) at batch {batch}, seq {seq}: "
             + "; ".join(f"{r['name']}: p90 {r['p90_ms']:.2f} ms" for r in accurate),
             fix="raise latency_ceiling_ms, choose for a smaller batch size, or make a faster candidate meet the "
-                "budget (INT8 with the failing nodes kept in FP32)",
+            "budget (INT8 with the failing nodes kept in FP32)",
         )
 
     def score(row: dict[str, Any]) -> float:  # lower is better
@@ -351,11 +393,14 @@ def choose_candidate(
 
     best = min(passing, key=score)
     if config.objective == "latency":
-        reason = (f"fastest candidate that meets the accuracy budget at batch {batch}, seq {seq}: "
-                  f"{best['p50_ms']:.2f} ms p50")
+        reason = (
+            f"fastest candidate that meets the accuracy budget at batch {batch}, seq {seq}: {best['p50_ms']:.2f} ms p50"
+        )
     else:
-        reason = (f"highest-throughput candidate that meets the accuracy budget at batch {batch}, seq {seq}: "
-                  f"{best['throughput']:.1f} samples/s ({best['p50_ms']:.2f} ms p50)")
+        reason = (
+            f"highest-throughput candidate that meets the accuracy budget at batch {batch}, seq {seq}: "
+            f"{best['throughput']:.1f} samples/s ({best['p50_ms']:.2f} ms p50)"
+        )
     if latency_ceiling_ms is not None:
         reason += f", p90 {best['p90_ms']:.2f} ms under the ceiling of {latency_ceiling_ms:g} ms"
     if best["cosine_mean"] is not None:
@@ -364,8 +409,7 @@ def choose_candidate(
         reason += f", {kind} mean {best['cosine_mean']:.4f} / min {best['cosine_min']:.4f}"
 
     def value(row: dict[str, Any]) -> str:
-        return (f"{row['p50_ms']:.1f} ms" if config.objective == "latency"
-                else f"{row['throughput']:.1f} samples/s")
+        return f"{row['p50_ms']:.1f} ms" if config.objective == "latency" else f"{row['throughput']:.1f} samples/s"
 
     rejected = []
     for r in measured:
@@ -374,15 +418,20 @@ def choose_candidate(
         if not r["meets_budget"]:
             rejected.append(f"{r['name']} ({value(r)}) misses the budget: {', '.join(r['failures'])}")
         elif not invariant(r):
-            rejected.append(f"{r['name']} ({value(r)}) is not batch-invariant: a text alone vs in a batch has min "
-                            f"cosine {r['batch_invariance_min']:.6f} < {batch_invariance_min:g}, and the deployment "
-                            "batches")
+            rejected.append(
+                f"{r['name']} ({value(r)}) is not batch-invariant: a text alone vs in a batch has min "
+                f"cosine {r['batch_invariance_min']:.6f} < {batch_invariance_min:g}, and the deployment "
+                "batches"
+            )
         elif not r["meets_ceiling"]:
-            rejected.append(f"{r['name']} ({value(r)}) exceeds the latency ceiling: p90 {r['p90_ms']:.2f} ms > "
-                            f"{latency_ceiling_ms:g} ms")
+            rejected.append(
+                f"{r['name']} ({value(r)}) exceeds the latency ceiling: p90 {r['p90_ms']:.2f} ms > "
+                f"{latency_ceiling_ms:g} ms"
+            )
     if rejected:
-        reason += (". Faster but rejected: " if config.objective == "latency"
-                   else ". Higher throughput but rejected: ") + "; ".join(rejected)
+        reason += (
+            ". Faster but rejected: " if config.objective == "latency" else ". Higher throughput but rejected: "
+        ) + "; ".join(rejected)
     budget = getattr(accuracy, "budget", None)
     constraints = {
         "accuracy_budget": budget.to_dict() if budget is not None and hasattr(budget, "to_dict") else None,
@@ -390,6 +439,14 @@ def choose_candidate(
         "latency_ceiling_statistic": CEILING_STATISTIC.removesuffix("_ms"),
         "batch_invariance_min": batch_invariance_min,
     }
-    return Choice(name=best["name"], reason=reason, batch=batch, seq=seq, objective=config.objective,
-                  constraints=constraints, p50_ms=best["p50_ms"], throughput=best["throughput"],
-                  rejected=tuple(rejected))
+    return Choice(
+        name=best["name"],
+        reason=reason,
+        batch=batch,
+        seq=seq,
+        objective=config.objective,
+        constraints=constraints,
+        p50_ms=best["p50_ms"],
+        throughput=best["throughput"],
+        rejected=tuple(rejected),
+    )

@@ -149,8 +149,10 @@ def _tuple_outputs_module(module: Any, input_names: tuple[str, ...], output_name
     torch = require("torch", purpose="Exporting a PyTorch model")
     bad = [name for name in input_names if not name.isidentifier()]
     if bad:
-        raise ExportError(f"Input names {bad} are not Python identifiers, so they cannot be forward() parameters.",
-                          fix="rename the inputs, e.g. 'input-ids' -> 'input_ids'")
+        raise ExportError(
+            f"Input names {bad} are not Python identifiers, so they cannot be forward() parameters.",
+            fix="rename the inputs, e.g. 'input-ids' -> 'input_ids'",
+        )
 
     class TupleOutputs(torch.nn.Module):  # type: ignore[name-defined]  # torch is imported lazily
         def __init__(self) -> None:
@@ -219,8 +221,7 @@ def check_sequence_length(source: ModelSource, length: int, *, what: str = "sequ
     limit = max_sequence_length(source)
     if limit is not None and length > limit:
         raise ConfigError(
-            f"{what} = {length} is longer than {source.name} can take: it has position embeddings for "
-            f"{limit} tokens.",
+            f"{what} = {length} is longer than {source.name} can take: it has position embeddings for {limit} tokens.",
             expected=f"{what} between 8 and {limit}",
             fix=f"pass {what}={min(limit, 512)} or less (texts longer than that are truncated)",
         )
@@ -293,8 +294,9 @@ def export_onnx(
         dynamic_axes = {k: dict(v) for k, v in (source.dynamic_axes or {}).items()} or {
             name: {0: "batch"} for name in (*input_names, *output_names)
         }
-        example = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
-                   for k, v in source.example_inputs.items()}
+        example = {
+            k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in source.example_inputs.items()
+        }
         if check_feeds is None:
             check_feeds = [example]
 
@@ -326,9 +328,10 @@ def export_onnx(
                 ) from exc
 
             checks = []
-            with PyTorchRunner(module, output_names=output_names, name="pytorch") as reference, OnnxRuntimeRunner(
-                staged, output_names=output_names
-            ) as exported:
+            with (
+                PyTorchRunner(module, output_names=output_names, name="pytorch") as reference,
+                OnnxRuntimeRunner(staged, output_names=output_names) as exported,
+            ):
                 for feeds in check_feeds:
                     expected = reference.infer(feeds)
                     actual = exported.infer(feeds)

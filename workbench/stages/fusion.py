@@ -1,4 +1,5 @@
-"""Fusion stage: onnxruntime's transformer optimizer fuses Attention, LayerNorm and GELU subgraphs, checked against the unfused graph."""
+"""Fusion stage: onnxruntime's transformer optimizer fuses Attention, LayerNorm and GELU subgraphs, checked against
+the unfused graph."""
 
 from __future__ import annotations
 
@@ -19,12 +20,34 @@ from workbench.models import HFModelSource, ModelSource
 
 SUPPORTED_MODEL_TYPES = ("bert", "bart", "gpt2", "t5", "vit", "clip", "swin")
 # Hugging Face model_type -> the onnxruntime optimizer's model_type
-_HF_TO_ORT_MODEL_TYPE = {"bert": "bert", "roberta": "bert", "distilbert": "bert", "xlm-roberta": "bert",
-                         "electra": "bert", "mpnet": "bert", "camembert": "bert", "albert": "bert",
-                         "bart": "bart", "gpt2": "gpt2", "t5": "t5", "vit": "vit", "clip": "clip", "swin": "swin"}
+_HF_TO_ORT_MODEL_TYPE = {
+    "bert": "bert",
+    "roberta": "bert",
+    "distilbert": "bert",
+    "xlm-roberta": "bert",
+    "electra": "bert",
+    "mpnet": "bert",
+    "camembert": "bert",
+    "albert": "bert",
+    "bart": "bart",
+    "gpt2": "gpt2",
+    "t5": "t5",
+    "vit": "vit",
+    "clip": "clip",
+    "swin": "swin",
+}
 # op types the report counts; the optimizer's own statistics cover these and more
-FUSED_OP_TYPES = ("EmbedLayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
-                  "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "SkipSimplifiedLayerNormalization")
+FUSED_OP_TYPES = (
+    "EmbedLayerNormalization",
+    "Attention",
+    "MultiHeadAttention",
+    "SkipLayerNormalization",
+    "LayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "SkipSimplifiedLayerNormalization",
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +95,11 @@ class FusionConfig(StageConfig):
                     expected=f"one of {sorted(_HF_TO_ORT_MODEL_TYPE)}",
                     fix="skip fusion for this model, or pass FusionConfig(model_type=...) explicitly",
                 )
-            values = {"model_type": _HF_TO_ORT_MODEL_TYPE[hf_type],
-                      "num_heads": source.num_heads or 0, "hidden_size": source.hidden_size or 0}
+            values = {
+                "model_type": _HF_TO_ORT_MODEL_TYPE[hf_type],
+                "num_heads": source.num_heads or 0,
+                "hidden_size": source.hidden_size or 0,
+            }
         return cls(**{**values, **overrides})
 
 
@@ -98,15 +124,23 @@ class FusionResult:
         return sum(self.op_counts_after.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "config": self.config.to_dict(), "fused_ops": self.fused_ops,
-                "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
-                "max_abs_diff": self.max_abs_diff, "seconds": self.seconds}
+        return {
+            "path": str(self.path),
+            "config": self.config.to_dict(),
+            "fused_ops": self.fused_ops,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "max_abs_diff": self.max_abs_diff,
+            "seconds": self.seconds,
+        }
 
     def _repr_html_(self) -> str:
         fused = ", ".join(f"{k} {v}" for k, v in self.fused_ops.items() if v) or "nothing"
         check = "not checked" if self.max_abs_diff is None else f"max abs diff vs unfused {self.max_abs_diff:.2e}"
-        return (f"<b>Fused</b> <code>{self.path}</code>: {fused}. Nodes {self.nodes_before} -> {self.nodes_after}; "
-                f"{check}; {self.seconds:.1f} s.")
+        return (
+            f"<b>Fused</b> <code>{self.path}</code>: {fused}. Nodes {self.nodes_before} -> {self.nodes_after}; "
+            f"{check}; {self.seconds:.1f} s."
+        )
 
 
 def _op_counts(model: Any) -> dict[str, int]:
@@ -120,8 +154,13 @@ def fuse_proto(model: Any, config: FusionConfig = FusionConfig()) -> tuple[Any, 
     private = onnx.ModelProto()
     private.CopyFrom(model)  # the optimizer edits the proto it is given
     try:
-        optimized = optimizer.optimize_model(private, model_type=config.model_type, num_heads=config.num_heads,
-                                             hidden_size=config.hidden_size, opt_level=config.opt_level)
+        optimized = optimizer.optimize_model(
+            private,
+            model_type=config.model_type,
+            num_heads=config.num_heads,
+            hidden_size=config.hidden_size,
+            opt_level=config.opt_level,
+        )
     except Exception as exc:
         raise WorkbenchError(
             f"onnxruntime's transformer optimizer failed: {type(exc).__name__}: {exc}",
@@ -167,7 +206,8 @@ def fuse_transformer(
             raise WorkbenchError(
                 f"The fused model differs from its input by {max_abs_diff:.3g} max abs (atol {config.atol:g}); "
                 "it was not written.",
-                fix="pass the right num_heads / hidden_size, or a looser FusionConfig.atol if the difference is expected",
+                fix="pass the right num_heads / hidden_size, or a looser FusionConfig.atol if the difference is "
+                "expected",
             )
     save_onnx(fused, output_path)
     return FusionResult(

@@ -34,14 +34,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from workbench._lazy import require
+from workbench.config import StageConfig, check_choice
+from workbench.engines.polygraphy import quiet_polygraphy
 from workbench.engines.tensorrt import (
     TensorRTRunner,
     require_tensorrt,
     tensorrt_status,
 )
-from workbench.config import StageConfig, check_choice
 from workbench.errors import ConfigError, DataError, ModelSourceError, WorkbenchError
-from workbench.engines.polygraphy import quiet_polygraphy
 
 PRECISION_CONSTRAINTS = ("obey", "prefer", "none")
 OPTIMIZATION_LEVELS = (0, 1, 2, 3, 4, 5)
@@ -111,9 +111,15 @@ def profile_from_choices(
     """
     if not batch_sizes or not sequence_lengths:
         raise ConfigError("profile_from_choices needs at least one batch size and one sequence length.")
-    return profile_for(input_names, min(batch_sizes), opt_batch if opt_batch is not None else batch_sizes[0],
-                       max(batch_sizes), min(sequence_lengths),
-                       opt_seq if opt_seq is not None else sequence_lengths[0], max(sequence_lengths))
+    return profile_for(
+        input_names,
+        min(batch_sizes),
+        opt_batch if opt_batch is not None else batch_sizes[0],
+        max(batch_sizes),
+        min(sequence_lengths),
+        opt_seq if opt_seq is not None else sequence_lengths[0],
+        max(sequence_lengths),
+    )
 
 
 def _check_range(what: str, values: tuple[Any, Any, Any]) -> None:
@@ -175,15 +181,21 @@ class TensorRTConfig(StageConfig):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"TensorRTConfig.{name} must be True or False, got {getattr(self, name)!r}.")
         if self.explicit_quantization and not self.int8:
-            raise ConfigError("TensorRTConfig.explicit_quantization needs int8=True (a Q/DQ model is INT8).",
-                              fix="use TensorRTConfig.preset('tensorrt_int8_qdq')")
+            raise ConfigError(
+                "TensorRTConfig.explicit_quantization needs int8=True (a Q/DQ model is INT8).",
+                fix="use TensorRTConfig.preset('tensorrt_int8_qdq')",
+            )
         check_choice(self, "precision_constraints", PRECISION_CONSTRAINTS)
         if self.workspace_mb is not None and (not _is_int(self.workspace_mb) or self.workspace_mb < 1):
-            raise ConfigError(f"TensorRTConfig.workspace_mb must be a positive integer or None, got {self.workspace_mb!r}.")
+            raise ConfigError(
+                f"TensorRTConfig.workspace_mb must be a positive integer or None, got {self.workspace_mb!r}."
+            )
         level = self.builder_optimization_level
         if level is not None and (not _is_int(level) or level not in OPTIMIZATION_LEVELS):
-            raise ConfigError(f"TensorRTConfig.builder_optimization_level must be one of {list(OPTIMIZATION_LEVELS)} "
-                              f"or None, got {level!r}.")
+            raise ConfigError(
+                f"TensorRTConfig.builder_optimization_level must be one of {list(OPTIMIZATION_LEVELS)} "
+                f"or None, got {level!r}."
+            )
         for name in ("timing_cache", "calibration_cache"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
@@ -192,9 +204,11 @@ class TensorRTConfig(StageConfig):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"TensorRTConfig.{name} must be a file path or None, got {value!r}.")
         if self.calibration_cache is not None and (not self.int8 or self.explicit_quantization):
-            raise ConfigError("TensorRTConfig.calibration_cache is set but nothing is calibrated (calibration runs "
-                              "only with int8=True and explicit_quantization=False), so it would be ignored.",
-                              fix="leave calibration_cache as None")
+            raise ConfigError(
+                "TensorRTConfig.calibration_cache is set but nothing is calibrated (calibration runs "
+                "only with int8=True and explicit_quantization=False), so it would be ignored.",
+                fix="leave calibration_cache as None",
+            )
         object.__setattr__(self, "profiles", _normalize_profiles(self.profiles))
 
     def __hash__(self) -> int:  # profiles hold dicts; hash the JSON form instead
@@ -216,14 +230,18 @@ def _normalize_profiles(profiles: Any) -> tuple[dict[str, ShapeRange], ...]:
     if isinstance(profiles, Mapping):
         profiles = (profiles,)
     if not isinstance(profiles, (tuple, list)):
-        raise ConfigError(f"TensorRTConfig.profiles must be a tuple of profiles, got {profiles!r}.",
-                          fix="use profiles=(profile_for(input_names, 1, 1, 32, 1, 128, 512),)")
+        raise ConfigError(
+            f"TensorRTConfig.profiles must be a tuple of profiles, got {profiles!r}.",
+            fix="use profiles=(profile_for(input_names, 1, 1, 32, 1, 128, 512),)",
+        )
     normalized = []
     for index, profile in enumerate(profiles):
         where = f"TensorRTConfig.profiles[{index}]"
         if not isinstance(profile, Mapping) or not profile:
-            raise ConfigError(f"{where} must map input names to (min, opt, max) shapes, got {profile!r}.",
-                              fix="build it with profile_for(input_names, min_batch, opt_batch, max_batch, ...)")
+            raise ConfigError(
+                f"{where} must map input names to (min, opt, max) shapes, got {profile!r}.",
+                fix="build it with profile_for(input_names, min_batch, opt_batch, max_batch, ...)",
+            )
         entry: dict[str, ShapeRange] = {}
         for name, shapes in profile.items():
             if not isinstance(shapes, (tuple, list)) or len(shapes) != 3:
@@ -231,19 +249,25 @@ def _normalize_profiles(profiles: Any) -> tuple[dict[str, ShapeRange], ...]:
             try:
                 low, opt, high = (tuple(int(d) if _is_int(d) else d for d in shape) for shape in shapes)
             except TypeError:
-                raise ConfigError(f"{where}[{name!r}] must be three shapes (sequences of ints), got {shapes!r}.") from None
+                raise ConfigError(
+                    f"{where}[{name!r}] must be three shapes (sequences of ints), got {shapes!r}."
+                ) from None
             if not all(_is_int(d) and d >= 1 for shape in (low, opt, high) for d in shape):
                 raise ConfigError(f"{where}[{name!r}] = {shapes!r}: every dimension must be an integer >= 1.")
             if not len(low) == len(opt) == len(high) or not low:
-                raise ConfigError(f"{where}[{name!r}] = {shapes!r}: min, opt and max must have the same, non-zero rank.")
+                raise ConfigError(
+                    f"{where}[{name!r}] = {shapes!r}: min, opt and max must have the same, non-zero rank."
+                )
             if not all(a <= b <= c for a, b, c in zip(low, opt, high)):
                 raise ConfigError(f"{where}[{name!r}] = {shapes!r}: each dimension needs min <= opt <= max.")
             entry[str(name)] = (low, opt, high)
         normalized.append(entry)
     names = [sorted(p) for p in normalized]
     if any(n != names[0] for n in names):
-        raise ConfigError(f"TensorRTConfig.profiles name different inputs: {names}.",
-                          expected="every profile to give shapes for every dynamic input")
+        raise ConfigError(
+            f"TensorRTConfig.profiles name different inputs: {names}.",
+            expected="every profile to give shapes for every dynamic input",
+        )
     return tuple(normalized)
 
 
@@ -274,13 +298,14 @@ def onnx_node_of(layer_name: str, node_names: Iterable[str], metadata: str = "")
     best = None
     for match in _SUFFIX_START.finditer(layer_name):  # left to right: the last hit is the longest node name
         prefix = layer_name[: match.start()]
-        if prefix in nodes and _SUFFIX.fullmatch(layer_name[match.start():]):
+        if prefix in nodes and _SUFFIX.fullmatch(layer_name[match.start() :]):
             best = prefix
     return best
 
 
-def _layer_nodes(plan: Any, layer_names: Iterable[str], node_names: Iterable[str] | None,
-                 metadata: Mapping[str, str] | None) -> dict[str, str]:
+def _layer_nodes(
+    plan: Any, layer_names: Iterable[str], node_names: Iterable[str] | None, metadata: Mapping[str, str] | None
+) -> dict[str, str]:
     """Layer -> the plan node it came from, for the layers of the plan's exceptions only."""
     nodes = set(plan.nodes) | set(node_names or ())
     metadata = metadata or {}
@@ -311,8 +336,10 @@ def layer_precisions(
             onnx_node_of()); None: only the plan's node names are known.
         metadata: Layer name -> its metadata string (TensorRT 10: "[ONNX Layer: <node>]").
     """
-    return {layer: plan.nodes[node].precision
-            for layer, node in _layer_nodes(plan, layer_names, node_names, metadata).items()}
+    return {
+        layer: plan.nodes[node].precision
+        for layer, node in _layer_nodes(plan, layer_names, node_names, metadata).items()
+    }
 
 
 @dataclass(frozen=True)
@@ -324,8 +351,11 @@ class LayerPrecisionReport:
     unmatched_nodes: tuple[str, ...]  # plan nodes no layer came from (ONNX Constant nodes, or another graph)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"applied": {k: list(v) for k, v in self.applied.items()}, "skipped": dict(self.skipped),
-                "unmatched_nodes": list(self.unmatched_nodes)}
+        return {
+            "applied": {k: list(v) for k, v in self.applied.items()},
+            "skipped": dict(self.skipped),
+            "unmatched_nodes": list(self.unmatched_nodes),
+        }
 
 
 def apply_layer_precisions(network: Any, plan: Any, *, node_names: Iterable[str] | None = None) -> LayerPrecisionReport:
@@ -340,8 +370,11 @@ def apply_layer_precisions(network: Any, plan: Any, *, node_names: Iterable[str]
     metadata = {layer.name: str(getattr(layer, "metadata", "") or "") for layer in layers}
     nodes_of = _layer_nodes(plan, [layer.name for layer in layers], node_names, metadata)
     types = {"fp32": trt.float32, "fp16": trt.float16, "int8": trt.int8}
-    excluded = {getattr(trt.LayerType, name) for name in ("CONSTANT", "SHAPE", "QUANTIZE", "DEQUANTIZE", "ASSERTION")
-                if hasattr(trt.LayerType, name)}
+    excluded = {
+        getattr(trt.LayerType, name)
+        for name in ("CONSTANT", "SHAPE", "QUANTIZE", "DEQUANTIZE", "ASSERTION")
+        if hasattr(trt.LayerType, name)
+    }
     float_types = (trt.float32, trt.float16)
     applied: dict[str, tuple[str, str]] = {}
     skipped: dict[str, str] = {}
@@ -365,8 +398,9 @@ def apply_layer_precisions(network: Any, plan: Any, *, node_names: Iterable[str]
                         layer.set_output_type(index, types[precision])
             applied[layer.name] = (node, precision)
     matched = set(nodes_of.values())
-    return LayerPrecisionReport(applied=applied, skipped=skipped,
-                                unmatched_nodes=tuple(sorted(n for n in plan.nodes if n not in matched)))
+    return LayerPrecisionReport(
+        applied=applied, skipped=skipped, unmatched_nodes=tuple(sorted(n for n in plan.nodes if n not in matched))
+    )
 
 
 class PlanLayerPrecisions:
@@ -403,8 +437,9 @@ def _node_names(onnx_path: Path) -> list[str]:
     return [node.name for node in _load_graph(onnx_path).node if node.name]
 
 
-def check_onnx_for_tensorrt(onnx_path: str | os.PathLike[str], config: TensorRTConfig = TensorRTConfig(),
-                            plan: Any = None) -> list[str]:
+def check_onnx_for_tensorrt(
+    onnx_path: str | os.PathLike[str], config: TensorRTConfig = TensorRTConfig(), plan: Any = None
+) -> list[str]:
     """Check, without TensorRT, what would make the build fail or silently do less; return the node names.
 
     Raises:
@@ -463,8 +498,11 @@ def _check_profiles_cover_inputs(graph: Any, profiles: Sequence[Mapping[str, Sha
     profile = profiles[0]  # every profile names the same inputs (TensorRTConfig checks)
     missing = sorted(set(inputs) - set(profile))
     unknown = sorted(set(profile) - set(inputs))
-    wrong_rank = {name: (len(profile[name][0]), rank) for name, rank in inputs.items()
-                  if name in profile and rank and len(profile[name][0]) != rank}
+    wrong_rank = {
+        name: (len(profile[name][0]), rank)
+        for name, rank in inputs.items()
+        if name in profile and rank and len(profile[name][0]) != rank
+    }
     if missing or unknown or wrong_rank:
         problems = []
         if missing:
@@ -473,9 +511,11 @@ def _check_profiles_cover_inputs(graph: Any, profiles: Sequence[Mapping[str, Sha
             problems.append(f"shapes for {unknown}, which are not inputs of {path.name}")
         if wrong_rank:
             problems.append("ranks (profile, model) differ: " + ", ".join(f"{n} {r}" for n, r in wrong_rank.items()))
-        raise ConfigError(f"TensorRTConfig.profiles do not match {path.name}: {'; '.join(problems)}.",
-                          expected=f"shapes for exactly the inputs {sorted(inputs)}",
-                          fix="build the profile with profile_for(<the model's input names>, ...)")
+        raise ConfigError(
+            f"TensorRTConfig.profiles do not match {path.name}: {'; '.join(problems)}.",
+            expected=f"shapes for exactly the inputs {sorted(inputs)}",
+            fix="build the profile with profile_for(<the model's input names>, ...)",
+        )
 
 
 def _default_profile(onnx_path: Path) -> dict[str, ShapeRange]:
@@ -515,19 +555,26 @@ class CalibrationFeeds:
             if self.input_metadata is None:
                 yield {name: np.asarray(value) for name, value in feed.items()}
             else:
-                yield {name: _cast(np.asarray(feed[name]), _numpy_dtype(meta.dtype))
-                       for name, meta in self.input_metadata.items() if name in feed}
+                yield {
+                    name: _cast(np.asarray(feed[name]), _numpy_dtype(meta.dtype))
+                    for name, meta in self.input_metadata.items()
+                    if name in feed
+                }
 
 
 def _check_calibration_feeds(feeds: list[dict[str, Any]], profile: Mapping[str, ShapeRange]) -> None:
     if not feeds:
-        raise DataError("Calibrated INT8 needs calibration data, and none was given.",
-                        fix="pass calibration_feeds=tokenize_batches(tokenizer, sentences, ...)")
+        raise DataError(
+            "Calibrated INT8 needs calibration data, and none was given.",
+            fix="pass calibration_feeds=tokenize_batches(tokenizer, sentences, ...)",
+        )
     for index, feed in enumerate(feeds):
         missing = sorted(set(profile) - set(feed))
         if missing:
-            raise DataError(f"Calibration batch {index} lacks the inputs {missing}.",
-                            fix="tokenize with input_names= the model's inputs")
+            raise DataError(
+                f"Calibration batch {index} lacks the inputs {missing}.",
+                fix="tokenize with input_names= the model's inputs",
+            )
         for name, (_, opt, _) in profile.items():
             shape = tuple(np.shape(feed[name]))
             if shape != tuple(opt):
@@ -548,8 +595,14 @@ class BuilderConfig:
     Calibrator will read, and ``workspace_bytes`` the workspace limit.
     """
 
-    def __init__(self, create_config: Any, *, workspace_bytes: int | None = None,
-                 calibration_feeds: CalibrationFeeds | None = None, calibration_cache: str | None = None) -> None:
+    def __init__(
+        self,
+        create_config: Any,
+        *,
+        workspace_bytes: int | None = None,
+        calibration_feeds: CalibrationFeeds | None = None,
+        calibration_cache: str | None = None,
+    ) -> None:
         self.create_config = create_config
         self.workspace_bytes = workspace_bytes
         self.calibration_feeds = calibration_feeds
@@ -561,15 +614,20 @@ class BuilderConfig:
         trt_backend = require("polygraphy.backend.trt", purpose="Configuring a TensorRT build")
         resolved = copy.copy(self.create_config)  # loaders are constant: never mutate the one we were given
         if self.workspace_bytes is not None:
-            resolved.memory_pool_limits = {**(resolved.memory_pool_limits or {}),
-                                           trt.MemoryPoolType.WORKSPACE: self.workspace_bytes}
+            resolved.memory_pool_limits = {
+                **(resolved.memory_pool_limits or {}),
+                trt.MemoryPoolType.WORKSPACE: self.workspace_bytes,
+            }
         if self.calibration_feeds is not None:
             if not hasattr(trt, "IInt8EntropyCalibrator2"):
                 raise WorkbenchError(
                     f"TensorRT {getattr(trt, '__version__', '')} has no INT8 calibrators (implicit quantization was "
-                    "removed).", fix="use TensorRTConfig.preset('tensorrt_int8_qdq') with a Q/DQ model")
-            resolved.calibrator = trt_backend.Calibrator(data_loader=self.calibration_feeds,
-                                                         cache=self.calibration_cache)
+                    "removed).",
+                    fix="use TensorRTConfig.preset('tensorrt_int8_qdq') with a Q/DQ model",
+                )
+            resolved.calibrator = trt_backend.Calibrator(
+                data_loader=self.calibration_feeds, cache=self.calibration_cache
+            )
         return resolved
 
     def __call__(self, builder: Any, network: Any) -> Any:
@@ -618,20 +676,26 @@ def _check_plan(plan: Any, config: TensorRTConfig) -> None:
     if plan is None:
         return
     if plan.method == "int8_dynamic":
-        raise ConfigError("TensorRT has no dynamic INT8, so a PrecisionPlan with method 'int8_dynamic' cannot "
-                          "describe a TensorRT engine.",
-                          fix="use PrecisionPlan.preset('tensorrt_int8_qdq') and build from its Q/DQ model with "
-                          "TensorRTConfig.preset('tensorrt_int8_qdq'), or calibrated INT8")
+        raise ConfigError(
+            "TensorRT has no dynamic INT8, so a PrecisionPlan with method 'int8_dynamic' cannot "
+            "describe a TensorRT engine.",
+            fix="use PrecisionPlan.preset('tensorrt_int8_qdq') and build from its Q/DQ model with "
+            "TensorRTConfig.preset('tensorrt_int8_qdq'), or calibrated INT8",
+        )
     if plan.method == "fp32" and (config.fp16 or config.int8):
-        raise ConfigError("The PrecisionPlan says FP32 throughout, but the TensorRTConfig enables "
-                          f"{[p for p in config.precisions if p != 'fp32']}.",
-                          fix="set fp16=False and int8=False, or use a plan for the reduced precision")
+        raise ConfigError(
+            "The PrecisionPlan says FP32 throughout, but the TensorRTConfig enables "
+            f"{[p for p in config.precisions if p != 'fp32']}.",
+            fix="set fp16=False and int8=False, or use a plan for the reduced precision",
+        )
     needed = {plan.default_precision} | {node.precision for node in plan.nodes.values()}
     disabled = sorted(p for p in needed if p not in config.precisions)
     if disabled:
-        raise ConfigError(f"The PrecisionPlan ({plan.method}) needs {disabled}, which the TensorRTConfig does not "
-                          f"enable (it allows {list(config.precisions)}).",
-                          fix=f"set {' and '.join(f'{p}=True' for p in disabled)} in the TensorRTConfig")
+        raise ConfigError(
+            f"The PrecisionPlan ({plan.method}) needs {disabled}, which the TensorRTConfig does not "
+            f"enable (it allows {list(config.precisions)}).",
+            fix=f"set {' and '.join(f'{p}=True' for p in disabled)} in the TensorRTConfig",
+        )
     if plan.nodes and config.precision_constraints == "none":
         raise ConfigError(
             f"The PrecisionPlan keeps {len(plan.nodes)} node(s) at other precisions, but "
@@ -668,23 +732,29 @@ def build_loaders(
     feeds = None
     if config.calibrated:
         if calibration_feeds is None:
-            raise DataError("Calibrated INT8 (int8=True without explicit_quantization) needs calibration_feeds.",
-                            fix="pass calibration_feeds=tokenize_batches(...), or build from a Q/DQ model with "
-                            "TensorRTConfig.preset('tensorrt_int8_qdq')")
+            raise DataError(
+                "Calibrated INT8 (int8=True without explicit_quantization) needs calibration_feeds.",
+                fix="pass calibration_feeds=tokenize_batches(...), or build from a Q/DQ model with "
+                "TensorRTConfig.preset('tensorrt_int8_qdq')",
+            )
         feeds = CalibrationFeeds(calibration_feeds)
         _check_calibration_feeds(feeds.feeds, profiles[-1])
     elif calibration_feeds is not None:
-        raise ConfigError("calibration_feeds were given but this config does not calibrate "
-                          f"(int8={config.int8}, explicit_quantization={config.explicit_quantization}); they would "
-                          "be ignored.", fix="drop calibration_feeds, or use the 'tensorrt_int8_calibrated' preset")
+        raise ConfigError(
+            "calibration_feeds were given but this config does not calibrate "
+            f"(int8={config.int8}, explicit_quantization={config.explicit_quantization}); they would "
+            "be ignored.",
+            fix="drop calibration_feeds, or use the 'tensorrt_int8_calibrated' preset",
+        )
 
     with quiet_polygraphy("WARNING"):  # CreateConfig logs an INFO line about TF32 on construction
         network = trt_backend.NetworkFromOnnxPath(str(onnx_path))
         precisions = postprocess = None
         if plan is not None:
             precisions = PlanLayerPrecisions(plan, onnx_path)
-            postprocess = trt_backend.PostprocessNetwork(network, precisions,
-                                                         name="workbench: layer precisions from the PrecisionPlan")
+            postprocess = trt_backend.PostprocessNetwork(
+                network, precisions, name="workbench: layer precisions from the PrecisionPlan"
+            )
         polygraphy_profiles = []
         for profile in profiles:
             shapes = trt_backend.Profile()
@@ -705,12 +775,22 @@ def build_loaders(
             calibration_feeds=feeds,
             calibration_cache=config.calibration_cache,
         )
-        engine = trt_backend.EngineFromNetwork(postprocess if postprocess is not None else network,
-                                               config=builder_config, save_timing_cache=config.timing_cache)
+        engine = trt_backend.EngineFromNetwork(
+            postprocess if postprocess is not None else network,
+            config=builder_config,
+            save_timing_cache=config.timing_cache,
+        )
         save = trt_backend.SaveEngine(engine, str(engine_path)) if engine_path is not None else None
-    return TensorRTLoaders(network=network, postprocess=postprocess, create_config=create_config,
-                           builder_config=builder_config, engine=engine, save=save, profiles=profiles,
-                           layer_precisions=precisions)
+    return TensorRTLoaders(
+        network=network,
+        postprocess=postprocess,
+        create_config=create_config,
+        builder_config=builder_config,
+        engine=engine,
+        save=save,
+        profiles=profiles,
+        layer_precisions=precisions,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -734,16 +814,27 @@ class TensorRTEngine:
         return TensorRTRunner(self.path, **options)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "onnx_path": str(self.onnx_path), "config": self.config.to_dict(),
-                "seconds": self.seconds, "size_mb": self.size_mb, "notes": list(self.notes),
-                "layer_precisions": self.layer_precisions.to_dict() if self.layer_precisions else None}
+        return {
+            "path": str(self.path),
+            "onnx_path": str(self.onnx_path),
+            "config": self.config.to_dict(),
+            "seconds": self.seconds,
+            "size_mb": self.size_mb,
+            "notes": list(self.notes),
+            "layer_precisions": self.layer_precisions.to_dict() if self.layer_precisions else None,
+        }
 
     def _repr_html_(self) -> str:
-        pinned = (f", {len(self.layer_precisions.applied)} layer(s) pinned by the plan"
-                  if self.layer_precisions is not None else "")
+        pinned = (
+            f", {len(self.layer_precisions.applied)} layer(s) pinned by the plan"
+            if self.layer_precisions is not None
+            else ""
+        )
         notes = "".join(f"<li>{n}</li>" for n in self.notes)
-        return (f"<b>TensorRT engine</b> <code>{self.path}</code>: {'/'.join(self.config.precisions)}, "
-                f"{self.size_mb:.1f} MB, built in {self.seconds:.1f} s{pinned}.{f'<ul>{notes}</ul>' if notes else ''}")
+        return (
+            f"<b>TensorRT engine</b> <code>{self.path}</code>: {'/'.join(self.config.precisions)}, "
+            f"{self.size_mb:.1f} MB, built in {self.seconds:.1f} s{pinned}.{f'<ul>{notes}</ul>' if notes else ''}"
+        )
 
 
 def build_engine(
@@ -803,12 +894,23 @@ def build_engine(
     report = loaders.layer_precisions.report if loaders.layer_precisions is not None else None
     notes = []
     if report is not None and report.unmatched_nodes:
-        notes.append(f"{len(report.unmatched_nodes)} node(s) of the plan became no TensorRT layer whose precision "
-                     f"could be set (e.g. ONNX Constant nodes): {list(report.unmatched_nodes)[:5]}")
+        notes.append(
+            f"{len(report.unmatched_nodes)} node(s) of the plan became no TensorRT layer whose precision "
+            f"could be set (e.g. ONNX Constant nodes): {list(report.unmatched_nodes)[:5]}"
+        )
     if config.calibrated:
         notes.append("calibrated (implicit) INT8: deprecated by NVIDIA from TensorRT 10 on; prefer Q/DQ models")
         if config.calibration_cache and Path(config.calibration_cache).exists():
-            notes.append(f"calibration ranges cached in {config.calibration_cache}: delete it when the model or "
-                         "the data changes, or TensorRT reuses stale ranges")
-    return TensorRTEngine(path=engine_path, onnx_path=onnx_path, config=config, seconds=seconds,
-                          size_mb=engine_path.stat().st_size / 2**20, layer_precisions=report, notes=tuple(notes))
+            notes.append(
+                f"calibration ranges cached in {config.calibration_cache}: delete it when the model or "
+                "the data changes, or TensorRT reuses stale ranges"
+            )
+    return TensorRTEngine(
+        path=engine_path,
+        onnx_path=onnx_path,
+        config=config,
+        seconds=seconds,
+        size_mb=engine_path.stat().st_size / 2**20,
+        layer_precisions=report,
+        notes=tuple(notes),
+    )

@@ -151,12 +151,15 @@ class Budget(StageConfig):
                 raise ConfigError(f"This is a budget for task {task!r}, not {cls.task!r} ({cls.__name__}).")
             if not cls.task:
                 if task not in _BUDGET_TYPES:
-                    raise ConfigError(f"There is no budget type for task {task!r}.",
-                                      expected=f"one of {sorted(_BUDGET_TYPES)}")
+                    raise ConfigError(
+                        f"There is no budget type for task {task!r}.", expected=f"one of {sorted(_BUDGET_TYPES)}"
+                    )
                 target = _BUDGET_TYPES[task]
         elif not cls.task:
-            raise ConfigError("A budget dict needs a 'task' key to say which task's budget it is.",
-                              expected=f"task among {sorted(_BUDGET_TYPES)}")
+            raise ConfigError(
+                "A budget dict needs a 'task' key to say which task's budget it is.",
+                expected=f"task among {sorted(_BUDGET_TYPES)}",
+            )
         return super(Budget, target).from_dict.__func__(target, values)  # type: ignore[attr-defined,no-any-return]
 
     def describe(self) -> str:
@@ -164,8 +167,14 @@ class Budget(StageConfig):
         return "; ".join(g.describe() for g in self.gates())
 
 
-def budget_field(default: float | None, op: str, *, metric: str | None = None, label: str | None = None,
-                 range: tuple[float, float] | None = None) -> Any:
+def budget_field(
+    default: float | None,
+    op: str,
+    *,
+    metric: str | None = None,
+    label: str | None = None,
+    range: tuple[float, float] | None = None,
+) -> Any:
     """A Budget dataclass field that is a gate (see :func:`gate`), optionally range-checked."""
     metadata = gate(op, metric, label)
     if range is not None:
@@ -211,8 +220,9 @@ def cosine_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return np.where(both_zero, np.where(np.all(a == b, axis=1), 1.0, 0.0), cos)
 
 
-def cosines_only(reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs],
-                 outputs: Sequence[str]) -> TaskMetrics:
+def cosines_only(
+    reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs], outputs: Sequence[str]
+) -> TaskMetrics:
     """`logits_cosine_mean` / `_min`: per row, the worst of `outputs`' cosines over its attended tokens
     (attention_mask 1), mean and min over rows. What token-level tasks report when metrics() is called without
     the meta their decoding needs (a layer diagnosis ranks nodes by it)."""
@@ -220,12 +230,21 @@ def cosines_only(reference: Sequence[Outputs], candidate: Sequence[Outputs], fee
     for feed, ref_out, cand_out in zip(feeds, reference, candidate, strict=True):
         mask = np.asarray(feed["attention_mask"]).astype(bool)
         for row in range(len(mask)):
-            per_row.append(min(float(cosine_rows(np.asarray(ref_out[o])[row][mask[row]][None],
-                                                 np.asarray(cand_out[o])[row][mask[row]][None])[0])
-                               for o in outputs))
-    return TaskMetrics(values={"logits_cosine_mean": float(np.mean(per_row)),
-                               "logits_cosine_min": float(np.min(per_row))}, per_sample=tuple(per_row),
-                       details={"note": "no Encoded.meta: only the logits cosines were computed"})
+            per_row.append(
+                min(
+                    float(
+                        cosine_rows(
+                            np.asarray(ref_out[o])[row][mask[row]][None], np.asarray(cand_out[o])[row][mask[row]][None]
+                        )[0]
+                    )
+                    for o in outputs
+                )
+            )
+    return TaskMetrics(
+        values={"logits_cosine_mean": float(np.mean(per_row)), "logits_cosine_min": float(np.min(per_row))},
+        per_sample=tuple(per_row),
+        details={"note": "no Encoded.meta: only the logits cosines were computed"},
+    )
 
 
 @dataclass(frozen=True)
@@ -401,8 +420,9 @@ class Task:
         """The task's outputs among a model's outputs (an ONNX model may have more)."""
         return tuple(o for o in self.outputs if o in available)
 
-    def load_samples(self, data_dir: str | None, *, max_calibration: int | None = None,
-                     max_eval: int | None = None) -> Samples:
+    def load_samples(
+        self, data_dir: str | None, *, max_calibration: int | None = None, max_eval: int | None = None
+    ) -> Samples:
         """The calibration and evaluation samples in `data_dir` (None: the bundled data). Default: sentences
         from calibration.txt and evaluation.txt."""
         from workbench.data import load_sentence_splits
@@ -410,17 +430,36 @@ class Task:
         splits = load_sentence_splits(data_dir, max_calibration=max_calibration, max_eval=max_eval)
         return Samples(splits.calibration, splits.evaluation)
 
-    def encode(self, tokenizer: Any, samples: Sequence[Any], *, batch_size: int, sequence_length: int,
-               input_names: Sequence[str] | None = None, padding: str = "max_length") -> Encoded:
+    def encode(
+        self,
+        tokenizer: Any,
+        samples: Sequence[Any],
+        *,
+        batch_size: int,
+        sequence_length: int,
+        input_names: Sequence[str] | None = None,
+        padding: str = "max_length",
+    ) -> Encoded:
         """Samples -> model feeds, batch by batch, padded as they will be served. Default: texts, one per row."""
         from workbench.data import tokenize_batches
 
-        feeds = tokenize_batches(tokenizer, list(samples), batch_size=batch_size, sequence_length=sequence_length,
-                                 padding=padding, input_names=input_names)
+        feeds = tokenize_batches(
+            tokenizer,
+            list(samples),
+            batch_size=batch_size,
+            sequence_length=sequence_length,
+            padding=padding,
+            input_names=input_names,
+        )
         return Encoded(feeds=feeds, meta=[None] * len(feeds))
 
-    def metrics(self, reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs],
-                meta: Sequence[Any] | None = None) -> TaskMetrics:
+    def metrics(
+        self,
+        reference: Sequence[Outputs],
+        candidate: Sequence[Outputs],
+        feeds: Sequence[Outputs],
+        meta: Sequence[Any] | None = None,
+    ) -> TaskMetrics:
         """The task metrics of `candidate` against `reference` over evaluation batches (one dict per batch;
         `meta` is what :meth:`encode` returned beside the feeds)."""
         raise NotImplementedError
@@ -436,20 +475,35 @@ class Task:
 
     # -- serving ---------------------------------------------------------------------------------------------
 
-    def postprocessing(self, *, output_names: Sequence[str], output_dims: Mapping[str, Sequence[int]],
-                       model_config: Mapping[str, Any]) -> PostProcessing | None:
+    def postprocessing(
+        self, *, output_names: Sequence[str], output_dims: Mapping[str, Sequence[int]], model_config: Mapping[str, Any]
+    ) -> PostProcessing | None:
         """The Triton post-processing model of this task's ensemble; None: the ensemble returns raw outputs."""
         return None
 
-    def front_model(self, *, model_config: Mapping[str, Any], output_names: Sequence[str],
-                    output_dims: Mapping[str, Sequence[int]], sequence_length: int) -> FrontModel | None:
+    def front_model(
+        self,
+        *,
+        model_config: Mapping[str, Any],
+        output_names: Sequence[str],
+        output_dims: Mapping[str, Sequence[int]],
+        sequence_length: int,
+    ) -> FrontModel | None:
         """The BLS front model that serves this task (workbench.triton.bls.export_triton_bls writes it); None: the
         task is served as an ensemble (:meth:`postprocessing`)."""
         return None
 
-    def served_outputs(self, tokenizer: Any, samples: Sequence[Any], infer: Any, *, sequence_length: int,
-                       input_names: Sequence[str], model_config: Mapping[str, Any],
-                       parameters: Mapping[str, str]) -> list[Any]:
+    def served_outputs(
+        self,
+        tokenizer: Any,
+        samples: Sequence[Any],
+        infer: Any,
+        *,
+        sequence_length: int,
+        input_names: Sequence[str],
+        model_config: Mapping[str, Any],
+        parameters: Mapping[str, str],
+    ) -> list[Any]:
         """What the front model must answer for each of `samples`, computed by the library (its encode and
         decoding, `infer` running the engine on one feed dict): the Triton export compares it with the served
         code's answers before it writes anything."""
@@ -464,8 +518,13 @@ class Task:
 
 T = TypeVar("T", bound=type[Task])
 _TASKS: dict[str, Task] = {}
-BUILTIN_TASK_MODULES = ("workbench.tasks.embedding", "workbench.tasks.classification", "workbench.tasks.generation",
-                        "workbench.tasks.token_classification", "workbench.tasks.question_answering")
+BUILTIN_TASK_MODULES = (
+    "workbench.tasks.embedding",
+    "workbench.tasks.classification",
+    "workbench.tasks.generation",
+    "workbench.tasks.token_classification",
+    "workbench.tasks.question_answering",
+)
 
 
 def register_task(cls: T) -> T:
@@ -550,8 +609,9 @@ def detect_task(config: Mapping[str, Any], *, where: str = "the model") -> Task:
         if task.detect(config):
             return task
     architectures = config.get("architectures") or ["(none listed)"]
-    supported = ", ".join(f"{t.name} ({', '.join('*' + a for a in t.architectures) or 'base models'})"
-                          for t in registered.values())
+    supported = ", ".join(
+        f"{t.name} ({', '.join('*' + a for a in t.architectures) or 'base models'})" for t in registered.values()
+    )
     raise ModelSourceError(
         f"{where} is a {', '.join(map(str, architectures))} (model_type {config.get('model_type')!r}), whose head "
         "no registered task supports; exporting it would silently drop the head.",

@@ -49,12 +49,15 @@ class EmbeddingBudget(Budget):
         "relaxed": {"embedding_cosine_mean": 0.99, "embedding_cosine_min": 0.95},
     }
 
-    embedding_cosine_mean: float = budget_field(0.995, ">=", metric="embedding_cosine_mean",
-                                                       label="embedding cosine mean", range=(-1.0, 1.0))
-    embedding_cosine_min: float = budget_field(0.99, ">=", metric="embedding_cosine_min",
-                                                      label="embedding cosine min", range=(-1.0, 1.0))
-    output_cosine_min: float | None = budget_field(None, ">=", metric="output_cosine_min",
-                                                   label="output cosine min", range=(-1.0, 1.0))
+    embedding_cosine_mean: float = budget_field(
+        0.995, ">=", metric="embedding_cosine_mean", label="embedding cosine mean", range=(-1.0, 1.0)
+    )
+    embedding_cosine_min: float = budget_field(
+        0.99, ">=", metric="embedding_cosine_min", label="embedding cosine min", range=(-1.0, 1.0)
+    )
+    output_cosine_min: float | None = budget_field(
+        None, ">=", metric="output_cosine_min", label="output cosine min", range=(-1.0, 1.0)
+    )
 
 
 #: The embedding task's budget under the name the workbench first gave it (every task has its own Budget type).
@@ -109,8 +112,13 @@ class FeatureExtraction(Task):
             return outputs[HIDDEN_OUTPUT] in (None, 3)
         return "logits" not in outputs and sum(1 for rank in outputs.values() if rank == 3) == 1
 
-    def metrics(self, reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs],
-                meta: Sequence[Any] | None = None) -> TaskMetrics:
+    def metrics(
+        self,
+        reference: Sequence[Outputs],
+        candidate: Sequence[Outputs],
+        feeds: Sequence[Outputs],
+        meta: Sequence[Any] | None = None,
+    ) -> TaskMetrics:
         per_sentence: list[float] = []
         hidden = _hidden_output(reference[0])
         for feed, ref, cand in zip(feeds, reference, candidate):
@@ -118,16 +126,26 @@ class FeatureExtraction(Task):
             a = mean_pooled_embeddings(ref[hidden], mask)
             b = mean_pooled_embeddings(cand[hidden], mask)
             per_sentence += np.sum(a * b, axis=1).tolist()
-        values = {"embedding_cosine_mean": float(np.mean(per_sentence)),
-                  "embedding_cosine_min": float(np.min(per_sentence))}
+        values = {
+            "embedding_cosine_mean": float(np.mean(per_sentence)),
+            "embedding_cosine_min": float(np.min(per_sentence)),
+        }
         return TaskMetrics(values=values, per_sample=tuple(per_sentence))
 
-    def postprocessing(self, *, output_names: Sequence[str], output_dims: Mapping[str, Sequence[int]],
-                       model_config: Mapping[str, Any]) -> PostProcessing:
-        hidden = HIDDEN_OUTPUT if HIDDEN_OUTPUT in output_names else next(
-            (n for n in output_names if len(output_dims.get(n, ())) == 2), output_names[0])
+    def postprocessing(
+        self, *, output_names: Sequence[str], output_dims: Mapping[str, Sequence[int]], model_config: Mapping[str, Any]
+    ) -> PostProcessing:
+        hidden = (
+            HIDDEN_OUTPUT
+            if HIDDEN_OUTPUT in output_names
+            else next((n for n in output_names if len(output_dims.get(n, ())) == 2), output_names[0])
+        )
         width = int(output_dims[hidden][-1])
-        return PostProcessing(source="pooling_model.py", suffix="_pooling", model_inputs=(hidden,),
-                              extra_inputs=("attention_mask",),
-                              outputs=(TensorSpec("EMBEDDING", "TYPE_FP32", (width,)),),
-                              parameters={"normalize": "true"})
+        return PostProcessing(
+            source="pooling_model.py",
+            suffix="_pooling",
+            model_inputs=(hidden,),
+            extra_inputs=("attention_mask",),
+            outputs=(TensorSpec("EMBEDDING", "TYPE_FP32", (width,)),),
+            parameters={"normalize": "true"},
+        )

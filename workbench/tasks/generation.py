@@ -60,16 +60,21 @@ class GenerationBudget(Budget):
         "with_greedy": {"greedy_agreement_min": 0.5},
     }
 
-    next_token_agreement_min: float | None = budget_field(0.95, ">=", metric="next_token_agreement",
-                                                          label="next-token agreement", range=(0.0, 1.0))
-    perplexity_ratio_max: float | None = budget_field(1.05, "<=", metric="perplexity_ratio",
-                                                      label="perplexity ratio", range=(1.0, float("inf")))
-    logits_cosine_mean: float | None = budget_field(None, ">=", metric="logits_cosine_mean",
-                                                    label="logits cosine mean", range=(-1.0, 1.0))
-    greedy_agreement_min: float | None = budget_field(None, ">=", metric="greedy_agreement",
-                                                      label="greedy-continuation agreement", range=(0.0, 1.0))
-    output_cosine_min: float | None = budget_field(None, ">=", metric="output_cosine_min",
-                                                   label="output cosine min", range=(-1.0, 1.0))
+    next_token_agreement_min: float | None = budget_field(
+        0.95, ">=", metric="next_token_agreement", label="next-token agreement", range=(0.0, 1.0)
+    )
+    perplexity_ratio_max: float | None = budget_field(
+        1.05, "<=", metric="perplexity_ratio", label="perplexity ratio", range=(1.0, float("inf"))
+    )
+    logits_cosine_mean: float | None = budget_field(
+        None, ">=", metric="logits_cosine_mean", label="logits cosine mean", range=(-1.0, 1.0)
+    )
+    greedy_agreement_min: float | None = budget_field(
+        None, ">=", metric="greedy_agreement", label="greedy-continuation agreement", range=(0.0, 1.0)
+    )
+    output_cosine_min: float | None = budget_field(
+        None, ">=", metric="output_cosine_min", label="output cosine min", range=(-1.0, 1.0)
+    )
 
 
 @dataclass
@@ -86,8 +91,13 @@ class TeacherForcedStats:
     candidate_nll: float = 0.0
     cosines: list[float] = field(default_factory=list)
 
-    def add(self, reference_logits: np.ndarray, candidate_logits: np.ndarray, input_ids: np.ndarray,
-            attention_mask: np.ndarray) -> None:
+    def add(
+        self,
+        reference_logits: np.ndarray,
+        candidate_logits: np.ndarray,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+    ) -> None:
         mask = np.asarray(attention_mask).astype(bool)
         ids = np.asarray(input_ids)
         length = ids.shape[1]
@@ -97,7 +107,8 @@ class TeacherForcedStats:
             raise DataError(
                 f"Teacher-forced metrics need the logits of every position ({length}), got "
                 f"{reference_logits.shape[1]} and {candidate_logits.shape[1]}.",
-                fix="encode the evaluation text with TextGeneration.encode (it asks for all positions' logits)")
+                fix="encode the evaluation text with TextGeneration.encode (it asks for all positions' logits)",
+            )
         valid = mask[:, :-1] & mask[:, 1:]
         if not valid.any():
             return
@@ -113,15 +124,21 @@ class TeacherForcedStats:
 
     def values(self) -> dict[str, float]:
         if not self.positions:
-            raise DataError("No evaluation position has a next token to predict (every text is one token long).",
-                            fix="evaluate on texts of at least two tokens (data/evaluation.txt)")
+            raise DataError(
+                "No evaluation position has a next token to predict (every text is one token long).",
+                fix="evaluate on texts of at least two tokens (data/evaluation.txt)",
+            )
         reference_ppl = float(np.exp(self.reference_nll / self.positions))
         candidate_ppl = float(np.exp(self.candidate_nll / self.positions))
-        return {"next_token_agreement": self.agreeing / self.positions,
-                "perplexity_ratio": float(np.exp((self.candidate_nll - self.reference_nll) / self.positions)),
-                "reference_perplexity": reference_ppl, "candidate_perplexity": candidate_ppl,
-                "logits_cosine_mean": float(np.mean(self.cosines)), "logits_cosine_min": float(np.min(self.cosines)),
-                "positions": float(self.positions)}
+        return {
+            "next_token_agreement": self.agreeing / self.positions,
+            "perplexity_ratio": float(np.exp((self.candidate_nll - self.reference_nll) / self.positions)),
+            "reference_perplexity": reference_ppl,
+            "candidate_perplexity": candidate_ppl,
+            "logits_cosine_mean": float(np.mean(self.cosines)),
+            "logits_cosine_min": float(np.min(self.cosines)),
+            "positions": float(self.positions),
+        }
 
 
 def _nll(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -160,8 +177,15 @@ class TextGeneration(Task):
     output_ranks = {LOGITS: 3}
     budget_type = GenerationBudget
     primary_cosine = ("logits_cosine_mean", "logits_cosine_min")
-    metric_names = ("next_token_agreement", "perplexity_ratio", "logits_cosine_mean", "logits_cosine_min",
-                    "greedy_agreement", "reference_perplexity", "candidate_perplexity")
+    metric_names = (
+        "next_token_agreement",
+        "perplexity_ratio",
+        "logits_cosine_mean",
+        "logits_cosine_min",
+        "greedy_agreement",
+        "reference_perplexity",
+        "candidate_perplexity",
+    )
     serving_output = "TEXT_OUTPUT"
 
     def check_tokenizer(self, tokenizer: Any, *, model_path: str) -> None:
@@ -172,7 +196,8 @@ class TextGeneration(Task):
                 f"The tokenizer of {model_path} has neither a pad token nor an eos token, so prompts of different "
                 "lengths cannot be batched and generation has no end token.",
                 fix="set one and save the tokenizer again: tokenizer.eos_token = '</s>' (the model's end token); "
-                "tokenizer.save_pretrained(MODEL_DIR)")
+                "tokenizer.save_pretrained(MODEL_DIR)",
+            )
 
     def accepts_outputs(self, outputs: Mapping[str, int | None]) -> bool:
         """A decoder exported with its cache: 3-D logits and `present.*` cache outputs (3-D logits alone could be
@@ -186,22 +211,36 @@ class TextGeneration(Task):
         for index, feed in enumerate(feeds):
             missing = [n for n in ("input_ids", "attention_mask") if n not in feed]
             if missing:
-                raise DataError(f"Evaluation feed {index} has no {missing}, which the text-generation metrics read.",
-                                fix="encode the evaluation text with TextGeneration.encode(..., spec=spec)")
+                raise DataError(
+                    f"Evaluation feed {index} has no {missing}, which the text-generation metrics read.",
+                    fix="encode the evaluation text with TextGeneration.encode(..., spec=spec)",
+                )
             positions = feed.get(LOGIT_POSITIONS)
             length = np.asarray(feed["input_ids"]).shape[1]
             if positions is not None and not np.array_equal(np.asarray(positions), np.arange(length)):
-                raise DataError(f"Evaluation feed {index} asks for the logits of {np.asarray(positions).size} of its "
-                                f"{length} positions; teacher-forced metrics need all of them.",
-                                fix="encode the evaluation text with TextGeneration.encode (it asks for all)")
+                raise DataError(
+                    f"Evaluation feed {index} asks for the logits of {np.asarray(positions).size} of its "
+                    f"{length} positions; teacher-forced metrics need all of them.",
+                    fix="encode the evaluation text with TextGeneration.encode (it asks for all)",
+                )
 
-    def load_samples(self, data_dir: str | None, *, max_calibration: int | None = None,
-                     max_eval: int | None = None) -> Samples:
+    def load_samples(
+        self, data_dir: str | None, *, max_calibration: int | None = None, max_eval: int | None = None
+    ) -> Samples:
         """Calibration text (calibration.txt) and evaluation text (evaluation.txt) of `data_dir`."""
         return super().load_samples(data_dir, max_calibration=max_calibration, max_eval=max_eval)
 
-    def encode(self, tokenizer: Any, samples: Sequence[Any], *, batch_size: int, sequence_length: int,
-               input_names: Sequence[str] | None = None, padding: str = "longest", spec: Any = None) -> Encoded:
+    def encode(
+        self,
+        tokenizer: Any,
+        samples: Sequence[Any],
+        *,
+        batch_size: int,
+        sequence_length: int,
+        input_names: Sequence[str] | None = None,
+        padding: str = "longest",
+        spec: Any = None,
+    ) -> Encoded:
         """Texts -> teacher-forced feeds of a decoder: each text's tokens (special tokens added, truncated to
         `sequence_length` and the model's positions), `batch_size` texts per feed, left-padded, the logits of
         every position asked for, and an empty cache.
@@ -228,15 +267,26 @@ class TextGeneration(Task):
         if batch_size < 1 or sequence_length < 2:
             raise DataError(f"batch_size must be >= 1 and sequence_length >= 2, got {batch_size}, {sequence_length}.")
         limit = min(sequence_length, spec.max_positions) if spec is not None else sequence_length
-        rows = [list(map(int, tokenizer(str(text), add_special_tokens=True, truncation=True,
-                                        max_length=limit)["input_ids"])) for text in samples]
+        rows = [
+            list(
+                map(int, tokenizer(str(text), add_special_tokens=True, truncation=True, max_length=limit)["input_ids"])
+            )
+            for text in samples
+        ]
         if spec is None:
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            spec = DecoderSpec(num_layers=0, num_kv_heads=0, head_dim=0, vocab_size=len(tokenizer),
-                               max_positions=limit, eos_token_ids=(), pad_token_id=int(pad or 0))
+            spec = DecoderSpec(
+                num_layers=0,
+                num_kv_heads=0,
+                head_dim=0,
+                vocab_size=len(tokenizer),
+                max_positions=limit,
+                eos_token_ids=(),
+                pad_token_id=int(pad or 0),
+            )
         feeds, meta = [], []
         for start in range(0, len(rows), batch_size):
-            batch = [r for r in rows[start:start + batch_size]]
+            batch = [r for r in rows[start : start + batch_size]]
             empty = [i for i, r in enumerate(batch) if not r]
             if empty:
                 raise DataError(f"Text {start + empty[0]} has no tokens.", fix="drop empty lines from the texts")
@@ -244,25 +294,32 @@ class TextGeneration(Task):
             if input_names is not None:
                 missing = [n for n in input_names if n not in fed]
                 if missing:
-                    raise DataError(f"The model takes {missing}, which decoder feeds built without the decoder's "
-                                    "spec lack.", fix="pass spec=read_decoder_spec(model_path)")
+                    raise DataError(
+                        f"The model takes {missing}, which decoder feeds built without the decoder's spec lack.",
+                        fix="pass spec=read_decoder_spec(model_path)",
+                    )
                 fed = {n: fed[n] for n in input_names}
             feeds.append(fed)
             meta.append(batch)
         return Encoded(feeds=feeds, meta=meta)
 
-    def metrics(self, reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs],
-                meta: Sequence[Any] | None = None) -> TaskMetrics:
+    def metrics(
+        self,
+        reference: Sequence[Outputs],
+        candidate: Sequence[Outputs],
+        feeds: Sequence[Outputs],
+        meta: Sequence[Any] | None = None,
+    ) -> TaskMetrics:
         stats = TeacherForcedStats()
         for feed, ref, cand in zip(feeds, reference, candidate):
             stats.add(np.asarray(ref[LOGITS]), np.asarray(cand[LOGITS]), feed["input_ids"], feed["attention_mask"])
         return TaskMetrics(values=stats.values(), per_sample=tuple(stats.cosines))
 
 
-def teacher_forced_values(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
-                          feeds: Mapping[str, np.ndarray]) -> dict[str, float]:
+def teacher_forced_values(
+    reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]
+) -> dict[str, float]:
     """The teacher-forced metrics of one batch (see TeacherForcedStats)."""
     stats = TeacherForcedStats()
-    stats.add(np.asarray(reference[LOGITS]), np.asarray(candidate[LOGITS]), feeds["input_ids"],
-              feeds["attention_mask"])
+    stats.add(np.asarray(reference[LOGITS]), np.asarray(candidate[LOGITS]), feeds["input_ids"], feeds["attention_mask"])
     return stats.values()

@@ -60,7 +60,8 @@ EVALUATION_FILE = "qa_evaluation.jsonl"
 MAX_SEQUENCE_LENGTH = 384
 MAX_ANSWER_LENGTH = 15
 _LONG_CONTEXT = " ".join(
-    f"In year {1900 + i} the village of Lower Brook planted {i + 3} oak trees along the river path." for i in range(60))
+    f"In year {1900 + i} the village of Lower Brook planted {i + 3} oak trees along the river path." for i in range(60)
+)
 #: Pairs the Triton export answers both ways (served code and library) before it writes anything; the long one
 #: needs several windows at any sequence length the workbench serves.
 CHECK_PAIRS = (
@@ -97,15 +98,23 @@ def as_example(sample: Any, where: str = "a sample") -> QAExample:
     elif isinstance(sample, Mapping):
         missing = [k for k in ("question", "context") if not isinstance(sample.get(k), str)]
         if missing:
-            raise DataError(f"{where} has no {' or '.join(missing)} text.",
-                            expected='{"question": "...", "context": "..."}')
-        example = QAExample(sample["question"], sample["context"], str(sample.get("id", "")), sample.get("answer"),
-                            sample.get("answer_start"))
+            raise DataError(
+                f"{where} has no {' or '.join(missing)} text.", expected='{"question": "...", "context": "..."}'
+            )
+        example = QAExample(
+            sample["question"],
+            sample["context"],
+            str(sample.get("id", "")),
+            sample.get("answer"),
+            sample.get("answer_start"),
+        )
     elif isinstance(sample, (tuple, list)) and len(sample) == 2 and all(isinstance(s, str) for s in sample):
         example = QAExample(sample[0], sample[1])
     else:
-        raise DataError(f"{where} is a {type(sample).__name__}, not a (question, context) pair.",
-                        expected="QAExample, (question, context) or {'question': ..., 'context': ...}")
+        raise DataError(
+            f"{where} is a {type(sample).__name__}, not a (question, context) pair.",
+            expected="QAExample, (question, context) or {'question': ..., 'context': ...}",
+        )
     if not example.question.strip() or not example.context.strip():
         raise DataError(f"{where} has an empty question or context.", fix="give both a question and a context")
     return example
@@ -120,8 +129,10 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[QAExample]
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"Question-answering file {path} does not exist.",
-                        expected='one JSON object per line: {"id", "question", "context", "answer", "answer_start"}')
+        raise DataError(
+            f"Question-answering file {path} does not exist.",
+            expected='one JSON object per line: {"id", "question", "context", "answer", "answer_start"}',
+        )
     examples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -134,9 +145,11 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[QAExample]
         example = as_example(record, where)
         if example.answer is not None:
             start = example.answer_start
-            if not isinstance(start, int) or example.context[start:start + len(example.answer)] != example.answer:
-                raise DataError(f"{where}: the answer {example.answer!r} is not the context's text at "
-                                f"answer_start {start!r}.", fix="set answer_start to context.find(answer)")
+            if not isinstance(start, int) or example.context[start : start + len(example.answer)] != example.answer:
+                raise DataError(
+                    f"{where}: the answer {example.answer!r} is not the context's text at answer_start {start!r}.",
+                    fix="set answer_start to context.find(answer)",
+                )
         examples.append(example)
     if not examples:
         raise DataError(f"Question-answering file {path} holds no examples.")
@@ -198,9 +211,15 @@ def encode_windows(tokenizer: Any, example: QAExample, *, sequence_length: int, 
         return tokenizer(
             text=example.question if question_first else example.context,
             text_pair=example.context if question_first else example.question,
-            padding="do_not_pad", truncation="only_second" if question_first else "only_first",
-            max_length=sequence_length, stride=stride, return_token_type_ids=True, return_overflowing_tokens=True,
-            return_offsets_mapping=True, return_special_tokens_mask=True)
+            padding="do_not_pad",
+            truncation="only_second" if question_first else "only_first",
+            max_length=sequence_length,
+            stride=stride,
+            return_token_type_ids=True,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
     except Exception as exc:  # tokenizers refuses when the question leaves no room for the context
         raise DataError(
             f"Example {example.id or example.question[:40]!r} cannot be split into windows of {sequence_length} "
@@ -209,11 +228,11 @@ def encode_windows(tokenizer: Any, example: QAExample, *, sequence_length: int, 
         ) from exc
 
 
-def _p_mask(encoding: Any, window: int, input_ids: Sequence[int], question_first: bool,
-            cls_token_id: int | None) -> np.ndarray:
+def _p_mask(
+    encoding: Any, window: int, input_ids: Sequence[int], question_first: bool, cls_token_id: int | None
+) -> np.ndarray:
     # the pipeline: 1 for every token outside the context, except the CLS token (kept for unanswerable questions)
-    mask = np.array([int(tok != 1) if question_first else 0 for tok in encoding.sequence_ids(window)],
-                    dtype=np.int64)
+    mask = np.array([int(tok != 1) if question_first else 0 for tok in encoding.sequence_ids(window)], dtype=np.int64)
     if cls_token_id is not None:
         mask[np.asarray(input_ids) == cls_token_id] = 0
     return mask
@@ -236,8 +255,9 @@ class Answer:
         return {"score": self.score, "start": self.start, "end": self.end, "answer": self.answer}
 
 
-def decode_spans(start: np.ndarray, end: np.ndarray, topk: int, max_answer_len: int,
-                 undesired_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode_spans(
+    start: np.ndarray, end: np.ndarray, topk: int, max_answer_len: int, undesired_tokens: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The `topk` best (start, end) token spans of at most `max_answer_len` tokens, best first (the pipeline's
     `decode_spans`, kept operation for operation so that ties resolve the same way)."""
     if start.ndim == 1:
@@ -261,8 +281,14 @@ def decode_spans(start: np.ndarray, end: np.ndarray, topk: int, max_answer_len: 
     return starts, ends, candidates[0, starts, ends]
 
 
-def select_starts_ends(start: np.ndarray, end: np.ndarray, p_mask: np.ndarray, attention_mask: np.ndarray | None,
-                       top_k: int, max_answer_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def select_starts_ends(
+    start: np.ndarray,
+    end: np.ndarray,
+    p_mask: np.ndarray,
+    attention_mask: np.ndarray | None,
+    top_k: int,
+    max_answer_len: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mask non-context tokens, softmax, zero the first position, and take the best spans (the pipeline's
     `select_starts_ends` with handle_impossible_answer=False). Arrays are [1, tokens]."""
     undesired_tokens = np.abs(np.array(p_mask) - 1)
@@ -300,9 +326,15 @@ def _char_span(window: QAWindow, s: int, e: int, sequence: int, align_to_words: 
     return int(window.offsets[s][0]), int(window.offsets[e][1])
 
 
-def decode_answer(context: str, windows: Sequence[tuple[QAWindow, np.ndarray, np.ndarray]], *,
-                  context_sequence: int = 1, max_answer_len: int = MAX_ANSWER_LENGTH, top_k: int = 1,
-                  align_to_words: bool = True) -> Answer:
+def decode_answer(
+    context: str,
+    windows: Sequence[tuple[QAWindow, np.ndarray, np.ndarray]],
+    *,
+    context_sequence: int = 1,
+    max_answer_len: int = MAX_ANSWER_LENGTH,
+    top_k: int = 1,
+    align_to_words: bool = True,
+) -> Answer:
     """The best answer of one example from its windows' logits, as transformers' QA pipeline (4.57) returns it.
 
     Args:
@@ -380,15 +412,19 @@ class QuestionAnsweringBudget(Budget):
         "relaxed": {"exact_match_min": 0.95, "answer_f1_min": 0.97},
     }
 
-    exact_match_min: float | None = budget_field(0.97, ">=", metric="exact_match", label="answer exact match",
-                                                 range=(0.0, 1.0))
+    exact_match_min: float | None = budget_field(
+        0.97, ">=", metric="exact_match", label="answer exact match", range=(0.0, 1.0)
+    )
     answer_f1_min: float | None = budget_field(0.98, ">=", metric="answer_f1", label="answer F1", range=(0.0, 1.0))
-    logits_cosine_mean: float | None = budget_field(None, ">=", metric="logits_cosine_mean",
-                                                    label="start/end logits cosine mean", range=(-1.0, 1.0))
-    logits_cosine_min: float | None = budget_field(None, ">=", metric="logits_cosine_min",
-                                                   label="start/end logits cosine min", range=(-1.0, 1.0))
-    output_cosine_min: float | None = budget_field(None, ">=", metric="output_cosine_min",
-                                                   label="output cosine min", range=(-1.0, 1.0))
+    logits_cosine_mean: float | None = budget_field(
+        None, ">=", metric="logits_cosine_mean", label="start/end logits cosine mean", range=(-1.0, 1.0)
+    )
+    logits_cosine_min: float | None = budget_field(
+        None, ">=", metric="logits_cosine_min", label="start/end logits cosine min", range=(-1.0, 1.0)
+    )
+    output_cosine_min: float | None = budget_field(
+        None, ">=", metric="output_cosine_min", label="output cosine min", range=(-1.0, 1.0)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -410,8 +446,14 @@ class QuestionAnswering(Task):
     output_ranks = {START_LOGITS: 2, END_LOGITS: 2}  # [batch, sequence]
     budget_type = QuestionAnsweringBudget
     primary_cosine = ("logits_cosine_mean", "logits_cosine_min")
-    metric_names = ("exact_match", "answer_f1", "logits_cosine_mean", "logits_cosine_min",
-                    "start_logits_cosine_mean", "end_logits_cosine_mean")
+    metric_names = (
+        "exact_match",
+        "answer_f1",
+        "logits_cosine_mean",
+        "logits_cosine_min",
+        "start_logits_cosine_mean",
+        "end_logits_cosine_mean",
+    )
     serving_output = "ANSWER"
     default_sequence_length = MAX_SEQUENCE_LENGTH
     served_by_front_model = True
@@ -426,28 +468,42 @@ class QuestionAnswering(Task):
                 ".save_pretrained(MODEL_DIR) (it writes tokenizer.json)",
             )
 
-    def load_samples(self, data_dir: str | None, *, max_calibration: int | None = None,
-                     max_eval: int | None = None) -> Samples:
+    def load_samples(
+        self, data_dir: str | None, *, max_calibration: int | None = None, max_eval: int | None = None
+    ) -> Samples:
         """(question, context) pairs from qa_calibration.jsonl and qa_evaluation.jsonl in `data_dir` (None: the
         bundled ones, data/ in the repository)."""
         from workbench.data import default_data_dir
 
         folder = Path(data_dir) if data_dir is not None else default_data_dir()
         if not folder.is_dir():
-            raise DataError(f"Data folder {folder} does not exist.",
-                            expected=f"a folder with {CALIBRATION_FILE} and {EVALUATION_FILE}",
-                            fix="pass data_dir= such a folder, or None for the bundled examples")
-        return Samples(tuple(read_examples(folder / CALIBRATION_FILE, max_calibration)),
-                       tuple(read_examples(folder / EVALUATION_FILE, max_eval)))
+            raise DataError(
+                f"Data folder {folder} does not exist.",
+                expected=f"a folder with {CALIBRATION_FILE} and {EVALUATION_FILE}",
+                fix="pass data_dir= such a folder, or None for the bundled examples",
+            )
+        return Samples(
+            tuple(read_examples(folder / CALIBRATION_FILE, max_calibration)),
+            tuple(read_examples(folder / EVALUATION_FILE, max_eval)),
+        )
 
-    def encode(self, tokenizer: Any, samples: Sequence[Any], *, batch_size: int, sequence_length: int,
-               input_names: Sequence[str] | None = None, padding: str = "max_length",
-               model_config: Mapping[str, Any] | None = None) -> Encoded:
+    def encode(
+        self,
+        tokenizer: Any,
+        samples: Sequence[Any],
+        *,
+        batch_size: int,
+        sequence_length: int,
+        input_names: Sequence[str] | None = None,
+        padding: str = "max_length",
+        model_config: Mapping[str, Any] | None = None,
+    ) -> Encoded:
         """(question, context) pairs -> windows, `batch_size` windows per feed dict, padded as served ("max_length":
         to `sequence_length`; "longest": to the batch's longest window); `meta` is a :class:`QABatch` per batch."""
         if batch_size < 1 or sequence_length < 8:
-            raise DataError(f"batch_size must be >= 1 and sequence_length >= 8, got {batch_size} and "
-                            f"{sequence_length}.")
+            raise DataError(
+                f"batch_size must be >= 1 and sequence_length >= 8, got {batch_size} and {sequence_length}."
+            )
         if padding not in ("max_length", "longest"):
             raise DataError(f"padding {padding!r} is not one of ['max_length', 'longest'].")
         examples = tuple(as_example(s, f"sample {i}") for i, s in enumerate(samples))
@@ -456,44 +512,71 @@ class QuestionAnswering(Task):
         self.check_tokenizer(tokenizer, model_path=str(getattr(tokenizer, "name_or_path", "the model")))
         question_first = tokenizer.padding_side == "right"
         stride = doc_stride(sequence_length)
-        pad_values = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0,
-                      "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0}
+        pad_values = {
+            "input_ids": tokenizer.pad_token_id,
+            "attention_mask": 0,
+            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0,
+        }
         rows: list[tuple[dict[str, list[int]], QAWindow]] = []
         for index, example in enumerate(examples):
             encoded = encode_windows(tokenizer, example, sequence_length=sequence_length, stride=stride)
             for w in range(len(encoded["input_ids"])):
                 ids = encoded["input_ids"][w]
                 values = {n: list(encoded[n][w]) for n in pad_values if n in encoded}
-                rows.append((values, QAWindow(
-                    example=index, window=w, row_start=0,
-                    p_mask=_p_mask(encoded, w, ids, question_first, tokenizer.cls_token_id),
-                    offsets=np.asarray(encoded["offset_mapping"][w], dtype=np.int64).reshape(-1, 2),
-                    word_ids=_none_as(encoded.word_ids(w)), sequence_ids=_none_as(encoded.sequence_ids(w)))))
-        names = list(input_names) if input_names is not None else [
-            n for n in getattr(tokenizer, "model_input_names", pad_values) if n in rows[0][0]]
+                rows.append(
+                    (
+                        values,
+                        QAWindow(
+                            example=index,
+                            window=w,
+                            row_start=0,
+                            p_mask=_p_mask(encoded, w, ids, question_first, tokenizer.cls_token_id),
+                            offsets=np.asarray(encoded["offset_mapping"][w], dtype=np.int64).reshape(-1, 2),
+                            word_ids=_none_as(encoded.word_ids(w)),
+                            sequence_ids=_none_as(encoded.sequence_ids(w)),
+                        ),
+                    )
+                )
+        names = (
+            list(input_names)
+            if input_names is not None
+            else [n for n in getattr(tokenizer, "model_input_names", pad_values) if n in rows[0][0]]
+        )
         missing = [n for n in names if n not in rows[0][0]]
         if missing:
-            raise DataError(f"The tokenizer does not produce the model inputs {missing}.",
-                            fix="use the tokenizer that belongs to this model")
+            raise DataError(
+                f"The tokenizer does not produce the model inputs {missing}.",
+                fix="use the tokenizer that belongs to this model",
+            )
         feeds, meta = [], []
         left = tokenizer.padding_side == "left"
         for first in range(0, len(rows), batch_size):
-            chunk = rows[first:first + batch_size]
+            chunk = rows[first : first + batch_size]
             width = sequence_length if padding == "max_length" else max(w.length for _, w in chunk)
             feed = {n: np.full((len(chunk), width), pad_values[n], dtype=np.int64) for n in names}
             windows = []
             for r, (values, window) in enumerate(chunk):
                 at = width - window.length if left else 0
                 for n in names:
-                    feed[n][r, at:at + window.length] = values[n]
-                windows.append(QAWindow(window.example, window.window, at, window.p_mask, window.offsets,
-                                        window.word_ids, window.sequence_ids))
+                    feed[n][r, at : at + window.length] = values[n]
+                windows.append(
+                    QAWindow(
+                        window.example,
+                        window.window,
+                        at,
+                        window.p_mask,
+                        window.offsets,
+                        window.word_ids,
+                        window.sequence_ids,
+                    )
+                )
             feeds.append(feed)
             meta.append(QABatch(tuple(windows), examples, 1 if question_first else 0))
         return Encoded(feeds=feeds, meta=meta)
 
-    def decode(self, outputs: Sequence[Outputs], meta: Sequence[QABatch], *,
-               max_answer_len: int = MAX_ANSWER_LENGTH) -> list[Answer]:
+    def decode(
+        self, outputs: Sequence[Outputs], meta: Sequence[QABatch], *, max_answer_len: int = MAX_ANSWER_LENGTH
+    ) -> list[Answer]:
         """The best answer of every example, from the outputs of every batch of one encode() (in its order)."""
         per_example: dict[int, list[tuple[QAWindow, np.ndarray, np.ndarray]]] = {}
         for out, batch in zip(outputs, meta, strict=True):
@@ -502,11 +585,23 @@ class QuestionAnswering(Task):
                 span = slice(window.row_start, window.row_start + window.length)
                 per_example.setdefault(window.example, []).append((window, start[row, span], end[row, span]))
         examples = meta[0].examples
-        return [decode_answer(examples[i].context, per_example[i], context_sequence=meta[0].context_sequence,
-                              max_answer_len=max_answer_len) for i in range(len(examples))]
+        return [
+            decode_answer(
+                examples[i].context,
+                per_example[i],
+                context_sequence=meta[0].context_sequence,
+                max_answer_len=max_answer_len,
+            )
+            for i in range(len(examples))
+        ]
 
-    def metrics(self, reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs],
-                meta: Sequence[Any] | None = None) -> TaskMetrics:
+    def metrics(
+        self,
+        reference: Sequence[Outputs],
+        candidate: Sequence[Outputs],
+        feeds: Sequence[Outputs],
+        meta: Sequence[Any] | None = None,
+    ) -> TaskMetrics:
         """Every metric with `meta` (this task's encode()); without it, only the start/end logits cosines per
         row (what a layer diagnosis needs): the answer metrics are then absent, which a budget counts as a miss."""
         if meta is None or all(m is None for m in meta):
@@ -535,37 +630,64 @@ class QuestionAnswering(Task):
                     cosines.append(store[-1])
                 worst[window.example] = min(worst.get(window.example, 1.0), *cosines)
         per_example = [worst[i] for i in range(len(ref_answers))]
-        values = {"exact_match": float(np.mean(same)), "answer_f1": float(np.mean(f1)),
-                  "logits_cosine_mean": float(np.mean(per_example)), "logits_cosine_min": float(np.min(per_example)),
-                  "start_logits_cosine_mean": float(np.mean(start_cos)),
-                  "end_logits_cosine_mean": float(np.mean(end_cos)),
-                  "answer_disagreements": float(len(same) - sum(same))}
+        values = {
+            "exact_match": float(np.mean(same)),
+            "answer_f1": float(np.mean(f1)),
+            "logits_cosine_mean": float(np.mean(per_example)),
+            "logits_cosine_min": float(np.min(per_example)),
+            "start_logits_cosine_mean": float(np.mean(start_cos)),
+            "end_logits_cosine_mean": float(np.mean(end_cos)),
+            "answer_disagreements": float(len(same) - sum(same)),
+        }
         disagreeing = [i for i, s in enumerate(same) if not s]
-        return TaskMetrics(values=values, per_sample=tuple(per_example),
-                           details={"disagreeing_samples": disagreeing,
-                                    "windows": sum(len(b.windows) for b in meta)})
+        return TaskMetrics(
+            values=values,
+            per_sample=tuple(per_example),
+            details={"disagreeing_samples": disagreeing, "windows": sum(len(b.windows) for b in meta)},
+        )
 
     # -- serving ---------------------------------------------------------------------------------------------
 
-    def front_model(self, *, model_config: Mapping[str, Any], output_names: Sequence[str],
-                    output_dims: Mapping[str, Sequence[int]], sequence_length: int) -> FrontModel:
+    def front_model(
+        self,
+        *,
+        model_config: Mapping[str, Any],
+        output_names: Sequence[str],
+        output_dims: Mapping[str, Sequence[int]],
+        sequence_length: int,
+    ) -> FrontModel:
         """Question + context in, the answer text, score and character offsets out: windowing tokenizer -> model
         (BLS, window batches) -> decoding."""
         return FrontModel(
-            source="question_answering_model.py", suffix="_qa", engine_outputs=(START_LOGITS, END_LOGITS),
+            source="question_answering_model.py",
+            suffix="_qa",
+            engine_outputs=(START_LOGITS, END_LOGITS),
             inputs=(TensorSpec("QUESTION", "TYPE_STRING", (1,)), TensorSpec("CONTEXT", "TYPE_STRING", (1,))),
-            outputs=(TensorSpec("ANSWER", "TYPE_STRING", (1,)), TensorSpec("SCORE", "TYPE_FP64", (1,)),
-                     TensorSpec("START", "TYPE_INT64", (1,)), TensorSpec("END", "TYPE_INT64", (1,))),
+            outputs=(
+                TensorSpec("ANSWER", "TYPE_STRING", (1,)),
+                TensorSpec("SCORE", "TYPE_FP64", (1,)),
+                TensorSpec("START", "TYPE_INT64", (1,)),
+                TensorSpec("END", "TYPE_INT64", (1,)),
+            ),
             parameters={"max_answer_len": str(MAX_ANSWER_LENGTH), "stride": str(doc_stride(sequence_length))},
             check_samples=CHECK_PAIRS,
         )
 
-    def served_outputs(self, tokenizer: Any, samples: Sequence[Any], infer: Callable[[dict[str, np.ndarray]],
-                       Outputs], *, sequence_length: int, input_names: Sequence[str],
-                       model_config: Mapping[str, Any], parameters: Mapping[str, str]) -> list[Any]:
+    def served_outputs(
+        self,
+        tokenizer: Any,
+        samples: Sequence[Any],
+        infer: Callable[[dict[str, np.ndarray]], Outputs],
+        *,
+        sequence_length: int,
+        input_names: Sequence[str],
+        model_config: Mapping[str, Any],
+        parameters: Mapping[str, str],
+    ) -> list[Any]:
         """What the served model must return for each (question, context): the answer dict."""
-        encoded = self.encode(tokenizer, samples, batch_size=8, sequence_length=sequence_length,
-                              input_names=input_names)
+        encoded = self.encode(
+            tokenizer, samples, batch_size=8, sequence_length=sequence_length, input_names=input_names
+        )
         outputs = [infer(feed) for feed in encoded.feeds]
         max_answer_len = int(parameters.get("max_answer_len", MAX_ANSWER_LENGTH))
         return [a.to_dict() for a in self.decode(outputs, encoded.meta, max_answer_len=max_answer_len)]

@@ -129,10 +129,21 @@ class Entity:
     def to_dict(self) -> dict[str, Any]:
         """The pipeline's dict: `entity` and `index` for strategy "none", `entity_group` for the others."""
         if self.index is not None:
-            return {"entity": self.label, "score": self.score, "index": self.index, "word": self.word,
-                    "start": self.start, "end": self.end}
-        return {"entity_group": self.label, "score": self.score, "word": self.word, "start": self.start,
-                "end": self.end}
+            return {
+                "entity": self.label,
+                "score": self.score,
+                "index": self.index,
+                "word": self.word,
+                "start": self.start,
+                "end": self.end,
+            }
+        return {
+            "entity_group": self.label,
+            "score": self.score,
+            "word": self.word,
+            "start": self.start,
+            "end": self.end,
+        }
 
 
 @dataclass(frozen=True)
@@ -174,8 +185,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def token_pieces(text: str, input_ids: Sequence[int], offsets: Sequence[Sequence[int]],
-                 special_tokens_mask: Sequence[int], vocabulary: Vocabulary) -> tuple[Piece, ...]:
+def token_pieces(
+    text: str,
+    input_ids: Sequence[int],
+    offsets: Sequence[Sequence[int]],
+    special_tokens_mask: Sequence[int],
+    vocabulary: Vocabulary,
+) -> tuple[Piece, ...]:
     """The pipeline's pre-entities of one text without their scores (`gather_pre_entities`)."""
     pieces = []
     for index, token_id in enumerate(input_ids):
@@ -187,7 +203,7 @@ def token_pieces(text: str, input_ids: Sequence[int], offsets: Sequence[Sequence
         if vocabulary.word_aware:
             is_subword = len(word) != len(word_ref)
         else:  # the pipeline's fallback heuristic for tokenizers that do not mark sub-words
-            is_subword = start > 0 and " " not in text[start - 1:start + 1]
+            is_subword = start > 0 and " " not in text[start - 1 : start + 1]
         if vocabulary.unk_token_id is not None and int(token_id) == vocabulary.unk_token_id:
             word, is_subword = word_ref, False
         pieces.append(Piece(index, word, start, end, is_subword))
@@ -198,8 +214,9 @@ def _label(id2label: Mapping[int, str], index: int) -> str:
     return id2label[int(index)]
 
 
-def _aggregate_word(group: list[tuple[Piece, np.ndarray]], strategy: str, id2label: Mapping[int, str],
-                    vocabulary: Vocabulary) -> tuple[str, Any, str, int, int]:
+def _aggregate_word(
+    group: list[tuple[Piece, np.ndarray]], strategy: str, id2label: Mapping[int, str], vocabulary: Vocabulary
+) -> tuple[str, Any, str, int, int]:
     word = vocabulary.join_tokens([piece.word for piece, _ in group])
     if strategy == "first":
         scores = group[0][1]
@@ -231,8 +248,13 @@ def _group(entities: list[tuple[str, Any, str, int, int]], vocabulary: Vocabular
 
     def close(run: list[tuple[str, Any, str, int, int]]) -> Entity:
         score = np.mean(np.nanmean([e[1] for e in run]))
-        return Entity(run[0][0].split("-", 1)[-1], float(score), run[0][3], run[-1][4],
-                      vocabulary.join_tokens([e[2] for e in run]))
+        return Entity(
+            run[0][0].split("-", 1)[-1],
+            float(score),
+            run[0][3],
+            run[-1][4],
+            vocabulary.join_tokens([e[2] for e in run]),
+        )
 
     groups: list[Entity] = []
     run: list[tuple[str, Any, str, int, int]] = []
@@ -252,8 +274,15 @@ def _group(entities: list[tuple[str, Any, str, int, int]], vocabulary: Vocabular
     return groups
 
 
-def decode_entities(logits: np.ndarray, pieces: Sequence[Piece], *, id2label: Mapping[int, str], strategy: str,
-                    vocabulary: Vocabulary, ignore_labels: Sequence[str] = DEFAULT_IGNORE_LABELS) -> list[Entity]:
+def decode_entities(
+    logits: np.ndarray,
+    pieces: Sequence[Piece],
+    *,
+    id2label: Mapping[int, str],
+    strategy: str,
+    vocabulary: Vocabulary,
+    ignore_labels: Sequence[str] = DEFAULT_IGNORE_LABELS,
+) -> list[Entity]:
     """One text's entities from its logits [sequence, labels], as transformers' TokenClassificationPipeline
     (`postprocess` with `aggregation_strategy=strategy`, `ignore_labels`) returns them.
 
@@ -275,8 +304,9 @@ def decode_entities(logits: np.ndarray, pieces: Sequence[Piece], *, id2label: Ma
             idx = row.argmax()
             tokens.append((_label(id2label, idx), row[idx], piece.word, piece.start, piece.end, piece.index))
         if strategy == "none":
-            found = [Entity(label, float(score), start, end, word, index)
-                     for label, score, word, start, end, index in tokens]
+            found = [
+                Entity(label, float(score), start, end, word, index) for label, score, word, start, end, index in tokens
+            ]
         else:
             found = _group([t[:5] for t in tokens], vocabulary)
     else:
@@ -334,16 +364,19 @@ class TokenClassificationBudget(Budget):
         "relaxed": {"token_agreement_min": 0.98, "span_f1_min": 0.95},
     }
 
-    token_agreement_min: float | None = budget_field(0.99, ">=", metric="token_agreement",
-                                                     label="token agreement", range=(0.0, 1.0))
-    span_f1_min: float | None = budget_field(0.98, ">=", metric="span_f1", label="entity span F1",
-                                             range=(0.0, 1.0))
-    logits_cosine_mean: float | None = budget_field(None, ">=", metric="logits_cosine_mean",
-                                                    label="logits cosine mean", range=(-1.0, 1.0))
-    logits_cosine_min: float | None = budget_field(None, ">=", metric="logits_cosine_min",
-                                                   label="logits cosine min", range=(-1.0, 1.0))
-    output_cosine_min: float | None = budget_field(None, ">=", metric="output_cosine_min",
-                                                   label="output cosine min", range=(-1.0, 1.0))
+    token_agreement_min: float | None = budget_field(
+        0.99, ">=", metric="token_agreement", label="token agreement", range=(0.0, 1.0)
+    )
+    span_f1_min: float | None = budget_field(0.98, ">=", metric="span_f1", label="entity span F1", range=(0.0, 1.0))
+    logits_cosine_mean: float | None = budget_field(
+        None, ">=", metric="logits_cosine_mean", label="logits cosine mean", range=(-1.0, 1.0)
+    )
+    logits_cosine_min: float | None = budget_field(
+        None, ">=", metric="logits_cosine_min", label="logits cosine min", range=(-1.0, 1.0)
+    )
+    output_cosine_min: float | None = budget_field(
+        None, ">=", metric="output_cosine_min", label="output cosine min", range=(-1.0, 1.0)
+    )
 
 
 @dataclass(frozen=True)
@@ -387,9 +420,13 @@ class TokenClassification(Task):
     output_ranks = {LOGITS: 3}  # [batch, sequence, labels]: a text classifier's are 2-D
     budget_type = TokenClassificationBudget
     primary_cosine = ("logits_cosine_mean", "logits_cosine_min")
-    metric_names = ("token_agreement", "span_f1",
-                    *(f"span_{kind}_{s}" for s in AGGREGATION_STRATEGIES for kind in ("precision", "recall", "f1")),
-                    "logits_cosine_mean", "logits_cosine_min")
+    metric_names = (
+        "token_agreement",
+        "span_f1",
+        *(f"span_{kind}_{s}" for s in AGGREGATION_STRATEGIES for kind in ("precision", "recall", "f1")),
+        "logits_cosine_mean",
+        "logits_cosine_min",
+    )
     serving_output = "ENTITIES"
     served_by_front_model = True
 
@@ -407,9 +444,17 @@ class TokenClassification(Task):
                 ".save_pretrained(MODEL_DIR) (it writes tokenizer.json)",
             )
 
-    def encode(self, tokenizer: Any, samples: Sequence[Any], *, batch_size: int, sequence_length: int,
-               input_names: Sequence[str] | None = None, padding: str = "max_length",
-               model_config: Mapping[str, Any] | None = None) -> Encoded:
+    def encode(
+        self,
+        tokenizer: Any,
+        samples: Sequence[Any],
+        *,
+        batch_size: int,
+        sequence_length: int,
+        input_names: Sequence[str] | None = None,
+        padding: str = "max_length",
+        model_config: Mapping[str, Any] | None = None,
+    ) -> Encoded:
         """Texts -> feeds, with each text's tokens, offsets and word marks in `meta` (:class:`TokenBatch`).
 
         Args:
@@ -420,8 +465,9 @@ class TokenClassification(Task):
         if not texts:
             raise DataError("No texts to tokenize.", fix="pass at least one text")
         if batch_size < 1 or sequence_length < 2:
-            raise DataError(f"batch_size must be >= 1 and sequence_length >= 2, got {batch_size} and "
-                            f"{sequence_length}.")
+            raise DataError(
+                f"batch_size must be >= 1 and sequence_length >= 2, got {batch_size} and {sequence_length}."
+            )
         self.check_tokenizer(tokenizer, model_path=str(getattr(tokenizer, "name_or_path", "the model")))
         config = model_config if model_config is not None else _config_beside(tokenizer)
         raw_labels = (config or {}).get("id2label")
@@ -429,37 +475,74 @@ class TokenClassification(Task):
         vocabulary = Vocabulary.of(tokenizer)
         feeds, meta = [], []
         for first in range(0, len(texts), batch_size):
-            chunk = texts[first:first + batch_size]
-            encoded = tokenizer(chunk, padding=padding, truncation=True, max_length=sequence_length,
-                                return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="np")
-            names = list(input_names) if input_names is not None else [
-                n for n in encoded if n not in ("offset_mapping", "special_tokens_mask")]
+            chunk = texts[first : first + batch_size]
+            encoded = tokenizer(
+                chunk,
+                padding=padding,
+                truncation=True,
+                max_length=sequence_length,
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+                return_tensors="np",
+            )
+            names = (
+                list(input_names)
+                if input_names is not None
+                else [n for n in encoded if n not in ("offset_mapping", "special_tokens_mask")]
+            )
             missing = [n for n in names if n not in encoded]
             if missing:
-                raise DataError(f"The tokenizer does not produce the model inputs {missing}.",
-                                fix="use the tokenizer that belongs to this model")
+                raise DataError(
+                    f"The tokenizer does not produce the model inputs {missing}.",
+                    fix="use the tokenizer that belongs to this model",
+                )
             feeds.append({n: np.ascontiguousarray(encoded[n], dtype=np.int64) for n in names})
             rows = []
             for row, text in enumerate(chunk):
                 mask = encoded["attention_mask"][row]
-                pieces = token_pieces(text, encoded["input_ids"][row], encoded["offset_mapping"][row],
-                                      encoded["special_tokens_mask"][row], vocabulary)
-                rows.append(TokenizedText(text, pieces, _first_subwords(encoded.word_ids(row), mask),
-                                          int(np.sum(mask))))
+                pieces = token_pieces(
+                    text,
+                    encoded["input_ids"][row],
+                    encoded["offset_mapping"][row],
+                    encoded["special_tokens_mask"][row],
+                    vocabulary,
+                )
+                rows.append(
+                    TokenizedText(text, pieces, _first_subwords(encoded.word_ids(row), mask), int(np.sum(mask)))
+                )
             meta.append(TokenBatch(tuple(rows), id2label, vocabulary))
         return Encoded(feeds=feeds, meta=meta)
 
-    def decode(self, outputs: Outputs, meta: TokenBatch, *, strategy: str = SERVED_STRATEGY,
-               ignore_labels: Sequence[str] = DEFAULT_IGNORE_LABELS) -> list[list[Entity]]:
+    def decode(
+        self,
+        outputs: Outputs,
+        meta: TokenBatch,
+        *,
+        strategy: str = SERVED_STRATEGY,
+        ignore_labels: Sequence[str] = DEFAULT_IGNORE_LABELS,
+    ) -> list[list[Entity]]:
         """The entities of every text of one batch (its outputs and its `Encoded.meta` entry)."""
         logits = np.asarray(outputs[LOGITS])
         id2label = meta.id2label or _id2label(None, logits.shape[-1])
-        return [decode_entities(logits[row], text.pieces, id2label=id2label, strategy=strategy,
-                                vocabulary=meta.vocabulary, ignore_labels=ignore_labels)
-                for row, text in enumerate(meta.texts)]
+        return [
+            decode_entities(
+                logits[row],
+                text.pieces,
+                id2label=id2label,
+                strategy=strategy,
+                vocabulary=meta.vocabulary,
+                ignore_labels=ignore_labels,
+            )
+            for row, text in enumerate(meta.texts)
+        ]
 
-    def metrics(self, reference: Sequence[Outputs], candidate: Sequence[Outputs], feeds: Sequence[Outputs],
-                meta: Sequence[Any] | None = None) -> TaskMetrics:
+    def metrics(
+        self,
+        reference: Sequence[Outputs],
+        candidate: Sequence[Outputs],
+        feeds: Sequence[Outputs],
+        meta: Sequence[Any] | None = None,
+    ) -> TaskMetrics:
         """Every metric with `meta` (this task's encode()); without it, only the logits cosines (what a layer
         diagnosis needs): the decoded metrics are then absent, which a budget counts as a miss."""
         if meta is None or all(m is None for m in meta):
@@ -472,8 +555,9 @@ class TokenClassification(Task):
             )
         agree = total = 0
         cosines: list[float] = []
-        decoded: dict[str, tuple[list[list[Entity]], list[list[Entity]]]] = {s: ([], []) for s in
-                                                                              AGGREGATION_STRATEGIES}
+        decoded: dict[str, tuple[list[list[Entity]], list[list[Entity]]]] = {
+            s: ([], []) for s in AGGREGATION_STRATEGIES
+        }
         for feed, ref_out, cand_out, batch in zip(feeds, reference, candidate, meta, strict=True):
             ref = np.asarray(ref_out[LOGITS])
             cand = np.asarray(cand_out[LOGITS])
@@ -493,40 +577,71 @@ class TokenClassification(Task):
             scores = span_scores(ref_entities, cand_entities)
             for kind, value in scores.items():
                 values[f"span_{kind}_{strategy}"] = value
-            disagreeing[strategy] = [i for i, (r, c) in enumerate(zip(ref_entities, cand_entities))
-                                     if {e.key() for e in r} != {e.key() for e in c}]
+            disagreeing[strategy] = [
+                i
+                for i, (r, c) in enumerate(zip(ref_entities, cand_entities))
+                if {e.key() for e in r} != {e.key() for e in c}
+            ]
         values["span_f1"] = min(values[f"span_f1_{s}"] for s in AGGREGATION_STRATEGIES)
         values["logits_cosine_mean"] = float(np.mean(cosines))
         values["logits_cosine_min"] = float(np.min(cosines))
         values["token_disagreements"] = float(total - agree)
-        return TaskMetrics(values=values, per_sample=tuple(cosines),
-                           details={"disagreeing_samples": disagreeing, "scored_tokens": total})
+        return TaskMetrics(
+            values=values,
+            per_sample=tuple(cosines),
+            details={"disagreeing_samples": disagreeing, "scored_tokens": total},
+        )
 
     # -- serving ---------------------------------------------------------------------------------------------
 
-    def front_model(self, *, model_config: Mapping[str, Any], output_names: Sequence[str],
-                    output_dims: Mapping[str, Sequence[int]], sequence_length: int) -> FrontModel:
+    def front_model(
+        self,
+        *,
+        model_config: Mapping[str, Any],
+        output_names: Sequence[str],
+        output_dims: Mapping[str, Sequence[int]],
+        sequence_length: int,
+    ) -> FrontModel:
         """Text in, entities out (JSON, one string per text): tokenizer with offsets -> model (BLS) -> decoding."""
         width = int(output_dims[LOGITS][-1]) if LOGITS in output_dims else len(model_config.get("id2label") or {})
         labels = [_id2label(model_config, width)[i] for i in range(width)]
         return FrontModel(
-            source="token_classification_model.py", suffix="_ner", engine_outputs=(LOGITS,),
+            source="token_classification_model.py",
+            suffix="_ner",
+            engine_outputs=(LOGITS,),
             inputs=(TensorSpec("TEXT", "TYPE_STRING", (1,)),),
             outputs=(TensorSpec("ENTITIES", "TYPE_STRING", (1,)),),
-            parameters={"labels": json.dumps(labels), "aggregation_strategy": SERVED_STRATEGY,
-                        "ignore_labels": json.dumps(list(DEFAULT_IGNORE_LABELS))},
+            parameters={
+                "labels": json.dumps(labels),
+                "aggregation_strategy": SERVED_STRATEGY,
+                "ignore_labels": json.dumps(list(DEFAULT_IGNORE_LABELS)),
+            },
             check_samples=CHECK_TEXTS,
         )
 
-    def served_outputs(self, tokenizer: Any, samples: Sequence[Any], infer: Callable[[dict[str, np.ndarray]],
-                       Outputs], *, sequence_length: int, input_names: Sequence[str],
-                       model_config: Mapping[str, Any], parameters: Mapping[str, str]) -> list[Any]:
+    def served_outputs(
+        self,
+        tokenizer: Any,
+        samples: Sequence[Any],
+        infer: Callable[[dict[str, np.ndarray]], Outputs],
+        *,
+        sequence_length: int,
+        input_names: Sequence[str],
+        model_config: Mapping[str, Any],
+        parameters: Mapping[str, str],
+    ) -> list[Any]:
         """What the served model must return for `samples`, computed by the library (one JSON-ready list of
         entity dicts per text)."""
         strategy = parameters.get("aggregation_strategy", SERVED_STRATEGY)
         ignore = tuple(json.loads(parameters.get("ignore_labels", json.dumps(list(DEFAULT_IGNORE_LABELS)))))
-        encoded = self.encode(tokenizer, samples, batch_size=8, sequence_length=sequence_length,
-                              input_names=input_names, model_config=model_config)
+        encoded = self.encode(
+            tokenizer,
+            samples,
+            batch_size=8,
+            sequence_length=sequence_length,
+            input_names=input_names,
+            model_config=model_config,
+        )
         found: list[Any] = []
         for feed, batch in zip(encoded.feeds, encoded.meta):
             for entities in self.decode(infer(feed), batch, strategy=strategy, ignore_labels=ignore):

@@ -63,8 +63,19 @@ TOKENIZER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _INTEGER_TYPES = ("TYPE_INT64", "TYPE_INT32")
 _PROVENANCE_FORMAT = "workbench-triton-bls-provenance/1"
 _SCORE_RTOL = 1e-5
-_COMPUTED_KEYS = ("format", "created_utc", "task", "models", "onnx_model", "tokenizer", "sequence_length",
-                  "triton_config", "front_parameters", "libraries", "hardware")
+_COMPUTED_KEYS = (
+    "format",
+    "created_utc",
+    "task",
+    "models",
+    "onnx_model",
+    "tokenizer",
+    "sequence_length",
+    "triton_config",
+    "front_parameters",
+    "libraries",
+    "hardware",
+)
 
 
 @dataclass(frozen=True)
@@ -110,18 +121,27 @@ class TritonBlsResult:
         return tuple(f for result in self.models.values() for f in result.files) + (self.readme, self.provenance)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"repository": str(self.repository), "task": self.task, "front_name": self.front_name,
-                "models": {role: result.to_dict() for role, result in self.models.items()},
-                "readme": str(self.readme), "provenance": str(self.provenance),
-                "sequence_length": self.sequence_length, "input_names": list(self.input_names),
-                "output_names": list(self.output_names), "checked": self.checked}
+        return {
+            "repository": str(self.repository),
+            "task": self.task,
+            "front_name": self.front_name,
+            "models": {role: result.to_dict() for role, result in self.models.items()},
+            "readme": str(self.readme),
+            "provenance": str(self.provenance),
+            "sequence_length": self.sequence_length,
+            "input_names": list(self.input_names),
+            "output_names": list(self.output_names),
+            "checked": self.checked,
+        }
 
     def _repr_html_(self) -> str:
-        return (f"<b>Triton BLS front model</b> <code>{html.escape(self.front_name)}</code> ({html.escape(self.task)}: "
-                f"{html.escape(', '.join(self.input_names))} &rarr; {html.escape(', '.join(self.output_names))}) "
-                f"calling <code>{html.escape(self.models['model'].model_name)}</code> in "
-                f"<code>{html.escape(str(self.repository))}</code>; {self.checked} check samples answered alike "
-                "by the served code and the workbench.")
+        return (
+            f"<b>Triton BLS front model</b> <code>{html.escape(self.front_name)}</code> ({html.escape(self.task)}: "
+            f"{html.escape(', '.join(self.input_names))} &rarr; {html.escape(', '.join(self.output_names))}) "
+            f"calling <code>{html.escape(self.models['model'].model_name)}</code> in "
+            f"<code>{html.escape(str(self.repository))}</code>; {self.checked} check samples answered alike "
+            "by the served code and the workbench."
+        )
 
 
 @dataclass(frozen=True)
@@ -145,19 +165,27 @@ def _load_tokenizer(tokenizer_dir: Path, task: Any) -> _Tokenizer:
     except WorkbenchError:
         raise
     except Exception as exc:
-        raise ModelSourceError(f"Could not load a tokenizer from {tokenizer_dir}: {type(exc).__name__}: {exc}",
-                               fix="pass a folder written by tokenizer.save_pretrained()") from exc
+        raise ModelSourceError(
+            f"Could not load a tokenizer from {tokenizer_dir}: {type(exc).__name__}: {exc}",
+            fix="pass a folder written by tokenizer.save_pretrained()",
+        ) from exc
     task.check_tokenizer(tokenizer, model_path=str(tokenizer_dir))  # fast, padded: what the task needs
     # the backend the workbench's tokenizer runs (tokenizer.json as loaded), so the server tokenizes alike
     json_text = tokenizer.backend_tokenizer.to_str()
     cls_id = getattr(tokenizer, "cls_token_id", None)
-    return _Tokenizer(tokenizer, json_text, {
-        "tokenizer_file": "tokenizer.json", "pad_id": str(tokenizer.pad_token_id),
-        "pad_token": str(tokenizer.pad_token),
-        "pad_type_id": str(int(getattr(tokenizer, "pad_token_type_id", 0) or 0)),
-        "padding_side": str(tokenizer.padding_side), "truncation_side": str(tokenizer.truncation_side),
-        "cls_token_id": "" if cls_id is None else str(cls_id),
-    })
+    return _Tokenizer(
+        tokenizer,
+        json_text,
+        {
+            "tokenizer_file": "tokenizer.json",
+            "pad_id": str(tokenizer.pad_token_id),
+            "pad_token": str(tokenizer.pad_token),
+            "pad_type_id": str(int(getattr(tokenizer, "pad_token_type_id", 0) or 0)),
+            "padding_side": str(tokenizer.padding_side),
+            "truncation_side": str(tokenizer.truncation_side),
+            "cls_token_id": "" if cls_id is None else str(cls_id),
+        },
+    )
 
 
 def _served_module(source: str) -> Any:
@@ -166,8 +194,9 @@ def _served_module(source: str) -> Any:
 
     path = FOLDER / source
     if not path.is_file():
-        raise TritonExportError(f"The task's front model source {source!r} is not in {FOLDER}.",
-                                fix="report this as a workbench bug")
+        raise TritonExportError(
+            f"The task's front model source {source!r} is not in {FOLDER}.", fix="report this as a workbench bug"
+        )
     spec = importlib.util.spec_from_file_location(f"_workbench_served_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -192,8 +221,11 @@ def _differences(expected: Any, served: Any, where: str = "") -> list[str]:
             found += _differences(a, b, f"{where}[{i}]")
         return found
     if where.endswith(".score") and isinstance(expected, float) and isinstance(served, float):
-        return [] if abs(expected - served) <= _SCORE_RTOL * max(abs(expected), 1e-12) else [
-            f"{where} is {served!r}, expected {expected!r}"]
+        return (
+            []
+            if abs(expected - served) <= _SCORE_RTOL * max(abs(expected), 1e-12)
+            else [f"{where} is {served!r}, expected {expected!r}"]
+        )
     return [] if expected == served else [f"{where} is {served!r}, expected {expected!r}"]
 
 
@@ -214,19 +246,19 @@ def _front_config(pb2: Any, name: str, front: Any, config: TritonConfig, paramet
 def _readme(task: Any, names: dict[str, str], front: Any, sequence_length: int, config: TritonConfig) -> str:
     inputs = ", ".join(f"`{t.name}`" for t in front.inputs)
     outputs = ", ".join(f"`{t.name}`" for t in front.outputs)
-    arrays = "\n".join(
-        f'{t.name.lower()} = np.array([[b"..."]], dtype=object)  # [batch, 1]' for t in front.inputs)
+    arrays = "\n".join(f'{t.name.lower()} = np.array([[b"..."]], dtype=object)  # [batch, 1]' for t in front.inputs)
     requests = "\n".join(
-        f'inputs.append(http.InferInput("{t.name}", [1, 1], "BYTES")); '
-        f"inputs[-1].set_data_from_numpy({t.name.lower()})" for t in front.inputs)
-    return f"""# Triton model repository: `{names['front']}` ({task.title})
+        f'inputs.append(http.InferInput("{t.name}", [1, 1], "BYTES")); inputs[-1].set_data_from_numpy({t.name.lower()})'
+        for t in front.inputs
+    )
+    return f"""# Triton model repository: `{names["front"]}` ({task.title})
 
 Written by the Inference Workbench (`export_triton_bls`). Send {inputs}, get {outputs} back.
 
-- `{names['front']}` (Python backend, numpy + `tokenizers`): tokenizes ({sequence_length} tokens per engine row),
-  calls `{names['model']}` through BLS, decodes exactly as the workbench measured accuracy (transformers'
+- `{names["front"]}` (Python backend, numpy + `tokenizers`): tokenizes ({sequence_length} tokens per engine row),
+  calls `{names["model"]}` through BLS, decodes exactly as the workbench measured accuracy (transformers'
   pipeline decoding). It runs on the CPU, one instance.
-- `{names['model']}` (ONNX Runtime, dynamic batching up to {config.max_batch_size}, {config.instance_count} x
+- `{names["model"]}` (ONNX Runtime, dynamic batching up to {config.max_batch_size}, {config.instance_count} x
   {config.instance_kind}). Clients may call it directly with the token ids.
 
 `provenance.json` records the ONNX model's hash, the tokenizer, the decoding parameters, library versions and
@@ -235,8 +267,8 @@ the exporting machine.
 ## Serve
 
 ```
-tritonserver --model-repository=$PWD --model-control-mode=explicit --load-model={names['model']} \\
-    --load-model={names['front']}
+tritonserver --model-repository=$PWD --model-control-mode=explicit --load-model={names["model"]} \\
+    --load-model={names["front"]}
 ```
 
 Load the engine model too: a BLS caller does not load the model it calls. The server's Python environment needs
@@ -252,7 +284,7 @@ client = http.InferenceServerClient("127.0.0.1:8000")
 {arrays}
 inputs = []
 {requests}
-result = client.infer("{names['front']}", inputs)
+result = client.infer("{names["front"]}", inputs)
 print(result.as_numpy("{front.outputs[0].name}"))
 ```
 """
@@ -305,16 +337,22 @@ def export_triton_bls(
     from workbench.tasks.base import Task, get_task
 
     if not isinstance(config, TritonConfig):
-        raise ConfigError(f"export_triton_bls() takes a TritonConfig, not {type(config).__name__}.",
-                          fix="pass TritonConfig(...) or TritonConfig.preset('cpu')")
+        raise ConfigError(
+            f"export_triton_bls() takes a TritonConfig, not {type(config).__name__}.",
+            fix="pass TritonConfig(...) or TritonConfig.preset('cpu')",
+        )
     if not _is_int(sequence_length) or sequence_length < 8:
-        raise ConfigError(f"sequence_length must be an integer >= 8, got {sequence_length!r}.",
-                          fix="pass the sequence length the model was measured at (384 for question answering)")
+        raise ConfigError(
+            f"sequence_length must be an integer >= 8, got {sequence_length!r}.",
+            fix="pass the sequence length the model was measured at (384 for question answering)",
+        )
     task = task if isinstance(task, Task) else get_task(str(task))
     repository, tokenizer_dir = Path(repository), Path(tokenizer_dir)
     if repository.exists() and not repository.is_dir():
-        raise TritonExportError(f"The model repository {repository} is a file, not a folder.",
-                                fix="pass a folder (it may already hold other models)")
+        raise TritonExportError(
+            f"The model repository {repository} is a file, not a folder.",
+            fix="pass a folder (it may already hold other models)",
+        )
     onnx = require("onnx", purpose="Exporting an ONNX model to Triton")
     pb2 = _model_config_pb2("Writing a Triton model config")
     path, model = _load_checked(onnx_path)
@@ -323,11 +361,17 @@ def export_triton_bls(
     if model_config is None:
         beside = tokenizer_dir / "config.json"
         model_config = json.loads(beside.read_text(encoding="utf-8")) if beside.is_file() else {}
-    front = task.front_model(model_config=model_config, output_names=tuple(output_dims), output_dims=output_dims,
-                             sequence_length=sequence_length)
+    front = task.front_model(
+        model_config=model_config,
+        output_names=tuple(output_dims),
+        output_dims=output_dims,
+        sequence_length=sequence_length,
+    )
     if front is None:
-        raise TritonExportError(f"Task {task.name!r} is served as an ensemble, not through a BLS front model.",
-                                fix="use workbench.triton.ensemble.export_triton_ensemble for this model")
+        raise TritonExportError(
+            f"Task {task.name!r} is served as an ensemble, not through a BLS front model.",
+            fix="use workbench.triton.ensemble.export_triton_ensemble for this model",
+        )
     names = {"model": config.model_name, "front": config.model_name + front.suffix}
     for name in names.values():
         _check_model_name(name)
@@ -335,8 +379,9 @@ def export_triton_bls(
     existing = [n for n in entry_names if (repository / n).exists() or (repository / n).is_symlink()]
     if existing and not overwrite:
         raise TritonExportError(
-            f"{', '.join(str(repository / n) for n in existing)} already exist in the repository; nothing was "
-            "changed.", fix="pass overwrite=True to replace them, or choose another TritonConfig.model_name")
+            f"{', '.join(str(repository / n) for n in existing)} already exist in the repository; nothing was changed.",
+            fix="pass overwrite=True to replace them, or choose another TritonConfig.model_name",
+        )
 
     engine_inputs = []
     for tensor in model_cfg.input:
@@ -344,29 +389,49 @@ def export_triton_bls(
         if tensor.name not in TOKENIZER_INPUTS or type_name not in _INTEGER_TYPES:
             raise TritonExportError(
                 f"{path} takes input {tensor.name!r} ({type_name}), which the front model's tokenizer does not "
-                "produce.", expected=f"inputs among {list(TOKENIZER_INPUTS)}, of type {' or '.join(_INTEGER_TYPES)}",
-                fix="serve this model with export_triton() and tokenize on the client instead")
+                "produce.",
+                expected=f"inputs among {list(TOKENIZER_INPUTS)}, of type {' or '.join(_INTEGER_TYPES)}",
+                fix="serve this model with export_triton() and tokenize on the client instead",
+            )
         if list(tensor.dims) not in ([-1], [sequence_length]):
             raise TritonExportError(
                 f"{path} input {tensor.name!r} has dims {list(tensor.dims)} after the batch dimension, which does "
                 f"not take {sequence_length} tokens.",
-                fix="export the model with a dynamic sequence axis, or pass that fixed length as sequence_length")
+                fix="export the model with a dynamic sequence axis, or pass that fixed length as sequence_length",
+            )
         engine_inputs.append([tensor.name, type_name])
     missing = [o for o in front.engine_outputs if o not in output_dims]
     if missing:
-        raise TritonExportError(f"{path} has no outputs {missing}, which the {task.name} front model decodes "
-                                f"(its outputs: {sorted(output_dims)}).",
-                                fix=f"export the model with the task's outputs {list(task.outputs)}")
+        raise TritonExportError(
+            f"{path} has no outputs {missing}, which the {task.name} front model decodes "
+            f"(its outputs: {sorted(output_dims)}).",
+            fix=f"export the model with the task's outputs {list(task.outputs)}",
+        )
 
     plan = _load_tokenizer(tokenizer_dir, task)
-    parameters = {**plan.parameters, "sequence_length": str(sequence_length), "engine_model": names["model"],
-                  "engine_inputs": json.dumps(engine_inputs), "engine_max_batch": str(config.max_batch_size),
-                  **{k: str(v) for k, v in front.parameters.items()}}
+    parameters = {
+        **plan.parameters,
+        "sequence_length": str(sequence_length),
+        "engine_model": names["model"],
+        "engine_inputs": json.dumps(engine_inputs),
+        "engine_max_batch": str(config.max_batch_size),
+        **{k: str(v) for k, v in front.parameters.items()},
+    }
     front_cfg = _front_config(pb2, names["front"], front, config, parameters)
     texts = {names["model"]: checked_text(model_cfg), names["front"]: checked_text(front_cfg)}
 
-    checked = _check_agreement(task, front, plan, parameters, path, sequence_length, model_config,
-                               check_samples, infer, [n for n, _ in engine_inputs])
+    checked = _check_agreement(
+        task,
+        front,
+        plan,
+        parameters,
+        path,
+        sequence_length,
+        model_config,
+        check_samples,
+        infer,
+        [n for n, _ in engine_inputs],
+    )
     record = _provenance(task, names, path, tokenizer_dir, plan, sequence_length, config, parameters, provenance)
     readme = _readme(task, names, front, sequence_length, config)
 
@@ -388,11 +453,15 @@ def export_triton_bls(
     def text_file(content: str) -> Callable[[Path], None]:
         def write(target: Path) -> None:
             target.write_text(content, encoding="utf-8")
+
         return write
 
-    entries = [Entry(names["model"], engine_folder), Entry(names["front"], front_folder),
-               Entry(README_FILENAME, text_file(readme)),
-               Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2) + "\n"))]
+    entries = [
+        Entry(names["model"], engine_folder),
+        Entry(names["front"], front_folder),
+        Entry(README_FILENAME, text_file(readme)),
+        Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2) + "\n")),
+    ]
     created_repository = not repository.exists()
     try:
         repository.mkdir(parents=True, exist_ok=True)
@@ -402,8 +471,10 @@ def export_triton_bls(
         raise
     except OSError as exc:
         _remove_if_empty(repository, created_repository)
-        raise TritonExportError(f"Writing the Triton repository {repository} failed: {exc}. Nothing was moved into "
-                                "place.", fix="check free disk space and permissions on the repository") from exc
+        raise TritonExportError(
+            f"Writing the Triton repository {repository} failed: {exc}. Nothing was moved into place.",
+            fix="check free disk space and permissions on the repository",
+        ) from exc
     except BaseException:
         _remove_if_empty(repository, created_repository)
         raise
@@ -412,20 +483,40 @@ def export_triton_bls(
         model_dir = repository / name
         relative = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*") if p.is_file())
         ordered = sorted(relative, key=lambda p: (p.name != CONFIG_FILENAME, len(p.parts), str(p)))
-        return TritonExportResult(repository=repository, model_dir=model_dir, model_name=name,
-                                  config_text=texts[name], files=tuple(model_dir / p for p in ordered))
+        return TritonExportResult(
+            repository=repository,
+            model_dir=model_dir,
+            model_name=name,
+            config_text=texts[name],
+            files=tuple(model_dir / p for p in ordered),
+        )
 
     return TritonBlsResult(
-        repository=repository, task=task.name, front_name=names["front"],
+        repository=repository,
+        task=task.name,
+        front_name=names["front"],
         models={role: result_for(name) for role, name in names.items()},
-        readme=repository / README_FILENAME, provenance=repository / PROVENANCE_FILENAME,
-        sequence_length=sequence_length, input_names=tuple(t.name for t in front.inputs),
-        output_names=tuple(t.name for t in front.outputs), checked=checked)
+        readme=repository / README_FILENAME,
+        provenance=repository / PROVENANCE_FILENAME,
+        sequence_length=sequence_length,
+        input_names=tuple(t.name for t in front.inputs),
+        output_names=tuple(t.name for t in front.outputs),
+        checked=checked,
+    )
 
 
-def _check_agreement(task: Any, front: Any, plan: _Tokenizer, parameters: Mapping[str, str], onnx_path: Path,
-                     sequence_length: int, model_config: Mapping[str, Any], samples: Sequence[Any] | None,
-                     infer: Callable[..., Mapping[str, np.ndarray]] | None, input_names: list[str]) -> int:
+def _check_agreement(
+    task: Any,
+    front: Any,
+    plan: _Tokenizer,
+    parameters: Mapping[str, str],
+    onnx_path: Path,
+    sequence_length: int,
+    model_config: Mapping[str, Any],
+    samples: Sequence[Any] | None,
+    infer: Callable[..., Mapping[str, np.ndarray]] | None,
+    input_names: list[str],
+) -> int:
     """Run the check samples through the served `run()` and the task's library decoding; raise if they differ."""
     import tempfile
 
@@ -448,9 +539,17 @@ def _check_agreement(task: Any, front: Any, plan: _Tokenizer, parameters: Mappin
 
     rows = samples
     served = checked_run(lambda f: module.run(served_tokenizer, rows, f, parameters))
-    expected = checked_run(lambda f: task.served_outputs(plan.tokenizer, samples, f, sequence_length=sequence_length,
-                                                         input_names=input_names, model_config=model_config,
-                                                         parameters=parameters))
+    expected = checked_run(
+        lambda f: task.served_outputs(
+            plan.tokenizer,
+            samples,
+            f,
+            sequence_length=sequence_length,
+            input_names=input_names,
+            model_config=model_config,
+            parameters=parameters,
+        )
+    )
     problems = _differences(_plain_json(expected, ""), _plain_json(served, ""), "answers")
     if problems:
         raise TritonExportError(
@@ -462,9 +561,17 @@ def _check_agreement(task: Any, front: Any, plan: _Tokenizer, parameters: Mappin
     return len(samples)
 
 
-def _provenance(task: Any, names: dict[str, str], onnx_path: Path, tokenizer_dir: Path, plan: _Tokenizer,
-                sequence_length: int, config: TritonConfig, parameters: Mapping[str, str],
-                provided: Mapping[str, Any] | None) -> dict[str, Any]:
+def _provenance(
+    task: Any,
+    names: dict[str, str],
+    onnx_path: Path,
+    tokenizer_dir: Path,
+    plan: _Tokenizer,
+    sequence_length: int,
+    config: TritonConfig,
+    parameters: Mapping[str, str],
+    provided: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     import datetime
     import hashlib
 
@@ -478,8 +585,10 @@ def _provenance(task: Any, names: dict[str, str], onnx_path: Path, tokenizer_dir
         "task": task.name,
         "models": dict(names),
         "onnx_model": {"source_path": str(onnx_path), "sha256": _sha256(onnx_path), "bytes": onnx_path.stat().st_size},
-        "tokenizer": {"source_path": str(tokenizer_dir),
-                      "tokenizer_json_sha256": hashlib.sha256(plan.json_text.encode("utf-8")).hexdigest()},
+        "tokenizer": {
+            "source_path": str(tokenizer_dir),
+            "tokenizer_json_sha256": hashlib.sha256(plan.json_text.encode("utf-8")).hexdigest(),
+        },
         "sequence_length": sequence_length,
         "triton_config": config.to_dict(),
         "front_parameters": dict(parameters),
@@ -491,8 +600,10 @@ def _provenance(task: Any, names: dict[str, str], onnx_path: Path, tokenizer_dir
             raise ConfigError(f"provenance must be a mapping, not {type(provided).__name__}.")
         clashes = sorted(set(map(str, provided)) & set(_COMPUTED_KEYS))
         if clashes:
-            raise ConfigError(f"provenance keys {clashes} are written by the export itself.",
-                              fix="rename those keys (for example 'benchmark_hardware')")
+            raise ConfigError(
+                f"provenance keys {clashes} are written by the export itself.",
+                fix="rename those keys (for example 'benchmark_hardware')",
+            )
         for key, value in provided.items():
             record[str(key)] = _plain_json(value, f"[{key!r}]")
     return record

@@ -15,7 +15,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from tritonclient.grpc import model_config_pb2
 
 
-
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 #: Triton's openvino backend: PERFORMANCE_HINT values it accepts (openvino_backend/src/openvino.cc).
 OPENVINO_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
@@ -47,9 +46,18 @@ OPENVINO_MODEL_FILENAME = "model.xml"  # the backend's default; the weights are 
 OPENVINO_WEIGHTS_FILENAME = "model.bin"
 #: OpenVINO element type name -> Triton data type (the types Triton's openvino backend converts).
 OPENVINO_TO_TRITON_DTYPE: dict[str, str] = {
-    "boolean": "TYPE_BOOL", "u8": "TYPE_UINT8", "u16": "TYPE_UINT16", "u32": "TYPE_UINT32", "u64": "TYPE_UINT64",
-    "i8": "TYPE_INT8", "i16": "TYPE_INT16", "i32": "TYPE_INT32", "i64": "TYPE_INT64", "f16": "TYPE_FP16",
-    "f32": "TYPE_FP32", "f64": "TYPE_FP64",
+    "boolean": "TYPE_BOOL",
+    "u8": "TYPE_UINT8",
+    "u16": "TYPE_UINT16",
+    "u32": "TYPE_UINT32",
+    "u64": "TYPE_UINT64",
+    "i8": "TYPE_INT8",
+    "i16": "TYPE_INT16",
+    "i32": "TYPE_INT32",
+    "i64": "TYPE_INT64",
+    "f16": "TYPE_FP16",
+    "f32": "TYPE_FP32",
+    "f64": "TYPE_FP64",
 }
 CONFIG_FILENAME = "config.pbtxt"
 
@@ -123,8 +131,14 @@ class TritonConfig(StageConfig):
         "gpu": {"instance_kind": "KIND_GPU", "instance_count": 1, "max_batch_size": 32, "max_queue_delay_us": 500},
         # The same through onnxruntime's TensorRT execution provider in FP16, warmed up so the engine is built
         # at load time rather than on the first request.
-        "gpu_tensorrt_fp16": {"instance_kind": "KIND_GPU", "instance_count": 1, "max_batch_size": 32,
-                              "max_queue_delay_us": 500, "ort_gpu_tensorrt_fp16": True, "warmup": True},
+        "gpu_tensorrt_fp16": {
+            "instance_kind": "KIND_GPU",
+            "instance_count": 1,
+            "max_batch_size": 32,
+            "max_queue_delay_us": 500,
+            "ort_gpu_tensorrt_fp16": True,
+            "warmup": True,
+        },
     }
 
     def __post_init__(self) -> None:

@@ -50,7 +50,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from tritonclient.grpc import model_config_pb2
 
 
-
 # --------------------------------------------------------------------------------------------------------------
 # Text in, the task's outputs out: tokenizer + model + the task's post-processing as one Triton ensemble
 
@@ -58,8 +57,15 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 #: Tokenizer files copied next to the tokenizer model when the tokenizer folder has them. The model reads only
 #: tokenizer.json; the others are kept so the folder is a complete Hugging Face tokenizer for people and tools.
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
 )
 _TOKENIZER_INTEGER_TYPES = ("TYPE_INT64", "TYPE_INT32")
 #: The model inputs the tokenizer model can produce (python_models/tokenizer_model.py's ENCODING_FIELDS).
@@ -72,6 +78,8 @@ _TOKENIZER_CHECK_TEXTS = (
     "UPPER case, numbers 12345.678 and punctuation!?; (brackets) [more] {still}",
     " ".join(["A long sentence that is truncated at the sequence length."] * 80),
 )
+
+
 #: The keys of provenance.json that the export computes; the caller's `provenance` may not replace them.
 @dataclass(frozen=True)
 class TritonEnsembleResult:
@@ -181,18 +189,22 @@ def check_ensemble(ensemble: model_config_pb2.ModelConfig, models: dict[str, Any
             if model_input not in inputs:
                 problems.append(f"{label} maps {model_input!r}, which is not an input of the model {sorted(inputs)}")
             elif tensor not in available:
-                problems.append(f"{label} reads ensemble tensor {tensor!r}, which no earlier step or ensemble "
-                                "input provides")
+                problems.append(
+                    f"{label} reads ensemble tensor {tensor!r}, which no earlier step or ensemble input provides"
+                )
             elif available[tensor] != inputs[model_input]:
-                problems.append(f"{label} input {model_input!r} is {type_name(inputs[model_input])} but ensemble "
-                                f"tensor {tensor!r} is {type_name(available[tensor])}")
+                problems.append(
+                    f"{label} input {model_input!r} is {type_name(inputs[model_input])} but ensemble "
+                    f"tensor {tensor!r} is {type_name(available[tensor])}"
+                )
         unmapped = sorted(set(inputs) - set(step.input_map))
         if unmapped:
             problems.append(f"{label} leaves model inputs {unmapped} unmapped")
         for model_output, tensor in step.output_map.items():
             if model_output not in outputs:
-                problems.append(f"{label} maps output {model_output!r}, which the model does not have "
-                                f"{sorted(outputs)}")
+                problems.append(
+                    f"{label} maps output {model_output!r}, which the model does not have {sorted(outputs)}"
+                )
                 continue
             if tensor in available:
                 problems.append(f"{label} writes ensemble tensor {tensor!r}, which already has a producer")
@@ -201,8 +213,10 @@ def check_ensemble(ensemble: model_config_pb2.ModelConfig, models: dict[str, Any
         if tensor.name not in available:
             problems.append(f"ensemble output {tensor.name!r} is produced by no step")
         elif available[tensor.name] != tensor.data_type:
-            problems.append(f"ensemble output {tensor.name!r} is declared {type_name(tensor.data_type)} but its "
-                            f"step produces {type_name(available[tensor.name])}")
+            problems.append(
+                f"ensemble output {tensor.name!r} is declared {type_name(tensor.data_type)} but its "
+                f"step produces {type_name(available[tensor.name])}"
+            )
     if problems:
         raise TritonExportError(
             f"The Triton ensemble {ensemble.name!r} is wired wrongly: {'; '.join(problems)}.",
@@ -225,8 +239,9 @@ class _TokenizerPlan:
     source: Path
 
 
-def _tokenizer_plan(tokenizer_dir: Path, names: list[str], sequence_length: int,
-                    policy: PaddingPolicy | None = None) -> _TokenizerPlan:
+def _tokenizer_plan(
+    tokenizer_dir: Path, names: list[str], sequence_length: int, policy: PaddingPolicy | None = None
+) -> _TokenizerPlan:
     """Load the tokenizer the workbench uses, and prove that the server's tokenization gives the same ids."""
     from workbench.data import tokenize_batches
     from workbench.models import _load_tokenizer
@@ -265,8 +280,9 @@ def _tokenizer_plan(tokenizer_dir: Path, names: list[str], sequence_length: int,
         )
     plan = _TokenizerPlan(
         json_text=json_text,
-        copies={n: tokenizer_dir / n for n in TOKENIZER_FILES
-                if n != "tokenizer.json" and (tokenizer_dir / n).is_file()},
+        copies={
+            n: tokenizer_dir / n for n in TOKENIZER_FILES if n != "tokenizer.json" and (tokenizer_dir / n).is_file()
+        },
         pad_id=int(tokenizer.pad_token_id),
         pad_token=str(tokenizer.pad_token),
         pad_type_id=int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
@@ -282,11 +298,22 @@ def _tokenizer_plan(tokenizer_dir: Path, names: list[str], sequence_length: int,
         path = Path(folder) / "tokenizer.json"
         path.write_text(json_text, encoding="utf-8")
         served_tokenizer = tokenizer_model.load_tokenizer(
-            path, sequence_length=sequence_length, pad_id=plan.pad_id, pad_token=plan.pad_token,
-            pad_type_id=plan.pad_type_id, padding_side=plan.padding_side, truncation_side=plan.truncation_side)
+            path,
+            sequence_length=sequence_length,
+            pad_id=plan.pad_id,
+            pad_token=plan.pad_token,
+            pad_type_id=plan.pad_type_id,
+            padding_side=plan.padding_side,
+            truncation_side=plan.truncation_side,
+        )
     served = tokenizer_model.encode(served_tokenizer, list(_TOKENIZER_CHECK_TEXTS), {n: np.int64 for n in names})
-    (expected,) = tokenize_batches(tokenizer, _TOKENIZER_CHECK_TEXTS, batch_size=len(_TOKENIZER_CHECK_TEXTS),
-                                   sequence_length=sequence_length, input_names=names)
+    (expected,) = tokenize_batches(
+        tokenizer,
+        _TOKENIZER_CHECK_TEXTS,
+        batch_size=len(_TOKENIZER_CHECK_TEXTS),
+        sequence_length=sequence_length,
+        input_names=names,
+    )
     differ = [n for n in names if served[n].shape != expected[n].shape or not np.array_equal(served[n], expected[n])]
     if differ:
         raise TritonExportError(
@@ -299,8 +326,13 @@ def _tokenizer_plan(tokenizer_dir: Path, names: list[str], sequence_length: int,
     if policy is not None and policy.mode != "fixed":
         from workbench.triton.served import check_served_tokenization
 
-        pad = {"direction": plan.padding_side, "pad_id": plan.pad_id, "pad_type_id": plan.pad_type_id,
-               "pad_token": plan.pad_token, "truncation_side": plan.truncation_side}
+        pad = {
+            "direction": plan.padding_side,
+            "pad_id": plan.pad_id,
+            "pad_type_id": plan.pad_type_id,
+            "pad_token": plan.pad_token,
+            "truncation_side": plan.truncation_side,
+        }
         check_served_tokenization(json_text, tokenizer, names, policy, pad, _TOKENIZER_CHECK_TEXTS, tokenizer_dir)
     return plan
 
@@ -310,8 +342,15 @@ def _string_parameters(cfg: Any, values: dict[str, Any]) -> None:
         cfg.parameters[key].string_value = str(value)
 
 
-def _tokenizer_config(pb2: Any, name: str, config: TritonConfig, outputs: dict[str, int], sequence_length: int,
-                      plan: _TokenizerPlan, policy: PaddingPolicy) -> Any:
+def _tokenizer_config(
+    pb2: Any,
+    name: str,
+    config: TritonConfig,
+    outputs: dict[str, int],
+    sequence_length: int,
+    plan: _TokenizerPlan,
+    policy: PaddingPolicy,
+) -> Any:
     from workbench.triton.served import token_dims
 
     cfg = pb2.ModelConfig(name=name, backend="python", max_batch_size=config.max_batch_size)
@@ -319,11 +358,19 @@ def _tokenizer_config(pb2: Any, name: str, config: TritonConfig, outputs: dict[s
     for output, data_type in outputs.items():
         cfg.output.add(name=output, data_type=data_type, dims=token_dims(policy))
     _python_model_scheduling(pb2, cfg, config, sequence_length)
-    _string_parameters(cfg, {
-        "sequence_length": sequence_length, "pad_id": plan.pad_id, "pad_token": plan.pad_token,
-        "pad_type_id": plan.pad_type_id, "padding_side": plan.padding_side,
-        "truncation_side": plan.truncation_side, "tokenizer_file": "tokenizer.json", **policy.to_parameters(),
-    })
+    _string_parameters(
+        cfg,
+        {
+            "sequence_length": sequence_length,
+            "pad_id": plan.pad_id,
+            "pad_token": plan.pad_token,
+            "pad_type_id": plan.pad_type_id,
+            "padding_side": plan.padding_side,
+            "truncation_side": plan.truncation_side,
+            "tokenizer_file": "tokenizer.json",
+            **policy.to_parameters(),
+        },
+    )
     return cfg
 
 
@@ -336,17 +383,27 @@ def _python_model_scheduling(pb2: Any, cfg: Any, config: TritonConfig, warmup_le
         _add_warmup(cfg, config, warmup_length)
 
 
-def _post_config(pb2: Any, name: str, config: TritonConfig, spec: PostProcessing, model_cfg: Any,
-                 tokenizer_outputs: Mapping[str, int], sequence_length: int, path: Path) -> Any:
+def _post_config(
+    pb2: Any,
+    name: str,
+    config: TritonConfig,
+    spec: PostProcessing,
+    model_cfg: Any,
+    tokenizer_outputs: Mapping[str, int],
+    sequence_length: int,
+    path: Path,
+) -> Any:
     """The config of the task's Python post-processing model: the engine outputs and tokenizer tensors it reads,
     the outputs it returns, its parameters."""
     cfg = pb2.ModelConfig(name=name, backend="python", max_batch_size=config.max_batch_size)
     outputs = {t.name: t for t in model_cfg.output}
     for input_name in spec.model_inputs:
         if input_name not in outputs:
-            raise TritonExportError(f"{path} has no output {input_name!r}, which the task's post-processing reads.",
-                                    expected=f"one of {sorted(outputs)}",
-                                    fix="serve the raw outputs (postprocess=False), or pass the model's task")
+            raise TritonExportError(
+                f"{path} has no output {input_name!r}, which the task's post-processing reads.",
+                expected=f"one of {sorted(outputs)}",
+                fix="serve the raw outputs (postprocess=False), or pass the model's task",
+            )
         produced = outputs[input_name]
         cfg.input.add(name=produced.name, data_type=produced.data_type, dims=list(produced.dims))
     for extra in spec.extra_inputs:
@@ -358,8 +415,9 @@ def _post_config(pb2: Any, name: str, config: TritonConfig, spec: PostProcessing
     return cfg
 
 
-def _task_postprocessing(task: Any, model_cfg: Any, model_config: Mapping[str, Any],
-                         path: Path) -> PostProcessing | None:
+def _task_postprocessing(
+    task: Any, model_cfg: Any, model_config: Mapping[str, Any], path: Path
+) -> PostProcessing | None:
     """The task's post-processing for this model (the task is found from the outputs when not given)."""
     from workbench.errors import ConfigError as _ConfigError
     from workbench.tasks.base import Task, get_task, task_for_outputs
@@ -368,21 +426,34 @@ def _task_postprocessing(task: Any, model_cfg: Any, model_config: Mapping[str, A
     try:
         resolved = task if isinstance(task, Task) else get_task(task) if task is not None else task_for_outputs(ranks)
     except _ConfigError as exc:
-        raise TritonExportError(f"The post-processing of {path} cannot be chosen: {exc.what}", expected=exc.expected,
-                                fix="pass task= the model's task, or postprocess=False for the raw outputs") from exc
+        raise TritonExportError(
+            f"The post-processing of {path} cannot be chosen: {exc.what}",
+            expected=exc.expected,
+            fix="pass task= the model's task, or postprocess=False for the raw outputs",
+        ) from exc
     missing = [o for o in resolved.outputs if o not in ranks]
     if missing and resolved.name != "feature-extraction":
-        raise TritonExportError(f"{path} has no output(s) {missing} for task {resolved.name!r}.",
-                                expected=f"outputs {list(resolved.outputs)}; it has {sorted(ranks)}",
-                                fix="pass the model's task, or postprocess=False for the raw outputs")
+        raise TritonExportError(
+            f"{path} has no output(s) {missing} for task {resolved.name!r}.",
+            expected=f"outputs {list(resolved.outputs)}; it has {sorted(ranks)}",
+            fix="pass the model's task, or postprocess=False for the raw outputs",
+        )
     dims = {t.name: list(t.dims) for t in model_cfg.output}
-    spec = resolved.postprocessing(output_names=[t.name for t in model_cfg.output], output_dims=dims,
-                                   model_config=model_config)
+    spec = resolved.postprocessing(
+        output_names=[t.name for t in model_cfg.output], output_dims=dims, model_config=model_config
+    )
     return spec  # None: the task has no post-processing, the ensemble returns the model's outputs
 
 
-def _ensemble_config(pb2: Any, names: dict[str, str], config: TritonConfig, tokenizer_cfg: Any, model_cfg: Any,
-                     post_cfg: Any | None, post_role: str | None = None) -> Any:
+def _ensemble_config(
+    pb2: Any,
+    names: dict[str, str],
+    config: TritonConfig,
+    tokenizer_cfg: Any,
+    model_cfg: Any,
+    post_cfg: Any | None,
+    post_role: str | None = None,
+) -> Any:
     cfg = pb2.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=config.max_batch_size)
     cfg.input.add(name=ENSEMBLE_TEXT_INPUT, data_type=pb2.DataType.Value("TYPE_STRING"), dims=[1])
     final = post_cfg if post_cfg is not None else model_cfg
@@ -418,8 +489,9 @@ def _resolve_padding(padding: PaddingPolicy | None, sequence_length: int) -> Pad
     return resolve_padding(padding, sequence_length)
 
 
-def _served_names(chain: dict[str, str], policy: PaddingPolicy, spec: PostProcessing | None,
-                  post_role: str | None) -> dict[str, str]:
+def _served_names(
+    chain: dict[str, str], policy: PaddingPolicy, spec: PostProcessing | None, post_role: str | None
+) -> dict[str, str]:
     """The models written: the whole chain, or for the BLS design no tokenizer model (the BLS model tokenizes)
     and no post-processing model when its source offers `postprocess()` (the BLS model runs it)."""
     if policy.batching != "bls":
@@ -508,16 +580,20 @@ def export_triton_ensemble(
             fix="pass TritonConfig(...) or TritonConfig.preset('cpu')",
         )
     if not _is_int(sequence_length) or sequence_length < 2:
-        raise ConfigError(f"sequence_length must be an integer >= 2, got {sequence_length!r}.",
-                          fix="pass the sequence length the model was measured at, for example 128")
+        raise ConfigError(
+            f"sequence_length must be an integer >= 2, got {sequence_length!r}.",
+            fix="pass the sequence length the model was measured at, for example 128",
+        )
     if not isinstance(postprocess, bool):
         raise ConfigError(f"postprocess must be True or False, got {postprocess!r}.")
     policy = _resolve_padding(padding, sequence_length)
     repository = Path(repository)
     tokenizer_dir = Path(tokenizer_dir)
     if repository.exists() and not repository.is_dir():
-        raise TritonExportError(f"The model repository {repository} is a file, not a folder.",
-                                fix="pass a folder (it may already hold other models)")
+        raise TritonExportError(
+            f"The model repository {repository} is a file, not a folder.",
+            fix="pass a folder (it may already hold other models)",
+        )
     pb2 = _model_config_pb2("Writing a Triton model config")
     path = Path(onnx_path)
     # the one engine-specific step: an ONNX model or an OpenVINO IR (by the engine that loads the file)
@@ -554,15 +630,19 @@ def export_triton_ensemble(
         tokenizer_outputs[tensor.name] = tensor.data_type
     for extra in spec.extra_inputs if spec is not None else ():
         if extra not in TOKENIZER_OUTPUTS:
-            raise TritonExportError(f"The task's post-processing reads {extra!r}, which the tokenizer does not make.",
-                                    expected=f"tensors among {list(TOKENIZER_OUTPUTS)}")
+            raise TritonExportError(
+                f"The task's post-processing reads {extra!r}, which the tokenizer does not make.",
+                expected=f"tensors among {list(TOKENIZER_OUTPUTS)}",
+            )
         tokenizer_outputs.setdefault(extra, pb2.DataType.Value("TYPE_INT64"))
     plan = _tokenizer_plan(tokenizer_dir, list(tokenizer_outputs), sequence_length, policy)
 
-    tokenizer_cfg = _tokenizer_config(pb2, chain["tokenizer"], config, tokenizer_outputs, sequence_length, plan,
-                                      policy)
-    post_cfg = _post_config(pb2, chain[post_role], config, spec, model_cfg, tokenizer_outputs, sequence_length,
-                            path) if spec is not None and post_role is not None else None
+    tokenizer_cfg = _tokenizer_config(pb2, chain["tokenizer"], config, tokenizer_outputs, sequence_length, plan, policy)
+    post_cfg = (
+        _post_config(pb2, chain[post_role], config, spec, model_cfg, tokenizer_outputs, sequence_length, path)
+        if spec is not None and post_role is not None
+        else None
+    )
     ensemble_cfg = _ensemble_config(pb2, chain, config, tokenizer_cfg, model_cfg, post_cfg, post_role)
     configs = {chain["tokenizer"]: tokenizer_cfg, chain["model"]: model_cfg, chain["ensemble"]: ensemble_cfg}
     if post_cfg is not None and post_role is not None:
@@ -571,25 +651,53 @@ def export_triton_ensemble(
     if policy.batching == "bls":  # the checked chain, with tokenizing and batching moved into one BLS model
         from workbench.triton.served import bls_configs
 
-        configs = {cfg.name: cfg for cfg in bls_configs(
-            pb2, chain, config, policy, tokenizer_cfg, model_cfg, post_cfg, ensemble_cfg, post_role=post_role,
-            inline=post_role is not None and post_role not in names).values()}
+        configs = {
+            cfg.name: cfg
+            for cfg in bls_configs(
+                pb2,
+                chain,
+                config,
+                policy,
+                tokenizer_cfg,
+                model_cfg,
+                post_cfg,
+                ensemble_cfg,
+                post_role=post_role,
+                inline=post_role is not None and post_role not in names,
+            ).values()
+        }
     model_cfg = configs[names["model"]]
     texts = {name: checked_text(cfg) for name, cfg in configs.items()}
     output_names = tuple(t.name for t in ensemble_cfg.output)
 
-    record = _provenance_record(names=names, onnx_path=path, tokenizer_dir=tokenizer_dir,
-                                tokenizer_json=plan.json_text, sequence_length=sequence_length, postprocessing=spec,
-                                config=config, provided=provenance, padding=policy)
-    readme = _readme_text(names, sequence_length=sequence_length, postprocessing=spec, padding=policy,
-                          output_names=output_names, config=config, model_cfg=model_cfg,
-                          provided=[k for k in record if k not in _COMPUTED_PROVENANCE_KEYS])
+    record = _provenance_record(
+        names=names,
+        onnx_path=path,
+        tokenizer_dir=tokenizer_dir,
+        tokenizer_json=plan.json_text,
+        sequence_length=sequence_length,
+        postprocessing=spec,
+        config=config,
+        provided=provenance,
+        padding=policy,
+    )
+    readme = _readme_text(
+        names,
+        sequence_length=sequence_length,
+        postprocessing=spec,
+        padding=policy,
+        output_names=output_names,
+        config=config,
+        model_cfg=model_cfg,
+        provided=[k for k in record if k not in _COMPUTED_PROVENANCE_KEYS],
+    )
 
     def model_folder(name: str, populate_versions: Callable[[Path], None]) -> Callable[[Path], None]:
         def populate(folder: Path) -> None:
             folder.mkdir()
             (folder / CONFIG_FILENAME).write_text(texts[name], encoding="utf-8")
             populate_versions(folder)
+
         return populate
 
     def python_model(source: Path, extra: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
@@ -599,6 +707,7 @@ def export_triton_ensemble(
             shutil.copyfile(source, version_dir / "model.py")
             if extra is not None:
                 extra(version_dir)
+
         return populate
 
     def tokenizer_files(version_dir: Path) -> None:
@@ -612,6 +721,7 @@ def export_triton_ensemble(
     def text_file(content: str) -> Callable[[Path], None]:
         def write(target: Path) -> None:
             target.write_text(content, encoding="utf-8")
+
         return write
 
     import json
@@ -656,8 +766,13 @@ def export_triton_ensemble(
         model_dir = repository / name
         relative = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*") if p.is_file())
         ordered = sorted(relative, key=lambda p: (p.name != CONFIG_FILENAME, len(p.parts), str(p)))
-        return TritonExportResult(repository=repository, model_dir=model_dir, model_name=name,
-                                  config_text=texts[name], files=tuple(model_dir / p for p in ordered))
+        return TritonExportResult(
+            repository=repository,
+            model_dir=model_dir,
+            model_name=name,
+            config_text=texts[name],
+            files=tuple(model_dir / p for p in ordered),
+        )
 
     return TritonEnsembleResult(
         repository=repository,

@@ -57,15 +57,35 @@ from workbench.triton.writer import _Entry, _write_repository_entries
 
 GENERATION_MODEL_FILE = "decoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-INPUTS = (("TEXT", "TYPE_STRING", False), ("MAX_NEW_TOKENS", "TYPE_INT32", True), ("DO_SAMPLE", "TYPE_BOOL", True),
-          ("TEMPERATURE", "TYPE_FP32", True), ("TOP_K", "TYPE_INT32", True), ("TOP_P", "TYPE_FP32", True),
-          ("SEED", "TYPE_INT64", True))
+INPUTS = (
+    ("TEXT", "TYPE_STRING", False),
+    ("MAX_NEW_TOKENS", "TYPE_INT32", True),
+    ("DO_SAMPLE", "TYPE_BOOL", True),
+    ("TEMPERATURE", "TYPE_FP32", True),
+    ("TOP_K", "TYPE_INT32", True),
+    ("TOP_P", "TYPE_FP32", True),
+    ("SEED", "TYPE_INT64", True),
+)
 OUTPUTS = (("TEXT_OUTPUT", "TYPE_STRING"), ("TOKEN_ID", "TYPE_INT64"), ("FINISH_REASON", "TYPE_STRING"))
 #: Prompts the export encodes (and continuations it decodes) both ways to prove the served tokenizer agrees.
-_CHECK_TEXTS = ("Hello world!", "Ünïcödé, café, naïve — and émojis 🙂", "  leading spaces and\ttabs",
-                "def add(a, b):\n    return a + b", "SELECT 1;", "a")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                    "vocab.json", "merges.txt", "tokenizer.model", "spiece.model")
+_CHECK_TEXTS = (
+    "Hello world!",
+    "Ünïcödé, café, naïve — and émojis 🙂",
+    "  leading spaces and\ttabs",
+    "def add(a, b):\n    return a + b",
+    "SELECT 1;",
+    "a",
+)
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
 
 
 @dataclass(frozen=True)
@@ -92,14 +112,21 @@ class GenerationServingConfig(StageConfig):
 
     def __post_init__(self) -> None:
         _check_model_name(self.model_name)
-        for name, minimum in (("version", 1), ("max_new_tokens_default", 1), ("max_new_tokens_limit", 1),
-                              ("workers", 1), ("intra_op_threads", 0)):
+        for name, minimum in (
+            ("version", 1),
+            ("max_new_tokens_default", 1),
+            ("max_new_tokens_limit", 1),
+            ("workers", 1),
+            ("intra_op_threads", 0),
+        ):
             _check_int(self, name, minimum=minimum)
         if self.max_new_tokens_default > self.max_new_tokens_limit:
             raise ConfigError(
                 f"GenerationServingConfig.max_new_tokens_default ({self.max_new_tokens_default}) is above "
                 f"max_new_tokens_limit ({self.max_new_tokens_limit}), so a request without MAX_NEW_TOKENS would be "
-                "refused.", fix="lower the default or raise the limit")
+                "refused.",
+                fix="lower the default or raise the limit",
+            )
 
 
 @dataclass(frozen=True)
@@ -129,14 +156,22 @@ class TritonGenerationResult:
         return (self.model.model_name,)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"repository": str(self.repository), "model_name": self.model_name, "model": self.model.to_dict(),
-                "readme": str(self.readme), "provenance": str(self.provenance), "spec": dict(vars(self.spec))}
+        return {
+            "repository": str(self.repository),
+            "model_name": self.model_name,
+            "model": self.model.to_dict(),
+            "readme": str(self.readme),
+            "provenance": str(self.provenance),
+            "spec": dict(vars(self.spec)),
+        }
 
     def _repr_html_(self) -> str:
-        return (f"<b>Triton generation model</b> <code>{html.escape(self.model_name)}</code> (TEXT &rarr; streamed "
-                f"TEXT_OUTPUT, decoupled) in <code>{html.escape(str(self.repository))}</code>; serve it with "
-                f"<code>tritonserver --model-repository={html.escape(str(self.repository))}</code> and a streaming "
-                f"gRPC client.<pre>{html.escape(self.model.config_text)}</pre>")
+        return (
+            f"<b>Triton generation model</b> <code>{html.escape(self.model_name)}</code> (TEXT &rarr; streamed "
+            f"TEXT_OUTPUT, decoupled) in <code>{html.escape(str(self.repository))}</code>; serve it with "
+            f"<code>tritonserver --model-repository={html.escape(str(self.repository))}</code> and a streaming "
+            f"gRPC client.<pre>{html.escape(self.model.config_text)}</pre>"
+        )
 
 
 def generation_model_config(config: GenerationServingConfig) -> Any:
@@ -150,10 +185,14 @@ def generation_model_config(config: GenerationServingConfig) -> Any:
     for name, data_type in OUTPUTS:
         cfg.output.add(name=name, data_type=pb2.DataType.Value(data_type), dims=[1])
     cfg.instance_group.add(count=1, kind=pb2.ModelInstanceGroup.Kind.Value("KIND_CPU"))
-    for key, value in {"model_file": GENERATION_MODEL_FILE, "tokenizer_file": TOKENIZER_FILE,
-                       "max_new_tokens_default": config.max_new_tokens_default,
-                       "max_new_tokens_limit": config.max_new_tokens_limit, "workers": config.workers,
-                       "intra_op_thread_count": config.intra_op_threads}.items():
+    for key, value in {
+        "model_file": GENERATION_MODEL_FILE,
+        "tokenizer_file": TOKENIZER_FILE,
+        "max_new_tokens_default": config.max_new_tokens_default,
+        "max_new_tokens_limit": config.max_new_tokens_limit,
+        "workers": config.workers,
+        "intra_op_thread_count": config.intra_op_threads,
+    }.items():
         cfg.parameters[key].string_value = str(value)
     return cfg
 
@@ -174,8 +213,10 @@ def check_served_tokenizer(tokenizer_dir: Path, json_text: str) -> Any:
     except WorkbenchError:
         raise
     except Exception as exc:
-        raise ModelSourceError(f"Could not load a tokenizer from {tokenizer_dir}: {type(exc).__name__}: {exc}",
-                               fix="pass the Hugging Face model folder, which holds the tokenizer files") from exc
+        raise ModelSourceError(
+            f"Could not load a tokenizer from {tokenizer_dir}: {type(exc).__name__}: {exc}",
+            fix="pass the Hugging Face model folder, which holds the tokenizer files",
+        ) from exc
     served = Tokenizer.from_str(json_text)
     expected = [list(map(int, tokenizer(t, add_special_tokens=True)["input_ids"])) for t in _CHECK_TEXTS]
     problems = []
@@ -191,7 +232,8 @@ def check_served_tokenizer(tokenizer_dir: Path, json_text: str) -> Any:
             f"{tokenizer_dir}: {'; '.join(problems[:3])}. The server would generate from other ids than the ones "
             "the workbench checked.",
             fix="save the tokenizer again with a current transformers (tokenizer.save_pretrained(DIR)), which "
-            "writes a tokenizer.json that matches it")
+            "writes a tokenizer.json that matches it",
+        )
     return tokenizer
 
 
@@ -254,29 +296,39 @@ def export_triton_generation(
         raise ConfigError(f"export_triton_generation() takes a GenerationServingConfig, not {type(config).__name__}.")
     onnx_path, repository, tokenizer_dir = Path(onnx_path), Path(repository), Path(tokenizer_dir)
     if repository.exists() and not repository.is_dir():
-        raise TritonExportError(f"The model repository {repository} is a file, not a folder.",
-                                fix="pass a folder (it may already hold other models)")
+        raise TritonExportError(
+            f"The model repository {repository} is a file, not a folder.",
+            fix="pass a folder (it may already hold other models)",
+        )
     names = [config.model_name, README_FILENAME, PROVENANCE_FILENAME]
     existing = [n for n in names if (repository / n).exists() or (repository / n).is_symlink()]
     if existing and not overwrite:
-        raise TritonExportError(f"{', '.join(str(repository / n) for n in existing)} already exist(s) in the "
-                                "repository; nothing was changed.",
-                                fix="pass overwrite=True, or choose another GenerationServingConfig.model_name")
+        raise TritonExportError(
+            f"{', '.join(str(repository / n) for n in existing)} already exist(s) in the "
+            "repository; nothing was changed.",
+            fix="pass overwrite=True, or choose another GenerationServingConfig.model_name",
+        )
     spec = read_decoder_spec(onnx_path)
     if not (tokenizer_dir / TOKENIZER_FILE).is_file():
-        raise ModelSourceError(f"{tokenizer_dir} has no {TOKENIZER_FILE}, which the served model reads with the "
-                               "`tokenizers` package.", fix="save a fast tokenizer: tokenizer.save_pretrained(DIR)")
+        raise ModelSourceError(
+            f"{tokenizer_dir} has no {TOKENIZER_FILE}, which the served model reads with the `tokenizers` package.",
+            fix="save a fast tokenizer: tokenizer.save_pretrained(DIR)",
+        )
     json_text = (tokenizer_dir / TOKENIZER_FILE).read_text(encoding="utf-8")
     check_served_tokenizer(tokenizer_dir, json_text)
     if config.max_new_tokens_default >= spec.max_positions:
-        raise ConfigError(f"max_new_tokens_default {config.max_new_tokens_default} is not below the model's "
-                          f"{spec.max_positions} positions.",
-                          fix="lower GenerationServingConfig.max_new_tokens_default")
+        raise ConfigError(
+            f"max_new_tokens_default {config.max_new_tokens_default} is not below the model's "
+            f"{spec.max_positions} positions.",
+            fix="lower GenerationServingConfig.max_new_tokens_default",
+        )
     cfg = generation_model_config(config)
     text = render_model_config(cfg)
     if parse_model_config(text) != cfg:
-        raise TritonExportError("The rendered Triton config does not parse back to the config it was rendered from.",
-                                fix="report this as a workbench bug")
+        raise TritonExportError(
+            "The rendered Triton config does not parse back to the config it was rendered from.",
+            fix="report this as a workbench bug",
+        )
     model = load_onnx(onnx_path)  # with its weights: the version folder gets one self-contained file
 
     def model_folder(folder: Path) -> None:
@@ -293,18 +345,31 @@ def export_triton_generation(
             if name != TOKENIZER_FILE and (tokenizer_dir / name).is_file():
                 shutil.copyfile(tokenizer_dir / name, version / name)
 
-    record = _plain_json({
-        "format": "workbench-triton-generation/1", "model": config.model_name, "decoder": str(onnx_path),
-        "decoder_spec": dict(vars(spec)), "tokenizer": str(tokenizer_dir), "serving": config.to_dict(),
-        "libraries": _library_versions(), **dict(provenance or {})}, "")
+    record = _plain_json(
+        {
+            "format": "workbench-triton-generation/1",
+            "model": config.model_name,
+            "decoder": str(onnx_path),
+            "decoder_spec": dict(vars(spec)),
+            "tokenizer": str(tokenizer_dir),
+            "serving": config.to_dict(),
+            "libraries": _library_versions(),
+            **dict(provenance or {}),
+        },
+        "",
+    )
 
     def text_file(content: str) -> Callable[[Path], None]:
         def write(target: Path) -> None:
             target.write_text(content, encoding="utf-8")
+
         return write
 
-    entries = [_Entry(config.model_name, model_folder), _Entry(README_FILENAME, text_file(_readme(config, spec))),
-               _Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2) + "\n"))]
+    entries = [
+        _Entry(config.model_name, model_folder),
+        _Entry(README_FILENAME, text_file(_readme(config, spec))),
+        _Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2) + "\n")),
+    ]
     created = not repository.exists()
     try:
         repository.mkdir(parents=True, exist_ok=True)
@@ -314,19 +379,29 @@ def export_triton_generation(
         raise
     except OSError as exc:
         _remove_if_empty(repository, created)
-        raise TritonExportError(f"Writing the generation repository {repository} failed: {exc}. Nothing was moved "
-                                "into place.", fix="check free disk space and permissions") from exc
+        raise TritonExportError(
+            f"Writing the generation repository {repository} failed: {exc}. Nothing was moved into place.",
+            fix="check free disk space and permissions",
+        ) from exc
     except BaseException:
         _remove_if_empty(repository, created)
         raise
     model_dir = repository / config.model_name
-    files = tuple(sorted((p for p in model_dir.rglob("*") if p.is_file()),
-                         key=lambda p: (p.name != CONFIG_FILENAME, len(p.relative_to(model_dir).parts), str(p))))
+    files = tuple(
+        sorted(
+            (p for p in model_dir.rglob("*") if p.is_file()),
+            key=lambda p: (p.name != CONFIG_FILENAME, len(p.relative_to(model_dir).parts), str(p)),
+        )
+    )
     return TritonGenerationResult(
         repository=repository,
-        model=TritonExportResult(repository=repository, model_dir=model_dir, model_name=config.model_name,
-                                 config_text=text, files=files),
-        readme=repository / README_FILENAME, provenance=repository / PROVENANCE_FILENAME, spec=spec)
+        model=TritonExportResult(
+            repository=repository, model_dir=model_dir, model_name=config.model_name, config_text=text, files=files
+        ),
+        readme=repository / README_FILENAME,
+        provenance=repository / PROVENANCE_FILENAME,
+        spec=spec,
+    )
 
 
 def _library_versions() -> dict[str, str]:

@@ -62,7 +62,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from tritonclient.grpc import model_config_pb2
 
 
-
 # --------------------------------------------------------------------------------------------------------------
 # ONNX graph -> ModelConfig
 
@@ -175,9 +174,7 @@ def _add_scheduling(pb2: Any, cfg: Any, config: TritonConfig) -> None:
         cfg.dynamic_batching.SetInParent()
         cfg.dynamic_batching.preferred_batch_size.extend(config.preferred_batch_sizes)
         cfg.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
-    cfg.instance_group.add(
-        count=config.instance_count, kind=pb2.ModelInstanceGroup.Kind.Value(config.instance_kind)
-    )
+    cfg.instance_group.add(count=config.instance_count, kind=pb2.ModelInstanceGroup.Kind.Value(config.instance_kind))
 
 
 def _add_warmup(cfg: Any, config: TritonConfig, length: int) -> None:
@@ -309,6 +306,7 @@ def _write_model_folder(
             f"Triton model folder {model_dir} already exists; nothing was changed.",
             fix="pass overwrite=True to replace it, or choose another TritonConfig.model_name",
         )
+
     def folder(target: Path) -> None:
         target.mkdir()
         (target / CONFIG_FILENAME).write_text(config_text, encoding="utf-8")
@@ -400,8 +398,7 @@ def _external_data_plan(onnx: Any, model: Any, path: Path) -> tuple[dict[str, Pa
         target = f"{ONNX_MODEL_FILENAME}.data" if location == conventional else str(relative)
         if target == ONNX_MODEL_FILENAME or target in copies:
             raise TritonExportError(
-                f"{path}'s external data file {location!r} would collide with {target!r} in the Triton version "
-                "folder.",
+                f"{path}'s external data file {location!r} would collide with {target!r} in the Triton version folder.",
                 fix=f"save the model with its weights in one file named '{ONNX_MODEL_FILENAME}.data'",
             )
         copies[target] = source
@@ -636,8 +633,9 @@ def model_config_from_openvino(
             data_type = OPENVINO_TO_TRITON_DTYPE.get(element)
             shape = port.get_partial_shape()
             if data_type is None:
-                problems.append(f"{kind} {name!r} has element type {element}, which Triton's openvino backend "
-                                "does not convert")
+                problems.append(
+                    f"{kind} {name!r} has element type {element}, which Triton's openvino backend does not convert"
+                )
             if shape.rank.is_dynamic:
                 problems.append(f"{kind} {name!r} has an unknown rank")
                 continue
@@ -661,12 +659,16 @@ def model_config_from_openvino(
             "not reshape the IR to a fixed batch before saving it",
         )
     if problems:
-        raise TritonExportError(f"{path} cannot be described in a Triton config: {'; '.join(problems)}.",
-                                expected=f"tensors of known rank with element types among "
-                                         f"{sorted(OPENVINO_TO_TRITON_DTYPE)}")
+        raise TritonExportError(
+            f"{path} cannot be described in a Triton config: {'; '.join(problems)}.",
+            expected=f"tensors of known rank with element types among {sorted(OPENVINO_TO_TRITON_DTYPE)}",
+        )
     _add_scheduling(pb2, cfg, config)
-    parameters = {"PERFORMANCE_HINT": config.openvino_hint, "INFERENCE_NUM_THREADS": config.openvino_threads,
-                  "NUM_STREAMS": config.openvino_streams}
+    parameters = {
+        "PERFORMANCE_HINT": config.openvino_hint,
+        "INFERENCE_NUM_THREADS": config.openvino_threads,
+        "NUM_STREAMS": config.openvino_streams,
+    }
     for key, value in parameters.items():
         if value is not None:
             cfg.parameters[key].string_value = str(value)

@@ -87,8 +87,10 @@ class PaddingPolicy(StageConfig):
         check_choice(self, "mode", PADDING_MODES)
         check_choice(self, "batching", BATCHING_MODES)
         if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length < 2:
-            raise ConfigError(f"PaddingPolicy.max_length must be an integer >= 2, got {self.max_length!r}.",
-                              fix="pass the sequence length the model was evaluated at, for example 128")
+            raise ConfigError(
+                f"PaddingPolicy.max_length must be an integer >= 2, got {self.max_length!r}.",
+                fix="pass the sequence length the model was evaluated at, for example 128",
+            )
         buckets = self.buckets
         if isinstance(buckets, list):
             buckets = tuple(buckets)
@@ -99,18 +101,21 @@ class PaddingPolicy(StageConfig):
             if self.mode != "buckets":
                 raise ConfigError(
                     f"PaddingPolicy.buckets is set but mode is {self.mode!r}, which does not use buckets.",
-                    fix="set mode='buckets', or leave buckets empty")
+                    fix="set mode='buckets', or leave buckets empty",
+                )
             if list(buckets) != sorted(set(buckets)) or buckets[0] < 1 or buckets[-1] != self.max_length:
                 raise ConfigError(
                     f"PaddingPolicy.buckets {list(buckets)} must increase strictly, start at 1 or more and end at "
                     f"max_length ({self.max_length}).",
                     expected=f"for example {list(default_buckets(self.max_length))}",
-                    fix="list the padded lengths in increasing order, ending with max_length")
+                    fix="list the padded lengths in increasing order, ending with max_length",
+                )
         if self.batching == "ensemble" and self.mode == "longest":
             raise ConfigError(
                 "PaddingPolicy mode 'longest' with batching 'ensemble' pads each request to its own length, so "
                 "the engine's dynamic batcher (which merges only requests of one shape) would hardly ever batch.",
-                fix="use mode='buckets' with batching='ensemble', or batching='bls' with mode='longest'")
+                fix="use mode='buckets' with batching='ensemble', or batching='bls' with mode='longest'",
+            )
 
     @classmethod
     def fixed(cls, max_length: int) -> PaddingPolicy:
@@ -134,19 +139,26 @@ class PaddingPolicy(StageConfig):
 
     def describe(self) -> str:
         """One line for tables and READMEs."""
-        padding = {"fixed": f"every text padded to {self.max_length} tokens",
-                   "buckets": f"each text padded to the smallest of {list(self.bucket_lengths)} tokens",
-                   "longest": f"each engine call padded to its longest text (at most {self.max_length} tokens)"}
-        batching = {"ensemble": "the engine's dynamic batcher merges same-shape requests (ensemble)",
-                    "bls": "one Python model batches every queued text and calls the engine per padded length "
-                           "(BLS)"}
+        padding = {
+            "fixed": f"every text padded to {self.max_length} tokens",
+            "buckets": f"each text padded to the smallest of {list(self.bucket_lengths)} tokens",
+            "longest": f"each engine call padded to its longest text (at most {self.max_length} tokens)",
+        }
+        batching = {
+            "ensemble": "the engine's dynamic batcher merges same-shape requests (ensemble)",
+            "bls": "one Python model batches every queued text and calls the engine per padded length (BLS)",
+        }
         return f"{padding[self.mode]}; {batching[self.batching]}"
 
     def to_parameters(self) -> dict[str, str]:
         """The config.pbtxt string parameters that tell the served tokenizer (or BLS model) this policy."""
-        return {"padding": self.mode, "max_length": str(self.max_length),
-                "buckets": ",".join(str(b) for b in self.bucket_lengths), "batching": self.batching,
-                "padding_policy": self.to_json()}
+        return {
+            "padding": self.mode,
+            "max_length": str(self.max_length),
+            "buckets": ",".join(str(b) for b in self.bucket_lengths),
+            "batching": self.batching,
+            "padding_policy": self.to_json(),
+        }
 
     # ------------------------------------------------------------------------------------------ evaluation
 
@@ -182,8 +194,9 @@ class PaddingPolicy(StageConfig):
                 calls.append((tuple(chunk), self.padded_length(max(lengths[i] for i in chunk))))
         return calls
 
-    def encode(self, tokenizer: Any, texts: Sequence[str], batch_size: int, *,
-               input_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def encode(
+        self, tokenizer: Any, texts: Sequence[str], batch_size: int, *, input_names: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Tokenize `texts` exactly as the served repository does: one int64 feed dict per engine call.
 
         The feed dicts follow `batches(token_lengths(tokenizer, texts), batch_size)`: with mode "buckets" the
@@ -201,8 +214,13 @@ class PaddingPolicy(StageConfig):
         calls = self.batches(self.token_lengths(tokenizer, texts), batch_size)
         feeds = []
         for indices, length in calls:
-            encoded = tokenizer([texts[i] for i in indices], padding="max_length", truncation=True,
-                                max_length=length, return_tensors="np")
+            encoded = tokenizer(
+                [texts[i] for i in indices],
+                padding="max_length",
+                truncation=True,
+                max_length=length,
+                return_tensors="np",
+            )
             names = list(input_names) if input_names is not None else list(encoded.keys())
             missing = [n for n in names if n not in encoded]
             if missing:
@@ -216,5 +234,4 @@ class PaddingPolicy(StageConfig):
     def padded_tokens(self, lengths: Sequence[int], batch_size: int) -> tuple[int, int]:
         """(tokens the engine computes, tokens of the texts) for texts served `batch_size` at a time."""
         calls = self.batches(lengths, batch_size)
-        return (sum(len(indices) * length for indices, length in calls),
-                sum(min(n, self.max_length) for n in lengths))
+        return (sum(len(indices) * length for indices, length in calls), sum(min(n, self.max_length) for n in lengths))

@@ -15,17 +15,35 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     pass
 
 
-
 README_FILENAME = "README.md"
 PROVENANCE_FILENAME = "provenance.json"
 PROVENANCE_FORMAT = "workbench-triton-provenance/1"
 _COMPUTED_PROVENANCE_KEYS = (
-    "format", "created_utc", "ensemble", "models", "onnx_model", "tokenizer", "sequence_length", "postprocessing",
-    "triton_config", "libraries", "hardware", "padding",
+    "format",
+    "created_utc",
+    "ensemble",
+    "models",
+    "onnx_model",
+    "tokenizer",
+    "sequence_length",
+    "postprocessing",
+    "triton_config",
+    "libraries",
+    "hardware",
+    "padding",
 )
 _LIBRARIES = (
-    "inference-workbench", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers", "transformers", "torch", "numpy",
-    "protobuf", "tritonclient", "nvidia-pytriton",
+    "inference-workbench",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tokenizers",
+    "transformers",
+    "torch",
+    "numpy",
+    "protobuf",
+    "tritonclient",
+    "nvidia-pytriton",
 )
 
 
@@ -73,8 +91,16 @@ def _sha256(path: Path) -> str:
 
 
 def _provenance_record(
-    *, names: dict[str, str], onnx_path: Path, tokenizer_dir: Path, tokenizer_json: str, sequence_length: int,
-    postprocessing: Any, config: TritonConfig, provided: Mapping[str, Any] | None, padding: Any = None,
+    *,
+    names: dict[str, str],
+    onnx_path: Path,
+    tokenizer_dir: Path,
+    tokenizer_json: str,
+    sequence_length: int,
+    postprocessing: Any,
+    config: TritonConfig,
+    provided: Mapping[str, Any] | None,
+    padding: Any = None,
 ) -> dict[str, Any]:
     import datetime
     import hashlib
@@ -88,16 +114,22 @@ def _provenance_record(
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "ensemble": names["ensemble"],
         "models": dict(names),
-        "onnx_model": {"source_path": str(onnx_path), "sha256": _sha256(onnx_path),
-                       "bytes": onnx_path.stat().st_size},
+        "onnx_model": {"source_path": str(onnx_path), "sha256": _sha256(onnx_path), "bytes": onnx_path.stat().st_size},
         "tokenizer": {"source_path": str(tokenizer_dir), "tokenizer_json_sha256": tokenizer_sha256},
         "sequence_length": sequence_length,
-        "postprocessing": None if postprocessing is None else {
-            "model": postprocessing.source, "outputs": [o.name for o in postprocessing.outputs],
-            "parameters": dict(postprocessing.parameters)},
+        "postprocessing": None
+        if postprocessing is None
+        else {
+            "model": postprocessing.source,
+            "outputs": [o.name for o in postprocessing.outputs],
+            "parameters": dict(postprocessing.parameters),
+        },
         "triton_config": config.to_dict(),
-        "padding": ({**padding.to_dict(), "buckets": list(padding.bucket_lengths), "description": padding.describe()}
-                    if padding is not None else None),
+        "padding": (
+            {**padding.to_dict(), "buckets": list(padding.bucket_lengths), "description": padding.describe()}
+            if padding is not None
+            else None
+        ),
         "libraries": {n: v for n in _LIBRARIES if (v := installed_distribution(n))},
         "hardware": machine_info(),
     }
@@ -120,23 +152,36 @@ def _provenance_record(
     return record
 
 
-def _readme_text(result_names: dict[str, str], *, sequence_length: int, postprocessing: Any,
-                 output_names: tuple[str, ...], config: TritonConfig, model_cfg: Any, provided: list[str],
-                 padding: Any = None) -> str:
+def _readme_text(
+    result_names: dict[str, str],
+    *,
+    sequence_length: int,
+    postprocessing: Any,
+    output_names: tuple[str, ...],
+    config: TritonConfig,
+    model_cfg: Any,
+    provided: list[str],
+    padding: Any = None,
+) -> str:
     ensemble = result_names["ensemble"]
     padded = padding.describe() if padding is not None else f"texts padded to {sequence_length} tokens"
     if padding is not None and padding.batching == "bls":
-        return _bls_readme_text(result_names, padded=padded, output_names=output_names, config=config,
-                                provided=provided)
-    steps = [f"`{result_names['tokenizer']}` (Python backend: `tokenizers`, texts truncated to "
-             f"{sequence_length} tokens; {padded})",
-             f"`{result_names['model']}` (ONNX Runtime, dynamic batching up to {config.max_batch_size}, "
-             f"{config.instance_count} x {config.instance_kind}"
-             + (", TensorRT FP16 accelerator" if config.ort_gpu_tensorrt_fp16 else "") + ")"]
+        return _bls_readme_text(
+            result_names, padded=padded, output_names=output_names, config=config, provided=provided
+        )
+    steps = [
+        f"`{result_names['tokenizer']}` (Python backend: `tokenizers`, texts truncated to "
+        f"{sequence_length} tokens; {padded})",
+        f"`{result_names['model']}` (ONNX Runtime, dynamic batching up to {config.max_batch_size}, "
+        f"{config.instance_count} x {config.instance_kind}"
+        + (", TensorRT FP16 accelerator" if config.ort_gpu_tensorrt_fp16 else "")
+        + ")",
+    ]
     if postprocessing is not None:
-        described = {"pooling_model.py": "attention-mask-aware mean pooling, L2-normalised",
-                     "labels_model.py": "the label (id2label) and the class probabilities"}.get(
-                         postprocessing.source, f"the task's post-processing ({postprocessing.source})")
+        described = {
+            "pooling_model.py": "attention-mask-aware mean pooling, L2-normalised",
+            "labels_model.py": "the label (id2label) and the class probabilities",
+        }.get(postprocessing.source, f"the task's post-processing ({postprocessing.source})")
         steps.append(f"`{result_names[postprocessing.suffix.lstrip('_')]}` (Python backend, numpy: {described})")
     from workbench.triton.python_models.tokenizer_model import MAX_TEXT_BYTES as max_text_bytes
 
@@ -189,8 +234,9 @@ print(result.as_numpy("{output_names[0]}").shape)
 """
 
 
-def _bls_readme_text(names: dict[str, str], *, padded: str, output_names: tuple[str, ...], config: TritonConfig,
-                     provided: list[str]) -> str:
+def _bls_readme_text(
+    names: dict[str, str], *, padded: str, output_names: tuple[str, ...], config: TritonConfig, provided: list[str]
+) -> str:
     ensemble = names["ensemble"]
     called = [role for role in names if role not in ("model", "ensemble", "tokenizer")]
     post = "".join(f" and `{names[role]}`" for role in called)
@@ -202,7 +248,7 @@ Written by the Inference Workbench (`export_triton_ensemble`). Send texts, get {
 
 `{ensemble}` is a Python-backend model (business-logic scripting) behind Triton's dynamic batcher (up to
 {config.max_batch_size} texts, {config.max_queue_delay_us} us queue delay, {config.instance_count} instance(s)).
-For each batch it tokenizes every text with `tokenizers` ({padded}) and, per padded length, calls `{names['model']}`
+For each batch it tokenizes every text with `tokenizers` ({padded}) and, per padded length, calls `{names["model"]}`
 (ONNX Runtime){post} once{"" if called else ", then post-processes the outputs itself"}. Its input and outputs are
 those of the ensemble the workbench writes with fixed padding, so clients do not change with the padding policy.
 

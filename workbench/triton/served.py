@@ -22,12 +22,15 @@ def resolve_padding(padding: PaddingPolicy | None, sequence_length: int) -> Padd
     if padding is None:
         return PaddingPolicy(max_length=sequence_length)
     if not isinstance(padding, PaddingPolicy):
-        raise ConfigError(f"padding must be a PaddingPolicy or None, not {type(padding).__name__}.",
-                          fix="pass PaddingPolicy(max_length=...) or PaddingPolicy.preset('fixed', max_length=...)")
+        raise ConfigError(
+            f"padding must be a PaddingPolicy or None, not {type(padding).__name__}.",
+            fix="pass PaddingPolicy(max_length=...) or PaddingPolicy.preset('fixed', max_length=...)",
+        )
     if padding.max_length != sequence_length:
         raise ConfigError(
             f"PaddingPolicy.max_length ({padding.max_length}) differs from sequence_length ({sequence_length}).",
-            fix=f"pass PaddingPolicy(..., max_length={sequence_length}) (the length texts are truncated to)")
+            fix=f"pass PaddingPolicy(..., max_length={sequence_length}) (the length texts are truncated to)",
+        )
     return padding
 
 
@@ -36,8 +39,15 @@ def token_dims(policy: PaddingPolicy) -> list[int]:
     return [policy.max_length] if policy.mode == "fixed" else [-1]
 
 
-def check_served_tokenization(json_text: str, tokenizer: Any, names: list[str], policy: PaddingPolicy,
-                              pad: dict[str, Any], texts: tuple[str, ...], tokenizer_dir: Path) -> None:
+def check_served_tokenization(
+    json_text: str,
+    tokenizer: Any,
+    names: list[str],
+    policy: PaddingPolicy,
+    pad: dict[str, Any],
+    texts: tuple[str, ...],
+    tokenizer_dir: Path,
+) -> None:
     """Prove that the server pads each text as `policy.encode` (what the accuracy stage evaluates) does.
 
     Each text alone (its own group): the served `tokenizers` encoding padded to `policy.padded_length` must give
@@ -51,17 +61,25 @@ def check_served_tokenization(json_text: str, tokenizer: Any, names: list[str], 
         path = Path(folder) / "tokenizer.json"
         path.write_text(json_text, encoding="utf-8")
         served_tokenizer = tokenizer_model.load_tokenizer(
-            path, sequence_length=policy.max_length, pad_id=pad["pad_id"], pad_token=pad["pad_token"],
-            pad_type_id=pad["pad_type_id"], padding_side=pad["direction"], truncation_side=pad["truncation_side"],
-            padding=policy.mode)
+            path,
+            sequence_length=policy.max_length,
+            pad_id=pad["pad_id"],
+            pad_token=pad["pad_token"],
+            pad_type_id=pad["pad_type_id"],
+            padding_side=pad["direction"],
+            truncation_side=pad["truncation_side"],
+            padding=policy.mode,
+        )
     pad_arguments = {k: v for k, v in pad.items() if k != "truncation_side"}
     for text in texts:
         (encoding,) = tokenizer_model.encodings(served_tokenizer, [text])
-        served = tokenizer_model.stack([encoding], {n: np.int64 for n in names},
-                                       policy.padded_length(len(encoding.ids)), pad_arguments)
+        served = tokenizer_model.stack(
+            [encoding], {n: np.int64 for n in names}, policy.padded_length(len(encoding.ids)), pad_arguments
+        )
         (expected,) = policy.encode(tokenizer, [text], 1, input_names=names)
-        differ = [n for n in names if served[n].shape != expected[n].shape or not np.array_equal(served[n],
-                                                                                                 expected[n])]
+        differ = [
+            n for n in names if served[n].shape != expected[n].shape or not np.array_equal(served[n], expected[n])
+        ]
         if differ:
             raise TritonExportError(
                 f"Under the padding policy ({policy.describe()}) the served tokenizer gives different {differ} than "
@@ -83,9 +101,19 @@ def inline_postprocessing(source: Path | None) -> bool:
     return any(isinstance(node, ast.FunctionDef) and node.name == "postprocess" for node in tree.body)
 
 
-def bls_configs(pb2: Any, names: dict[str, str], config: TritonConfig, policy: PaddingPolicy, tokenizer_cfg: Any,
-                model_cfg: Any, post_cfg: Any | None, ensemble_cfg: Any, *, post_role: str | None = None,
-                inline: bool = False) -> dict[str, Any]:
+def bls_configs(
+    pb2: Any,
+    names: dict[str, str],
+    config: TritonConfig,
+    policy: PaddingPolicy,
+    tokenizer_cfg: Any,
+    model_cfg: Any,
+    post_cfg: Any | None,
+    ensemble_cfg: Any,
+    *,
+    post_role: str | None = None,
+    inline: bool = False,
+) -> dict[str, Any]:
     """Role -> ModelConfig of the BLS design, from the checked ensemble design's configs.
 
     The client-facing model keeps the ensemble's name, input and outputs, so clients do not change with the
@@ -114,8 +142,11 @@ def bls_configs(pb2: Any, names: dict[str, str], config: TritonConfig, policy: P
     for key, value in tokenizer_cfg.parameters.items():
         cfg.parameters[key].string_value = value.string_value
     type_name = pb2.DataType.Name
-    engine_outputs = [t.name for t in post_cfg.input if t.name in {o.name for o in model_cfg.output}] \
-        if post_cfg is not None else [t.name for t in model_cfg.output]
+    engine_outputs = (
+        [t.name for t in post_cfg.input if t.name in {o.name for o in model_cfg.output}]
+        if post_cfg is not None
+        else [t.name for t in model_cfg.output]
+    )
     parameters = {
         "engine_model": names["model"],
         "engine_inputs": json.dumps({t.name: type_name(t.data_type) for t in model_cfg.input}),
@@ -123,8 +154,9 @@ def bls_configs(pb2: Any, names: dict[str, str], config: TritonConfig, policy: P
         "postprocess_model": names[post_role] if post_cfg is not None and post_role and not inline else "",
         "postprocess_inputs": json.dumps([t.name for t in post_cfg.input] if post_cfg is not None else []),
         "postprocess_inline": "true" if post_cfg is not None and inline else "false",
-        "postprocess_parameters": json.dumps({k: v.string_value for k, v in post_cfg.parameters.items()}
-                                             if post_cfg is not None else {}),
+        "postprocess_parameters": json.dumps(
+            {k: v.string_value for k, v in post_cfg.parameters.items()} if post_cfg is not None else {}
+        ),
     }
     for key, value in parameters.items():
         cfg.parameters[key].string_value = value

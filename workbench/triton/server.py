@@ -215,8 +215,9 @@ class TritonServer:
         """`http://127.0.0.1:PORT/metrics` (needs `metrics=True`)."""
         self._require_running()
         if self.metrics_port is None:
-            raise TritonServerError("This Triton server was started without metrics.",
-                                    fix="start it with TritonServer(..., metrics=True)")
+            raise TritonServerError(
+                "This Triton server was started without metrics.", fix="start it with TritonServer(..., metrics=True)"
+            )
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
@@ -252,8 +253,11 @@ class TritonServer:
     def _log_section(self, lines: int = _ERROR_LOG_LINES) -> str:
         """The end of the log for an error message: its last `lines` lines, padding squeezed out of tables."""
         text = self.log_tail(64 * _LOG_TAIL_CHARS)
-        tail = [re.sub(r"-{8,}", "---", re.sub(r" {2,}", " ", line.rstrip()))[:_ERROR_LOG_LINE_CHARS]
-                for line in text.splitlines() if line.strip()]
+        tail = [
+            re.sub(r"-{8,}", "---", re.sub(r" {2,}", " ", line.rstrip()))[:_ERROR_LOG_LINE_CHARS]
+            for line in text.splitlines()
+            if line.strip()
+        ]
         if not tail:
             return ""
         last = tail[-lines:]
@@ -363,16 +367,26 @@ class TritonServer:
         assert self._log_path is not None
         with open(self._log_path, "wb") as log:
             self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                cwd=self._workdir, start_new_session=True,  # its own process group: the stubs go with it
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self._workdir,
+                start_new_session=True,  # its own process group: the stubs go with it
             )
 
     def _metrics_args(self) -> list[str]:
         if not self.metrics:
             return ["--allow-metrics=false"]
-        return ["--allow-metrics=true", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false",
-                "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
-                f"--metrics-interval-ms={self.metrics_interval_ms}"]
+        return [
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--allow-cpu-metrics=false",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            f"--metrics-interval-ms={self.metrics_interval_ms}",
+        ]
 
     def _wait_ready(self, *, retry_on_port_clash: bool) -> bool:
         """True once ready; False if it died of a port clash and may be retried; raises otherwise."""
@@ -458,8 +472,9 @@ class TritonServer:
         thread-safe), with `load_timeout_s` as its network timeout."""
         http = require("tritonclient.http", purpose="Talking to a Triton server", extra="triton")
         self._require_running()
-        client = http.InferenceServerClient(self.url, concurrency=concurrency, connection_timeout=10.0,
-                                            network_timeout=self.load_timeout_s)
+        client = http.InferenceServerClient(
+            self.url, concurrency=concurrency, connection_timeout=10.0, network_timeout=self.load_timeout_s
+        )
         self._clients.append(client)  # closed on stop
         return client
 
@@ -509,13 +524,17 @@ class TritonServer:
         try:
             cfg = parse_model_config(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as exc:
-            raise TritonServerError(f"{path} is not UTF-8 text ({exc}), so Triton cannot load model {name!r}.",
-                                    fix="re-export the model repository") from exc
+            raise TritonServerError(
+                f"{path} is not UTF-8 text ({exc}), so Triton cannot load model {name!r}.",
+                fix="re-export the model repository",
+            ) from exc
         except TritonExportError as exc:
             step_of = f" (a step of ensemble {sorted(seen)[-1]!r})" if seen else ""
             raise TritonServerError(
                 f"Triton cannot load model {name!r}{step_of}: its {path} does not parse. {exc.what}",
-                expected=exc.expected, fix=exc.fix) from exc
+                expected=exc.expected,
+                fix=exc.fix,
+            ) from exc
         for step in cfg.ensemble_scheduling.step:
             self._check_configs(step.model_name, seen | {name})
 

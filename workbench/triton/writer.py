@@ -30,7 +30,6 @@ def checked_text(cfg: Any) -> str:
     return text
 
 
-
 @dataclass(frozen=True)
 class Entry:
     """One top-level entry of the repository being written: a model folder or a file."""
@@ -51,8 +50,7 @@ def write_entries(repository: Path, entries: list[Entry], *, overwrite: bool) ->
     clean_leftovers(repository)  # a killed export's staging folder; its moved-aside entries are put back
     with disk_errors(repository, "Writing the Triton repository"):
         staging = Path(tempfile.mkdtemp(prefix=f".workbench-export{_tag()}", suffix=".partial", dir=repository))
-        aside: Path | None = Path(tempfile.mkdtemp(prefix=f".workbench-export{_tag()}", suffix=".old",
-                                                   dir=repository))
+        aside: Path | None = Path(tempfile.mkdtemp(prefix=f".workbench-export{_tag()}", suffix=".old", dir=repository))
     placed: list[tuple[Path, Path | None, bool]] = []  # (target, its old version moved aside, new one placed)
     try:
         with disk_errors(repository, "Writing the Triton repository"):

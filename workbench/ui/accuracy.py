@@ -221,14 +221,20 @@ class FixView(StageView):
         self.run_button.description = "Re-run"
         self.run_button.icon = "refresh"
         self.run_button.tooltip = "Convert with the current plan and measure it against the reference"
-        self.pin_button = widgets.Button(description="Pin", icon="thumb-tack",
-                                         tooltip="Keep these nodes in FP32 (PrecisionPlan.pin)")
+        self.pin_button = widgets.Button(
+            description="Pin", icon="thumb-tack", tooltip="Keep these nodes in FP32 (PrecisionPlan.pin)"
+        )
         self.pin_button.on_click(lambda _button: self.pin())
-        self.unpin_button = widgets.Button(description="Unpin", icon="times",
-                                           tooltip="Let these nodes run at the plan's precision again")
+        self.unpin_button = widgets.Button(
+            description="Unpin", icon="times", tooltip="Let these nodes run at the plan's precision again"
+        )
         self.unpin_button.on_click(lambda _button: self.unpin())
-        self.autofix_button = widgets.Button(description="Auto-fix", icon="magic", button_style="warning",
-                                             tooltip="Search for the fewest FP32 nodes that meet the budget")
+        self.autofix_button = widgets.Button(
+            description="Auto-fix",
+            icon="magic",
+            button_style="warning",
+            tooltip="Search for the fewest FP32 nodes that meet the budget",
+        )
         self.autofix_button.on_click(lambda _button: self.autofix())
         self.plan_status = widgets.HTML("")
         self.plan_html = widgets.HTML("")
@@ -249,9 +255,13 @@ class FixView(StageView):
 
     def _controls(self) -> dict[str, widgets.Widget]:
         controls = dict(super()._controls())  # type: ignore[arg-type]  # the config's controls are a dict here
-        self.nodes = widgets.Text(description="nodes to pin", placeholder="node names, comma-separated",
-                                  style=dict(_STYLE), layout=widgets.Layout(**_LAYOUT),
-                                  tooltip="Names of nodes of the model (e.g. from the diagnosis) to keep in FP32")
+        self.nodes = widgets.Text(
+            description="nodes to pin",
+            placeholder="node names, comma-separated",
+            style=dict(_STYLE),
+            layout=widgets.Layout(**_LAYOUT),
+            tooltip="Names of nodes of the model (e.g. from the diagnosis) to keep in FP32",
+        )
         return {**controls, "nodes": self.nodes}
 
     @property
@@ -263,8 +273,10 @@ class FixView(StageView):
         from workbench.stages.precision.plan import PrecisionPlan
 
         if not isinstance(plan, PrecisionPlan):
-            raise ConfigError(f"FixView.plan must be a PrecisionPlan, got {type(plan).__name__}.",
-                              fix='start from a preset: PrecisionPlan.preset("cpu_int8_dynamic")')
+            raise ConfigError(
+                f"FixView.plan must be a PrecisionPlan, got {type(plan).__name__}.",
+                fix='start from a preset: PrecisionPlan.preset("cpu_int8_dynamic")',
+            )
         self._plan = plan
         self.plan_html.value = plan._repr_html_()
 
@@ -289,8 +301,9 @@ class FixView(StageView):
         try:
             names = self.names()
             if not names:
-                raise ConfigError(f"No node names to {action}.", fix="type node names, comma-separated, e.g. from "
-                                                                     "the diagnosis table")
+                raise ConfigError(
+                    f"No node names to {action}.", fix="type node names, comma-separated, e.g. from the diagnosis table"
+                )
             plan = self.plan.pin(names) if action == "pin" else self.plan.unpin(names)
         except Exception as exc:
             self.error_output.value = _error_html(exc)
@@ -298,8 +311,9 @@ class FixView(StageView):
             return None
         self.plan = plan
         listed = ", ".join(f"<code>{html.escape(n)}</code>" for n in names)
-        self.plan_status.value = (f"{'pinned' if action == 'pin' else 'unpinned'} {listed} "
-                                  f"({len(plan.keep_fp32)} node(s) kept in FP32)")
+        self.plan_status.value = (
+            f"{'pinned' if action == 'pin' else 'unpinned'} {listed} ({len(plan.keep_fp32)} node(s) kept in FP32)"
+        )
         return plan
 
     # -- running -------------------------------------------------------------------------------------------------
@@ -331,19 +345,34 @@ class FixView(StageView):
             return self._autofix(budget)
         from workbench.stages.accuracy.fixes import evaluate_plan
 
-        return evaluate_plan(self.model_path, self.plan, self.evaluation_feeds, self.output_dir / "manual.onnx",
-                             reference=self.reference, budget=budget, calibration_feeds=self.calibration_feeds,
-                             cache_dir=self.cache_dir)
+        return evaluate_plan(
+            self.model_path,
+            self.plan,
+            self.evaluation_feeds,
+            self.output_dir / "manual.onnx",
+            reference=self.reference,
+            budget=budget,
+            calibration_feeds=self.calibration_feeds,
+            cache_dir=self.cache_dir,
+        )
 
     def _autofix(self, budget: Any) -> Any:
         from workbench.stages.accuracy.autofix import AutofixConfig, autofix
 
         self.trials = []
         self.progress.value = "<b>Auto-fix trials</b>"
-        result = autofix(self.model_path, self.plan, self.evaluation_feeds, self.output_dir / "autofix",
-                         budget=budget, reference=self.reference, calibration_feeds=self.calibration_feeds,
-                         config=self.autofix_config if self.autofix_config is not None else AutofixConfig(),
-                         cache_dir=self.cache_dir, progress=self._on_trial)
+        result = autofix(
+            self.model_path,
+            self.plan,
+            self.evaluation_feeds,
+            self.output_dir / "autofix",
+            budget=budget,
+            reference=self.reference,
+            calibration_feeds=self.calibration_feeds,
+            config=self.autofix_config if self.autofix_config is not None else AutofixConfig(),
+            cache_dir=self.cache_dir,
+            progress=self._on_trial,
+        )
         self.plan = result.plan
         return result
 
@@ -355,9 +384,11 @@ class FixView(StageView):
         self.trials.append(trial)
         verdict = "meets" if trial.meets_budget else "misses"
         smoothed = ", smoothed" if trial.smoothed else ""
-        self.progress.value += (f"<br>trial {trial.index} ({html.escape(trial.stage)}{smoothed}): "
-                                f"{len(trial.pins)} pin(s), cosine mean {trial.cosine_mean:.5f}, "
-                                f"min {trial.cosine_min:.5f}, {verdict} the budget, {trial.latency_ms:.2f} ms")
+        self.progress.value += (
+            f"<br>trial {trial.index} ({html.escape(trial.stage)}{smoothed}): "
+            f"{len(trial.pins)} pin(s), cosine mean {trial.cosine_mean:.5f}, "
+            f"min {trial.cosine_min:.5f}, {verdict} the budget, {trial.latency_ms:.2f} ms"
+        )
 
     def _show(self, result: Any) -> None:
         self.show(result)

@@ -94,27 +94,34 @@ class StageView:
             self.controls: dict[str, widgets.Widget] = dict(built)
         else:
             self.controls = {f"control_{i}": w for i, w in enumerate(built or ())}
-        self.run_button = widgets.Button(description="Run", button_style="primary", icon="play",
-                                         tooltip="Run this stage")
+        self.run_button = widgets.Button(
+            description="Run", button_style="primary", icon="play", tooltip="Run this stage"
+        )
         self.run_button.on_click(self._on_click)
         self.status = widgets.HTML(NOT_RUN)
         self.error_output = widgets.HTML("")
         self.output = widgets.Output()
-        self.widget = widgets.VBox([
-            self.title_widget,
-            widgets.VBox(list(self.controls.values())),
-            widgets.HBox([self.run_button, self.status]),
-            self.error_output,
-            self.output,
-        ])
+        self.widget = widgets.VBox(
+            [
+                self.title_widget,
+                widgets.VBox(list(self.controls.values())),
+                widgets.HBox([self.run_button, self.status]),
+                self.error_output,
+                self.output,
+            ]
+        )
 
     # -- what subclasses implement ----------------------------------------------------------------------------
 
     def _controls(self) -> Mapping[str, widgets.Widget] | Sequence[widgets.Widget]:
         if self.config_cls is None:
             return {}
-        return controls_for(self.config_base if self.config_base is not None else self.config_cls,
-                            exclude=self.config_exclude, labels=self.config_labels, choices=self.config_choices)
+        return controls_for(
+            self.config_base if self.config_base is not None else self.config_cls,
+            exclude=self.config_exclude,
+            labels=self.config_labels,
+            choices=self.config_choices,
+        )
 
     def _run(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement _run()")
@@ -217,14 +224,18 @@ class StageView:
 
     def labels(self) -> dict[str, str]:
         """Field name -> the label its control shows (what error messages call the field here)."""
-        return {name: str(getattr(control, "description", "") or "") for name, control in self.controls.items()
-                if getattr(control, "description", "")}
+        return {
+            name: str(getattr(control, "description", "") or "")
+            for name, control in self.controls.items()
+            if getattr(control, "description", "")
+        }
 
     def _fail(self, exc: BaseException) -> None:
         self.error = exc
         labels = self.labels()
-        self.status.value = (f'<span style="color:#b00020">failed: '
-                             f"{html.escape(user_words(_headline(exc), labels))}</span>")
+        self.status.value = (
+            f'<span style="color:#b00020">failed: {html.escape(user_words(_headline(exc), labels))}</span>'
+        )
         self.error_output.value = _error_html(exc, labels)
 
     # -- display ----------------------------------------------------------------------------------------------
@@ -238,8 +249,11 @@ class StageView:
         return self.widget._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
-        state = "running" if self._running else ("failed" if self.error else ("done" if self.result is not None
-                                                                              else "not run"))
+        state = (
+            "running"
+            if self._running
+            else ("failed" if self.error else ("done" if self.result is not None else "not run"))
+        )
         return f"<{type(self).__name__}: {state}>"
 
 

@@ -85,8 +85,9 @@ def controls_for(
             continue
         value = getattr(config, field.name) if not isinstance(config, type) else _default(field)
         allowed = choices.get(field.name)
-        widget = _widget_for(hints[field.name], value, tuple(allowed) if allowed is not None else None,
-                             docs.get(field.name, ""))
+        widget = _widget_for(
+            hints[field.name], value, tuple(allowed) if allowed is not None else None, docs.get(field.name, "")
+        )
         widget.description = labels.get(field.name, field.name.replace("_", " "))
         widget.style = dict(_STYLE)
         widget.layout = widgets.Layout(**_LAYOUT)
@@ -148,8 +149,11 @@ def _tuple_placeholder(hint: Any) -> str:
     """A placeholder that shows what the tuple's items look like."""
     args = typing.get_args(hint)
     item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
-    placeholders: dict[Any, str] = {int: "comma-separated whole numbers, e.g. 1, 8",
-                                    float: "comma-separated numbers, e.g. 0.5, 1", str: "comma-separated names"}
+    placeholders: dict[Any, str] = {
+        int: "comma-separated whole numbers, e.g. 1, 8",
+        float: "comma-separated numbers, e.g. 0.5, 1",
+        str: "comma-separated names",
+    }
     return placeholders.get(item, "comma-separated values")
 
 
@@ -167,8 +171,9 @@ def _widget_for(hint: Any, value: Any, choices: tuple[Any, ...] | None, doc: str
             return widgets.Dropdown(options=tuple(values), value=value)  # options read as given
         return widgets.Dropdown(options=[(_NONE_LABEL if v is None else str(v), v) for v in values], value=value)
     if optional:
-        return widgets.Text(value="" if value is None else _as_text(inner, value),
-                            placeholder=f"empty: {_empty_means(doc)}")
+        return widgets.Text(
+            value="" if value is None else _as_text(inner, value), placeholder=f"empty: {_empty_means(doc)}"
+        )
     if inner is bool:
         return widgets.Checkbox(value=bool(value), indent=True)
     if inner is int:
@@ -254,11 +259,13 @@ def _expected_text(inner: Any, optional: bool) -> str:
         text = "a number, e.g. 0.001 or 1e-3"
     elif _is_tuple(inner):
         item = _item_types(inner, 1)[0] if typing.get_args(inner)[1:2] == (Ellipsis,) else None
-        lists: dict[Any, str] = {int: "comma-separated whole numbers, e.g. 1, 8",
-                                 float: "comma-separated numbers, e.g. 0.5, 1"}
+        lists: dict[Any, str] = {
+            int: "comma-separated whole numbers, e.g. 1, 8",
+            float: "comma-separated numbers, e.g. 0.5, 1",
+        }
         text = lists.get(item, "comma-separated values")
     else:
-        text = "JSON, e.g. {\"key\": 1}"
+        text = 'JSON, e.g. {"key": 1}'
     return text + (", or empty for None" if optional else "")
 
 
@@ -270,7 +277,7 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     if typing.get_origin(hint) in (Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(args) < len(typing.get_args(hint)):
-            return (args[0] if len(args) == 1 else Union[tuple(args)]), True
+            return (args[0] if len(args) == 1 else Union[tuple(args)]), True  # noqa: UP007 (built at run time)
     return hint, False
 
 
@@ -312,7 +319,7 @@ def _attribute_docs(cls: type) -> dict[str, str]:
     docs: dict[str, str] = {}
     current: str | None = None
     item_indent: int | None = None
-    for line in doc[match.end():].splitlines():
+    for line in doc[match.end() :].splitlines():
         if not line.strip():
             continue
         indent = len(line) - len(line.lstrip())

@@ -63,8 +63,9 @@ class BenchmarkView(StageView):
     def _run(self) -> Any:
         from workbench.stages.benchmark import latency as stage
 
-        return stage.benchmark_candidates(self.candidates, self.feeds_for, self.config(),
-                                          pytorch_module=self.pytorch_module)
+        return stage.benchmark_candidates(
+            self.candidates, self.feeds_for, self.config(), pytorch_module=self.pytorch_module
+        )
 
     def _show(self, result: Any) -> None:
         self.show(result)
@@ -106,8 +107,11 @@ class ChoiceView(StageView):
         seqs = tuple(self.timings.config.sequence_lengths)
         self._default_batch = {"latency": 1 if 1 in batches else min(batches), "throughput": max(batches)}
         base = ChoiceConfig(batch=self._default_batch["latency"], seq=seqs[0])
-        controls = controls_for(base, choices={"objective": OBJECTIVES, "batch": batches, "seq": seqs},
-                                labels={"seq": "sequence length", "latency_ceiling_ms": "latency ceiling (ms, p90)"})
+        controls = controls_for(
+            base,
+            choices={"objective": OBJECTIVES, "batch": batches, "seq": seqs},
+            labels={"seq": "sequence length", "latency_ceiling_ms": "latency ceiling (ms, p90)"},
+        )
         controls["latency_ceiling_ms"].placeholder = "empty: no ceiling"
         controls["objective"].observe(self._objective_changed, names="value")
         return controls
@@ -125,15 +129,20 @@ class ChoiceView(StageView):
         from workbench.stages import choose as stage
 
         config = self.config()
-        return stage.choose_candidate(self.accuracy, self.timings, batch=config.batch, seq=config.seq,
-                                      objective=config.objective, latency_ceiling_ms=config.latency_ceiling_ms)
+        return stage.choose_candidate(
+            self.accuracy,
+            self.timings,
+            batch=config.batch,
+            seq=config.seq,
+            objective=config.objective,
+            latency_ceiling_ms=config.latency_ceiling_ms,
+        )
 
     def _show(self, choice: Any) -> None:
         from workbench.stages.choose import candidates_table, pareto_figure
 
         ceiling = choice.constraints.get("latency_ceiling_ms")
-        self.table = candidates_table(self.accuracy, self.timings, choice.batch, choice.seq,
-                                      latency_ceiling_ms=ceiling)
+        self.table = candidates_table(self.accuracy, self.timings, choice.batch, choice.seq, latency_ceiling_ms=ceiling)
         self.show(choice)
         self.show(self.table)
         self.show(pareto_figure(self.accuracy, self.timings, choice.batch, choice.seq, latency_ceiling_ms=ceiling))
@@ -186,11 +195,16 @@ class ExportView(StageView):
     def _controls(self) -> dict[str, widgets.Widget]:
         from workbench.triton.config import INSTANCE_KINDS, TritonConfig
 
-        controls = controls_for(self.config_base if self.config_base is not None else TritonConfig,
-                                choices={"instance_kind": INSTANCE_KINDS})
-        self.overwrite = widgets.Checkbox(value=self._overwrite_default, description="overwrite", indent=True,
-                                          tooltip="Replace an existing model folder of the same name (only once the "
-                                                  "new one is complete)")
+        controls = controls_for(
+            self.config_base if self.config_base is not None else TritonConfig,
+            choices={"instance_kind": INSTANCE_KINDS},
+        )
+        self.overwrite = widgets.Checkbox(
+            value=self._overwrite_default,
+            description="overwrite",
+            indent=True,
+            tooltip="Replace an existing model folder of the same name (only once the new one is complete)",
+        )
         self.overwrite.style = {"description_width": "14em"}
         controls["overwrite"] = self.overwrite
         return controls
@@ -208,5 +222,11 @@ class ExportView(StageView):
         overwrite = bool(self.overwrite.value)
         if self.tokenizer_dir is None:
             return model.export_triton(self.model_path, self.repository, config, overwrite=overwrite)
-        return ensemble.export_triton_ensemble(self.model_path, self.repository, self.tokenizer_dir, config,
-                               sequence_length=self.sequence_length, overwrite=overwrite)
+        return ensemble.export_triton_ensemble(
+            self.model_path,
+            self.repository,
+            self.tokenizer_dir,
+            config,
+            sequence_length=self.sequence_length,
+            overwrite=overwrite,
+        )

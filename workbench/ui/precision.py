@@ -82,8 +82,11 @@ class PrecisionView(StageView):
         self.stats_shown: list[Any] = []
         super().__init__(title=title)
         self.stats_button = widgets.Button(
-            description="Show activation statistics", icon="bar-chart", layout=widgets.Layout(width="auto"),
-            tooltip=f"Measure every activation of the FP32 model on {stats_samples} calibration samples")
+            description="Show activation statistics",
+            icon="bar-chart",
+            layout=widgets.Layout(width="auto"),
+            tooltip=f"Measure every activation of the FP32 model on {stats_samples} calibration samples",
+        )
         self.stats_button.on_click(lambda _button: self.show_statistics())
         self.progress = widgets.Output()
         self.stats_output = widgets.Output()
@@ -109,36 +112,55 @@ class PrecisionView(StageView):
             return widget
 
         offered = method_presets()  # every preset, then every method without one (an engine's own, e.g. NNCF)
-        self.preset = styled(widgets.Dropdown(options=list(offered), value=self._initial_preset
-                                              if self._initial_preset in offered else DEFAULT_PRESET,
-                                              description="method"),
-                             "How to convert: a PrecisionPlan preset, or a method an engine adds (PrecisionPlan)")
+        self.preset = styled(
+            widgets.Dropdown(
+                options=list(offered),
+                value=self._initial_preset if self._initial_preset in offered else DEFAULT_PRESET,
+                description="method",
+            ),
+            "How to convert: a PrecisionPlan preset, or a method an engine adds (PrecisionPlan)",
+        )
         self.calibration_method = styled(
             widgets.Dropdown(options=list(CALIBRATION_METHODS), description="calibration method"),
-            "How static INT8 measures activation ranges (Entropy, Percentile and Distribution clip outliers)")
-        self.per_channel = styled(widgets.Checkbox(description="per-channel weights", indent=True),
-                                  "One weight scale per output channel (INT8)")
+            "How static INT8 measures activation ranges (Entropy, Percentile and Distribution clip outliers)",
+        )
+        self.per_channel = styled(
+            widgets.Checkbox(description="per-channel weights", indent=True),
+            "One weight scale per output channel (INT8)",
+        )
         self.activation_type = styled(
             widgets.Dropdown(options=list(ACTIVATION_TYPES), description="activation type"),
-            "uint8 on x86 CPUs (int8 activations ran 2-3x slower there); int8 for TensorRT")
-        self.smoothquant = styled(widgets.Checkbox(description="SmoothQuant first", indent=True),
-                                  "Move activation outliers into the weights before INT8 (calibrated on the "
-                                  "calibration samples)")
+            "uint8 on x86 CPUs (int8 activations ran 2-3x slower there); int8 for TensorRT",
+        )
+        self.smoothquant = styled(
+            widgets.Checkbox(description="SmoothQuant first", indent=True),
+            "Move activation outliers into the weights before INT8 (calibrated on the calibration samples)",
+        )
         self.smoothquant_alpha = styled(
-            widgets.FloatSlider(value=0.75, min=0.0, max=1.0, step=0.05, description="SmoothQuant alpha",
-                                readout_format=".2f"),
+            widgets.FloatSlider(
+                value=0.75, min=0.0, max=1.0, step=0.05, description="SmoothQuant alpha", readout_format=".2f"
+            ),
             "How much of the activation range moves into the weights (0: none, 1: all); 0.75 met the budget on "
-            "MiniLM where 0.5 did not")
-        self.keep_fp32 = styled(widgets.Text(description="keep in FP32", placeholder="node names, comma-separated"),
-                                "Nodes of this model to leave in FP32 (PrecisionPlan.pin)")
+            "MiniLM where 0.5 did not",
+        )
+        self.keep_fp32 = styled(
+            widgets.Text(description="keep in FP32", placeholder="node names, comma-separated"),
+            "Nodes of this model to leave in FP32 (PrecisionPlan.pin)",
+        )
         self.preset.observe(lambda change: self._apply_preset(change["new"]), names="value")
         self.smoothquant.observe(self._smoothquant_changed, names="value")
-        controls = {"preset": self.preset, "calibration_method": self.calibration_method,
-                    "per_channel": self.per_channel, "activation_type": self.activation_type,
-                    "smoothquant": self.smoothquant, "smoothquant_alpha": self.smoothquant_alpha,
-                    "keep_fp32": self.keep_fp32}
-        self._choice_controls = {name: controls[name] for name in ("calibration_method", "per_channel",
-                                                                    "activation_type")}
+        controls = {
+            "preset": self.preset,
+            "calibration_method": self.calibration_method,
+            "per_channel": self.per_channel,
+            "activation_type": self.activation_type,
+            "smoothquant": self.smoothquant,
+            "smoothquant_alpha": self.smoothquant_alpha,
+            "keep_fp32": self.keep_fp32,
+        }
+        self._choice_controls = {
+            name: controls[name] for name in ("calibration_method", "per_channel", "activation_type")
+        }
         self._apply_preset(self.preset.value)
         return controls
 
@@ -177,8 +199,9 @@ class PrecisionView(StageView):
         self.plan = self.build_plan()
         self.progress.outputs = ()
         with self.progress:  # in a kernel, calibration's tqdm bar lands here
-            return self.plan.convert(self.model_path, self.output_path, calibration_feeds=self.calibration_feeds,
-                                     cache_dir=self.cache_dir)
+            return self.plan.convert(
+                self.model_path, self.output_path, calibration_feeds=self.calibration_feeds, cache_dir=self.cache_dir
+            )
 
     def _show(self, result: Any) -> None:
         self.show(result)
@@ -216,7 +239,7 @@ class PrecisionView(StageView):
         self.error_output.value = ""
         started = time.perf_counter()
         try:
-            stats = activation_statistics(self.model_path, self.calibration_feeds[:self.stats_samples])
+            stats = activation_statistics(self.model_path, self.calibration_feeds[: self.stats_samples])
             figure = stats.range_figure()
         except Exception as exc:
             self._fail(exc)
@@ -226,11 +249,14 @@ class PrecisionView(StageView):
             self.run_button.disabled = self.stats_button.disabled = False
         self.stats = stats
         self.stats_shown = [stats, figure]
-        self.stats_output.outputs = tuple({"output_type": "display_data", "data": mime_bundle(obj), "metadata": {}}
-                                          for obj in self.stats_shown)
-        self.status.value = (f"activation statistics of {len(stats)} tensors on {stats.feeds} samples in "
-                             f"{time.perf_counter() - started:.2f} s; largest outlier ratio: "
-                             f"{html.escape(_largest(stats))}")
+        self.stats_output.outputs = tuple(
+            {"output_type": "display_data", "data": mime_bundle(obj), "metadata": {}} for obj in self.stats_shown
+        )
+        self.status.value = (
+            f"activation statistics of {len(stats)} tensors on {stats.feeds} samples in "
+            f"{time.perf_counter() - started:.2f} s; largest outlier ratio: "
+            f"{html.escape(_largest(stats))}"
+        )
         return stats
 
 

@@ -76,11 +76,17 @@ class ServingView(StageView):
         super().__init__(title=title, config_base=config if config is not None else ServingConfig.preset("quick"))
 
     def _controls(self) -> dict[str, widgets.Widget]:
-        controls = controls_for(self.config_base, choices={"protocol": PROTOCOLS},
-                                labels={"window_s": "window (s)", "max_level_s": "max per level (s)"})
-        self.sweep_checkbox = widgets.Checkbox(value=self._run_sweep, description="batching sweep", indent=True,
-                                               tooltip="Also sweep queue delay and instance count on the "
-                                                       "length-aware repository and suggest a setting")
+        controls = controls_for(
+            self.config_base,
+            choices={"protocol": PROTOCOLS},
+            labels={"window_s": "window (s)", "max_level_s": "max per level (s)"},
+        )
+        self.sweep_checkbox = widgets.Checkbox(
+            value=self._run_sweep,
+            description="batching sweep",
+            indent=True,
+            tooltip="Also sweep queue delay and instance count on the length-aware repository and suggest a setting",
+        )
         self.sweep_checkbox.style = {"description_width": "14em"}
         controls["sweep"] = self.sweep_checkbox
         return controls
@@ -98,11 +104,18 @@ class ServingView(StageView):
         sweep = None
         if self.sweep_checkbox.value:
             sweep = self.sweep if self.sweep is not None else SweepConfig.preset("quick")
-        return stage.benchmark_serving(self.onnx_path, self.tokenizer_dir, self.texts, self.config(),
-                                       triton_config=self.triton_config, padding=self.padding,
-                                       pytorch_model=self.pytorch_model, sweep=sweep,
-                                       servers=self.servers if self.servers is not None else stage.SERVERS,
-                                       progress=False)  # the status line says it runs; a bar would land nowhere
+        return stage.benchmark_serving(
+            self.onnx_path,
+            self.tokenizer_dir,
+            self.texts,
+            self.config(),
+            triton_config=self.triton_config,
+            padding=self.padding,
+            pytorch_model=self.pytorch_model,
+            sweep=sweep,
+            servers=self.servers if self.servers is not None else stage.SERVERS,
+            progress=False,
+        )  # the status line says it runs; a bar would land nowhere
 
     def _show(self, result: Any) -> None:
         self.show(result)

@@ -121,8 +121,9 @@ def load_state(pipeline: Any) -> SavedState:
     if payload.get("pipeline_class") != kind:
         return SavedState(path, reason=f"the saved state is of another pipeline ({payload.get('pipeline_class')})")
     if payload["parameters"] != pipeline.initial_parameters.to_dict():
-        changed = sorted(k for k, v in pipeline.initial_parameters.to_dict().items()
-                         if payload["parameters"].get(k) != v)
+        changed = sorted(
+            k for k, v in pipeline.initial_parameters.to_dict().items() if payload["parameters"].get(k) != v
+        )
         return SavedState(path, reason="the folder holds a run with other parameters (" + ", ".join(changed) + ")")
     if payload["source"] != str(getattr(pipeline.source, "path", pipeline.source.name)):
         return SavedState(path, reason="the folder holds a run of another model")

@@ -69,15 +69,18 @@ class _NetronMixin:
         self.netron_url: str | None = None
         if netron_available():
             self.netron_button: widgets.Button | None = widgets.Button(
-                description="Show in Netron", icon="sitemap",
-                tooltip=f"Serve the model with netron on {NETRON_HOST} and show it below")
+                description="Show in Netron",
+                icon="sitemap",
+                tooltip=f"Serve the model with netron on {NETRON_HOST} and show it below",
+            )
             self.netron_button.on_click(lambda _button: self.show_in_netron())
             self.netron_note = widgets.HTML("")
             return widgets.HBox([self.netron_button, self.netron_note])
         self.netron_button = None
         self.netron_note = widgets.HTML(
             "<small><i>No graph viewer: the <code>netron</code> package is not installed "
-            "(<code>pip install netron</code>, then rebuild this view).</i></small>")
+            "(<code>pip install netron</code>, then rebuild this view).</i></small>"
+        )
         return self.netron_note
 
     def _netron_path(self) -> str | os.PathLike[str]:
@@ -93,8 +96,10 @@ class _NetronMixin:
         self.error_output.value = ""  # type: ignore[attr-defined]
         try:
             if not netron_available():
-                raise WorkbenchError("The graph viewer needs the Python package 'netron', which is not installed.",
-                                     fix="pip install netron")
+                raise WorkbenchError(
+                    "The graph viewer needs the Python package 'netron', which is not installed.",
+                    fix="pip install netron",
+                )
             import netron
 
             path = str(self._netron_path())
@@ -157,8 +162,9 @@ class InspectView(_NetronMixin, StageView):
         self.filtered_table: Any = None
         super().__init__(title=title)
         self.controls["op_types"].placeholder = "comma-separated, e.g. Attention, MatMul"
-        self.filter_button = widgets.Button(description="Filter", icon="filter", disabled=True,
-                                            tooltip="Show only the nodes that match (after a run)")
+        self.filter_button = widgets.Button(
+            description="Filter", icon="filter", disabled=True, tooltip="Show only the nodes that match (after a run)"
+        )
         self.filter_button.on_click(lambda _button: self.filter())
         netron_row = self._build_netron()
         self.widget.children = (
@@ -183,8 +189,11 @@ class InspectView(_NetronMixin, StageView):
         self.filtered_table = self._filtered()
         self._show_all(result)
         self.filter_button.disabled = False
-        self.controls["op_types"].placeholder = "comma-separated; this model has " + ", ".join(
-            list(result.op_counts)[:6]) + (", ..." if len(result.op_counts) > 6 else "")
+        self.controls["op_types"].placeholder = (
+            "comma-separated; this model has "
+            + ", ".join(list(result.op_counts)[:6])
+            + (", ..." if len(result.op_counts) > 6 else "")
+        )
 
     def filter(self) -> Any:
         """What the Filter button does: re-show the node table filtered by the controls; returns that table.
@@ -275,8 +284,9 @@ class SurgeryView(_NetronMixin, StageView):
         super().__init__(title=title)
         self.add_button = widgets.Button(description="Add edit", icon="plus", tooltip="Append this edit to the plan")
         self.add_button.on_click(lambda _button: self.add_edit())
-        self.remove_button = widgets.Button(description="Remove last", icon="minus",
-                                            tooltip="Remove the plan's last edit")
+        self.remove_button = widgets.Button(
+            description="Remove last", icon="minus", tooltip="Remove the plan's last edit"
+        )
         self.remove_button.on_click(lambda _button: self.remove_last())
         self.plan_status = widgets.HTML("")
         self.plan_html = widgets.HTML("")
@@ -307,8 +317,10 @@ class SurgeryView(_NetronMixin, StageView):
         from workbench.stages.surgery.edits import SurgeryPlan
 
         if not isinstance(plan, SurgeryPlan):
-            raise ConfigError(f"SurgeryView.plan must be a SurgeryPlan, got {type(plan).__name__}.",
-                              fix="wrap the edits: SurgeryPlan((FoldConstants(), Cleanup()))")
+            raise ConfigError(
+                f"SurgeryView.plan must be a SurgeryPlan, got {type(plan).__name__}.",
+                fix="wrap the edits: SurgeryPlan((FoldConstants(), Cleanup()))",
+            )
         self._plan = plan
         self.plan_html.value = plan._repr_html_() + ("" if plan.edits else "<i>no edits yet: add some above</i>")
         self.remove_button.disabled = not plan.edits
@@ -316,8 +328,13 @@ class SurgeryView(_NetronMixin, StageView):
     def _controls(self) -> dict[str, widgets.Widget]:
         from workbench.stages.surgery.edits import EDIT_TYPES
 
-        self.kind = widgets.Dropdown(options=list(EDIT_TYPES), value=next(iter(EDIT_TYPES)), description="edit",
-                                     style={"description_width": "14em"}, layout=widgets.Layout(width="36em"))
+        self.kind = widgets.Dropdown(
+            options=list(EDIT_TYPES),
+            value=next(iter(EDIT_TYPES)),
+            description="edit",
+            style={"description_width": "14em"},
+            layout=widgets.Layout(width="36em"),
+        )
         self.edit_doc = widgets.HTML("")
         self.options_box = widgets.VBox([])
         self.kind.observe(lambda change: self._build_options(change["new"]), names="value")
@@ -330,7 +347,8 @@ class SurgeryView(_NetronMixin, StageView):
         edit_cls = EDIT_TYPES[kind]
         self.option_controls = controls_for(edit_cls, choices=_edit_choices().get(kind))
         self.options_box.children = tuple(self.option_controls.values()) or (
-            widgets.HTML("<small><i>this edit has no options</i></small>"),)
+            widgets.HTML("<small><i>this edit has no options</i></small>"),
+        )
         first_paragraph = " ".join((edit_cls.__doc__ or "").strip().split("\n\n")[0].split())
         self.edit_doc.value = f"<small><i>{html.escape(first_paragraph)}</i></small>"
 
@@ -347,8 +365,10 @@ class SurgeryView(_NetronMixin, StageView):
         except Exception as exc:
             self.error_output.value = _error_html(exc)
             first_line = str(exc).splitlines()[0] if str(exc) else ""
-            self.plan_status.value = (f'<span style="{_ERROR_STYLE}">not added: '
-                                      f"{html.escape(type(exc).__name__)}: {html.escape(first_line)}</span>")
+            self.plan_status.value = (
+                f'<span style="{_ERROR_STYLE}">not added: '
+                f"{html.escape(type(exc).__name__)}: {html.escape(first_line)}</span>"
+            )
             return None
         self.plan = self.plan.then(edit)
         self.error_output.value = ""
@@ -371,8 +391,13 @@ class SurgeryView(_NetronMixin, StageView):
     def _run(self) -> Any:
         from workbench.stages.surgery.run import run_surgery
 
-        return run_surgery(self.model_path, self.output_path, self.plan, check_feeds=self.check_feeds,
-                           latency_repeats=self.latency_repeats)
+        return run_surgery(
+            self.model_path,
+            self.output_path,
+            self.plan,
+            check_feeds=self.check_feeds,
+            latency_repeats=self.latency_repeats,
+        )
 
     def _show(self, result: Any) -> None:
         self.show(result)

@@ -53,11 +53,27 @@ NOT_RUN, RUNNING, DONE, FAILED, STALE, STOPPED = "not run", "running", "done", "
 LOAD = "load"
 STEP_KEYS = (LOAD, *STEPS.names)
 # Other names for the steps, as the issue and the stage views call them (a registered step's own name wins).
-ALIASES = {"graph_surgery": "fuse", "fusion": "fuse", "precision": "quantize", "accuracy": "compare",
-           "choice": "choose", "deploy": "export_triton", "triton": "export_triton", "summary": "write_summary",
-           "smoothquant": "quantize_smoothquant", "precision_plan": "convert", "fix": "autofix"}
-_STATE_COLORS = {NOT_RUN: "#777", RUNNING: "#1565c0", DONE: "#2e7d32", FAILED: "#b00020", STALE: "#a86b00",
-                 STOPPED: "#6d4c41"}
+ALIASES = {
+    "graph_surgery": "fuse",
+    "fusion": "fuse",
+    "precision": "quantize",
+    "accuracy": "compare",
+    "choice": "choose",
+    "deploy": "export_triton",
+    "triton": "export_triton",
+    "summary": "write_summary",
+    "smoothquant": "quantize_smoothquant",
+    "precision_plan": "convert",
+    "fix": "autofix",
+}
+_STATE_COLORS = {
+    NOT_RUN: "#777",
+    RUNNING: "#1565c0",
+    DONE: "#2e7d32",
+    FAILED: "#b00020",
+    STALE: "#a86b00",
+    STOPPED: "#6d4c41",
+}
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -121,22 +137,38 @@ class StepPanel(StageView):
         self.needs = widgets.HTML("")
         self.blurb_widget = widgets.HTML(f"<small><i>{html.escape(self.blurb)}</i></small>" if self.blurb else "")
         # the controls fold away under "settings" (their defaults are what most runs want)
-        self.settings = widgets.Accordion(children=(widgets.VBox(list(self.controls.values())),),
-                                          titles=("settings",), selected_index=0 if self.open_settings else None)
+        self.settings = widgets.Accordion(
+            children=(widgets.VBox(list(self.controls.values())),),
+            titles=("settings",),
+            selected_index=0 if self.open_settings else None,
+        )
         self.settings.add_class("wb-settings")
         self.progress = ProgressBar()
-        self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger",
-                                          tooltip="Stop this step at its next unit of work; nothing half-written "
-                                                  "is kept", layout=widgets.Layout(display="none"))
+        self.stop_button = widgets.Button(
+            description="Stop",
+            icon="stop",
+            button_style="danger",
+            tooltip="Stop this step at its next unit of work; nothing half-written is kept",
+            layout=widgets.Layout(display="none"),
+        )
         self.stop_button.add_class("wb-stop")
         self.stop_button.on_click(lambda _button: self.stop())
         self.log = widgets.HTML("")
         self.log.add_class("wb-log")
         self.extra = widgets.VBox([])  # what a refined panel adds under the result (a fix to try, a re-run)
         self.controls_row = widgets.HBox([self.run_button, self.stop_button, self.status])
-        self.widget.children = (self.title_widget, self.blurb_widget, *((self.settings,) if self.controls else ()),
-                                self.controls_row, self.needs, self.progress.widget, self.error_output, self.output,
-                                self.extra, self.log)
+        self.widget.children = (
+            self.title_widget,
+            self.blurb_widget,
+            *((self.settings,) if self.controls else ()),
+            self.controls_row,
+            self.needs,
+            self.progress.widget,
+            self.error_output,
+            self.output,
+            self.extra,
+            self.log,
+        )
         self.widget.add_class("wb-step")
         self.widget.add_class(f"wb-step-{self.key}")
         self.status.add_class("wb-status")
@@ -198,8 +230,7 @@ class StepPanel(StageView):
         missing = self.workbench.missing_inputs(self.key)
         if missing:
             titles = ", ".join(str(self.workbench.panels[step].title) for step in missing)
-            raise WorkbenchError(f"{self.title} needs {titles} first.",
-                                 fix=f"run {titles} (the Run buttons above)")
+            raise WorkbenchError(f"{self.title} needs {titles} first.", fix=f"run {titles} (the Run buttons above)")
         pipeline = self.workbench.pipeline
         kwargs = self._prepare(pipeline)
         return pipeline.run_step(self.key, **kwargs)
@@ -228,10 +259,12 @@ class StepPanel(StageView):
                 self.stopped = True
                 ended = STOPPED
                 seconds = self.progress.elapsed_s
-                self.status.value = (f'<span style="color:{_STATE_COLORS[STOPPED]}">stopped after {seconds:.1f} s: '
-                                     "nothing it was writing was kept"
-                                     + ("; the previous result stands" if self.result is not None else "")
-                                     + "</span>")
+                self.status.value = (
+                    f'<span style="color:{_STATE_COLORS[STOPPED]}">stopped after {seconds:.1f} s: '
+                    "nothing it was writing was kept"
+                    + ("; the previous result stands" if self.result is not None else "")
+                    + "</span>"
+                )
                 return None
             ended = DONE if self.error is None else FAILED
             return result
@@ -260,17 +293,25 @@ class StepPanel(StageView):
     def _fail(self, exc: BaseException) -> None:
         labels = {**self.workbench.labels(), **self.labels()}
         self.error = exc
-        self.status.value = (f'<span style="color:{_STATE_COLORS[FAILED]}">failed: '
-                             f"{html.escape(user_words(_headline(exc), labels))}</span>")
+        self.status.value = (
+            f'<span style="color:{_STATE_COLORS[FAILED]}">failed: '
+            f"{html.escape(user_words(_headline(exc), labels))}</span>"
+        )
         self.error_output.value = _error_html(exc, labels)
 
     def show_log(self, text: str) -> None:
         """Show what the libraries said during the step, folded (nothing when they said nothing)."""
         self.log_text = text
         lines = [line for line in text.splitlines() if line.strip()]
-        self.log.value = (f'<details class="wb-log-details"><summary><small>log: {len(lines)} line(s) from the '
-                          f"libraries (warnings, messages)</small></summary><pre style=\"white-space:pre-wrap;"
-                          f'font-size:85%">{html.escape(text)}</pre></details>') if lines else ""
+        self.log.value = (
+            (
+                f'<details class="wb-log-details"><summary><small>log: {len(lines)} line(s) from the '
+                f'libraries (warnings, messages)</small></summary><pre style="white-space:pre-wrap;'
+                f'font-size:85%">{html.escape(text)}</pre></details>'
+            )
+            if lines
+            else ""
+        )
 
     def reset(self) -> None:
         """Forget every result: a new model was loaded."""
@@ -325,11 +366,17 @@ class LoadPanel(StepPanel):
     config_cls = PipelineParameters
     config_exclude = ("benchmark_batch_sizes", "benchmark_iterations", "triton_model_name", "overwrite")
     config_labels = {"model_path": "model path", "data_dir": "data folder"}
-    placeholders = {"model_path": "empty: the bundled all-MiniLM-L6-v2", "task": "empty: from the model's config",
-                    "data_dir": "empty: the bundled data (data/)", "threads": "empty: all cores"}
-    blurb = ("A local Hugging Face folder or an .onnx file (nothing is downloaded); its task (from config.json); "
-             "the calibration and evaluation data; where every file of the run goes. Running it again starts a new "
-             "pipeline; when the output folder holds this very run (same parameters), its finished steps come back.")
+    placeholders = {
+        "model_path": "empty: the bundled all-MiniLM-L6-v2",
+        "task": "empty: from the model's config",
+        "data_dir": "empty: the bundled data (data/)",
+        "threads": "empty: all cores",
+    }
+    blurb = (
+        "A local Hugging Face folder or an .onnx file (nothing is downloaded); its task (from config.json); "
+        "the calibration and evaluation data; where every file of the run goes. Running it again starts a new "
+        "pipeline; when the output folder holds this very run (same parameters), its finished steps come back."
+    )
 
     def _run(self) -> Any:
         from workbench.ui.state import load_state
@@ -339,8 +386,9 @@ class LoadPanel(StepPanel):
         from workbench.pipeline import pipeline_class_for
 
         pipeline_class = pipeline_class_for(parameters) if wb.pipeline_class is Pipeline else wb.pipeline_class
-        pipeline = pipeline_class(parameters, export_config=wb.export_config, quant_config=wb.quant_config,
-                                  budget=wb.budget_for(parameters))
+        pipeline = pipeline_class(
+            parameters, export_config=wb.export_config, quant_config=wb.quant_config, budget=wb.budget_for(parameters)
+        )
         pipeline.sentences  # noqa: B018 - read them now, so a bad data folder fails here and not in a later step
         self.saved = load_state(pipeline)  # the same run in this folder: its results come back
         wb._set_pipeline(pipeline)
@@ -349,19 +397,27 @@ class LoadPanel(StepPanel):
     def _show(self, pipeline: Any) -> None:
         source = pipeline.source
         splits = pipeline.sentences
-        rows = [("model", f"{type(source).__name__}: {getattr(source, 'path', source.name)}"),
-                ("task", f"{pipeline.task.title} ({pipeline.task.name})"),
-                ("samples", f"{len(splits.calibration)} calibration, {len(splits.evaluation)} evaluation"),
-                ("output folder", str(pipeline.output_dir))]
+        rows = [
+            ("model", f"{type(source).__name__}: {getattr(source, 'path', source.name)}"),
+            ("task", f"{pipeline.task.title} ({pipeline.task.name})"),
+            ("samples", f"{len(splits.calibration)} calibration, {len(splits.evaluation)} evaluation"),
+            ("output folder", str(pipeline.output_dir)),
+        ]
         saved = getattr(self, "saved", None)
         if saved:
             rows.append(("re-attached", f"{len(saved.steps)} finished step(s) restored from {saved.path.name}"))
         elif saved is not None and saved.reason != "no saved state":
             rows.append(("not re-attached", f"{saved.reason}; the next step overwrites {saved.path.name}"))
         rows += [("warning", w) for w in getattr(source, "warnings", ())]
-        self.show(widgets.HTML("<table>" + "".join(
-            f"<tr><td><b>{html.escape(k)}</b></td><td><code>{html.escape(v)}</code></td></tr>" for k, v in rows)
-            + "</table>"))
+        self.show(
+            widgets.HTML(
+                "<table>"
+                + "".join(
+                    f"<tr><td><b>{html.escape(k)}</b></td><td><code>{html.escape(v)}</code></td></tr>" for k, v in rows
+                )
+                + "</table>"
+            )
+        )
 
 
 @panel_for("export")
@@ -382,9 +438,13 @@ class SurgeryPanel(StepPanel):
         from workbench.ui.surgery import SurgeryView
 
         self.view = SurgeryView("", "", plan=SurgeryPlan((FoldConstants(), Cleanup())), title="")
-        return {"kind": self.view.kind, "description": self.view.edit_doc, "options": self.view.options_box,
-                "edit_buttons": widgets.HBox([self.view.add_button, self.view.remove_button, self.view.plan_status]),
-                "plan": self.view.plan_html}
+        return {
+            "kind": self.view.kind,
+            "description": self.view.edit_doc,
+            "options": self.view.options_box,
+            "edit_buttons": widgets.HBox([self.view.add_button, self.view.remove_button, self.view.plan_status]),
+            "plan": self.view.plan_html,
+        }
 
     def _prepare(self, pipeline: Any) -> dict[str, Any]:
         return {"plan": self.view.plan.to_json()}
@@ -461,19 +521,31 @@ class AccuracyPanel(StepPanel):
             if candidate or pipeline is None or candidate.name not in pipeline.plans:
                 continue
             plan = pipeline.plans[candidate.name]
-            first = ("SmoothQuant first (every node stays INT8), then " if plan.smoothing is None
-                     and plan.method in ("int8_dynamic", "int8_static") else "")
-            text = (f"<b>{html.escape(candidate.name)}</b> misses the budget "
-                    f"({html.escape('; '.join(candidate.failures))}). Try the auto-fix: {first}the fewest layers "
-                    "kept in FP32 that meet it, found from a layer-by-layer diagnosis.")
-            button = widgets.Button(description=f"Auto-fix {candidate.name}", icon="magic", button_style="warning",
-                                    layout=widgets.Layout(width="auto"),
-                                    tooltip="Run the auto-fix step on this candidate (its fixed model becomes a "
-                                            "candidate)")
+            first = (
+                "SmoothQuant first (every node stays INT8), then "
+                if plan.smoothing is None and plan.method in ("int8_dynamic", "int8_static")
+                else ""
+            )
+            text = (
+                f"<b>{html.escape(candidate.name)}</b> misses the budget "
+                f"({html.escape('; '.join(candidate.failures))}). Try the auto-fix: {first}the fewest layers "
+                "kept in FP32 that meet it, found from a layer-by-layer diagnosis."
+            )
+            button = widgets.Button(
+                description=f"Auto-fix {candidate.name}",
+                icon="magic",
+                button_style="warning",
+                layout=widgets.Layout(width="auto"),
+                tooltip="Run the auto-fix step on this candidate (its fixed model becomes a candidate)",
+            )
             button.add_class("wb-fix")
             button.on_click(lambda _button, name=candidate.name: self.workbench.fix(name))
-            diagnose = widgets.Button(description="Diagnose", icon="search", layout=widgets.Layout(width="auto"),
-                                      tooltip="Which layers lose the accuracy (quantized alone, one by one)")
+            diagnose = widgets.Button(
+                description="Diagnose",
+                icon="search",
+                layout=widgets.Layout(width="auto"),
+                tooltip="Which layers lose the accuracy (quantized alone, one by one)",
+            )
             diagnose.on_click(lambda _button, name=candidate.name: self.diagnose(name))
             row = widgets.VBox([widgets.HTML(text), widgets.HBox([button, diagnose])])
             row.add_class("wb-fix-row")
@@ -486,8 +558,12 @@ class AccuracyPanel(StepPanel):
         from workbench.ui.accuracy import DiagnosisView
 
         pipeline = self.workbench.pipeline
-        view = DiagnosisView(pipeline._base_model().path, pipeline.candidates[name].path,
-                             pipeline.evaluation_feeds()[:4], title=f"Diagnosis of {name}")
+        view = DiagnosisView(
+            pipeline._base_model().path,
+            pipeline.candidates[name].path,
+            pipeline.evaluation_feeds()[:4],
+            title=f"Diagnosis of {name}",
+        )
         self.diagnosis_output.children = (view.widget,)
         view.run()
         return view
@@ -499,10 +575,13 @@ class AutofixPanel(StepPanel):
     (the progress bar), the trial chart with its Pareto front, and the plan it found."""
 
     def _controls(self) -> Mapping[str, widgets.Widget]:
-        self.candidate = widgets.Dropdown(options=[], description="candidate to fix", style={"description_width":
-                                          "14em"}, layout=widgets.Layout(width="36em"),
-                                          tooltip="A candidate made from a precision plan; default: the first that "
-                                                  "misses the budget")
+        self.candidate = widgets.Dropdown(
+            options=[],
+            description="candidate to fix",
+            style={"description_width": "14em"},
+            layout=widgets.Layout(width="36em"),
+            tooltip="A candidate made from a precision plan; default: the first that misses the budget",
+        )
         return {"candidate": self.candidate}
 
     open_settings = True
@@ -515,8 +594,9 @@ class AutofixPanel(StepPanel):
             self.candidate.options = names
             report = pipeline.results.get("compare") if pipeline is not None else None
             missing = [c.name for c in report.candidates if not c and c.name in names] if report is not None else []
-            self.candidate.value = current if current in names else (missing[0] if missing else
-                                                                     (names[0] if names else None))
+            self.candidate.value = (
+                current if current in names else (missing[0] if missing else (names[0] if names else None))
+            )
 
     def _prepare(self, pipeline: Any) -> dict[str, Any]:
         return {"candidate": self.candidate.value}
@@ -525,11 +605,16 @@ class AutofixPanel(StepPanel):
         self.show(result)
         self.show(result.figure())
         self.show(result.plan)
-        name = next((n for n, c in self.workbench.pipeline.candidates.items() if Path(c.path) == Path(result.path)),
-                    None)
+        name = next(
+            (n for n, c in self.workbench.pipeline.candidates.items() if Path(c.path) == Path(result.path)), None
+        )
         if name:
-            self.show(widgets.HTML(f"The fixed model is the candidate <code>{html.escape(name)}</code>: run Accuracy "
-                                   "and Benchmark again to compare and time it with the others."))
+            self.show(
+                widgets.HTML(
+                    f"The fixed model is the candidate <code>{html.escape(name)}</code>: run Accuracy "
+                    "and Benchmark again to compare and time it with the others."
+                )
+            )
 
 
 @panel_for("benchmark")
@@ -544,22 +629,35 @@ class BenchmarkPanel(StepPanel):
             self.show(result.speedup_figure("pytorch"))
         rerun = []
         if getattr(result, "warnings", ()):
-            button = widgets.Button(description="Re-run the benchmark", icon="refresh", button_style="warning",
-                                    layout=widgets.Layout(width="auto"),
-                                    tooltip="Time again (best when nothing else runs on this machine)")
+            button = widgets.Button(
+                description="Re-run the benchmark",
+                icon="refresh",
+                button_style="warning",
+                layout=widgets.Layout(width="auto"),
+                tooltip="Time again (best when nothing else runs on this machine)",
+            )
             button.add_class("wb-rerun")
             button.on_click(lambda _button: self.workbench.start(self))
-            rerun = [widgets.HTML("<b>These timings look like a busy machine's</b> (see above): re-run them when "
-                                  "the machine is quiet."), button]
+            rerun = [
+                widgets.HTML(
+                    "<b>These timings look like a busy machine's</b> (see above): re-run them when "
+                    "the machine is quiet."
+                ),
+                button,
+            ]
         self.extra.children = tuple(rerun)
 
 
 @panel_for("choose")
 class ChoosePanel(StepPanel):
     def _controls(self) -> Mapping[str, widgets.Widget]:
-        batch = widgets.IntText(value=int(self.config_base or 1), description="batch size",
-                                style={"description_width": "14em"}, layout=widgets.Layout(width="36em"),
-                                tooltip="The batch size the choice optimises latency for (one of those benchmarked)")
+        batch = widgets.IntText(
+            value=int(self.config_base or 1),
+            description="batch size",
+            style={"description_width": "14em"},
+            layout=widgets.Layout(width="36em"),
+            tooltip="The batch size the choice optimises latency for (one of those benchmarked)",
+        )
         return {"batch": batch}
 
     def _prepare(self, pipeline: Any) -> dict[str, Any]:
@@ -645,8 +743,10 @@ class Workbench:
         background: bool = True,
     ) -> None:
         if not isinstance(parameters, PipelineParameters):
-            raise ConfigError(f"Workbench takes PipelineParameters, got {type(parameters).__name__}.",
-                              fix="use Workbench.from_parameters(**values)")
+            raise ConfigError(
+                f"Workbench takes PipelineParameters, got {type(parameters).__name__}.",
+                fix="use Workbench.from_parameters(**values)",
+            )
         self.parameters = parameters
         self.export_config = export_config if export_config is not None else ExportConfig()
         self.quant_config = quant_config if quant_config is not None else DynamicQuantConfig()
@@ -670,25 +770,35 @@ class Workbench:
             panel_cls = _PANELS.get(declared.name, StepPanel)
             self.panels[declared.name] = panel_cls(self, number, declared, config_base=base)
 
-        self.header = widgets.HTML("<h2>Inference Workbench</h2><p>Run the steps in order; each Run is one "
-                                   "pipeline call. What ran is recorded as a recipe that "
-                                   "<code>python -m workbench run</code> replays headless.</p>")
+        self.header = widgets.HTML(
+            "<h2>Inference Workbench</h2><p>Run the steps in order; each Run is one "
+            "pipeline call. What ran is recorded as a recipe that "
+            "<code>python -m workbench run</code> replays headless.</p>"
+        )
         self.overview = widgets.HTML("")
         self.overview.add_class("wb-overview")
-        self.run_all_button = widgets.Button(description="Run all steps", icon="forward",
-                                             tooltip="Run every step in order (a recipe's steps, when built from one)")
+        self.run_all_button = widgets.Button(
+            description="Run all steps",
+            icon="forward",
+            tooltip="Run every step in order (a recipe's steps, when built from one)",
+        )
         self.run_all_button.on_click(lambda _button: self.start_all())
-        self.recipe_path = widgets.Text(value=str(Path(parameters.output_dir) / "recipe.json"),
-                                        description="recipe file", style={"description_width": "7em"},
-                                        layout=widgets.Layout(width="36em"))
-        self.save_button = widgets.Button(description="Save recipe", icon="save",
-                                          tooltip="Write the recipe of what ran to the recipe file")
+        self.recipe_path = widgets.Text(
+            value=str(Path(parameters.output_dir) / "recipe.json"),
+            description="recipe file",
+            style={"description_width": "7em"},
+            layout=widgets.Layout(width="36em"),
+        )
+        self.save_button = widgets.Button(
+            description="Save recipe", icon="save", tooltip="Write the recipe of what ran to the recipe file"
+        )
         self.save_button.on_click(lambda _button: self._save_clicked())
         self.message = widgets.HTML("")
         self.message.add_class("wb-message")
         toolbar = widgets.HBox([self.run_all_button, self.recipe_path, self.save_button])
-        self.widget = widgets.VBox([self.header, toolbar, self.message, self.overview,
-                                    *(panel.widget for panel in self.panels.values())])
+        self.widget = widgets.VBox(
+            [self.header, toolbar, self.message, self.overview, *(panel.widget for panel in self.panels.values())]
+        )
         self.widget.add_class("wb-workbench")
         self._refresh()
         if load:
@@ -697,8 +807,9 @@ class Workbench:
     # -- construction -------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_parameters(cls, *, recipe: Any = None, pipeline_class: type[Pipeline] = Pipeline,
-                        **parameters: Any) -> Workbench:
+    def from_parameters(
+        cls, *, recipe: Any = None, pipeline_class: type[Pipeline] = Pipeline, **parameters: Any
+    ) -> Workbench:
         """Build from keyword parameters, as papermill passes them (unknown names are a ConfigError).
 
         With `recipe` (a Recipe, a recipe file or a run folder), the recipe's parameters and step configs are
@@ -715,12 +826,16 @@ class Workbench:
         if recipe:
             overrides: dict[str, Any] = {"output_dir": output_dir} if output_dir is not None else {}
             return cls.from_recipe(recipe, **overrides)
-        return cls.from_parameters(output_dir=output_dir, **parameters) if output_dir is not None else \
-            cls.from_parameters(**parameters)
+        return (
+            cls.from_parameters(output_dir=output_dir, **parameters)
+            if output_dir is not None
+            else cls.from_parameters(**parameters)
+        )
 
     @classmethod
-    def from_recipe(cls, recipe: Any, *, load: bool = True, pipeline_class: type[Pipeline] = Pipeline,
-                    **overrides: Any) -> Workbench:
+    def from_recipe(
+        cls, recipe: Any, *, load: bool = True, pipeline_class: type[Pipeline] = Pipeline, **overrides: Any
+    ) -> Workbench:
         """A Workbench whose controls hold a recipe's parameters and step configs (the last call of each step).
 
         Nothing but load runs: "Run all steps" (or `run_all()`) replays the recipe's steps in its order, through
@@ -735,10 +850,16 @@ class Workbench:
         for step in recipe.steps:
             configs.update(step.config)
         choose = recipe.last("choose")
-        workbench = cls(parameters, export_config=configs.get("export_config"),
-                        quant_config=configs.get("quant_config"), budget=configs.get("budget"),
-                        choose_batch=int(choose.args.get("batch", 1)) if choose else 1, recipe=recipe, load=False,
-                        pipeline_class=pipeline_class)
+        workbench = cls(
+            parameters,
+            export_config=configs.get("export_config"),
+            quant_config=configs.get("quant_config"),
+            budget=configs.get("budget"),
+            choose_batch=int(choose.args.get("batch", 1)) if choose else 1,
+            recipe=recipe,
+            load=False,
+            pipeline_class=pipeline_class,
+        )
         for declared in workbench.steps:  # the parameters each step ran with, where it changed them
             step = recipe.last(declared.name)
             if step is not None and step.parameters:
@@ -821,8 +942,10 @@ class Workbench:
                 continue  # a skippable step this machine cannot run (its panel says which extra): not a failure
             if panel.error is not None or panel.stopped or self._stop_all:
                 verb = "stopped" if panel.stopped or self._stop_all else "failed"
-                self.message.value = (f'<span style="color:{_STATE_COLORS[FAILED]}">'
-                                      f"stopped at {html.escape(str(panel.title))} ({verb})</span>")
+                self.message.value = (
+                    f'<span style="color:{_STATE_COLORS[FAILED]}">'
+                    f"stopped at {html.escape(str(panel.title))} ({verb})</span>"
+                )
                 return False
         self.message.value = f"ran {len(steps)} steps"
         if self.source_recipe is not None and self.pipeline is not None:
@@ -944,8 +1067,10 @@ class Workbench:
             if restored is not None:
                 restored.show_config(self.pipeline)
                 restored.restore(self.pipeline.results[key], saved.states.get(key, DONE))
-        self.message.value = (f"re-attached to <code>{html.escape(str(self.pipeline.output_dir))}</code>: "
-                              f"{len(saved.steps)} finished step(s) restored")
+        self.message.value = (
+            f"re-attached to <code>{html.escape(str(self.pipeline.output_dir))}</code>: "
+            f"{len(saved.steps)} finished step(s) restored"
+        )
 
     def _save(self) -> None:
         """Keep recipe.json and workbench_state.pkl up to date (autosave)."""
@@ -957,8 +1082,10 @@ class Workbench:
 
             save_state(self.pipeline, {key: panel.state for key, panel in self.panels.items() if key != LOAD})
         except Exception as exc:  # the step's result stands; say why the files are not current
-            self.message.value = (f'<span style="color:{_STATE_COLORS[FAILED]}">recipe or state not saved: '
-                                  f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>")
+            self.message.value = (
+                f'<span style="color:{_STATE_COLORS[FAILED]}">recipe or state not saved: '
+                f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>"
+            )
 
     def _refresh(self) -> None:
         busy = any(panel.running for panel in self.panels.values())
@@ -970,8 +1097,11 @@ class Workbench:
                     panel.needs.value = f"<small>{html.escape(_headline(exc))}</small>"
             missing = self.missing_inputs(key)
             panel.run_button.disabled = bool(missing) or busy
-            panel.needs.value = ("<small>needs: " + ", ".join(html.escape(str(self.panels[m].title)) for m in missing)
-                                 + "</small>") if missing else ""
+            panel.needs.value = (
+                ("<small>needs: " + ", ".join(html.escape(str(self.panels[m].title)) for m in missing) + "</small>")
+                if missing
+                else ""
+            )
         self.run_all_button.disabled = busy
         self._refresh_overview()
 
@@ -980,8 +1110,10 @@ class Workbench:
         for panel in self.panels.values():
             color = _STATE_COLORS[panel.state]
             name = html.escape(panel.short)
-            cells.append(f'<span style="margin-right:1.2em"><b>{name}</b> '
-                         f'<span style="color:{color}">{panel.state}</span></span>')
+            cells.append(
+                f'<span style="margin-right:1.2em"><b>{name}</b> '
+                f'<span style="color:{color}">{panel.state}</span></span>'
+            )
         self.overview.value = "<div>" + "".join(cells) + "</div>"
 
     # -- the recipe ---------------------------------------------------------------------------------------------
@@ -997,8 +1129,12 @@ class Workbench:
 
     def save_recipe(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Write the recipe (default: <output_dir>/recipe.json); `python -m workbench run PATH` replays it."""
-        target = Path(path) if path is not None else Path(self.pipeline.output_dir if self.pipeline is not None
-                                                          else self.parameters.output_dir) / "recipe.json"
+        target = (
+            Path(path)
+            if path is not None
+            else Path(self.pipeline.output_dir if self.pipeline is not None else self.parameters.output_dir)
+            / "recipe.json"
+        )
         written = self.recipe.save(target)
         self.message.value = f"recipe saved: <code>{html.escape(str(written))}</code>"
         return written
@@ -1007,8 +1143,10 @@ class Workbench:
         try:
             self.save_recipe(self.recipe_path.value.strip() or None)
         except Exception as exc:
-            self.message.value = (f'<span style="color:{_STATE_COLORS[FAILED]}">recipe not saved: '
-                                  f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>")
+            self.message.value = (
+                f'<span style="color:{_STATE_COLORS[FAILED]}">recipe not saved: '
+                f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>"
+            )
 
     # -- display ------------------------------------------------------------------------------------------------
 
@@ -1026,7 +1164,8 @@ class Workbench:
 
 def _set_control(control: widgets.Widget, value: Any) -> None:
     if isinstance(control, widgets.Text) and not isinstance(value, str):
-        control.value = "" if value is None else (", ".join(map(str, value)) if isinstance(value, (list, tuple))
-                                                  else str(value))
+        control.value = (
+            "" if value is None else (", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
+        )
     else:
         control.value = value

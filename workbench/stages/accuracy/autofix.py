@@ -58,8 +58,10 @@ class AutofixConfig(StageConfig):
     latency_iterations: int = 20
     threads: int | None = None
 
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "quick": {"max_prune_trials": 2,
-                                                                              "latency_iterations": 5}}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {},
+        "quick": {"max_prune_trials": 2, "latency_iterations": 5},
+    }
 
     def __post_init__(self) -> None:
         check_positive(self, "latency_iterations")
@@ -140,39 +142,59 @@ class AutofixResult:
         figure = go.Figure()
         for meets, colour in ((True, "seagreen"), (False, "indianred")):
             trials = [t for t in self.trials if t.meets_budget == meets]
-            figure.add_scatter(x=[t.latency_ms for t in trials], y=[t.cosine_mean for t in trials], mode="markers",
-                               marker={"color": colour, "size": 10},
-                               name="meets budget" if meets else "misses budget",
-                               text=[f"trial {t.index} ({t.stage}): {len(t.pins)} pins, min {t.cosine_min:.4f}"
-                                     for t in trials])
+            figure.add_scatter(
+                x=[t.latency_ms for t in trials],
+                y=[t.cosine_mean for t in trials],
+                mode="markers",
+                marker={"color": colour, "size": 10},
+                name="meets budget" if meets else "misses budget",
+                text=[f"trial {t.index} ({t.stage}): {len(t.pins)} pins, min {t.cosine_min:.4f}" for t in trials],
+            )
         front = self.pareto_front()
-        figure.add_scatter(x=[t.latency_ms for t in front], y=[t.cosine_mean for t in front], mode="lines",
-                           line={"dash": "dot", "color": "gray"}, name="Pareto front")
+        figure.add_scatter(
+            x=[t.latency_ms for t in front],
+            y=[t.cosine_mean for t in front],
+            mode="lines",
+            line={"dash": "dot", "color": "gray"},
+            name="Pareto front",
+        )
         primary = self.primary
         for gate in self.budget.gates():
             if gate.metric == primary:
                 figure.add_hline(y=gate.limit, line_dash="dash", annotation_text="budget (mean)")
-        figure.update_layout(title="Autofix trials", xaxis_title="latency, batch 1 (ms)",
-                             yaxis_title=primary.replace("_", " ") or "mean cosine")
+        figure.update_layout(
+            title="Autofix trials",
+            xaxis_title="latency, batch 1 (ms)",
+            yaxis_title=primary.replace("_", " ") or "mean cosine",
+        )
         return figure
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "plan": self.plan.to_dict(), "trials": [t.to_dict() for t in self.trials],
-                "ranking": [list(r) for r in self.ranking], "budget": self.budget.to_dict(),
-                "seconds": self.seconds, "notes": list(self.notes),
-                "diagnosis_seconds": self.diagnosis.seconds if self.diagnosis else None}
+        return {
+            "path": str(self.path),
+            "plan": self.plan.to_dict(),
+            "trials": [t.to_dict() for t in self.trials],
+            "ranking": [list(r) for r in self.ranking],
+            "budget": self.budget.to_dict(),
+            "seconds": self.seconds,
+            "notes": list(self.notes),
+            "diagnosis_seconds": self.diagnosis.seconds if self.diagnosis else None,
+        }
 
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td>{t.index}</td><td>{t.stage}</td><td>{len(t.pins)}</td><td>{t.cosine_mean:.5f}</td>"
             f"<td>{t.cosine_min:.5f}</td><td>{'yes' if t.meets_budget else 'no'}</td><td>{t.latency_ms:.2f}</td></tr>"
-            for t in self.trials)
+            for t in self.trials
+        )
         best = self.best
-        return (f"<b>Autofix</b>: {len(best.pins)} node(s) kept in FP32 -> mean {best.cosine_mean:.5f}, min "
-                f"{best.cosine_min:.5f} at {best.latency_ms:.2f} ms (start: {self.start.cosine_mean:.5f} / "
-                f"{self.start.cosine_min:.5f} at {self.start.latency_ms:.2f} ms), {len(self.trials)} trials, "
-                f"<code>{self.path}</code><table><tr><th>#</th><th>stage</th><th>pins</th><th>cos mean</th>"
-                f"<th>cos min</th><th>meets</th><th>ms</th></tr>{rows}</table>")
+        return (
+            f"<b>Autofix</b>: {len(best.pins)} node(s) kept in FP32 -> mean {best.cosine_mean:.5f}, min "
+            f"{best.cosine_min:.5f} at {best.latency_ms:.2f} ms (start: {self.start.cosine_mean:.5f} / "
+            f"{self.start.cosine_min:.5f} at {self.start.latency_ms:.2f} ms), {len(self.trials)} trials, "
+            f"<code>{self.path}</code><table><tr><th>#</th><th>stage</th><th>pins</th><th>cos mean</th>"
+            f"<th>cos min</th><th>meets</th><th>ms</th></tr>{rows}</table>"
+        )
 
 
 def trial_budget(quantized_count: int, max_prune_trials: int, alpha_trials: int = 0) -> int:
@@ -247,10 +269,21 @@ def autofix(
         index = len(trials)
         report(index, f"trial {index} ({stage}): converting with {len(pins)} node(s) in FP32")
         converted = plan.pin([p for p in pins if p not in plan.nodes], reason="sensitivity")  # user pins stay
-        result = converted.convert(model_path, output_dir / f"trial_{index:02d}{suffix}",
-                                   calibration_feeds=calibration_feeds, cache_dir=cache_dir, progress=False)
-        accuracy = compare_candidates(reference, {"trial": result.path}, encoded or evaluation_feeds,
-                                      task=task_name, budget=budget, threads=config.threads)["trial"]
+        result = converted.convert(
+            model_path,
+            output_dir / f"trial_{index:02d}{suffix}",
+            calibration_feeds=calibration_feeds,
+            cache_dir=cache_dir,
+            progress=False,
+        )
+        accuracy = compare_candidates(
+            reference,
+            {"trial": result.path},
+            encoded or evaluation_feeds,
+            task=task_name,
+            budget=budget,
+            threads=config.threads,
+        )["trial"]
         with engine.runner(result.path, name="trial", threads=config.threads) as runner:
             for _ in range(3):
                 runner.infer(latency_feed)
@@ -259,11 +292,21 @@ def autofix(
                 tick = time.perf_counter()
                 runner.infer(latency_feed)
                 timings.append((time.perf_counter() - tick) * 1000.0)
-        trial = Trial(index, stage, tuple(pins), _number(accuracy.cosine_mean), _number(accuracy.cosine_min),
-                      bool(accuracy), float(np.median(timings)), result.path,
-                      sum(weight_sizes.get(p, 0) for p in pins), plan.smoothing is not None,
-                      _shortfall(accuracy.task_metrics, budget), dict(accuracy.task_metrics),
-                      plan.smoothing.alpha if plan.smoothing is not None else None)
+        trial = Trial(
+            index,
+            stage,
+            tuple(pins),
+            _number(accuracy.cosine_mean),
+            _number(accuracy.cosine_min),
+            bool(accuracy),
+            float(np.median(timings)),
+            result.path,
+            sum(weight_sizes.get(p, 0) for p in pins),
+            plan.smoothing is not None,
+            _shortfall(accuracy.task_metrics, budget),
+            dict(accuracy.task_metrics),
+            plan.smoothing.alpha if plan.smoothing is not None else None,
+        )
         trials.append(trial)
         evaluated[key] = trial
         plans[index] = plan
@@ -286,9 +329,11 @@ def autofix(
         smoothed = evaluate((), "smooth")
         if smoothed.shortfall < start.shortfall:
             current = smoothed
-            notes.append(f"SmoothQuant (alpha {config.smoothing_alpha}) took the candidate from mean "
-                         f"{start.cosine_mean:.5f} / min {start.cosine_min:.5f} to {smoothed.cosine_mean:.5f} / "
-                         f"{smoothed.cosine_min:.5f}")
+            notes.append(
+                f"SmoothQuant (alpha {config.smoothing_alpha}) took the candidate from mean "
+                f"{start.cosine_mean:.5f} / min {start.cosine_min:.5f} to {smoothed.cosine_mean:.5f} / "
+                f"{smoothed.cosine_min:.5f}"
+            )
         else:
             plan = unsmoothed
             notes.append("SmoothQuant did not bring the candidate closer to the budget; searching without it")
@@ -305,12 +350,15 @@ def autofix(
                 break
         plan = kept
         if current is not start:
-            notes.append(f"SmoothQuant alpha {plan.smoothing.alpha} (instead of {own.alpha}) took the candidate from "
-                         f"mean {start.cosine_mean:.5f} / min {start.cosine_min:.5f} to {current.cosine_mean:.5f} / "
-                         f"{current.cosine_min:.5f}")
+            notes.append(
+                f"SmoothQuant alpha {plan.smoothing.alpha} (instead of {own.alpha}) took the candidate from "
+                f"mean {start.cosine_mean:.5f} / min {start.cosine_min:.5f} to {current.cosine_mean:.5f} / "
+                f"{current.cosine_min:.5f}"
+            )
         else:
-            notes.append(f"no alpha among {list(config.smoothing_alphas)} brought the candidate closer than alpha "
-                         f"{own.alpha}")
+            notes.append(
+                f"no alpha among {list(config.smoothing_alphas)} brought the candidate closer than alpha {own.alpha}"
+            )
     if current.meets_budget:
         if current is start:
             notes.append("the starting candidate already meets the budget: nothing to pin")
@@ -319,8 +367,11 @@ def autofix(
         diagnosis = diagnose(model_path, current.path, evaluation_feeds, task=task_name)
         ranking = diagnosis.sensitivity()
         order = [name for name, _ in ranking]
-        report(len(trials), f"ranked {len(order)} quantized nodes",
-               total=len(trials) + 1 + math.ceil(math.log2(max(len(order), 1))) + config.max_prune_trials)
+        report(
+            len(trials),
+            f"ranked {len(order)} quantized nodes",
+            total=len(trials) + 1 + math.ceil(math.log2(max(len(order), 1))) + config.max_prune_trials,
+        )
         everything = evaluate(order, "all pinned")
         if not everything.meets_budget:
             raise AccuracyError(
@@ -330,16 +381,26 @@ def autofix(
                 expected=budget.describe(),
                 fix="check the reference and the evaluation data, or relax the budget",
             )
-        search_pins(order, lambda pins, stage: evaluate(pins, stage).meets_budget,
-                    max_prune_trials=config.max_prune_trials)
+        search_pins(
+            order, lambda pins, stage: evaluate(pins, stage).meets_budget, max_prune_trials=config.max_prune_trials
+        )
     passing = [t for t in trials if t.meets_budget]
     best = min(passing, key=lambda t: (t.pinned_parameters, t.latency_ms))
     plan = plans[best.index]
     final_plan = plan.pin([p for p in best.pins if p not in plan.nodes], reason="sensitivity", note="autofix")
     fixed_path = engine.copy_model(best.path, output_dir / f"fixed{suffix}")
     final_plan.save(output_dir / "fixed_plan.json")
-    return AutofixResult(fixed_path, final_plan, tuple(trials), tuple(ranking), diagnosis, budget,
-                         time.perf_counter() - started, tuple(notes), resolved.primary_cosine[0])
+    return AutofixResult(
+        fixed_path,
+        final_plan,
+        tuple(trials),
+        tuple(ranking),
+        diagnosis,
+        budget,
+        time.perf_counter() - started,
+        tuple(notes),
+        resolved.primary_cosine[0],
+    )
 
 
 def moved(result: AutofixResult, old: str | os.PathLike[str], new: str | os.PathLike[str]) -> AutofixResult:

@@ -55,10 +55,25 @@ from workbench.stages.accuracy.report import (
 from workbench.tasks.base import Budget, Encoded, Task, get_task, task_for_outputs
 from workbench.tasks.embedding import AccuracyBudget, mean_pooled_embeddings
 
-__all__ = ["DEFAULT_THRESHOLDS", "DEFAULT_TOLERANCE", "ERROR_HISTOGRAM_EDGES", "ERROR_STATS", "OUTPUT_CHECK_KINDS",
-           "AccuracyBudget", "CandidateAccuracy", "ComparisonReport", "OutputCheck", "OutputCheckResult",
-           "PolygraphyFiles", "compare_candidates", "load_polygraphy_inputs", "mean_pooled_embeddings",
-           "resolve_task", "save_polygraphy_data", "task_and_budget"]
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "DEFAULT_TOLERANCE",
+    "ERROR_HISTOGRAM_EDGES",
+    "ERROR_STATS",
+    "OUTPUT_CHECK_KINDS",
+    "AccuracyBudget",
+    "CandidateAccuracy",
+    "ComparisonReport",
+    "OutputCheck",
+    "OutputCheckResult",
+    "PolygraphyFiles",
+    "compare_candidates",
+    "load_polygraphy_inputs",
+    "mean_pooled_embeddings",
+    "resolve_task",
+    "save_polygraphy_data",
+    "task_and_budget",
+]
 
 _REFERENCE = "reference"
 Model = str | os.PathLike[str] | Candidate
@@ -134,53 +149,72 @@ def compare_candidates(
         per_sample: tuple[float, ...] = ()
         absent = [o for o in reference_outputs[0] if o in resolved.outputs and (o in missing or o in uncomparable)]
         if absent:
-            trouble.append(f"the task's output(s) {absent} are missing from the candidate or of another shape, so "
-                           f"its {resolved.title.lower()} metrics could not be computed")
+            trouble.append(
+                f"the task's output(s) {absent} are missing from the candidate or of another shape, so "
+                f"its {resolved.title.lower()} metrics could not be computed"
+            )
         else:
             measured = resolved.metrics(reference_outputs, candidate_outputs, encoded.feeds, encoded.meta)
             task_metrics = {str(k): float(v) for k, v in measured.values.items()}
             per_sample = tuple(measured.per_sample)
         if outputs:
             task_metrics["output_cosine_min"] = min(s["cosine_min"] for s in outputs.values())
-        failures = _budget_failures(budget, task_metrics, outputs) + tuple(c.message for c in check_results if not c) \
+        failures = (
+            _budget_failures(budget, task_metrics, outputs)
+            + tuple(c.message for c in check_results if not c)
             + tuple(trouble)
+        )
         given = candidates[name]
         engine = given.engine if isinstance(given, Candidate) else engine_for_path(given).name
-        results.append(CandidateAccuracy(
-            name=name,
-            path=Path(given.path if isinstance(given, Candidate) else given),
-            outputs=outputs,
-            task_metrics=task_metrics,
-            cosine_mean=task_metrics.get(resolved.primary_cosine[0]),
-            cosine_min=task_metrics.get(resolved.primary_cosine[1]),
-            per_sample_cosine=per_sample,
-            failures=failures,
-            checks=check_results,
-            error_histograms=error_histograms(reference_outputs, candidate_outputs, outputs),
-            engine=engine,
-        ))
+        results.append(
+            CandidateAccuracy(
+                name=name,
+                path=Path(given.path if isinstance(given, Candidate) else given),
+                outputs=outputs,
+                task_metrics=task_metrics,
+                cosine_mean=task_metrics.get(resolved.primary_cosine[0]),
+                cosine_min=task_metrics.get(resolved.primary_cosine[1]),
+                per_sample_cosine=per_sample,
+                failures=failures,
+                checks=check_results,
+                error_histograms=error_histograms(reference_outputs, candidate_outputs, outputs),
+                engine=engine,
+            )
+        )
     samples = sum(int(next(iter(f.values())).shape[0]) for f in encoded.feeds)
-    return ComparisonReport(reference=reference_path, budget=budget, candidates=tuple(results), samples=samples,
-                            notes=tuple(notes), task=resolved.name, primary=resolved.primary_cosine,
-                            output_checks=dict(checks))
+    return ComparisonReport(
+        reference=reference_path,
+        budget=budget,
+        candidates=tuple(results),
+        samples=samples,
+        notes=tuple(notes),
+        task=resolved.name,
+        primary=resolved.primary_cosine,
+        output_checks=dict(checks),
+    )
 
 
-def _budget_failures(budget: Budget, metrics: Mapping[str, float],
-                     outputs: Mapping[str, Mapping[str, float]]) -> tuple[str, ...]:
+def _budget_failures(
+    budget: Budget, metrics: Mapping[str, float], outputs: Mapping[str, Mapping[str, float]]
+) -> tuple[str, ...]:
     """The budget's misses; a missed raw-output cosine gate names each output that misses it."""
     lines = []
     for line in budget.failures(metrics):
         if line.startswith("output cosine min ") and outputs:
             limit = next(g.limit for g in budget.gates() if g.metric == "output_cosine_min")
-            lines += [f"output {o!r} cosine min {s['cosine_min']:.5f} < {limit:g}" for o, s in outputs.items()
-                      if not s["cosine_min"] >= limit]
+            lines += [
+                f"output {o!r} cosine min {s['cosine_min']:.5f} < {limit:g}"
+                for o, s in outputs.items()
+                if not s["cosine_min"] >= limit
+            ]
         else:
             lines.append(line)
     return tuple(lines)
 
 
-def task_and_budget(reference: str | os.PathLike[str], task: Task | str | None = None,
-                    budget: Budget | None = None) -> tuple[Task, Budget]:
+def task_and_budget(
+    reference: str | os.PathLike[str], task: Task | str | None = None, budget: Budget | None = None
+) -> tuple[Task, Budget]:
     """The task a comparison against `reference` judges by, and its budget (the task's default when None).
 
     Raises:
@@ -191,9 +225,12 @@ def task_and_budget(reference: str | os.PathLike[str], task: Task | str | None =
     available = _output_ranks(reference)
     resolved = resolve_task(task, available)
     if not resolved.accepts_outputs(available):
-        raise DataError(f"The reference {reference.name} has outputs {sorted(available)}, which are not what task "
-                        f"{resolved.name!r} reads.", expected=f"outputs {list(resolved.outputs)}",
-                        fix="pass the task the model was made for (task=...)")
+        raise DataError(
+            f"The reference {reference.name} has outputs {sorted(available)}, which are not what task "
+            f"{resolved.name!r} reads.",
+            expected=f"outputs {list(resolved.outputs)}",
+            fix="pass the task the model was made for (task=...)",
+        )
     budget = budget if budget is not None else resolved.default_budget()
     resolved.check_budget(budget)
     return resolved, budget
@@ -210,15 +247,20 @@ def resolve_task(task: Task | str | None, outputs: Mapping[str, int | None]) -> 
     if isinstance(task, str):
         return get_task(task)
     if task is not None:
-        raise ConfigError(f"task must be a Task or a task name, not {type(task).__name__}.",
-                          fix="pass task='feature-extraction', 'text-classification', ... (workbench.tasks.tasks())")
+        raise ConfigError(
+            f"task must be a Task or a task name, not {type(task).__name__}.",
+            fix="pass task='feature-extraction', 'text-classification', ... (workbench.tasks.tasks())",
+        )
     return task_for_outputs(outputs)
 
 
 def _runner(model: Model, name: str, threads: int | None) -> Runner:
     if isinstance(model, Candidate):
-        return model.runner(threads=threads) if model.name == name else \
-            Candidate(name, model.path, model.engine, model.precision).runner(threads=threads)
+        return (
+            model.runner(threads=threads)
+            if model.name == name
+            else Candidate(name, model.path, model.engine, model.precision).runner(threads=threads)
+        )
     return engine_for_path(model).runner(Path(model), name=name, threads=threads)
 
 
@@ -228,11 +270,15 @@ def _output_ranks(reference: Path) -> dict[str, int | None]:
     if not reference.is_file():
         raise ModelSourceError(f"Model {reference} does not exist.", fix="export the model first")
     if reference.suffix.lower() != ".onnx":
-        raise ConfigError(f"The reference must be the FP32 ONNX model, not {reference.name}.",
-                          fix="pass the exported model.onnx as the reference")
+        raise ConfigError(
+            f"The reference must be the FP32 ONNX model, not {reference.name}.",
+            fix="pass the exported model.onnx as the reference",
+        )
     graph = onnx.load(str(reference), load_external_data=False).graph
-    return {o.name: (len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else None)
-            for o in graph.output}
+    return {
+        o.name: (len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else None)
+        for o in graph.output
+    }
 
 
 class PolygraphyFiles(NamedTuple):
@@ -277,8 +323,9 @@ def save_polygraphy_data(
     if not feeds:
         raise DataError("No inputs were given to save.", fix="tokenize some evaluation sentences first")
     if inputs_path.resolve() == outputs_path.resolve():
-        raise ConfigError(f"The inputs and the outputs would both be written to {inputs_path}.",
-                          fix="pass two different paths")
+        raise ConfigError(
+            f"The inputs and the outputs would both be written to {inputs_path}.", fix="pass two different paths"
+        )
     feed_list = []
     for index, feed in enumerate(feeds):
         if not isinstance(feed, Mapping) or not feed:

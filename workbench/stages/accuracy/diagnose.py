@@ -74,13 +74,22 @@ class Diagnosis:
         The score is `impact` (the model's output error when only that node is quantized) where it was
         measured, else the node's local error.
         """
-        scored = [(n.name, float(n.impact if n.impact is not None else n.local_error))  # type: ignore[arg-type]
-                  for n in self.nodes if n.local_error is not None or n.impact is not None]
+        scored = [
+            (n.name, float(n.impact if n.impact is not None else n.local_error))  # type: ignore[arg-type]
+            for n in self.nodes
+            if n.local_error is not None or n.impact is not None
+        ]
         return sorted(scored, key=lambda item: item[1], reverse=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reference": str(self.reference), "candidate": str(self.candidate), "samples": self.samples,
-                "seconds": self.seconds, "unmatched": list(self.unmatched), "nodes": [n.to_dict() for n in self.nodes]}
+        return {
+            "reference": str(self.reference),
+            "candidate": str(self.candidate),
+            "samples": self.samples,
+            "seconds": self.seconds,
+            "unmatched": list(self.unmatched),
+            "nodes": [n.to_dict() for n in self.nodes],
+        }
 
     def figure(self) -> Any:
         """Relative error along the graph order, coloured by op type (plotly)."""
@@ -89,23 +98,35 @@ class Diagnosis:
         figure = go.Figure()
         for op_type in sorted({n.op_type for n in self.nodes}):
             nodes = [n for n in self.nodes if n.op_type == op_type]
-            figure.add_scatter(x=[n.index for n in nodes], y=[max(n.relative_error, 1e-9) for n in nodes],
-                               mode="markers", name=op_type, text=[n.name for n in nodes],
-                               customdata=[n.added_error for n in nodes],
-                               hovertemplate="%{text}<br>relative error %{y:.2e}<br>added %{customdata:.2e}")
-        figure.update_layout(title="Error along the graph", xaxis_title="node (graph order)",
-                             yaxis_title="relative error of the node's output", yaxis_type="log")
+            figure.add_scatter(
+                x=[n.index for n in nodes],
+                y=[max(n.relative_error, 1e-9) for n in nodes],
+                mode="markers",
+                name=op_type,
+                text=[n.name for n in nodes],
+                customdata=[n.added_error for n in nodes],
+                hovertemplate="%{text}<br>relative error %{y:.2e}<br>added %{customdata:.2e}",
+            )
+        figure.update_layout(
+            title="Error along the graph",
+            xaxis_title="node (graph order)",
+            yaxis_title="relative error of the node's output",
+            yaxis_type="log",
+        )
         return figure
 
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td>{n.index}</td><td><code>{n.name}</code></td><td>{n.op_type}</td><td>{n.relative_error:.2e}</td>"
-            f"<td>{n.added_error:+.2e}</td><td>{n.cosine:.5f}</td></tr>" for n in self.worst(15)
+            f"<td>{n.added_error:+.2e}</td><td>{n.cosine:.5f}</td></tr>"
+            for n in self.worst(15)
         )
-        return (f"<b>Diagnosis</b> of <code>{self.candidate.name}</code> vs <code>{self.reference.name}</code> on "
-                f"{self.samples} batches ({self.seconds:.1f} s): the nodes that add the most error"
-                "<table><tr><th>#</th><th>node</th><th>op</th><th>relative error</th><th>added</th><th>cosine</th>"
-                f"</tr>{rows}</table>")
+        return (
+            f"<b>Diagnosis</b> of <code>{self.candidate.name}</code> vs <code>{self.reference.name}</code> on "
+            f"{self.samples} batches ({self.seconds:.1f} s): the nodes that add the most error"
+            "<table><tr><th>#</th><th>node</th><th>op</th><th>relative error</th><th>added</th><th>cosine</th>"
+            f"</tr>{rows}</table>"
+        )
 
 
 def _expose_as_float(model: Any, names: Sequence[str]) -> Any:
@@ -187,23 +208,46 @@ def diagnose(
                 squared_norm[name] += float(np.dot(a, a))
                 candidate_norm[name] += float(np.dot(b, b))
                 dot[name] += float(np.dot(a, b))
-    relative = {n: float(np.sqrt(squared_error[n] / squared_norm[n])) if squared_norm[n] > 0 else
-                float(np.sqrt(squared_error[n])) for n in matched}
-    cosine = {n: dot[n] / np.sqrt(squared_norm[n] * candidate_norm[n]) if squared_norm[n] * candidate_norm[n] > 0
-              else 1.0 for n in matched}
+    relative = {
+        n: float(np.sqrt(squared_error[n] / squared_norm[n]))
+        if squared_norm[n] > 0
+        else float(np.sqrt(squared_error[n]))
+        for n in matched
+    }
+    cosine = {
+        n: dot[n] / np.sqrt(squared_norm[n] * candidate_norm[n]) if squared_norm[n] * candidate_norm[n] > 0 else 1.0
+        for n in matched
+    }
     errors = []
     for index, node in enumerate(ref_nodes):
         output = node.output[0]
         if output not in relative:
             continue
         input_error = max((relative.get(i, 0.0) for i in node.input if i), default=0.0)
-        errors.append(NodeError(index, node.name, node.op_type, output, relative[output], float(cosine[output]),
-                                input_error, relative[output] - input_error, tuple(i for i in node.input if i)))
-    local, impact = _local_errors(reference_model, view, _task_or_none(task, reference_model),
-                                  view.quantized_nodes(reference_model), feeds[:local_batches])
+        errors.append(
+            NodeError(
+                index,
+                node.name,
+                node.op_type,
+                output,
+                relative[output],
+                float(cosine[output]),
+                input_error,
+                relative[output] - input_error,
+                tuple(i for i in node.input if i),
+            )
+        )
+    local, impact = _local_errors(
+        reference_model,
+        view,
+        _task_or_none(task, reference_model),
+        view.quantized_nodes(reference_model),
+        feeds[:local_batches],
+    )
     errors = [replace(e, local_error=local.get(e.name), impact=impact.get(e.name)) for e in errors]
-    return Diagnosis(Path(reference), Path(candidate), tuple(errors), unmatched, len(feeds),
-                     time.perf_counter() - started)
+    return Diagnosis(
+        Path(reference), Path(candidate), tuple(errors), unmatched, len(feeds), time.perf_counter() - started
+    )
 
 
 def quantized_nodes(reference: Any, candidate: Any) -> list[str]:
@@ -244,8 +288,10 @@ def candidate_view(candidate: str | os.PathLike[str]) -> Any:
     engine = engine_for_path(candidate)
     where = CANDIDATE_VIEWS.get(engine.name)
     if where is None:
-        raise WorkbenchError(f"Layer-by-layer diagnosis cannot read {engine.title} models ({Path(candidate).name}).",
-                             expected=f"a model of an engine among {sorted(CANDIDATE_VIEWS)}")
+        raise WorkbenchError(
+            f"Layer-by-layer diagnosis cannot read {engine.title} models ({Path(candidate).name}).",
+            expected=f"a model of an engine among {sorted(CANDIDATE_VIEWS)}",
+        )
     module, name = where.split(":")
     return getattr(importlib.import_module(module), name)(candidate)
 
@@ -284,11 +330,17 @@ class OnnxCandidate:
         """Node -> (the reference tensors its quantized form reads, the reference tensor it replaces)."""
         initializers = {t.name for t in reference.graph.initializer}
         by_name = {n.name: n for n in reference.graph.node}
-        return {name: ([i for i in by_name[name].input if i and i not in initializers], by_name[name].output[0])
-                for name in nodes}
+        return {
+            name: ([i for i in by_name[name].input if i and i not in initializers], by_name[name].output[0])
+            for name in nodes
+        }
 
-    def produce(self, reference: Any, boundaries: Mapping[str, tuple[list[str], str]],
-                values: Sequence[Mapping[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    def produce(
+        self,
+        reference: Any,
+        boundaries: Mapping[str, tuple[list[str], str]],
+        values: Sequence[Mapping[str, np.ndarray]],
+    ) -> dict[str, list[np.ndarray]]:
         """Node -> its quantized form's output on each feed of `values` (the reference's FP32 boundary tensors).
 
         The node's quantized form is cut out of the candidate with onnx's Extractor; in QDQ its output is itself
@@ -331,8 +383,10 @@ def _task_or_none(task: Any, reference: Any) -> Any:
     from workbench.errors import ConfigError
     from workbench.stages.accuracy.compare import resolve_task
 
-    ranks = {o.name: len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else None
-             for o in reference.graph.output}
+    ranks = {
+        o.name: len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else None
+        for o in reference.graph.output
+    }
     try:
         return resolve_task(task, ranks)
     except ConfigError:
@@ -341,9 +395,14 @@ def _task_or_none(task: Any, reference: Any) -> Any:
         return None
 
 
-def _local_errors(reference: Any, view: Any, task: Any, nodes: Sequence[str],
-                  feeds: Sequence[Mapping[str, np.ndarray]],
-                  impact_batches: int = 1) -> tuple[dict[str, float], dict[str, float]]:
+def _local_errors(
+    reference: Any,
+    view: Any,
+    task: Any,
+    nodes: Sequence[str],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    impact_batches: int = 1,
+) -> tuple[dict[str, float], dict[str, float]]:
     """Per quantized node: (its local error, its impact on the output) when only it is quantized.
 
     The node's quantized form (from the candidate's view) is fed the reference's FP32 inputs; its output is
@@ -376,12 +435,21 @@ def _local_errors(reference: Any, view: Any, task: Any, nodes: Sequence[str],
 def _requantized_outputs(candidate: Any) -> dict[str, str]:
     """Tensor -> the DequantizeLinear output that consumers read instead, where a QDQ pair follows it."""
     dequantize_of = {n.input[0]: n.output[0] for n in candidate.graph.node if n.op_type == "DequantizeLinear"}
-    return {n.input[0]: dequantize_of[n.output[0]] for n in candidate.graph.node
-            if n.op_type == "QuantizeLinear" and n.output[0] in dequantize_of}
+    return {
+        n.input[0]: dequantize_of[n.output[0]]
+        for n in candidate.graph.node
+        if n.op_type == "QuantizeLinear" and n.output[0] in dequantize_of
+    }
 
 
-def _impact(reference: Any, task: Any, tensor: str, replacement: Sequence[np.ndarray],
-            feeds: Sequence[Mapping[str, np.ndarray]], exact: Sequence[Mapping[str, np.ndarray]]) -> float:
+def _impact(
+    reference: Any,
+    task: Any,
+    tensor: str,
+    replacement: Sequence[np.ndarray],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    exact: Sequence[Mapping[str, np.ndarray]],
+) -> float:
     """The reference model's output error when `tensor` takes the quantized node's values and all else is FP32.
 
     The tensor becomes a graph input of a copy of the reference (its producer's output is renamed away and

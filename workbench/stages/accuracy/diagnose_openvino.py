@@ -115,7 +115,8 @@ class OpenVINOCandidate:
     def boundaries(self, reference: Any, nodes: Sequence[str]) -> dict[str, tuple[list[str], str]]:
         """Node -> (the reference tensors its quantized piece reads, the reference tensor it replaces)."""
         reference_tensors = {o for n in reference.graph.node for o in n.output if o} | {
-            i.name for i in reference.graph.input}
+            i.name for i in reference.graph.input
+        }
         ops = {op.get_friendly_name(): op for op in self.model.get_ordered_ops()}
         found = {}
         for name in nodes:
@@ -128,8 +129,12 @@ class OpenVINOCandidate:
                 found[name] = ([tensor for _, tensor in cuts], outputs[0])
         return found
 
-    def produce(self, reference: Any, boundaries: Mapping[str, tuple[list[str], str]],
-                values: Sequence[Mapping[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    def produce(
+        self,
+        reference: Any,
+        boundaries: Mapping[str, tuple[list[str], str]],
+        values: Sequence[Mapping[str, np.ndarray]],
+    ) -> dict[str, list[np.ndarray]]:
         """Node -> its INT8 piece's output on each feed of `values` (the reference's FP32 boundary tensors)."""
         from workbench.engines.openvino import OpenVINORunner
 
@@ -147,8 +152,11 @@ class OpenVINOCandidate:
                 parameter = parameters.get(tensor)
                 if parameter is None:
                     source = consumer.get_source_output()
-                    parameter = ov.opset13.parameter(ov.PartialShape.dynamic(source.get_partial_shape().rank),
-                                                     source.get_element_type(), name=f"boundary_{len(parameters)}")
+                    parameter = ov.opset13.parameter(
+                        ov.PartialShape.dynamic(source.get_partial_shape().rank),
+                        source.get_element_type(),
+                        name=f"boundary_{len(parameters)}",
+                    )
                     parameter.output(0).set_names({_boundary(tensor)})
                     parameters[tensor] = parameter
                 consumer.replace_source_output(parameter.output(0))
@@ -174,7 +182,9 @@ def _checked(runner: Any) -> Any:
         try:
             return runner.infer(dict(feeds))
         except Exception as exc:
-            raise WorkbenchError(f"OpenVINO could not run {runner.name!r} for diagnosis: {type(exc).__name__}: {exc}",
-                                 fix="check the feeds' names, dtypes and shapes against the model's inputs") from exc
+            raise WorkbenchError(
+                f"OpenVINO could not run {runner.name!r} for diagnosis: {type(exc).__name__}: {exc}",
+                fix="check the feeds' names, dtypes and shapes against the model's inputs",
+            ) from exc
 
     return run

@@ -19,8 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["ACCURACY_SUMMARY_VERSION", "PlanEvaluation", "accuracy_summary", "evaluate_plan",
-           "write_accuracy_summary"]
+__all__ = ["ACCURACY_SUMMARY_VERSION", "PlanEvaluation", "accuracy_summary", "evaluate_plan", "write_accuracy_summary"]
 
 ACCURACY_SUMMARY_VERSION = 1
 
@@ -53,11 +52,12 @@ class PlanEvaluation(NamedTuple):
             cosine = "no task metric"
         else:
             cosine = f"cosine mean {accuracy.cosine_mean:.5f}, min {accuracy.cosine_min:.5f}"
-        verdict = ("meets the budget" if accuracy else
-                   "misses the budget: " + html.escape("; ".join(accuracy.failures)))
+        verdict = "meets the budget" if accuracy else "misses the budget: " + html.escape("; ".join(accuracy.failures))
         kept = len(self.conversion.keep_fp32)
-        return (f"<b>Plan evaluation</b>: {kept} node(s) kept in FP32 -> {cosine}; {verdict}<br>"
-                f"{self.conversion._repr_html_()}")
+        return (
+            f"<b>Plan evaluation</b>: {kept} node(s) kept in FP32 -> {cosine}; {verdict}<br>"
+            f"{self.conversion._repr_html_()}"
+        )
 
 
 def evaluate_plan(
@@ -97,18 +97,24 @@ def evaluate_plan(
     from workbench.stages.accuracy.compare import compare_candidates
 
     if not evaluation_feeds:
-        raise DataError("No evaluation inputs to measure the plan on.",
-                        fix="pass feed dicts from tokenize_batches()")
-    conversion = plan.convert(model_path, output_path, calibration_feeds=calibration_feeds, cache_dir=cache_dir,
-                              progress=False)
+        raise DataError("No evaluation inputs to measure the plan on.", fix="pass feed dicts from tokenize_batches()")
+    conversion = plan.convert(
+        model_path, output_path, calibration_feeds=calibration_feeds, cache_dir=cache_dir, progress=False
+    )
     name = Path(output_path).stem
-    report = compare_candidates(reference if reference is not None else model_path, {name: conversion.path},
-                                evaluation_feeds, task=task, budget=budget)
+    report = compare_candidates(
+        reference if reference is not None else model_path,
+        {name: conversion.path},
+        evaluation_feeds,
+        task=task,
+        budget=budget,
+    )
     return PlanEvaluation(conversion, report[name])
 
 
-def accuracy_summary(report: Any, autofix_result: Any, *, model_path: str | os.PathLike[str] | None = None,
-                     diagnosis: Any = None) -> dict[str, Any]:
+def accuracy_summary(
+    report: Any, autofix_result: Any, *, model_path: str | os.PathLike[str] | None = None, diagnosis: Any = None
+) -> dict[str, Any]:
     """What an accuracy-fix run found, as plain JSON-ready data.
 
     Args:
@@ -157,12 +163,22 @@ def accuracy_summary(report: Any, autofix_result: Any, *, model_path: str | os.P
         start_row = rows[0]  # a report of the starting candidate alone
 
     def from_row(row: Any) -> dict[str, Any]:
-        return {"cosine_mean": row.cosine_mean, "cosine_min": row.cosine_min,
-                "meets_budget": bool(row), "path": str(row.path), "source": "comparison"}
+        return {
+            "cosine_mean": row.cosine_mean,
+            "cosine_min": row.cosine_min,
+            "meets_budget": bool(row),
+            "path": str(row.path),
+            "source": "comparison",
+        }
 
     def from_trial(trial: Any) -> dict[str, Any]:
-        return {"cosine_mean": trial.cosine_mean, "cosine_min": trial.cosine_min,
-                "meets_budget": bool(trial.meets_budget), "path": str(trial.path), "source": "autofix"}
+        return {
+            "cosine_mean": trial.cosine_mean,
+            "cosine_min": trial.cosine_min,
+            "meets_budget": bool(trial.meets_budget),
+            "path": str(trial.path),
+            "source": "autofix",
+        }
 
     start = from_row(start_row) if start_row is not None else from_trial(start_trial)
     fixed = from_row(fixed_row) if fixed_row is not None else from_trial(best)
@@ -185,25 +201,55 @@ def accuracy_summary(report: Any, autofix_result: Any, *, model_path: str | os.P
         "quantized_nodes": _quantized_count(autofix_result, model_path),
         "ranked_nodes": len(autofix_result.ranking),
         "diagnosis_seconds": float(diagnosis.seconds) if diagnosis is not None else None,
-        "diagnosis": None if diagnosis is None else {
-            "source": source, "seconds": float(diagnosis.seconds), "samples": diagnosis.samples,
-            "nodes": len(diagnosis.nodes), "worst": [n.name for n in diagnosis.worst(5)],
-            "most_sensitive": [name for name, _ in diagnosis.sensitivity()[:5]]},
+        "diagnosis": None
+        if diagnosis is None
+        else {
+            "source": source,
+            "seconds": float(diagnosis.seconds),
+            "samples": diagnosis.samples,
+            "nodes": len(diagnosis.nodes),
+            "worst": [n.name for n in diagnosis.worst(5)],
+            "most_sensitive": [name for name, _ in diagnosis.sensitivity()[:5]],
+        },
         "autofix_seconds": float(autofix_result.seconds),
         "smoothed": bool(best.smoothed),
-        "trial_log": [{"index": t.index, "stage": t.stage, "pin_count": len(t.pins), "cosine_mean": t.cosine_mean,
-                       "cosine_min": t.cosine_min, "meets_budget": bool(t.meets_budget), "latency_ms": t.latency_ms,
-                       "pinned_parameters": int(t.pinned_parameters), "smoothed": bool(t.smoothed)}
-                      for t in autofix_result.trials],
-        "candidates": [{"name": c.name, "path": str(c.path), "cosine_mean": c.cosine_mean,
-                        "cosine_min": c.cosine_min, "meets_budget": bool(c), "failures": list(c.failures)}
-                       for c in rows],
+        "trial_log": [
+            {
+                "index": t.index,
+                "stage": t.stage,
+                "pin_count": len(t.pins),
+                "cosine_mean": t.cosine_mean,
+                "cosine_min": t.cosine_min,
+                "meets_budget": bool(t.meets_budget),
+                "latency_ms": t.latency_ms,
+                "pinned_parameters": int(t.pinned_parameters),
+                "smoothed": bool(t.smoothed),
+            }
+            for t in autofix_result.trials
+        ],
+        "candidates": [
+            {
+                "name": c.name,
+                "path": str(c.path),
+                "cosine_mean": c.cosine_mean,
+                "cosine_min": c.cosine_min,
+                "meets_budget": bool(c),
+                "failures": list(c.failures),
+            }
+            for c in rows
+        ],
         "notes": list(autofix_result.notes),
     }
 
 
-def write_accuracy_summary(report: Any, autofix_result: Any, path: str | os.PathLike[str], *,
-                           model_path: str | os.PathLike[str] | None = None, diagnosis: Any = None) -> dict[str, Any]:
+def write_accuracy_summary(
+    report: Any,
+    autofix_result: Any,
+    path: str | os.PathLike[str],
+    *,
+    model_path: str | os.PathLike[str] | None = None,
+    diagnosis: Any = None,
+) -> dict[str, Any]:
     """Write `accuracy_summary(report, autofix_result, model_path=..., diagnosis=...)` as JSON to `path`
     (complete or not at all); return it."""
     from workbench._files import atomic_path

@@ -59,15 +59,24 @@ class InvarianceResult:
         return self.cosine_min >= minimum
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": str(self.path), "policy": self.policy.to_dict(),
-                "batch_size": self.batch_size, "cosine_min": self.cosine_min, "cosine_mean": self.cosine_mean,
-                "worst_text": self.worst_text, "per_text": list(self.per_text)}
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "policy": self.policy.to_dict(),
+            "batch_size": self.batch_size,
+            "cosine_min": self.cosine_min,
+            "cosine_mean": self.cosine_mean,
+            "worst_text": self.worst_text,
+            "per_text": list(self.per_text),
+        }
 
     def _repr_html_(self) -> str:
-        return (f"<b>Batch invariance</b> of <code>{html.escape(self.name)}</code> "
-                f"({html.escape(self.policy.describe())}, "
-                f"batches of {self.batch_size}): min cosine {self.cosine_min:.6f}, mean {self.cosine_mean:.6f}; "
-                f"worst: {html.escape(self.worst_text[:80])!r}")
+        return (
+            f"<b>Batch invariance</b> of <code>{html.escape(self.name)}</code> "
+            f"({html.escape(self.policy.describe())}, "
+            f"batches of {self.batch_size}): min cosine {self.cosine_min:.6f}, mean {self.cosine_mean:.6f}; "
+            f"worst: {html.escape(self.worst_text[:80])!r}"
+        )
 
 
 def is_batch_invariant(result: InvarianceResult, *, batching: bool, minimum: float = BATCH_INVARIANCE_MIN) -> bool:
@@ -124,13 +133,16 @@ def batch_invariance(
 
     texts = [str(t) for t in texts]
     if len(texts) < 2:
-        raise DataError(f"Batch invariance needs at least 2 texts, got {len(texts)}.",
-                        fix="pass the evaluation sentences")
+        raise DataError(
+            f"Batch invariance needs at least 2 texts, got {len(texts)}.", fix="pass the evaluation sentences"
+        )
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 2:
         raise ConfigError(f"batch_size must be an integer >= 2 (a batch with batch-mates), got {batch_size!r}.")
     if not isinstance(policy, PaddingPolicy):
-        raise ConfigError(f"policy must be a PaddingPolicy, not {type(policy).__name__}.",
-                          fix="pass the served policy, e.g. TritonEnsembleResult.padding or PaddingPolicy()")
+        raise ConfigError(
+            f"policy must be a PaddingPolicy, not {type(policy).__name__}.",
+            fix="pass the served policy, e.g. TritonEnsembleResult.padding or PaddingPolicy()",
+        )
     engine = get_engine(model_path.engine) if isinstance(model_path, Candidate) else engine_for_path(model_path)
     path = Path(model_path.path if isinstance(model_path, Candidate) else model_path)
     order = np.random.default_rng(seed).permutation(len(texts))
@@ -139,21 +151,36 @@ def batch_invariance(
     with runner:
         inputs = list(runner.input_specs())
         if "attention_mask" not in inputs:
-            raise ConfigError(f"{path} has no attention_mask input, so padding cannot be masked out of its "
-                              "sentence embeddings.", fix="measure a text encoder that takes attention_mask")
-        alone = np.concatenate([_embeddings(runner, feed, embedding_output)
-                                for text in texts for feed in policy.encode(tokenizer, [text], 1, input_names=inputs)])
+            raise ConfigError(
+                f"{path} has no attention_mask input, so padding cannot be masked out of its sentence embeddings.",
+                fix="measure a text encoder that takes attention_mask",
+            )
+        alone = np.concatenate(
+            [
+                _embeddings(runner, feed, embedding_output)
+                for text in texts
+                for feed in policy.encode(tokenizer, [text], 1, input_names=inputs)
+            ]
+        )
         batched = np.zeros_like(alone)
         calls = policy.batches(policy.token_lengths(tokenizer, mixed), batch_size)
         feeds = policy.encode(tokenizer, mixed, batch_size, input_names=inputs)
         for (indices, _length), feed in zip(calls, feeds):
             batched[[int(order[i]) for i in indices]] = _embeddings(runner, feed, embedding_output)
     cosines = np.sum(alone * batched, axis=1) / np.clip(
-        np.linalg.norm(alone, axis=1) * np.linalg.norm(batched, axis=1), 1e-12, None)
+        np.linalg.norm(alone, axis=1) * np.linalg.norm(batched, axis=1), 1e-12, None
+    )
     worst = int(np.argmin(cosines))
-    return InvarianceResult(name=name or path.stem, path=path, policy=policy, batch_size=batch_size,
-                            cosine_min=float(cosines.min()), cosine_mean=float(cosines.mean()),
-                            per_text=tuple(float(c) for c in cosines), worst_text=texts[worst])
+    return InvarianceResult(
+        name=name or path.stem,
+        path=path,
+        policy=policy,
+        batch_size=batch_size,
+        cosine_min=float(cosines.min()),
+        cosine_mean=float(cosines.mean()),
+        per_text=tuple(float(c) for c in cosines),
+        worst_text=texts[worst],
+    )
 
 
 def batch_invariance_all(
@@ -167,6 +194,16 @@ def batch_invariance_all(
     embedding_output: str = "last_hidden_state",
 ) -> dict[str, InvarianceResult]:
     """`batch_invariance` of every candidate (name -> ONNX file), with the same texts, policy and batches."""
-    return {name: batch_invariance(path, tokenizer, texts, policy, batch_size=batch_size, name=name,
-                                   threads=threads, embedding_output=embedding_output)
-            for name, path in candidates.items()}
+    return {
+        name: batch_invariance(
+            path,
+            tokenizer,
+            texts,
+            policy,
+            batch_size=batch_size,
+            name=name,
+            threads=threads,
+            embedding_output=embedding_output,
+        )
+        for name, path in candidates.items()
+    }

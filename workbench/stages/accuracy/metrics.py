@@ -25,11 +25,15 @@ def resolve_checks(output_checks: Mapping[str, Any] | None, available: list[str]
         if isinstance(check, Mapping):
             check = OutputCheck.from_dict(dict(check))
         if not isinstance(check, OutputCheck):
-            raise ConfigError(f"output_checks[{key!r}] is a {type(check).__name__}, not an OutputCheck.",
-                              fix="output_checks={'': OutputCheck('cosine', threshold=0.999)}")
+            raise ConfigError(
+                f"output_checks[{key!r}] is a {type(check).__name__}, not an OutputCheck.",
+                fix="output_checks={'': OutputCheck('cosine', threshold=0.999)}",
+            )
         if key != "" and key not in available:
-            raise ConfigError(f"output_checks names {key!r}, which is not an output of the reference.",
-                              expected=f"'' (every output) or one of {available}")
+            raise ConfigError(
+                f"output_checks names {key!r}, which is not an output of the reference.",
+                expected=f"'' (every output) or one of {available}",
+            )
         checks[key] = check
     chosen = {o: checks.get(o, checks.get("")) for o in available}
     return {o: check for o, check in chosen.items() if check is not None}
@@ -46,15 +50,19 @@ def compare_funcs(comparator: Any, checks: dict[str, OutputCheck]) -> dict[str, 
     simple = of_kind("simple")
     funcs = {
         "cosine": comparator.CosineSimilarityCompareFunc(
-            cosine_similarity_threshold={"": -1.0, **{o: c.limit for o, c in cosine.items()}}),
+            cosine_similarity_threshold={"": -1.0, **{o: c.limit for o, c in cosine.items()}}
+        ),
         "simple": comparator.SimpleCompareFunc(
             check_error_stat={"": "max", **{o: c.stat for o, c in simple.items()}},
             atol={"": math.inf, **{o: c.tolerances[0] for o, c in simple.items()}},
             rtol={"": math.inf, **{o: c.tolerances[1] for o, c in simple.items()}},
-            error_quantile={"": 0.99, **{o: c.quantile for o, c in simple.items()}}),
+            error_quantile={"": 0.99, **{o: c.quantile for o, c in simple.items()}},
+        ),
     }
-    for kind, make, argument, permissive in (("l2", comparator.L2CompareFunc, "l2_threshold", math.inf),
-                                             ("snr", comparator.SnrCompareFunc, "snr_threshold", -math.inf)):
+    for kind, make, argument, permissive in (
+        ("l2", comparator.L2CompareFunc, "l2_threshold", math.inf),
+        ("snr", comparator.SnrCompareFunc, "snr_threshold", -math.inf),
+    ):
         wanted = of_kind(kind)
         if wanted:  # computed for every output (cheap), checked only where a check applies
             funcs[kind] = make(**{argument: {"": permissive, **{o: c.limit for o, c in wanted.items()}}})
@@ -83,17 +91,21 @@ def output_statistics(
             continue
         if not all(_is_result(c) for c in cosines) or not all(_is_result(e) for e in errors):
             bad = sum(not _is_result(c) for c in cosines)
-            trouble[output] = (f"output {output!r} could not be compared in {bad}/{len(cosines)} batches "
-                               "(missing from the candidate or of a different shape)")
+            trouble[output] = (
+                f"output {output!r} could not be compared in {bad}/{len(cosines)} batches "
+                "(missing from the candidate or of a different shape)"
+            )
             continue
-        stats = {"cosine_mean": float(np.mean([c.cosine_similarity for c in cosines])),
-                 "cosine_min": float(np.min([c.cosine_similarity for c in cosines])),
-                 "max_abs": float(np.max([e.max_absdiff for e in errors])),
-                 "mean_abs": float(np.mean([e.mean_absdiff for e in errors])),
-                 "max_rel": float(np.max([e.max_reldiff for e in errors])),
-                 "mean_rel": float(np.mean([e.mean_reldiff for e in errors])),
-                 "median_abs": float(np.mean([e.median_absdiff for e in errors])),
-                 "median_rel": float(np.mean([e.median_reldiff for e in errors]))}
+        stats = {
+            "cosine_mean": float(np.mean([c.cosine_similarity for c in cosines])),
+            "cosine_min": float(np.min([c.cosine_similarity for c in cosines])),
+            "max_abs": float(np.max([e.max_absdiff for e in errors])),
+            "mean_abs": float(np.mean([e.mean_absdiff for e in errors])),
+            "max_rel": float(np.max([e.max_reldiff for e in errors])),
+            "mean_rel": float(np.mean([e.mean_reldiff for e in errors])),
+            "median_abs": float(np.mean([e.median_absdiff for e in errors])),
+            "median_rel": float(np.mean([e.median_reldiff for e in errors])),
+        }
         if all(e.quantile_absdiff is not None for e in errors):
             stats["quantile"] = float(checks[output].quantile)
             stats["quantile_abs"] = float(np.mean([e.quantile_absdiff for e in errors]))
@@ -115,14 +127,23 @@ def check_result(output: str, check: OutputCheck, per_batch: list[Mapping[str, A
     failed = sum(1 for r in found if not _is_result(r) or not bool(r))
     batches = len(found)
     if len(results) < batches:
-        return OutputCheckResult(output, check, False, batches, failed, {},
-                                 f"output {output!r} could not be compared in {batches - len(results)}/{batches} "
-                                 f"batches (missing from the candidate or of a different shape), so its check "
-                                 f"{check.describe()} fails")
+        return OutputCheckResult(
+            output,
+            check,
+            False,
+            batches,
+            failed,
+            {},
+            f"output {output!r} could not be compared in {batches - len(results)}/{batches} "
+            f"batches (missing from the candidate or of a different shape), so its check "
+            f"{check.describe()} fails",
+        )
     if check.kind == "simple":
         quantile = check.stat == "quantile"
-        values = {f"{check.stat}_absdiff": max(float(getattr(r, f"{check.stat}_absdiff")) for r in results),
-                  f"{check.stat}_reldiff": max(float(getattr(r, f"{check.stat}_reldiff")) for r in results)}
+        values = {
+            f"{check.stat}_absdiff": max(float(getattr(r, f"{check.stat}_absdiff")) for r in results),
+            f"{check.stat}_reldiff": max(float(getattr(r, f"{check.stat}_reldiff")) for r in results),
+        }
         atol, rtol = check.tolerances
         parts = []
         if check.atol is not None or check.rtol is None:
@@ -130,27 +151,34 @@ def check_result(output: str, check: OutputCheck, per_batch: list[Mapping[str, A
         if check.rtol is not None or check.atol is None:
             parts.append((check._statistic("rel"), values[f"{check.stat}_reldiff"], "rtol", rtol))
         join = " and " if failed else " or "
-        statement = join.join(f"{s} {v:.5g} {'<=' if v <= limit else '>'} {label} {limit:g}"
-                              for s, v, label, limit in parts)
+        statement = join.join(
+            f"{s} {v:.5g} {'<=' if v <= limit else '>'} {label} {limit:g}" for s, v, label, limit in parts
+        )
         if quantile:
             values["quantile"] = check.quantile
     else:
-        field_name, label, unit, higher = {"cosine": ("cosine_similarity", "cosine similarity", "", True),
-                                           "l2": ("l2_norm", "L2 norm", "", False),
-                                           "snr": ("snr", "SNR", " dB", True)}[check.kind]
+        field_name, label, unit, higher = {
+            "cosine": ("cosine_similarity", "cosine similarity", "", True),
+            "l2": ("l2_norm", "L2 norm", "", False),
+            "snr": ("snr", "SNR", " dB", True),
+        }[check.kind]
         measured = [float(getattr(r, field_name)) for r in results]
         worst = min(measured) if higher else max(measured)
         values = {field_name: worst}
-        comparison = (("<" if higher else ">") if failed else (">=" if higher else "<="))
+        comparison = ("<" if higher else ">") if failed else (">=" if higher else "<=")
         shown = f"{worst:.6f}" if check.kind == "cosine" else f"{worst:.6g}"
         statement = f"{label} {shown}{unit} {comparison} {check.limit:g}{unit}"
     where = f"(worst batch; {failed}/{batches} batches fail)" if failed else f"(all {batches} batches)"
-    return OutputCheckResult(output, check, failed == 0, batches, failed, values,
-                             f"output {output!r} {statement} {where}")
+    return OutputCheckResult(
+        output, check, failed == 0, batches, failed, values, f"output {output!r} {statement} {where}"
+    )
 
 
-def error_histograms(reference_outputs: Sequence[Mapping[str, Any]], candidate_outputs: Sequence[Mapping[str, Any]],
-                      compared: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+def error_histograms(
+    reference_outputs: Sequence[Mapping[str, Any]],
+    candidate_outputs: Sequence[Mapping[str, Any]],
+    compared: Mapping[str, Any],
+) -> dict[str, tuple[int, ...]]:
     edges = np.asarray(ERROR_HISTOGRAM_EDGES)
     histograms = {}
     for output in compared:
@@ -163,5 +191,3 @@ def error_histograms(reference_outputs: Sequence[Mapping[str, Any]], candidate_o
             counts += np.bincount(np.searchsorted(edges, diff, side="right"), minlength=len(edges) + 1)
         histograms[output] = tuple(int(n) for n in counts)
     return histograms
-
-

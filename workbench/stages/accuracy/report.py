@@ -26,9 +26,7 @@ DEFAULT_TOLERANCE = 1e-5
 #: Bin edges of the |candidate - reference| histograms: 4 bins per decade from 1e-8 to 1e2. Counts have
 #: len(edges) + 1 entries: [0] counts differences below 1e-8 (exact zeros included), [i] counts
 #: edges[i-1] <= d < edges[i], and [-1] counts d >= 1e2 (NaN included).
-ERROR_HISTOGRAM_EDGES: tuple[float, ...] = tuple(float(10.0 ** e) for e in np.linspace(-8.0, 2.0, 41))
-
-
+ERROR_HISTOGRAM_EDGES: tuple[float, ...] = tuple(float(10.0**e) for e in np.linspace(-8.0, 2.0, 41))
 
 
 @dataclass(frozen=True)
@@ -66,16 +64,20 @@ class OutputCheck(StageConfig):
             raise ConfigError(f"OutputCheck.quantile must be in [0, 1], got {self.quantile}.")
         if self.kind == "simple":
             if self.threshold is not None:
-                raise ConfigError("A 'simple' OutputCheck takes atol and/or rtol, not threshold.",
-                                  fix="OutputCheck('simple', atol=1e-4, rtol=1e-4)")
+                raise ConfigError(
+                    "A 'simple' OutputCheck takes atol and/or rtol, not threshold.",
+                    fix="OutputCheck('simple', atol=1e-4, rtol=1e-4)",
+                )
             for name in ("atol", "rtol"):
                 value = getattr(self, name)
                 if value is not None and not value >= 0.0:
                     raise ConfigError(f"OutputCheck.{name} must be >= 0, got {value}.")
             return
         if self.atol is not None or self.rtol is not None:
-            raise ConfigError(f"A {self.kind!r} OutputCheck takes threshold, not atol/rtol.",
-                              fix=f"OutputCheck({self.kind!r}, threshold=...), or kind='simple' for tolerances")
+            raise ConfigError(
+                f"A {self.kind!r} OutputCheck takes threshold, not atol/rtol.",
+                fix=f"OutputCheck({self.kind!r}, threshold=...), or kind='simple' for tolerances",
+            )
         if self.kind == "cosine" and self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
             raise ConfigError(f"A cosine OutputCheck threshold must be in [-1, 1], got {self.threshold}.")
         if self.kind == "l2" and self.threshold is not None and not self.threshold >= 0.0:
@@ -93,8 +95,7 @@ class OutputCheck(StageConfig):
         """(atol, rtol) as Polygraphy applies them: an unset one is 0, both unset are Polygraphy's defaults."""
         if self.atol is None and self.rtol is None:
             return DEFAULT_TOLERANCE, DEFAULT_TOLERANCE
-        return (float(self.atol) if self.atol is not None else 0.0,
-                float(self.rtol) if self.rtol is not None else 0.0)
+        return (float(self.atol) if self.atol is not None else 0.0, float(self.rtol) if self.rtol is not None else 0.0)
 
     def _statistic(self, which: str) -> str:
         """Readable name of the simple check's statistic, e.g. 'max abs diff' or '0.99-quantile rel diff'."""
@@ -145,9 +146,15 @@ class OutputCheckResult:
         return self.passed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "check": self.check.to_dict(), "passed": self.passed,
-                "batches": self.batches, "batches_failed": self.batches_failed,
-                "values": {k: _json_float(v) for k, v in self.values.items()}, "message": self.message}
+        return {
+            "output": self.output,
+            "check": self.check.to_dict(),
+            "passed": self.passed,
+            "batches": self.batches,
+            "batches_failed": self.batches_failed,
+            "values": {k: _json_float(v) for k, v in self.values.items()},
+            "message": self.message,
+        }
 
 
 @dataclass(frozen=True)
@@ -203,15 +210,21 @@ class CandidateAccuracy:
         return self.per_sample_cosine
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": str(self.path), "engine": self.engine,
-                "outputs": {o: {k: _json_float(v) for k, v in s.items()} for o, s in self.outputs.items()},
-                "cosine_mean": self.cosine_mean, "cosine_min": self.cosine_min,
-                "embedding_cosine_mean": self.embedding_cosine_mean,
-                "embedding_cosine_min": self.embedding_cosine_min,
-                "meets_budget": bool(self), "failures": list(self.failures),
-                "task_metrics": {k: _json_float(v) for k, v in self.task_metrics.items()},
-                "checks": [c.to_dict() for c in self.checks],
-                "error_histograms": {o: list(c) for o, c in self.error_histograms.items()}}
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "engine": self.engine,
+            "outputs": {o: {k: _json_float(v) for k, v in s.items()} for o, s in self.outputs.items()},
+            "cosine_mean": self.cosine_mean,
+            "cosine_min": self.cosine_min,
+            "embedding_cosine_mean": self.embedding_cosine_mean,
+            "embedding_cosine_min": self.embedding_cosine_min,
+            "meets_budget": bool(self),
+            "failures": list(self.failures),
+            "task_metrics": {k: _json_float(v) for k, v in self.task_metrics.items()},
+            "checks": [c.to_dict() for c in self.checks],
+            "error_histograms": {o: list(c) for o, c in self.error_histograms.items()},
+        }
 
 
 @dataclass(frozen=True)
@@ -255,13 +268,20 @@ class ComparisonReport:
         return tuple(c.name for c in self.candidates)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reference": str(self.reference), "budget": self.budget.to_dict(), "samples": self.samples,
-                "task": self.task, "primary_metrics": list(self.primary),
-                "output_checks": {o: c.to_dict() for o, c in self.output_checks.items()},
-                "error_histogram_edges": list(ERROR_HISTOGRAM_EDGES), "notes": list(self.notes),
-                "candidates": [c.to_dict() for c in self.candidates],
-                "batch_invariance": {n: {k: v for k, v in r.to_dict().items() if k != "per_text"}
-                                     for n, r in self.batch_invariance.items()}}
+        return {
+            "reference": str(self.reference),
+            "budget": self.budget.to_dict(),
+            "samples": self.samples,
+            "task": self.task,
+            "primary_metrics": list(self.primary),
+            "output_checks": {o: c.to_dict() for o, c in self.output_checks.items()},
+            "error_histogram_edges": list(ERROR_HISTOGRAM_EDGES),
+            "notes": list(self.notes),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "batch_invariance": {
+                n: {k: v for k, v in r.to_dict().items() if k != "per_text"} for n, r in self.batch_invariance.items()
+            },
+        }
 
     def metric_figure(self, kind: str = "box") -> Any:
         """Per-sample primary cosine vs the reference, per candidate, with the budget's gates on it (plotly).
@@ -277,32 +297,48 @@ class ComparisonReport:
         go = require("plotly.graph_objects", purpose="Plotting accuracy")
         shown = [c for c in self.candidates if c.per_sample_cosine]
         if not shown:
-            raise DataError(f"There are no per-sample cosines to plot: task {self.task!r} computed none.",
-                            fix="plot error_histogram_figure() instead")
+            raise DataError(
+                f"There are no per-sample cosines to plot: task {self.task!r} computed none.",
+                fix="plot error_histogram_figure() instead",
+            )
         label = self.primary[0].removesuffix("_mean").replace("_", " ") or "cosine"
         figure = go.Figure()
         for candidate in shown:
             values = list(candidate.per_sample_cosine)
             colour = "seagreen" if candidate else "indianred"
-            common = {"y": values, "name": candidate.name, "customdata": list(range(len(values))),
-                      "marker": {"color": colour}, "line": {"color": colour},
-                      "hovertemplate": f"{html.escape(candidate.name)}<br>sample %{{customdata}}: "
-                                       "%{y:.6f}<extra></extra>"}
+            common = {
+                "y": values,
+                "name": candidate.name,
+                "customdata": list(range(len(values))),
+                "marker": {"color": colour},
+                "line": {"color": colour},
+                "hovertemplate": f"{html.escape(candidate.name)}<br>sample %{{customdata}}: %{{y:.6f}}<extra></extra>",
+            }
             if kind == "violin":
-                figure.add_trace(go.Violin(points="all", pointpos=0, jitter=0.3, box_visible=True,
-                                           meanline_visible=True, **common))
+                figure.add_trace(
+                    go.Violin(points="all", pointpos=0, jitter=0.3, box_visible=True, meanline_visible=True, **common)
+                )
             else:
                 figure.add_trace(go.Box(boxpoints="all", pointpos=0, jitter=0.3, boxmean=True, **common))
         for gate in self.budget.gates():
             if gate.metric == self.primary[0]:
-                figure.add_hline(y=gate.limit, line_dash="dash", line_color="gray",
-                                 annotation_text=f"budget: mean >= {gate.limit:g}")
+                figure.add_hline(
+                    y=gate.limit, line_dash="dash", line_color="gray", annotation_text=f"budget: mean >= {gate.limit:g}"
+                )
             elif gate.metric == self.primary[1]:
-                figure.add_hline(y=gate.limit, line_dash="dot", line_color="indianred",
-                                 annotation_text=f"budget: every sample >= {gate.limit:g}",
-                                 annotation_position="bottom right")
-        figure.update_layout(title=f"{label} vs {self.reference.name} ({self.samples} samples)",
-                             xaxis_title="candidate", yaxis_title=f"{label} vs reference", showlegend=False)
+                figure.add_hline(
+                    y=gate.limit,
+                    line_dash="dot",
+                    line_color="indianred",
+                    annotation_text=f"budget: every sample >= {gate.limit:g}",
+                    annotation_position="bottom right",
+                )
+        figure.update_layout(
+            title=f"{label} vs {self.reference.name} ({self.samples} samples)",
+            xaxis_title="candidate",
+            yaxis_title=f"{label} vs reference",
+            showlegend=False,
+        )
         return figure
 
     def error_histogram_figure(self, output: str | None = None) -> Any:
@@ -324,9 +360,11 @@ class ComparisonReport:
         edges = np.asarray(ERROR_HISTOGRAM_EDGES)
         lows = np.concatenate([[edges[0] / 10.0], edges])
         top = edges[-1] * 10.0
-        labels = ([f"< {edges[0]:.0e} (zeros included)"]
-                  + [f"[{lo:.3g}, {hi:.3g})" for lo, hi in zip(edges[:-1], edges[1:])]
-                  + [f">= {edges[-1]:g} (NaN included)"])
+        labels = (
+            [f"< {edges[0]:.0e} (zeros included)"]
+            + [f"[{lo:.3g}, {hi:.3g})" for lo, hi in zip(edges[:-1], edges[1:])]
+            + [f">= {edges[-1]:g} (NaN included)"]
+        )
         figure = go.Figure()
         for candidate in self.candidates:
             if output not in candidate.error_histograms:
@@ -334,19 +372,30 @@ class ComparisonReport:
             counts = np.asarray(candidate.error_histograms[output], dtype=np.int64)
             fractions = counts / max(int(counts.sum()), 1)
             figure.add_scatter(
-                x=[*lows.tolist(), float(top)], y=[*fractions.tolist(), float(fractions[-1])], mode="lines",
-                line_shape="hv", name=candidate.name,
+                x=[*lows.tolist(), float(top)],
+                y=[*fractions.tolist(), float(fractions[-1])],
+                mode="lines",
+                line_shape="hv",
+                name=candidate.name,
                 customdata=[[label, int(n)] for label, n in zip(labels, counts)] + [[labels[-1], int(counts[-1])]],
-                hovertemplate=(f"{html.escape(candidate.name)}<br>%{{customdata[0]}}: %{{customdata[1]}} elements "
-                               "(%{y:.2%})<extra></extra>"))
-        figure.update_layout(title=f"|candidate - reference| of output {output!r}", xaxis_type="log",
-                             xaxis_title="absolute difference", yaxis_title="fraction of elements",
-                             yaxis_tickformat=".0%")
+                hovertemplate=(
+                    f"{html.escape(candidate.name)}<br>%{{customdata[0]}}: %{{customdata[1]}} elements "
+                    "(%{y:.2%})<extra></extra>"
+                ),
+            )
+        figure.update_layout(
+            title=f"|candidate - reference| of output {output!r}",
+            xaxis_type="log",
+            xaxis_title="absolute difference",
+            yaxis_title="fraction of elements",
+            yaxis_tickformat=".0%",
+        )
         return figure
 
     def _repr_html_(self) -> str:
-        metric_names = [m for m in dict.fromkeys(k for c in self.candidates for k in c.task_metrics)
-                        if m != "output_cosine_min"][:4]
+        metric_names = [
+            m for m in dict.fromkeys(k for c in self.candidates for k in c.task_metrics) if m != "output_cosine_min"
+        ][:4]
         rows = []
         for c in self.candidates:
             cells = "".join(f"<td>{_format(c.task_metrics.get(m))}</td>" for m in metric_names)
@@ -365,9 +414,11 @@ class ComparisonReport:
 
         header = "".join(heading(m) for m in metric_names)
         header += "<th>batch invariance min<br><small>gated by the choice when the deployment batches</small></th>"
-        return (f"<b>Accuracy</b> vs <code>{html.escape(self.reference.name)}</code> on {self.samples} samples, "
-                f"task {html.escape(self.task)}; gated: {html.escape('; '.join(gates))}"
-                f"<table><tr><th>candidate</th>{header}<th>verdict</th></tr>{''.join(rows)}</table>")
+        return (
+            f"<b>Accuracy</b> vs <code>{html.escape(self.reference.name)}</code> on {self.samples} samples, "
+            f"task {html.escape(self.task)}; gated: {html.escape('; '.join(gates))}"
+            f"<table><tr><th>candidate</th>{header}<th>verdict</th></tr>{''.join(rows)}</table>"
+        )
 
 
 def _format(value: float | None) -> str:

@@ -64,8 +64,14 @@ class ConcurrencyResult:
         raise KeyError(f"no row at concurrency {concurrency}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "batch": self.batch, "duration_s": self.duration_s,
-                "rows": [r.to_dict() for r in self.rows], "machine": self.machine, "notes": list(self.notes)}
+        return {
+            "name": self.name,
+            "batch": self.batch,
+            "duration_s": self.duration_s,
+            "rows": [r.to_dict() for r in self.rows],
+            "machine": self.machine,
+            "notes": list(self.notes),
+        }
 
     def figure(self) -> Any:
         """Plotly: requests/s (bars) and p50/p90 latency (lines, right axis) per concurrency."""
@@ -75,22 +81,33 @@ class ConcurrencyResult:
         figure = go.Figure()
         figure.add_bar(x=x, y=[r.requests_per_s for r in self.rows], name="requests/s")
         for key in ("p50_ms", "p90_ms"):
-            figure.add_scatter(x=x, y=[getattr(r, key) for r in self.rows], name=key.replace("_ms", " latency"),
-                               mode="lines+markers", yaxis="y2")
-        figure.update_layout(title=f"{self.name}: serving throughput by concurrency (batch {self.batch})",
-                             xaxis_title="concurrent threads (one session each)", yaxis_title="requests/s",
-                             yaxis2={"title": "latency (ms)", "overlaying": "y", "side": "right"})
+            figure.add_scatter(
+                x=x,
+                y=[getattr(r, key) for r in self.rows],
+                name=key.replace("_ms", " latency"),
+                mode="lines+markers",
+                yaxis="y2",
+            )
+        figure.update_layout(
+            title=f"{self.name}: serving throughput by concurrency (batch {self.batch})",
+            xaxis_title="concurrent threads (one session each)",
+            yaxis_title="requests/s",
+            yaxis2={"title": "latency (ms)", "overlaying": "y", "side": "right"},
+        )
         return figure
 
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td>{r.concurrency}</td><td>{r.requests}</td><td>{r.requests_per_s:.1f}</td>"
             f"<td>{r.samples_per_s:.1f}</td><td>{r.p50_ms:.2f}</td><td>{r.p90_ms:.2f}</td><td>{r.p99_ms:.2f}</td></tr>"
-            for r in self.rows)
-        return (f"<b>Concurrency</b>: {html.escape(self.name)}, batch {self.batch}, {self.duration_s:g} s per "
-                f"setting ({self.machine.get('cpu_count')} cores)<table><tr><th>threads</th><th>requests</th>"
-                f"<th>requests/s</th><th>samples/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th></tr>{rows}"
-                "</table>")
+            for r in self.rows
+        )
+        return (
+            f"<b>Concurrency</b>: {html.escape(self.name)}, batch {self.batch}, {self.duration_s:g} s per "
+            f"setting ({self.machine.get('cpu_count')} cores)<table><tr><th>threads</th><th>requests</th>"
+            f"<th>requests/s</th><th>samples/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th></tr>{rows}"
+            "</table>"
+        )
 
 
 def benchmark_concurrency(
@@ -128,8 +145,10 @@ def benchmark_concurrency(
     else:
         feed_list = [dict(f) for f in feeds]
     if not feed_list or not feed_list[0]:
-        raise DataError("benchmark_concurrency() needs at least one non-empty feed dict.",
-                        fix="pass feeds_for(batch, seq) of the benchmark, or tokenize_batches(...)[0]")
+        raise DataError(
+            "benchmark_concurrency() needs at least one non-empty feed dict.",
+            fix="pass feeds_for(batch, seq) of the benchmark, or tokenize_batches(...)[0]",
+        )
     concurrencies = tuple(threads_list)
     if not concurrencies or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in concurrencies):
         raise ConfigError(f"threads_list must hold whole numbers >= 1, got {threads_list!r}.")
@@ -158,20 +177,31 @@ def benchmark_concurrency(
                 runner.deactivate()
         ms = np.asarray(latencies) if latencies else np.asarray([float("nan")])
         requests = len(latencies)
-        rows.append(ConcurrencyRow(
-            concurrency=concurrency, requests=requests, seconds=round(seconds, 4),
-            requests_per_s=requests / seconds, samples_per_s=requests * batch / seconds,
-            p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)),
-            p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
-        ))
-    note = (f"each thread owns its own session; {duration_s:g} s per concurrency after {warmup} warm-up requests "
-            "per session; requests are not batched together")
-    return ConcurrencyResult(name=name, batch=batch, duration_s=float(duration_s), rows=tuple(rows),
-                             machine=machine_info(), notes=(note,))
+        rows.append(
+            ConcurrencyRow(
+                concurrency=concurrency,
+                requests=requests,
+                seconds=round(seconds, 4),
+                requests_per_s=requests / seconds,
+                samples_per_s=requests * batch / seconds,
+                p50_ms=float(np.percentile(ms, 50)),
+                p90_ms=float(np.percentile(ms, 90)),
+                p99_ms=float(np.percentile(ms, 99)),
+                mean_ms=float(ms.mean()),
+            )
+        )
+    note = (
+        f"each thread owns its own session; {duration_s:g} s per concurrency after {warmup} warm-up requests "
+        "per session; requests are not batched together"
+    )
+    return ConcurrencyResult(
+        name=name, batch=batch, duration_s=float(duration_s), rows=tuple(rows), machine=machine_info(), notes=(note,)
+    )
 
 
-def _run_threads(runners: Sequence[Runner], feed_list: Sequence[Mapping[str, np.ndarray]],
-                 duration_s: float) -> tuple[list[float], float]:
+def _run_threads(
+    runners: Sequence[Runner], feed_list: Sequence[Mapping[str, np.ndarray]], duration_s: float
+) -> tuple[list[float], float]:
     """Every runner in a thread of its own, requests back to back until the deadline; (latencies ms, seconds)."""
     per_thread: list[list[float]] = [[] for _ in runners]
     errors: list[BaseException] = []
@@ -193,8 +223,10 @@ def _run_threads(runners: Sequence[Runner], feed_list: Sequence[Mapping[str, np.
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,), name=f"benchmark-concurrency-{i}", daemon=True)
-               for i in range(len(runners))]
+    threads = [
+        threading.Thread(target=work, args=(i,), name=f"benchmark-concurrency-{i}", daemon=True)
+        for i in range(len(runners))
+    ]
     for thread in threads:
         thread.start()
     started = time.perf_counter()

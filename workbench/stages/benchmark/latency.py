@@ -31,7 +31,6 @@ from workbench.progress import Progress, ProgressCallback
 Shape = tuple[int, int]  # (batch, sequence)
 
 
-
 @dataclass(frozen=True)
 class BenchmarkConfig(StageConfig):
     """How to time candidates.
@@ -68,10 +67,13 @@ class BenchmarkConfig(StageConfig):
             raise ConfigError(f"BenchmarkConfig.warmup must be >= 0, got {self.warmup}.")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"BenchmarkConfig.threads must be >= 1 or None, got {self.threads}.")
-        if self.time_budget_s is not None and (not isinstance(self.time_budget_s, (int, float))
-                                               or not self.time_budget_s > 0):
-            raise ConfigError(f"BenchmarkConfig.time_budget_s must be > 0 seconds or None, got {self.time_budget_s!r}.",
-                              fix="leave it empty (None) to run every iteration")
+        if self.time_budget_s is not None and (
+            not isinstance(self.time_budget_s, (int, float)) or not self.time_budget_s > 0
+        ):
+            raise ConfigError(
+                f"BenchmarkConfig.time_budget_s must be > 0 seconds or None, got {self.time_budget_s!r}.",
+                fix="leave it empty (None) to run every iteration",
+            )
 
     @property
     def effective_threads(self) -> int:
@@ -157,10 +159,16 @@ class BenchmarkResult:
             return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": [r.to_dict() for r in self.rows], "config": self.config.to_dict(),
-                "machine": self.machine, "notes": list(self.notes), "peak_memory_mb": dict(self.peak_memory_mb),
-                "process_peak_rss_mb": self.process_peak_rss_mb, "warnings": list(self.warnings),
-                "load_average": list(self.load_average) if self.load_average is not None else None}
+        return {
+            "rows": [r.to_dict() for r in self.rows],
+            "config": self.config.to_dict(),
+            "machine": self.machine,
+            "notes": list(self.notes),
+            "peak_memory_mb": dict(self.peak_memory_mb),
+            "process_peak_rss_mb": self.process_peak_rss_mb,
+            "warnings": list(self.warnings),
+            "load_average": list(self.load_average) if self.load_average is not None else None,
+        }
 
     def figure(self, baseline: str | None = "pytorch") -> Any:
         """Plotly bar chart of p50 latency per candidate, one panel per shape, each with its own y axis (so the
@@ -169,21 +177,45 @@ class BenchmarkResult:
         from plotly.subplots import make_subplots
 
         shapes = sorted({(r.batch, r.seq) for r in self.rows})
-        figure = make_subplots(rows=1, cols=max(len(shapes), 1), shared_yaxes=False,
-                               subplot_titles=[f"batch {b}, seq {s}" for b, s in shapes])
-        colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                  "#bcbd22", "#17becf")
+        figure = make_subplots(
+            rows=1,
+            cols=max(len(shapes), 1),
+            shared_yaxes=False,
+            subplot_titles=[f"batch {b}, seq {s}" for b, s in shapes],
+        )
+        colors = (
+            "#1f77b4",
+            "#ff7f0e",
+            "#2ca02c",
+            "#d62728",
+            "#9467bd",
+            "#8c564b",
+            "#e377c2",
+            "#7f7f7f",
+            "#bcbd22",
+            "#17becf",
+        )
         for index, name in enumerate(self.names):
             for column, (b, s) in enumerate(shapes, 1):
                 p50 = self.p50(name, b, s)
                 if p50 is None:
                     continue
                 base = self.p50(baseline, b, s) if baseline else None
-                figure.add_trace(go.Bar(
-                    name=name, x=[name], y=[p50], legendgroup=name, showlegend=column == 1,
-                    marker_color=colors[index % len(colors)], customdata=[base / p50 if base else float("nan")],
-                    hovertemplate=f"{name}, batch {b}, seq {s}: %{{y:.2f}} ms (%{{customdata:.2f}}x vs "
-                                  f"{baseline})<extra></extra>"), row=1, col=column)
+                figure.add_trace(
+                    go.Bar(
+                        name=name,
+                        x=[name],
+                        y=[p50],
+                        legendgroup=name,
+                        showlegend=column == 1,
+                        marker_color=colors[index % len(colors)],
+                        customdata=[base / p50 if base else float("nan")],
+                        hovertemplate=f"{name}, batch {b}, seq {s}: %{{y:.2f}} ms (%{{customdata:.2f}}x vs "
+                        f"{baseline})<extra></extra>",
+                    ),
+                    row=1,
+                    col=column,
+                )
         figure.update_xaxes(showticklabels=False)
         figure.update_yaxes(title_text="p50 latency (ms)", row=1, col=1)
         title = "Latency by candidate (p50; each panel has its own scale)"
@@ -204,18 +236,31 @@ class BenchmarkResult:
             for seq in sorted({r.seq for r in self.rows if r.name == name}):
                 rows = sorted((r for r in self.rows if r.name == name and r.seq == seq), key=lambda r: r.batch)
                 figure.add_scatter(
-                    x=[r.batch for r in rows], y=[r.p50_ms for r in rows], mode="lines+markers",
+                    x=[r.batch for r in rows],
+                    y=[r.p50_ms for r in rows],
+                    mode="lines+markers",
                     name=f"{name}, seq {seq}",
-                    error_y={"type": "data", "symmetric": False, "array": [r.p90_ms - r.p50_ms for r in rows],
-                             "arrayminus": [0.0] * len(rows), "thickness": 1},
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [r.p90_ms - r.p50_ms for r in rows],
+                        "arrayminus": [0.0] * len(rows),
+                        "thickness": 1,
+                    },
                     customdata=[[r.p90_ms, r.p99_ms, r.throughput] for r in rows],
-                    hovertemplate=(f"{name}, seq {seq}, batch %{{x}}: p50 %{{y:.2f}} ms, p90 %{{customdata[0]:.2f}}"
-                                   " ms, p99 %{customdata[1]:.2f} ms, %{customdata[2]:.1f} samples/s<extra></extra>"),
+                    hovertemplate=(
+                        f"{name}, seq {seq}, batch %{{x}}: p50 %{{y:.2f}} ms, p90 %{{customdata[0]:.2f}}"
+                        " ms, p99 %{customdata[1]:.2f} ms, %{customdata[2]:.1f} samples/s<extra></extra>"
+                    ),
                 )
         batches = sorted({r.batch for r in self.rows})
-        figure.update_layout(title="Latency vs batch size (p50; bars up to p90; log scale)", xaxis_title="batch size",
-                             yaxis_title="p50 latency (ms)", xaxis={"tickmode": "array", "tickvals": batches},
-                             yaxis_type="log")
+        figure.update_layout(
+            title="Latency vs batch size (p50; bars up to p90; log scale)",
+            xaxis_title="batch size",
+            yaxis_title="p50 latency (ms)",
+            xaxis={"tickmode": "array", "tickvals": batches},
+            yaxis_type="log",
+        )
         return figure
 
     def speedup_figure(self, baseline: str = "pytorch") -> Any:
@@ -238,14 +283,22 @@ class BenchmarkResult:
                 continue
             measured = [(b, s, self.p50(baseline, b, s), self.p50(name, b, s)) for b, s in shapes]
             points = [(b, s, base, p50) for b, s, base, p50 in measured if base is not None and p50 is not None]
-            figure.add_bar(name=name, x=[f"batch {b}, seq {s}" for b, s, _, _ in points],
-                           y=[base / p50 for _, _, base, p50 in points],
-                           customdata=[[p50, base] for _, _, base, p50 in points],
-                           hovertemplate=(f"{name}: %{{y:.2f}}x (%{{customdata[0]:.2f}} ms vs {baseline} "
-                                          "%{customdata[1]:.2f} ms)<extra></extra>"))
+            figure.add_bar(
+                name=name,
+                x=[f"batch {b}, seq {s}" for b, s, _, _ in points],
+                y=[base / p50 for _, _, base, p50 in points],
+                customdata=[[p50, base] for _, _, base, p50 in points],
+                hovertemplate=(
+                    f"{name}: %{{y:.2f}}x (%{{customdata[0]:.2f}} ms vs {baseline} "
+                    "%{customdata[1]:.2f} ms)<extra></extra>"
+                ),
+            )
         figure.add_hline(y=1.0, line_dash="dash", line_color="gray", annotation_text=baseline)
-        figure.update_layout(barmode="group", title=f"Speed-up over {baseline} (p50, same run)",
-                             yaxis_title=f"{baseline} p50 / candidate p50")
+        figure.update_layout(
+            barmode="group",
+            title=f"Speed-up over {baseline} (p50, same run)",
+            yaxis_title=f"{baseline} p50 / candidate p50",
+        )
         return figure
 
     def _repr_html_(self) -> str:
@@ -258,20 +311,23 @@ class BenchmarkResult:
         runs = f"{self.config.iterations} interleaved runs"
         if self.config.time_budget_s is not None:
             runs = f"up to {runs}, {self.config.time_budget_s:g} s per shape"
-        peak = (f"; process peak RSS {self.process_peak_rss_mb:.0f} MB" if self.process_peak_rss_mb is not None
-                else "")
+        peak = f"; process peak RSS {self.process_peak_rss_mb:.0f} MB" if self.process_peak_rss_mb is not None else ""
         load = ""
         if self.load_average is not None:
             load = "; load average " + " then ".join(f"{v:.1f}" for v in self.load_average if v is not None)
         warnings = ""
         if self.warnings:
             items = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
-            warnings = (f'<div class="wb-busy" style="color:#a86b00"><b>The machine looked busy while timing: these '
-                        f"numbers may be off. Re-run on a quiet machine.</b><ul>{items}</ul></div>")
-        return (f"{warnings}<b>Latency</b> ({self.machine.get('cpu_count')} cores, {self.config.effective_threads} "
-                f"threads, {runs}{peak}{load})<table><tr><th>candidate</th><th>batch</th><th>seq</th>"
-                f"<th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>mean ms</th><th>samples/s</th>"
-                f"<th>RSS growth at activation (MB)</th></tr>{rows}</table>")
+            warnings = (
+                f'<div class="wb-busy" style="color:#a86b00"><b>The machine looked busy while timing: these '
+                f"numbers may be off. Re-run on a quiet machine.</b><ul>{items}</ul></div>"
+            )
+        return (
+            f"{warnings}<b>Latency</b> ({self.machine.get('cpu_count')} cores, {self.config.effective_threads} "
+            f"threads, {runs}{peak}{load})<table><tr><th>candidate</th><th>batch</th><th>seq</th>"
+            f"<th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>mean ms</th><th>samples/s</th>"
+            f"<th>RSS growth at activation (MB)</th></tr>{rows}</table>"
+        )
 
 
 def _mb(value: float | None) -> str:
@@ -307,9 +363,11 @@ def benchmark(
     """
     runners = list(runners)
     if not runners:
-        raise ConfigError("benchmark() was given no runners, so there is nothing to time.",
-                          expected="at least one runner (a candidate model, or PyTorch)",
-                          fix="pass the candidates, e.g. [OnnxRuntimeRunner(path, name='fp32', allow_spinning=False)]")
+        raise ConfigError(
+            "benchmark() was given no runners, so there is nothing to time.",
+            expected="at least one runner (a candidate model, or PyTorch)",
+            fix="pass the candidates, e.g. [OnnxRuntimeRunner(path, name='fp32', allow_spinning=False)]",
+        )
     names = [r.name for r in runners]
     if len(set(names)) != len(names):
         raise ConfigError(f"Runner names must be unique, got {names}.")
@@ -342,37 +400,57 @@ def benchmark(
             rounds = 0
             for iteration in range(config.iterations):
                 # rotate who goes first, so no runner always follows the same neighbour
-                order = active[iteration % len(active):] + active[: iteration % len(active)]
+                order = active[iteration % len(active) :] + active[: iteration % len(active)]
                 for runner in order:
                     started = time.perf_counter()
                     runner.infer(feeds)
                     timings[runner.name].append((time.perf_counter() - started) * 1000.0)
                 rounds += 1
-                report(done + rounds, f"batch {batch}, seq {seq}: round {rounds} of {config.iterations}, "
-                                      f"{len(active)} candidates each")
-                if (config.time_budget_s is not None and rounds >= floor
-                        and time.perf_counter() - shape_started >= config.time_budget_s):
+                report(
+                    done + rounds,
+                    f"batch {batch}, seq {seq}: round {rounds} of {config.iterations}, {len(active)} candidates each",
+                )
+                if (
+                    config.time_budget_s is not None
+                    and rounds >= floor
+                    and time.perf_counter() - shape_started >= config.time_budget_s
+                ):
                     break
             if rounds < config.iterations:
-                notes.append(f"time budget {config.time_budget_s:g} s: batch {batch}, seq {seq} stopped after "
-                             f"{rounds} of {config.iterations} rounds")
+                notes.append(
+                    f"time budget {config.time_budget_s:g} s: batch {batch}, seq {seq} stopped after "
+                    f"{rounds} of {config.iterations} rounds"
+                )
             for name, values in timings.items():
                 ms = np.asarray(values)
-                rows.append(BenchmarkRow(
-                    name=name, batch=batch, seq=seq,
-                    p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)),
-                    p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
-                    throughput=float(batch * 1000.0 / ms.mean()), iterations=len(values),
-                ))
+                rows.append(
+                    BenchmarkRow(
+                        name=name,
+                        batch=batch,
+                        seq=seq,
+                        p50_ms=float(np.percentile(ms, 50)),
+                        p90_ms=float(np.percentile(ms, 90)),
+                        p99_ms=float(np.percentile(ms, 99)),
+                        mean_ms=float(ms.mean()),
+                        throughput=float(batch * 1000.0 / ms.mean()),
+                        iterations=len(values),
+                    )
+                )
     finally:
         for runner in active:
             runner.deactivate()
     machine = machine_info()
     load = (load_before, _load_average()) if load_before is not None else None
-    return BenchmarkResult(rows=tuple(rows), config=config, machine=machine, notes=tuple(notes),
-                           peak_memory_mb=memory, process_peak_rss_mb=_round(peak_rss_mb()),
-                           warnings=busy_warnings(rows, cores=os.cpu_count() or 1, load_average=load),
-                           load_average=load)
+    return BenchmarkResult(
+        rows=tuple(rows),
+        config=config,
+        machine=machine,
+        notes=tuple(notes),
+        peak_memory_mb=memory,
+        process_peak_rss_mb=_round(peak_rss_mb()),
+        warnings=busy_warnings(rows, cores=os.cpu_count() or 1, load_average=load),
+        load_average=load,
+    )
 
 
 def _load_average() -> float | None:
@@ -392,8 +470,9 @@ ORDER_TOLERANCE = 1.05
 MIN_RUNS_FOR_SPREAD = 5
 
 
-def busy_warnings(rows: Sequence[BenchmarkRow], *, cores: int,
-                  load_average: tuple[float, float | None] | None = None) -> tuple[str, ...]:
+def busy_warnings(
+    rows: Sequence[BenchmarkRow], *, cores: int, load_average: tuple[float, float | None] | None = None
+) -> tuple[str, ...]:
     """What in these timings says the machine was busy while they were taken (empty: nothing does).
 
     - spread: a row's p90 above SPREAD_LIMIT x its p50;
@@ -402,31 +481,42 @@ def busy_warnings(rows: Sequence[BenchmarkRow], *, cores: int,
     - load: the 1-minute load average above 1.5 x the cores before or after timing (other processes competed).
     """
     found = []
-    spread = [r for r in rows if (r.iterations or MIN_RUNS_FOR_SPREAD) >= MIN_RUNS_FOR_SPREAD
-              and r.p50_ms > 0 and r.p90_ms > SPREAD_LIMIT * r.p50_ms]
+    spread = [
+        r
+        for r in rows
+        if (r.iterations or MIN_RUNS_FOR_SPREAD) >= MIN_RUNS_FOR_SPREAD
+        and r.p50_ms > 0
+        and r.p90_ms > SPREAD_LIMIT * r.p50_ms
+    ]
     if spread:
         worst = sorted(spread, key=lambda r: r.p90_ms / r.p50_ms, reverse=True)
         listed = ", ".join(f"{r.name} at batch {r.batch}, seq {r.seq} ({r.p90_ms / r.p50_ms:.1f}x)" for r in worst[:4])
         more = f" and {len(worst) - 4} more" if len(worst) > 4 else ""
-        found.append(f"The timings spread: p90 is over {SPREAD_LIMIT:g}x p50 for {len(spread)} of {len(rows)} "
-                     f"measurements ({listed}{more}), as on a busy machine.")
+        found.append(
+            f"The timings spread: p90 is over {SPREAD_LIMIT:g}x p50 for {len(spread)} of {len(rows)} "
+            f"measurements ({listed}{more}), as on a busy machine."
+        )
     by_series: dict[tuple[str, int], list[BenchmarkRow]] = {}
     for r in rows:
         by_series.setdefault((r.name, r.seq), []).append(r)
     for (name, seq), series in by_series.items():
         ordered = sorted(series, key=lambda r: r.batch)
         for i, small in enumerate(ordered):
-            larger = [big for big in ordered[i + 1:] if small.p50_ms > ORDER_TOLERANCE * big.p50_ms]
+            larger = [big for big in ordered[i + 1 :] if small.p50_ms > ORDER_TOLERANCE * big.p50_ms]
             if larger:
                 big = max(larger, key=lambda r: r.batch)
-                found.append(f"{name} at seq {seq}: batch {small.batch} took {small.p50_ms:.2f} ms, batch {big.batch} "
-                             f"{big.p50_ms:.2f} ms; a smaller batch is not slower in absolute time on a quiet "
-                             "machine, so its runs were held up.")
+                found.append(
+                    f"{name} at seq {seq}: batch {small.batch} took {small.p50_ms:.2f} ms, batch {big.batch} "
+                    f"{big.p50_ms:.2f} ms; a smaller batch is not slower in absolute time on a quiet "
+                    "machine, so its runs were held up."
+                )
                 break
     readings = [value for value in (load_average or ()) if value is not None]
     if readings and max(readings) > 1.5 * cores:
-        found.append(f"The load average was {max(readings):.1f} (1 minute) on {cores} cores while timing: other "
-                     "processes competed for the CPU.")
+        found.append(
+            f"The load average was {max(readings):.1f} (1 minute) on {cores} cores while timing: other "
+            "processes competed for the CPU."
+        )
     return tuple(found)
 
 
@@ -461,15 +551,20 @@ def benchmark_candidates(
     from workbench.engines.pytorch import PyTorchRunner
 
     if not candidates and pytorch_module is None:
-        raise ConfigError("There is nothing to benchmark: no candidates and no PyTorch module.",
-                          fix="pass at least one name -> .onnx path")
+        raise ConfigError(
+            "There is nothing to benchmark: no candidates and no PyTorch module.",
+            fix="pass at least one name -> .onnx path",
+        )
     threads = config.effective_threads
     runners: list[Any] = []
     if pytorch_module is not None:
-        runners.append(PyTorchRunner(pytorch_module, output_names=pytorch_output_names, name=pytorch_name,
-                                     threads=threads))
-    runners += [OnnxRuntimeRunner(Path(path), name=name, intra_op_threads=threads, allow_spinning=False)
-                for name, path in candidates.items()]
+        runners.append(
+            PyTorchRunner(pytorch_module, output_names=pytorch_output_names, name=pytorch_name, threads=threads)
+        )
+    runners += [
+        OnnxRuntimeRunner(Path(path), name=name, intra_op_threads=threads, allow_spinning=False)
+        for name, path in candidates.items()
+    ]
     return benchmark(runners, feeds_for, config)
 
 
@@ -493,10 +588,9 @@ def feeds_from_sentences(
     def feeds_for(batch: int, seq: int) -> dict[str, np.ndarray]:
         if (batch, seq) not in cache:
             chosen = [texts[i % len(texts)] for i in range(batch)]
-            cache[(batch, seq)] = tokenize_batches(tokenizer, chosen, batch_size=batch, sequence_length=seq,
-                                                   input_names=input_names)[0]
+            cache[(batch, seq)] = tokenize_batches(
+                tokenizer, chosen, batch_size=batch, sequence_length=seq, input_names=input_names
+            )[0]
         return cache[(batch, seq)]
 
     return feeds_for
-
-

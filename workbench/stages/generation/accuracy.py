@@ -78,9 +78,14 @@ class GenerationAccuracy:
         return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "values": dict(self.values), "meets_budget": self.meets_budget,
-                "failures": list(self.failures), "greedy_prefixes": list(self.greedy_prefixes),
-                "seconds": self.seconds}
+        return {
+            "name": self.name,
+            "values": dict(self.values),
+            "meets_budget": self.meets_budget,
+            "failures": list(self.failures),
+            "greedy_prefixes": list(self.greedy_prefixes),
+            "seconds": self.seconds,
+        }
 
 
 @dataclass(frozen=True)
@@ -101,19 +106,26 @@ class GenerationAccuracyReport(Mapping[str, GenerationAccuracy]):
         return len(self.results)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget": self.budget.to_dict(), "settings": dict(self.settings),
-                "candidates": {name: result.to_dict() for name, result in self.results.items()}}
+        return {
+            "budget": self.budget.to_dict(),
+            "settings": dict(self.settings),
+            "candidates": {name: result.to_dict() for name, result in self.results.items()},
+        }
 
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td>{html.escape(r.name)}</td><td>{r.values['next_token_agreement']:.4f}</td>"
             f"<td>{r.values['perplexity_ratio']:.4f}</td><td>{r.values['logits_cosine_mean']:.5f}</td>"
             f"<td>{r.values.get('greedy_agreement', float('nan')):.3f}</td>"
-            f"<td>{'meets' if r else html.escape('; '.join(r.failures))}</td></tr>" for r in self.results.values())
-        return (f"<b>Generation accuracy</b> vs FP32 on {self.settings.get('texts')} texts and "
-                f"{self.settings.get('prompts')} prompts; budget: {html.escape(self.budget.describe())}"
-                "<table><tr><th>candidate</th><th>next-token agreement</th><th>perplexity ratio</th>"
-                f"<th>logits cosine</th><th>greedy agreement</th><th>budget</th></tr>{rows}</table>")
+            f"<td>{'meets' if r else html.escape('; '.join(r.failures))}</td></tr>"
+            for r in self.results.values()
+        )
+        return (
+            f"<b>Generation accuracy</b> vs FP32 on {self.settings.get('texts')} texts and "
+            f"{self.settings.get('prompts')} prompts; budget: {html.escape(self.budget.describe())}"
+            "<table><tr><th>candidate</th><th>next-token agreement</th><th>perplexity ratio</th>"
+            f"<th>logits cosine</th><th>greedy agreement</th><th>budget</th></tr>{rows}</table>"
+        )
 
 
 class GenerationEvaluator:
@@ -135,10 +147,20 @@ class GenerationEvaluator:
         threads: Intra-op threads for every runner.
     """
 
-    def __init__(self, reference: ModelLike, tokenizer: Any, *, spec: DecoderSpec | None = None,
-                 texts: Sequence[str] | None = None, prompts: Sequence[str] | None = None,
-                 budget: GenerationBudget | None = None, sequence_length: int = 64, batch_size: int = 1,
-                 greedy_tokens: int = 16, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        reference: ModelLike,
+        tokenizer: Any,
+        *,
+        spec: DecoderSpec | None = None,
+        texts: Sequence[str] | None = None,
+        prompts: Sequence[str] | None = None,
+        budget: GenerationBudget | None = None,
+        sequence_length: int = 64,
+        batch_size: int = 1,
+        greedy_tokens: int = 16,
+        threads: int | None = None,
+    ) -> None:
         from workbench.onnx.decoder import read_decoder_spec
         from workbench.stages.generation.generate import check_prompts, encode_prompts
         from workbench.tasks.generation import load_prompts
@@ -161,10 +183,16 @@ class GenerationEvaluator:
             check_prompts(self.spec, self.prompt_ids)
         else:
             self.prompt_ids = []
-        self.encoded = self.task.encode(tokenizer, texts, batch_size=batch_size, sequence_length=sequence_length,
-                                        spec=self.spec)
-        self.settings = {"texts": len(texts), "prompts": len(self.prompt_ids), "sequence_length": sequence_length,
-                         "batch_size": batch_size, "greedy_tokens": self.greedy_tokens}
+        self.encoded = self.task.encode(
+            tokenizer, texts, batch_size=batch_size, sequence_length=sequence_length, spec=self.spec
+        )
+        self.settings = {
+            "texts": len(texts),
+            "prompts": len(self.prompt_ids),
+            "sequence_length": sequence_length,
+            "batch_size": batch_size,
+            "greedy_tokens": self.greedy_tokens,
+        }
         self._reference_logits: list[np.ndarray] | None = None
         self._reference_greedy: list[tuple[int, ...]] = []
         self._prepare()
@@ -193,8 +221,11 @@ class GenerationEvaluator:
         stats = TeacherForcedStats()
         with ExitStack() as stack:
             runner = stack.enter_context(_runner(candidate, name, self.threads))
-            reference = None if self._reference_logits is not None else stack.enter_context(
-                _runner(self.reference, "reference", self.threads))
+            reference = (
+                None
+                if self._reference_logits is not None
+                else stack.enter_context(_runner(self.reference, "reference", self.threads))
+            )
             for index, feeds in enumerate(self.encoded.feeds):
                 if self._reference_logits is not None:
                     expected = self._reference_logits[index]
@@ -208,8 +239,13 @@ class GenerationEvaluator:
         if prefixes:
             values["greedy_agreement"] = float(np.mean([p / self.greedy_tokens for p in prefixes]))
             values["greedy_prefix_tokens_mean"] = float(np.mean(prefixes))
-        return GenerationAccuracy(name=name, values=values, failures=self.budget.failures(values),
-                                  greedy_prefixes=prefixes, seconds=time.perf_counter() - started)
+        return GenerationAccuracy(
+            name=name,
+            values=values,
+            failures=self.budget.failures(values),
+            greedy_prefixes=prefixes,
+            seconds=time.perf_counter() - started,
+        )
 
 
 def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -221,8 +257,14 @@ def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return count
 
 
-def evaluate_generation(reference: ModelLike, candidates: Mapping[str, ModelLike], tokenizer: Any, *,
-                        budget: GenerationBudget | None = None, **settings: Any) -> GenerationAccuracyReport:
+def evaluate_generation(
+    reference: ModelLike,
+    candidates: Mapping[str, ModelLike],
+    tokenizer: Any,
+    *,
+    budget: GenerationBudget | None = None,
+    **settings: Any,
+) -> GenerationAccuracyReport:
     """Every candidate's generation metrics against `reference`, and its verdict on `budget`.
 
     Args:
@@ -242,9 +284,16 @@ def evaluate_generation(reference: ModelLike, candidates: Mapping[str, ModelLike
 # diagnosis and the auto-fix
 
 
-def diagnose_decoder(reference: str | os.PathLike[str], candidate: str | os.PathLike[str], tokenizer: Any, *,
-                     texts: Sequence[str] | None = None, spec: DecoderSpec | None = None, batches: int = 8,
-                     sequence_length: int = 48) -> Any:
+def diagnose_decoder(
+    reference: str | os.PathLike[str],
+    candidate: str | os.PathLike[str],
+    tokenizer: Any,
+    *,
+    texts: Sequence[str] | None = None,
+    spec: DecoderSpec | None = None,
+    batches: int = 8,
+    sequence_length: int = 48,
+) -> Any:
     """Layer-by-layer diagnosis of a decoder candidate (workbench.stages.accuracy.diagnose) on prompt-step feeds
     of the evaluation text; its `sensitivity()` ranks the quantized nodes by the output error each causes
     alone.
@@ -282,9 +331,16 @@ class DecoderTrial:
     pinned_parameters: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "stage": self.stage, "pins": list(self.pins), "values": dict(self.values),
-                "meets_budget": self.meets_budget, "failures": list(self.failures), "path": str(self.path),
-                "pinned_parameters": self.pinned_parameters}
+        return {
+            "index": self.index,
+            "stage": self.stage,
+            "pins": list(self.pins),
+            "values": dict(self.values),
+            "meets_budget": self.meets_budget,
+            "failures": list(self.failures),
+            "path": str(self.path),
+            "pinned_parameters": self.pinned_parameters,
+        }
 
 
 @dataclass(frozen=True)
@@ -309,21 +365,32 @@ class DecoderAutofixResult:
         return min((t for t in self.trials if t.meets_budget), key=lambda t: (t.pinned_parameters, t.index))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "plan": self.plan.to_dict(), "budget": self.budget.to_dict(),
-                "trials": [t.to_dict() for t in self.trials], "ranking": [list(r) for r in self.ranking],
-                "seconds": self.seconds, "notes": list(self.notes)}
+        return {
+            "path": str(self.path),
+            "plan": self.plan.to_dict(),
+            "budget": self.budget.to_dict(),
+            "trials": [t.to_dict() for t in self.trials],
+            "ranking": [list(r) for r in self.ranking],
+            "seconds": self.seconds,
+            "notes": list(self.notes),
+        }
 
     def _repr_html_(self) -> str:
         best = self.best
-        rows = "".join(f"<tr><td>{t.index}</td><td>{t.stage}</td><td>{len(t.pins)}</td>"
-                       f"<td>{t.values['next_token_agreement']:.4f}</td><td>{t.values['perplexity_ratio']:.4f}</td>"
-                       f"<td>{'yes' if t.meets_budget else 'no'}</td></tr>" for t in self.trials)
-        return (f"<b>Decoder autofix</b>: {len(best.pins)} MatMul(s) kept in FP32 -> next-token agreement "
-                f"{best.values['next_token_agreement']:.4f}, perplexity ratio {best.values['perplexity_ratio']:.4f} "
-                f"(start {self.start.values['next_token_agreement']:.4f} / "
-                f"{self.start.values['perplexity_ratio']:.4f}), {len(self.trials)} trials, <code>{self.path}</code>"
-                "<table><tr><th>#</th><th>stage</th><th>pins</th><th>agreement</th><th>ppl ratio</th><th>meets</th>"
-                f"</tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{t.index}</td><td>{t.stage}</td><td>{len(t.pins)}</td>"
+            f"<td>{t.values['next_token_agreement']:.4f}</td><td>{t.values['perplexity_ratio']:.4f}</td>"
+            f"<td>{'yes' if t.meets_budget else 'no'}</td></tr>"
+            for t in self.trials
+        )
+        return (
+            f"<b>Decoder autofix</b>: {len(best.pins)} MatMul(s) kept in FP32 -> next-token agreement "
+            f"{best.values['next_token_agreement']:.4f}, perplexity ratio {best.values['perplexity_ratio']:.4f} "
+            f"(start {self.start.values['next_token_agreement']:.4f} / "
+            f"{self.start.values['perplexity_ratio']:.4f}), {len(self.trials)} trials, <code>{self.path}</code>"
+            "<table><tr><th>#</th><th>stage</th><th>pins</th><th>agreement</th><th>ppl ratio</th><th>meets</th>"
+            f"</tr>{rows}</table>"
+        )
 
 
 def autofix_decoder(
@@ -379,8 +446,9 @@ def autofix_decoder(
     output_dir.mkdir(parents=True, exist_ok=True)
     reference = Path(reference or model_path)
     gates_greedy = any(g.metric == "greedy_agreement" for g in budget.gates())
-    evaluator = GenerationEvaluator(reference, tokenizer, texts=texts, prompts=prompts if gates_greedy else (),
-                                    budget=budget, **settings)
+    evaluator = GenerationEvaluator(
+        reference, tokenizer, texts=texts, prompts=prompts if gates_greedy else (), budget=budget, **settings
+    )
     sizes = _weight_sizes(model_path)
     trials: list[DecoderTrial] = []
     evaluated: dict[frozenset[str], DecoderTrial] = {}
@@ -393,8 +461,16 @@ def autofix_decoder(
         converted = plan.pin([p for p in pins if p not in plan.nodes], reason="sensitivity")
         result = converted.convert(model_path, output_dir / f"trial_{index:02d}.onnx", progress=False)
         accuracy = evaluator.evaluate(result.path, f"trial_{index:02d}")
-        trial = DecoderTrial(index, stage, tuple(pins), dict(accuracy.values), accuracy.meets_budget,
-                             accuracy.failures, result.path, sum(sizes.get(p, 0) for p in pins))
+        trial = DecoderTrial(
+            index,
+            stage,
+            tuple(pins),
+            dict(accuracy.values),
+            accuracy.meets_budget,
+            accuracy.failures,
+            result.path,
+            sum(sizes.get(p, 0) for p in pins),
+        )
         trials.append(trial)
         evaluated[key] = trial
         if progress:
@@ -407,8 +483,9 @@ def autofix_decoder(
     if start.meets_budget:
         notes.append("the starting candidate already meets the budget: nothing to pin")
     else:
-        diagnosis = diagnose_decoder(reference, start.path, tokenizer, texts=texts, spec=evaluator.spec,
-                                     batches=diagnosis_batches)
+        diagnosis = diagnose_decoder(
+            reference, start.path, tokenizer, texts=texts, spec=evaluator.spec, batches=diagnosis_batches
+        )
         ranking = [(name, float(score)) for name, score in diagnosis.sensitivity()]
         order = [name for name, _ in ranking]
         everything = evaluate(order, "all pinned")
@@ -417,16 +494,16 @@ def autofix_decoder(
                 f"Even with all {len(order)} quantized nodes in FP32 the decoder misses the budget: "
                 f"{'; '.join(everything.failures)}.",
                 expected=budget.describe(),
-                fix="check the reference and the evaluation texts, or relax the budget")
-        search_pins(order, lambda pins, stage: evaluate(pins, stage).meets_budget,
-                    max_prune_trials=max_prune_trials)
+                fix="check the reference and the evaluation texts, or relax the budget",
+            )
+        search_pins(order, lambda pins, stage: evaluate(pins, stage).meets_budget, max_prune_trials=max_prune_trials)
     best = min((t for t in trials if t.meets_budget), key=lambda t: (t.pinned_parameters, t.index))
     final_plan = plan.pin([p for p in best.pins if p not in plan.nodes], reason="sensitivity", note="autofix")
     fixed = output_dir / "fixed.onnx"
     save_onnx(load_onnx(best.path), fixed)
     final_plan.save(output_dir / "fixed_plan.json")
     if best is not start:
-        notes.append(f"{len(best.pins)} of {len(ranking)} quantized MatMuls kept in FP32: "
-                     f"{', '.join(best.pins)}")
-    return DecoderAutofixResult(fixed, final_plan, tuple(trials), tuple(ranking), budget,
-                                time.perf_counter() - started, tuple(notes))
+        notes.append(f"{len(best.pins)} of {len(ranking)} quantized MatMuls kept in FP32: {', '.join(best.pins)}")
+    return DecoderAutofixResult(
+        fixed, final_plan, tuple(trials), tuple(ranking), budget, time.perf_counter() - started, tuple(notes)
+    )

@@ -106,8 +106,9 @@ class GenerationBenchmark:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def get(self, name: str, batch: int, prompt_length: int) -> GenerationTiming | None:
-        return next((t for t in self.timings if (t.name, t.batch, t.prompt_length) == (name, batch, prompt_length)),
-                    None)
+        return next(
+            (t for t in self.timings if (t.name, t.batch, t.prompt_length) == (name, batch, prompt_length)), None
+        )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -119,16 +120,25 @@ class GenerationBenchmark:
         return a.decode_tokens_per_s / b.decode_tokens_per_s if a and b and b.decode_tokens_per_s else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "machine": dict(self.machine), "seconds": self.seconds,
-                "timings": [t.to_dict() for t in self.timings], "notes": list(self.notes)}
+        return {
+            "config": self.config.to_dict(),
+            "machine": dict(self.machine),
+            "seconds": self.seconds,
+            "timings": [t.to_dict() for t in self.timings],
+            "notes": list(self.notes),
+        }
 
     def table(self) -> str:
-        header = (f"{'candidate':<24}{'batch':>6}{'prompt':>8}{'TTFT p50':>10}{'TTFT p90':>10}{'ITL p50':>9}"
-                  f"{'ITL p90':>9}{'tok/s':>8}{'decode tok/s':>14}")
+        header = (
+            f"{'candidate':<24}{'batch':>6}{'prompt':>8}{'TTFT p50':>10}{'TTFT p90':>10}{'ITL p50':>9}"
+            f"{'ITL p90':>9}{'tok/s':>8}{'decode tok/s':>14}"
+        )
         lines = [header, "-" * len(header)]
         for t in self.timings:
-            lines.append(f"{t.name:<24}{t.batch:>6}{t.prompt_length:>8}{t.ttft_ms_p50:>10.1f}{t.ttft_ms_p90:>10.1f}"
-                         f"{t.itl_ms_p50:>9.2f}{t.itl_ms_p90:>9.2f}{t.tokens_per_s:>8.1f}{t.decode_tokens_per_s:>14.1f}")
+            lines.append(
+                f"{t.name:<24}{t.batch:>6}{t.prompt_length:>8}{t.ttft_ms_p50:>10.1f}{t.ttft_ms_p90:>10.1f}"
+                f"{t.itl_ms_p50:>9.2f}{t.itl_ms_p90:>9.2f}{t.tokens_per_s:>8.1f}{t.decode_tokens_per_s:>14.1f}"
+            )
         return "\n".join(lines)
 
     def figure(self) -> Any:
@@ -138,20 +148,33 @@ class GenerationBenchmark:
         shapes = list(dict.fromkeys((t.batch, t.prompt_length) for t in self.timings))
         for batch, length in shapes:
             rows = [t for t in self.timings if (t.batch, t.prompt_length) == (batch, length)]
-            figure.add_bar(x=[t.name for t in rows], y=[t.decode_tokens_per_s for t in rows],
-                           name=f"batch {batch}, prompt {length}")
-        figure.update_layout(title=f"Decode tokens/s ({self.config.new_tokens} new tokens)", barmode="group",
-                             yaxis_type="log", yaxis_title="tokens/s (log)", xaxis_title="candidate")
+            figure.add_bar(
+                x=[t.name for t in rows],
+                y=[t.decode_tokens_per_s for t in rows],
+                name=f"batch {batch}, prompt {length}",
+            )
+        figure.update_layout(
+            title=f"Decode tokens/s ({self.config.new_tokens} new tokens)",
+            barmode="group",
+            yaxis_type="log",
+            yaxis_title="tokens/s (log)",
+            xaxis_title="candidate",
+        )
         return figure
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{html.escape(t.name)}</td><td>{t.batch}</td><td>{t.prompt_length}</td>"
-                       f"<td>{t.ttft_ms_p50:.1f}</td><td>{t.itl_ms_p50:.2f}</td><td>{t.itl_ms_p90:.2f}</td>"
-                       f"<td>{t.tokens_per_s:.1f}</td></tr>" for t in self.timings)
-        return (f"<b>Generation benchmark</b>: {self.config.new_tokens} new tokens, {self.config.iterations} runs "
-                f"each, {self.config.effective_threads} threads, interleaved"
-                "<table><tr><th>candidate</th><th>batch</th><th>prompt</th><th>TTFT p50 ms</th><th>ITL p50 ms</th>"
-                f"<th>ITL p90 ms</th><th>tokens/s</th></tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{html.escape(t.name)}</td><td>{t.batch}</td><td>{t.prompt_length}</td>"
+            f"<td>{t.ttft_ms_p50:.1f}</td><td>{t.itl_ms_p50:.2f}</td><td>{t.itl_ms_p90:.2f}</td>"
+            f"<td>{t.tokens_per_s:.1f}</td></tr>"
+            for t in self.timings
+        )
+        return (
+            f"<b>Generation benchmark</b>: {self.config.new_tokens} new tokens, {self.config.iterations} runs "
+            f"each, {self.config.effective_threads} threads, interleaved"
+            "<table><tr><th>candidate</th><th>batch</th><th>prompt</th><th>TTFT p50 ms</th><th>ITL p50 ms</th>"
+            f"<th>ITL p90 ms</th><th>tokens/s</th></tr>{rows}</table>"
+        )
 
 
 class _Recorder:
@@ -173,21 +196,29 @@ def _pytorch_generation(model: Any, prompts: np.ndarray, new_tokens: int) -> tup
     recorder = _Recorder()
     started = time.perf_counter()
     with torch.inference_mode():
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, streamer=recorder,
-                       pad_token_id=model.generation_config.pad_token_id or 0)
+        model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            streamer=recorder,
+            pad_token_id=model.generation_config.pad_token_id or 0,
+        )
     total = time.perf_counter() - started
     tokens = recorder.stamps[1:]  # the first put() is the prompt itself
     return tokens[0] - started, list(np.diff(tokens)), total
 
 
-def _runner_generation(runner: Any, spec: DecoderSpec, prompts: np.ndarray, new_tokens: int
-                       ) -> tuple[float, list[float], float]:
+def _runner_generation(
+    runner: Any, spec: DecoderSpec, prompts: np.ndarray, new_tokens: int
+) -> tuple[float, list[float], float]:
     from workbench.stages.generation.generate import GenerationConfig, generate_tokens
 
     started = time.perf_counter()
-    result = generate_tokens(runner, spec, prompts.tolist(), GenerationConfig(max_new_tokens=new_tokens,
-                                                                               stop_token_ids=()))
+    result = generate_tokens(
+        runner, spec, prompts.tolist(), GenerationConfig(max_new_tokens=new_tokens, stop_token_ids=())
+    )
     return result.first_token_s, list(result.step_s), time.perf_counter() - started
 
 
@@ -214,14 +245,19 @@ def benchmark_generation(
     started = time.perf_counter()
     longest = max(config.prompt_lengths) + config.new_tokens
     if longest > spec.max_positions:
-        raise ConfigError(f"A prompt of {max(config.prompt_lengths)} tokens plus {config.new_tokens} new tokens needs "
-                          f"{longest} positions; the model has {spec.max_positions}.",
-                          fix="pass shorter GenerationBenchmarkConfig.prompt_lengths or fewer new_tokens")
+        raise ConfigError(
+            f"A prompt of {max(config.prompt_lengths)} tokens plus {config.new_tokens} new tokens needs "
+            f"{longest} positions; the model has {spec.max_positions}.",
+            fix="pass shorter GenerationBenchmarkConfig.prompt_lengths or fewer new_tokens",
+        )
     threads = config.effective_threads
     runners = {}
     for name, model in candidates.items():
-        runners[name] = (model.runner(threads=threads) if isinstance(model, Candidate)
-                         else engine_for_path(model).runner(Path(model), name=name, threads=threads))
+        runners[name] = (
+            model.runner(threads=threads)
+            if isinstance(model, Candidate)
+            else engine_for_path(model).runner(Path(model), name=name, threads=threads)
+        )
     if pytorch_model is not None:
         torch = require("torch", purpose="Timing PyTorch generate")
         torch.set_num_threads(threads)  # torch's setting is process-wide: the baseline runs with the same threads
@@ -238,33 +274,47 @@ def benchmark_generation(
                 samples: dict[str, list[tuple[float, list[float], float]]] = {name: [] for name in names}
                 for round_index in range(config.warmup + config.iterations):
                     for name in names:
-                        measured = (_pytorch_generation(pytorch_model, prompts, config.new_tokens) if name == PYTORCH
-                                    else _runner_generation(runners[name], spec, prompts, config.new_tokens))
+                        measured = (
+                            _pytorch_generation(pytorch_model, prompts, config.new_tokens)
+                            if name == PYTORCH
+                            else _runner_generation(runners[name], spec, prompts, config.new_tokens)
+                        )
                         if round_index >= config.warmup:
                             samples[name].append(measured)
                 for name in names:
                     timings.append(_timing(name, batch, length, config.new_tokens, samples[name]))
                 if progress:
-                    progress(f"batch {batch}, prompt {length}: " + ", ".join(
-                        f"{t.name} {t.tokens_per_s:.1f} tok/s" for t in timings[-len(names):]))
+                    progress(
+                        f"batch {batch}, prompt {length}: "
+                        + ", ".join(f"{t.name} {t.tokens_per_s:.1f} tok/s" for t in timings[-len(names) :])
+                    )
     finally:
         for runner in runners.values():
             runner.deactivate()
-    return GenerationBenchmark(tuple(timings), config, {**machine_info(), "threads": threads},
-                               time.perf_counter() - started)
+    return GenerationBenchmark(
+        tuple(timings), config, {**machine_info(), "threads": threads}, time.perf_counter() - started
+    )
 
 
-def _timing(name: str, batch: int, length: int, new_tokens: int,
-            samples: list[tuple[float, list[float], float]]) -> GenerationTiming:
+def _timing(
+    name: str, batch: int, length: int, new_tokens: int, samples: list[tuple[float, list[float], float]]
+) -> GenerationTiming:
     ttft = np.array([s[0] for s in samples]) * 1000.0
     steps = np.array([x for s in samples for x in s[1]]) * 1000.0
     totals = np.array([s[2] for s in samples])
     decode = np.array([sum(s[1]) for s in samples])
     decode_rate = float(np.median(batch * (new_tokens - 1) / decode)) if new_tokens > 1 and decode.all() else 0.0
     return GenerationTiming(
-        name=name, batch=batch, prompt_length=length, new_tokens=new_tokens, runs=len(samples),
-        ttft_ms_p50=float(np.median(ttft)), ttft_ms_p90=float(np.percentile(ttft, 90)),
+        name=name,
+        batch=batch,
+        prompt_length=length,
+        new_tokens=new_tokens,
+        runs=len(samples),
+        ttft_ms_p50=float(np.median(ttft)),
+        ttft_ms_p90=float(np.percentile(ttft, 90)),
         itl_ms_p50=float(np.median(steps)) if steps.size else 0.0,
         itl_ms_p90=float(np.percentile(steps, 90)) if steps.size else 0.0,
         total_ms_p50=float(np.median(totals) * 1000.0),
-        tokens_per_s=float(np.median(batch * new_tokens / totals)), decode_tokens_per_s=decode_rate)
+        tokens_per_s=float(np.median(batch * new_tokens / totals)),
+        decode_tokens_per_s=decode_rate,
+    )

@@ -72,21 +72,27 @@ class DecoderExportConfig(StageConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
         "dynamo": {"exporter": "dynamo", "opset": 18},
-        "thorough": {"check_batch_sizes": (1, 2, 5), "check_prompt_lengths": (1, 2, 9, 33, 64),
-                     "check_past_lengths": (0, 1, 7, 40, 100)},
+        "thorough": {
+            "check_batch_sizes": (1, 2, 5),
+            "check_prompt_lengths": (1, 2, 9, 33, 64),
+            "check_past_lengths": (0, 1, 7, 40, 100),
+        },
     }
 
     def __post_init__(self) -> None:
         check_choice(self, "exporter", EXPORTERS)
         check_positive(self, "check_batch_sizes", "check_prompt_lengths", "atol")
         if not self.check_past_lengths or any(not isinstance(p, int) or p < 0 for p in self.check_past_lengths):
-            raise ConfigError(f"DecoderExportConfig.check_past_lengths must be integers >= 0, got "
-                              f"{self.check_past_lengths!r}.")
+            raise ConfigError(
+                f"DecoderExportConfig.check_past_lengths must be integers >= 0, got {self.check_past_lengths!r}."
+            )
         if not 14 <= self.opset <= 23:
             raise ConfigError(f"DecoderExportConfig.opset = {self.opset} is outside 14..23 (decoders need >= 14).")
         if self.exporter == "dynamo" and self.opset < 18:
-            raise ConfigError(f"The dynamo exporter needs opset >= 18, got {self.opset}.",
-                              fix="use DecoderExportConfig.preset('dynamo')")
+            raise ConfigError(
+                f"The dynamo exporter needs opset >= 18, got {self.opset}.",
+                fix="use DecoderExportConfig.preset('dynamo')",
+            )
         if not 0.0 < self.min_cosine <= 1.0:
             raise ConfigError(f"DecoderExportConfig.min_cosine must be in (0, 1], got {self.min_cosine}.")
 
@@ -132,19 +138,29 @@ class DecoderExportResult:
         return all(c.passed for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "spec": dict(vars(self.spec)), "config": self.config.to_dict(),
-                "input_names": list(self.input_names), "output_names": list(self.output_names),
-                "max_abs_error": self.max_abs_error, "min_cosine": self.min_cosine, "seconds": self.seconds,
-                "nodes": sum(self.op_counts.values()), "checks": [dict(vars(c)) for c in self.checks],
-                "notes": list(self.notes)}
+        return {
+            "path": str(self.path),
+            "spec": dict(vars(self.spec)),
+            "config": self.config.to_dict(),
+            "input_names": list(self.input_names),
+            "output_names": list(self.output_names),
+            "max_abs_error": self.max_abs_error,
+            "min_cosine": self.min_cosine,
+            "seconds": self.seconds,
+            "nodes": sum(self.op_counts.values()),
+            "checks": [dict(vars(c)) for c in self.checks],
+            "notes": list(self.notes),
+        }
 
     def _repr_html_(self) -> str:
         shapes = sorted({(c.batch, c.past, c.sequence) for c in self.checks})
-        return (f"<b>Exported decoder</b> {self.source_name} ({self.spec.model_type}, {self.spec.num_layers} layers, "
-                f"{self.spec.num_kv_heads} kv heads x {self.spec.head_dim}) to <code>{self.path}</code> with "
-                f"{self.config.exporter}, opset {self.config.opset}, in {self.seconds:.1f} s. Checked against "
-                f"transformers at {len(shapes)} (batch, cache, step) shapes: max abs error {self.max_abs_error:.2e} "
-                f"(atol {self.config.atol:g}), min cosine {self.min_cosine:.6f}.")
+        return (
+            f"<b>Exported decoder</b> {self.source_name} ({self.spec.model_type}, {self.spec.num_layers} layers, "
+            f"{self.spec.num_kv_heads} kv heads x {self.spec.head_dim}) to <code>{self.path}</code> with "
+            f"{self.config.exporter}, opset {self.config.opset}, in {self.seconds:.1f} s. Checked against "
+            f"transformers at {len(shapes)} (batch, cache, step) shapes: max abs error {self.max_abs_error:.2e} "
+            f"(atol {self.config.atol:g}), min cosine {self.min_cosine:.6f}."
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -158,10 +174,14 @@ def _resolve(source: HFModelSource | str | os.PathLike[str]) -> HFModelSource:
         folder = Path(source)
         if (folder / "config.json").is_file():
             return HFModelSource(folder, attn_implementation="eager")
-        raise ModelSourceError(f"{folder} is not a Hugging Face model folder (no config.json).",
-                               fix="pass the folder written by model.save_pretrained()")
-    raise ModelSourceError(f"export_decoder() takes a Hugging Face model folder, not {type(source).__name__}.",
-                           fix="pass load_model(PATH) or the folder itself")
+        raise ModelSourceError(
+            f"{folder} is not a Hugging Face model folder (no config.json).",
+            fix="pass the folder written by model.save_pretrained()",
+        )
+    raise ModelSourceError(
+        f"export_decoder() takes a Hugging Face model folder, not {type(source).__name__}.",
+        fix="pass load_model(PATH) or the folder itself",
+    )
 
 
 def is_causal_lm(config: dict[str, Any]) -> bool:
@@ -181,15 +201,19 @@ def load_causal_lm(source: HFModelSource | str | os.PathLike[str]) -> tuple[Any,
             f"{source.path} is a {source.config.get('architectures')} checkpoint, not a causal LM, so it has no "
             "language-modelling head to generate with.",
             expected=f"architectures ending in {' or '.join(CAUSAL_LM_SUFFIXES)}",
-            fix="pass a *ForCausalLM / *LMHeadModel checkpoint, or export this one with export_onnx()")
+            fix="pass a *ForCausalLM / *LMHeadModel checkpoint, or export this one with export_onnx()",
+        )
     transformers = require("transformers", purpose="Loading a causal LM")
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(source.path), local_files_only=True, trust_remote_code=False, attn_implementation="eager")
+            str(source.path), local_files_only=True, trust_remote_code=False, attn_implementation="eager"
+        )
         tokenizer = source.load_tokenizer()
     except Exception as exc:
-        raise ModelSourceError(f"Could not load the causal LM in {source.path}: {type(exc).__name__}: {exc}",
-                               fix="check that the folder was written by save_pretrained() with its tokenizer") from exc
+        raise ModelSourceError(
+            f"Could not load the causal LM in {source.path}: {type(exc).__name__}: {exc}",
+            fix="check that the folder was written by save_pretrained() with its tokenizer",
+        ) from exc
     return model.eval(), tokenizer
 
 
@@ -211,19 +235,28 @@ def decoder_spec_of(model: Any, tokenizer: Any = None) -> DecoderSpec:
         raise ExportError(
             f"{type(model).__name__} has sliding-window or non-standard attention layers ({sorted(layer_types)}), "
             "whose cache the decoder export does not handle.",
-            fix="export a model whose layers all use full attention (GPT-2, Llama and most causal LMs)")
+            fix="export a model whose layers all use full attention (GPT-2, Llama and most causal LMs)",
+        )
     with torch.inference_mode():
-        out = model(input_ids=torch.zeros((1, 2), dtype=torch.long),
-                    attention_mask=torch.ones((1, 2), dtype=torch.long), use_cache=True)
+        out = model(
+            input_ids=torch.zeros((1, 2), dtype=torch.long),
+            attention_mask=torch.ones((1, 2), dtype=torch.long),
+            use_cache=True,
+        )
     layers = list(out.cache.layers)
     keys = layers[0].keys
     max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if not max_positions:
-        raise ExportError(f"{type(model).__name__}'s config has no max_position_embeddings.",
-                          fix="set config.max_position_embeddings and save the model again")
+        raise ExportError(
+            f"{type(model).__name__}'s config has no max_position_embeddings.",
+            fix="set config.max_position_embeddings and save the model again",
+        )
     generation = getattr(model, "generation_config", None)
-    eos = (_token_ids(getattr(generation, "eos_token_id", None)) or _token_ids(config.eos_token_id)
-           or _token_ids(getattr(tokenizer, "eos_token_id", None)))
+    eos = (
+        _token_ids(getattr(generation, "eos_token_id", None))
+        or _token_ids(config.eos_token_id)
+        or _token_ids(getattr(tokenizer, "eos_token_id", None))
+    )
     pad = getattr(generation, "pad_token_id", None)
     pad = pad if pad is not None else getattr(config, "pad_token_id", None)
     pad = pad if pad is not None else getattr(tokenizer, "pad_token_id", None)
@@ -232,12 +265,18 @@ def decoder_spec_of(model: Any, tokenizer: Any = None) -> DecoderSpec:
     bos = bos if bos is not None else getattr(config, "bos_token_id", None)
     parameters = inspect.signature(model.forward).parameters
     return DecoderSpec(
-        num_layers=len(layers), num_kv_heads=int(keys.shape[1]), head_dim=int(keys.shape[3]),
-        vocab_size=int(out.logits.shape[-1]), max_positions=int(max_positions), eos_token_ids=eos,
+        num_layers=len(layers),
+        num_kv_heads=int(keys.shape[1]),
+        head_dim=int(keys.shape[3]),
+        vocab_size=int(out.logits.shape[-1]),
+        max_positions=int(max_positions),
+        eos_token_ids=eos,
         pad_token_id=int(pad if not isinstance(pad, (list, tuple)) else pad[0]),
         bos_token_id=None if bos is None else int(bos if not isinstance(bos, (list, tuple)) else bos[0]),
-        has_position_ids="position_ids" in parameters, cache_dtype="float32",
-        model_type=str(getattr(config, "model_type", "")))
+        has_position_ids="position_ids" in parameters,
+        cache_dtype="float32",
+        model_type=str(getattr(config, "model_type", "")),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -263,11 +302,19 @@ def _wrapper(model: Any, spec: DecoderSpec) -> Any:
 
         def _run(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
             values = dict(zip(names, args))
-            cache = transformers.DynamicCache(ddp_cache_data=[
-                (values[f"past_key_values_{i}_key"], values[f"past_key_values_{i}_value"]) for i in range(layers)])
-            outputs = self.inner(input_ids=values["input_ids"], attention_mask=values["attention_mask"],
-                                 position_ids=values["position_ids"] if with_positions else None,
-                                 cache=cache, use_cache=True, logits_to_keep=values[LOGIT_POSITIONS])
+            cache = transformers.DynamicCache(
+                ddp_cache_data=[
+                    (values[f"past_key_values_{i}_key"], values[f"past_key_values_{i}_value"]) for i in range(layers)
+                ]
+            )
+            outputs = self.inner(
+                input_ids=values["input_ids"],
+                attention_mask=values["attention_mask"],
+                position_ids=values["position_ids"] if with_positions else None,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=values[LOGIT_POSITIONS],
+            )
             flat = [outputs.logits]
             for layer in outputs.cache.layers:
                 flat += [layer.keys, layer.values]
@@ -281,9 +328,12 @@ def _wrapper(model: Any, spec: DecoderSpec) -> Any:
 
 
 def _dynamic_axes(spec: DecoderSpec) -> dict[str, dict[int, str]]:
-    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
-                                       "attention_mask": {0: "batch", 1: "total_sequence"},
-                                       LOGIT_POSITIONS: {0: "kept"}, "logits": {0: "batch", 1: "kept"}}
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total_sequence"},
+        LOGIT_POSITIONS: {0: "kept"},
+        "logits": {0: "batch", 1: "kept"},
+    }
     if spec.has_position_ids:
         axes["position_ids"] = {0: "batch", 1: "sequence"}
     for name in spec.past_names():
@@ -296,8 +346,10 @@ def _dynamic_axes(spec: DecoderSpec) -> dict[str, dict[int, str]]:
 def _example(spec: DecoderSpec, batch: int = 2, past: int = 4, sequence: int = 3) -> dict[str, np.ndarray]:
     # a non-empty past, so that the traced graph keeps the cache concatenation general
     rng = np.random.default_rng(0)
-    feeds = {"input_ids": rng.integers(0, spec.vocab_size, (batch, sequence)).astype(np.int64),
-             "attention_mask": np.ones((batch, past + sequence), np.int64)}
+    feeds = {
+        "input_ids": rng.integers(0, spec.vocab_size, (batch, sequence)).astype(np.int64),
+        "attention_mask": np.ones((batch, past + sequence), np.int64),
+    }
     if spec.has_position_ids:
         feeds["position_ids"] = np.tile(np.arange(past, past + sequence, dtype=np.int64), (batch, 1))
     feeds[LOGIT_POSITIONS] = np.arange(sequence, dtype=np.int64)
@@ -310,12 +362,19 @@ def _export(wrapper: Any, spec: DecoderSpec, path: Path, config: DecoderExportCo
     torch = require("torch", purpose="Exporting a decoder")
     example = _example(spec)
     args = tuple(torch.from_numpy(example[name]) for name in spec.input_names())
-    kwargs: dict[str, Any] = {"input_names": spec.input_names(), "output_names": spec.output_names(),
-                              "opset_version": config.opset}
+    kwargs: dict[str, Any] = {
+        "input_names": spec.input_names(),
+        "output_names": spec.output_names(),
+        "opset_version": config.opset,
+    }
     if config.exporter == "dynamo":
-        dims = {"batch": torch.export.Dim("batch", min=1), "sequence": torch.export.Dim("sequence", min=1),
-                "past": torch.export.Dim("past_sequence", min=0), "kept": torch.export.Dim("kept", min=1),
-                "total": torch.export.Dim("total_sequence", min=1)}
+        dims = {
+            "batch": torch.export.Dim("batch", min=1),
+            "sequence": torch.export.Dim("sequence", min=1),
+            "past": torch.export.Dim("past_sequence", min=0),
+            "kept": torch.export.Dim("kept", min=1),
+            "total": torch.export.Dim("total_sequence", min=1),
+        }
         shapes: dict[str, Any] = {}
         for name in spec.input_names():
             key = name.replace(".", "_")
@@ -336,7 +395,8 @@ def _export(wrapper: Any, spec: DecoderSpec, path: Path, config: DecoderExportCo
         raise ExportError(
             f"torch.onnx.export ({config.exporter}) of the decoder failed: {type(exc).__name__}: {exc}",
             fix="try the other exporter (DecoderExportConfig.preset('dynamo') or the default torchscript); the "
-            "model must load with attn_implementation='eager'") from exc
+            "model must load with attn_implementation='eager'",
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,23 +404,31 @@ def _export(wrapper: Any, spec: DecoderSpec, path: Path, config: DecoderExportCo
 
 
 def _check_cases(spec: DecoderSpec, config: DecoderExportConfig) -> list[tuple[int, int, int]]:
-    cases = [(b, p, s) for b in config.check_batch_sizes for p in config.check_past_lengths
-             for s in config.check_prompt_lengths if p + s <= spec.max_positions]
+    cases = [
+        (b, p, s)
+        for b in config.check_batch_sizes
+        for p in config.check_past_lengths
+        for s in config.check_prompt_lengths
+        if p + s <= spec.max_positions
+    ]
     if not cases:
-        raise ExportError(f"No check shape fits the model's {spec.max_positions} positions.",
-                          fix="pass smaller DecoderExportConfig.check_past_lengths / check_prompt_lengths")
+        raise ExportError(
+            f"No check shape fits the model's {spec.max_positions} positions.",
+            fix="pass smaller DecoderExportConfig.check_past_lengths / check_prompt_lengths",
+        )
     return cases
 
 
-def _case_feeds(spec: DecoderSpec, batch: int, past: int, sequence: int, rng: np.random.Generator
-                ) -> tuple[dict[str, np.ndarray] | None, np.ndarray]:
+def _case_feeds(
+    spec: DecoderSpec, batch: int, past: int, sequence: int, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray] | None, np.ndarray]:
     """(The prefix step's feeds, or None without a past; the next step's token ids). Row 0 of a batch is
     left-padded when the prefix is long enough."""
     tokens = rng.integers(0, spec.vocab_size, (batch, past + sequence)).astype(np.int64)
     if past == 0:
         return None, tokens
     pad = 2 if batch > 1 and past > 2 else 0
-    prompts = [list(tokens[row, pad if row == 0 else 0:past]) for row in range(batch)]
+    prompts = [list(tokens[row, pad if row == 0 else 0 : past]) for row in range(batch)]
     prefix = prompt_feeds(spec, prompts, all_logits=True)
     return prefix, tokens[:, past:]
 
@@ -375,8 +443,12 @@ def _compare(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
     return float(np.max(np.abs(a - b), initial=0.0)), cosine
 
 
-def check_against_transformers(model: Any, spec: DecoderSpec, onnx_path: Path, config: DecoderExportConfig,
-                               ) -> list[DecoderCheck]:
+def check_against_transformers(
+    model: Any,
+    spec: DecoderSpec,
+    onnx_path: Path,
+    config: DecoderExportConfig,
+) -> list[DecoderCheck]:
     """Run transformers and the ONNX decoder on the same prefixes and steps; one check per output and shape."""
     torch = require("torch", purpose="Checking a decoder export")
     transformers = require("transformers", purpose="Checking a decoder export")
@@ -387,18 +459,25 @@ def check_against_transformers(model: Any, spec: DecoderSpec, onnx_path: Path, c
 
     def reference(feeds: dict[str, np.ndarray], cache: Any) -> tuple[np.ndarray, Any]:
         with torch.inference_mode():
-            out = model(input_ids=torch.from_numpy(feeds["input_ids"]),
-                        attention_mask=torch.from_numpy(feeds["attention_mask"]),
-                        position_ids=torch.from_numpy(feeds["position_ids"]) if spec.has_position_ids else None,
-                        cache=cache, use_cache=True)
+            out = model(
+                input_ids=torch.from_numpy(feeds["input_ids"]),
+                attention_mask=torch.from_numpy(feeds["attention_mask"]),
+                position_ids=torch.from_numpy(feeds["position_ids"]) if spec.has_position_ids else None,
+                cache=cache,
+                use_cache=True,
+            )
         return out.logits.numpy(), out.cache
 
-    def record(batch: int, past: int, sequence: int, expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]
-               ) -> None:
+    def record(
+        batch: int, past: int, sequence: int, expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]
+    ) -> None:
         for name in spec.output_names():
             max_abs, cosine = _compare(expected[name], actual[name])
-            checks.append(DecoderCheck(batch, past, sequence, name, max_abs, cosine,
-                                       max_abs <= config.atol and cosine >= config.min_cosine))
+            checks.append(
+                DecoderCheck(
+                    batch, past, sequence, name, max_abs, cosine, max_abs <= config.atol and cosine >= config.min_cosine
+                )
+            )
 
     # spinning off: onnxruntime's idle pool threads would otherwise take the cores torch runs on in between
     with OnnxRuntimeRunner(onnx_path, output_names=spec.output_names(), allow_spinning=False) as runner:
@@ -418,8 +497,10 @@ def check_against_transformers(model: Any, spec: DecoderSpec, onnx_path: Path, c
                 mask = prefix["attention_mask"]
                 past_feeds = {p: actual[q] for p, q in zip(spec.past_names(), spec.present_names())}
                 last_positions = prefix.get("position_ids", position_ids(mask))[:, -1:]
-            step = {"input_ids": step_tokens,
-                    "attention_mask": np.concatenate([mask, np.ones((batch, sequence), np.int64)], axis=1)}
+            step = {
+                "input_ids": step_tokens,
+                "attention_mask": np.concatenate([mask, np.ones((batch, sequence), np.int64)], axis=1),
+            }
             if spec.has_position_ids:
                 step["position_ids"] = last_positions + 1 + np.arange(sequence, dtype=np.int64)[None, :]
             expected_logits, cache = reference(step, cache)
@@ -473,9 +554,11 @@ def export_decoder(
     model, tokenizer = load_causal_lm(resolved)
     spec = decoder_spec_of(model, tokenizer)
     if not {"logits_to_keep"} <= set(inspect.signature(model.forward).parameters):
-        raise ExportError(f"{type(model).__name__}.forward has no logits_to_keep argument, which the decoder "
-                          "export uses to compute only the logits it needs.",
-                          fix="upgrade transformers (every causal LM of transformers 5 has it)")
+        raise ExportError(
+            f"{type(model).__name__}.forward has no logits_to_keep argument, which the decoder "
+            "export uses to compute only the logits it needs.",
+            fix="upgrade transformers (every causal LM of transformers 5 has it)",
+        )
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-decoder.", suffix=".partial", dir=output_path.parent))
@@ -493,14 +576,24 @@ def export_decoder(
                 f"{len(checks)} checks failed. No model was written.",
                 expected="the decoder to reproduce transformers at every checked batch, cache and step length",
                 fix="load the model with attn_implementation='eager' (export_decoder does), try the other exporter "
-                "(DecoderExportConfig.preset('dynamo')), or report the model type")
+                "(DecoderExportConfig.preset('dynamo')), or report the model type",
+            )
         exported = onnx.load(str(staged), load_external_data=True)
-        onnx.helper.set_model_props(exported, {**{p.key: p.value for p in exported.metadata_props},
-                                               SPEC_METADATA_KEY: spec.to_json()})
+        onnx.helper.set_model_props(
+            exported, {**{p.key: p.value for p in exported.metadata_props}, SPEC_METADATA_KEY: spec.to_json()}
+        )
         save_onnx(exported, output_path)
         op_counts = dict(Counter(node.op_type for node in exported.graph.node))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return DecoderExportResult(path=output_path, spec=spec, config=config, input_names=tuple(spec.input_names()),
-                               output_names=tuple(spec.output_names()), checks=tuple(checks), op_counts=op_counts,
-                               seconds=time.perf_counter() - started, source_name=resolved.name)
+    return DecoderExportResult(
+        path=output_path,
+        spec=spec,
+        config=config,
+        input_names=tuple(spec.input_names()),
+        output_names=tuple(spec.output_names()),
+        checks=tuple(checks),
+        op_counts=op_counts,
+        seconds=time.perf_counter() - started,
+        source_name=resolved.name,
+    )

@@ -61,8 +61,13 @@ def gemm_to_matmul(model: Any) -> tuple[Any, int]:
     nodes, count = [], 0
     for node in graph.node:
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        plain = (node.op_type == "Gemm" and node.input[1] in initializers and attributes.get("transA", 0) == 0
-                 and attributes.get("alpha", 1.0) == 1.0 and attributes.get("beta", 1.0) == 1.0)
+        plain = (
+            node.op_type == "Gemm"
+            and node.input[1] in initializers
+            and attributes.get("transA", 0) == 0
+            and attributes.get("alpha", 1.0) == 1.0
+            and attributes.get("beta", 1.0) == 1.0
+        )
         if not plain:
             nodes.append(node)
             continue
@@ -75,8 +80,9 @@ def gemm_to_matmul(model: Any) -> tuple[Any, int]:
         product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
         nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
         if has_bias:
-            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]],
-                                               name=f"{node.name}_bias"))
+            nodes.append(
+                onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias")
+            )
         count += 1
     graph.ClearField("node")
     graph.node.extend(nodes)
@@ -100,8 +106,12 @@ def expand_simplified_layer_norm(model: Any) -> tuple[Any, int]:
     opset = next((o.version for o in rewritten.opset_import if o.domain in ("", "ai.onnx")), 17)
     nodes, count = [], 0
     for node in graph.node:
-        if node.op_type != "SimplifiedLayerNormalization" or node.domain not in ("", "ai.onnx") or \
-                len(node.output) > 1 and node.output[1]:
+        if (
+            node.op_type != "SimplifiedLayerNormalization"
+            or node.domain not in ("", "ai.onnx")
+            or len(node.output) > 1
+            and node.output[1]
+        ):
             nodes.append(node)
             continue
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -110,16 +120,19 @@ def expand_simplified_layer_norm(model: Any) -> tuple[Any, int]:
         graph.initializer.append(numpy_helper.from_array(np.array(epsilon, np.float32), f"{base}_epsilon"))
         if opset >= 18:
             graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64), f"{base}_axes"))
-            mean = onnx.helper.make_node("ReduceMean", [f"{base}_square", f"{base}_axes"], [f"{base}_mean"],
-                                         name=f"{base}_mean", keepdims=1)
+            mean = onnx.helper.make_node(
+                "ReduceMean", [f"{base}_square", f"{base}_axes"], [f"{base}_mean"], name=f"{base}_mean", keepdims=1
+            )
         else:
-            mean = onnx.helper.make_node("ReduceMean", [f"{base}_square"], [f"{base}_mean"], name=f"{base}_mean",
-                                         axes=[axis], keepdims=1)
+            mean = onnx.helper.make_node(
+                "ReduceMean", [f"{base}_square"], [f"{base}_mean"], name=f"{base}_mean", axes=[axis], keepdims=1
+            )
         nodes += [
             onnx.helper.make_node("Mul", [x, x], [f"{base}_square"], name=f"{base}_square"),
             mean,
-            onnx.helper.make_node("Add", [f"{base}_mean", f"{base}_epsilon"], [f"{base}_variance"],
-                                  name=f"{base}_variance"),
+            onnx.helper.make_node(
+                "Add", [f"{base}_mean", f"{base}_epsilon"], [f"{base}_variance"], name=f"{base}_variance"
+            ),
             onnx.helper.make_node("Sqrt", [f"{base}_variance"], [f"{base}_std"], name=f"{base}_std"),
             onnx.helper.make_node("Reciprocal", [f"{base}_std"], [f"{base}_inv_std"], name=f"{base}_inv_std"),
             onnx.helper.make_node("Mul", [x, f"{base}_inv_std"], [f"{base}_normed"], name=f"{base}_normed"),
@@ -139,8 +152,10 @@ def decoder_check_feeds(spec: DecoderSpec, *, seed: int = 0) -> list[dict[str, n
     prompts = [list(rng.integers(0, spec.vocab_size, length)), list(rng.integers(0, spec.vocab_size, length - 3))]
     first = prompt_feeds(spec, prompts, all_logits=True)
     past = min(9, spec.max_positions - 1)
-    step = {"input_ids": rng.integers(0, spec.vocab_size, (2, 1)).astype(np.int64),
-            "attention_mask": np.ones((2, past + 1), np.int64)}
+    step = {
+        "input_ids": rng.integers(0, spec.vocab_size, (2, 1)).astype(np.int64),
+        "attention_mask": np.ones((2, past + 1), np.int64),
+    }
     if spec.has_position_ids:
         step["position_ids"] = np.full((2, 1), past, np.int64)
     step["logit_positions"] = np.zeros(1, np.int64)
@@ -193,21 +208,34 @@ def fuse_decoder(
         raise WorkbenchError(
             f"The fused decoder differs from its input by {difference:.3g} max abs (atol {config.atol:g}); it was "
             "not written.",
-            fix="pass the model's num_heads / hidden_size (decoder_fusion_config(config.json)), or skip fusion")
+            fix="pass the model's num_heads / hidden_size (decoder_fusion_config(config.json)), or skip fusion",
+        )
     save_onnx(fused, output_path)
-    return FusionResult(path=Path(output_path), config=config, fused_ops=fused_ops,
-                        op_counts_before=dict(Counter(n.op_type for n in original.graph.node)),
-                        op_counts_after=dict(Counter(n.op_type for n in fused.graph.node)),
-                        max_abs_diff=difference, seconds=time.perf_counter() - started)
+    return FusionResult(
+        path=Path(output_path),
+        config=config,
+        fused_ops=fused_ops,
+        op_counts_before=dict(Counter(n.op_type for n in original.graph.node)),
+        op_counts_after=dict(Counter(n.op_type for n in fused.graph.node)),
+        max_abs_diff=difference,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def fusion_report(result: FusionResult) -> dict[str, Any]:
     """What fused and what did not, for the summary and the README: op counts before and after, every op type
     whose count changed, and the fused ops the optimizer looked for but did not find."""
     before, after = result.op_counts_before, result.op_counts_after
-    changed = {op: {"before": before.get(op, 0), "after": after.get(op, 0)}
-               for op in sorted(set(before) | set(after)) if before.get(op, 0) != after.get(op, 0)}
-    return {"nodes_before": result.nodes_before, "nodes_after": result.nodes_after,
-            "fused": {op: n for op, n in result.fused_ops.items() if n},
-            "not_fused": sorted(op for op, n in result.fused_ops.items() if not n),
-            "changed_op_counts": changed, "max_abs_diff": result.max_abs_diff}
+    changed = {
+        op: {"before": before.get(op, 0), "after": after.get(op, 0)}
+        for op in sorted(set(before) | set(after))
+        if before.get(op, 0) != after.get(op, 0)
+    }
+    return {
+        "nodes_before": result.nodes_before,
+        "nodes_after": result.nodes_after,
+        "fused": {op: n for op, n in result.fused_ops.items() if n},
+        "not_fused": sorted(op for op, n in result.fused_ops.items() if not n),
+        "changed_op_counts": changed,
+        "max_abs_diff": result.max_abs_diff,
+    }

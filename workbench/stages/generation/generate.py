@@ -76,8 +76,9 @@ class GenerationConfig(StageConfig):
 
     @property
     def sampling(self) -> Sampling:
-        return Sampling(do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                        seed=self.seed)
+        return Sampling(
+            do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed
+        )
 
     def stops_for(self, spec: DecoderSpec) -> tuple[int, ...]:
         return spec.eos_token_ids if self.stop_token_ids is None else self.stop_token_ids
@@ -112,10 +113,15 @@ class GenerationResult:
         return sum(len(t) for t in self.tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompts": [list(p) for p in self.prompts], "tokens": [list(t) for t in self.tokens],
-                "finish_reasons": list(self.finish_reasons), "forward_passes": self.forward_passes,
-                "first_token_s": self.first_token_s, "step_s": list(self.step_s),
-                "texts": list(self.texts) if self.texts is not None else None}
+        return {
+            "prompts": [list(p) for p in self.prompts],
+            "tokens": [list(t) for t in self.tokens],
+            "finish_reasons": list(self.finish_reasons),
+            "forward_passes": self.forward_passes,
+            "first_token_s": self.first_token_s,
+            "step_s": list(self.step_s),
+            "texts": list(self.texts) if self.texts is not None else None,
+        }
 
 
 def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -133,19 +139,26 @@ def check_prompts(spec: DecoderSpec, prompts: Sequence[Sequence[int]]) -> None:
     for index, prompt in enumerate(prompts):
         problem = prompt_problem(len(prompt), spec.max_positions)
         if problem:
-            raise DataError(f"Prompt {index}: {problem}.", expected=f"1..{spec.max_positions} tokens",
-                            fix="shorten the prompt (or truncate its tokens from the left to keep the end)")
+            raise DataError(
+                f"Prompt {index}: {problem}.",
+                expected=f"1..{spec.max_positions} tokens",
+                fix="shorten the prompt (or truncate its tokens from the left to keep the end)",
+            )
         bad = [t for t in prompt if not 0 <= int(t) < spec.vocab_size]
         if bad:
-            raise DataError(f"Prompt {index} has token ids outside the vocabulary (0..{spec.vocab_size - 1}): "
-                            f"{bad[:5]}.", fix="encode prompts with the model's own tokenizer")
+            raise DataError(
+                f"Prompt {index} has token ids outside the vocabulary (0..{spec.vocab_size - 1}): {bad[:5]}.",
+                fix="encode prompts with the model's own tokenizer",
+            )
 
 
-def _steps(runner: Runner, spec: DecoderSpec, prompts: Sequence[Sequence[int]], config: GenerationConfig
-           ) -> Iterator[tuple[DecodeState, list[int | None], float]]:
+def _steps(
+    runner: Runner, spec: DecoderSpec, prompts: Sequence[Sequence[int]], config: GenerationConfig
+) -> Iterator[tuple[DecodeState, list[int | None], float]]:
     """Run the loop; yield (state, each row's new token or None, seconds this pass took)."""
-    state = DecodeState(spec, [list(p) for p in prompts], config.max_new_tokens, config.stops_for(spec),
-                        config.sampling)
+    state = DecodeState(
+        spec, [list(p) for p in prompts], config.max_new_tokens, config.stops_for(spec), config.sampling
+    )
     while not state.done:
         started = time.perf_counter()
         outputs = runner.infer(state.feeds())
@@ -153,8 +166,9 @@ def _steps(runner: Runner, spec: DecoderSpec, prompts: Sequence[Sequence[int]], 
         yield state, emitted, time.perf_counter() - started
 
 
-def generate_tokens(runner: Runner, spec: DecoderSpec, prompts: Sequence[Sequence[int]],
-                    config: GenerationConfig = GenerationConfig()) -> GenerationResult:
+def generate_tokens(
+    runner: Runner, spec: DecoderSpec, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig()
+) -> GenerationResult:
     """Generate from token-id prompts (one batch, left-padded) with an active runner of an exported decoder.
 
     Raises:
@@ -167,19 +181,27 @@ def generate_tokens(runner: Runner, spec: DecoderSpec, prompts: Sequence[Sequenc
         state = step_state
         timings.append(seconds)
     assert state is not None
-    return GenerationResult(prompts=tuple(tuple(int(t) for t in p) for p in prompts),
-                            tokens=tuple(tuple(g) for g in state.generated),
-                            finish_reasons=tuple(str(r) for r in state.finish_reasons),
-                            forward_passes=state.forward_passes, first_token_s=timings[0],
-                            step_s=tuple(timings[1:]))
+    return GenerationResult(
+        prompts=tuple(tuple(int(t) for t in p) for p in prompts),
+        tokens=tuple(tuple(g) for g in state.generated),
+        finish_reasons=tuple(str(r) for r in state.finish_reasons),
+        forward_passes=state.forward_passes,
+        first_token_s=timings[0],
+        step_s=tuple(timings[1:]),
+    )
 
 
 def _decoder(tokenizer: Any) -> Any:
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def generate(runner: Runner, spec: DecoderSpec, tokenizer: Any, texts: Sequence[str],
-             config: GenerationConfig = GenerationConfig()) -> GenerationResult:
+def generate(
+    runner: Runner,
+    spec: DecoderSpec,
+    tokenizer: Any,
+    texts: Sequence[str],
+    config: GenerationConfig = GenerationConfig(),
+) -> GenerationResult:
     """Generate continuations of `texts` (one batch) and decode them.
 
     Raises:
@@ -202,8 +224,9 @@ class StreamEvent:
     seconds: float = 0.0
 
 
-def stream(runner: Runner, spec: DecoderSpec, tokenizer: Any, text: str,
-           config: GenerationConfig = GenerationConfig()) -> Iterator[StreamEvent]:
+def stream(
+    runner: Runner, spec: DecoderSpec, tokenizer: Any, text: str, config: GenerationConfig = GenerationConfig()
+) -> Iterator[StreamEvent]:
     """Generate from one prompt, yielding each token as soon as its forward pass is done (what the Triton model
     streams). The events' texts joined are the decoded continuation.
 

@@ -32,8 +32,9 @@ def _shape(benchmark: Any) -> tuple[int, int]:
     return min(benchmark.config.batch_sizes), min(benchmark.config.prompt_lengths)
 
 
-def choose_generation_candidate(accuracy: Mapping[str, Any], benchmark: Any, *, reference: str = "ort_fp32"
-                                ) -> GenerationChoice:
+def choose_generation_candidate(
+    accuracy: Mapping[str, Any], benchmark: Any, *, reference: str = "ort_fp32"
+) -> GenerationChoice:
     """The fastest candidate (decode tokens/s at batch 1, shortest prompt) among those that meet the budget;
     the FP32 reference when none does.
 
@@ -46,21 +47,35 @@ def choose_generation_candidate(accuracy: Mapping[str, Any], benchmark: Any, *, 
         DataError: The benchmark timed none of the candidates.
     """
     batch, length = _shape(benchmark)
-    speeds = {name: t.decode_tokens_per_s for name in benchmark.names
-              if (t := benchmark.get(name, batch, length)) is not None and name != "pytorch"}
+    speeds = {
+        name: t.decode_tokens_per_s
+        for name in benchmark.names
+        if (t := benchmark.get(name, batch, length)) is not None and name != "pytorch"
+    }
     if not speeds:
-        raise DataError("The generation benchmark has no candidate timings to choose from.",
-                        fix="benchmark the candidates with benchmark_generation() first")
-    passing = {name: speed for name, speed in speeds.items()
-               if name == reference or (name in accuracy and accuracy[name].meets_budget)}
+        raise DataError(
+            "The generation benchmark has no candidate timings to choose from.",
+            fix="benchmark the candidates with benchmark_generation() first",
+        )
+    passing = {
+        name: speed
+        for name, speed in speeds.items()
+        if name == reference or (name in accuracy and accuracy[name].meets_budget)
+    }
     if not passing:
         name = max(speeds, key=lambda n: speeds[n])
-        return GenerationChoice(name, "no candidate meets the budget and the FP32 reference was not timed; the "
-                                "fastest is shown, but it does not meet the budget", speeds[name])
+        return GenerationChoice(
+            name,
+            "no candidate meets the budget and the FP32 reference was not timed; the "
+            "fastest is shown, but it does not meet the budget",
+            speeds[name],
+        )
     name = max(passing, key=lambda n: passing[n])
     missed = sorted(set(speeds) - set(passing))
-    reason = (f"fastest decode ({passing[name]:.1f} tokens/s at batch {batch}, prompt {length}) among the "
-              f"candidates that meet the budget" + (f"; {', '.join(missed)} miss it" if missed else ""))
+    reason = (
+        f"fastest decode ({passing[name]:.1f} tokens/s at batch {batch}, prompt {length}) among the "
+        f"candidates that meet the budget" + (f"; {', '.join(missed)} miss it" if missed else "")
+    )
     return GenerationChoice(name, reason, passing[name])
 
 
@@ -138,42 +153,91 @@ def generation_summary(
         result = accuracy.get(name) if accuracy is not None else None
         values = dict(result.values) if result is not None else {}
         is_reference = result is None and accuracy is not None and name == reference
-        rows.append({
-            "name": name, "path": _path_of(model), "precision": _precision_of(model, name),
-            **{key: values.get(key, 1.0 if is_reference else None) for key in
-               ("next_token_agreement", "perplexity_ratio", "logits_cosine_mean", "logits_cosine_min",
-                "greedy_agreement")},
-            "meets_budget": result.meets_budget if result is not None else (True if is_reference else None),
-            "failures": list(result.failures) if result is not None else [],
-            **_timing(benchmark, name, *shape),
-        })
+        rows.append(
+            {
+                "name": name,
+                "path": _path_of(model),
+                "precision": _precision_of(model, name),
+                **{
+                    key: values.get(key, 1.0 if is_reference else None)
+                    for key in (
+                        "next_token_agreement",
+                        "perplexity_ratio",
+                        "logits_cosine_mean",
+                        "logits_cosine_min",
+                        "greedy_agreement",
+                    )
+                },
+                "meets_budget": result.meets_budget if result is not None else (True if is_reference else None),
+                "failures": list(result.failures) if result is not None else [],
+                **_timing(benchmark, name, *shape),
+            }
+        )
     return {
         "summary_version": GENERATION_SUMMARY_VERSION,
         "task": "text-generation",
-        "decoder": {"model_type": spec.model_type, "num_layers": spec.num_layers, "num_kv_heads": spec.num_kv_heads,
-                    "head_dim": spec.head_dim, "vocab_size": spec.vocab_size, "max_positions": spec.max_positions,
-                    "eos_token_ids": list(spec.eos_token_ids)},
-        "export": None if export is None else {
-            "path": str(export.path), "exporter": export.config.exporter, "opset": export.config.opset,
-            "max_abs_error": export.max_abs_error, "min_cosine": export.min_cosine, "checks": len(export.checks),
-            "check_shapes": sorted([list(s) for s in {(c.batch, c.past, c.sequence) for c in export.checks}])},
-        "fusion": None if fusion is None else {k: v for k, v in fusion_report(fusion).items()
-                                               if k in ("nodes_before", "nodes_after", "fused", "not_fused")},
+        "decoder": {
+            "model_type": spec.model_type,
+            "num_layers": spec.num_layers,
+            "num_kv_heads": spec.num_kv_heads,
+            "head_dim": spec.head_dim,
+            "vocab_size": spec.vocab_size,
+            "max_positions": spec.max_positions,
+            "eos_token_ids": list(spec.eos_token_ids),
+        },
+        "export": None
+        if export is None
+        else {
+            "path": str(export.path),
+            "exporter": export.config.exporter,
+            "opset": export.config.opset,
+            "max_abs_error": export.max_abs_error,
+            "min_cosine": export.min_cosine,
+            "checks": len(export.checks),
+            "check_shapes": sorted([list(s) for s in {(c.batch, c.past, c.sequence) for c in export.checks}]),
+        },
+        "fusion": None
+        if fusion is None
+        else {
+            k: v for k, v in fusion_report(fusion).items() if k in ("nodes_before", "nodes_after", "fused", "not_fused")
+        },
         "budget": accuracy.budget.to_dict() if accuracy is not None else None,
         "candidates": rows,
-        "pytorch": _timing(benchmark, "pytorch", *shape) if benchmark is not None and "pytorch" in benchmark.names
+        "pytorch": _timing(benchmark, "pytorch", *shape)
+        if benchmark is not None and "pytorch" in benchmark.names
         else None,
-        "benchmark": None if benchmark is None else {
-            "batch_sizes": list(benchmark.config.batch_sizes), "prompt_lengths": list(benchmark.config.prompt_lengths),
-            "new_tokens": benchmark.config.new_tokens, "iterations": benchmark.config.iterations,
+        "benchmark": None
+        if benchmark is None
+        else {
+            "batch_sizes": list(benchmark.config.batch_sizes),
+            "prompt_lengths": list(benchmark.config.prompt_lengths),
+            "new_tokens": benchmark.config.new_tokens,
+            "iterations": benchmark.config.iterations,
             "threads": benchmark.config.effective_threads,
-            "timings": [{"name": t.name, "batch": t.batch, "prompt_length": t.prompt_length,
-                         **{k: getattr(t, k) for k in ("ttft_ms_p50", "ttft_ms_p90", "itl_ms_p50", "itl_ms_p90",
-                                                       "tokens_per_s", "decode_tokens_per_s")}}
-                        for t in benchmark.timings]},
+            "timings": [
+                {
+                    "name": t.name,
+                    "batch": t.batch,
+                    "prompt_length": t.prompt_length,
+                    **{
+                        k: getattr(t, k)
+                        for k in (
+                            "ttft_ms_p50",
+                            "ttft_ms_p90",
+                            "itl_ms_p50",
+                            "itl_ms_p90",
+                            "tokens_per_s",
+                            "decode_tokens_per_s",
+                        )
+                    },
+                }
+                for t in benchmark.timings
+            ],
+        },
         "machine": dict(benchmark.machine) if benchmark is not None else None,
         "chosen": choice.name if choice is not None else None,
         "chosen_reason": choice.reason if choice is not None else None,
-        "triton": None if triton is None else {"repository": str(triton.repository), "model_name": triton.model_name,
-                                               "streaming": True},
+        "triton": None
+        if triton is None
+        else {"repository": str(triton.repository), "model_name": triton.model_name, "streaming": True},
     }

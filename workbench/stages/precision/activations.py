@@ -87,11 +87,21 @@ class TensorStats:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: non-finite numbers (no finite values seen; an infinite ratio) become None."""
-        numbers = {key: _json_float(getattr(self, key)) for key in ("min", "max", "max_abs", "mean", "std",
-                                                                    "p9999_abs", "outlier_ratio")}
-        return {"name": self.name, "node": self.node, "op_type": self.op_type, "position": self.position,
-                "count": self.count, "nonfinite": self.nonfinite, **numbers, "histogram": list(self.histogram),
-                "edges": list(self.edges)}
+        numbers = {
+            key: _json_float(getattr(self, key))
+            for key in ("min", "max", "max_abs", "mean", "std", "p9999_abs", "outlier_ratio")
+        }
+        return {
+            "name": self.name,
+            "node": self.node,
+            "op_type": self.op_type,
+            "position": self.position,
+            "count": self.count,
+            "nonfinite": self.nonfinite,
+            **numbers,
+            "histogram": list(self.histogram),
+            "edges": list(self.edges),
+        }
 
 
 @dataclass(frozen=True)
@@ -114,10 +124,11 @@ class ActivationStats:
         for row in self.rows:
             if row.name == name:
                 return row
-        raise DataError(f"No activation statistics for tensor {name!r}.",
-                        expected=f"one of the {len(self.rows)} measured tensors, e.g. "
-                                 f"{[r.name for r in self.rows[:5]]}",
-                        fix="pick a name from stats.rows (tensor names, not node names)")
+        raise DataError(
+            f"No activation statistics for tensor {name!r}.",
+            expected=f"one of the {len(self.rows)} measured tensors, e.g. {[r.name for r in self.rows[:5]]}",
+            fix="pick a name from stats.rows (tensor names, not node names)",
+        )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -131,8 +142,13 @@ class ActivationStats:
         return tuple(sorted(self.rows, key=lambda r: (-r.outlier_ratio, r.position))[:n])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model_path": str(self.model_path), "feeds": self.feeds, "bins": self.bins,
-                "percentile": PERCENTILE, "tensors": [row.to_dict() for row in self.rows]}
+        return {
+            "model_path": str(self.model_path),
+            "feeds": self.feeds,
+            "bins": self.bins,
+            "percentile": PERCENTILE,
+            "tensors": [row.to_dict() for row in self.rows],
+        }
 
     def _repr_html_(self) -> str:
         top = self.top_outliers()
@@ -140,12 +156,16 @@ class ActivationStats:
             f"<tr><td><code>{html.escape(r.name)}</code></td><td><code>{html.escape(r.node)}</code></td>"
             f"<td>{html.escape(r.op_type)}</td><td>{r.min:.4g}</td><td>{r.max:.4g}</td><td>{r.mean:.4g}</td>"
             f"<td>{r.std:.4g}</td><td>{r.p9999_abs:.4g}</td><td>{r.max_abs:.4g}</td>"
-            f"<td><b>{r.outlier_ratio:.3g}</b></td></tr>" for r in top)
-        return (f"<b>Activation statistics</b> of <code>{html.escape(self.model_path.name)}</code>: "
-                f"{len(self.rows)} tensors over {self.feeds} feed dicts. The {len(top)} with the largest outlier "
-                f"ratio (max |x| / p{PERCENTILE:g} |x|; large: a few values set the INT8 range):"
-                "<table><tr><th>tensor</th><th>node</th><th>op</th><th>min</th><th>max</th><th>mean</th>"
-                f"<th>std</th><th>p{PERCENTILE:g} |x|</th><th>max |x|</th><th>outlier ratio</th></tr>{rows}</table>")
+            f"<td><b>{r.outlier_ratio:.3g}</b></td></tr>"
+            for r in top
+        )
+        return (
+            f"<b>Activation statistics</b> of <code>{html.escape(self.model_path.name)}</code>: "
+            f"{len(self.rows)} tensors over {self.feeds} feed dicts. The {len(top)} with the largest outlier "
+            f"ratio (max |x| / p{PERCENTILE:g} |x|; large: a few values set the INT8 range):"
+            "<table><tr><th>tensor</th><th>node</th><th>op</th><th>min</th><th>max</th><th>mean</th>"
+            f"<th>std</th><th>p{PERCENTILE:g} |x|</th><th>max |x|</th><th>outlier ratio</th></tr>{rows}</table>"
+        )
 
     def range_figure(self) -> Any:
         """Plotly chart, one column per tensor in graph order (log |x|): a bar from p99.99 |x| up to max |x|
@@ -160,22 +180,44 @@ class ActivationStats:
                 continue
             color = colors[i % len(colors)]
             floor = [r.p9999_abs if r.p9999_abs > 0 else r.max_abs for r in rows]
-            custom = [[r.name, r.node, r.min, r.max, r.mean, r.std, r.outlier_ratio, r.max_abs, r.p9999_abs]
-                      for r in rows]
-            hover = ("%{customdata[0]}<br>node %{customdata[1]} (" + html.escape(op_type) + ")<br>"
-                     "min %{customdata[2]:.4g}, max %{customdata[3]:.4g}<br>mean %{customdata[4]:.4g}, "
-                     "std %{customdata[5]:.4g}<br>p99.99 |x| %{customdata[8]:.4g}, max |x| %{customdata[7]:.4g}"
-                     "<br>outlier ratio %{customdata[6]:.3g}<extra></extra>")
-            figure.add_bar(x=[r.position for r in rows], base=floor,
-                           y=[r.max_abs - f for r, f in zip(rows, floor)], customdata=custom,
-                           hovertemplate=hover, name=op_type, legendgroup=op_type, marker_color=color)
-            figure.add_scatter(x=[r.position for r in rows], y=floor, mode="markers", legendgroup=op_type,
-                               showlegend=False, marker={"symbol": "line-ew-open", "size": 10, "color": color},
-                               name=f"{op_type} p{PERCENTILE:g}", hoverinfo="skip")
+            custom = [
+                [r.name, r.node, r.min, r.max, r.mean, r.std, r.outlier_ratio, r.max_abs, r.p9999_abs] for r in rows
+            ]
+            hover = (
+                "%{customdata[0]}<br>node %{customdata[1]} (" + html.escape(op_type) + ")<br>"
+                "min %{customdata[2]:.4g}, max %{customdata[3]:.4g}<br>mean %{customdata[4]:.4g}, "
+                "std %{customdata[5]:.4g}<br>p99.99 |x| %{customdata[8]:.4g}, max |x| %{customdata[7]:.4g}"
+                "<br>outlier ratio %{customdata[6]:.3g}<extra></extra>"
+            )
+            figure.add_bar(
+                x=[r.position for r in rows],
+                base=floor,
+                y=[r.max_abs - f for r, f in zip(rows, floor)],
+                customdata=custom,
+                hovertemplate=hover,
+                name=op_type,
+                legendgroup=op_type,
+                marker_color=color,
+            )
+            figure.add_scatter(
+                x=[r.position for r in rows],
+                y=floor,
+                mode="markers",
+                legendgroup=op_type,
+                showlegend=False,
+                marker={"symbol": "line-ew-open", "size": 10, "color": color},
+                name=f"{op_type} p{PERCENTILE:g}",
+                hoverinfo="skip",
+            )
         figure.update_layout(
             title=f"Activation ranges of {self.model_path.name}: p{PERCENTILE:g} |x| (tick) to max |x| (bar top)",
-            xaxis_title="tensor (graph order)", yaxis_title="|x| (log)", yaxis_type="log", barmode="overlay",
-            bargap=0.2, legend_title="op type")
+            xaxis_title="tensor (graph order)",
+            yaxis_title="|x| (log)",
+            yaxis_type="log",
+            barmode="overlay",
+            bargap=0.2,
+            legend_title="op type",
+        )
         return figure
 
     def histogram_figure(self, tensor_name: str) -> Any:
@@ -184,13 +226,23 @@ class ActivationStats:
         row = self[tensor_name]
         edges = np.asarray(row.edges)
         figure = go.Figure()
-        figure.add_bar(x=((edges[:-1] + edges[1:]) / 2).tolist(), y=list(row.histogram),
-                       width=np.diff(edges).tolist(), name=row.name,
-                       hovertemplate="%{x:.4g}: %{y} values<extra></extra>")
+        figure.add_bar(
+            x=((edges[:-1] + edges[1:]) / 2).tolist(),
+            y=list(row.histogram),
+            width=np.diff(edges).tolist(),
+            name=row.name,
+            hovertemplate="%{x:.4g}: %{y} values<extra></extra>",
+        )
         figure.update_layout(
-            title=(f"{row.name} ({row.op_type} {row.node}): {row.count:,} values, mean {row.mean:.4g}, "
-                   f"std {row.std:.4g}, outlier ratio {row.outlier_ratio:.3g}"),
-            xaxis_title="value", yaxis_title="count (log)", yaxis_type="log", bargap=0)
+            title=(
+                f"{row.name} ({row.op_type} {row.node}): {row.count:,} values, mean {row.mean:.4g}, "
+                f"std {row.std:.4g}, outlier ratio {row.outlier_ratio:.3g}"
+            ),
+            xaxis_title="value",
+            yaxis_title="count (log)",
+            yaxis_type="log",
+            bargap=0,
+        )
         return figure
 
 
@@ -260,10 +312,10 @@ def activation_statistics(
         DataError: `feeds` is empty, or its dicts do not match the model's inputs (names, dtypes, ranks).
         ConfigError: bins or max_tensors is not positive.
     """
+    from workbench.engines.onnxruntime import model_session
     from workbench.onnx.io import load_onnx
     from workbench.stages.precision.calibrate import validate_feeds
     from workbench.stages.surgery.edits import AddOutputs
-    from workbench.engines.onnxruntime import model_session
 
     for name, value in (("bins", bins), ("max_tensors", max_tensors)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -310,21 +362,32 @@ def activation_statistics(
                 e = edges[name]
                 values = np.clip(values, e[0], e[-1])  # a re-run can differ in the last bit; keep every value
                 counts[name] += np.histogram(values, bins=bins, range=(e[0], e[-1]))[0]  # equal bins: the fast path
-                largest[name] = _largest(np.concatenate([largest[name], _largest(np.abs(values), keep[name])]),
-                                         keep[name])
+                largest[name] = _largest(
+                    np.concatenate([largest[name], _largest(np.abs(values), keep[name])]), keep[name]
+                )
 
     rows = []
     for position, (name, node, op_type) in enumerate(tensors):
         r = running[name]
         max_abs = max(abs(r.low), abs(r.high)) if r.count else 0.0
-        rows.append(TensorStats(
-            name=name, node=node, op_type=op_type, position=position, count=r.count, nonfinite=r.nonfinite,
-            min=r.low if r.count else math.nan, max=r.high if r.count else math.nan, max_abs=max_abs,
-            mean=min(max(r.mean, r.low), r.high) if r.count else math.nan,  # rounding never leaves the range
-            std=math.sqrt(r.m2 / r.count) if r.count else math.nan,
-            p9999_abs=_percentile(largest[name], r.count, PERCENTILE),
-            histogram=tuple(int(c) for c in counts[name]), edges=tuple(float(e) for e in edges[name]),
-        ))
+        rows.append(
+            TensorStats(
+                name=name,
+                node=node,
+                op_type=op_type,
+                position=position,
+                count=r.count,
+                nonfinite=r.nonfinite,
+                min=r.low if r.count else math.nan,
+                max=r.high if r.count else math.nan,
+                max_abs=max_abs,
+                mean=min(max(r.mean, r.low), r.high) if r.count else math.nan,  # rounding never leaves the range
+                std=math.sqrt(r.m2 / r.count) if r.count else math.nan,
+                p9999_abs=_percentile(largest[name], r.count, PERCENTILE),
+                histogram=tuple(int(c) for c in counts[name]),
+                edges=tuple(float(e) for e in edges[name]),
+            )
+        )
     return ActivationStats(Path(model_path), tuple(rows), len(feeds), bins)
 
 
@@ -337,7 +400,7 @@ def _largest(values: np.ndarray, k: int) -> np.ndarray:
     """The `k` largest of `values` (unordered)."""
     if values.size <= k:
         return values
-    return np.partition(values, values.size - k)[values.size - k:]
+    return np.partition(values, values.size - k)[values.size - k :]
 
 
 def _percentile(largest: np.ndarray, total: int, q: float) -> float:

@@ -39,10 +39,19 @@ CACHE_FORMAT = "workbench-calibration/2"
 class CalibrationCacheWarning(UserWarning):
     """A calibration cache entry was corrupt or implausible; it was discarded and the ranges measured again."""
 
+
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile", "Distribution")
 HISTOGRAM_METHODS = ("Entropy", "Percentile", "Distribution")
-_NUMPY_FOR_ONNX = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 9: np.bool_, 10: np.float16,
-                   11: np.float64}
+_NUMPY_FOR_ONNX = {
+    1: np.float32,
+    2: np.uint8,
+    3: np.int8,
+    6: np.int32,
+    7: np.int64,
+    9: np.bool_,
+    10: np.float16,
+    11: np.float64,
+}
 
 
 @dataclass(frozen=True)
@@ -88,8 +97,11 @@ class CalibrationConfig(StageConfig):
     def calibrator_options(self) -> dict[str, Any]:
         """The extra_options onnxruntime's create_calibrator takes for this method."""
         if self.method == "MinMax":
-            return {"symmetric": self.symmetric, "moving_average": self.moving_average,
-                    "averaging_constant": self.averaging_constant}
+            return {
+                "symmetric": self.symmetric,
+                "moving_average": self.moving_average,
+                "averaging_constant": self.averaging_constant,
+            }
         options: dict[str, Any] = {}
         if self.num_bins:
             options["num_bins"] = self.num_bins
@@ -114,8 +126,10 @@ class CalibrationResult:
     def ranges(self) -> dict[str, tuple[float, float]]:
         """Tensor name -> (low, high) as the quantizer will use them."""
         data = self.tensors_data()
-        return {name: (float(np.asarray(d.range_value[0]).min()), float(np.asarray(d.range_value[1]).max()))
-                for name, d in data.data.items()}
+        return {
+            name: (float(np.asarray(d.range_value[0]).min()), float(np.asarray(d.range_value[1]).max()))
+            for name, d in data.data.items()
+        }
 
     def tensors_data(self) -> Any:
         calibrate = require("onnxruntime.quantization.calibrate", purpose="Calibration")
@@ -132,13 +146,20 @@ class CalibrationResult:
         return Path(path)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cache_path": str(self.cache_path), "config": self.config.to_dict(), "cache_hit": self.cache_hit,
-                "samples": self.samples, "seconds": self.seconds}
+        return {
+            "cache_path": str(self.cache_path),
+            "config": self.config.to_dict(),
+            "cache_hit": self.cache_hit,
+            "samples": self.samples,
+            "seconds": self.seconds,
+        }
 
     def _repr_html_(self) -> str:
         source = "reused from the cache" if self.cache_hit else f"measured in {self.seconds:.1f} s"
-        return (f"<b>Calibration</b> ({self.config.method}) on {self.samples} samples: ranges of "
-                f"{len(self.ranges())} tensors, {source} (<code>{self.cache_path.name}</code>).")
+        return (
+            f"<b>Calibration</b> ({self.config.method}) on {self.samples} samples: ranges of "
+            f"{len(self.ranges())} tensors, {source} (<code>{self.cache_path.name}</code>)."
+        )
 
 
 def model_inputs(model_path: str | os.PathLike[str]) -> dict[str, tuple[Any, list[Any]]]:
@@ -156,12 +177,19 @@ def model_inputs(model_path: str | os.PathLike[str]) -> dict[str, tuple[Any, lis
     return found
 
 
-def validate_feeds(feeds: Sequence[Mapping[str, np.ndarray]], model_path: str | os.PathLike[str], *,
-                   equal_shapes: bool = False, what: str = "calibration data") -> None:
+def validate_feeds(
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    model_path: str | os.PathLike[str],
+    *,
+    equal_shapes: bool = False,
+    what: str = "calibration data",
+) -> None:
     """Raise DataError unless `feeds` is non-empty and every dict has the model's input names and dtypes."""
     if not feeds:
-        raise DataError(f"The {what} is empty.",
-                        fix="pass at least one feed dict (e.g. tokenize_batches(tokenizer, sentences, ...))")
+        raise DataError(
+            f"The {what} is empty.",
+            fix="pass at least one feed dict (e.g. tokenize_batches(tokenizer, sentences, ...))",
+        )
     expected = model_inputs(model_path)
     for index, feed in enumerate(feeds):
         names = set(feed)
@@ -174,10 +202,14 @@ def validate_feeds(feeds: Sequence[Mapping[str, np.ndarray]], model_path: str | 
         for name, (dtype, dims) in expected.items():
             array = np.asarray(feed[name])
             if array.dtype != dtype:
-                raise DataError(f"Input {name!r} of feed dict {index} is {array.dtype}, the model takes {dtype}.",
-                                fix=f"cast it: array.astype(np.{dtype})")
+                raise DataError(
+                    f"Input {name!r} of feed dict {index} is {array.dtype}, the model takes {dtype}.",
+                    fix=f"cast it: array.astype(np.{dtype})",
+                )
             if array.ndim != len(dims):
-                raise DataError(f"Input {name!r} of feed dict {index} has rank {array.ndim}, the model takes {len(dims)}.")
+                raise DataError(
+                    f"Input {name!r} of feed dict {index} has rank {array.ndim}, the model takes {len(dims)}."
+                )
     if equal_shapes:
         shapes = {tuple(np.asarray(v).shape for v in feed.values()) for feed in feeds}
         if len(shapes) > 1:
@@ -213,8 +245,9 @@ def _options(config: CalibrationConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k != "chunk_size"}  # chunking does not change ranges
 
 
-def calibration_key(model_path: str | os.PathLike[str], feeds: Sequence[Mapping[str, np.ndarray]],
-                    config: CalibrationConfig) -> str:
+def calibration_key(
+    model_path: str | os.PathLike[str], feeds: Sequence[Mapping[str, np.ndarray]], config: CalibrationConfig
+) -> str:
     """The cache key: the model's bytes, the data's bytes and the method with its options."""
     return _key(file_digest(model_path), _digest_feeds(feeds), config)
 
@@ -249,8 +282,9 @@ def _values(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64).ravel()
 
 
-def _entry_problem(entry: Any, *, key: str, model_digest: str, data_digest: str, config: CalibrationConfig,
-                   tensor_names: set[str]) -> str | None:
+def _entry_problem(
+    entry: Any, *, key: str, model_digest: str, data_digest: str, config: CalibrationConfig, tensor_names: set[str]
+) -> str | None:
     """Why `entry` (parsed JSON) must not be used for this model, data and method; None if it may."""
     if not isinstance(entry, Mapping) or not isinstance(entry.get("data"), Mapping):
         return "is not a calibration cache entry"
@@ -345,18 +379,25 @@ def calibrate(
     key = _key(model_digest, data_digest, config)
     cache_path = cache_dir / f"{key}.json"
     tensor_names = _model_tensor_names(model_path)
-    expected: dict[str, Any] = {"key": key, "model_digest": model_digest, "data_digest": data_digest, "config": config,
-                "tensor_names": tensor_names}
+    expected: dict[str, Any] = {
+        "key": key,
+        "model_digest": model_digest,
+        "data_digest": data_digest,
+        "config": config,
+        "tensor_names": tensor_names,
+    }
     started = time.perf_counter()
-    report = Progress(as_callback(progress), f"calibration ({config.method})", "calibration batches",
-                      total=len(feeds))
+    report = Progress(as_callback(progress), f"calibration ({config.method})", "calibration batches", total=len(feeds))
     if cache_path.exists():
         entry, problem = _read_entry(cache_path, **expected)
         if entry is not None:
             report(len(feeds), "ranges reused from the cache")
             return CalibrationResult(cache_path, config, True, len(feeds), time.perf_counter() - started, entry)
-        warnings.warn(f"Calibration cache entry {cache_path} {problem}; it was discarded and the ranges are "
-                      "measured again.", CalibrationCacheWarning, stacklevel=2)
+        warnings.warn(
+            f"Calibration cache entry {cache_path} {problem}; it was discarded and the ranges are measured again.",
+            CalibrationCacheWarning,
+            stacklevel=2,
+        )
     calibrate_module = require("onnxruntime.quantization.calibrate", purpose="Calibration")
 
     from workbench.onnx.io import stage_model
@@ -370,12 +411,13 @@ def calibrate(
             calibrate_method=getattr(calibrate_module.CalibrationMethod, config.method),
             extra_options=config.calibrator_options(),
         )
-        chunks = [feeds[i:i + config.chunk_size] for i in range(0, len(feeds), config.chunk_size)]
+        chunks = [feeds[i : i + config.chunk_size] for i in range(0, len(feeds), config.chunk_size)]
         # onnxruntime's histogram calibrators print progress lines of their own; the events say it all
         with contextlib.redirect_stdout(io.StringIO()):
             try:
                 report(0, "collecting activation ranges")
                 for start, chunk in zip(range(0, len(feeds), config.chunk_size), chunks):
+
                     def on_next(i: int, start: int = start) -> None:
                         report(start + i, f"batch {start + i} of {len(feeds)}")
 
@@ -393,23 +435,32 @@ def calibrate(
         del calibrator
     entry = json.loads(json.dumps(tensors_data.to_dict(), cls=calibrate_module.CalibrationCacheEncoder))
     entry["smooth_quant"] = False
-    entry["workbench"] = {"format": CACHE_FORMAT, "key": key, "model_sha256": model_digest,
-                          "data_sha256": data_digest, "config": json.loads(json.dumps(_options(config))),
-                          "samples": len(feeds), "tensors": sorted(entry["data"])}
+    entry["workbench"] = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "model_sha256": model_digest,
+        "data_sha256": data_digest,
+        "config": json.loads(json.dumps(_options(config))),
+        "samples": len(feeds),
+        "tensors": sorted(entry["data"]),
+    }
     entry["workbench"]["checksum"] = _checksum(entry)
     problem = _entry_problem(entry, **expected)
     if problem is not None:
-        raise DataError(f"Calibrating {model_path} measured ranges that cannot be used: the result {problem}.",
-                        expected="finite activation ranges on real data",
-                        fix="check the model on this data (NaN or inf activations), or calibrate other sentences")
+        raise DataError(
+            f"Calibrating {model_path} measured ranges that cannot be used: the result {problem}.",
+            expected="finite activation ranges on real data",
+            fix="check the model on this data (NaN or inf activations), or calibrate other sentences",
+        )
     try:
         with atomic_path(cache_path) as tmp:
             tmp.write_text(json.dumps(entry), encoding="utf-8")
     except OutputFolderError:
         raise
     except OSError as exc:
-        raise OutputFolderError(f"Could not write the calibration cache entry {cache_path}: {exc}.",
-                                fix="pass cache_dir= a writable folder") from exc
+        raise OutputFolderError(
+            f"Could not write the calibration cache entry {cache_path}: {exc}.", fix="pass cache_dir= a writable folder"
+        ) from exc
     return CalibrationResult(cache_path, config, False, len(feeds), time.perf_counter() - started, entry)
 
 
@@ -422,8 +473,7 @@ class FeedReader:
             progress; it may raise Stopped).
     """
 
-    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]],
-                 on_next: Callable[[int], None] | None = None) -> None:
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], on_next: Callable[[int], None] | None = None) -> None:
         self._feeds = list(feeds)
         self._position = 0
         self._on_next = on_next

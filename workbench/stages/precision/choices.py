@@ -44,8 +44,11 @@ def preset_choices(preset: str) -> dict[str, Any]:
     plan = as_plan(preset)
     values: dict[str, Any] = {}
     if plan.method == "int8_static":
-        values = {"calibration_method": plan.options.calibration.method, "per_channel": plan.options.per_channel,
-                  "activation_type": plan.options.activation_type}
+        values = {
+            "calibration_method": plan.options.calibration.method,
+            "per_channel": plan.options.per_channel,
+            "activation_type": plan.options.activation_type,
+        }
     elif plan.method == "int8_dynamic":
         values = {"per_channel": plan.options.per_channel}
     return values
@@ -82,8 +85,12 @@ def plan_from_choices(
         ConfigError: No such preset, a value the config rejects, or a choice the preset's method has no use for.
     """
     plan = as_plan(preset)
-    given = {"calibration_method": calibration_method, "per_channel": per_channel,
-             "activation_type": activation_type, "smoothquant_alpha": smoothquant_alpha}
+    given = {
+        "calibration_method": calibration_method,
+        "per_channel": per_channel,
+        "activation_type": activation_type,
+        "smoothquant_alpha": smoothquant_alpha,
+    }
     unused = [name for name, value in given.items() if value is not None and plan.method not in _APPLIES_TO[name]]
     if unused:
         raise ConfigError(
@@ -138,12 +145,16 @@ def as_plan(plan: Any) -> PrecisionPlan:
 
         if plan in plans.METHODS:
             return PrecisionPlan(plan)
-        raise ConfigError(f"No precision preset or method {plan!r}.",
-                          expected=f"one of {sorted(method_presets())}, a PrecisionPlan or its dict")
+        raise ConfigError(
+            f"No precision preset or method {plan!r}.",
+            expected=f"one of {sorted(method_presets())}, a PrecisionPlan or its dict",
+        )
     if isinstance(plan, dict):
         return PrecisionPlan.from_json(json.dumps(plan))
-    raise ConfigError(f"A precision plan must be a PrecisionPlan, a preset name or a plan's dict, got "
-                      f"{type(plan).__name__}.", fix='e.g. "cpu_int8_static" or PrecisionPlan.preset(...).to_dict()')
+    raise ConfigError(
+        f"A precision plan must be a PrecisionPlan, a preset name or a plan's dict, got {type(plan).__name__}.",
+        fix='e.g. "cpu_int8_static" or PrecisionPlan.preset(...).to_dict()',
+    )
 
 
 def candidate_name(plan: PrecisionPlan) -> str:

@@ -102,9 +102,11 @@ def _dataset(nncf: Any, feeds: Sequence[Mapping[str, np.ndarray]], model: Any) -
             raise DataError(f"Calibration feed {index} is not a non-empty dict of input name -> array.")
         missing = sorted(inputs - set(feed))
         if missing:
-            raise DataError(f"Calibration feed {index} lacks the model inputs {missing}.",
-                            expected=f"feeds with {sorted(inputs)}",
-                            fix="tokenize with the model's input names: tokenize_batches(..., input_names=...)")
+            raise DataError(
+                f"Calibration feed {index} lacks the model inputs {missing}.",
+                expected=f"feeds with {sorted(inputs)}",
+                fix="tokenize with the model's input names: tokenize_batches(..., input_names=...)",
+            )
         items.append({name: np.asarray(feed[name]) for name in inputs})
     return nncf.Dataset(items)
 
@@ -163,11 +165,15 @@ def quantize_nncf(
 
     feeds = list(calibration_feeds or [])
     if not feeds:
-        raise DataError("NNCF INT8 needs calibration feeds to measure activation ranges.",
-                        fix="pass calibration_feeds=tokenize_batches(tokenizer, calibration_sentences, ...)")
+        raise DataError(
+            "NNCF INT8 needs calibration feeds to measure activation ranges.",
+            fix="pass calibration_feeds=tokenize_batches(tokenizer, calibration_sentences, ...)",
+        )
     if Path(output_path).suffix.lower() != ".xml":
-        raise ConfigError(f"NNCF INT8 writes an OpenVINO IR (.xml + .bin), not {Path(output_path).name}.",
-                          fix="pass an output path such as out/model_int8.xml")
+        raise ConfigError(
+            f"NNCF INT8 writes an OpenVINO IR (.xml + .bin), not {Path(output_path).name}.",
+            fix="pass an output path such as out/model_int8.xml",
+        )
     nncf = require("nncf", purpose="INT8 quantization with NNCF", extra="openvino")
     started = time.perf_counter()
     model = read_model(model_path)
@@ -181,7 +187,8 @@ def quantize_nncf(
     try:
         with _quiet_nncf():
             quantized = nncf.quantize(
-                model, dataset,
+                model,
+                dataset,
                 preset=getattr(nncf.QuantizationPreset, config.scheme.upper()),
                 target_device=getattr(nncf.TargetDevice, config.target_device),
                 subset_size=min(config.subset_size, len(feeds)),
@@ -193,8 +200,10 @@ def quantize_nncf(
     except WorkbenchError:
         raise
     except Exception as exc:
-        raise QuantizationError(f"NNCF could not quantize {model_path}: {type(exc).__name__}: {exc}",
-                                fix="check that OpenVINO runs the FP32 model (OpenVINORunner), and the feeds") from exc
+        raise QuantizationError(
+            f"NNCF could not quantize {model_path}: {type(exc).__name__}: {exc}",
+            fix="check that OpenVINO runs the FP32 model (OpenVINORunner), and the feeds",
+        ) from exc
     path = save_model(quantized, output_path)
     counts = Counter(op.get_type_name() for op in quantized.get_ordered_ops())
     from workbench.engines.openvino import ir_precisions

@@ -23,14 +23,29 @@ REASONS = ("pinned", "overflow", "sensitivity")
 # weight-only methods (decoders): MatMulNBits for onnxruntime, NNCF weight compression for OpenVINO
 WEIGHT_ONLY_METHODS = ("int4_weight_only", "int8_weight_only", "nncf_int4_weight_only", "nncf_int8_weight_only")
 METHODS = ("int8_dynamic", "int8_static", "int8_nncf", "fp16", "fp32", *WEIGHT_ONLY_METHODS)
-_METHOD_PRECISION = {"int8_dynamic": "int8", "int8_static": "int8", "int8_nncf": "int8", "fp16": "fp16",
-                     "fp32": "fp32", "int4_weight_only": "int4", "int8_weight_only": "int8",
-                     "nncf_int4_weight_only": "int4", "nncf_int8_weight_only": "int8"}
+_METHOD_PRECISION = {
+    "int8_dynamic": "int8",
+    "int8_static": "int8",
+    "int8_nncf": "int8",
+    "fp16": "fp16",
+    "fp32": "fp32",
+    "int4_weight_only": "int4",
+    "int8_weight_only": "int8",
+    "nncf_int4_weight_only": "int4",
+    "nncf_int8_weight_only": "int8",
+}
 #: The engine that runs each method's output (a candidate's `engine`).
-METHOD_ENGINE = {"int8_dynamic": "onnxruntime", "int8_static": "onnxruntime", "int8_nncf": "openvino",
-                 "fp16": "onnxruntime", "fp32": "onnxruntime", "int4_weight_only": "onnxruntime",
-                 "int8_weight_only": "onnxruntime", "nncf_int4_weight_only": "openvino",
-                 "nncf_int8_weight_only": "openvino"}
+METHOD_ENGINE = {
+    "int8_dynamic": "onnxruntime",
+    "int8_static": "onnxruntime",
+    "int8_nncf": "openvino",
+    "fp16": "onnxruntime",
+    "fp32": "onnxruntime",
+    "int4_weight_only": "onnxruntime",
+    "int8_weight_only": "onnxruntime",
+    "nncf_int4_weight_only": "openvino",
+    "nncf_int8_weight_only": "openvino",
+}
 
 
 def _config_class(method: str) -> Any:
@@ -44,8 +59,11 @@ def _config_class(method: str) -> Any:
         from workbench.stages.precision.weight_only import WeightOnlyQuantConfig
 
         return WeightOnlyQuantConfig
-    return {"int8_dynamic": precision.DynamicQuantConfig, "int8_static": precision.StaticQuantConfig,
-            "fp16": precision.Fp16Config}.get(method)
+    return {
+        "int8_dynamic": precision.DynamicQuantConfig,
+        "int8_static": precision.StaticQuantConfig,
+        "fp16": precision.Fp16Config,
+    }.get(method)
 
 
 @dataclass(frozen=True)
@@ -120,11 +138,15 @@ class PrecisionPlan:
         elif isinstance(self.options, config_class):
             options = self.options
         else:
-            raise ConfigError(f"PrecisionPlan options for {self.method} must be a {config_class.__name__}, "
-                              f"got {type(self.options).__name__}.")
+            raise ConfigError(
+                f"PrecisionPlan options for {self.method} must be a {config_class.__name__}, "
+                f"got {type(self.options).__name__}."
+            )
         object.__setattr__(self, "options", options)
-        nodes = {name: value if isinstance(value, NodePrecision) else NodePrecision(**value)
-                 for name, value in dict(self.nodes).items()}
+        nodes = {
+            name: value if isinstance(value, NodePrecision) else NodePrecision(**value)
+            for name, value in dict(self.nodes).items()
+        }
         object.__setattr__(self, "nodes", nodes)
         if isinstance(self.smoothing, Mapping):
             from workbench.stages.precision.smooth import SmoothingConfig
@@ -153,7 +175,9 @@ class PrecisionPlan:
     def precision_of(self, node: str) -> str:
         return self.nodes[node].precision if node in self.nodes else self.default_precision
 
-    def pin(self, names: Iterable[str], precision: str = "fp32", reason: str = "pinned", note: str = "") -> PrecisionPlan:
+    def pin(
+        self, names: Iterable[str], precision: str = "fp32", reason: str = "pinned", note: str = ""
+    ) -> PrecisionPlan:
         """A new plan with `names` at `precision` (the plan itself is not changed)."""
         nodes = dict(self.nodes)
         for name in names:
@@ -171,9 +195,12 @@ class PrecisionPlan:
         return tuple(sorted(name for name, node in self.nodes.items() if node.precision == "fp32"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "options": self.options.to_dict() if self.options is not None else None,
-                "nodes": {name: dict(node.__dict__) for name, node in sorted(self.nodes.items())},
-                "smoothing": self.smoothing.to_dict() if self.smoothing is not None else None}
+        return {
+            "method": self.method,
+            "options": self.options.to_dict() if self.options is not None else None,
+            "nodes": {name: dict(node.__dict__) for name, node in sorted(self.nodes.items())},
+            "smoothing": self.smoothing.to_dict() if self.smoothing is not None else None,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -183,12 +210,16 @@ class PrecisionPlan:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                              "it is truncated or damaged.",
-                              fix="save the plan again with plan.save(path), or repair the JSON") from exc
+            raise ConfigError(
+                f"{source} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                "it is truncated or damaged.",
+                fix="save the plan again with plan.save(path), or repair the JSON",
+            ) from exc
         if not isinstance(values, dict):
-            raise ConfigError(f"{source} holds a {type(values).__name__}, not a plan (a JSON object).",
-                              fix="save the plan with plan.save(path)")
+            raise ConfigError(
+                f"{source} holds a {type(values).__name__}, not a plan (a JSON object).",
+                fix="save the plan with plan.save(path)",
+            )
         unknown = set(values) - {"method", "options", "nodes", "smoothing"}
         if unknown:
             raise ConfigError(f"PrecisionPlan JSON has unknown keys {sorted(unknown)}.")
@@ -210,8 +241,9 @@ class PrecisionPlan:
         except FileNotFoundError as exc:
             raise ConfigError(f"Precision plan {path} does not exist.", fix="save one with plan.save(path)") from exc
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"Precision plan {path} cannot be read: {exc}.",
-                              fix="pass a plan file written by plan.save(path)") from exc
+            raise ConfigError(
+                f"Precision plan {path} cannot be read: {exc}.", fix="pass a plan file written by plan.save(path)"
+            ) from exc
         return cls.from_json(text, source=f"Precision plan {path}")
 
     def convert(
@@ -240,25 +272,43 @@ class PrecisionPlan:
         if self.method == "int8_nncf":  # NNCF smooths by itself: the plan's smoothing becomes its alphas
             from workbench.stages.precision.nncf import quantize_nncf
 
-            return quantize_nncf(model_path, output_path, calibration_feeds, self.options, keep_fp32=self.keep_fp32,
-                                 smoothing=self.smoothing)
+            return quantize_nncf(
+                model_path,
+                output_path,
+                calibration_feeds,
+                self.options,
+                keep_fp32=self.keep_fp32,
+                smoothing=self.smoothing,
+            )
         if self.smoothing is not None:
-            return self._convert_smoothed(model_path, output_path, calibration_feeds=calibration_feeds,
-                                          cache_dir=cache_dir, progress=progress)
+            return self._convert_smoothed(
+                model_path, output_path, calibration_feeds=calibration_feeds, cache_dir=cache_dir, progress=progress
+            )
         if self.method == "int8_dynamic":
             return precision.quantize_dynamic(model_path, output_path, self.options, keep_fp32=self.keep_fp32)
         if self.method == "int8_static":
-            return precision.quantize_static(model_path, output_path, calibration_feeds, self.options,
-                                             keep_fp32=self.keep_fp32, cache_dir=cache_dir, progress=progress)
+            return precision.quantize_static(
+                model_path,
+                output_path,
+                calibration_feeds,
+                self.options,
+                keep_fp32=self.keep_fp32,
+                cache_dir=cache_dir,
+                progress=progress,
+            )
         if self.method == "fp16":
-            return precision.convert_fp16(model_path, output_path, self.options, keep_fp32=self.keep_fp32,
-                                          scan_feeds=calibration_feeds)
+            return precision.convert_fp16(
+                model_path, output_path, self.options, keep_fp32=self.keep_fp32, scan_feeds=calibration_feeds
+            )
         if self.method in WEIGHT_ONLY_METHODS:
             from workbench.stages.precision import weight_only
 
             bits = weight_only.WEIGHT_ONLY_BITS[self.method]
-            convert = weight_only.compress_weights_nncf if self.method.startswith("nncf_") else \
-                weight_only.quantize_weight_only
+            convert = (
+                weight_only.compress_weights_nncf
+                if self.method.startswith("nncf_")
+                else weight_only.quantize_weight_only
+            )
             return convert(model_path, output_path, self.options, bits=bits, keep_fp32=self.keep_fp32)
         raise ConfigError("A PrecisionPlan with method 'fp32' converts nothing.", fix="use the FP32 model as it is")
 
@@ -268,11 +318,14 @@ class PrecisionPlan:
         from workbench.stages.precision.smooth import smooth_activations
 
         if not options.get("calibration_feeds"):
-            raise DataError("A plan with smoothing needs calibration_feeds to measure activation ranges.",
-                            fix="pass calibration_feeds=tokenize_batches(tokenizer, calibration_sentences, ...)")
+            raise DataError(
+                "A plan with smoothing needs calibration_feeds to measure activation ranges.",
+                fix="pass calibration_feeds=tokenize_batches(tokenizer, calibration_sentences, ...)",
+            )
         with staging_directory(Path(output_path).parent, "smooth") as folder:
-            smoothed = smooth_activations(model_path, Path(folder) / "smoothed.onnx", options["calibration_feeds"],
-                                          self.smoothing)
+            smoothed = smooth_activations(
+                model_path, Path(folder) / "smoothed.onnx", options["calibration_feeds"], self.smoothing
+            )
             # a node kept in FP32 keeps its smoothing Mul in FP32 too, or the Mul's output is still quantized
             muls = [smoothed.muls[name] for name in self.keep_fp32 if name in smoothed.muls]
             plain = replace(self, smoothing=None).pin(muls, note="smoothing Mul of a node kept in FP32")
@@ -281,11 +334,15 @@ class PrecisionPlan:
         return replace(result, notes=(*result.notes, note))
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td><code>{name}</code></td><td>{node.precision}</td><td>{node.reason}</td>"
-                       f"<td>{node.note}</td></tr>" for name, node in sorted(self.nodes.items()))
+        rows = "".join(
+            f"<tr><td><code>{name}</code></td><td>{node.precision}</td><td>{node.reason}</td><td>{node.note}</td></tr>"
+            for name, node in sorted(self.nodes.items())
+        )
         smoothing = f", SmoothQuant alpha {self.smoothing.alpha}" if self.smoothing is not None else ""
         head = f"<b>Precision plan</b>: {self.method}{smoothing}, every node at {self.default_precision}"
         if not rows:
             return head + "."
-        return (f"{head} except these {len(self.nodes)}:<table><tr><th>node</th><th>precision</th><th>why</th>"
-                f"<th></th></tr>{rows}</table>")
+        return (
+            f"{head} except these {len(self.nodes)}:<table><tr><th>node</th><th>precision</th><th>why</th>"
+            f"<th></th></tr>{rows}</table>"
+        )

@@ -1,6 +1,7 @@
 """Precision stage: INT8 (dynamic, static with calibration) and FP16 conversions.
 
-Every converter takes `keep_fp32`, the node names to leave in FP32; a PrecisionPlan (workbench.stages.precision.plan) is the one
+Every converter takes `keep_fp32`, the node names to leave in FP32; a PrecisionPlan
+(workbench.stages.precision.plan) is the one
 place those names come from.
 """
 
@@ -23,8 +24,17 @@ from workbench.config import StageConfig, check_choice
 from workbench.errors import QuantizationError
 
 WEIGHT_TYPES = ("int8", "uint8")
-_QUANTIZED_OP_TYPES = ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "QLinearMatMul", "ConvInteger",
-                       "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "QGemm")
+_QUANTIZED_OP_TYPES = (
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "QAttention",
+    "QLinearMatMul",
+    "ConvInteger",
+    "DynamicQuantizeLinear",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "QGemm",
+)
 
 
 @dataclass(frozen=True)
@@ -68,18 +78,26 @@ class QuantizeResult:
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "method": self.method, "config": self.config.to_dict(),
-                "quantized_ops": self.quantized_ops, "size_mb": self.size_mb, "seconds": self.seconds,
-                "keep_fp32": list(self.keep_fp32),
-                "calibration": self.calibration.to_dict() if self.calibration is not None else None,
-                "notes": list(self.notes)}
+        return {
+            "path": str(self.path),
+            "method": self.method,
+            "config": self.config.to_dict(),
+            "quantized_ops": self.quantized_ops,
+            "size_mb": self.size_mb,
+            "seconds": self.seconds,
+            "keep_fp32": list(self.keep_fp32),
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
+            "notes": list(self.notes),
+        }
 
     def _repr_html_(self) -> str:
         ops = ", ".join(f"{k} {v}" for k, v in self.quantized_ops.items()) or "none"
         kept = f", {len(self.keep_fp32)} nodes kept in FP32" if self.keep_fp32 else ""
         notes = "".join(f"<br><i>{note}</i>" for note in self.notes)
-        return (f"<b>{self.method}</b>: <code>{self.path}</code>, {self.size_mb:.1f} MB, quantized ops: {ops}{kept}; "
-                f"{self.seconds:.1f} s.{notes}")
+        return (
+            f"<b>{self.method}</b>: <code>{self.path}</code>, {self.size_mb:.1f} MB, quantized ops: {ops}{kept}; "
+            f"{self.seconds:.1f} s.{notes}"
+        )
 
 
 @contextlib.contextmanager
@@ -225,8 +243,13 @@ class StaticQuantConfig(StageConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu_int8_static": {},
         "cpu_int8_static_qoperator": {"quant_format": "QOperator"},
-        "tensorrt_int8_qdq": {"activation_type": "int8", "activation_symmetric": True, "weight_symmetric": True,
-                              "per_channel": True, "calibration": {"method": "Entropy"}},
+        "tensorrt_int8_qdq": {
+            "activation_type": "int8",
+            "activation_symmetric": True,
+            "weight_symmetric": True,
+            "per_channel": True,
+            "calibration": {"method": "Entropy"},
+        },
     }
 
     def __post_init__(self) -> None:
@@ -321,8 +344,14 @@ def quantize_static(
             prepared = preprocess_for_quantization(model_path, staged.parent / "preprocessed.onnx")
         else:  # onnxruntime writes <input>-inferred.onnx beside its input: a link in the staging folder
             prepared = stage_model(model_path, staged.parent / "input")
-        calibration = calibrate(prepared, list(calibration_feeds), config.calibration, cache_dir=cache_dir,
-                                progress=progress, work_dir=staged.parent)
+        calibration = calibrate(
+            prepared,
+            list(calibration_feeds),
+            config.calibration,
+            cache_dir=cache_dir,
+            progress=progress,
+            work_dir=staged.parent,
+        )
         ranges = calibration.copy_ranges(staged.parent / "ranges.json")  # the verified ranges, not the cache file
         quantization.quantize_static(
             str(prepared),
@@ -337,16 +366,20 @@ def quantize_static(
             nodes_to_exclude=list(keep_fp32),
             calibrate_method=getattr(quantization.CalibrationMethod, config.calibration.method),
             calibration_cache_path=str(ranges),
-            extra_options={"ActivationSymmetric": config.activation_symmetric,
-                           "WeightSymmetric": config.weight_symmetric,
-                           "DefaultTensorType": onnx.TensorProto.FLOAT},
+            extra_options={
+                "ActivationSymmetric": config.activation_symmetric,
+                "WeightSymmetric": config.weight_symmetric,
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
+            },
         )
     quantized = onnx.load(str(output_path), load_external_data=False)
     counts = Counter(node.op_type for node in quantized.graph.node)
     notes = []
     if config.quant_format == "QDQ" and counts["QuantizeLinear"] <= 2 * max(1, counts["MatMul"] // 10):
-        notes.append("Only a few QuantizeLinear nodes: activations are mostly not quantized "
-                     "(was the model pre-processed?). The model will be accurate but not faster.")
+        notes.append(
+            "Only a few QuantizeLinear nodes: activations are mostly not quantized "
+            "(was the model pre-processed?). The model will be accurate but not faster."
+        )
     return QuantizeResult(
         path=output_path,
         config=config,
@@ -399,7 +432,9 @@ class OverflowScan:
         return {"flagged": self.flagged, "max_abs": self.max_abs}
 
 
-def fp16_overflow_scan(model_path: str | os.PathLike[str], feeds: Any, *, underflow_fraction: float = 0.01) -> OverflowScan:
+def fp16_overflow_scan(
+    model_path: str | os.PathLike[str], feeds: Any, *, underflow_fraction: float = 0.01
+) -> OverflowScan:
     """Run the FP32 model on `feeds` with every float tensor exposed; flag nodes FP16 cannot represent."""
     from workbench.engines.onnxruntime import run_model
     from workbench.onnx.io import load_onnx
@@ -466,12 +501,17 @@ def convert_fp16(
     try:
         # types from our own symbolic inference: the converter's would write a file into the cwd when incomplete
         wrapper = onnx_model.OnnxModel(with_inferred_types(model))
-        wrapper.convert_float_to_float16(use_symbolic_shape_infer=False, keep_io_types=config.keep_io_types,
-                                         op_block_list=list(config.op_block_list) or None,
-                                         node_block_list=block or None)
+        wrapper.convert_float_to_float16(
+            use_symbolic_shape_infer=False,
+            keep_io_types=config.keep_io_types,
+            op_block_list=list(config.op_block_list) or None,
+            node_block_list=block or None,
+        )
     except Exception as exc:
-        raise QuantizationError(f"FP16 conversion of {model_path} failed: {type(exc).__name__}: {exc}",
-                                fix="keep the failing op types in FP32 with Fp16Config(op_block_list=...)") from exc
+        raise QuantizationError(
+            f"FP16 conversion of {model_path} failed: {type(exc).__name__}: {exc}",
+            fix="keep the failing op types in FP32 with Fp16Config(op_block_list=...)",
+        ) from exc
     converted = wrapper.model
     save_onnx(converted, output_path)
     counts = Counter(node.op_type for node in converted.graph.node)

@@ -68,16 +68,18 @@ class SmoothingConfig(StageConfig):
         check_positive(self, "min_scale", "max_scale")
         unknown = [op for op in self.op_types if op not in SMOOTHABLE_OP_TYPES]
         if unknown:
-            raise ConfigError(f"SmoothingConfig cannot smooth {unknown}.",
-                              expected=f"op types among {SMOOTHABLE_OP_TYPES}")
+            raise ConfigError(
+                f"SmoothingConfig cannot smooth {unknown}.", expected=f"op types among {SMOOTHABLE_OP_TYPES}"
+            )
         # from JSON the pairs arrive as lists: store hashable tuples (a config is a dict key in the autofix search)
         pairs = tuple((str(op), float(alpha)) for op, alpha in (tuple[Any, ...](p) for p in self.op_alphas))
         object.__setattr__(self, "op_alphas", pairs)
         for op, alpha in pairs:
             if op not in self.op_types:
-                raise ConfigError(f"SmoothingConfig.op_alphas sets an alpha for {op!r}, which op_types does not "
-                                  "smooth.",
-                                  expected=f"op types among {list(self.op_types)}")
+                raise ConfigError(
+                    f"SmoothingConfig.op_alphas sets an alpha for {op!r}, which op_types does not smooth.",
+                    expected=f"op types among {list(self.op_types)}",
+                )
             if not 0.0 <= alpha <= 1.0:
                 raise ConfigError(f"SmoothingConfig.op_alphas[{op!r}] must be in [0, 1], got {alpha}.")
         if len({op for op, _ in pairs}) != len(pairs):
@@ -111,13 +113,21 @@ class SmoothingResult:
         return {name: f"{name}_smooth" for name in self.smoothed if name not in self.folded}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "config": self.config.to_dict(), "smoothed": list(self.smoothed),
-                "folded": list(self.folded), "largest_scale": self.largest_scale, "seconds": self.seconds}
+        return {
+            "path": str(self.path),
+            "config": self.config.to_dict(),
+            "smoothed": list(self.smoothed),
+            "folded": list(self.folded),
+            "largest_scale": self.largest_scale,
+            "seconds": self.seconds,
+        }
 
     def _repr_html_(self) -> str:
         folded = f", {len(self.folded)} of them folded into LayerNorms" if self.folded else ""
-        return (f"<b>Smoothed</b> the inputs of {len(self.smoothed)} nodes{folded} (alpha {self.config.alpha}, "
-                f"largest scale {self.largest_scale:.1f}) -> <code>{self.path}</code>")
+        return (
+            f"<b>Smoothed</b> the inputs of {len(self.smoothed)} nodes{folded} (alpha {self.config.alpha}, "
+            f"largest scale {self.largest_scale:.1f}) -> <code>{self.path}</code>"
+        )
 
 
 def channel_max(model: Any, feeds: Sequence[Mapping[str, np.ndarray]], tensors: Sequence[str]) -> dict[str, np.ndarray]:
@@ -137,8 +147,9 @@ def channel_max(model: Any, feeds: Sequence[Mapping[str, np.ndarray]], tensors: 
     return maxima
 
 
-def smooth_model(model: Any, feeds: Sequence[Mapping[str, np.ndarray]],
-                 config: SmoothingConfig) -> tuple[Any, list[str], float, list[str]]:
+def smooth_model(
+    model: Any, feeds: Sequence[Mapping[str, np.ndarray]], config: SmoothingConfig
+) -> tuple[Any, list[str], float, list[str]]:
     """Smooth an in-memory model; returns (smoothed copy, smoothed node names, largest scale, folded node names)."""
     onnx = require("onnx", purpose="Activation smoothing")
     from workbench.onnx.shapes import copy_model
@@ -150,10 +161,16 @@ def smooth_model(model: Any, feeds: Sequence[Mapping[str, np.ndarray]],
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    targets = [n for n in graph.node
-               if n.op_type in config.op_types and len(n.input) > 1 and n.input[1] in initializers
-               and len(initializers[n.input[1]].dims) == 2 and uses[n.input[1]] == 1
-               and n.input[0] not in initializers]
+    targets = [
+        n
+        for n in graph.node
+        if n.op_type in config.op_types
+        and len(n.input) > 1
+        and n.input[1] in initializers
+        and len(initializers[n.input[1]].dims) == 2
+        and uses[n.input[1]] == 1
+        and n.input[0] not in initializers
+    ]
     maxima = channel_max(model, feeds, sorted({n.input[0] for n in targets}))
 
     def weight(node: Any) -> np.ndarray:
@@ -178,20 +195,24 @@ def smooth_model(model: Any, feeds: Sequence[Mapping[str, np.ndarray]],
             scales = {n.name: shared for n in nodes}
             folded += [n.name for n in nodes]
         else:
-            scales = {n.name: scale_for(maxima[tensor], np.abs(weight(n)).max(axis=1), config.alpha_for(n.op_type))
-                      for n in nodes}
+            scales = {
+                n.name: scale_for(maxima[tensor], np.abs(weight(n)).max(axis=1), config.alpha_for(n.op_type))
+                for n in nodes
+            }
         for node in nodes:
             scale = scales[node.name]
             largest = max(largest, float(scale.max()))
-            initializers[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(weight(node) * scale[:, None],
-                                                                              node.input[1]))
+            initializers[node.input[1]].CopyFrom(
+                onnx.numpy_helper.from_array(weight(node) * scale[:, None], node.input[1])
+            )
             if layer_norm is not None:
                 continue
             inverse = f"{node.name}_smooth_inverse_scale"
             graph.initializer.append(onnx.numpy_helper.from_array((1.0 / scale).astype(np.float32), inverse))
             divided = f"{node.input[0]}_smoothed_for_{node.name}"
-            inserted.append((node, onnx.helper.make_node("Mul", [node.input[0], inverse], [divided],
-                                                         name=f"{node.name}_smooth")))
+            inserted.append(
+                (node, onnx.helper.make_node("Mul", [node.input[0], inverse], [divided], name=f"{node.name}_smooth"))
+            )
             node.input[0] = divided
     for node, mul in inserted:
         position = list(graph.node).index(node)
@@ -200,8 +221,14 @@ def smooth_model(model: Any, feeds: Sequence[Mapping[str, np.ndarray]],
     return smoothed, names, largest, folded
 
 
-def _foldable_layer_norm(graph: Any, tensor: str, readers: Sequence[Any], uses: Mapping[str, int],
-                         initializers: Mapping[str, Any], config: SmoothingConfig) -> Any:
+def _foldable_layer_norm(
+    graph: Any,
+    tensor: str,
+    readers: Sequence[Any],
+    uses: Mapping[str, int],
+    initializers: Mapping[str, Any],
+    config: SmoothingConfig,
+) -> Any:
     """The LayerNorm node whose output 0 is `tensor`, when the smoothed `readers` are all that read it (and not a
     graph output) and its gamma (and beta) are initializers; else None."""
     producer = next((n for n in graph.node if n.output and n.output[0] == tensor), None)
@@ -218,8 +245,9 @@ def _foldable_layer_norm(graph: Any, tensor: str, readers: Sequence[Any], uses: 
     return producer
 
 
-def _divide_affine(onnx: Any, graph: Any, layer_norm: Any, scale: np.ndarray, initializers: dict[str, Any],
-                   uses: dict[str, int]) -> None:
+def _divide_affine(
+    onnx: Any, graph: Any, layer_norm: Any, scale: np.ndarray, initializers: dict[str, Any], uses: dict[str, int]
+) -> None:
     """gamma /= scale and beta /= scale of `layer_norm`, in initializers of its own (others may share the old)."""
     gamma, beta = LAYER_NORMS[layer_norm.op_type]
     for index in (gamma, beta):
@@ -257,5 +285,6 @@ def smooth_activations(
     validate_feeds(list(calibration_feeds), model_path, what="smoothing calibration data")
     smoothed, names, largest, folded = smooth_model(load_onnx(model_path), calibration_feeds, config)
     save_onnx(smoothed, output_path)
-    return SmoothingResult(Path(output_path), config, tuple(names), largest, time.perf_counter() - started,
-                           tuple(folded))
+    return SmoothingResult(
+        Path(output_path), config, tuple(names), largest, time.perf_counter() - started, tuple(folded)
+    )

@@ -1,6 +1,6 @@
 """The summary a CI job reads after a precision run: each converted candidate with its accuracy.
 
-    write_precision_summary({"int8_dynamic": result, ...}, report, "runs/precision/precision_summary.json")
+write_precision_summary({"int8_dynamic": result, ...}, report, "runs/precision/precision_summary.json")
 """
 
 from __future__ import annotations
@@ -34,17 +34,19 @@ def precision_summary(results: Mapping[str, Any], report: Any) -> dict[str, Any]
     rows = []
     for name, result in results.items():
         accuracy = compared.get(name)
-        rows.append({
-            "name": name,
-            "path": str(result.path),
-            "method": result.method,
-            "size_mb": float(result.size_mb),
-            "keep_fp32_count": len(result.keep_fp32),
-            "cosine_mean": accuracy.cosine_mean if accuracy is not None else None,
-            "cosine_min": accuracy.cosine_min if accuracy is not None else None,
-            "meets_budget": bool(accuracy) if accuracy is not None else None,
-            "failures": list(accuracy.failures) if accuracy is not None else [],
-        })
+        rows.append(
+            {
+                "name": name,
+                "path": str(result.path),
+                "method": result.method,
+                "size_mb": float(result.size_mb),
+                "keep_fp32_count": len(result.keep_fp32),
+                "cosine_mean": accuracy.cosine_mean if accuracy is not None else None,
+                "cosine_min": accuracy.cosine_min if accuracy is not None else None,
+                "meets_budget": bool(accuracy) if accuracy is not None else None,
+                "failures": list(accuracy.failures) if accuracy is not None else [],
+            }
+        )
     return {
         "version": PRECISION_SUMMARY_VERSION,
         "reference": str(report.reference),

@@ -30,8 +30,12 @@ from workbench.stages.precision.quantize import (
     _published,
 )
 
-WEIGHT_ONLY_BITS = {"int4_weight_only": 4, "int8_weight_only": 8,
-                    "nncf_int4_weight_only": 4, "nncf_int8_weight_only": 8}
+WEIGHT_ONLY_BITS = {
+    "int4_weight_only": 4,
+    "int8_weight_only": 8,
+    "nncf_int4_weight_only": 4,
+    "nncf_int8_weight_only": 8,
+}
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
@@ -68,8 +72,10 @@ class WeightOnlyQuantConfig(StageConfig):
         if isinstance(size, bool) or not isinstance(size, int) or size < 16 or size & (size - 1):
             raise ConfigError(f"WeightOnlyQuantConfig.block_size must be a power of two >= 16, got {size!r}.")
         if self.accuracy_level not in ACCURACY_LEVELS:
-            raise ConfigError(f"WeightOnlyQuantConfig.accuracy_level must be one of {list(ACCURACY_LEVELS)}, got "
-                              f"{self.accuracy_level!r}.")
+            raise ConfigError(
+                f"WeightOnlyQuantConfig.accuracy_level must be one of {list(ACCURACY_LEVELS)}, got "
+                f"{self.accuracy_level!r}."
+            )
         if not isinstance(self.symmetric, bool):
             raise ConfigError(f"WeightOnlyQuantConfig.symmetric must be True or False, got {self.symmetric!r}.")
         if not 0.0 < float(self.ratio) <= 1.0:
@@ -120,8 +126,10 @@ def quantize_weight_only(
     _check_node_names(model, tuple(keep_fp32), "keep_fp32")
     targets = [n for n in weight_matmuls(model) if n not in set(keep_fp32)]
     if not weight_matmuls(model):
-        raise QuantizationError(f"{model_path} has no MatMul with a constant weight, so there is nothing to quantize.",
-                                fix="fuse the decoder first (fuse_decoder rewrites Gemm projections as MatMul)")
+        raise QuantizationError(
+            f"{model_path} has no MatMul with a constant weight, so there is nothing to quantize.",
+            fix="fuse the decoder first (fuse_decoder rewrites Gemm projections as MatMul)",
+        )
     output_path = Path(output_path)
     # the quantizer logs a line per node at INFO (its module configures the root logger at import): quiet its
     # own logger for the call, then put its level back
@@ -131,9 +139,14 @@ def quantize_weight_only(
     try:
         with _published(output_path, "MatMulNBits quantizer", model_path) as staged:
             quantizer = nbits.MatMulNBitsQuantizer(
-                model, bits=bits, block_size=config.block_size, is_symmetric=config.symmetric,
-                accuracy_level=config.accuracy_level or None, nodes_to_exclude=list(keep_fp32),
-                op_types_to_quantize=("MatMul",))
+                model,
+                bits=bits,
+                block_size=config.block_size,
+                is_symmetric=config.symmetric,
+                accuracy_level=config.accuracy_level or None,
+                nodes_to_exclude=list(keep_fp32),
+                op_types_to_quantize=("MatMul",),
+            )
             quantizer.process()
             # models near protobuf's 2 GB limit keep their weights in an external file (save_onnx does the same)
             large = model_size_mb(model_path) * 1e6 >= EXTERNAL_DATA_THRESHOLD_BYTES
@@ -144,19 +157,31 @@ def quantize_weight_only(
     quantized = onnx.load(str(output_path), load_external_data=False)
     counts = Counter(node.op_type for node in quantized.graph.node)
     symmetry = "symmetric" if config.symmetric else "asymmetric"
-    notes = [f"{len(targets)} MatMul weights to {bits} bits (block {config.block_size}, {symmetry}, accuracy "
-             + f"level {config.accuracy_level})"]
+    notes = [
+        f"{len(targets)} MatMul weights to {bits} bits (block {config.block_size}, {symmetry}, accuracy "
+        + f"level {config.accuracy_level})"
+    ]
     if bits == 8 and config.accuracy_level in (0, 1):
-        notes.append("8-bit MatMulNBits with FP32 compute (accuracy level 0/1) runs a slow fallback on onnxruntime's "
-                     "CPU provider (measured 35x slower than FP32 here): use accuracy_level 4")
+        notes.append(
+            "8-bit MatMulNBits with FP32 compute (accuracy level 0/1) runs a slow fallback on onnxruntime's "
+            "CPU provider (measured 35x slower than FP32 here): use accuracy_level 4"
+        )
     gemms = counts["Gemm"]
     if gemms:
-        notes.append(f"{gemms} Gemm nodes were left in FP32 (the quantizer converts MatMul only): fuse with "
-                     "fuse_decoder first, which rewrites them as MatMul")
-    return QuantizeResult(path=output_path, config=config, method=f"int{bits} weight-only (MatMulNBits)",
-                          quantized_ops={"MatMulNBits": counts["MatMulNBits"], "MatMul (FP32)": counts["MatMul"]},
-                          size_mb=model_size_mb(output_path), seconds=time.perf_counter() - started,
-                          keep_fp32=tuple(keep_fp32), notes=tuple(notes))
+        notes.append(
+            f"{gemms} Gemm nodes were left in FP32 (the quantizer converts MatMul only): fuse with "
+            "fuse_decoder first, which rewrites them as MatMul"
+        )
+    return QuantizeResult(
+        path=output_path,
+        config=config,
+        method=f"int{bits} weight-only (MatMulNBits)",
+        quantized_ops={"MatMulNBits": counts["MatMulNBits"], "MatMul (FP32)": counts["MatMul"]},
+        size_mb=model_size_mb(output_path),
+        seconds=time.perf_counter() - started,
+        keep_fp32=tuple(keep_fp32),
+        notes=tuple(notes),
+    )
 
 
 def nncf_available() -> tuple[bool, str]:
@@ -196,8 +221,10 @@ def compress_weights_nncf(
     started = time.perf_counter()
     output_path = Path(output_path)
     if output_path.suffix != ".xml":
-        raise ConfigError(f"NNCF weight compression writes an OpenVINO IR; {output_path.name} does not end in .xml.",
-                          fix="pass an output path such as int4_nncf/model.xml")
+        raise ConfigError(
+            f"NNCF weight compression writes an OpenVINO IR; {output_path.name} does not end in .xml.",
+            fix="pass an output path such as int4_nncf/model.xml",
+        )
     if bits == 4:
         mode = nncf.CompressWeightsMode.INT4_SYM if config.symmetric else nncf.CompressWeightsMode.INT4_ASYM
         options: dict[str, Any] = {"group_size": config.block_size, "ratio": config.ratio}
@@ -215,11 +242,19 @@ def compress_weights_nncf(
         os.replace(staging / output_path.with_suffix(".bin").name, output_path.with_suffix(".bin"))
         os.replace(staging / output_path.name, output_path)
     except Exception as exc:
-        raise QuantizationError(f"NNCF weight compression of {model_path} failed: {type(exc).__name__}: {exc}",
-                                fix="check that OpenVINO reads the model (openvino.Core().read_model)") from exc
+        raise QuantizationError(
+            f"NNCF weight compression of {model_path} failed: {type(exc).__name__}: {exc}",
+            fix="check that OpenVINO reads the model (openvino.Core().read_model)",
+        ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(p.stat().st_size for p in (output_path, output_path.with_suffix(".bin")) if p.exists()) / 1e6
-    return QuantizeResult(path=output_path, config=config, method=f"int{bits} weight-only (NNCF)",
-                          quantized_ops={}, size_mb=size, seconds=time.perf_counter() - started,
-                          keep_fp32=tuple(keep_fp32))
+    return QuantizeResult(
+        path=output_path,
+        config=config,
+        method=f"int{bits} weight-only (NNCF)",
+        quantized_ops={},
+        size_mb=size,
+        seconds=time.perf_counter() - started,
+        keep_fp32=tuple(keep_fp32),
+    )

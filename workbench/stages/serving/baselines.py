@@ -46,8 +46,14 @@ HEALTH_PATH = "/health"
 _INSTALL_FIX = 'pip install "inference-workbench[serving]" (from a checkout: pip install -e ".[serving]")'
 
 
-def create_app(engine: str, model: str | os.PathLike[str], tokenizer_dir: str | os.PathLike[str], *,
-               max_length: int = 128, threads: int | None = None) -> Any:
+def create_app(
+    engine: str,
+    model: str | os.PathLike[str],
+    tokenizer_dir: str | os.PathLike[str],
+    *,
+    max_length: int = 128,
+    threads: int | None = None,
+) -> Any:
     """The FastAPI app: one embedding endpoint over `engine` ("pytorch": a Hugging Face model folder;
     "onnxruntime": an .onnx file). Loads the model and tokenizer now."""
     import numpy as np
@@ -62,8 +68,10 @@ def create_app(engine: str, model: str | os.PathLike[str], tokenizer_dir: str | 
         # transformers' default attention, as a data scientist's AutoModel.from_pretrained(path) loads it
         source: Any = load_model(model, attn_implementation="sdpa")
         if not hasattr(source, "load_module"):
-            raise ConfigError(f"The PyTorch baseline needs a Hugging Face model folder, not {model}.",
-                              fix="pass the model folder the ONNX engine was exported from")
+            raise ConfigError(
+                f"The PyTorch baseline needs a Hugging Face model folder, not {model}.",
+                fix="pass the model folder the ONNX engine was exported from",
+            )
         runner: Any = PyTorchRunner(source.load_module(), threads=threads)
     elif engine == "onnxruntime":
         from workbench.engines.onnxruntime import OnnxRuntimeRunner
@@ -85,8 +93,7 @@ def create_app(engine: str, model: str | os.PathLike[str], tokenizer_dir: str | 
         if not texts:
             raise HTTPException(status_code=422, detail="texts is empty")
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        feeds = {k: np.asarray(v, dtype=np.int64) for k, v in batch.items()
-                 if input_names is None or k in input_names}
+        feeds = {k: np.asarray(v, dtype=np.int64) for k, v in batch.items() if input_names is None or k in input_names}
         hidden = runner.infer(feeds)["last_hidden_state"]
         mask = feeds["attention_mask"][..., None].astype(np.float32)
         pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
@@ -120,9 +127,17 @@ class FastAPIServer:
         port: Its port, once started.
     """
 
-    def __init__(self, engine: str, model: str | os.PathLike[str], tokenizer_dir: str | os.PathLike[str], *,
-                 max_length: int = 128, threads: int | None = None, startup_timeout_s: float = 120.0,
-                 stop_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        engine: str,
+        model: str | os.PathLike[str],
+        tokenizer_dir: str | os.PathLike[str],
+        *,
+        max_length: int = 128,
+        threads: int | None = None,
+        startup_timeout_s: float = 120.0,
+        stop_timeout_s: float = 10.0,
+    ) -> None:
         if engine not in BASELINE_ENGINES:
             raise ConfigError(f"FastAPIServer engine {engine!r} is not one of {list(BASELINE_ENGINES)}.")
         self.engine = engine
@@ -167,21 +182,33 @@ class FastAPIServer:
 
         missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
         if missing:
-            raise MissingDependency(f"The FastAPI baseline needs {missing}, which are not installed.",
-                                    fix=_INSTALL_FIX)
+            raise MissingDependency(f"The FastAPI baseline needs {missing}, which are not installed.", fix=_INSTALL_FIX)
         if self._process is not None:
             raise ServingError("This FastAPIServer was already started.", fix="use a new FastAPIServer")
         if not self.model.exists():
             raise ServingError(f"The model {self.model} does not exist.", fix="pass the model the server should load")
         self.port = _free_port()
-        command = [sys.executable, "-m", "workbench.stages.serving.baselines", "--engine", self.engine,
-                   "--model", str(self.model), "--tokenizer", str(self.tokenizer_dir), "--port", str(self.port),
-                   "--max-length", str(self.max_length)]
+        command = [
+            sys.executable,
+            "-m",
+            "workbench.stages.serving.baselines",
+            "--engine",
+            self.engine,
+            "--model",
+            str(self.model),
+            "--tokenizer",
+            str(self.tokenizer_dir),
+            "--port",
+            str(self.port),
+            "--max-length",
+            str(self.max_length),
+        ]
         if self.threads is not None:
             command += ["--threads", str(self.threads)]
         self._log = tempfile.TemporaryFile(prefix="workbench-fastapi-")  # noqa: SIM115 - open while it runs
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -197,7 +224,9 @@ class FastAPIServer:
             if self._process.poll() is not None:
                 raise ServingError(
                     f"The FastAPI server ({self.engine}) exited with code {self._process.returncode} while "
-                    f"starting:\n{self.log_tail()}", fix="read its log above")
+                    f"starting:\n{self.log_tail()}",
+                    fix="read its log above",
+                )
             try:
                 with opener.open(f"http://127.0.0.1:{self.port}{HEALTH_PATH}", timeout=2) as response:
                     if response.status == 200:
@@ -205,8 +234,11 @@ class FastAPIServer:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.2)
-        raise ServingError(f"The FastAPI server ({self.engine}) was not ready within {self.startup_timeout_s:.0f} s:"
-                           f"\n{self.log_tail()}", fix="raise startup_timeout_s, or read its log above")
+        raise ServingError(
+            f"The FastAPI server ({self.engine}) was not ready within {self.startup_timeout_s:.0f} s:"
+            f"\n{self.log_tail()}",
+            fix="raise startup_timeout_s, or read its log above",
+        )
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL to its process group after `stop_timeout_s`. Safe to call twice."""

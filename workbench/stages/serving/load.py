@@ -77,8 +77,15 @@ class ServingConfig(StageConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
         # seconds, for tests and the guided workbench: short windows, few levels
-        "quick": {"concurrency": (1, 4, 8), "window_s": 0.5, "stable_windows": 2, "stability": 0.25,
-                  "max_windows": 4, "warmup_s": 0.3, "max_level_s": 6.0},
+        "quick": {
+            "concurrency": (1, 4, 8),
+            "window_s": 0.5,
+            "stable_windows": 2,
+            "stability": 0.25,
+            "max_windows": 4,
+            "warmup_s": 0.3,
+            "max_level_s": 6.0,
+        },
         # closer to perf_analyzer's defaults (5 s windows), for a quiet machine
         "thorough": {"window_s": 5.0, "max_windows": 10, "warmup_s": 2.0, "max_level_s": 90.0},
     }
@@ -88,21 +95,36 @@ class ServingConfig(StageConfig):
         if isinstance(concurrency, list):
             concurrency = tuple(concurrency)
             object.__setattr__(self, "concurrency", concurrency)
-        if (not isinstance(concurrency, tuple) or not concurrency
-                or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in concurrency)):
-            raise ConfigError(f"ServingConfig.concurrency must be a non-empty tuple of integers >= 1, got "
-                              f"{concurrency!r}.", fix="pass for example (1, 2, 4, 8, 16)")
+        if (
+            not isinstance(concurrency, tuple)
+            or not concurrency
+            or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in concurrency)
+        ):
+            raise ConfigError(
+                f"ServingConfig.concurrency must be a non-empty tuple of integers >= 1, got {concurrency!r}.",
+                fix="pass for example (1, 2, 4, 8, 16)",
+            )
         if len(set(concurrency)) != len(concurrency):
             raise ConfigError(f"ServingConfig.concurrency lists a level twice: {concurrency}.")
-        check_positive(self, "window_s", "stable_windows", "max_windows", "max_requests", "max_level_s",
-                       "request_timeout_s", "texts_per_request")
+        check_positive(
+            self,
+            "window_s",
+            "stable_windows",
+            "max_windows",
+            "max_requests",
+            "max_level_s",
+            "request_timeout_s",
+            "texts_per_request",
+        )
         for name in ("stable_windows", "max_windows", "max_requests", "texts_per_request"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"ServingConfig.{name} must be an integer, got {value!r}.")
         if not 0 < self.stability < 1:
-            raise ConfigError(f"ServingConfig.stability must be a fraction between 0 and 1, got {self.stability!r}.",
-                              fix="pass for example 0.1 (10%, perf_analyzer's default)")
+            raise ConfigError(
+                f"ServingConfig.stability must be a fraction between 0 and 1, got {self.stability!r}.",
+                fix="pass for example 0.1 (10%, perf_analyzer's default)",
+            )
         if not isinstance(self.warmup_s, (int, float)) or self.warmup_s < 0:
             raise ConfigError(f"ServingConfig.warmup_s must be >= 0, got {self.warmup_s!r}.")
         if not 0 <= self.max_error_fraction < 1:
@@ -110,12 +132,15 @@ class ServingConfig(StageConfig):
         if self.max_windows < self.stable_windows:
             raise ConfigError(
                 f"ServingConfig.max_windows ({self.max_windows}) is below stable_windows ({self.stable_windows}), so "
-                "no level could ever be stable.", fix="raise max_windows or lower stable_windows")
+                "no level could ever be stable.",
+                fix="raise max_windows or lower stable_windows",
+            )
         if self.warmup_s + self.stable_windows * self.window_s > self.max_level_s:
             raise ConfigError(
                 f"ServingConfig.max_level_s ({self.max_level_s} s) is shorter than the warm-up plus "
                 f"{self.stable_windows} windows of {self.window_s} s, so no level could ever be stable.",
-                fix="raise max_level_s, or shorten window_s / warmup_s")
+                fix="raise max_level_s, or shorten window_s / warmup_s",
+            )
         check_choice(self, "protocol", PROTOCOLS)
 
 
@@ -144,9 +169,11 @@ class Endpoint:
         check_choice(self, "kind", ENDPOINT_KINDS)
         host = self.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
         if host not in ("127.0.0.1", "localhost"):
-            raise ConfigError(f"Endpoint {self.name!r} is at {self.url!r}, not on loopback.",
-                              expected="127.0.0.1:PORT (or http://127.0.0.1:PORT/... for kind 'json')",
-                              fix="load-test servers on this machine only")
+            raise ConfigError(
+                f"Endpoint {self.name!r} is at {self.url!r}, not on loopback.",
+                expected="127.0.0.1:PORT (or http://127.0.0.1:PORT/... for kind 'json')",
+                fix="load-test servers on this machine only",
+            )
         if self.kind != "json" and not self.model:
             raise ConfigError(f"Endpoint {self.name!r} of kind {self.kind!r} needs the Triton model to call.")
 
@@ -232,13 +259,19 @@ class LoadResult:
         for level in self.levels:
             if level.concurrency == concurrency:
                 return level
-        raise KeyError(f"{self.name!r} was not measured at concurrency {concurrency} "
-                       f"(levels: {[lv.concurrency for lv in self.levels]})")
+        raise KeyError(
+            f"{self.name!r} was not measured at concurrency {concurrency} "
+            f"(levels: {[lv.concurrency for lv in self.levels]})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "endpoint": dict(self.endpoint.__dict__),
-                "levels": [lv.to_dict() for lv in self.levels], "config": self.config.to_dict(),
-                "notes": list(self.notes)}
+        return {
+            "name": self.name,
+            "endpoint": dict(self.endpoint.__dict__),
+            "levels": [lv.to_dict() for lv in self.levels],
+            "config": self.config.to_dict(),
+            "notes": list(self.notes),
+        }
 
     def figure(self) -> Any:
         """Plotly: throughput against p99 latency, one point per concurrency level."""
@@ -252,12 +285,17 @@ def levels_table_html(levels: Sequence[LevelResult]) -> str:
     rows = "".join(
         f"<tr><td>{lv.concurrency}</td><td>{lv.throughput:.1f}</td><td>{lv.p50_ms:.1f}</td><td>{lv.p90_ms:.1f}</td>"
         f"<td>{lv.p99_ms:.1f}</td><td>{lv.errors}</td><td>{'yes' if lv.stable else 'no'}</td>"
-        f"<td>{lv.server.mean_batch_size:.2f}</td></tr>" if lv.server is not None else
-        f"<tr><td>{lv.concurrency}</td><td>{lv.throughput:.1f}</td><td>{lv.p50_ms:.1f}</td><td>{lv.p90_ms:.1f}</td>"
+        f"<td>{lv.server.mean_batch_size:.2f}</td></tr>"
+        if lv.server is not None
+        else f"<tr><td>{lv.concurrency}</td><td>{lv.throughput:.1f}</td><td>{lv.p50_ms:.1f}</td>"
+        f"<td>{lv.p90_ms:.1f}</td>"
         f"<td>{lv.p99_ms:.1f}</td><td>{lv.errors}</td><td>{'yes' if lv.stable else 'no'}</td><td>-</td></tr>"
-        for lv in levels)
-    return ("<table><tr><th>concurrency</th><th>texts/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>"
-            f"<th>errors</th><th>stable</th><th>engine batch</th></tr>{rows}</table>")
+        for lv in levels
+    )
+    return (
+        "<table><tr><th>concurrency</th><th>texts/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>"
+        f"<th>errors</th><th>stable</th><th>engine batch</th></tr>{rows}</table>"
+    )
 
 
 def throughput_latency_figure(results: dict[str, LoadResult], *, title: str = "Throughput vs p99 latency") -> Any:
@@ -268,11 +306,17 @@ def throughput_latency_figure(results: dict[str, LoadResult], *, title: str = "T
     for name, result in results.items():
         levels = sorted(result.levels, key=lambda lv: lv.concurrency)
         figure.add_scatter(
-            x=[lv.p99_ms for lv in levels], y=[lv.throughput for lv in levels], name=name, mode="lines+markers+text",
-            text=[f"c{lv.concurrency}" for lv in levels], textposition="top center",
-            hovertemplate="concurrency %{text}<br>p99 %{x:.1f} ms<br>%{y:.1f} texts/s<extra>" + name + "</extra>")
-    figure.update_layout(title=title, xaxis_title="p99 latency (ms)", yaxis_title="throughput (texts/s)",
-                         legend_title="server")
+            x=[lv.p99_ms for lv in levels],
+            y=[lv.throughput for lv in levels],
+            name=name,
+            mode="lines+markers+text",
+            text=[f"c{lv.concurrency}" for lv in levels],
+            textposition="top center",
+            hovertemplate="concurrency %{text}<br>p99 %{x:.1f} ms<br>%{y:.1f} texts/s<extra>" + name + "</extra>",
+        )
+    figure.update_layout(
+        title=title, xaxis_title="p99 latency (ms)", yaxis_title="throughput (texts/s)", legend_title="server"
+    )
     return figure
 
 
@@ -296,8 +340,9 @@ class _Client:
         if kind == "http":
             aio = require("tritonclient.http.aio", purpose="Load-testing a Triton server", extra="triton")
             self._module = require("tritonclient.http", purpose="Load-testing a Triton server", extra="triton")
-            self._client = aio.InferenceServerClient(self.endpoint.url, conn_limit=max(self.connections, 1),
-                                                     conn_timeout=self.timeout_s)
+            self._client = aio.InferenceServerClient(
+                self.endpoint.url, conn_limit=max(self.connections, 1), conn_timeout=self.timeout_s
+            )
         elif kind == "grpc":
             aio = require("tritonclient.grpc.aio", purpose="Load-testing a Triton server", extra="triton")
             self._module = require("tritonclient.grpc", purpose="Load-testing a Triton server", extra="triton")
@@ -306,7 +351,9 @@ class _Client:
             aiohttp = require("aiohttp", purpose="Load-testing an HTTP JSON endpoint", extra="serving")
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=max(self.connections, 1)),
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s), trust_env=False)  # loopback: never a proxy
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                trust_env=False,
+            )  # loopback: never a proxy
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -331,14 +378,14 @@ class _Client:
         request.set_data_from_numpy(array)
         outputs = [self._module.InferRequestedOutput(endpoint.output)]
         if endpoint.kind == "grpc":
-            result = await self._client.infer(endpoint.model, [request], outputs=outputs,
-                                              client_timeout=self.timeout_s)
+            result = await self._client.infer(endpoint.model, [request], outputs=outputs, client_timeout=self.timeout_s)
         else:
             result = await self._client.infer(endpoint.model, [request], outputs=outputs)
         value = result.as_numpy(endpoint.output)
         if value is None or value.shape[0] != len(texts):
-            raise RuntimeError(f"output {endpoint.output!r} has shape {getattr(value, 'shape', None)} for "
-                               f"{len(texts)} texts")
+            raise RuntimeError(
+                f"output {endpoint.output!r} has shape {getattr(value, 'shape', None)} for {len(texts)} texts"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- measurement
@@ -368,12 +415,20 @@ def _window(records: list[_Record], start: float, end: float, origin: float) -> 
     ok = [r for r in done if r.error is None]
     seconds = end - start
     mean_ms = float(np.mean([(r.end - r.start) * 1e3 for r in ok])) if ok else float("nan")
-    return Window(start_s=start - origin, seconds=seconds, requests=len(done), texts=sum(r.texts for r in ok),
-                  errors=len(done) - len(ok), throughput=sum(r.texts for r in ok) / seconds, mean_ms=mean_ms)
+    return Window(
+        start_s=start - origin,
+        seconds=seconds,
+        requests=len(done),
+        texts=sum(r.texts for r in ok),
+        errors=len(done) - len(ok),
+        throughput=sum(r.texts for r in ok) / seconds,
+        mean_ms=mean_ms,
+    )
 
 
-async def _measure_level(client: _Client, texts: Sequence[str], concurrency: int, config: ServingConfig,
-                         offset: int) -> tuple[LevelResult, int]:
+async def _measure_level(
+    client: _Client, texts: Sequence[str], concurrency: int, config: ServingConfig, offset: int
+) -> tuple[LevelResult, int]:
     records: list[_Record] = []
     state = {"next": offset, "sent": 0}
     stop = asyncio.Event()
@@ -401,8 +456,11 @@ async def _measure_level(client: _Client, texts: Sequence[str], concurrency: int
     windows: list[Window] = []
     try:
         await asyncio.sleep(min(config.warmup_s, config.max_level_s))
-        while (len(windows) < config.max_windows and state["sent"] < config.max_requests
-               and time.perf_counter() + config.window_s <= deadline):
+        while (
+            len(windows) < config.max_windows
+            and state["sent"] < config.max_requests
+            and time.perf_counter() + config.window_s <= deadline
+        ):
             started = time.perf_counter()
             await asyncio.sleep(config.window_s)
             windows.append(_window(records, started, time.perf_counter(), level_start))
@@ -420,9 +478,10 @@ async def _measure_level(client: _Client, texts: Sequence[str], concurrency: int
         raise ServingError(
             f"No measurement window fit at concurrency {concurrency} against {client.endpoint.name!r} "
             f"({state['sent']} requests sent in {seconds:.1f} s).",
-            fix="raise ServingConfig.max_requests or max_level_s")
+            fix="raise ServingConfig.max_requests or max_level_s",
+        )
     stable = _stable(windows, config.stable_windows, config.stability)
-    reported = windows[-config.stable_windows:]  # the stable windows, or the last ones
+    reported = windows[-config.stable_windows :]  # the stable windows, or the last ones
     spans = [(level_start + w.start_s, level_start + w.start_s + w.seconds) for w in reported]
     chosen = [r for r in records if any(a <= r.end < b for a, b in spans)]
     total_s = sum(w.seconds for w in reported)
@@ -431,17 +490,28 @@ async def _measure_level(client: _Client, texts: Sequence[str], concurrency: int
     errors = [r for r in records if r.error is not None]
     answered = sum(r.texts for r in ok)
     level = LevelResult(
-        concurrency=concurrency, throughput=answered / total_s, requests_per_s=len(ok) / total_s,
-        p50_ms=float(np.percentile(latencies, 50)), p90_ms=float(np.percentile(latencies, 90)),
-        p99_ms=float(np.percentile(latencies, 99)), mean_ms=float(np.mean(latencies)), requests=len(chosen),
-        texts=answered, errors=len(chosen) - len(ok), windows=tuple(windows), stable=stable, seconds=seconds,
-        first_error=errors[0].error if errors else None)
+        concurrency=concurrency,
+        throughput=answered / total_s,
+        requests_per_s=len(ok) / total_s,
+        p50_ms=float(np.percentile(latencies, 50)),
+        p90_ms=float(np.percentile(latencies, 90)),
+        p99_ms=float(np.percentile(latencies, 99)),
+        mean_ms=float(np.mean(latencies)),
+        requests=len(chosen),
+        texts=answered,
+        errors=len(chosen) - len(ok),
+        windows=tuple(windows),
+        stable=stable,
+        seconds=seconds,
+        first_error=errors[0].error if errors else None,
+    )
     if errors and len(errors) > config.max_error_fraction * max(len(records), 1):
         raise ServingError(
             f"{len(errors)} of {len(records)} requests to {client.endpoint.name!r} failed at concurrency "
             f"{concurrency}; the first: {errors[0].error}",
             fix="check that the server is up and serves this model; raise ServingConfig.max_error_fraction to "
-            "measure a server that fails some requests on purpose")
+            "measure a server that fails some requests on purpose",
+        )
     return level, state["next"]
 
 
@@ -492,11 +562,12 @@ def measure_load(
     async def run() -> tuple[LevelResult, ...]:
         async with _Client(endpoint, config.request_timeout_s, max(levels_wanted)) as client:
             try:
-                await asyncio.wait_for(client.send(texts[:config.texts_per_request]), config.request_timeout_s)
+                await asyncio.wait_for(client.send(texts[: config.texts_per_request]), config.request_timeout_s)
             except Exception as exc:
-                raise ServingError(f"The first request to {endpoint.name!r} ({endpoint.url}) failed: "
-                                   f"{type(exc).__name__}: {exc}",
-                                   fix="check that the server is running and serves this model") from exc
+                raise ServingError(
+                    f"The first request to {endpoint.name!r} ({endpoint.url}) failed: {type(exc).__name__}: {exc}",
+                    fix="check that the server is running and serves this model",
+                ) from exc
             levels, offset = [], 0
             for level_concurrency in levels_wanted:
                 before = probe.snapshot() if probe is not None else None
@@ -507,7 +578,10 @@ def measure_load(
             return tuple(levels)
 
     levels = _in_own_loop(run)
-    notes = tuple(f"concurrency {lv.concurrency} was not stable within {config.max_windows} windows / "
-                  f"{config.max_level_s:.0f} s; its figures are the last {config.stable_windows} windows"
-                  for lv in levels if not lv.stable)
+    notes = tuple(
+        f"concurrency {lv.concurrency} was not stable within {config.max_windows} windows / "
+        f"{config.max_level_s:.0f} s; its figures are the last {config.stable_windows} windows"
+        for lv in levels
+        if not lv.stable
+    )
     return LoadResult(endpoint=endpoint, levels=levels, config=config, notes=notes)

@@ -44,12 +44,21 @@ FIXED = "triton_fixed"
 FASTAPI_PYTORCH = "fastapi_pytorch"
 FASTAPI_ONNXRUNTIME = "fastapi_onnxruntime"
 #: Every server the benchmark can run, by stable key.
-SERVERS = (f"{LENGTH_AWARE}_http", f"{LENGTH_AWARE}_grpc", f"{FIXED}_http", f"{FIXED}_grpc", FASTAPI_PYTORCH,
-           FASTAPI_ONNXRUNTIME)
+SERVERS = (
+    f"{LENGTH_AWARE}_http",
+    f"{LENGTH_AWARE}_grpc",
+    f"{FIXED}_http",
+    f"{FIXED}_grpc",
+    FASTAPI_PYTORCH,
+    FASTAPI_ONNXRUNTIME,
+)
 TITLES = {
-    f"{LENGTH_AWARE}_http": "Triton, length-aware (HTTP)", f"{LENGTH_AWARE}_grpc": "Triton, length-aware (gRPC)",
-    f"{FIXED}_http": "Triton, fixed padding (HTTP)", f"{FIXED}_grpc": "Triton, fixed padding (gRPC)",
-    FASTAPI_PYTORCH: "FastAPI + PyTorch", FASTAPI_ONNXRUNTIME: "FastAPI + ONNX Runtime",
+    f"{LENGTH_AWARE}_http": "Triton, length-aware (HTTP)",
+    f"{LENGTH_AWARE}_grpc": "Triton, length-aware (gRPC)",
+    f"{FIXED}_http": "Triton, fixed padding (HTTP)",
+    f"{FIXED}_grpc": "Triton, fixed padding (gRPC)",
+    FASTAPI_PYTORCH: "FastAPI + PyTorch",
+    FASTAPI_ONNXRUNTIME: "FastAPI + ONNX Runtime",
 }
 
 
@@ -96,11 +105,22 @@ class ServingResult:
 
     def table(self) -> list[dict[str, Any]]:
         """One row per server and concurrency level."""
-        return [{"server": key, "title": TITLES.get(key, key), "concurrency": lv.concurrency,
-                 "throughput": lv.throughput, "p50_ms": lv.p50_ms, "p90_ms": lv.p90_ms, "p99_ms": lv.p99_ms,
-                 "errors": lv.errors, "stable": lv.stable,
-                 "engine_batch": lv.server.mean_batch_size if lv.server is not None else None}
-                for key, result in self.servers.items() for lv in result.levels]
+        return [
+            {
+                "server": key,
+                "title": TITLES.get(key, key),
+                "concurrency": lv.concurrency,
+                "throughput": lv.throughput,
+                "p50_ms": lv.p50_ms,
+                "p90_ms": lv.p90_ms,
+                "p99_ms": lv.p99_ms,
+                "errors": lv.errors,
+                "stable": lv.stable,
+                "engine_batch": lv.server.mean_batch_size if lv.server is not None else None,
+            }
+            for key, result in self.servers.items()
+            for lv in result.levels
+        ]
 
     def figure(self) -> Any:
         """Plotly: throughput against p99 latency per concurrency level, one line per server."""
@@ -110,12 +130,17 @@ class ServingResult:
         return throughput_latency_figure(named, title="Serving: throughput vs p99 latency per concurrency level")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"servers": {k: v.to_dict() for k, v in self.servers.items()},
-                "sweep": self.sweep.to_dict() if self.sweep is not None else None,
-                "padding": {**self.padding.to_dict(), "description": self.padding.describe()},
-                "triton_config": self.triton_config.to_dict(), "tokens": self.tokens,
-                "config": self.config.to_dict(), "machine": self.machine, "notes": list(self.notes),
-                "concurrency": self.concurrency}
+        return {
+            "servers": {k: v.to_dict() for k, v in self.servers.items()},
+            "sweep": self.sweep.to_dict() if self.sweep is not None else None,
+            "padding": {**self.padding.to_dict(), "description": self.padding.describe()},
+            "triton_config": self.triton_config.to_dict(),
+            "tokens": self.tokens,
+            "config": self.config.to_dict(),
+            "machine": self.machine,
+            "notes": list(self.notes),
+            "concurrency": self.concurrency,
+        }
 
     def _repr_html_(self) -> str:
         c = self.concurrency
@@ -123,19 +148,26 @@ class ServingResult:
             f"<tr><td>{html.escape(TITLES.get(k, k))}</td><td>{r.level(c).throughput:.1f}</td>"
             f"<td>{r.level(c).p50_ms:.1f}</td><td>{r.level(c).p99_ms:.1f}</td>"
             f"<td>{'' if r.level(c).server is None else format(r.level(c).server.mean_batch_size, '.2f')}</td></tr>"
-            for k, r in self.servers.items())
+            for k, r in self.servers.items()
+        )
         ratio = self.ratio(f"{LENGTH_AWARE}_http", f"{FIXED}_http")
         headline = f"; length-aware / fixed: {ratio:.2f}x" if ratio is not None else ""
-        return (f"<b>Serving</b> at concurrency {c} ({html.escape(self.padding.describe())}){headline}"
-                "<table><tr><th>server</th><th>texts/s</th><th>p50 ms</th><th>p99 ms</th><th>engine batch</th></tr>"
-                f"{rows}</table>" + (self.sweep._repr_html_() if self.sweep is not None else ""))
+        return (
+            f"<b>Serving</b> at concurrency {c} ({html.escape(self.padding.describe())}){headline}"
+            "<table><tr><th>server</th><th>texts/s</th><th>p50 ms</th><th>p99 ms</th><th>engine batch</th></tr>"
+            f"{rows}</table>" + (self.sweep._repr_html_() if self.sweep is not None else "")
+        )
 
 
 def _token_figures(tokenizer: Any, texts: Sequence[str], policy: PaddingPolicy, batch: int) -> dict[str, float]:
     lengths = policy.token_lengths(tokenizer, texts)
     computed, real = policy.padded_tokens(lengths, batch)
-    return {"computed": float(computed), "real": float(real), "per_text": computed / len(lengths),
-            "padding_fraction": 1 - real / computed if computed else 0.0}
+    return {
+        "computed": float(computed),
+        "real": float(real),
+        "per_text": computed / len(lengths),
+        "padding_fraction": 1 - real / computed if computed else 0.0,
+    }
 
 
 def benchmark_serving(
@@ -190,8 +222,10 @@ def benchmark_serving(
         raise DataError("No texts to send.", fix="pass the evaluation sentences, for example")
     unknown = [s for s in servers if s not in SERVERS]
     if unknown or not servers:
-        raise ConfigError(f"servers {unknown or list(servers)} are not among {list(SERVERS)}.",
-                          fix="pick servers from workbench.stages.serving.run.SERVERS")
+        raise ConfigError(
+            f"servers {unknown or list(servers)} are not among {list(SERVERS)}.",
+            fix="pick servers from workbench.stages.serving.run.SERVERS",
+        )
     wanted = [s for s in SERVERS if s in servers]
     notes: list[str] = []
     if FASTAPI_PYTORCH in wanted and pytorch_model is None:
@@ -200,8 +234,10 @@ def benchmark_serving(
     onnx_path, tokenizer_dir = Path(onnx_path), Path(tokenizer_dir)
     fixed = PaddingPolicy.fixed(padding.max_length)
     tokenizer = load_model(tokenizer_dir).load_tokenizer()
-    tokens = {"length_aware": _token_figures(tokenizer, texts, padding, triton_config.max_batch_size),
-              "fixed": _token_figures(tokenizer, texts, fixed, triton_config.max_batch_size)}
+    tokens = {
+        "length_aware": _token_figures(tokenizer, texts, padding, triton_config.max_batch_size),
+        "fixed": _token_figures(tokenizer, texts, fixed, triton_config.max_batch_size),
+    }
 
     with tempfile.TemporaryDirectory(prefix="workbench-serving-") as folder, contextlib.ExitStack() as stack:
         exported: dict[str, Any] = {}
@@ -209,16 +245,25 @@ def benchmark_serving(
         for family, policy in ((LENGTH_AWARE, padding), (FIXED, fixed)):
             if any(s.startswith(family) for s in wanted) or (family == LENGTH_AWARE and sweep is not None):
                 exported[family] = export_triton_ensemble(
-                    onnx_path, Path(folder) / family, tokenizer_dir, triton_config,
-                    sequence_length=padding.max_length, padding=policy)
+                    onnx_path,
+                    Path(folder) / family,
+                    tokenizer_dir,
+                    triton_config,
+                    sequence_length=padding.max_length,
+                    padding=policy,
+                )
                 tritons[family] = stack.enter_context(
-                    TritonServer(exported[family].repository, models=[exported[family].model_name], metrics=True))
+                    TritonServer(exported[family].repository, models=[exported[family].model_name], metrics=True)
+                )
         fastapis = {}
-        for key, engine, model in ((FASTAPI_PYTORCH, "pytorch", pytorch_model),
-                                   (FASTAPI_ONNXRUNTIME, "onnxruntime", onnx_path)):
+        for key, engine, model in (
+            (FASTAPI_PYTORCH, "pytorch", pytorch_model),
+            (FASTAPI_ONNXRUNTIME, "onnxruntime", onnx_path),
+        ):
             if key in wanted and model is not None:
-                fastapis[key] = stack.enter_context(FastAPIServer(engine, model, tokenizer_dir,
-                                                                  max_length=padding.max_length))
+                fastapis[key] = stack.enter_context(
+                    FastAPIServer(engine, model, tokenizer_dir, max_length=padding.max_length)
+                )
         endpoints: dict[str, tuple[Endpoint, Any]] = {}
         for key in wanted:
             if key in fastapis:
@@ -227,10 +272,13 @@ def benchmark_serving(
             family, protocol = key.rsplit("_", 1)
             server, repo = tritons[family], exported[family]
             url = server.url if protocol == "http" else server.grpc_url
-            probe = ServerProbe(server.url, repo.model_names, engine=repo.models["model"].model_name,
-                                metrics_url=server.metrics_url)
-            endpoints[key] = (Endpoint(TITLES[key], protocol, url, model=repo.model_name,
-                                       output=repo.output_names[0]), probe)
+            probe = ServerProbe(
+                server.url, repo.model_names, engine=repo.models["model"].model_name, metrics_url=server.metrics_url
+            )
+            endpoints[key] = (
+                Endpoint(TITLES[key], protocol, url, model=repo.model_name, output=repo.output_names[0]),
+                probe,
+            )
         levels: dict[str, list[LevelResult]] = {key: [] for key in endpoints}
         steps = len(config.concurrency) * len(endpoints) + (len(sweep.settings()) if sweep is not None else 0)
         bar = stack.enter_context(tqdm(total=steps, desc="serving", unit="load", disable=not progress))
@@ -239,10 +287,15 @@ def benchmark_serving(
                 bar.set_postfix_str(f"{key} c{concurrency}")
                 levels[key] += measure_load(endpoint, texts, config, probe=probe, concurrency=(concurrency,)).levels
                 bar.update()
-        results = {key: LoadResult(endpoint=endpoints[key][0], levels=tuple(lv), config=config,
-                                   notes=tuple(f"concurrency {x.concurrency} was not stable" for x in lv
-                                               if not x.stable))
-                   for key, lv in levels.items()}
+        results = {
+            key: LoadResult(
+                endpoint=endpoints[key][0],
+                levels=tuple(lv),
+                config=config,
+                notes=tuple(f"concurrency {x.concurrency} was not stable" for x in lv if not x.stable),
+            )
+            for key, lv in levels.items()
+        }
         sweep_result = None
         if sweep is not None:
             bar.set_postfix_str("batching sweep")
@@ -250,5 +303,13 @@ def benchmark_serving(
             bar.update(len(sweep.settings()))
     for key, result in results.items():
         notes += [f"{key}: {note}" for note in result.notes]
-    return ServingResult(servers=results, sweep=sweep_result, padding=padding, triton_config=triton_config,
-                         tokens=tokens, config=config, machine=machine_info(), notes=tuple(notes))
+    return ServingResult(
+        servers=results,
+        sweep=sweep_result,
+        padding=padding,
+        triton_config=triton_config,
+        tokens=tokens,
+        config=config,
+        machine=machine_info(),
+        notes=tuple(notes),
+    )

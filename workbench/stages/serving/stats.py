@@ -22,9 +22,15 @@ from workbench.errors import ServingError
 
 #: Prometheus counters read from Triton's metrics endpoint (per model).
 PROMETHEUS_COUNTERS = (
-    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count", "nv_inference_exec_count",
-    "nv_inference_request_duration_us", "nv_inference_queue_duration_us", "nv_inference_compute_input_duration_us",
-    "nv_inference_compute_infer_duration_us", "nv_inference_compute_output_duration_us",
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
 )
 _DURATIONS = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -90,17 +96,24 @@ class ServerStatistics:
         return model.mean_batch_size if model is not None else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"engine": self.engine, "mean_batch_size": self.mean_batch_size,
-                "models": {name: stats.to_dict() for name, stats in self.models.items()},
-                "prometheus": self.prometheus}
+        return {
+            "engine": self.engine,
+            "mean_batch_size": self.mean_batch_size,
+            "models": {name: stats.to_dict() for name, stats in self.models.items()},
+            "prometheus": self.prometheus,
+        }
 
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td>{html.escape(s.model)}</td><td>{s.requests}</td><td>{s.executions}</td>"
             f"<td>{s.mean_batch_size:.2f}</td><td>{s.max_batch_size}</td><td>{s.queue_ms:.2f}</td>"
-            f"<td>{s.compute_infer_ms:.2f}</td></tr>" for s in self.models.values())
-        return ("<table><tr><th>model</th><th>requests</th><th>executions</th><th>mean batch</th><th>max batch</th>"
-                f"<th>queue ms</th><th>compute ms</th></tr>{rows}</table>")
+            f"<td>{s.compute_infer_ms:.2f}</td></tr>"
+            for s in self.models.values()
+        )
+        return (
+            "<table><tr><th>model</th><th>requests</th><th>executions</th><th>mean batch</th><th>max batch</th>"
+            f"<th>queue ms</th><th>compute ms</th></tr>{rows}</table>"
+        )
 
 
 def _raw_statistics(client: Any, model: str) -> dict[str, Any]:
@@ -123,15 +136,22 @@ def model_statistics_delta(model: str, before: Mapping[str, Any], after: Mapping
         total = _ns(after, key)[1] - _ns(before, key)[1]
         means[key] = total / count / 1e6 if count else 0.0
     earlier = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in before.get("batch_stats", [])}
-    sizes = {int(b["batch_size"]): int(b["compute_infer"]["count"]) - earlier.get(int(b["batch_size"]), 0)
-             for b in after.get("batch_stats", [])}
+    sizes = {
+        int(b["batch_size"]): int(b["compute_infer"]["count"]) - earlier.get(int(b["batch_size"]), 0)
+        for b in after.get("batch_stats", [])
+    }
     return ModelStatistics(
-        model=model, requests=requests, failed=failed,
+        model=model,
+        requests=requests,
+        failed=failed,
         inferences=int(after.get("inference_count", 0)) - int(before.get("inference_count", 0)),
         executions=int(after.get("execution_count", 0)) - int(before.get("execution_count", 0)),
         batch_sizes={k: v for k, v in sorted(sizes.items()) if v > 0},
-        queue_ms=means["queue"], compute_input_ms=means["compute_input"], compute_infer_ms=means["compute_infer"],
-        compute_output_ms=means["compute_output"])
+        queue_ms=means["queue"],
+        compute_input_ms=means["compute_input"],
+        compute_infer_ms=means["compute_infer"],
+        compute_output_ms=means["compute_output"],
+    )
 
 
 def parse_prometheus(text: str) -> dict[str, dict[str, float]]:
@@ -159,8 +179,15 @@ class ServerProbe:
         timeout_s: Longest wait for one statistics or metrics request.
     """
 
-    def __init__(self, url: str, models: Sequence[str], *, engine: str | None = None,
-                 metrics_url: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        models: Sequence[str],
+        *,
+        engine: str | None = None,
+        metrics_url: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
         self.url = url
         self.models = tuple(models)
         self.engine = engine
@@ -170,14 +197,14 @@ class ServerProbe:
     def snapshot(self) -> dict[str, Any]:
         """The raw statistics of every model, and the parsed metrics."""
         http = require("tritonclient.http", purpose="Reading Triton's statistics", extra="triton")
-        client = http.InferenceServerClient(self.url, connection_timeout=self.timeout_s,
-                                            network_timeout=self.timeout_s)
+        client = http.InferenceServerClient(self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s)
         try:
             stats = {model: _raw_statistics(client, model) for model in self.models}
         except Exception as exc:
-            raise ServingError(f"Could not read Triton's statistics from {self.url}: {exc}",
-                               fix="check that the server runs and has these models loaded: "
-                               f"{list(self.models)}") from exc
+            raise ServingError(
+                f"Could not read Triton's statistics from {self.url}: {exc}",
+                fix=f"check that the server runs and has these models loaded: {list(self.models)}",
+            ) from exc
         finally:
             client.close()
         metrics: dict[str, dict[str, float]] = {}
@@ -187,15 +214,21 @@ class ServerProbe:
                 with opener.open(self.metrics_url, timeout=self.timeout_s) as response:
                     metrics = parse_prometheus(response.read().decode("utf-8"))
             except OSError as exc:
-                raise ServingError(f"Could not read Triton's metrics from {self.metrics_url}: {exc}",
-                                   fix="start the server with TritonServer(..., metrics=True)") from exc
+                raise ServingError(
+                    f"Could not read Triton's metrics from {self.metrics_url}: {exc}",
+                    fix="start the server with TritonServer(..., metrics=True)",
+                ) from exc
         return {"stats": stats, "metrics": metrics}
 
     def delta(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> ServerStatistics:
         """What happened between two snapshots."""
         models = {m: model_statistics_delta(m, before["stats"][m], after["stats"][m]) for m in self.models}
         prometheus = {
-            name: {model: value - before["metrics"].get(name, {}).get(model, 0.0)
-                   for model, value in per_model.items() if model in self.models}
-            for name, per_model in after["metrics"].items()}
+            name: {
+                model: value - before["metrics"].get(name, {}).get(model, 0.0)
+                for model, value in per_model.items()
+                if model in self.models
+            }
+            for name, per_model in after["metrics"].items()
+        }
         return ServerStatistics(models=models, engine=self.engine, prometheus=prometheus)

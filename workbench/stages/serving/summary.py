@@ -50,8 +50,13 @@ def serving_summary(result: Any) -> dict[str, Any]:
     servers: dict[str, dict[str, Any]] = {}
     for key, load in result.servers.items():
         level = load.level(c)
-        entry = {"throughput": level.throughput, "p50_ms": level.p50_ms, "p90_ms": level.p90_ms,
-                 "p99_ms": level.p99_ms, "stable": level.stable}
+        entry = {
+            "throughput": level.throughput,
+            "p50_ms": level.p50_ms,
+            "p90_ms": level.p90_ms,
+            "p99_ms": level.p99_ms,
+            "stable": level.stable,
+        }
         if level.server is not None:
             entry["engine_batch_size"] = level.server.mean_batch_size
         servers[key] = entry
@@ -63,20 +68,37 @@ def serving_summary(result: Any) -> dict[str, Any]:
     suggestion = None
     if result.sweep is not None:
         s = result.sweep.suggestion
-        suggestion = {"max_queue_delay_us": s.max_queue_delay_us,
-                      "preferred_batch_sizes": list(s.preferred_batch_sizes),
-                      "instance_count": s.instance_count, "concurrency": s.concurrency, "throughput": s.throughput,
-                      "p99_ms": s.p99_ms}
+        suggestion = {
+            "max_queue_delay_us": s.max_queue_delay_us,
+            "preferred_batch_sizes": list(s.preferred_batch_sizes),
+            "instance_count": s.instance_count,
+            "concurrency": s.concurrency,
+            "throughput": s.throughput,
+            "p99_ms": s.p99_ms,
+        }
     return {
         "serving_version": SERVING_SUMMARY_VERSION,
         "concurrency": c,
-        "padding": {**result.padding.to_dict(), "buckets": list(result.padding.bucket_lengths),
-                    "description": result.padding.describe()},
+        "padding": {
+            **result.padding.to_dict(),
+            "buckets": list(result.padding.bucket_lengths),
+            "description": result.padding.describe(),
+        },
         "tokens_per_text": {name: figures["per_text"] for name, figures in result.tokens.items()},
         "servers": servers,
-        "levels": {key: [{"concurrency": lv.concurrency, "throughput": lv.throughput, "p50_ms": lv.p50_ms,
-                          "p90_ms": lv.p90_ms, "p99_ms": lv.p99_ms} for lv in load.levels]
-                   for key, load in result.servers.items()},
+        "levels": {
+            key: [
+                {
+                    "concurrency": lv.concurrency,
+                    "throughput": lv.throughput,
+                    "p50_ms": lv.p50_ms,
+                    "p90_ms": lv.p90_ms,
+                    "p99_ms": lv.p99_ms,
+                }
+                for lv in load.levels
+            ]
+            for key, load in result.servers.items()
+        },
         "length_aware_vs_fixed": _ratio(get(aware, "throughput"), get(fixed, "throughput")),
         "length_aware_vs_fixed_p99": _ratio(get(aware, "p99_ms"), get(fixed, "p99_ms")),
         "triton_vs_fastapi_pytorch": _ratio(get(aware, "throughput"), get(FASTAPI_PYTORCH, "throughput")),

@@ -40,11 +40,16 @@ def _int_tuple(config: object, name: str, *, minimum: int, allow_empty: bool = F
     if isinstance(value, list):
         value = tuple(value)
         object.__setattr__(config, name, value)
-    if (not isinstance(value, tuple) or (not value and not allow_empty)
-            or any(not isinstance(v, int) or isinstance(v, bool) or v < minimum for v in value)
-            or len(set(value)) != len(value)):
-        raise ConfigError(f"{type(config).__name__}.{name} must be a tuple of distinct integers >= {minimum}"
-                          f"{'' if allow_empty else ' (at least one)'}, got {value!r}.")
+    if (
+        not isinstance(value, tuple)
+        or (not value and not allow_empty)
+        or any(not isinstance(v, int) or isinstance(v, bool) or v < minimum for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ConfigError(
+            f"{type(config).__name__}.{name} must be a tuple of distinct integers >= {minimum}"
+            f"{'' if allow_empty else ' (at least one)'}, got {value!r}."
+        )
     return value
 
 
@@ -73,8 +78,12 @@ class SweepConfig(StageConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
         "quick": {"max_queue_delays_us": (0, 5000), "instance_counts": (1, 2)},
-        "wide": {"max_queue_delays_us": (0, 500, 2000, 5000, 20000), "instance_counts": (1, 2),
-                 "preferred_batch_sizes": (4, 8), "concurrency": (4, 8, 16)},
+        "wide": {
+            "max_queue_delays_us": (0, 500, 2000, 5000, 20000),
+            "instance_counts": (1, 2),
+            "preferred_batch_sizes": (4, 8),
+            "concurrency": (4, 8, 16),
+        },
     }
 
     def __post_init__(self) -> None:
@@ -83,8 +92,11 @@ class SweepConfig(StageConfig):
         _int_tuple(self, "preferred_batch_sizes", minimum=1, allow_empty=True)
         levels = _int_tuple(self, "concurrency", minimum=1)
         if self.objective_concurrency is not None and self.objective_concurrency not in levels:
-            raise ConfigError(f"SweepConfig.objective_concurrency {self.objective_concurrency} is not among the "
-                              f"measured levels {levels}.", fix="add it to concurrency, or pass None")
+            raise ConfigError(
+                f"SweepConfig.objective_concurrency {self.objective_concurrency} is not among the "
+                f"measured levels {levels}.",
+                fix="add it to concurrency, or pass None",
+            )
         limit = self.p99_limit_ms
         if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or limit <= 0):
             raise ConfigError(f"SweepConfig.p99_limit_ms must be positive or None, got {self.p99_limit_ms!r}.")
@@ -122,9 +134,13 @@ class SweepPoint:
         return f"delay {self.max_queue_delay_us} us, {self.instance_count} instance(s){preferred}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_queue_delay_us": self.max_queue_delay_us, "instance_count": self.instance_count,
-                "preferred_batch_sizes": list(self.preferred_batch_sizes), "label": self.label,
-                "levels": [lv.to_dict() for lv in self.levels]}
+        return {
+            "max_queue_delay_us": self.max_queue_delay_us,
+            "instance_count": self.instance_count,
+            "preferred_batch_sizes": list(self.preferred_batch_sizes),
+            "label": self.label,
+            "levels": [lv.to_dict() for lv in self.levels],
+        }
 
 
 @dataclass(frozen=True)
@@ -142,8 +158,12 @@ class ServingSuggestion:
     def apply(self, config: TritonConfig) -> TritonConfig:
         """`config` with this setting's batching and instances (for export_triton_ensemble / export_triton)."""
         sizes = tuple(s for s in self.preferred_batch_sizes if s <= config.max_batch_size)
-        return config.replace(max_queue_delay_us=self.max_queue_delay_us, instance_count=self.instance_count,
-                              preferred_batch_sizes=sizes, dynamic_batching=True)
+        return config.replace(
+            max_queue_delay_us=self.max_queue_delay_us,
+            instance_count=self.instance_count,
+            preferred_batch_sizes=sizes,
+            dynamic_batching=True,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         values = dict(self.__dict__)
@@ -161,19 +181,36 @@ class SweepResult:
     batching: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batching": self.batching, "config": self.config.to_dict(),
-                "points": [p.to_dict() for p in self.points], "suggestion": self.suggestion.to_dict()}
+        return {
+            "batching": self.batching,
+            "config": self.config.to_dict(),
+            "points": [p.to_dict() for p in self.points],
+            "suggestion": self.suggestion.to_dict(),
+        }
 
     def table(self) -> list[dict[str, Any]]:
         """One row per setting and concurrency level: the sweep table."""
-        return [{"setting": p.label, "max_queue_delay_us": p.max_queue_delay_us, "instance_count": p.instance_count,
-                 "preferred_batch_sizes": list(p.preferred_batch_sizes), "concurrency": lv.concurrency,
-                 "throughput": lv.throughput, "p50_ms": lv.p50_ms, "p99_ms": lv.p99_ms,
-                 "engine_batch": lv.server.mean_batch_size if lv.server is not None else None,
-                 "suggested": (p.max_queue_delay_us, p.instance_count, p.preferred_batch_sizes) == (
-                     self.suggestion.max_queue_delay_us, self.suggestion.instance_count,
-                     self.suggestion.preferred_batch_sizes)}
-                for p in self.points for lv in p.levels]
+        return [
+            {
+                "setting": p.label,
+                "max_queue_delay_us": p.max_queue_delay_us,
+                "instance_count": p.instance_count,
+                "preferred_batch_sizes": list(p.preferred_batch_sizes),
+                "concurrency": lv.concurrency,
+                "throughput": lv.throughput,
+                "p50_ms": lv.p50_ms,
+                "p99_ms": lv.p99_ms,
+                "engine_batch": lv.server.mean_batch_size if lv.server is not None else None,
+                "suggested": (p.max_queue_delay_us, p.instance_count, p.preferred_batch_sizes)
+                == (
+                    self.suggestion.max_queue_delay_us,
+                    self.suggestion.instance_count,
+                    self.suggestion.preferred_batch_sizes,
+                ),
+            }
+            for p in self.points
+            for lv in p.levels
+        ]
 
     def figure(self) -> Any:
         """Plotly: throughput vs p99 at the objective concurrency, one point per setting."""
@@ -184,10 +221,18 @@ class SweepResult:
         for point in self.points:
             level = point.level(target)
             chosen = point.label == _label(self.suggestion)
-            figure.add_scatter(x=[level.p99_ms], y=[level.throughput], name=point.label, mode="markers",
-                               marker={"size": 14 if chosen else 9, "symbol": "star" if chosen else "circle"})
-        figure.update_layout(title=f"Batching sweep at concurrency {target} (star: suggested)",
-                             xaxis_title="p99 latency (ms)", yaxis_title="throughput (texts/s)")
+            figure.add_scatter(
+                x=[level.p99_ms],
+                y=[level.throughput],
+                name=point.label,
+                mode="markers",
+                marker={"size": 14 if chosen else 9, "symbol": "star" if chosen else "circle"},
+            )
+        figure.update_layout(
+            title=f"Batching sweep at concurrency {target} (star: suggested)",
+            xaxis_title="p99 latency (ms)",
+            yaxis_title="throughput (texts/s)",
+        )
         return figure
 
     def _repr_html_(self) -> str:
@@ -195,16 +240,21 @@ class SweepResult:
             f"<tr><td>{html.escape(r['setting'])}</td><td>{r['concurrency']}</td><td>{r['throughput']:.1f}</td>"
             f"<td>{r['p50_ms']:.1f}</td><td>{r['p99_ms']:.1f}</td>"
             f"<td>{'' if r['engine_batch'] is None else format(r['engine_batch'], '.2f')}</td>"
-            f"<td>{'&#9733;' if r['suggested'] else ''}</td></tr>" for r in self.table())
-        return (f"<b>Batching sweep</b> ({html.escape(self.batching)} design). Suggested: "
-                f"{html.escape(_label(self.suggestion))} &mdash; {html.escape(self.suggestion.reason)}"
-                "<table><tr><th>setting</th><th>concurrency</th><th>texts/s</th><th>p50 ms</th><th>p99 ms</th>"
-                f"<th>engine batch</th><th></th></tr>{rows}</table>")
+            f"<td>{'&#9733;' if r['suggested'] else ''}</td></tr>"
+            for r in self.table()
+        )
+        return (
+            f"<b>Batching sweep</b> ({html.escape(self.batching)} design). Suggested: "
+            f"{html.escape(_label(self.suggestion))} &mdash; {html.escape(self.suggestion.reason)}"
+            "<table><tr><th>setting</th><th>concurrency</th><th>texts/s</th><th>p50 ms</th><th>p99 ms</th>"
+            f"<th>engine batch</th><th></th></tr>{rows}</table>"
+        )
 
 
 def _label(suggestion: ServingSuggestion) -> str:
-    return SweepPoint(suggestion.max_queue_delay_us, suggestion.instance_count, suggestion.preferred_batch_sizes,
-                      ()).label
+    return SweepPoint(
+        suggestion.max_queue_delay_us, suggestion.instance_count, suggestion.preferred_batch_sizes, ()
+    ).label
 
 
 def suggest(points: Sequence[SweepPoint], config: SweepConfig) -> ServingSuggestion:
@@ -217,16 +267,26 @@ def suggest(points: Sequence[SweepPoint], config: SweepConfig) -> ServingSuggest
         raise ServingError(
             f"No batching setting kept p99 latency at concurrency {target} within {config.p99_limit_ms} ms "
             f"(the lowest was {best_p99:.1f} ms).",
-            fix="raise SweepConfig.p99_limit_ms, lower the concurrency, or serve a faster engine")
+            fix="raise SweepConfig.p99_limit_ms, lower the concurrency, or serve a faster engine",
+        )
     best = max(lv.throughput for _, lv in allowed)
     close = [(p, lv) for p, lv in allowed if lv.throughput >= (1 - config.tie_fraction) * best]
     point, level = min(close, key=lambda item: (item[1].p99_ms, item[0].instance_count, item[0].max_queue_delay_us))
     limit = f" within p99 {config.p99_limit_ms} ms" if config.p99_limit_ms is not None else ""
-    reason = (f"most throughput at concurrency {target}{limit}: {level.throughput:.1f} texts/s at p99 "
-              f"{level.p99_ms:.1f} ms (settings within {config.tie_fraction:.0%} of the best ranked by p99; "
-              f"{len(points)} settings measured)")
-    return ServingSuggestion(point.max_queue_delay_us, point.instance_count, point.preferred_batch_sizes, target,
-                             level.throughput, level.p99_ms, reason)
+    reason = (
+        f"most throughput at concurrency {target}{limit}: {level.throughput:.1f} texts/s at p99 "
+        f"{level.p99_ms:.1f} ms (settings within {config.tie_fraction:.0%} of the best ranked by p99; "
+        f"{len(points)} settings measured)"
+    )
+    return ServingSuggestion(
+        point.max_queue_delay_us,
+        point.instance_count,
+        point.preferred_batch_sizes,
+        target,
+        level.throughput,
+        level.p99_ms,
+        reason,
+    )
 
 
 def batching_roles(batching: str) -> dict[str, tuple[str, ...]]:
@@ -236,8 +296,9 @@ def batching_roles(batching: str) -> dict[str, tuple[str, ...]]:
     return {"model": ("delay", "preferred", "instances")}
 
 
-def _setting_config(config_text: str, settings: tuple[str, ...], delay: int, instances: int,
-                    preferred: tuple[int, ...]) -> str:
+def _setting_config(
+    config_text: str, settings: tuple[str, ...], delay: int, instances: int, preferred: tuple[int, ...]
+) -> str:
     from workbench.triton.config import parse_model_config
 
     json_format = require("google.protobuf.json_format", purpose="Reloading Triton models", extra="triton")
@@ -286,11 +347,20 @@ def sweep_batching(
     roles = {role: s for role, s in batching_roles(batching).items() if role in exported.models}
     protocol = protocol or serving.protocol
     url = server.url if protocol == "http" else server.grpc_url
-    endpoint = Endpoint(f"{exported.model_name} sweep ({protocol})", protocol, url, model=exported.model_name,
-                        output=exported.output_names[0])
+    endpoint = Endpoint(
+        f"{exported.model_name} sweep ({protocol})",
+        protocol,
+        url,
+        model=exported.model_name,
+        output=exported.output_names[0],
+    )
     engine = exported.models["model"].model_name
-    probe = ServerProbe(server.url, exported.model_names, engine=engine,
-                        metrics_url=server.metrics_url if getattr(server, "metrics_port", None) else None)
+    probe = ServerProbe(
+        server.url,
+        exported.model_names,
+        engine=engine,
+        metrics_url=server.metrics_url if getattr(server, "metrics_port", None) else None,
+    )
     points = []
     try:
         for delay, instances, preferred in sweep.settings():

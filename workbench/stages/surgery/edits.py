@@ -162,14 +162,18 @@ class InferShapes(Edit):
             try:
                 return symbolic_shape_inference(model)
             except Exception as exc:
-                raise GraphEditError(f"Symbolic shape inference failed: {type(exc).__name__}: {exc}",
-                                     fix="try InferShapes(symbolic=False), or fold constants first") from exc
+                raise GraphEditError(
+                    f"Symbolic shape inference failed: {type(exc).__name__}: {exc}",
+                    fix="try InferShapes(symbolic=False), or fold constants first",
+                ) from exc
         onnx = require("onnx", purpose="Shape inference")
         try:
             return onnx.shape_inference.infer_shapes(_copy(model), strict_mode=True)
         except Exception as exc:
-            raise GraphEditError(f"ONNX shape inference failed: {exc}",
-                                 fix="try InferShapes(symbolic=True) for graphs with onnxruntime's fused ops") from exc
+            raise GraphEditError(
+                f"ONNX shape inference failed: {exc}",
+                fix="try InferShapes(symbolic=True) for graphs with onnxruntime's fused ops",
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -185,8 +189,9 @@ class FuseTransformer(Edit):
     def apply(self, model: Any) -> Any:
         from workbench.stages.fusion import FusionConfig, fuse_proto
 
-        config = FusionConfig(model_type=self.model_type, num_heads=self.num_heads, hidden_size=self.hidden_size,
-                              opt_level=self.opt_level)
+        config = FusionConfig(
+            model_type=self.model_type, num_heads=self.num_heads, hidden_size=self.hidden_size, opt_level=self.opt_level
+        )
         return fuse_proto(model, config)[0]
 
 
@@ -207,8 +212,12 @@ class OverrideInputShapes(Edit):
         object.__setattr__(self, "shapes", {k: tuple(v) for k, v in self.shapes.items()})  # JSON gives lists
         for name, dims in self.shapes.items():
             for dim in dims:
-                if isinstance(dim, bool) or not isinstance(dim, (int, str)) or (isinstance(dim, int) and dim < 1) \
-                        or (isinstance(dim, str) and not dim):
+                if (
+                    isinstance(dim, bool)
+                    or not isinstance(dim, (int, str))
+                    or (isinstance(dim, int) and dim < 1)
+                    or (isinstance(dim, str) and not dim)
+                ):
                     raise ConfigError(
                         f"Input {name!r}: dim {dim!r} is not a positive int or a symbolic name.",
                         fix="use e.g. [1, 128] for static dims or ['batch', 'sequence'] for symbolic ones",
@@ -278,8 +287,10 @@ class RenameTensors(Edit):
         _require_names(model, self.mapping, "RenameTensors renames tensors", names)
         clashes = [new for old, new in self.mapping.items() if new in names and new not in self.mapping]
         if clashes:
-            raise GraphEditError(f"RenameTensors: {clashes} already name other tensors in the graph.",
-                                 fix="choose names that are not used yet")
+            raise GraphEditError(
+                f"RenameTensors: {clashes} already name other tensors in the graph.",
+                fix="choose names that are not used yet",
+            )
         edited = _copy(model)
         rename = dict(self.mapping)
         for collection in (edited.graph.input, edited.graph.output, edited.graph.value_info, edited.graph.initializer):
@@ -333,8 +344,11 @@ class CastIO(Edit):
                 for i, name in enumerate(node.input):
                     if name == graph_input.name:
                         node.input[i] = inner
-            new_nodes.append(onnx.helper.make_node("Cast", [graph_input.name], [inner], to=original_type,
-                                                   name=f"cast_input_{graph_input.name}"))
+            new_nodes.append(
+                onnx.helper.make_node(
+                    "Cast", [graph_input.name], [inner], to=original_type, name=f"cast_input_{graph_input.name}"
+                )
+            )
             graph_input.type.tensor_type.elem_type = DTYPES[self.inputs[graph_input.name]]
         for graph_output in edited.graph.output:
             if graph_output.name not in self.outputs:
@@ -348,9 +362,15 @@ class CastIO(Edit):
                 for i, name in enumerate(node.input):
                     if name == graph_output.name:
                         node.input[i] = inner
-            edited.graph.node.append(onnx.helper.make_node("Cast", [inner], [graph_output.name],
-                                                           to=DTYPES[self.outputs[graph_output.name]],
-                                                           name=f"cast_output_{graph_output.name}"))
+            edited.graph.node.append(
+                onnx.helper.make_node(
+                    "Cast",
+                    [inner],
+                    [graph_output.name],
+                    to=DTYPES[self.outputs[graph_output.name]],
+                    name=f"cast_output_{graph_output.name}",
+                )
+            )
             graph_output.type.tensor_type.elem_type = DTYPES[self.outputs[graph_output.name]]
         for node in reversed(new_nodes):
             edited.graph.node.insert(0, node)
@@ -390,8 +410,10 @@ class AddOutputs(Edit):
             if name in existing:
                 continue
             if name not in types:
-                raise GraphEditError(f"AddOutputs: the dtype of {name!r} is unknown even after shape inference.",
-                                     fix="run InferShapes(symbolic=True) first, or pick a neighbouring tensor")
+                raise GraphEditError(
+                    f"AddOutputs: the dtype of {name!r} is unknown even after shape inference.",
+                    fix="run InferShapes(symbolic=True) first, or pick a neighbouring tensor",
+                )
             elem_type, dims = types[name]
             edited.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, dims))
         return edited
@@ -405,8 +427,11 @@ def tensor_types(model: Any) -> dict[str, tuple[int, list[Any] | None]]:
     for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         tensor_type = info.type.tensor_type
         if tensor_type.elem_type:
-            dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in tensor_type.shape.dim] \
-                if tensor_type.HasField("shape") else None
+            dims = (
+                [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in tensor_type.shape.dim]
+                if tensor_type.HasField("shape")
+                else None
+            )
             found[info.name] = (tensor_type.elem_type, dims)
     for initializer in model.graph.initializer:
         found[initializer.name] = (initializer.data_type, list(initializer.dims))
@@ -459,8 +484,10 @@ class ExtractSubgraph(Edit):
         try:
             extracted = onnx.utils.Extractor(typed).extract_model(list(self.inputs), list(self.outputs))
         except Exception as exc:
-            raise GraphEditError(f"Extracting {list(self.inputs)} -> {list(self.outputs)} failed: {exc}",
-                                 fix="the outputs must be computable from the inputs (and constants)") from exc
+            raise GraphEditError(
+                f"Extracting {list(self.inputs)} -> {list(self.outputs)} failed: {exc}",
+                fix="the outputs must be computable from the inputs (and constants)",
+            ) from exc
         missing = _dangling_inputs(extracted)
         if missing:
             raise GraphEditError(
@@ -517,9 +544,16 @@ class RemoveNodes(Edit):
         edited = _copy(model)
         graph_outputs = {o.name for o in edited.graph.output}
         graph_inputs = {i.name for i in edited.graph.input}
-        targets = [n for n in edited.graph.node if n.name in self.names or (not self.names and n.op_type in self.op_types)]
+        targets = [
+            n for n in edited.graph.node if n.name in self.names or (not self.names and n.op_type in self.op_types)
+        ]
         for node in targets:
-            if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1] and _is_used(edited, node.output[1]):
+            if (
+                node.op_type == "Dropout"
+                and len(node.output) > 1
+                and node.output[1]
+                and _is_used(edited, node.output[1])
+            ):
                 raise GraphEditError(f"Dropout {node.name!r}'s mask output is used; it cannot be bypassed.")
             source, target = node.input[0], node.output[0]
             if target in graph_outputs and source in graph_inputs:
@@ -577,8 +611,21 @@ class ConvertOpset(Edit):
 
 EDIT_TYPES: dict[str, type[Edit]] = {
     cls.kind: cls
-    for cls in (FoldConstants, Cleanup, TopologicalSort, InferShapes, FuseTransformer, OverrideInputShapes,
-                RenameTensors, CastIO, AddOutputs, RemoveOutputs, ExtractSubgraph, RemoveNodes, ConvertOpset)
+    for cls in (
+        FoldConstants,
+        Cleanup,
+        TopologicalSort,
+        InferShapes,
+        FuseTransformer,
+        OverrideInputShapes,
+        RenameTensors,
+        CastIO,
+        AddOutputs,
+        RemoveOutputs,
+        ExtractSubgraph,
+        RemoveNodes,
+        ConvertOpset,
+    )
 }
 
 

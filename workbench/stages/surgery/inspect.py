@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from workbench._lazy import require
 from workbench.errors import ConfigError, MissingDependency, ModelSourceError
@@ -26,8 +26,8 @@ from workbench.onnx.shapes import partial_symbolic_shape_inference
 
 # A dimension: an int (fixed), a str (symbolic, by name) or None (unknown). A shape is None when even the
 # rank is unknown.
-Dim = Union[int, str, None]
-Shape = Union[list, None]
+Dim = int | str | None
+Shape = list | None
 
 DEFAULT_DOMAIN = "ai.onnx"  # the empty domain "" and "ai.onnx" are the same opset; reports use the name
 TOP_INITIALIZERS = 10
@@ -36,14 +36,35 @@ HTML_MAX_ROWS = 200
 # onnx's TensorProto type names -> (dtype string in reports, bits per element). Looked up by name so that
 # types an older onnx lacks are simply absent.
 _DTYPES: dict[str, tuple[str, float]] = {
-    "FLOAT": ("float32", 32), "DOUBLE": ("float64", 64), "FLOAT16": ("float16", 16), "BFLOAT16": ("bfloat16", 16),
-    "INT8": ("int8", 8), "UINT8": ("uint8", 8), "INT16": ("int16", 16), "UINT16": ("uint16", 16),
-    "INT32": ("int32", 32), "UINT32": ("uint32", 32), "INT64": ("int64", 64), "UINT64": ("uint64", 64),
-    "BOOL": ("bool", 8), "STRING": ("string", 0), "COMPLEX64": ("complex64", 64), "COMPLEX128": ("complex128", 128),
-    "FLOAT8E4M3FN": ("float8e4m3fn", 8), "FLOAT8E4M3FNUZ": ("float8e4m3fnuz", 8), "FLOAT8E5M2": ("float8e5m2", 8),
-    "FLOAT8E5M2FNUZ": ("float8e5m2fnuz", 8), "FLOAT8E8M0": ("float8e8m0", 8), "INT4": ("int4", 4),
-    "UINT4": ("uint4", 4), "FLOAT4E2M1": ("float4e2m1", 4), "INT2": ("int2", 2), "UINT2": ("uint2", 2),
-    "FLOAT6E2M3": ("float6e2m3", 6), "FLOAT6E3M2": ("float6e3m2", 6), "UNDEFINED": ("undefined", 0),
+    "FLOAT": ("float32", 32),
+    "DOUBLE": ("float64", 64),
+    "FLOAT16": ("float16", 16),
+    "BFLOAT16": ("bfloat16", 16),
+    "INT8": ("int8", 8),
+    "UINT8": ("uint8", 8),
+    "INT16": ("int16", 16),
+    "UINT16": ("uint16", 16),
+    "INT32": ("int32", 32),
+    "UINT32": ("uint32", 32),
+    "INT64": ("int64", 64),
+    "UINT64": ("uint64", 64),
+    "BOOL": ("bool", 8),
+    "STRING": ("string", 0),
+    "COMPLEX64": ("complex64", 64),
+    "COMPLEX128": ("complex128", 128),
+    "FLOAT8E4M3FN": ("float8e4m3fn", 8),
+    "FLOAT8E4M3FNUZ": ("float8e4m3fnuz", 8),
+    "FLOAT8E5M2": ("float8e5m2", 8),
+    "FLOAT8E5M2FNUZ": ("float8e5m2fnuz", 8),
+    "FLOAT8E8M0": ("float8e8m0", 8),
+    "INT4": ("int4", 4),
+    "UINT4": ("uint4", 4),
+    "FLOAT4E2M1": ("float4e2m1", 4),
+    "INT2": ("int2", 2),
+    "UINT2": ("uint2", 2),
+    "FLOAT6E2M3": ("float6e2m3", 6),
+    "FLOAT6E3M2": ("float6e3m2", 6),
+    "UNDEFINED": ("undefined", 0),
 }
 
 
@@ -86,8 +107,13 @@ class InitializerInfo:
     bytes: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "parameters": self.parameters,
-                "bytes": self.bytes}
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "parameters": self.parameters,
+            "bytes": self.bytes,
+        }
 
 
 @dataclass(frozen=True)
@@ -171,10 +197,15 @@ class GraphSummary:
         """Plotly bar chart: how many nodes of each op type, most frequent first."""
         go = require("plotly.graph_objects", purpose="Plotting op counts")
         figure = go.Figure()
-        figure.add_bar(x=list(self.op_counts), y=list(self.op_counts.values()),
-                       hovertemplate="%{x}: %{y} nodes<extra></extra>", name="nodes")
-        figure.update_layout(title=f"Op types ({self.node_count} nodes)", xaxis_title="op type",
-                             yaxis_title="nodes", xaxis_tickangle=-45)
+        figure.add_bar(
+            x=list(self.op_counts),
+            y=list(self.op_counts.values()),
+            hovertemplate="%{x}: %{y} nodes<extra></extra>",
+            name="nodes",
+        )
+        figure.update_layout(
+            title=f"Op types ({self.node_count} nodes)", xaxis_title="op type", yaxis_title="nodes", xaxis_tickangle=-45
+        )
         return figure
 
     def weight_size_figure(self) -> Any:
@@ -183,14 +214,18 @@ class GraphSummary:
         weights = list(reversed(self.largest_initializers))  # plotly draws the first bar at the bottom
         figure = go.Figure()
         figure.add_bar(
-            y=[w.name for w in weights], x=[w.bytes / 1e6 for w in weights], orientation="h", name="weights",
-            customdata=[[w.dtype, "x".join(str(d) for d in w.shape) or "scalar", f"{w.parameters:,}"]
-                        for w in weights],
+            y=[w.name for w in weights],
+            x=[w.bytes / 1e6 for w in weights],
+            orientation="h",
+            name="weights",
+            customdata=[[w.dtype, "x".join(str(d) for d in w.shape) or "scalar", f"{w.parameters:,}"] for w in weights],
             hovertemplate="%{y}<br>%{customdata[0]} [%{customdata[1]}]<br>%{customdata[2]} parameters"
-                          "<br>%{x:.3f} MB<extra></extra>",
+            "<br>%{x:.3f} MB<extra></extra>",
         )
-        title = (f"Largest weights (all weights: {_format_count(self.total_parameters)} parameters, "
-                 f"{_format_bytes(self.total_bytes)})")
+        title = (
+            f"Largest weights (all weights: {_format_count(self.total_parameters)} parameters, "
+            f"{_format_bytes(self.total_bytes)})"
+        )
         figure.update_layout(title=title, xaxis_title="MB", yaxis_title="initializer")
         if not weights:
             figure.add_annotation(text="no initializers", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
@@ -216,12 +251,14 @@ class GraphSummary:
             )
         io_rows = "".join(
             f"<tr><td>{kind}</td><td>{e(t.name)}</td><td>{e(t.dtype)}</td><td>{e(_format_shape(t.shape))}</td></tr>"
-            for kind, tensors in (("input", self.inputs), ("output", self.outputs)) for t in tensors
+            for kind, tensors in (("input", self.inputs), ("output", self.outputs))
+            for t in tensors
         )
         op_rows = "".join(f"<tr><td>{e(op)}</td><td>{n}</td></tr>" for op, n in self.op_counts.items())
         return (
-            f"<div><b>ONNX graph</b> {where}<br>" + "<br>".join(facts) +
-            "<div style='display:flex;gap:2em;align-items:flex-start'>"
+            f"<div><b>ONNX graph</b> {where}<br>"
+            + "<br>".join(facts)
+            + "<div style='display:flex;gap:2em;align-items:flex-start'>"
             f"<table><tr><th></th><th>name</th><th>dtype</th><th>shape</th></tr>{io_rows}</table>"
             f"<table><tr><th>op type</th><th>nodes</th></tr>{op_rows}</table>"
             "</div></div>"
@@ -242,10 +279,16 @@ class NodeRow:
     output_dtypes: tuple[str | None, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "op_type": self.op_type, "domain": self.domain,
-                "inputs": list(self.inputs), "outputs": list(self.outputs),
-                "output_shapes": [None if s is None else list(s) for s in self.output_shapes],
-                "output_dtypes": list(self.output_dtypes)}
+        return {
+            "index": self.index,
+            "name": self.name,
+            "op_type": self.op_type,
+            "domain": self.domain,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "output_shapes": [None if s is None else list(s) for s in self.output_shapes],
+            "output_dtypes": list(self.output_dtypes),
+        }
 
 
 @dataclass(frozen=True)
@@ -288,11 +331,11 @@ class NodeTable:
         """
         needle, wanted = _check_filters(name_contains, op_types)
         rows = tuple(
-            row for row in self.rows
-            if needle in row.name.lower() and (not wanted or row.op_type.lower() in wanted)
+            row for row in self.rows if needle in row.name.lower() and (not wanted or row.op_type.lower() in wanted)
         )
-        return NodeTable(rows=rows, total_nodes=self.total_nodes, shape_inference=self.shape_inference,
-                         notes=self.notes)
+        return NodeTable(
+            rows=rows, total_nodes=self.total_nodes, shape_inference=self.shape_inference, notes=self.notes
+        )
 
     def _repr_html_(self) -> str:
         e = html.escape
@@ -304,8 +347,11 @@ class NodeTable:
             f"<td>{e(', '.join(d or '?' for d in row.output_dtypes))}</td></tr>"
             for row in shown
         )
-        more = (f"<div>... {len(self.rows) - len(shown)} more (use .filter(...) or .to_rows())</div>"
-                if len(self.rows) > len(shown) else "")
+        more = (
+            f"<div>... {len(self.rows) - len(shown)} more (use .filter(...) or .to_rows())</div>"
+            if len(self.rows) > len(shown)
+            else ""
+        )
         notes = "".join(f"<br><i>{e(note)}</i>" for note in self.notes)
         return (
             f"<div><b>Nodes</b>: {len(self.rows)} of {self.total_nodes}; shapes from {e(self.shape_inference)}"
@@ -380,8 +426,7 @@ def inspect_model(model: str | os.PathLike[str] | Any) -> GraphSummary:
         total_bytes=sum(nbytes.values()),
         largest_initializers=tuple(largest),
         unused_initializers=tuple(t.name for t in graph.initializer if t.name not in reachable),
-        unused_inputs=tuple(v.name for v in graph.input
-                            if v.name not in initializer_names and v.name not in reachable),
+        unused_inputs=tuple(v.name for v in graph.input if v.name not in initializer_names and v.name not in reachable),
         dead_nodes=tuple(_node_label(graph.node[i], i) for i in _dead_node_indices(graph)),
         has_external_data=external,
     )
@@ -426,11 +471,18 @@ def node_table(
             value = types.get(name) if name else None
             shapes.append(None if value is None else value.shape)
             dtypes.append(None if value is None or value.dtype == "undefined" else value.dtype)
-        rows.append(NodeRow(
-            index=index, name=node.name, op_type=node.op_type, domain=node.domain or DEFAULT_DOMAIN,
-            inputs=tuple(node.input), outputs=tuple(node.output), output_shapes=tuple(shapes),
-            output_dtypes=tuple(dtypes),
-        ))
+        rows.append(
+            NodeRow(
+                index=index,
+                name=node.name,
+                op_type=node.op_type,
+                domain=node.domain or DEFAULT_DOMAIN,
+                inputs=tuple(node.input),
+                outputs=tuple(node.output),
+                output_shapes=tuple(shapes),
+                output_dtypes=tuple(dtypes),
+            )
+        )
     table = NodeTable(rows=tuple(rows), total_nodes=len(rows), shape_inference=source, notes=tuple(notes))
     return table.filter(name_contains=name_contains, op_types=op_types)
 
@@ -589,26 +641,30 @@ def _sorted_counts(counts: Counter[str]) -> dict[str, int]:
 
 def _check_filters(name_contains: Any, op_types: Any) -> tuple[str, frozenset[str]]:
     if not isinstance(name_contains, str):
-        raise ConfigError(f"name_contains must be a string, got {type(name_contains).__name__}.",
-                          fix='pass a substring of the node names, e.g. name_contains="attention"')
+        raise ConfigError(
+            f"name_contains must be a string, got {type(name_contains).__name__}.",
+            fix='pass a substring of the node names, e.g. name_contains="attention"',
+        )
     if isinstance(op_types, str):
         op_types = (op_types,) if op_types else ()
     try:
         values = list(op_types)
     except TypeError:
-        raise ConfigError(f"op_types must be a sequence of op type names, got {type(op_types).__name__}.",
-                          fix='pass e.g. op_types=["MatMul", "Gemm"]') from None
+        raise ConfigError(
+            f"op_types must be a sequence of op type names, got {type(op_types).__name__}.",
+            fix='pass e.g. op_types=["MatMul", "Gemm"]',
+        ) from None
     bad = [v for v in values if not isinstance(v, str)]
     if bad:
-        raise ConfigError(f"op_types must hold op type names (strings); got {bad!r}.",
-                          fix='pass e.g. op_types=["MatMul", "Gemm"]')
+        raise ConfigError(
+            f"op_types must hold op type names (strings); got {bad!r}.", fix='pass e.g. op_types=["MatMul", "Gemm"]'
+        )
     return name_contains.lower(), frozenset(v.lower() for v in values)
 
 
 def _recorded_types(graph: Any) -> dict[str, TensorInfo]:
     """Types the graph records: initializers, inputs, outputs and value_info (later entries win)."""
-    types = {t.name: TensorInfo(t.name, _dtype_name(t.data_type), [int(d) for d in t.dims])
-             for t in graph.initializer}
+    types = {t.name: TensorInfo(t.name, _dtype_name(t.data_type), [int(d) for d in t.dims]) for t in graph.initializer}
     for value in [*graph.input, *graph.value_info, *graph.output]:
         if value.type.WhichOneof("value") is not None:
             types[value.name] = _tensor_info(value)
@@ -640,28 +696,35 @@ def _inferred_types(proto: Any, notes: list[str]) -> tuple[dict[str, TensorInfo]
         return types, source
     opset = next((o.version for o in proto.opset_import if o.domain in ("", DEFAULT_DOMAIN)), 0)
     if opset < 7:
-        notes.append(f"{len(vague)} node outputs lack a full shape from onnx's inference; onnxruntime's symbolic "
-                     f"shape inference needs opset 7 or later (the model has {opset or 'none'}).")
+        notes.append(
+            f"{len(vague)} node outputs lack a full shape from onnx's inference; onnxruntime's symbolic "
+            f"shape inference needs opset 7 or later (the model has {opset or 'none'})."
+        )
         return types, source
     try:
         better, complete = partial_symbolic_shape_inference(proto)
     except MissingDependency:
-        notes.append(f"{len(vague)} node outputs lack a full shape from onnx's inference; onnxruntime (for "
-                     "symbolic shape inference) is not installed.")
+        notes.append(
+            f"{len(vague)} node outputs lack a full shape from onnx's inference; onnxruntime (for "
+            "symbolic shape inference) is not installed."
+        )
         return types, source
     except Exception as exc:  # symbolic inference raises plain Exceptions on graphs it cannot follow
-        notes.append(f"{len(vague)} node outputs lack a full shape from onnx's inference; onnxruntime's symbolic "
-                     f"shape inference failed too ({type(exc).__name__}: {exc}).")
+        notes.append(
+            f"{len(vague)} node outputs lack a full shape from onnx's inference; onnxruntime's symbolic "
+            f"shape inference failed too ({type(exc).__name__}: {exc})."
+        )
         return types, source
     for name, info in _recorded_types(better.graph).items():
-        if info.dtype != "undefined" and info.shape is not None and (
-                not _is_vague(info) or _is_vague(types.get(name))):
+        if info.dtype != "undefined" and info.shape is not None and (not _is_vague(info) or _is_vague(types.get(name))):
             types[name] = info
     still = sum(1 for name in outputs if _is_vague(types.get(name)))
-    notes.append(f"onnx's shape inference left {len(vague)} node outputs untyped or with unnamed dims; "
-                 "onnxruntime's symbolic shape inference filled them in"
-                 + ("" if complete else " as far as it could (it stopped at a node it cannot follow)")
-                 + (f"; {still} outputs still lack a full shape." if still else "."))
+    notes.append(
+        f"onnx's shape inference left {len(vague)} node outputs untyped or with unnamed dims; "
+        "onnxruntime's symbolic shape inference filled them in"
+        + ("" if complete else " as far as it could (it stopped at a node it cannot follow)")
+        + (f"; {still} outputs still lack a full shape." if still else ".")
+    )
     return types, "onnxruntime-symbolic"
 
 

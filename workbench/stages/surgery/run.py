@@ -18,12 +18,9 @@ from workbench.stages.fusion import _op_counts
 # onnxruntime.transformers' model types for encoder models this workbench targets; the optimizer knows more.
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Running in-memory models, checking edits, and the surgery plan runner
 # ----------------------------------------------------------------------------------------------------------
-
-
 
 
 @dataclass(frozen=True)
@@ -53,9 +50,15 @@ class GraphDiff:
         return {op: delta for op, delta in changes.items() if delta}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"nodes_before": self.nodes_before, "nodes_after": self.nodes_after, "op_changes": self.op_changes,
-                "size_mb_before": self.size_mb_before, "size_mb_after": self.size_mb_after,
-                "latency_ms_before": self.latency_ms_before, "latency_ms_after": self.latency_ms_after}
+        return {
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "op_changes": self.op_changes,
+            "size_mb_before": self.size_mb_before,
+            "size_mb_after": self.size_mb_after,
+            "latency_ms_before": self.latency_ms_before,
+            "latency_ms_after": self.latency_ms_after,
+        }
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,13 @@ class EditCheck:
         return self.max_abs_diff <= self.atol
 
     def to_dict(self) -> dict[str, Any]:
-        return {"compared": [list(pair) for pair in self.compared], "max_abs_diff": self.max_abs_diff,
-                "atol": self.atol, "enforced": self.enforced, "passed": self.passed}
+        return {
+            "compared": [list(pair) for pair in self.compared],
+            "max_abs_diff": self.max_abs_diff,
+            "atol": self.atol,
+            "enforced": self.enforced,
+            "passed": self.passed,
+        }
 
 
 @dataclass(frozen=True)
@@ -86,32 +94,41 @@ class EditReport:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"edit": self.edit.to_plan_entry(), "diff": self.diff.to_dict(),
-                "check": self.check.to_dict() if self.check else None, "seconds": self.seconds}
+        return {
+            "edit": self.edit.to_plan_entry(),
+            "diff": self.diff.to_dict(),
+            "check": self.check.to_dict() if self.check else None,
+            "seconds": self.seconds,
+        }
 
     def _repr_html_(self) -> str:
         return _reports_html([self])
 
 
 def _model_size_mb(model: Any) -> float:
-    return float(sum(np.prod(t.dims, dtype=np.int64) * _bytes_per_element(t.data_type)
-                     for t in model.graph.initializer)) / 1e6
+    return (
+        float(sum(np.prod(t.dims, dtype=np.int64) * _bytes_per_element(t.data_type) for t in model.graph.initializer))
+        / 1e6
+    )
 
 
 def _bytes_per_element(data_type: int) -> int:
     return {1: 4, 2: 1, 3: 1, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}.get(data_type, 4)
 
 
-def check_edit(before: Any, after: Any, edit: Any, feeds: list[dict[str, np.ndarray]], atol: float = 1e-4,
-               *, repeats: int = 0) -> tuple[EditCheck, float | None, float | None]:
+def check_edit(
+    before: Any, after: Any, edit: Any, feeds: list[dict[str, np.ndarray]], atol: float = 1e-4, *, repeats: int = 0
+) -> tuple[EditCheck, float | None, float | None]:
     """Run `before` and `after` on the same sample inputs and compare the tensors `edit` says must agree.
 
     Returns the check and, with `repeats`, the median latency of each model on the first feed dict (ms).
     """
     pairs = edit.compare_pairs(before, after)
     if not pairs:
-        raise WorkbenchError(f"{edit.describe()} leaves no output to compare with the input model.",
-                             fix="keep at least one output, or check this edit by hand")
+        raise WorkbenchError(
+            f"{edit.describe()} leaves no output to compare with the input model.",
+            fix="keep at least one output, or check this edit by hand",
+        )
     before_names = [b for b, _ in pairs]
     exposed = before
     if any(name not in {o.name for o in before.graph.output} for name in before_names):
@@ -126,15 +143,23 @@ def check_edit(before: Any, after: Any, edit: Any, feeds: list[dict[str, np.ndar
     for exp, act, feed in zip(expected, actual, reference_feeds):
         for b, a in pairs:
             if exp[b].shape != act[a].shape:
-                raise WorkbenchError(f"{edit.describe()}: output {a!r} has shape {act[a].shape}, "
-                                     f"but {b!r} had {exp[b].shape} before the edit.")
+                raise WorkbenchError(
+                    f"{edit.describe()}: output {a!r} has shape {act[a].shape}, "
+                    f"but {b!r} had {exp[b].shape} before the edit."
+                )
             worst = max(worst, max_abs_difference(exp[b], act[a], feed))
     enforced = edit.preserves_outputs and not getattr(edit, "lossy", False)
     return EditCheck(tuple(pairs), worst, atol, enforced), latency_before, latency_after
 
 
-def apply_edit(model: Any, edit: Any, *, check_feeds: list[dict[str, np.ndarray]] | None = None,
-               atol: float = 1e-4, latency_repeats: int = 0) -> tuple[Any, EditReport]:
+def apply_edit(
+    model: Any,
+    edit: Any,
+    *,
+    check_feeds: list[dict[str, np.ndarray]] | None = None,
+    atol: float = 1e-4,
+    latency_repeats: int = 0,
+) -> tuple[Any, EditReport]:
     """Apply one edit to an in-memory model and check it; returns (edited model, report).
 
     Raises:
@@ -145,8 +170,9 @@ def apply_edit(model: Any, edit: Any, *, check_feeds: list[dict[str, np.ndarray]
     edited = edit.apply(model)
     check = latency_before = latency_after = None
     if check_feeds:
-        check, latency_before, latency_after = check_edit(model, edited, edit, check_feeds, atol,
-                                                          repeats=latency_repeats)
+        check, latency_before, latency_after = check_edit(
+            model, edited, edit, check_feeds, atol, repeats=latency_repeats
+        )
         if check.enforced and not check.passed:
             raise WorkbenchError(
                 f"{edit.describe()} changed the model's outputs: max abs diff {check.max_abs_diff:.3e} > atol {atol:g} "
@@ -154,8 +180,14 @@ def apply_edit(model: Any, edit: Any, *, check_feeds: list[dict[str, np.ndarray]
                 expected="an edit that preserves what the model computes",
                 fix="inspect the edited graph; if the change is intended, raise atol for this step",
             )
-    diff = GraphDiff(_op_counts(model), _op_counts(edited), _model_size_mb(model), _model_size_mb(edited),
-                     latency_before, latency_after)
+    diff = GraphDiff(
+        _op_counts(model),
+        _op_counts(edited),
+        _model_size_mb(model),
+        _model_size_mb(edited),
+        latency_before,
+        latency_after,
+    )
     return edited, EditReport(edit, diff, check, time.perf_counter() - started)
 
 
@@ -168,8 +200,11 @@ class SurgeryResult:
     reports: tuple[EditReport, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "plan": json.loads(self.plan.to_json()),
-                "reports": [r.to_dict() for r in self.reports]}
+        return {
+            "path": str(self.path),
+            "plan": json.loads(self.plan.to_json()),
+            "reports": [r.to_dict() for r in self.reports],
+        }
 
     def _repr_html_(self) -> str:
         return f"<b>Surgery</b> -> <code>{self.path}</code>" + _reports_html(self.reports)
@@ -182,19 +217,33 @@ def _reports_html(reports: Any) -> str:
         if r.check is None:
             check = "not checked"
         else:
-            check = f"{'ok' if r.check.passed else ('FAIL' if r.check.enforced else 'differs (allowed)')} " \
-                    f"max abs {r.check.max_abs_diff:.2e}"
-        latency = ("" if r.diff.latency_ms_before is None
-                   else f"{r.diff.latency_ms_before:.2f} -> {r.diff.latency_ms_after:.2f} ms")
-        rows.append(f"<tr><td><code>{r.edit.describe()}</code></td><td>{r.diff.nodes_before} -> {r.diff.nodes_after}"
-                    f"</td><td>{changes}</td><td>{check}</td><td>{latency}</td></tr>")
-    return ("<table><tr><th>edit</th><th>nodes</th><th>ops</th><th>check</th><th>latency</th></tr>"
-            f"{''.join(rows)}</table>")
+            check = (
+                f"{'ok' if r.check.passed else ('FAIL' if r.check.enforced else 'differs (allowed)')} "
+                f"max abs {r.check.max_abs_diff:.2e}"
+            )
+        latency = (
+            ""
+            if r.diff.latency_ms_before is None
+            else f"{r.diff.latency_ms_before:.2f} -> {r.diff.latency_ms_after:.2f} ms"
+        )
+        rows.append(
+            f"<tr><td><code>{r.edit.describe()}</code></td><td>{r.diff.nodes_before} -> {r.diff.nodes_after}"
+            f"</td><td>{changes}</td><td>{check}</td><td>{latency}</td></tr>"
+        )
+    return (
+        f"<table><tr><th>edit</th><th>nodes</th><th>ops</th><th>check</th><th>latency</th></tr>{''.join(rows)}</table>"
+    )
 
 
-def run_surgery(model_path: str | os.PathLike[str], output_path: str | os.PathLike[str], plan: Any, *,
-                check_feeds: list[dict[str, np.ndarray]] | None = None, atol: float = 1e-4,
-                latency_repeats: int = 0) -> SurgeryResult:
+def run_surgery(
+    model_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    plan: Any,
+    *,
+    check_feeds: list[dict[str, np.ndarray]] | None = None,
+    atol: float = 1e-4,
+    latency_repeats: int = 0,
+) -> SurgeryResult:
     """Apply every edit of `plan` in order, checking each; write the result only if all of them succeed.
 
     Raises:
@@ -215,5 +264,3 @@ def run_surgery(model_path: str | os.PathLike[str], output_path: str | os.PathLi
         reports.append(report)
     save_onnx(model, output_path)
     return SurgeryResult(Path(output_path), plan, tuple(reports))
-
-

@@ -57,12 +57,16 @@ def surgery_summary(result: SurgeryResult) -> dict[str, Any]:
         "output": str(result.path),
         "plan": [edit.to_plan_entry() for edit in result.plan.edits],
         "edits": [
-            {"kind": r.edit.kind, "nodes_before": r.diff.nodes_before, "nodes_after": r.diff.nodes_after,
-             "op_changes": r.diff.op_changes,
-             "max_abs_diff": None if r.check is None else r.check.max_abs_diff,
-             "passed": None if r.check is None else r.check.passed,
-             "enforced": None if r.check is None else r.check.enforced,
-             "seconds": r.seconds}
+            {
+                "kind": r.edit.kind,
+                "nodes_before": r.diff.nodes_before,
+                "nodes_after": r.diff.nodes_after,
+                "op_changes": r.diff.op_changes,
+                "max_abs_diff": None if r.check is None else r.check.max_abs_diff,
+                "passed": None if r.check is None else r.check.passed,
+                "enforced": None if r.check is None else r.check.enforced,
+                "seconds": r.seconds,
+            }
             for r in reports
         ],
         "nodes_before": sum(counts_before.values()),

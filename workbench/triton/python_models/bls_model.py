@@ -80,8 +80,10 @@ class TritonPythonModel:
         if not os.path.isfile(path):
             raise pb_utils.TritonModelException(f"tokenizer file {path} is missing; export the model repository again")
         self.engine = parameters["engine_model"]
-        self.engine_inputs = {name: pb_utils.triton_string_to_numpy(data_type)
-                              for name, data_type in json.loads(parameters["engine_inputs"]).items()}
+        self.engine_inputs = {
+            name: pb_utils.triton_string_to_numpy(data_type)
+            for name, data_type in json.loads(parameters["engine_inputs"]).items()
+        }
         self.engine_outputs = list(json.loads(parameters["engine_outputs"]))
         self.postprocess = parameters.get("postprocess_model", "")
         self.postprocess_inputs = list(json.loads(parameters.get("postprocess_inputs", "[]")))
@@ -104,12 +106,22 @@ class TritonPythonModel:
         self.padding = parameters.get("padding", "buckets")
         self.max_length = int(parameters["sequence_length"])
         self.buckets = parse_buckets(parameters.get("buckets", ""))
-        self.pad = {"direction": parameters.get("padding_side", "right"), "pad_id": int(parameters["pad_id"]),
-                    "pad_type_id": int(parameters.get("pad_type_id", "0")), "pad_token": parameters["pad_token"]}
+        self.pad = {
+            "direction": parameters.get("padding_side", "right"),
+            "pad_id": int(parameters["pad_id"]),
+            "pad_type_id": int(parameters.get("pad_type_id", "0")),
+            "pad_token": parameters["pad_token"],
+        }
         self.tokenizer = load_tokenizer(
-            path, sequence_length=self.max_length, pad_id=parameters["pad_id"], pad_token=parameters["pad_token"],
-            pad_type_id=parameters.get("pad_type_id", "0"), padding_side=self.pad["direction"],
-            truncation_side=parameters.get("truncation_side", "right"), padding="none")
+            path,
+            sequence_length=self.max_length,
+            pad_id=parameters["pad_id"],
+            pad_token=parameters["pad_token"],
+            pad_type_id=parameters.get("pad_type_id", "0"),
+            padding_side=self.pad["direction"],
+            truncation_side=parameters.get("truncation_side", "right"),
+            padding="none",
+        )
         # BLS calls do not make Triton load the models they call: under explicit model control, load them here.
         for name in (self.engine, self.postprocess):
             if name and not pb_utils.is_model_ready(name):
@@ -123,8 +135,10 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         request = pb_utils.InferenceRequest(
-            model_name=model, inputs=[pb_utils.Tensor(n, np.ascontiguousarray(a)) for n, a in tensors.items()],
-            requested_output_names=list(outputs))
+            model_name=model,
+            inputs=[pb_utils.Tensor(n, np.ascontiguousarray(a)) for n, a in tensors.items()],
+            requested_output_names=list(outputs),
+        )
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{model}: {response.error().message()}")
@@ -156,13 +170,15 @@ class TritonPythonModel:
                 encoded = None
                 for index, _row in owners:
                     errors[index] = f"tokenizing failed: {type(exc).__name__}: {exc}"
-            groups = {} if encoded is None else group_rows([len(e.ids) for e in encoded], self.padding,
-                                                           self.max_length, self.buckets)
+            groups = (
+                {}
+                if encoded is None
+                else group_rows([len(e.ids) for e in encoded], self.padding, self.max_length, self.buckets)
+            )
             for length, members in groups.items():
                 try:
                     arrays = stack([encoded[i] for i in members], self.dtypes, length, self.pad)
-                    outputs = self._call(self.engine, {n: arrays[n] for n in self.engine_inputs},
-                                         self.engine_outputs)
+                    outputs = self._call(self.engine, {n: arrays[n] for n in self.engine_inputs}, self.engine_outputs)
                     if self.postprocess or self.inline is not None:
                         feeds = {n: outputs[n] if n in outputs else arrays[n] for n in self.postprocess_inputs}
                         if self.inline is not None:
@@ -183,10 +199,12 @@ class TritonPythonModel:
             if errors[index] is None and not mine:
                 errors[index] = f"the request has no texts in {TEXT_INPUT!r}"
             if errors[index] is not None:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[],
-                                                            error=pb_utils.TritonError(errors[index])))
+                responses.append(
+                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(errors[index]))
+                )
                 continue
-            tensors = [pb_utils.Tensor(n, np.ascontiguousarray(np.stack([r[n] for r in mine])))
-                       for n in self.output_names]
+            tensors = [
+                pb_utils.Tensor(n, np.ascontiguousarray(np.stack([r[n] for r in mine]))) for n in self.output_names
+            ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses

@@ -36,8 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 INPUT_TEXT = "TEXT"
-OPTIONAL_INPUTS = {"MAX_NEW_TOKENS": "max_new_tokens", "DO_SAMPLE": "do_sample", "TEMPERATURE": "temperature",
-                   "TOP_K": "top_k", "TOP_P": "top_p", "SEED": "seed"}
+OPTIONAL_INPUTS = {
+    "MAX_NEW_TOKENS": "max_new_tokens",
+    "DO_SAMPLE": "do_sample",
+    "TEMPERATURE": "temperature",
+    "TOP_K": "top_k",
+    "TOP_P": "top_p",
+    "SEED": "seed",
+}
 OUTPUT_TEXT, OUTPUT_TOKEN, OUTPUT_REASON = "TEXT_OUTPUT", "TOKEN_ID", "FINISH_REASON"
 
 
@@ -76,9 +82,13 @@ def read_request(values, *, decoding, spec, encode, default_max_new_tokens, max_
         raise RequestError(f"MAX_NEW_TOKENS: {problem}")
     if max_new_tokens > max_new_tokens_limit:
         raise RequestError(f"MAX_NEW_TOKENS is {max_new_tokens}, above this model's limit of {max_new_tokens_limit}")
-    sampling = decoding.Sampling(do_sample=bool(values.get("do_sample", False)),
-                                 temperature=float(values.get("temperature", 1.0)), top_k=int(values.get("top_k", 0)),
-                                 top_p=float(values.get("top_p", 1.0)), seed=int(values.get("seed", 0)))
+    sampling = decoding.Sampling(
+        do_sample=bool(values.get("do_sample", False)),
+        temperature=float(values.get("temperature", 1.0)),
+        top_k=int(values.get("top_k", 0)),
+        top_p=float(values.get("top_p", 1.0)),
+        seed=int(values.get("seed", 0)),
+    )
     problems = sampling.problems()
     if problems:
         raise RequestError("; ".join(problems))
@@ -97,8 +107,9 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
-            raise pb_utils.TritonModelException("the generation model streams: its config needs "
-                                                "model_transaction_policy { decoupled: true }")
+            raise pb_utils.TritonModelException(
+                "the generation model streams: its config needs model_transaction_policy { decoupled: true }"
+            )
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = os.path.join(args["model_repository"], args["model_version"])
         self.decoding = load_decoding(folder)
@@ -119,8 +130,9 @@ class TritonPythonModel:
         self.tokenizer = Tokenizer.from_file(os.path.join(folder, parameters.get("tokenizer_file", "tokenizer.json")))
         self.default_max_new_tokens = int(parameters.get("max_new_tokens_default", "64"))
         self.max_new_tokens_limit = int(parameters.get("max_new_tokens_limit", "512"))
-        self.executor = ThreadPoolExecutor(max_workers=int(parameters.get("workers", "4")),
-                                           thread_name_prefix="generation")
+        self.executor = ThreadPoolExecutor(
+            max_workers=int(parameters.get("workers", "4")), thread_name_prefix="generation"
+        )
         self.pb_utils = pb_utils
         self.active = 0
         self.lock = threading.Lock()
@@ -154,8 +166,10 @@ class TritonPythonModel:
 
     def _error(self, sender, message):
         error = self.pb_utils.TritonError(message)
-        sender.send(self.pb_utils.InferenceResponse(output_tensors=[], error=error),
-                    flags=self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        sender.send(
+            self.pb_utils.InferenceResponse(output_tensors=[], error=error),
+            flags=self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+        )
 
     def execute(self, requests):
         # each request is checked and answered on its own: one bad request never fails the others
@@ -163,9 +177,13 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 prompt, max_new_tokens, sampling = read_request(
-                    self._values(request), decoding=self.decoding, spec=self.spec, encode=self.encode,
+                    self._values(request),
+                    decoding=self.decoding,
+                    spec=self.spec,
+                    encode=self.encode,
                     default_max_new_tokens=self.default_max_new_tokens,
-                    max_new_tokens_limit=self.max_new_tokens_limit)
+                    max_new_tokens_limit=self.max_new_tokens_limit,
+                )
             except (RequestError, UnicodeDecodeError, ValueError, TypeError) as exc:
                 self._error(sender, f"invalid generation request: {exc}")
                 continue
@@ -181,11 +199,17 @@ class TritonPythonModel:
             for emitted in self.decoding.run(state, self.forward):
                 token, reason = emitted[0], state.finish_reasons[0]
                 text = pieces.push(token) + (pieces.flush() if reason is not None else "")
-                sender.send(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor(OUTPUT_TEXT, np.array([text.encode("utf-8")], dtype=np.object_)),
-                    pb_utils.Tensor(OUTPUT_TOKEN, np.array([token], dtype=np.int64)),
-                    pb_utils.Tensor(OUTPUT_REASON, np.array([(reason or "").encode("utf-8")], dtype=np.object_)),
-                ]))
+                sender.send(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[
+                            pb_utils.Tensor(OUTPUT_TEXT, np.array([text.encode("utf-8")], dtype=np.object_)),
+                            pb_utils.Tensor(OUTPUT_TOKEN, np.array([token], dtype=np.int64)),
+                            pb_utils.Tensor(
+                                OUTPUT_REASON, np.array([(reason or "").encode("utf-8")], dtype=np.object_)
+                            ),
+                        ]
+                    )
+                )
                 if reason is None and request.is_cancelled():
                     break
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

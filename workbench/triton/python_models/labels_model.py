@@ -48,13 +48,21 @@ class TritonPythonModel:
                 logits = tensor.as_numpy()
                 logits = logits.reshape(len(logits), -1)
                 if logits.shape[-1] != len(self.labels):
-                    raise ValueError(f"{self.logits_name} has {logits.shape[-1]} classes, the config names "
-                                     f"{len(self.labels)} labels")
+                    raise ValueError(
+                        f"{self.logits_name} has {logits.shape[-1]} classes, the config names {len(self.labels)} labels"
+                    )
                 probs = probabilities(logits, self.problem_type)
-                names = np.array([[self.labels[i].encode("utf-8")] for i in np.argmax(logits, axis=-1)],
-                                 dtype=np.object_)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("LABEL", names), pb_utils.Tensor("PROBABILITIES", probs.astype(np.float32))]))
+                names = np.array(
+                    [[self.labels[i].encode("utf-8")] for i in np.argmax(logits, axis=-1)], dtype=np.object_
+                )
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[
+                            pb_utils.Tensor("LABEL", names),
+                            pb_utils.Tensor("PROBABILITIES", probs.astype(np.float32)),
+                        ]
+                    )
+                )
             except Exception as exc:  # noqa: BLE001 (one bad request fails alone)
                 text = " ".join(str(exc).split()).encode("ascii", errors="backslashreplace").decode("ascii")[:300]
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(text)))

@@ -46,8 +46,10 @@ def check_io(config, session):
     graph_inputs = {i.name: i for i in session.get_inputs()}
     graph_outputs = {o.name: o for o in session.get_outputs()}
     problems = []
-    for kind, configured, graph in (("input", config.get("input", []), graph_inputs),
-                                    ("output", config.get("output", []), graph_outputs)):
+    for kind, configured, graph in (
+        ("input", config.get("input", []), graph_inputs),
+        ("output", config.get("output", []), graph_outputs),
+    ):
         for tensor in configured:
             name = tensor["name"]
             if name not in graph:
@@ -55,8 +57,9 @@ def check_io(config, session):
                 continue
             expected = TRITON_TO_ORT.get(tensor["data_type"])
             if expected != graph[name].type:
-                problems.append(f"config {kind} {name!r} has data_type {tensor['data_type']} but the graph has "
-                                f"{graph[name].type}")
+                problems.append(
+                    f"config {kind} {name!r} has data_type {tensor['data_type']} but the graph has {graph[name].type}"
+                )
     configured_inputs = {t["name"] for t in config.get("input", [])}
     missing = sorted(set(graph_inputs) - configured_inputs)
     if missing:
@@ -96,8 +99,13 @@ class TritonPythonModel:
         try:
             return self._execute(pb_utils, requests)
         except Exception as exc:  # noqa: BLE001 (never take the server down)
-            return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                _error_text(f"onnxruntime backend failed: {type(exc).__name__}: {exc}"))) for _ in requests]
+            return [
+                pb_utils.InferenceResponse(
+                    output_tensors=[],
+                    error=pb_utils.TritonError(_error_text(f"onnxruntime backend failed: {type(exc).__name__}: {exc}")),
+                )
+                for _ in requests
+            ]
 
     def _feed(self, pb_utils, request):
         feed = {}
@@ -121,7 +129,9 @@ class TritonPythonModel:
         first = feeds[good[0]] if good else None
         same_shape = self.batched and all(
             feeds[i][name].shape[1:] == first[name].shape[1:] and feeds[i][name].dtype == first[name].dtype
-            for i in good for name in self.input_names)
+            for i in good
+            for name in self.input_names
+        )
         joined_ok = False
         if len(good) > 1 and same_shape:  # one onnxruntime call for the whole dynamic batch
             try:
@@ -130,7 +140,7 @@ class TritonPythonModel:
                 start = 0
                 for i in good:
                     size = feeds[i][self.input_names[0]].shape[0]
-                    results[i] = {n: v[start:start + size] for n, v in outputs.items()}
+                    results[i] = {n: v[start : start + size] for n, v in outputs.items()}
                     start += size
                 joined_ok = True
             except Exception:  # noqa: BLE001 (find the request, one at a time)
@@ -146,12 +156,15 @@ class TritonPythonModel:
             if isinstance(result, str):  # a TritonError of its own for every error response
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(result)))
             else:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in result.items()]))
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in result.items()]
+                    )
+                )
         return responses
 
 
 def _error_text(what, limit=300):
     """An error message that is safe to send: ASCII, one line, at most `limit` characters."""
     text = " ".join(str(what).split()).encode("ascii", errors="backslashreplace").decode("ascii")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

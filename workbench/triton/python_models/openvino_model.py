@@ -41,8 +41,10 @@ PARAMETERS = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT")
 
 def check_io(config, model):
     """Problems between a Triton model config (as JSON) and an openvino Model's ports, as readable lines."""
-    ports = {"input": {p.get_any_name(): p for p in model.inputs},
-             "output": {p.get_any_name(): p for p in model.outputs}}
+    ports = {
+        "input": {p.get_any_name(): p for p in model.inputs},
+        "output": {p.get_any_name(): p for p in model.outputs},
+    }
     problems = []
     for kind in ("input", "output"):
         for tensor in config.get(kind, []):
@@ -53,8 +55,9 @@ def check_io(config, model):
                 continue
             element = port.get_element_type().get_type_name()
             if TRITON_TO_OPENVINO.get(tensor["data_type"]) != element:
-                problems.append(f"config {kind} {name!r} has data_type {tensor['data_type']} but the model has "
-                                f"{element}")
+                problems.append(
+                    f"config {kind} {name!r} has data_type {tensor['data_type']} but the model has {element}"
+                )
     missing = sorted(set(ports["input"]) - {t["name"] for t in config.get("input", [])})
     if missing:
         problems.append(f"model inputs {missing} are not in the config")
@@ -95,8 +98,10 @@ class TritonPythonModel:
             try:
                 results = self.request.infer(feeds)
                 # the request's output buffers are reused by the next inference: copy before answering
-                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(np.array(results[port], copy=True)))
-                           for name, port in self.outputs]
+                tensors = [
+                    pb_utils.Tensor(name, np.ascontiguousarray(np.array(results[port], copy=True)))
+                    for name, port in self.outputs
+                ]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             except Exception as exc:  # noqa: BLE001 - any failure becomes this request's error response
                 error = pb_utils.TritonError(f"openvino failed: {type(exc).__name__}: {exc}")

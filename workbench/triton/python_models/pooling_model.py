@@ -53,7 +53,8 @@ class TritonPythonModel:
         names = [i["name"] for i in config["input"]]
         if MASK_INPUT not in names or len(names) != 2:
             raise pb_utils.TritonModelException(
-                f"the pooling model needs two inputs, the token embeddings and {MASK_INPUT!r}; its config has {names}")
+                f"the pooling model needs two inputs, the token embeddings and {MASK_INPUT!r}; its config has {names}"
+            )
         self.hidden_name = next(n for n in names if n != MASK_INPUT)
         output = config["output"][0]
         self.output_name = output["name"]
@@ -68,14 +69,18 @@ class TritonPythonModel:
                 hidden = _input(pb_utils, request, self.hidden_name)
                 mask = _input(pb_utils, request, MASK_INPUT)
                 if hidden.ndim != 3 or mask.ndim != 2 or hidden.shape[:2] != mask.shape:
-                    raise ValueError(f"{self.hidden_name} has shape {list(hidden.shape)} but {MASK_INPUT} has "
-                                     f"{list(mask.shape)}; expected [batch, sequence, hidden] and [batch, sequence]")
+                    raise ValueError(
+                        f"{self.hidden_name} has shape {list(hidden.shape)} but {MASK_INPUT} has "
+                        f"{list(mask.shape)}; expected [batch, sequence, hidden] and [batch, sequence]"
+                    )
                 pooled = mean_pool(hidden, mask, self.normalize).astype(self.output_dtype)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name,
-                                                                                             pooled)]))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, pooled)]))
             except Exception as exc:  # noqa: BLE001 (one bad request fails alone)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                    _error_text(f"pooling failed: {exc}"))))
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[], error=pb_utils.TritonError(_error_text(f"pooling failed: {exc}"))
+                    )
+                )
         return responses
 
 
@@ -89,4 +94,4 @@ def _input(pb_utils, request, name):
 def _error_text(what, limit=300):
     """An error message that is safe to send: ASCII, one line, at most `limit` characters."""
     text = " ".join(str(what).split()).encode("ascii", errors="backslashreplace").decode("ascii")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

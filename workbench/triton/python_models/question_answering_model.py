@@ -39,18 +39,25 @@ def load_tokenizer(path, *, sequence_length, stride, padding_side="right", trunc
 
     tokenizer = Tokenizer.from_file(str(path))
     question_first = padding_side == "right"
-    tokenizer.enable_truncation(max_length=int(sequence_length), stride=int(stride),
-                                strategy="only_second" if question_first else "only_first",
-                                direction=truncation_side)
+    tokenizer.enable_truncation(
+        max_length=int(sequence_length),
+        stride=int(stride),
+        strategy="only_second" if question_first else "only_first",
+        direction=truncation_side,
+    )
     tokenizer.no_padding()
     return tokenizer
 
 
 def tokenizer_from(path, parameters):
     """`load_tokenizer` with the settings of the config's string parameters."""
-    return load_tokenizer(path, sequence_length=parameters["sequence_length"], stride=parameters["stride"],
-                          padding_side=parameters.get("padding_side", "right"),
-                          truncation_side=parameters.get("truncation_side", "right"))
+    return load_tokenizer(
+        path,
+        sequence_length=parameters["sequence_length"],
+        stride=parameters["stride"],
+        padding_side=parameters.get("padding_side", "right"),
+        truncation_side=parameters.get("truncation_side", "right"),
+    )
 
 
 def windows_of(tokenizer, question, context, padding_side="right"):
@@ -106,8 +113,9 @@ def _word_chars(encoding, token, sequence):
     word = encoding.word_ids[token]
     if word is None:
         raise IndexError("the token belongs to no word")
-    tokens = [i for i, (w, s) in enumerate(zip(encoding.word_ids, encoding.sequence_ids))
-              if w == word and s == sequence]
+    tokens = [
+        i for i, (w, s) in enumerate(zip(encoding.word_ids, encoding.sequence_ids)) if w == word and s == sequence
+    ]
     if not tokens:
         raise IndexError("the word is not in that sequence")
     return encoding.offsets[tokens[0]][0], encoding.offsets[tokens[-1]][1]
@@ -120,8 +128,9 @@ def best_answer(context, windows, logits, *, question_first=True, cls_token_id=N
     sequence = 1 if question_first else 0
     for encoding, (start_logits, end_logits) in zip(windows, logits):
         p_mask = _p_mask(encoding, question_first, cls_token_id)[None]
-        starts, ends, scores = _best_spans(np.asarray(start_logits)[None], np.asarray(end_logits)[None], p_mask,
-                                           12, max_answer_len)
+        starts, ends, scores = _best_spans(
+            np.asarray(start_logits)[None], np.asarray(end_logits)[None], p_mask, 12, max_answer_len
+        )
         for s, e, score in zip(starts, ends, scores):
             s, e = int(s), int(e)
             try:
@@ -161,8 +170,11 @@ def run(tokenizer, rows, infer, parameters):
     padding_side = parameters.get("padding_side", "right")
     question_first = padding_side == "right"
     cls_token_id = int(parameters["cls_token_id"]) if parameters.get("cls_token_id", "") != "" else None
-    pad = {"input_ids": int(parameters["pad_id"]), "attention_mask": 0,
-           "token_type_ids": int(parameters.get("pad_type_id", "0"))}
+    pad = {
+        "input_ids": int(parameters["pad_id"]),
+        "attention_mask": 0,
+        "token_type_ids": int(parameters.get("pad_type_id", "0")),
+    }
     names = [name for name, _ in json.loads(parameters["engine_inputs"])]
     step = int(parameters.get("engine_max_batch", 8))
     pairs = [(_text(q), _text(c)) for q, c in rows]
@@ -170,20 +182,28 @@ def run(tokenizer, rows, infer, parameters):
     flat = [(i, w) for i, ws in enumerate(windows) for w in ws]
     logits = {i: [] for i in range(len(pairs))}
     for first in range(0, len(flat), step):
-        chunk = flat[first:first + step]
+        chunk = flat[first : first + step]
         feeds = {n: np.full((len(chunk), length), pad[n], dtype=np.int64) for n in names}
         for r, (_, w) in enumerate(chunk):
             at = length - len(w.ids) if not question_first else 0
             for n in names:
-                feeds[n][r, at:at + len(w.ids)] = getattr(w, ENCODING_FIELDS[n])
+                feeds[n][r, at : at + len(w.ids)] = getattr(w, ENCODING_FIELDS[n])
         out = infer(feeds)
         start, end = np.asarray(out[START_LOGITS]), np.asarray(out[END_LOGITS])
         for r, (i, w) in enumerate(chunk):
             at = length - len(w.ids) if not question_first else 0
-            logits[i].append((start[r, at:at + len(w.ids)], end[r, at:at + len(w.ids)]))
-    return [best_answer(c, windows[i], logits[i], question_first=question_first, cls_token_id=cls_token_id,
-                        max_answer_len=int(parameters.get("max_answer_len", "15")))
-            for i, (_, c) in enumerate(pairs)]
+            logits[i].append((start[r, at : at + len(w.ids)], end[r, at : at + len(w.ids)]))
+    return [
+        best_answer(
+            c,
+            windows[i],
+            logits[i],
+            question_first=question_first,
+            cls_token_id=cls_token_id,
+            max_answer_len=int(parameters.get("max_answer_len", "15")),
+        )
+        for i, (_, c) in enumerate(pairs)
+    ]
 
 
 class TritonPythonModel:
@@ -198,24 +218,28 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"tokenizer file {path} is missing; export the model repository again")
         self.tokenizer = tokenizer_from(path, p)
         self.engine_model = p["engine_model"]
-        self.engine_inputs = [(name, pb_utils.triton_string_to_numpy(dtype))
-                              for name, dtype in json.loads(p["engine_inputs"])]
+        self.engine_inputs = [
+            (name, pb_utils.triton_string_to_numpy(dtype)) for name, dtype in json.loads(p["engine_inputs"])
+        ]
 
     def _infer(self, feeds):
         import triton_python_backend_utils as pb_utils
 
-        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(feeds[name].astype(dtype)))
-                  for name, dtype in self.engine_inputs]
+        inputs = [
+            pb_utils.Tensor(name, np.ascontiguousarray(feeds[name].astype(dtype))) for name, dtype in self.engine_inputs
+        ]
         options = {}
         if hasattr(pb_utils, "PreferredMemory"):  # engine outputs on the host, even from a GPU model
             options["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
-        request = pb_utils.InferenceRequest(model_name=self.engine_model, inputs=inputs,
-                                            requested_output_names=[START_LOGITS, END_LOGITS], **options)
+        request = pb_utils.InferenceRequest(
+            model_name=self.engine_model, inputs=inputs, requested_output_names=[START_LOGITS, END_LOGITS], **options
+        )
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"engine model {self.engine_model!r} failed: {response.error().message()}")
-        return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy()
-                for name in (START_LOGITS, END_LOGITS)}
+        return {
+            name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in (START_LOGITS, END_LOGITS)
+        }
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
@@ -229,8 +253,9 @@ class TritonPythonModel:
                     raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
                 found = run(self.tokenizer, list(zip(questions, contexts)), self._infer, self.parameters)
                 tensors = [
-                    pb_utils.Tensor("ANSWER", np.array([[a["answer"].encode("utf-8")] for a in found],
-                                                       dtype=np.object_)),
+                    pb_utils.Tensor(
+                        "ANSWER", np.array([[a["answer"].encode("utf-8")] for a in found], dtype=np.object_)
+                    ),
                     pb_utils.Tensor("SCORE", np.array([[a["score"]] for a in found], dtype=np.float64)),
                     pb_utils.Tensor("START", np.array([[a["start"]] for a in found], dtype=np.int64)),
                     pb_utils.Tensor("END", np.array([[a["end"]] for a in found], dtype=np.int64)),

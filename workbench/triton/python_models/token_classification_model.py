@@ -33,24 +33,35 @@ STRATEGIES = ("none", "simple", "first", "average", "max")
 ENCODING_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 
 
-def load_tokenizer(path, *, sequence_length, pad_id, pad_token, pad_type_id=0, padding_side="right",
-                   truncation_side="right"):
+def load_tokenizer(
+    path, *, sequence_length, pad_id, pad_token, pad_type_id=0, padding_side="right", truncation_side="right"
+):
     """A `tokenizers.Tokenizer` that truncates and pads every text to `sequence_length`, as the workbench does."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.enable_truncation(max_length=int(sequence_length), direction=truncation_side)
-    tokenizer.enable_padding(direction=padding_side, length=int(sequence_length), pad_id=int(pad_id),
-                             pad_type_id=int(pad_type_id), pad_token=pad_token)
+    tokenizer.enable_padding(
+        direction=padding_side,
+        length=int(sequence_length),
+        pad_id=int(pad_id),
+        pad_type_id=int(pad_type_id),
+        pad_token=pad_token,
+    )
     return tokenizer
 
 
 def tokenizer_from(path, parameters):
     """`load_tokenizer` with the settings of the config's string parameters."""
-    return load_tokenizer(path, sequence_length=parameters["sequence_length"], pad_id=parameters["pad_id"],
-                          pad_token=parameters["pad_token"], pad_type_id=parameters.get("pad_type_id", "0"),
-                          padding_side=parameters.get("padding_side", "right"),
-                          truncation_side=parameters.get("truncation_side", "right"))
+    return load_tokenizer(
+        path,
+        sequence_length=parameters["sequence_length"],
+        pad_id=parameters["pad_id"],
+        pad_token=parameters["pad_token"],
+        pad_type_id=parameters.get("pad_type_id", "0"),
+        padding_side=parameters.get("padding_side", "right"),
+        truncation_side=parameters.get("truncation_side", "right"),
+    )
 
 
 def _softmax(logits):
@@ -81,7 +92,7 @@ def pieces_of(tokenizer, text, encoding):
         if word_aware:
             is_subword = len(word) != len(word_ref)
         else:
-            is_subword = start > 0 and " " not in text[start - 1:start + 1]
+            is_subword = start > 0 and " " not in text[start - 1 : start + 1]
         if unk_id is not None and int(token_id) == unk_id:
             word, is_subword = word_ref, False
         pieces.append((index, word, int(start), int(end), is_subword))
@@ -98,10 +109,16 @@ def _tag(label):
 
 def _group(tokenizer, items):
     """Adjacent (label, score, word, start, end) items with the same tag merge unless the next is a B-."""
+
     def close(run):
         score = np.mean(np.nanmean([r[1] for r in run]))
-        return {"entity_group": run[0][0].split("-", 1)[-1], "score": float(score),
-                "word": _join(tokenizer, [r[2] for r in run]), "start": run[0][3], "end": run[-1][4]}
+        return {
+            "entity_group": run[0][0].split("-", 1)[-1],
+            "score": float(score),
+            "word": _join(tokenizer, [r[2] for r in run]),
+            "start": run[0][3],
+            "end": run[-1][4],
+        }
 
     groups, run = [], []
     for item in items:
@@ -140,8 +157,10 @@ def entities(tokenizer, text, encoding, logits, labels, strategy="simple", ignor
             idx = scores[index].argmax()
             items.append((labels[int(idx)], scores[index][idx], word, start, end, index))
         if strategy == "none":
-            found = [{"entity": label, "score": float(score), "index": index, "word": word, "start": start,
-                      "end": end} for label, score, word, start, end, index in items]
+            found = [
+                {"entity": label, "score": float(score), "index": index, "word": word, "start": start, "end": end}
+                for label, score, word, start, end, index in items
+            ]
         else:
             found = _group(tokenizer, [item[:5] for item in items])
     else:
@@ -174,8 +193,12 @@ def texts_of(values):
 def encode(tokenizer, texts, input_names):
     """Texts -> (encodings, feeds: input name -> int64 [len(texts), sequence_length])."""
     encodings = tokenizer.encode_batch(list(texts), add_special_tokens=True)
-    feeds = {name: np.array([getattr(e, ENCODING_FIELDS[name]) for e in encodings], dtype=np.int64)
-             .reshape(len(encodings), -1) for name in input_names}
+    feeds = {
+        name: np.array([getattr(e, ENCODING_FIELDS[name]) for e in encodings], dtype=np.int64).reshape(
+            len(encodings), -1
+        )
+        for name in input_names
+    }
     return encodings, feeds
 
 
@@ -197,7 +220,7 @@ def run(tokenizer, rows, infer, parameters):
     texts = list(rows)
     found = []
     for first in range(0, len(texts), step):
-        chunk = texts[first:first + step]
+        chunk = texts[first : first + step]
         encodings, feeds = encode(tokenizer, chunk, names)
         logits = np.asarray(infer(feeds)[LOGITS])
         for row, text in enumerate(chunk):
@@ -216,23 +239,27 @@ class TritonPythonModel:
         if not os.path.isfile(path):
             raise pb_utils.TritonModelException(f"tokenizer file {path} is missing; export the model repository again")
         if p.get("aggregation_strategy", "simple") not in STRATEGIES:
-            raise pb_utils.TritonModelException(f"aggregation_strategy {p['aggregation_strategy']!r} is not one of "
-                                                f"{list(STRATEGIES)}")
+            raise pb_utils.TritonModelException(
+                f"aggregation_strategy {p['aggregation_strategy']!r} is not one of {list(STRATEGIES)}"
+            )
         self.tokenizer = tokenizer_from(path, p)
         self.engine_model = p["engine_model"]
-        self.engine_inputs = [(name, pb_utils.triton_string_to_numpy(dtype))
-                              for name, dtype in json.loads(p["engine_inputs"])]
+        self.engine_inputs = [
+            (name, pb_utils.triton_string_to_numpy(dtype)) for name, dtype in json.loads(p["engine_inputs"])
+        ]
 
     def _infer(self, feeds):
         import triton_python_backend_utils as pb_utils
 
-        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(feeds[name].astype(dtype)))
-                  for name, dtype in self.engine_inputs]
+        inputs = [
+            pb_utils.Tensor(name, np.ascontiguousarray(feeds[name].astype(dtype))) for name, dtype in self.engine_inputs
+        ]
         options = {}
         if hasattr(pb_utils, "PreferredMemory"):  # engine outputs on the host, even from a GPU model
             options["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
-        request = pb_utils.InferenceRequest(model_name=self.engine_model, requested_output_names=[LOGITS],
-                                            inputs=inputs, **options)
+        request = pb_utils.InferenceRequest(
+            model_name=self.engine_model, requested_output_names=[LOGITS], inputs=inputs, **options
+        )
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"engine model {self.engine_model!r} failed: {response.error().message()}")

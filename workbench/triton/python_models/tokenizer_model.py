@@ -58,12 +58,21 @@ def padded_length(tokens, mode, max_length, buckets=()):
 
 
 def parse_buckets(text):
-    """"16,32,64,128" -> (16, 32, 64, 128)."""
+    """ "16,32,64,128" -> (16, 32, 64, 128)."""
     return tuple(int(b) for b in str(text).split(",") if b.strip())
 
 
-def load_tokenizer(path, *, sequence_length, pad_id, pad_token, pad_type_id=0, padding_side="right",
-                   truncation_side="right", padding="fixed"):
+def load_tokenizer(
+    path,
+    *,
+    sequence_length,
+    pad_id,
+    pad_token,
+    pad_type_id=0,
+    padding_side="right",
+    truncation_side="right",
+    padding="fixed",
+):
     """A `tokenizers.Tokenizer` from tokenizer.json that truncates every text to `sequence_length` and, with
     padding "fixed", pads it to `sequence_length` (other modes pad per group: `encode(..., length=)`)."""
     from tokenizers import Tokenizer
@@ -72,8 +81,13 @@ def load_tokenizer(path, *, sequence_length, pad_id, pad_token, pad_type_id=0, p
     tokenizer.enable_truncation(max_length=int(sequence_length), direction=truncation_side)
     tokenizer.no_padding()
     if padding == "fixed":
-        tokenizer.enable_padding(direction=padding_side, length=int(sequence_length), pad_id=int(pad_id),
-                                 pad_type_id=int(pad_type_id), pad_token=pad_token)
+        tokenizer.enable_padding(
+            direction=padding_side,
+            length=int(sequence_length),
+            pad_id=int(pad_id),
+            pad_type_id=int(pad_type_id),
+            pad_token=pad_token,
+        )
     return tokenizer
 
 
@@ -89,8 +103,10 @@ def stack(group, dtypes, length=None, pad=None):
     if length is not None:
         for encoding in group:
             encoding.pad(int(length), **(pad or {}))
-    return {name: np.array([getattr(e, ENCODING_FIELDS[name]) for e in group], dtype=dtype).reshape(len(group), -1)
-            for name, dtype in dtypes.items()}
+    return {
+        name: np.array([getattr(e, ENCODING_FIELDS[name]) for e in group], dtype=dtype).reshape(len(group), -1)
+        for name, dtype in dtypes.items()
+    }
 
 
 def encode(tokenizer, texts, dtypes, *, length=None, pad=None):
@@ -113,19 +129,23 @@ def decode_text(value, index, max_text_bytes):
     if not isinstance(value, (bytes, bytearray, np.bytes_)):
         raise TypeError(f"text {index} is a {type(value).__name__}, not a string (send TYPE_STRING / BYTES)")
     if len(value) > max_text_bytes:
-        raise ValueError(f"text {index} is {len(value)} bytes long; at most {max_text_bytes} bytes are accepted "
-                         "(texts are truncated to the model's sequence length anyway: send less)")
+        raise ValueError(
+            f"text {index} is {len(value)} bytes long; at most {max_text_bytes} bytes are accepted "
+            "(texts are truncated to the model's sequence length anyway: send less)"
+        )
     try:
         return bytes(value).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"text {index} is not UTF-8: byte {exc.start} (0x{value[exc.start]:02x}) cannot be "
-                         "decoded; encode texts as UTF-8") from None
+        raise ValueError(
+            f"text {index} is not UTF-8: byte {exc.start} (0x{value[exc.start]:02x}) cannot be "
+            "decoded; encode texts as UTF-8"
+        ) from None
 
 
 def error_text(what):
     """An error message that is safe to send: ASCII, one line, at most _ERROR_CHARS characters."""
     text = " ".join(str(what).split()).encode("ascii", errors="backslashreplace").decode("ascii")
-    return text if len(text) <= _ERROR_CHARS else text[:_ERROR_CHARS - 3] + "..."
+    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "..."
 
 
 class TritonPythonModel:
@@ -140,14 +160,17 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"tokenizer file {path} is missing; export the model repository again")
         unknown = [o["name"] for o in config["output"] if o["name"] not in ENCODING_FIELDS]
         if unknown:
-            raise pb_utils.TritonModelException(
-                f"tokenizer outputs {unknown} are not among {sorted(ENCODING_FIELDS)}")
+            raise pb_utils.TritonModelException(f"tokenizer outputs {unknown} are not among {sorted(ENCODING_FIELDS)}")
         self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
         self.padding = parameters.get("padding", "fixed")
         self.max_length = int(parameters["sequence_length"])
         self.buckets = parse_buckets(parameters.get("buckets", ""))
-        self.pad = {"direction": parameters.get("padding_side", "right"), "pad_id": int(parameters["pad_id"]),
-                    "pad_type_id": int(parameters.get("pad_type_id", "0")), "pad_token": parameters["pad_token"]}
+        self.pad = {
+            "direction": parameters.get("padding_side", "right"),
+            "pad_id": int(parameters["pad_id"]),
+            "pad_type_id": int(parameters.get("pad_type_id", "0")),
+            "pad_token": parameters["pad_token"],
+        }
         self.tokenizer = load_tokenizer(
             path,
             sequence_length=parameters["sequence_length"],
@@ -168,8 +191,13 @@ class TritonPythonModel:
         try:
             return self._execute(pb_utils, requests)
         except Exception as exc:  # noqa: BLE001 (never take the server down)
-            return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                error_text(f"tokenizing failed: {type(exc).__name__}: {exc}"))) for _ in requests]
+            return [
+                pb_utils.InferenceResponse(
+                    output_tensors=[],
+                    error=pb_utils.TritonError(error_text(f"tokenizing failed: {type(exc).__name__}: {exc}")),
+                )
+                for _ in requests
+            ]
 
     def _execute(self, pb_utils, requests):
         # Each request's texts are checked on their own; the good ones are tokenized together (the fast
@@ -196,7 +224,7 @@ class TritonPythonModel:
             encoded = encodings(self.tokenizer, [t for i in good for t in texts[i]])
             start = 0
             for i in good:
-                arrays_of[i] = self._arrays(encoded[start:start + len(texts[i])])
+                arrays_of[i] = self._arrays(encoded[start : start + len(texts[i])])
                 start += len(texts[i])
         except Exception:  # noqa: BLE001 (find the request, one at a time)
             for i in good:
@@ -209,8 +237,9 @@ class TritonPythonModel:
     def _arrays(self, group):
         length = None
         if self.padding != "fixed":  # each request padded by the policy (one shape per request)
-            length = padded_length(max((len(e.ids) for e in group), default=1), self.padding,
-                                   self.max_length, self.buckets)
+            length = padded_length(
+                max((len(e.ids) for e in group), default=1), self.padding, self.max_length, self.buckets
+            )
         return stack(group, self.dtypes, length, self.pad)
 
     @staticmethod
