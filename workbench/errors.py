@@ -68,6 +68,11 @@ class DeviceUnavailable(WorkbenchError):
     """The requested device (a GPU) or engine (TensorRT) is not available on this machine."""
 
 
+class StepNotApplicable(WorkbenchError):
+    """A skippable step does not apply to this model (e.g. an engine's candidates for a task it cannot run yet);
+    `run_all` skips it with this reason."""
+
+
 class OutputFolderError(WorkbenchError):
     """An output folder (or file) cannot be used: it is a file, read-only, or holds an earlier run."""
 

@@ -125,7 +125,8 @@ class Step:
         reads_candidates: It uses every candidate made so far.
         optional: Run on request only (it takes a user's plan or candidate): `run_all` leaves it out.
         skippable: `run_all` runs it where it can and skips it, with the reason, where a MissingDependency or
-            DeviceUnavailable says what it needs is missing here (an engine's candidates without its extra).
+            DeviceUnavailable says what it needs is missing here (an engine's candidates without its extra), or a
+            StepNotApplicable says it does not apply to this model.
         summary: (pipeline, result) -> summary.json keys it contributes.
         candidate_summary: (pipeline, result, candidate name) -> fields it contributes to that candidate's row.
         details: result -> what a recipe records about it beside its files (e.g. the chosen name).
@@ -753,13 +754,13 @@ class Pipeline:
         Returns:
             The step's result, or None when it was skipped.
         """
-        from workbench.errors import DeviceUnavailable, MissingDependency
+        from workbench.errors import DeviceUnavailable, MissingDependency, StepNotApplicable
 
         if not self.steps[name].skippable:
             return self.run_step(name, **kwargs)
         try:
             result = self.run_step(name, **kwargs)
-        except (MissingDependency, DeviceUnavailable) as exc:
+        except (MissingDependency, DeviceUnavailable, StepNotApplicable) as exc:
             self.skipped[name] = str(exc)
             return None
         self.skipped.pop(name, None)

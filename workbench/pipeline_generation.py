@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from workbench.engines.base import Candidate
-from workbench.errors import ModelSourceError
+from workbench.errors import ModelSourceError, StepNotApplicable
 from workbench.models import HFModelSource
 from workbench.pipeline import Pipeline, pipeline_for_task, step
 
@@ -148,6 +148,37 @@ class GenerationPipeline(Pipeline):
     def quantize_smoothquant(self) -> Any:
         """INT4 weight-only quantization: a decoder's second candidate (SmoothQuant's place for encoders)."""
         return self._weight_only("int4_weight_only")
+
+    @step(
+        title="OpenVINO FP32",
+        short="OpenVINO FP32",
+        needs=("export",),
+        makes_candidates=True,
+        skippable=True,
+        blurb="Not offered for decoders yet: the generation loop runs over ONNX Runtime decoders here.",
+    )
+    def openvino_fp32(self) -> Any:
+        """Not for decoders yet (the Pipeline's OpenVINO candidates are encoders'): run_all skips it."""
+        raise StepNotApplicable(
+            "OpenVINO candidates of a decoder are not offered yet: the pipeline's OpenVINO steps convert encoders.",
+            fix="use the weight-only ONNX Runtime candidates, or NNCF's weight compression "
+            "(PrecisionPlan.preset('openvino_int4_weight_only')) through the library",
+        )
+
+    @step(
+        title="Precision: OpenVINO INT8 (NNCF)",
+        short="OpenVINO INT8",
+        needs=("export",),
+        makes_candidates=True,
+        skippable=True,
+        blurb="Not offered for decoders yet (static INT8 calibration is for encoders; decoders use weight-only).",
+    )
+    def openvino_int8(self) -> Any:
+        """Not for decoders yet: run_all skips it."""
+        raise StepNotApplicable(
+            "NNCF static INT8 is the encoders' OpenVINO candidate; decoders are quantized weight-only.",
+            fix="use PrecisionPlan.preset('openvino_int8_weight_only') through the library",
+        )
 
     @step(
         title="Accuracy against the FP32 decoder",

@@ -165,7 +165,8 @@ DETERMINISTIC = ("fp32", "fp32_fused", "int8_dynamic_per_channel")
 def assert_summary_matches_models(output: Path, clean: Path) -> None:
     summary = json.loads((output / "summary.json").read_text())
     named = {Path(c["path"]).name for c in summary["candidates"]}
-    assert {p.name for p in output.glob("*.onnx")} == named  # no model the summary does not describe
+    models = {p.name for pattern in ("*.onnx", "*.xml") for p in output.glob(pattern)}  # ONNX and OpenVINO IRs
+    assert models == named  # no model the summary does not describe
     by_name = {c["name"]: Path(c["path"]) for c in summary["candidates"]}
     clean_summary = json.loads((clean / "summary.json").read_text())
     clean_by_name = {c["name"]: Path(c["path"]) for c in clean_summary["candidates"]}

@@ -180,7 +180,9 @@ def test_closed_loop_keeps_exactly_concurrency_requests_in_flight_and_measures_w
 
 def test_every_level_is_bounded_in_requests_and_time():
     config = QUICK.replace(max_requests=30, stability=0.01)  # too strict to become stable: bounds end it
-    with _JsonServer(delay_s=0.002) as server:
+    # slow enough that the 30 requests outlast the warm-up and a window (on a fast machine 2 ms each did not)
+    delay = 2 * (config.warmup_s + config.window_s) / 15
+    with _JsonServer(delay_s=delay) as server:
         result = measure_load(server.endpoint, ["x"], config, concurrency=(2,))
         served = server.served
     assert served <= 30 + 1  # the first check request, then at most max_requests

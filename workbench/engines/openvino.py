@@ -10,12 +10,14 @@ OpenVINO finds the weights by that name, so the pair always moves together.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,45 @@ PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 COMPUTE_LAYER_TYPES = ("FullyConnected", "MatMul", "Convolution", "GroupConvolution", "Deconvolution")
 
 
-def _openvino(purpose: str) -> Any:
-    return require("openvino", purpose=purpose, extra=EXTRA)
+@contextlib.contextmanager
+def _telemetry_hidden() -> Iterator[None]:
+    """Hide `openvino_telemetry` while OpenVINO / NNCF are first imported.
+
+    At import both build an `openvino_telemetry` client (OpenVINO through its model converter, NNCF for its own
+    events), which writes ``~/intel/openvino_ga_cid`` and ``~/intel/stats`` -- outside every path a step is given --
+    and tries to send usage events. Without the package each falls back to its own stub ("No telemetry will be
+    sent"); the package is visible again afterwards, for whoever imports it on purpose.
+    """
+    hidden = sys.modules.get("openvino_telemetry")
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # an import of it raises ImportError
+    try:
+        yield
+    finally:
+        if hidden is None:
+            sys.modules.pop("openvino_telemetry", None)
+        else:
+            sys.modules["openvino_telemetry"] = hidden
+
+
+def require_openvino(purpose: str) -> Any:
+    """The `openvino` package (imported without its telemetry: see `_telemetry_hidden`), or MissingDependency
+    naming the extra."""
+    if "openvino" in sys.modules:
+        return require("openvino", purpose=purpose, extra=EXTRA)
+    with _telemetry_hidden():
+        return require("openvino", purpose=purpose, extra=EXTRA)
+
+
+def require_nncf(purpose: str) -> Any:
+    """NNCF (with OpenVINO; both imported without their telemetry), or MissingDependency naming the extra."""
+    require_openvino(purpose)
+    if "nncf" in sys.modules:
+        return require("nncf", purpose=purpose, extra=EXTRA)
+    with _telemetry_hidden():
+        return require("nncf", purpose=purpose, extra=EXTRA)
+
+
+_openvino = require_openvino
 
 
 class OpenVINORunner(BaseRunner):
@@ -163,8 +202,13 @@ class OpenVINORunner(BaseRunner):
 
 
 def _tensor_name(port: Any) -> str:
+    """The port's graph name: a tensor can carry several (the ONNX graph output `logits` and the producing node's
+    `/classifier/Add_output_0`); the one without a path is the model's own, whatever sorts first."""
     names = port.get_names()
-    return min(names) if names else port.get_any_name()
+    if not names:
+        return str(port.get_any_name())
+    plain = sorted(n for n in names if "/" not in n and ":" not in n)
+    return plain[0] if plain else min(names)
 
 
 def read_model(path: str | os.PathLike[str], *, core: Any = None) -> Any:

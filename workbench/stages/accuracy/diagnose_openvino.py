@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from workbench._lazy import require
 from workbench.errors import WorkbenchError
 
 #: Ops NNCF puts between a tensor the reference has and the op that reads it: followed up along input 0.
@@ -136,9 +135,9 @@ class OpenVINOCandidate:
         values: Sequence[Mapping[str, np.ndarray]],
     ) -> dict[str, list[np.ndarray]]:
         """Node -> its INT8 piece's output on each feed of `values` (the reference's FP32 boundary tensors)."""
-        from workbench.engines.openvino import OpenVINORunner
+        from workbench.engines.openvino import OpenVINORunner, require_openvino
 
-        ov = require("openvino", purpose="Diagnosing OpenVINO models", extra="openvino")
+        ov = require_openvino("Diagnosing OpenVINO models")
         if not boundaries:
             return {}
         reference_tensors = {t for inputs, _ in boundaries.values() for t in inputs}

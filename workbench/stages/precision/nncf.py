@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from workbench._lazy import require
 from workbench.config import StageConfig, check_choice, check_positive
 from workbench.errors import ConfigError, QuantizationError
 
@@ -159,7 +158,7 @@ def quantize_nncf(
         QuantizationError: A pinned name is not an op of the model, or NNCF failed.
         MissingDependency: openvino or nncf is not installed (the `openvino` extra).
     """
-    from workbench.engines.openvino import read_model, save_model
+    from workbench.engines.openvino import read_model, require_nncf, save_model
     from workbench.errors import DataError, WorkbenchError
     from workbench.stages.precision.quantize import QuantizeResult
 
@@ -174,7 +173,7 @@ def quantize_nncf(
             f"NNCF INT8 writes an OpenVINO IR (.xml + .bin), not {Path(output_path).name}.",
             fix="pass an output path such as out/model_int8.xml",
         )
-    nncf = require("nncf", purpose="INT8 quantization with NNCF", extra="openvino")
+    nncf = require_nncf("INT8 quantization with NNCF")
     started = time.perf_counter()
     model = read_model(model_path)
     check_op_names(model, keep_fp32)

@@ -213,8 +213,10 @@ def compress_weights_nncf(
         MissingDependency: openvino or nncf is not installed.
         QuantizationError: NNCF or OpenVINO failed.
     """
-    ov = require("openvino", purpose="NNCF weight compression", extra="openvino")
-    nncf = require("nncf", purpose="NNCF weight compression", extra="openvino")
+    from workbench.engines.openvino import require_nncf, require_openvino
+
+    ov = require_openvino("NNCF weight compression")
+    nncf = require_nncf("NNCF weight compression")
     import shutil
     import tempfile
 
