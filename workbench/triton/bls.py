@@ -48,7 +48,7 @@ from workbench.triton.model import (
     _config_from_model,
     _load_checked,
     _onnx_files_writer,
-    _remove_if_empty,
+    written_model,
 )
 from workbench.triton.provenance import (
     PROVENANCE_FILENAME,
@@ -56,7 +56,7 @@ from workbench.triton.provenance import (
     _plain_json,
     _sha256,
 )
-from workbench.triton.writer import Entry, checked_text, write_entries
+from workbench.triton.writer import Entry, checked_text, write_repository
 
 #: The engine inputs a front model's tokenizer produces.
 TOKENIZER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -462,40 +462,19 @@ def export_triton_bls(
         Entry(README_FILENAME, text_file(readme)),
         Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2) + "\n")),
     ]
-    created_repository = not repository.exists()
-    try:
-        repository.mkdir(parents=True, exist_ok=True)
-        write_entries(repository, entries, overwrite=overwrite)
-    except WorkbenchError:
-        _remove_if_empty(repository, created_repository)
-        raise
-    except OSError as exc:
-        _remove_if_empty(repository, created_repository)
-        raise TritonExportError(
-            f"Writing the Triton repository {repository} failed: {exc}. Nothing was moved into place.",
-            fix="check free disk space and permissions on the repository",
-        ) from exc
-    except BaseException:
-        _remove_if_empty(repository, created_repository)
-        raise
-
-    def result_for(name: str) -> TritonExportResult:
-        model_dir = repository / name
-        relative = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*") if p.is_file())
-        ordered = sorted(relative, key=lambda p: (p.name != CONFIG_FILENAME, len(p.parts), str(p)))
-        return TritonExportResult(
-            repository=repository,
-            model_dir=model_dir,
-            model_name=name,
-            config_text=texts[name],
-            files=tuple(model_dir / p for p in ordered),
-        )
+    write_repository(
+        repository,
+        entries,
+        overwrite=overwrite,
+        what=f"the Triton repository {repository}",
+        fix="check free disk space and permissions on the repository",
+    )
 
     return TritonBlsResult(
         repository=repository,
         task=task.name,
         front_name=names["front"],
-        models={role: result_for(name) for role, name in names.items()},
+        models={role: written_model(repository, name, texts[name]) for role, name in names.items()},
         readme=repository / README_FILENAME,
         provenance=repository / PROVENANCE_FILENAME,
         sequence_length=sequence_length,

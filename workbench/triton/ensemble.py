@@ -33,8 +33,8 @@ from workbench.triton.config import (
 from workbench.triton.model import (
     TritonExportResult,
     _add_warmup,
-    _remove_if_empty,
     engine_model,
+    written_model,
 )
 from workbench.triton.padding import PaddingPolicy
 from workbench.triton.provenance import (
@@ -44,7 +44,7 @@ from workbench.triton.provenance import (
     _provenance_record,
     _readme_text,
 )
-from workbench.triton.writer import Entry, checked_text, write_entries
+from workbench.triton.writer import Entry, checked_text, write_repository
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from tritonclient.grpc import model_config_pb2
@@ -744,40 +744,19 @@ def export_triton_ensemble(
     entries.append(Entry(README_FILENAME, text_file(readme)))
     entries.append(Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2, sort_keys=False) + "\n")))
 
-    created_repository = not repository.exists()
-    try:
-        repository.mkdir(parents=True, exist_ok=True)
-        write_entries(repository, entries, overwrite=overwrite)
-    except WorkbenchError:
-        _remove_if_empty(repository, created_repository)
-        raise
-    except OSError as exc:
-        _remove_if_empty(repository, created_repository)
-        raise TritonExportError(
-            f"Writing the Triton ensemble into {repository} failed: {exc}. Nothing was moved into place.",
-            fix="check free disk space and permissions on the repository; if another process created one of "
-            f"{entry_names} meanwhile, remove it or pass overwrite=True",
-        ) from exc
-    except BaseException:
-        _remove_if_empty(repository, created_repository)
-        raise
-
-    def result_for(name: str) -> TritonExportResult:
-        model_dir = repository / name
-        relative = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*") if p.is_file())
-        ordered = sorted(relative, key=lambda p: (p.name != CONFIG_FILENAME, len(p.parts), str(p)))
-        return TritonExportResult(
-            repository=repository,
-            model_dir=model_dir,
-            model_name=name,
-            config_text=texts[name],
-            files=tuple(model_dir / p for p in ordered),
-        )
+    write_repository(
+        repository,
+        entries,
+        overwrite=overwrite,
+        what=f"the Triton ensemble into {repository}",
+        fix="check free disk space and permissions on the repository; if another process created one of "
+        f"{entry_names} meanwhile, remove it or pass overwrite=True",
+    )
 
     return TritonEnsembleResult(
         repository=repository,
         ensemble_name=names["ensemble"],
-        models={role: result_for(names[role]) for role in roles},
+        models={role: written_model(repository, names[role], texts[names[role]]) for role in roles},
         readme=repository / README_FILENAME,
         provenance=repository / PROVENANCE_FILENAME,
         sequence_length=sequence_length,

@@ -46,14 +46,14 @@ from workbench.triton.config import (
     parse_model_config,
     render_model_config,
 )
-from workbench.triton.model import TritonExportResult, _remove_if_empty
+from workbench.triton.model import TritonExportResult, written_model
 from workbench.triton.provenance import (
     _LIBRARIES,
     PROVENANCE_FILENAME,
     README_FILENAME,
     _plain_json,
 )
-from workbench.triton.writer import _Entry, _write_repository_entries
+from workbench.triton.writer import Entry, write_repository
 
 GENERATION_MODEL_FILE = "decoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -366,38 +366,20 @@ def export_triton_generation(
         return write
 
     entries = [
-        _Entry(config.model_name, model_folder),
-        _Entry(README_FILENAME, text_file(_readme(config, spec))),
-        _Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2) + "\n")),
+        Entry(config.model_name, model_folder),
+        Entry(README_FILENAME, text_file(_readme(config, spec))),
+        Entry(PROVENANCE_FILENAME, text_file(json.dumps(record, indent=2) + "\n")),
     ]
-    created = not repository.exists()
-    try:
-        repository.mkdir(parents=True, exist_ok=True)
-        _write_repository_entries(repository, entries, overwrite=overwrite)
-    except WorkbenchError:
-        _remove_if_empty(repository, created)
-        raise
-    except OSError as exc:
-        _remove_if_empty(repository, created)
-        raise TritonExportError(
-            f"Writing the generation repository {repository} failed: {exc}. Nothing was moved into place.",
-            fix="check free disk space and permissions",
-        ) from exc
-    except BaseException:
-        _remove_if_empty(repository, created)
-        raise
-    model_dir = repository / config.model_name
-    files = tuple(
-        sorted(
-            (p for p in model_dir.rglob("*") if p.is_file()),
-            key=lambda p: (p.name != CONFIG_FILENAME, len(p.relative_to(model_dir).parts), str(p)),
-        )
+    write_repository(
+        repository,
+        entries,
+        overwrite=overwrite,
+        what=f"the generation repository {repository}",
+        fix="check free disk space and permissions",
     )
     return TritonGenerationResult(
         repository=repository,
-        model=TritonExportResult(
-            repository=repository, model_dir=model_dir, model_name=config.model_name, config_text=text, files=files
-        ),
+        model=written_model(repository, config.model_name, text),
         readme=repository / README_FILENAME,
         provenance=repository / PROVENANCE_FILENAME,
         spec=spec,

@@ -41,7 +41,6 @@ from workbench.errors import (
     ConfigError,
     ModelSourceError,
     TritonExportError,
-    WorkbenchError,
 )
 from workbench.triton.config import (
     CONFIG_FILENAME,
@@ -56,7 +55,7 @@ from workbench.triton.config import (
     TritonConfig,
     _model_config_pb2,
 )
-from workbench.triton.writer import Entry, checked_text, write_entries
+from workbench.triton.writer import Entry, checked_text, write_repository
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from tritonclient.grpc import model_config_pb2
@@ -312,40 +311,30 @@ def _write_model_folder(
         (target / CONFIG_FILENAME).write_text(config_text, encoding="utf-8")
         populate(target)
 
-    created_repository = not repository.exists()
-    try:
-        repository.mkdir(parents=True, exist_ok=True)
-        write_entries(repository, [Entry(model_name, folder)], overwrite=overwrite)
-        relative = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*") if p.is_file())
-    except WorkbenchError:
-        _remove_if_empty(repository, created_repository)
-        raise
-    except OSError as exc:
-        _remove_if_empty(repository, created_repository)
-        raise TritonExportError(
-            f"Writing the Triton model folder {model_dir} failed: {exc}. Nothing was moved into place.",
-            fix="check free disk space and permissions on the repository; if another process created "
-            f"{model_dir} meanwhile, remove it or pass overwrite=True",
-        ) from exc
-    except BaseException:
-        _remove_if_empty(repository, created_repository)
-        raise
+    write_repository(
+        repository,
+        [Entry(model_name, folder)],
+        overwrite=overwrite,
+        what=f"the Triton model folder {model_dir}",
+        fix="check free disk space and permissions on the repository; if another process created "
+        f"{model_dir} meanwhile, remove it or pass overwrite=True",
+    )
+    return written_model(repository, model_name, config_text)
+
+
+def written_model(repository: Path, name: str, config_text: str) -> TritonExportResult:
+    """The TritonExportResult of model folder `name` just written into `repository`: its files, config.pbtxt
+    first, then by depth and name."""
+    model_dir = repository / name
+    relative = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*") if p.is_file())
     ordered = sorted(relative, key=lambda p: (p.name != CONFIG_FILENAME, len(p.parts), str(p)))
     return TritonExportResult(
         repository=repository,
         model_dir=model_dir,
-        model_name=model_name,
+        model_name=name,
         config_text=config_text,
         files=tuple(model_dir / p for p in ordered),
     )
-
-
-def _remove_if_empty(folder: Path, created: bool) -> None:
-    if created:
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
 
 
 def _all_tensors(graph: Any) -> Iterator[Any]:

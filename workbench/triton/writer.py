@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import TritonExportError
+from workbench.errors import TritonExportError, WorkbenchError
 from workbench.triton.config import parse_model_config, render_model_config
 
 
@@ -96,6 +96,27 @@ def write_entries(repository: Path, entries: list[Entry], *, overwrite: bool) ->
             shutil.rmtree(aside, ignore_errors=True)
 
 
-# the names the ensemble writer used before they became this module's public API
-_Entry = Entry
-_write_repository_entries = write_entries
+def write_repository(repository: Path, entries: list[Entry], *, overwrite: bool, what: str, fix: str) -> None:
+    """`write_entries` into `repository`, creating it if missing: the one way every Triton export writes.
+
+    A failure removes the repository again if this call created it (and it is still empty); an OSError that is not
+    already a WorkbenchError becomes a TritonExportError "Writing <what> failed: ..." with `fix`.
+    """
+    created = not repository.exists()
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+        write_entries(repository, entries, overwrite=overwrite)
+    except BaseException as exc:
+        remove_if_empty(repository, created)
+        if isinstance(exc, OSError) and not isinstance(exc, WorkbenchError):
+            raise TritonExportError(f"Writing {what} failed: {exc}. Nothing was moved into place.", fix=fix) from exc
+        raise
+
+
+def remove_if_empty(folder: Path, created: bool) -> None:
+    """Remove `folder` if this call `created` it and nothing is in it (a failed export leaves no empty folder)."""
+    if created:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
