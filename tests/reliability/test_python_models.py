@@ -16,7 +16,7 @@ from workbench.triton.python_models import tokenizer_model as tokenizer_module
 
 pytestmark = pytest.mark.reliability
 
-GOOD = [b"A man is playing a guitar.", "Ünïcödé 🙂".encode(), b"", b"short"]
+GOOD = [b"A man is playing a guitar.", "Ünïcödé 🙂".encode(), b"a", b"short"]
 
 
 def texts_request(pb_utils, *texts):
@@ -48,11 +48,14 @@ def test_tokenizer_answers_each_request_on_its_own(tokenizer, pb_utils):
         texts_request(pb_utils, oversized),
         texts_request(pb_utils, GOOD[3], b"\xc3\x28"),
         texts_request(pb_utils, GOOD[2]),
+        texts_request(pb_utils, b""),  # empty, and white space only: nothing to encode
+        texts_request(pb_utils, GOOD[0], b" \t\n"),
     ]
     responses = tokenizer.execute(requests)
 
     assert len(responses) == len(requests)
-    assert_own_errors(pb_utils, responses, {1, 3, 4})
+    assert_own_errors(pb_utils, responses, {1, 3, 4, 6, 7})
+    assert "text 0 is empty" in responses[6].error.message() and "text 1 is empty" in responses[7].error.message()
     assert "UTF-8" in responses[1].error.message() and "text 0" in responses[1].error.message()
     assert "text 1" in responses[4].error.message()  # which text of the request is bad
     assert str(tokenizer.max_text_bytes) in responses[3].error.message()

@@ -530,7 +530,8 @@ def test_ensemble_without_pooling_returns_the_model_outputs(tiny_bert_onnx, tiny
     model = parse_model_config(result.models["model"].config_text)
     # warmup samples use the ensemble's sequence length, not warmup_sequence_length
     assert {list(w.inputs["input_ids"].dims)[0] for w in model.model_warmup} == {24}
-    assert [list(w.inputs["TEXT"].dims) for w in tokenizer.model_warmup] == [[1], [1]]
+    # the tokenizer gets none: Triton's zero-data text samples are empty texts, which it refuses
+    assert not tokenizer.model_warmup
 
 
 def test_ensemble_refuses_existing_entries_before_writing(tiny_bert_onnx, tiny_model_dir, tmp_path):

@@ -23,7 +23,7 @@ SEQUENCE_LENGTH = 32
 TEXTS = (
     "A man is playing a guitar.",
     "The new movie is awesome!",
-    "",
+    "a",
     "short",
     " ".join(["A sentence longer than the sequence length is truncated."] * 20),
 )

@@ -39,7 +39,7 @@ TEXTS = (
     "A man is playing a guitar.",
     "The new movie is awesome!",
     "Ünïcödé and émojis 🙂 go through the tokenizer too.",
-    "",
+    "a",
     "short",
     " ".join(["A sentence longer than the sequence length is truncated."] * 20),
 )

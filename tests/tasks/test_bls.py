@@ -211,4 +211,6 @@ def test_served_decoding_errors_are_per_input(tiny_head, tmp_path):
     ner = _served("token_classification_model.py")
     with pytest.raises(ValueError, match="not UTF-8"):
         ner.texts_of([b"ok", b"\xc3"])
+    with pytest.raises(ValueError, match="text 1 is empty"):
+        ner.texts_of([b"ok", "  "])
     assert np.array_equal(ner._softmax(np.zeros((2, 3), np.float16)).sum(axis=-1), [1.0, 1.0])

@@ -379,7 +379,10 @@ def _python_model_scheduling(pb2: Any, cfg: Any, config: TritonConfig, warmup_le
     if config.dynamic_batching:
         cfg.dynamic_batching.SetInParent()
     cfg.instance_group.add(count=1, kind=pb2.ModelInstanceGroup.Kind.Value("KIND_CPU"))
-    if config.warmup:
+    takes_text = any(t.data_type == pb2.DataType.Value("TYPE_STRING") for t in cfg.input)
+    # Triton's zero-data samples of a text input are empty texts, which the tokenizer rightly refuses; a step that
+    # only tokenizes has no session to warm up anyway (the engine model behind it gets its samples)
+    if config.warmup and not takes_text:
         _add_warmup(cfg, config, warmup_length)
 
 

@@ -214,8 +214,8 @@ steps.
 
 Each request holds one or more texts (`{ENSEMBLE_TEXT_INPUT}`, BYTES, shape [batch, 1], batch at most
 {config.max_batch_size}), each UTF-8 of at most {max_text_bytes} bytes (the tokenizer's `max_text_bytes`); longer texts
-are truncated to {sequence_length} tokens. An empty text is accepted (it is encoded as its special tokens only).
-A request with a text that is not UTF-8, too long or not a string gets an error response that names the text;
+are truncated to {sequence_length} tokens. A request with a text that is empty (or only white space), not UTF-8,
+too long or not a string gets an error response that names the text;
 the other requests, even those in the same dynamic batch, get their results.
 
 ## Query

@@ -33,7 +33,9 @@ import numpy as np
 try:  # inside the workbench package (export-time checks import it)
     from .tokenizer_model import (
         ENCODING_FIELDS,
+        MAX_TEXT_BYTES,
         TEXT_INPUT,
+        decode_text,
         encodings,
         load_tokenizer,
         padded_length,
@@ -43,7 +45,9 @@ try:  # inside the workbench package (export-time checks import it)
 except ImportError:  # inside Triton: the Python backend puts this model's version folder on sys.path
     from tokenizer_model import (
         ENCODING_FIELDS,
+        MAX_TEXT_BYTES,
         TEXT_INPUT,
+        decode_text,
         encodings,
         load_tokenizer,
         padded_length,
@@ -103,6 +107,9 @@ class TritonPythonModel:
 
             self.inline = importlib.import_module("postprocess_model").postprocess
             self.inline_parameters = json.loads(parameters.get("postprocess_parameters", "{}"))
+        self.max_text_bytes = int(parameters.get("max_text_bytes", MAX_TEXT_BYTES))
+        if self.max_text_bytes < 1:
+            raise pb_utils.TritonModelException(f"max_text_bytes must be positive, got {self.max_text_bytes}")
         self.padding = parameters.get("padding", "buckets")
         self.max_length = int(parameters["sequence_length"])
         self.buckets = parse_buckets(parameters.get("buckets", ""))
@@ -156,9 +163,11 @@ class TritonPythonModel:
                 continue
             values = tensor.as_numpy().reshape(-1).tolist()
             try:  # decode here, request by request: one bad request must not fail its batch-mates
-                decoded = [v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else str(v) for v in values]
-            except UnicodeDecodeError as exc:
-                errors[index] = f"TEXT is not UTF-8: {exc}"
+                if not values:
+                    raise ValueError(f"the request's {TEXT_INPUT} holds no text")
+                decoded = [decode_text(v, i, self.max_text_bytes) for i, v in enumerate(values)]
+            except (TypeError, ValueError) as exc:  # empty, not UTF-8, too long or not a string: the same checks
+                errors[index] = f"bad request: {exc}"  # as the ensemble's tokenizer model
                 continue
             owners += [(index, row) for row in range(len(decoded))]
             texts += decoded

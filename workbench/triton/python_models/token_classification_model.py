@@ -178,14 +178,17 @@ def entities(tokenizer, text, encoding, logits, labels, strategy="simple", ignor
 
 
 def texts_of(values):
-    """Request values (bytes or str) -> texts; raises ValueError for bytes that are not UTF-8."""
+    """Request values (bytes or str) -> texts; raises ValueError for bytes that are not UTF-8 or an empty text
+    (one of white space only has no tokens to label: refused, as the embedding models refuse it)."""
     texts = []
-    for value in values:
+    for index, value in enumerate(values):
         if isinstance(value, (bytes, bytearray)):
             try:
                 value = value.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise ValueError(f"a text is not UTF-8: {exc}") from exc
+                raise ValueError(f"text {index} is not UTF-8: {exc}") from exc
+        if not str(value).strip():
+            raise ValueError(f"text {index} is empty (or only white space): there is nothing to label; send a text")
         texts.append(str(value))
     return texts
 

@@ -14,9 +14,10 @@ config gives them. Optional: `max_text_bytes`.
 
 What a request may hold: one or more texts, each UTF-8 bytes of at most `max_text_bytes` (default
 MAX_TEXT_BYTES, 64 KiB; longer texts are refused rather than tokenized, since every text is truncated to
-`sequence_length` tokens anyway). An empty text is accepted: it is encoded as the tokenizer encodes "" (the
-special tokens only), as the workbench does. A request with a text that is not UTF-8, too long, or not a string
-gets an error response naming the text's index; the other requests of the same dynamic batch get their results.
+`sequence_length` tokens anyway). An empty text (or one of white space only) is refused: its encoding would
+be the special tokens alone, and its "embedding" an answer that means nothing. A request with a text that is
+empty, not UTF-8, too long, or not a string gets an error response naming the text's index; the other
+requests of the same dynamic batch get their results.
 Every error response has a TritonError of its own: responses that share one error object crash tritonserver's
 Python backend.
 
@@ -134,12 +135,17 @@ def decode_text(value, index, max_text_bytes):
             "(texts are truncated to the model's sequence length anyway: send less)"
         )
     try:
-        return bytes(value).decode("utf-8")
+        text = bytes(value).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(
             f"text {index} is not UTF-8: byte {exc.start} (0x{value[exc.start]:02x}) cannot be "
             "decoded; encode texts as UTF-8"
         ) from None
+    if not text.strip():
+        # "" or only spaces would be served as the embedding of the special tokens alone: an answer that means
+        # nothing, which a client would take for a real one
+        raise ValueError(f"text {index} is empty (or only white space): there is nothing to encode; send a text")
+    return text
 
 
 def error_text(what):
