@@ -48,7 +48,19 @@ from tests.reliability import fake_pb_utils  # noqa: E402
 from tests.reliability.conftest import leftovers, snapshot  # noqa: E402
 
 ROUND1 = not (SRC / "workbench" / "engines").is_dir()  # the reorganised package has workbench/engines
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS_ROOT)])}
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS_ROOT)]), "WORKBENCH_SRC": str(SRC)}
+# subprocesses run `python -P -c GUARD + script`: -P keeps the current folder (maybe another checkout) off sys.path,
+# and the guard stops a script that would import another copy of the workbench
+GUARD = (
+    "import os as _os, workbench as _wb\n"
+    "assert _os.path.realpath(_wb.__file__).startswith(_os.environ['WORKBENCH_SRC'] + _os.sep), _wb.__file__\n"
+)
+
+
+def python_c(script: str) -> list[str]:
+    return [sys.executable, "-P", "-c", GUARD + textwrap.dedent(script)]
+
+
 # root ignores file modes; without these capabilities a 0555 folder is read-only for root too
 WITHOUT_OVERRIDES = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
 TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my password?", "SELECT 1;"]
@@ -57,16 +69,32 @@ TEXTS = ["the cat sat on the mat", "revenue grew 12%", "how do I reset my passwo
 def module(*names: str):
     """The first of `names` that this copy of the workbench has (the fixed path first, round 1's second)."""
     for name in names:
-        if importlib.util.find_spec(name.rsplit(".", 1)[0]) is not None and importlib.util.find_spec(name):
+        # only modules this copy has: the venv's editable install of another checkout would answer for the rest
+        relative = Path(*name.split("."))
+        if (SRC / relative.with_suffix(".py")).is_file() or (SRC / relative / "__init__.py").is_file():
             return importlib.import_module(name)
     raise AssertionError(f"none of {names} in {SRC}")
+
+
+@pytest.fixture(autouse=True)
+def only_the_source_under_test():
+    """Every workbench module a check imported is WORKBENCH_SRC's own."""
+    yield
+    foreign = [
+        n
+        for n, m in list(sys.modules.items())
+        if (n == "workbench" or n.startswith("workbench."))
+        and getattr(m, "__file__", None)
+        and not Path(m.__file__).resolve().is_relative_to(SRC)
+    ]
+    assert not foreign, f"imported from outside {SRC}: {foreign}"
 
 
 def short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
-def workbench_error(call, *words: str, cls: str = "WorkbenchError") -> BaseException:
+def workbench_error(call, *words: str, cls: str = "WorkbenchError", accepted: str = "") -> BaseException:
     """Call; it must raise a WorkbenchError (and class `cls` by name, somewhere in its MRO) with each of `words`."""
     from workbench.errors import WorkbenchError
 
@@ -78,12 +106,12 @@ def workbench_error(call, *words: str, cls: str = "WorkbenchError") -> BaseExcep
         for word in words:
             assert word in str(exc), f"{word!r} not in the message: {short(exc)}"
         return exc
-    raise AssertionError(f"no error: the call returned {type(result).__name__}")
+    raise AssertionError(f"no error: {accepted or f'the call returned {type(result).__name__}'}")
 
 
 def run_python(script: str, *args: str, cwd: Path | None = None, env: dict | None = None, prefix=()) -> str:
     completed = subprocess.run(
-        [*prefix, sys.executable, "-c", textwrap.dedent(script), *args],
+        [*prefix, *python_c(script), *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -120,7 +148,9 @@ def feeds(tiny_model_dir):
     from workbench.data import tokenize_batches
     from workbench.models import load_model
 
-    return tokenize_batches(load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=1, sequence_length=16)
+    return tokenize_batches(
+        load_model(tiny_model_dir("bert")).load_tokenizer(), TEXTS, batch_size=1, sequence_length=16
+    )
 
 
 def calibrate_module():
@@ -247,9 +277,8 @@ def test_truncated_cache_entry_names_the_file(tiny_bert_onnx, feeds, tmp_path):
 def _parameters(tiny_model_dir, folder: Path, **more):
     from workbench.pipeline import PipelineParameters
 
-    return PipelineParameters(
-        model_path=str(tiny_model_dir("bert")), output_dir=str(folder), sequence_length=16, max_eval_samples=2, **more
-    )
+    values = {"model_path": str(tiny_model_dir("bert")), "output_dir": str(folder), "sequence_length": 16}
+    return PipelineParameters(**{**values, "max_eval_samples": 2, **more})
 
 
 def _release(pipeline) -> None:
@@ -278,7 +307,7 @@ def test_overwrite_false_refuses_before_replacing_models(tiny_model_dir, tmp_pat
             _release(pipeline)
 
     try:
-        workbench_error(second_run, "earlier run")
+        workbench_error(second_run, "earlier run", accepted="export() and fuse() ran with overwrite=False")
     finally:
         changed = sorted(k for k in set(before) | set(snapshot(folder)) if before.get(k) != snapshot(folder).get(k))
         assert not changed, f"overwrite=False changed {changed} in the earlier run's folder"
@@ -298,7 +327,7 @@ def test_second_run_into_a_busy_folder_is_refused(tiny_model_dir, tmp_path):
         time.sleep(120)
     """
     child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script), str(tiny_model_dir("bert")), str(folder)],
+        [*python_c(script), str(tiny_model_dir("bert")), str(folder)],
         stdout=subprocess.PIPE,
         text=True,
         env=ENV,
@@ -309,7 +338,12 @@ def test_second_run_into_a_busy_folder_is_refused(tiny_model_dir, tmp_path):
         def second_run():
             _release(Pipeline(_parameters(tiny_model_dir, folder, overwrite=True)))
 
-        workbench_error(second_run, f"process {child.pid}", cls="OutputFolderBusy")
+        workbench_error(
+            second_run,
+            f"process {child.pid}",
+            cls="OutputFolderBusy",
+            accepted=f"a second Pipeline into the folder that live process {child.pid} is running into",
+        )
     finally:
         child.kill()
         child.wait(timeout=30)
@@ -318,15 +352,17 @@ def test_second_run_into_a_busy_folder_is_refused(tiny_model_dir, tmp_path):
 DYNAMIC_SCRIPT = """
     import json, os, sys
     from workbench.errors import WorkbenchError
-    try:
+    from pathlib import Path
+    import workbench
+    if (Path(workbench.__file__).parent / "engines").is_dir():
         from workbench.stages.precision.quantize import quantize_dynamic
-    except ImportError:
+    else:  # round 1
         from workbench.stages.precision import quantize_dynamic
     try:
         quantize_dynamic(sys.argv[1], sys.argv[2])
         outcome = "ok"
     except Exception as exc:
-        outcome = f"{type(exc).__name__}: {str(exc).splitlines()[0][:220]}"
+        outcome = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     print("RESULT " + json.dumps(outcome))
 """
 
@@ -347,7 +383,7 @@ def test_dynamic_quantization_writes_nothing_beside_the_input(tiny_bert_onnx, tm
     finally:
         undo_read_only(ro)
     outcome = json.loads(next(line[7:] for line in stdout.splitlines() if line.startswith("RESULT ")))
-    assert outcome == "ok", outcome
+    assert outcome == "ok", outcome.replace(str(tmp_path), "<tmp>")[-260:]
     assert snapshot(ro) == before and (out / "int8.onnx").is_file()
 
 
@@ -364,16 +400,17 @@ KILL_SCRIPT = """
         time.sleep(120)
         raise SystemExit("not killed")
 
-    try:
+    import workbench
+    if (Path(workbench.__file__).parent / "engines").is_dir():
         from workbench.stages.precision import calibrate as calibration, quantize
-    except ImportError:
+    else:  # round 1
         from workbench.stages import calibrate as calibration, precision as quantize
     if mode == "quantize_dynamic":  # stop at the first move of a staged *.partial into place
         real = os.replace
 
         def replace(source, destination, *args, **kwargs):
             staged = Path(os.fspath(source))
-            if any(p.name.endswith(".partial") for p in (staged, *staged.parents)):
+            if marker != "-" and any(p.name.endswith(".partial") for p in (staged, *staged.parents)):
                 hold()
             return real(source, destination, *args, **kwargs)
 
@@ -400,7 +437,7 @@ KILL_SCRIPT = """
 
 def _kill_then_rerun(mode: str, output: Path, model: Path, tokenizer: Path, env: dict) -> None:
     marker = output.parent / f".{mode}.held"
-    args = [sys.executable, "-c", textwrap.dedent(KILL_SCRIPT), mode, str(output), str(marker), str(model)]
+    args = [*python_c(KILL_SCRIPT), mode, str(output), str(marker), str(model)]
     process = subprocess.Popen([*args, str(tokenizer)], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not marker.exists():
@@ -411,7 +448,7 @@ def _kill_then_rerun(mode: str, output: Path, model: Path, tokenizer: Path, env:
     process.wait(timeout=30)
     process.stderr.close()
     marker.unlink()
-    rerun = subprocess.run([*args[:4], str(output), "-", str(model), str(tokenizer)], env=env, capture_output=True)
+    rerun = subprocess.run([*args[:5], str(output), "-", str(model), str(tokenizer)], env=env, capture_output=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
 
 
@@ -432,7 +469,8 @@ def test_killed_calibration_leaves_no_temporary_folder(tiny_bert_onnx, tiny_mode
     tmpdir.mkdir()
     _kill_then_rerun("calibrate", output, tiny_bert_onnx, tiny_model_dir("bert"), {**ENV, "TMPDIR": str(tmpdir)})
     assert list((output / "cache").glob("*.json"))
-    left = leftovers(output) + [f"$TMPDIR/{p.name}" for p in tmpdir.iterdir()]
+    # .ses: not the workbench's (stage_writes_script.py leaves it out of TMPDIR's listing too)
+    left = leftovers(output) + [f"$TMPDIR/{p.name}" for p in tmpdir.iterdir() if p.name != ".ses"]
     assert left == [], f"left after the re-run: {left}"
 
 
@@ -469,7 +507,7 @@ def test_too_long_sequence_length_is_refused_before_writing(tiny_model_dir, tmp_
             _release(pipeline)
 
     try:
-        workbench_error(run, "100000", cls="ConfigError")
+        workbench_error(run, "100000", cls="ConfigError", accepted="Pipeline(sequence_length=100000) and export() ran")
     finally:
         written = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
         assert not written, f"written before the refusal: {written}"
@@ -481,11 +519,11 @@ def test_misspelled_papermill_parameter_fails_the_notebook(tiny_model_dir, tmp_p
     The notebook's cells up to its first call run in-process, as papermill's kernel runs them, after the
     parameters cell papermill injects (papermill.parameterize, no kernel)."""
     parameterize = pytest.importorskip("papermill.parameterize")
-    import nbformat
+    from papermill.iorw import load_notebook_node
 
     path = SRC / "notebooks" / "quickstart.ipynb"
     notebook = parameterize.parameterize_notebook(
-        nbformat.read(path, as_version=4),
+        load_notebook_node(str(path)),
         {"sequence_lenght": 64, "model_path": str(tiny_model_dir("bert")), "output_dir": str(tmp_path / "run")},
     )
     cells = [c.source for c in notebook.cells if c.cell_type == "code"]
@@ -503,7 +541,13 @@ def test_misspelled_papermill_parameter_fails_the_notebook(tiny_model_dir, tmp_p
             _release(namespace.get("pipeline"))
             os.chdir(cwd)
 
-    workbench_error(run_cells, "sequence_lenght", "sequence_length", cls="ConfigError")
+    workbench_error(
+        run_cells,
+        "sequence_lenght",
+        "sequence_length",
+        cls="ConfigError",
+        accepted="the notebook's first cells ran with sequence_lenght=64 ignored",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ raw exceptions
@@ -559,7 +603,12 @@ def test_input_less_model_is_refused_when_loaded(tmp_path):
     constant = helper.make_node("Constant", [], ["y"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
     graph = helper.make_graph([constant], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "constant.onnx")
-    workbench_error(lambda: load_model(tmp_path / "constant.onnx"), "no inputs", cls="ModelSourceError")
+    workbench_error(
+        lambda: load_model(tmp_path / "constant.onnx"),
+        "no inputs",
+        cls="ModelSourceError",
+        accepted="load_model returned a source for a model with no inputs",
+    )
 
 
 def test_output_folder_that_is_a_file_is_refused(tiny_model_dir, tmp_path):
@@ -576,9 +625,11 @@ def test_output_folder_that_is_a_file_is_refused(tiny_model_dir, tmp_path):
 READ_ONLY_SCRIPT = """
     import json, sys
     from workbench.errors import WorkbenchError
-    try:
+    from pathlib import Path
+    import workbench
+    if (Path(workbench.__file__).parent / "engines").is_dir():
         from workbench.stages.precision.quantize import quantize_dynamic
-    except ImportError:
+    else:  # round 1
         from workbench.stages.precision import quantize_dynamic
     try:
         quantize_dynamic(sys.argv[1], sys.argv[2] + "/int8.onnx")
