@@ -686,18 +686,20 @@ def test_truncated_plan_json_names_the_file(tmp_path):
     workbench_error(lambda: plan.PrecisionPlan.load(path), str(path), cls="ConfigError")
 
 
-def test_unparsable_config_pbtxt_is_named(tiny_bert_onnx, tmp_path):
-    """A config.pbtxt that does not parse: the server wrapper names the file and line (round 1: Triton's
-    "failed to load ... not available"-style text). Starts a real tritonserver (pytriton's) on 127.0.0.1."""
+def test_unparsable_config_pbtxt_is_named(tiny_bert_onnx, tiny_model_dir, tmp_path):
+    """A config.pbtxt that does not parse: loading the ensemble that uses it names the file and its line (round 1:
+    Triton's "... which is not available"). Starts a real tritonserver (pytriton's) on 127.0.0.1."""
     if importlib.util.find_spec("pytriton") is None:
         pytest.skip("nvidia-pytriton is not installed")
-    config_cls, _, export_triton = triton_modules()
+    config_cls, export_ensemble, _ = triton_modules()
     server_module = module("workbench.triton.server", "workbench.triton_server")
-    result = export_triton(tiny_bert_onnx, tmp_path / "repo", config_cls(model_name="tiny"))
-    config = Path(result.model_dir) / "config.pbtxt"
+    result = export_ensemble(
+        tiny_bert_onnx, tmp_path / "repo", tiny_model_dir("bert"), config_cls(model_name="tiny"), sequence_length=16
+    )
+    config = Path(result.repository) / "tiny" / "config.pbtxt"
     config.write_text(config.read_text().replace("max_batch_size", "max_batch_sise", 1))
-    with server_module.TritonServer(tmp_path / "repo") as server:
-        error = workbench_error(lambda: server.load("tiny"), cls="TritonServerError")
-    message = str(error)
-    assert str(config) in message and "line " in message, f"names neither the file nor the line: {message[:300]!r}"
-    assert "not available" not in message
+    with server_module.TritonServer(result.repository) as server:
+        error = workbench_error(lambda: server.load("tiny_ensemble"), cls="TritonServerError")
+    headline = str(error).splitlines()[0]
+    assert "not available" not in headline, headline[:300]
+    assert str(config) in str(error) and "line " in str(error), f"names neither file nor line: {headline[:300]!r}"
