@@ -9,6 +9,9 @@ with NNCF's defaults, OpenVINO INT8 after the workbench's fix, and OpenVINO INT8
     ov_int8_fixed                 the workbench's autofix from cpu_int8_nncf: SmoothQuant alpha tuned, then the fewest
                                   ops pinned to FP32 that meet the target (mean >= 0.997, min >= 0.995)
     ov_int8_accuracy_control      nncf.quantize_with_accuracy_control, the same target as one metric (see below)
+    <each OpenVINO one>_bf16      the same IR, its floating-point ops in bf16 (INFERENCE_PRECISION_HINT; a Candidate
+                                  with float_precision="bf16"), where the CPU has bfloat16 instructions
+                                  (--no-bf16 leaves them out); the fix search then judges its pins in bf16 too
 
 Calibration: the first --calibration-samples sentences of data/calibration.txt, one per feed, padded to 128 tokens,
 for SmoothQuant, NNCF and the search alike. Accuracy: mean / min sentence-embedding cosine against the FP32 export
@@ -23,8 +26,9 @@ and 8 at 128 tokens, and the real-length mix: every evaluation sentence, batches
     python bench/engines.py            # a table (tens of minutes on 2 cores: the search re-quantizes per trial)
     python bench/engines.py --save-plan plan.json          # keep the search's plan
     python bench/engines.py --fixed-plan plan.json --json  # apply it again instead of searching (minutes, not an hour)
-    python bench/engines.py --json     # stdout: one JSON object with "rows" (name, engine, precision, batch, seq,
-                                       # p50_ms, p90_ms, speedup_vs_pytorch, cosine_mean, cosine_min), "search",
+    python bench/engines.py --json     # stdout: one JSON object with "rows" (name, engine, precision,
+                                       # float_precision, batch, seq, p50_ms, p90_ms, speedup_vs_pytorch,
+                                       # cosine_mean, cosine_min), "search",
                                        # "accuracy_control", "machine", "timing"; progress on stderr
 """
 
@@ -57,6 +61,14 @@ def load_average() -> str:
         return "unknown"
 
 
+def bf16_available() -> bool:
+    """Whether OpenVINO runs bf16 here (the CPU has bfloat16 instructions)."""
+    from workbench.engines.openvino import require_openvino
+
+    ov = require_openvino("bf16 candidates")
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 # ------------------------------------------------------------------------------------------ timing (child process)
 
 
@@ -68,7 +80,7 @@ def time_one(args: argparse.Namespace) -> int:
         read_sentences,
         tokenize_batches,
     )
-    from workbench.engines.base import get_engine
+    from workbench.engines.base import Candidate, get_engine
     from workbench.models import bundled_model_path, load_model
 
     source = load_model(args.model_path or bundled_model_path())
@@ -77,7 +89,9 @@ def time_one(args: argparse.Namespace) -> int:
     if args.engine == "pytorch":
         runner = get_engine("pytorch").runner(source.load_module(), name="pytorch", threads=args.threads)
     else:
-        runner = get_engine(args.engine).runner(Path(args.model), name=args.engine, threads=args.threads)
+        runner = Candidate(
+            args.engine, Path(args.model), engine=args.engine, float_precision=args.float_precision
+        ).runner(threads=args.threads)
     timings: dict[str, list[float]] = {}
     with runner:
         names = [
@@ -136,6 +150,8 @@ def interleaved_timings(
                 str(facts.get("path") or ""),
                 "--threads",
                 str(args.threads),
+                "--float-precision",
+                facts.get("float_precision", "fp32"),
                 "--iterations",
                 str(args.iterations),
                 "--warmup",
@@ -290,7 +306,9 @@ def build(args: argparse.Namespace, folder: Path, started: float) -> tuple[dict,
 
     budget = AccuracyBudget(**TARGET)
     search_started = time.perf_counter()
-    config = AutofixConfig(threads=args.threads, latency_iterations=10)
+    # where the fixed model will run its float ops in bf16, judge the pins that way
+    float_precision = "bf16" if not args.no_bf16 and bf16_available() else "fp32"
+    config = AutofixConfig(threads=args.threads, latency_iterations=10, float_precision=float_precision)
     fixed = autofix(
         reference,
         PrecisionPlan.preset("cpu_int8_nncf"),
@@ -307,6 +325,7 @@ def build(args: argparse.Namespace, folder: Path, started: float) -> tuple[dict,
     quantized = len(quantized_nodes(reference, fixed.start.path))
     bound = trial_budget(quantized, config.max_prune_trials, len(config.smoothing_alphas))
     search = {
+        "float_precision": float_precision,
         "trials": len(fixed.trials),
         "trial_bound": bound,
         "quantized_ops": quantized,
@@ -374,12 +393,17 @@ def main() -> int:
     parser.add_argument("--time-one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--float-precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-bf16", action="store_true", help="leave out the OpenVINO candidates whose float ops run in bf16"
+    )
     args = parser.parse_args()
     if args.time_one:
         return time_one(args)
 
     import numpy as np
 
+    from workbench.engines.base import Candidate
     from workbench.machine import machine_info
     from workbench.stages.accuracy.compare import compare_candidates
 
@@ -388,7 +412,17 @@ def main() -> int:
     # stdout carries the table or the JSON alone: what the libraries print (NNCF's progress) goes to stderr
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="bench-engines-") as folder:
         candidates, search, control, (reference, evaluation) = build(args, Path(folder), started)
-        report = compare_candidates(reference, {n: c["path"] for n, c in candidates.items() if c["path"]}, evaluation)
+        if not args.no_bf16 and bf16_available():
+            # the same IRs, their floating-point ops in bf16 (OpenVINO's INFERENCE_PRECISION_HINT): the FP32 model
+            # whole, and the FP32 ops an INT8 model keeps (its pins among them)
+            for name in [n for n, c in candidates.items() if c["engine"] == "openvino"]:
+                candidates[f"{name}_bf16"] = {**candidates[name], "float_precision": "bf16"}
+        models = {
+            n: Candidate(n, c["path"], engine=c["engine"], float_precision=c.get("float_precision", "fp32"))
+            for n, c in candidates.items()
+            if c["path"]
+        }
+        report = compare_candidates(reference, models, evaluation)
         accuracy = {c.name: (c.embedding_cosine_mean, c.embedding_cosine_min) for c in report.candidates}
         accuracy["pytorch_fp32"] = (1.0, 1.0)
         log(started, "accuracy measured")
@@ -407,6 +441,7 @@ def main() -> int:
                     "name": name,
                     "engine": facts["engine"],
                     "precision": facts["precision"],
+                    "float_precision": facts.get("float_precision", "fp32"),
                     "batch": int(batch),
                     "seq": seq if seq == MIX else int(seq),
                     "p50_ms": round(p50, 3),

@@ -35,6 +35,7 @@ def build_summary(pipeline: Any) -> dict[str, Any]:
             "path": str(candidate.path),
             "engine": candidate.engine,
             "precision": candidate.precision,
+            "float_precision": candidate.float_precision,
             "latency_ms_p50": None,
             "latency_ms_p50_by_batch": {},
             "cosine_mean": None,

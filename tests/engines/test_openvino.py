@@ -122,3 +122,48 @@ def test_an_fp32_ir_runs_every_compute_op_in_fp32(tiny_ir):
     runtime = op_precisions(tiny_ir.path)
     dense = [n for n in static if n.endswith("dense/MatMul")]
     assert dense and all(runtime[n] == "f32" for n in dense)
+
+
+def _has_bf16() -> bool:
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def test_a_candidates_float_precision_reaches_the_compiled_model(tiny_ir, tiny_feeds):
+    fp32 = Candidate("ov", tiny_ir.path, engine="openvino")
+    with fp32.runner(threads=1) as runner:
+        # explicit f32: OpenVINO's own default is bf16 on CPUs that have it
+        assert str(runner.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+        want = [runner.infer(f)["last_hidden_state"] for f in tiny_feeds]
+    assert fp32.to_dict()["float_precision"] == "fp32"
+    bf16 = Candidate("ov_bf16", tiny_ir.path, engine="openvino", float_precision="bf16")
+    if not _has_bf16():
+        from workbench.errors import DeviceUnavailable
+
+        with pytest.raises(DeviceUnavailable, match="bfloat16"), bf16.runner(threads=1):
+            pass
+        return
+    with bf16.runner(threads=1) as runner:
+        assert str(runner.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
+        got = [runner.infer(f)["last_hidden_state"] for f in tiny_feeds]
+    differences = [float(np.abs(g - w).max()) for g, w in zip(got, want)]
+    assert 0 < max(differences) < 0.1, differences  # bf16 rounding: close to FP32, not identical
+
+
+def test_bf16_is_refused_for_engines_that_run_fp32_only_and_unknown_precisions(tiny_bert_onnx):
+    with pytest.raises(ConfigError, match="ONNX Runtime does not run floating-point ops in 'bf16'"):
+        Candidate("ort", tiny_bert_onnx, engine="onnxruntime", float_precision="bf16").runner()
+    with pytest.raises(ConfigError, match="float_precision 'fp8'"):
+        Candidate("x", tiny_bert_onnx, float_precision="fp8")
+
+
+def test_the_triton_config_always_states_the_float_precision(tiny_ir, tmp_path):
+    from workbench.triton.config import TritonConfig, parse_model_config
+    from workbench.triton.model import export_triton_model
+
+    plain = export_triton_model(tiny_ir.path, tmp_path / "a", TritonConfig(model_name="m"))
+    assert parse_model_config(plain.config_text).parameters["INFERENCE_PRECISION_HINT"].string_value == "f32"
+    candidate = Candidate("ov_bf16", tiny_ir.path, engine="openvino", float_precision="bf16")
+    served = export_triton_model(candidate, tmp_path / "b", TritonConfig(model_name="m"))
+    assert parse_model_config(served.config_text).parameters["INFERENCE_PRECISION_HINT"].string_value == "bf16"
+    with pytest.raises(ConfigError, match="openvino_float_precision"):
+        TritonConfig(openvino_float_precision="f16")

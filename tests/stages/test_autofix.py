@@ -106,3 +106,20 @@ def test_diagnosis_needs_data(fused_tiny, candidate):
     path, _ = fused_tiny
     with pytest.raises(DataError):
         diagnose(path, candidate, [])
+
+
+def test_bf16_trials_are_refused_for_an_engine_without_bf16_before_any_trial(fused_tiny, tmp_path):
+    from workbench.errors import ConfigError
+
+    path, feeds = fused_tiny
+    with pytest.raises(ConfigError, match="ONNX Runtime does not run floating-point ops in 'bf16'"):
+        autofix(
+            path,
+            PrecisionPlan.preset("cpu_int8_dynamic"),
+            feeds,
+            tmp_path / "fix",
+            config=AutofixConfig(float_precision="bf16"),
+        )
+    assert not (tmp_path / "fix").exists()
+    with pytest.raises(ConfigError, match="float_precision"):
+        AutofixConfig(float_precision="fp16")

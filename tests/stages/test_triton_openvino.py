@@ -46,6 +46,7 @@ def test_openvino_model_config_is_complete_and_parses_strictly(tiny_ir, tmp_path
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": "2",
         "NUM_STREAMS": "1",
+        "INFERENCE_PRECISION_HINT": "f32",  # stated: OpenVINO would pick bf16 on a CPU that has it
     }
     assert cfg.dynamic_batching.max_queue_delay_microseconds == config.max_queue_delay_us
     assert [s.batch_size for s in cfg.model_warmup] == [1, 8]

@@ -112,6 +112,8 @@ class Engine:
         triton_platform: Triton's platform name, where Triton has one (config.pbtxt `platform`).
         model_files: The files of a Triton model version folder, e.g. ("model.onnx",).
         gpu: Whether it needs an NVIDIA GPU (its availability then probes the hardware; nothing else does).
+        float_precisions: The precisions it can run a model's floating-point ops in (a Candidate's
+            `float_precision`): "fp32" everywhere; OpenVINO adds "bf16" on CPUs with bfloat16 instructions.
     """
 
     name: ClassVar[str] = ""
@@ -123,6 +125,7 @@ class Engine:
     triton_platform: ClassVar[str | None] = None
     model_files: ClassVar[tuple[str, ...]] = ()
     gpu: ClassVar[bool] = False
+    float_precisions: ClassVar[tuple[str, ...]] = ("fp32",)
 
     def availability(self) -> Availability:
         """Whether it can run here. Imports the engine's package; only GPU engines probe the hardware."""
@@ -132,6 +135,17 @@ class Engine:
         """A runner for `model` (a model file, or an in-memory model for PyTorch). Nothing is loaded until it
         is activated."""
         raise NotImplementedError
+
+    def runner_with_float_precision(
+        self, model: Any, float_precision: str, *, name: str | None = None, threads: int | None = None
+    ) -> Runner:
+        """:meth:`runner`, its floating-point ops run in `float_precision` (one of `float_precisions`).
+
+        Raises:
+            ConfigError: This engine does not run floating-point ops in that precision.
+        """
+        check_float_precision(self, float_precision)
+        return self.runner(model, name=name, threads=threads)
 
     def require(self) -> None:
         """Raise MissingDependency (or DeviceUnavailable) with the engine's reason unless it is available."""
@@ -233,6 +247,22 @@ def engine_for_path(path: str | os.PathLike[str]) -> Engine:
     raise ModelSourceError(f"No registered engine loads {Path(path).name}.", expected=f"a file ending in {suffixes}")
 
 
+#: Every float precision an engine may declare (Engine.float_precisions).
+FLOAT_PRECISIONS = ("fp32", "bf16")
+
+
+def check_float_precision(engine: Engine, float_precision: str) -> None:
+    """Raise ConfigError unless `engine` runs floating-point ops in `float_precision`."""
+    from workbench.errors import ConfigError
+
+    if float_precision not in engine.float_precisions:
+        raise ConfigError(
+            f"{engine.title} does not run floating-point ops in {float_precision!r}.",
+            expected=f"a float precision among {list(engine.float_precisions)} for the {engine.name} engine",
+            fix='use float_precision="fp32", or an OpenVINO candidate for bf16',
+        )
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A model file that may ship, and the engine that runs it.
@@ -242,15 +272,27 @@ class Candidate:
         path: The model file (.onnx, OpenVINO .xml, TensorRT .plan).
         engine: The registered engine that runs it.
         precision: How it was made: "fp32", or a PrecisionPlan method ("int8_dynamic", ...).
+        float_precision: What its engine runs the ops the model keeps in floating point in: "fp32", or "bf16"
+            (OpenVINO on a CPU with bfloat16 instructions: the FP32 ops of an INT8 model, or a whole FP32 model,
+            at about half the cost; its accuracy is measured that way too). A runtime setting, so the Triton
+            export carries it in the model's config.
     """
 
     name: str
     path: Path
     engine: str = "onnxruntime"
     precision: str = "fp32"
+    float_precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        from workbench.errors import ConfigError
+
         object.__setattr__(self, "path", Path(self.path))
+        if self.float_precision not in FLOAT_PRECISIONS:
+            raise ConfigError(
+                f"Candidate {self.name!r}: float_precision {self.float_precision!r} is not one of "
+                f"{list(FLOAT_PRECISIONS)}."
+            )
 
     def __fspath__(self) -> str:
         # a Candidate is a model file: every stage that takes a path takes a Candidate
@@ -260,7 +302,16 @@ class Candidate:
         return str(self.path)
 
     def runner(self, *, threads: int | None = None) -> Runner:
-        return get_engine(self.engine).runner(self.path, name=self.name, threads=threads)
+        engine = get_engine(self.engine)
+        if self.float_precision == "fp32":
+            return engine.runner(self.path, name=self.name, threads=threads)
+        return engine.runner_with_float_precision(self.path, self.float_precision, name=self.name, threads=threads)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": str(self.path), "engine": self.engine, "precision": self.precision}
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "engine": self.engine,
+            "precision": self.precision,
+            "float_precision": self.float_precision,
+        }

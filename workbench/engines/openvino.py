@@ -25,11 +25,13 @@ from typing import Any
 import numpy as np
 
 from workbench._lazy import require
-from workbench.engines.base import Availability, BaseRunner, Engine, register_engine
-from workbench.errors import ConfigError, ModelSourceError, WorkbenchError
+from workbench.engines.base import Availability, BaseRunner, Engine, check_float_precision, register_engine
+from workbench.errors import ConfigError, DeviceUnavailable, ModelSourceError, WorkbenchError
 
 EXTRA = "openvino"
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+#: A Candidate's float_precision -> OpenVINO's INFERENCE_PRECISION_HINT.
+INFERENCE_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 #: OpenVINO's runtime layer types that do the arithmetic whose precision a PrecisionPlan decides.
 COMPUTE_LAYER_TYPES = ("FullyConnected", "MatMul", "Convolution", "GroupConvolution", "Deconvolution")
 
@@ -153,6 +155,15 @@ class OpenVINORunner(BaseRunner):
                 )
             model = model.clone() if not isinstance(self.model, Path) else model  # never reshape a caller's model
             model.reshape({name: ov.PartialShape(shape) for name, shape in self.shapes.items()})
+        if self.inference_precision == "bf16" and "BF16" not in core.get_property(
+            self.device, "OPTIMIZATION_CAPABILITIES"
+        ):
+            # OpenVINO would quietly run f32 instead: the candidate's timing and accuracy would not be bf16's
+            raise DeviceUnavailable(
+                f"OpenVINO runner {self.name!r} asks for bf16 floating-point ops, but this {self.device} has no "
+                "bfloat16 instructions (OPTIMIZATION_CAPABILITIES lacks BF16).",
+                fix='use float_precision="fp32" on this machine',
+            )
         try:
             self.compiled = core.compile_model(model, self.device, self.properties)
         except Exception as exc:
@@ -503,6 +514,7 @@ class OpenVINO(Engine):
     extra = EXTRA
     suffixes = (".xml",)
     precisions = ("fp32", "int8_nncf")
+    float_precisions = ("fp32", "bf16")
     triton_backend = "openvino"
     model_files = ("model.xml", "model.bin")
 
@@ -525,3 +537,12 @@ class OpenVINO(Engine):
     def runner(self, model: Any, *, name: str | None = None, threads: int | None = None) -> OpenVINORunner:
         self.require()
         return OpenVINORunner(model, name=name, threads=threads)
+
+    def runner_with_float_precision(
+        self, model: Any, float_precision: str, *, name: str | None = None, threads: int | None = None
+    ) -> OpenVINORunner:
+        check_float_precision(self, float_precision)
+        self.require()
+        return OpenVINORunner(
+            model, name=name, threads=threads, inference_precision=INFERENCE_PRECISIONS[float_precision]
+        )

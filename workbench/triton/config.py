@@ -105,6 +105,9 @@ class TritonConfig(StageConfig):
         openvino_streams: OpenVINO models: NUM_STREAMS (None: what the hint chooses; 1 for LATENCY).
         openvino_hint: OpenVINO models: PERFORMANCE_HINT, "LATENCY" (one request at a time, the lowest latency)
             or "THROUGHPUT" / "CUMULATIVE_THROUGHPUT" (parallel streams for many concurrent requests).
+        openvino_float_precision: OpenVINO models: what floating-point ops run in, always written as
+            INFERENCE_PRECISION_HINT: "fp32" ("f32"; without it OpenVINO picks bf16 on CPUs that have it, and the
+            served model would not be the one measured) or "bf16" (a Candidate whose float_precision is bf16).
     """
 
     model_name: str = "model"
@@ -121,6 +124,7 @@ class TritonConfig(StageConfig):
     openvino_threads: int | None = None
     openvino_streams: int | None = None
     openvino_hint: str = "LATENCY"
+    openvino_float_precision: str = "fp32"
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -153,6 +157,7 @@ class TritonConfig(StageConfig):
                 raise ConfigError(f"TritonConfig.{flag} must be True or False, got {getattr(self, flag)!r}.")
         check_choice(self, "instance_kind", INSTANCE_KINDS)
         check_choice(self, "openvino_hint", OPENVINO_HINTS)
+        check_choice(self, "openvino_float_precision", ("fp32", "bf16"))
         for field in ("openvino_threads", "openvino_streams"):
             if getattr(self, field) is not None:
                 _check_int(self, field, minimum=1)

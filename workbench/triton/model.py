@@ -556,10 +556,15 @@ def engine_model(
         ConfigError: An option of `config` that does not apply to this engine's backend is set.
         MissingDependency: The engine's package (onnx, openvino) is not installed.
     """
-    from workbench.engines.base import Candidate, engine_for_path, get_engine
+    from workbench.engines.base import Candidate, check_float_precision, engine_for_path, get_engine
 
     if isinstance(model, Candidate):
         path, chosen = Path(model.path), get_engine(model.engine)
+        if model.float_precision != "fp32":  # a runtime setting of the candidate: served as it was measured
+            from dataclasses import replace
+
+            check_float_precision(chosen, model.float_precision)
+            config = replace(config, openvino_float_precision=model.float_precision)
     else:
         path = Path(model)
         chosen = get_engine(engine) if engine is not None else engine_for_path(path)
@@ -657,6 +662,8 @@ def model_config_from_openvino(
         "PERFORMANCE_HINT": config.openvino_hint,
         "INFERENCE_NUM_THREADS": config.openvino_threads,
         "NUM_STREAMS": config.openvino_streams,
+        # always: OpenVINO's own default is bf16 on CPUs with bfloat16 instructions
+        "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[config.openvino_float_precision],
     }
     for key, value in parameters.items():
         if value is not None:

@@ -31,7 +31,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from workbench.config import StageConfig, check_positive
+from workbench.config import StageConfig, check_choice, check_positive
+from workbench.engines.base import FLOAT_PRECISIONS, Candidate
 from workbench.errors import AccuracyError, ConfigError
 from workbench.progress import Progress, ProgressCallback
 
@@ -49,6 +50,8 @@ class AutofixConfig(StageConfig):
         max_prune_trials: Trials spent trying to drop pins once the budget holds.
         latency_iterations: Timed runs per trial (batch 1), for the latency-vs-accuracy chart.
         threads: onnxruntime threads for the trials' latency; None: all cores.
+        float_precision: What the trials' floating-point ops run in (a Candidate's float_precision): "fp32", or
+            "bf16" for an OpenVINO plan that will ship with bf16 float ops, so the pins are judged as served.
     """
 
     try_smoothing: bool = True
@@ -57,6 +60,7 @@ class AutofixConfig(StageConfig):
     max_prune_trials: int = 8
     latency_iterations: int = 20
     threads: int | None = None
+    float_precision: str = "fp32"
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -65,6 +69,7 @@ class AutofixConfig(StageConfig):
 
     def __post_init__(self) -> None:
         check_positive(self, "latency_iterations")
+        check_choice(self, "float_precision", FLOAT_PRECISIONS)
         if self.max_prune_trials < 0:
             raise ConfigError("AutofixConfig.max_prune_trials must be >= 0.")
         object.__setattr__(self, "smoothing_alphas", tuple(float(a) for a in self.smoothing_alphas))
@@ -237,11 +242,12 @@ def autofix(
     Raises:
         AccuracyError: Even with every quantized node in FP32 the budget does not hold.
     """
-    from workbench.engines.base import get_engine
+    from workbench.engines.base import check_float_precision, get_engine
     from workbench.stages.accuracy.compare import compare_candidates, task_and_budget
     from workbench.stages.accuracy.diagnose import diagnose
     from workbench.tasks.base import Encoded
 
+    check_float_precision(get_engine(plan.engine), config.float_precision)  # before any folder or trial is made
     reference = Path(reference or model_path)
     encoded = evaluation_feeds if isinstance(evaluation_feeds, Encoded) else None
     evaluation_feeds = encoded.feeds if encoded is not None else list(evaluation_feeds)
@@ -278,13 +284,14 @@ def autofix(
         )
         accuracy = compare_candidates(
             reference,
-            {"trial": result.path},
+            {"trial": Candidate("trial", result.path, engine=engine.name, float_precision=config.float_precision)},
             encoded or evaluation_feeds,
             task=task_name,
             budget=budget,
             threads=config.threads,
         )["trial"]
-        with engine.runner(result.path, name="trial", threads=config.threads) as runner:
+        trial_candidate = Candidate("trial", result.path, engine=engine.name, float_precision=config.float_precision)
+        with trial_candidate.runner(threads=config.threads) as runner:
             for _ in range(3):
                 runner.infer(latency_feed)
             timings = []

@@ -23,6 +23,7 @@ that the same check runs from Polygraphy's command line (in CI, on another machi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -259,7 +260,7 @@ def _runner(model: Model, name: str, threads: int | None) -> Runner:
         return (
             model.runner(threads=threads)
             if model.name == name
-            else Candidate(name, model.path, model.engine, model.precision).runner(threads=threads)
+            else dataclasses.replace(model, name=name).runner(threads=threads)
         )
     return engine_for_path(model).runner(Path(model), name=name, threads=threads)
 

@@ -8,7 +8,8 @@ backend reads it. Never part of an exported repository.
 What it checks, like the real backend: the config names every model input and no other, the config's outputs are
 model outputs, and their data types agree. It does not auto-complete a missing config (neither does the real
 backend). It reads `<version>/<default_model_filename or model.xml>` (the weights: the .bin beside it) and honours
-the real backend's parameters INFERENCE_NUM_THREADS, NUM_STREAMS and PERFORMANCE_HINT.
+the real backend's parameters INFERENCE_NUM_THREADS, NUM_STREAMS, PERFORMANCE_HINT and
+INFERENCE_PRECISION_HINT.
 
 Every request of a batch the dynamic batcher hands over is answered on its own (one inference per request).
 """
@@ -36,7 +37,7 @@ TRITON_TO_OPENVINO = {
     "TYPE_FP64": "f64",
 }
 #: The real backend's parameters this stand-in honours; OpenVINO takes their string values as they are.
-PARAMETERS = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT")
+PARAMETERS = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT")
 
 
 def check_io(config, model):
