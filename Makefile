@@ -40,7 +40,7 @@ demo: setup
 PYTEST_WORKERS ?= 2
 
 test: setup browser-deps lint
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_ARGS)
 
 # The habits that keep the architecture: style, the import layers (no cycles, imports inside functions count), types.
 lint: setup

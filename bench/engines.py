@@ -61,6 +61,15 @@ def load_average() -> str:
         return "unknown"
 
 
+def log_trial(started: float, trial: Any) -> None:
+    """One line per evaluated fix trial (the auto-fix's progress events carry the Trial as their item)."""
+    log(
+        started,
+        f"  trial {trial.index} ({trial.stage}): {len(trial.pins)} pins, mean {trial.cosine_mean:.5f} "
+        f"min {trial.cosine_min:.5f}, {trial.latency_ms:.2f} ms",
+    )
+
+
 def bf16_available() -> bool:
     """Whether OpenVINO runs bf16 here (the CPU has bfloat16 instructions)."""
     from workbench.engines.openvino import require_openvino
@@ -317,10 +326,7 @@ def build(args: argparse.Namespace, folder: Path, started: float) -> tuple[dict,
         budget=budget,
         calibration_feeds=calibration,
         config=config,
-        progress=lambda t: log(
-            started,
-            f"  trial {t.index} ({t.stage}): {len(t.pins)} pins, mean {t.cosine_mean:.5f} min {t.cosine_min:.5f}",
-        ),
+        progress=lambda event: log_trial(started, event.item) if event.item is not None else None,
     )
     quantized = len(quantized_nodes(reference, fixed.start.path))
     bound = trial_budget(quantized, config.max_prune_trials, len(config.smoothing_alphas))

@@ -152,6 +152,12 @@ def bench_task(task_name: str, folder: Path, args: argparse.Namespace) -> dict[s
         report["candidates"][name]["latency_ms"] = report["latency"].get(name)
         report["candidates"][name]["speedup_vs_pytorch"] = round(pytorch / report["latency"][name], 2)
     passing = [n for n, f in report["candidates"].items() if f["meets_budget"]]
+    for name, facts in report["candidates"].items():  # a fixed candidate that meets the budget may ship too
+        fix = facts.get("autofix") or {}
+        if fix.get("meets_budget") and f"{name}_fixed" in report["latency"]:
+            fix["latency_ms"] = report["latency"][f"{name}_fixed"]
+            fix["speedup_vs_pytorch"] = round(pytorch / fix["latency_ms"], 2)
+            passing.append(f"{name}_fixed")
     report["chosen"] = min(passing, key=lambda n: report["latency"][n]) if passing else None
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
