@@ -67,14 +67,21 @@ def pb_utils(monkeypatch):
 
 def load_python_model(model_dir: Path, source: Path, *, parameters: dict[str, str] | None = None) -> Any:
     """Import `source` (a model.py) as Triton does and initialize it with `model_dir`'s config.pbtxt."""
-    from google.protobuf import json_format
-
     from workbench.triton.config import parse_model_config
 
     cfg = parse_model_config((model_dir / "config.pbtxt").read_text())
     for key, value in (parameters or {}).items():
         cfg.parameters[key].string_value = value
-    spec = importlib.util.spec_from_file_location(f"served_{model_dir.name}", source)
+    return initialize_served(source, model_dir, cfg, module_name=f"served_{model_dir.name}")
+
+
+def initialize_served(source: Path, model_dir: Path, cfg: Any, *, module_name: str) -> Any:
+    """Import `source` under `module_name` and initialize its TritonPythonModel with the ModelConfig `cfg`, as
+    Triton's Python backend does (the config as JSON, the repository folder, version 1). Imports no workbench
+    module, so the round-1 checks can use it too."""
+    from google.protobuf import json_format
+
+    spec = importlib.util.spec_from_file_location(module_name, source)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model = module.TritonPythonModel()
@@ -86,3 +93,24 @@ def load_python_model(model_dir: Path, source: Path, *, parameters: dict[str, st
         }
     )
     return model
+
+
+def int32_id_model(source: Path, path: Path) -> Path:
+    """`source` (an ONNX model) with its int64 inputs declared int32, each cast back to int64 first; saved to
+    `path`. Imports no workbench module."""
+    import onnx
+
+    model = onnx.load(str(source))
+    casts = []
+    for graph_input in model.graph.input:
+        if graph_input.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+            for node in model.graph.node:
+                node.input[:] = [f"{i}_64" if i == graph_input.name else i for i in node.input]
+            casts.append(
+                onnx.helper.make_node("Cast", [graph_input.name], [f"{graph_input.name}_64"], to=onnx.TensorProto.INT64)
+            )
+            graph_input.type.tensor_type.elem_type = onnx.TensorProto.INT32
+    for cast in reversed(casts):
+        model.graph.node.insert(0, cast)
+    onnx.save(model, path)
+    return path

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.reliability.conftest import leftovers, snapshot
+from tests.reliability.conftest import int32_id_model, leftovers, snapshot
 from workbench._files import LOCK_FILE, OutputFolder, atomic_directory, atomic_path, clean_leftovers
 from workbench.errors import (
     ConfigError,
@@ -71,24 +71,12 @@ def test_a_hugging_face_folder_with_a_damaged_config_is_refused(tiny_model_dir, 
 
 
 def test_int32_id_models_are_fed_int32_ids(tiny_bert_onnx, tiny_model_dir, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from workbench.data import tokenize_batches
     from workbench.engines.onnxruntime import OnnxRuntimeRunner
     from workbench.models import load_model
 
-    model = onnx.load(str(tiny_bert_onnx))
-    casts = []
-    for graph_input in model.graph.input:
-        if graph_input.type.tensor_type.elem_type == onnx.TensorProto.INT64:
-            for node in model.graph.node:
-                node.input[:] = [f"{i}_64" if i == graph_input.name else i for i in node.input]
-            casts.append(
-                onnx.helper.make_node("Cast", [graph_input.name], [f"{graph_input.name}_64"], to=onnx.TensorProto.INT64)
-            )
-            graph_input.type.tensor_type.elem_type = onnx.TensorProto.INT32
-    for cast in reversed(casts):
-        model.graph.node.insert(0, cast)
-    onnx.save(model, tmp_path / "int32.onnx")
+    int32_id_model(tiny_bert_onnx, tmp_path / "int32.onnx")
     feeds = tokenize_batches(
         load_model(tiny_model_dir("bert")).load_tokenizer(), ["a test"], batch_size=1, sequence_length=8
     )

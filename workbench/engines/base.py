@@ -131,21 +131,16 @@ class Engine:
         """Whether it can run here. Imports the engine's package; only GPU engines probe the hardware."""
         raise NotImplementedError
 
-    def runner(self, model: Any, *, name: str | None = None, threads: int | None = None) -> Runner:
-        """A runner for `model` (a model file, or an in-memory model for PyTorch). Nothing is loaded until it
-        is activated."""
-        raise NotImplementedError
-
-    def runner_with_float_precision(
-        self, model: Any, float_precision: str, *, name: str | None = None, threads: int | None = None
+    def runner(
+        self, model: Any, *, name: str | None = None, threads: int | None = None, float_precision: str = "fp32"
     ) -> Runner:
-        """:meth:`runner`, its floating-point ops run in `float_precision` (one of `float_precisions`).
+        """A runner for `model` (a model file, or an in-memory model for PyTorch), its floating-point ops in
+        `float_precision` (one of `float_precisions`). Nothing is loaded until it is activated.
 
         Raises:
-            ConfigError: This engine does not run floating-point ops in that precision.
+            ConfigError: This engine does not run floating-point ops in `float_precision`.
         """
-        check_float_precision(self, float_precision)
-        return self.runner(model, name=name, threads=threads)
+        raise NotImplementedError
 
     def require(self) -> None:
         """Raise MissingDependency (or DeviceUnavailable) with the engine's reason unless it is available."""
@@ -302,10 +297,9 @@ class Candidate:
         return str(self.path)
 
     def runner(self, *, threads: int | None = None) -> Runner:
-        engine = get_engine(self.engine)
-        if self.float_precision == "fp32":
-            return engine.runner(self.path, name=self.name, threads=threads)
-        return engine.runner_with_float_precision(self.path, self.float_precision, name=self.name, threads=threads)
+        return get_engine(self.engine).runner(
+            self.path, name=self.name, threads=threads, float_precision=self.float_precision
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from workbench._lazy import require
-from workbench.engines.base import Availability, BaseRunner, Engine, register_engine
+from workbench.engines.base import Availability, BaseRunner, Engine, check_float_precision, register_engine
 from workbench.errors import DeviceUnavailable, ModelSourceError, WorkbenchError
 
 
@@ -213,6 +213,9 @@ class OnnxRuntime(Engine):
 
         return save_onnx(load_onnx(source), destination)
 
-    def runner(self, model: Any, *, name: str | None = None, threads: int | None = None) -> OnnxRuntimeRunner:
+    def runner(
+        self, model: Any, *, name: str | None = None, threads: int | None = None, float_precision: str = "fp32"
+    ) -> OnnxRuntimeRunner:
+        check_float_precision(self, float_precision)
         # spinning off: an idle pool must not steal the cores of another engine timed beside it
         return OnnxRuntimeRunner(model, name=name, intra_op_threads=threads, allow_spinning=False)

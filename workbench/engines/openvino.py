@@ -534,12 +534,8 @@ class OpenVINO(Engine):
         version = version or str(ov.__version__).split("-")[0]
         return Availability(True, f"openvino {version} ({devices})", version)
 
-    def runner(self, model: Any, *, name: str | None = None, threads: int | None = None) -> OpenVINORunner:
-        self.require()
-        return OpenVINORunner(model, name=name, threads=threads)
-
-    def runner_with_float_precision(
-        self, model: Any, float_precision: str, *, name: str | None = None, threads: int | None = None
+    def runner(
+        self, model: Any, *, name: str | None = None, threads: int | None = None, float_precision: str = "fp32"
     ) -> OpenVINORunner:
         check_float_precision(self, float_precision)
         self.require()

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from workbench._lazy import require
-from workbench.engines.base import Availability, BaseRunner, Engine, register_engine
+from workbench.engines.base import Availability, BaseRunner, Engine, check_float_precision, register_engine
 
 
 class PyTorchRunner(BaseRunner):
@@ -79,6 +79,8 @@ class PyTorch(Engine):
         *,
         name: str | None = None,
         threads: int | None = None,
+        float_precision: str = "fp32",
         output_names: Sequence[str] = ("last_hidden_state",),
     ) -> PyTorchRunner:
+        check_float_precision(self, float_precision)
         return PyTorchRunner(model, output_names=output_names, name=name or "pytorch", threads=threads)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from workbench._lazy import require
-from workbench.engines.base import Availability, BaseRunner, Engine, register_engine
+from workbench.engines.base import Availability, BaseRunner, Engine, check_float_precision, register_engine
 from workbench.errors import (
     DeviceUnavailable,
     MissingDependency,
@@ -333,7 +333,10 @@ class TensorRT(Engine):
         trt, _ = _tensorrt_package()
         return Availability(available, reason, getattr(trt, "__version__", None) if trt is not None else None)
 
-    def runner(self, model: Any, *, name: str | None = None, threads: int | None = None) -> TensorRTRunner:
+    def runner(
+        self, model: Any, *, name: str | None = None, threads: int | None = None, float_precision: str = "fp32"
+    ) -> TensorRTRunner:
+        check_float_precision(self, float_precision)
         return TensorRTRunner(model, name=name)
 
 

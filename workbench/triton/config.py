@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from workbench._lazy import require
 from workbench.config import StageConfig, check_choice
+from workbench.engines.base import FLOAT_PRECISIONS
 from workbench.errors import ConfigError, TritonExportError
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
@@ -157,7 +158,7 @@ class TritonConfig(StageConfig):
                 raise ConfigError(f"TritonConfig.{flag} must be True or False, got {getattr(self, flag)!r}.")
         check_choice(self, "instance_kind", INSTANCE_KINDS)
         check_choice(self, "openvino_hint", OPENVINO_HINTS)
-        check_choice(self, "openvino_float_precision", ("fp32", "bf16"))
+        check_choice(self, "openvino_float_precision", FLOAT_PRECISIONS)
         for field in ("openvino_threads", "openvino_streams"):
             if getattr(self, field) is not None:
                 _check_int(self, field, minimum=1)

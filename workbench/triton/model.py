@@ -606,7 +606,7 @@ def model_config_from_openvino(
         TritonExportError: A static batch dimension, a tensor of unknown rank or an unsupported data type.
         ConfigError: `config` asks for onnxruntime's TensorRT accelerator.
     """
-    from workbench.engines.openvino import read_model
+    from workbench.engines.openvino import INFERENCE_PRECISIONS, read_model
 
     if config.ort_gpu_tensorrt_fp16:
         raise ConfigError(
@@ -663,7 +663,7 @@ def model_config_from_openvino(
         "INFERENCE_NUM_THREADS": config.openvino_threads,
         "NUM_STREAMS": config.openvino_streams,
         # always: OpenVINO's own default is bf16 on CPUs with bfloat16 instructions
-        "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[config.openvino_float_precision],
+        "INFERENCE_PRECISION_HINT": INFERENCE_PRECISIONS[config.openvino_float_precision],
     }
     for key, value in parameters.items():
         if value is not None:

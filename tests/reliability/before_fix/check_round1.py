@@ -45,7 +45,7 @@ import workbench  # noqa: E402
 assert Path(workbench.__file__).resolve().is_relative_to(SRC), workbench.__file__
 
 from tests.reliability import fake_pb_utils  # noqa: E402
-from tests.reliability.conftest import leftovers, snapshot  # noqa: E402
+from tests.reliability.conftest import initialize_served, int32_id_model, leftovers, snapshot  # noqa: E402
 
 ROUND1 = not (SRC / "workbench" / "engines").is_dir()  # the reorganised package has workbench/engines
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS_ROOT)]), "WORKBENCH_SRC": str(SRC)}
@@ -172,22 +172,12 @@ def triton_modules():
 
 def load_served_model(model_dir: Path):
     """Import a repository's `<model>/1/model.py` as Triton does and initialize it with its config.pbtxt."""
-    from google.protobuf import json_format, text_format
+    from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
     cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-    spec = importlib.util.spec_from_file_location(f"served_{model_dir.name}_{id(cfg)}", model_dir / "1" / "model.py")
-    served = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(served)
-    model = served.TritonPythonModel()
-    model.initialize(
-        {
-            "model_config": json.dumps(json_format.MessageToDict(cfg, preserving_proto_field_name=True)),
-            "model_repository": str(model_dir),
-            "model_version": "1",
-        }
-    )
-    return model
+    name = f"served_{model_dir.name}_{id(cfg)}"
+    return initialize_served(model_dir / "1" / "model.py", model_dir, cfg, module_name=name)
 
 
 # ------------------------------------------------------------------------------------------------ the server path
@@ -561,30 +551,11 @@ def test_non_utf8_sentence_file_is_a_data_error(tmp_path):
     workbench_error(lambda: read_sentences(tmp_path / "s.txt"), str(tmp_path / "s.txt"), cls="DataError")
 
 
-def _int32_model(tiny_bert_onnx, path: Path) -> Path:
-    import onnx
-
-    model = onnx.load(str(tiny_bert_onnx))
-    casts = []
-    for graph_input in model.graph.input:
-        if graph_input.type.tensor_type.elem_type == onnx.TensorProto.INT64:
-            for node in model.graph.node:
-                node.input[:] = [f"{i}_64" if i == graph_input.name else i for i in node.input]
-            casts.append(
-                onnx.helper.make_node("Cast", [graph_input.name], [f"{graph_input.name}_64"], to=onnx.TensorProto.INT64)
-            )
-            graph_input.type.tensor_type.elem_type = onnx.TensorProto.INT32
-    for cast in reversed(casts):
-        model.graph.node.insert(0, cast)
-    onnx.save(model, path)
-    return path
-
-
 def test_int32_id_model_is_fed_int32_ids(tiny_bert_onnx, feeds, tmp_path):
     """A model whose ids are int32 runs on the tokenizer's int64 feeds (round 1: onnxruntime's raw
     InvalidArgument about the input's type)."""
     runner_cls = module("workbench.engines.onnxruntime", "workbench.backends.onnxrt").OnnxRuntimeRunner
-    path = _int32_model(tiny_bert_onnx, tmp_path / "int32.onnx")
+    path = int32_id_model(tiny_bert_onnx, tmp_path / "int32.onnx")
     with runner_cls(path) as int32, runner_cls(tiny_bert_onnx) as int64:
         try:
             got = int32.infer(feeds[0])["last_hidden_state"]

@@ -282,15 +282,15 @@ def autofix(
             cache_dir=cache_dir,
             progress=False,
         )
+        trial_candidate = Candidate("trial", result.path, engine=engine.name, float_precision=config.float_precision)
         accuracy = compare_candidates(
             reference,
-            {"trial": Candidate("trial", result.path, engine=engine.name, float_precision=config.float_precision)},
+            {"trial": trial_candidate},
             encoded or evaluation_feeds,
             task=task_name,
             budget=budget,
             threads=config.threads,
         )["trial"]
-        trial_candidate = Candidate("trial", result.path, engine=engine.name, float_precision=config.float_precision)
         with trial_candidate.runner(threads=config.threads) as runner:
             for _ in range(3):
                 runner.infer(latency_feed)
