@@ -409,7 +409,7 @@ def main() -> int:
 
     import numpy as np
 
-    from workbench.engines.base import Candidate
+    from workbench.engines.base import Candidate, get_engine
     from workbench.machine import machine_info
     from workbench.stages.accuracy.compare import compare_candidates
 
@@ -421,7 +421,7 @@ def main() -> int:
         if not args.no_bf16 and bf16_available():
             # the same IRs, their floating-point ops in bf16 (OpenVINO's INFERENCE_PRECISION_HINT): the FP32 model
             # whole, and the FP32 ops an INT8 model keeps (its pins among them)
-            for name in [n for n, c in candidates.items() if c["engine"] == "openvino"]:
+            for name in [n for n, c in candidates.items() if "bf16" in get_engine(c["engine"]).float_precisions]:
                 candidates[f"{name}_bf16"] = {**candidates[name], "float_precision": "bf16"}
         models = {
             n: Candidate(n, c["path"], engine=c["engine"], float_precision=c.get("float_precision", "fp32"))

@@ -286,7 +286,8 @@ class Candidate:
         if self.float_precision not in FLOAT_PRECISIONS:
             raise ConfigError(
                 f"Candidate {self.name!r}: float_precision {self.float_precision!r} is not one of "
-                f"{list(FLOAT_PRECISIONS)}."
+                f"{list(FLOAT_PRECISIONS)}.",
+                fix='use "fp32", or "bf16" for an OpenVINO candidate on a CPU with bfloat16 instructions',
             )
 
     def __fspath__(self) -> str:
