@@ -6,7 +6,7 @@ import ctypes
 import gc
 import os
 import platform
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def cpu_name() -> str:
@@ -51,6 +51,64 @@ def rss_mb() -> float | None:
 def peak_rss_mb() -> float | None:
     """This process's peak resident memory so far (VmHWM), in MB; None off Linux."""
     return _proc_status_mb("VmHWM")
+
+
+def run_queue_wait_ns() -> int | None:
+    """Nanoseconds this process's threads have spent runnable but waiting for a CPU, summed over its threads.
+
+    The second field of each /proc/self/task/<tid>/schedstat (the scheduler's run_delay). It grows only when
+    a thread could run and no core was free: the direct sign that other processes (or more threads than
+    cores) competed, which steady contention shows even when every timed run slows alike. Threads that ended
+    take their share with them, so read it before and after a stretch in which the threads stay the same.
+    None off Linux or where the kernel keeps no schedstat.
+    """
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    total, read = 0, 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as stat:
+                total += int(stat.read().split()[1])
+            read += 1
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile, or no such field
+            continue
+    return total if read else None
+
+
+class CpuTimes(NamedTuple):
+    """CPU seconds so far, from the kernel's counters (see cpu_times)."""
+
+    busy: float  #: every process, every CPU: user, nice, system, irq, softirq (not idle, iowait or steal)
+    steal: float  #: time the hypervisor gave this virtual machine's CPUs to something else
+    own: float  #: this process, all its threads: utime + stime
+
+
+def cpu_times() -> CpuTimes | None:
+    """CPU seconds every process has used, the hypervisor has stolen, and this process has used; None off Linux.
+
+    From /proc/stat's all-CPU line and /proc/self/stat. Over a stretch, busy - own is the CPU time other
+    processes took meanwhile. The two count time a little differently (the process's own time is its precise
+    run time, which on a virtual machine includes some stolen time that /proc/stat files as steal), so on a
+    quiet virtual machine busy - own comes out slightly low, never high: a difference that says other processes
+    ran is real. Steal is kept apart: it is the machine's neighbours, not this machine's processes.
+    """
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+        with open("/proc/self/stat", encoding="ascii") as own:
+            # the command name in parentheses may hold spaces: count fields after its closing parenthesis
+            mine = own.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        if not fields or fields[0] != "cpu" or len(fields) < 9:
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+        # after ")": the state is stat(5)'s field 3, so utime and stime (fields 14 and 15) are indexes 11 and 12
+        own_ticks = int(mine[11]) + int(mine[12])
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return CpuTimes((user + nice + system + irq + softirq) / tick, steal / tick, own_ticks / tick)
 
 
 _MALLOC_TRIM: Any = None

@@ -392,6 +392,10 @@ def _benchmark_summary(pipeline: Pipeline, timings: Any) -> dict[str, Any]:
             "seq": seq,
             "threads": timings.config.effective_threads,
             "iterations": timings.config.iterations,
+            # why these numbers may be off (CPU wait, spread, order, load): a script or CI job reads them here
+            "busy_warnings": list(timings.warnings),
+            "load_average": list(timings.load_average) if timings.load_average is not None else None,
+            "contention": [c.to_dict() for c in timings.contention],
         },
         "machine": timings.machine,
     }

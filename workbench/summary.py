@@ -93,6 +93,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     for warning in summary.get("warnings") or ():
         lines.insert(1, f"warning: {warning}")
+    for warning in (summary.get("benchmark") or {}).get("busy_warnings") or ():
+        lines.insert(1, f"timing warning: {warning}")
     header = f"{'candidate':<28}{'engine':<13}{'p50 ms':>9}{'vs torch':>10}{'cos mean':>10}{'cos min':>9}  budget"
     lines += [header, "-" * len(header)]
     if pytorch is not None:

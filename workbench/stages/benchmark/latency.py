@@ -25,7 +25,14 @@ import numpy as np
 from workbench.config import StageConfig, check_positive
 from workbench.engines.base import Runner
 from workbench.errors import ConfigError, DataError, WorkbenchError
-from workbench.machine import machine_info, peak_rss_mb, release_free_memory, rss_mb
+from workbench.machine import (
+    cpu_times,
+    machine_info,
+    peak_rss_mb,
+    release_free_memory,
+    rss_mb,
+    run_queue_wait_ns,
+)
 from workbench.progress import Progress, ProgressCallback
 
 Shape = tuple[int, int]  # (batch, sequence)
@@ -104,6 +111,62 @@ class BenchmarkRow:
 
 
 @dataclass(frozen=True)
+class CpuContention:
+    """Who had the CPU while one shape was timed: how long this benchmark's threads waited for a free core, and
+    how much CPU time other processes took meanwhile.
+
+    Attributes:
+        batch: The shape's batch size.
+        seq: The shape's sequence length.
+        wall_ms: Wall-clock time of the shape's timed runs (all candidates, all rounds).
+        wait_ms: Run-queue delay summed over this process's threads during those runs
+            (machine.run_queue_wait_ns): time they could have run but found no core free.
+        others_cpu_ms: CPU time every other process used meanwhile (machine.cpu_times); None where it cannot
+            be read.
+        steal_ms: CPU time the hypervisor gave this virtual machine's CPUs to something else meanwhile (0 on
+            bare metal); shown, not judged: on a shared cloud machine it is there even when the machine is quiet.
+    """
+
+    batch: int
+    seq: int
+    wall_ms: float
+    wait_ms: float
+    others_cpu_ms: float | None
+    steal_ms: float | None = None
+
+    @property
+    def wait_fraction(self) -> float:
+        """wait_ms / wall_ms: near 0 on a quiet machine; above 1 when several threads waited at once."""
+        return self.wait_ms / self.wall_ms if self.wall_ms > 0 else 0.0
+
+    @property
+    def others_cores(self) -> float | None:
+        """How many cores other processes kept busy on average (others_cpu_ms / wall_ms)."""
+        if self.others_cpu_ms is None or self.wall_ms <= 0:
+            return None
+        return self.others_cpu_ms / self.wall_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        others = self.others_cores
+        return {
+            **self.__dict__,
+            "wait_fraction": round(self.wait_fraction, 4),
+            "others_cores": None if others is None else round(others, 3),
+        }
+
+
+def pooled_contention(contention: Sequence[CpuContention]) -> tuple[float, float | None, float] | None:
+    """(wait fraction, other processes' cores, wall seconds) over every timed shape; None when nothing was read."""
+    wall = sum(c.wall_ms for c in contention)
+    if not contention or wall <= 0:
+        return None
+    waited = sum(c.wait_ms for c in contention) / wall
+    others_ms = [c.others_cpu_ms for c in contention]
+    others = None if any(v is None for v in others_ms) else sum(v or 0.0 for v in others_ms) / wall
+    return waited, others, wall / 1000.0
+
+
+@dataclass(frozen=True)
 class BenchmarkResult:
     """Every row, with the settings and machine they were measured on.
 
@@ -121,10 +184,12 @@ class BenchmarkResult:
         process_peak_rss_mb: This process's peak resident memory (VmHWM) at the end of the benchmark: an upper
             bound of what all runners together (plus everything the process did before: torch, export ...)
             needed at once. Serve a candidate alone to know its own peak.
-        warnings: What in the timings says the machine was busy (busy_warnings: spread, order, load); empty
-            when nothing does. Numbers with warnings are worth a re-run on a quiet machine.
+        warnings: What says the machine was busy while timing (busy_warnings: CPU wait, spread, order, load);
+            empty when nothing does. Numbers with warnings are worth a re-run on a quiet machine.
         load_average: The 1-minute load average (os.getloadavg) before and after timing; None where the
             platform has none.
+        contention: Per shape, how long this process's threads waited for a free core during the timed runs
+            and how much CPU other processes took meanwhile; empty where the platform does not say (not Linux).
     """
 
     rows: tuple[BenchmarkRow, ...]
@@ -135,6 +200,7 @@ class BenchmarkResult:
     process_peak_rss_mb: float | None = None
     warnings: tuple[str, ...] = ()
     load_average: tuple[float, float | None] | None = None
+    contention: tuple[CpuContention, ...] = ()
 
     @property
     def busy(self) -> bool:
@@ -168,6 +234,7 @@ class BenchmarkResult:
             "process_peak_rss_mb": self.process_peak_rss_mb,
             "warnings": list(self.warnings),
             "load_average": list(self.load_average) if self.load_average is not None else None,
+            "contention": [c.to_dict() for c in self.contention],
         }
 
     def figure(self, baseline: str | None = "pytorch") -> Any:
@@ -315,6 +382,16 @@ class BenchmarkResult:
         load = ""
         if self.load_average is not None:
             load = "; load average " + " then ".join(f"{v:.1f}" for v in self.load_average if v is not None)
+        pooled = pooled_contention(self.contention)
+        if pooled is not None:
+            waited, others, _ = pooled
+            load += f"; threads waited for a core {waited:.0%} of the time"
+            if others is not None:
+                load += f", other processes used {others:.2f} cores"
+            steal = [c.steal_ms for c in self.contention]
+            if None not in steal and sum(s or 0.0 for s in steal) > 0:
+                stolen = sum(s or 0.0 for s in steal) / sum(c.wall_ms for c in self.contention)
+                load += f", the hypervisor stole {stolen:.2f} cores"
         warnings = ""
         if self.warnings:
             items = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
@@ -344,7 +421,8 @@ def benchmark(
     """Time each runner at every (batch, sequence) in the config, interleaving the runners run by run.
 
     Each round runs every runner once, in an order rotated round by round, so no runner always follows the
-    same neighbour. With `config.time_budget_s`, a shape stops after the round that crosses the budget (never
+    same neighbour.
+    With `config.time_budget_s`, a shape stops after the round that crosses the budget (never
     before `config.min_iterations` rounds); its rows say how many rounds they are over.
 
     Args:
@@ -376,6 +454,7 @@ def benchmark(
     memory: dict[str, float | None] = {}
     notes = ["onnxruntime thread spinning off for every session; runs interleaved"]
     floor = min(config.min_iterations, config.iterations)
+    contention: list[CpuContention] = []
     shapes = [(b, s) for b in config.batch_sizes for s in config.sequence_lengths]
     report = Progress(progress, "benchmark", "timing rounds", total=len(shapes) * config.iterations)
     load_before = _load_average()
@@ -396,6 +475,7 @@ def benchmark(
                 for _ in range(config.warmup):
                     runner.infer(feeds)
             timings: dict[str, list[float]] = {r.name: [] for r in active}
+            wait_before, cpu_before = run_queue_wait_ns(), cpu_times()
             shape_started = time.perf_counter()
             rounds = 0
             for iteration in range(config.iterations):
@@ -416,6 +496,18 @@ def benchmark(
                     and time.perf_counter() - shape_started >= config.time_budget_s
                 ):
                     break
+            wall_ms = (time.perf_counter() - shape_started) * 1000.0
+            wait_after, cpu_after = run_queue_wait_ns(), cpu_times()
+            if wait_before is not None and wait_after is not None:
+                others = steal = None
+                if cpu_before is not None and cpu_after is not None:
+                    used = (cpu_after.busy - cpu_before.busy) - (cpu_after.own - cpu_before.own)
+                    others, steal = max(used, 0.0) * 1000.0, (cpu_after.steal - cpu_before.steal) * 1000.0
+                # threads that ended meanwhile take their delay with them: never report a negative wait
+                wait_ms = max(wait_after - wait_before, 0) / 1e6
+                contention.append(
+                    CpuContention(batch, seq, round(wall_ms, 3), round(wait_ms, 3), _round(others), _round(steal))
+                )
             if rounds < config.iterations:
                 notes.append(
                     f"time budget {config.time_budget_s:g} s: batch {batch}, seq {seq} stopped after "
@@ -441,6 +533,14 @@ def benchmark(
             runner.deactivate()
     machine = machine_info()
     load = (load_before, _load_average()) if load_before is not None else None
+    pooled = pooled_contention(contention)
+    if pooled is not None and pooled[0] > WAIT_LIMIT and pooled[1] is not None and pooled[1] <= OTHERS_LIMIT:
+        notes.append(
+            f"this process's own threads waited for a core {pooled[0]:.0%} of the timed time while other processes "
+            f"used {pooled[1]:.2f} cores: more of its threads wanted to run than there are cores (measured: PyTorch's "
+            "2-thread pool beside the other candidates in one process; not with PyTorch at 1 thread); that is this "
+            "benchmark's own doing, not a busy machine"
+        )
     return BenchmarkResult(
         rows=tuple(rows),
         config=config,
@@ -448,8 +548,9 @@ def benchmark(
         notes=tuple(notes),
         peak_memory_mb=memory,
         process_peak_rss_mb=_round(peak_rss_mb()),
-        warnings=busy_warnings(rows, cores=os.cpu_count() or 1, load_average=load),
+        warnings=busy_warnings(rows, cores=os.cpu_count() or 1, load_average=load, contention=contention),
         load_average=load,
+        contention=tuple(contention),
     )
 
 
@@ -468,19 +569,47 @@ SPREAD_LIMIT = 1.5
 ORDER_TOLERANCE = 1.05
 #: Spread is judged on rows of at least this many timed runs (p90 of fewer says little).
 MIN_RUNS_FOR_SPREAD = 5
+#: The timed runs were held up by other processes when, over all shapes, this process's threads waited for a core
+#: more than WAIT_LIMIT of the timed wall time AND other processes kept more than OTHERS_LIMIT cores busy. Both are
+#: needed: with PyTorch's 2-thread pool in the same process, the other candidates' threads wait on a quiet
+#: machine (0.04-0.21 per shape, others 0.00-0.04 cores: make demo's candidates); other processes using cores this
+#: benchmark does not need (a 16-core machine) make nobody wait. Measured on the 2-core machine: one 100% process
+#: beside the benchmark gave waits 0.42-1.25 with others 0.65-0.79 cores; four 30%-duty processes 0.51-0.88, 0.60-1.12.
+WAIT_LIMIT = 0.10
+OTHERS_LIMIT = 0.25
+#: Contention is judged over at least this much timed wall time (the CPU counters tick every 10 ms).
+MIN_CONTENTION_WINDOW_S = 0.2
 
 
 def busy_warnings(
-    rows: Sequence[BenchmarkRow], *, cores: int, load_average: tuple[float, float | None] | None = None
+    rows: Sequence[BenchmarkRow],
+    *,
+    cores: int,
+    load_average: tuple[float, float | None] | None = None,
+    contention: Sequence[CpuContention] = (),
 ) -> tuple[str, ...]:
-    """What in these timings says the machine was busy while they were taken (empty: nothing does).
+    """What says the machine was busy while these timings were taken (empty: nothing does).
 
+    - contention: over all shapes, this benchmark's threads waited for a free core more than WAIT_LIMIT of the
+      timed time while other processes kept more than OTHERS_LIMIT cores busy. This is the one that sees steady
+      contention (another process at 100% beside the benchmark, as another test worker is), which slows every
+      run alike, so spread and order see nothing, and which a 1-minute load average shows late or not at all;
     - spread: a row's p90 above SPREAD_LIMIT x its p50;
     - order: a smaller batch slower in absolute time than a larger one of the same candidate and sequence (slower
       per sample is expected; slower in all means the small batch's runs were held up);
     - load: the 1-minute load average above 1.5 x the cores before or after timing (other processes competed).
     """
     found = []
+    pooled = pooled_contention(contention)
+    if pooled is not None:
+        waited, others, wall_s = pooled
+        if wall_s >= MIN_CONTENTION_WINDOW_S and waited > WAIT_LIMIT and others is not None and others > OTHERS_LIMIT:
+            most = max(contention, key=lambda c: c.wait_fraction)
+            found.append(
+                f"Other processes kept {others:.1f} of the {cores} cores busy while timing, and this benchmark's "
+                f"threads waited for a free core {waited:.0%} of the timed time (most at batch {most.batch}, seq "
+                f"{most.seq}: {most.wait_fraction:.0%}): every run was slowed by the competition, evenly or not."
+            )
     spread = [
         r
         for r in rows
