@@ -385,6 +385,7 @@ def _invariance_fields(result: Any) -> dict[str, Any]:
 
 def _benchmark_summary(pipeline: Pipeline, timings: Any) -> dict[str, Any]:
     seq = pipeline.parameters.sequence_length
+    timed = timings.to_dict()
     return {
         "pytorch_latency_ms_p50": timings.p50("pytorch", 1, seq) if "pytorch" in timings.names else None,
         "benchmark": {
@@ -392,10 +393,10 @@ def _benchmark_summary(pipeline: Pipeline, timings: Any) -> dict[str, Any]:
             "seq": seq,
             "threads": timings.config.effective_threads,
             "iterations": timings.config.iterations,
-            # why these numbers may be off (CPU wait, spread, order, load): a script or CI job reads them here
-            "busy_warnings": list(timings.warnings),
-            "load_average": list(timings.load_average) if timings.load_average is not None else None,
-            "contention": [c.to_dict() for c in timings.contention],
+            # why these numbers may be off (contention, spread, order, load): a script or CI job reads them here
+            "busy_warnings": timed["warnings"],
+            "load_average": timed["load_average"],
+            "contention": timed["contention"],
         },
         "machine": timings.machine,
     }

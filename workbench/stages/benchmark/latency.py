@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -155,15 +155,30 @@ class CpuContention:
         }
 
 
-def pooled_contention(contention: Sequence[CpuContention]) -> tuple[float, float | None, float] | None:
-    """(wait fraction, other processes' cores, wall seconds) over every timed shape; None when nothing was read."""
+class PooledContention(NamedTuple):
+    """CpuContention over every timed shape together."""
+
+    wait_fraction: float
+    others_cores: float | None  #: None where other processes' CPU could not be read for some shape
+    steal_cores: float | None
+    wall_s: float
+
+
+def pooled_contention(contention: Sequence[CpuContention]) -> PooledContention | None:
+    """Every timed shape's contention pooled by wall time; None when nothing was read."""
     wall = sum(c.wall_ms for c in contention)
     if not contention or wall <= 0:
         return None
-    waited = sum(c.wait_ms for c in contention) / wall
-    others_ms = [c.others_cpu_ms for c in contention]
-    others = None if any(v is None for v in others_ms) else sum(v or 0.0 for v in others_ms) / wall
-    return waited, others, wall / 1000.0
+
+    def cores(values: list[float | None]) -> float | None:
+        return None if any(v is None for v in values) else sum(v or 0.0 for v in values) / wall
+
+    return PooledContention(
+        sum(c.wait_ms for c in contention) / wall,
+        cores([c.others_cpu_ms for c in contention]),
+        cores([c.steal_ms for c in contention]),
+        wall / 1000.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -184,7 +199,7 @@ class BenchmarkResult:
         process_peak_rss_mb: This process's peak resident memory (VmHWM) at the end of the benchmark: an upper
             bound of what all runners together (plus everything the process did before: torch, export ...)
             needed at once. Serve a candidate alone to know its own peak.
-        warnings: What says the machine was busy while timing (busy_warnings: CPU wait, spread, order, load);
+        warnings: What says the machine was busy while timing (busy_warnings: contention, spread, order, load);
             empty when nothing does. Numbers with warnings are worth a re-run on a quiet machine.
         load_average: The 1-minute load average (os.getloadavg) before and after timing; None where the
             platform has none.
@@ -384,14 +399,11 @@ class BenchmarkResult:
             load = "; load average " + " then ".join(f"{v:.1f}" for v in self.load_average if v is not None)
         pooled = pooled_contention(self.contention)
         if pooled is not None:
-            waited, others, _ = pooled
-            load += f"; threads waited for a core {waited:.0%} of the time"
-            if others is not None:
-                load += f", other processes used {others:.2f} cores"
-            steal = [c.steal_ms for c in self.contention]
-            if None not in steal and sum(s or 0.0 for s in steal) > 0:
-                stolen = sum(s or 0.0 for s in steal) / sum(c.wall_ms for c in self.contention)
-                load += f", the hypervisor stole {stolen:.2f} cores"
+            load += f"; threads waited for a core {pooled.wait_fraction:.0%} of the time"
+            if pooled.others_cores is not None:
+                load += f", other processes used {pooled.others_cores:.2f} cores"
+            if pooled.steal_cores:
+                load += f", the hypervisor stole {pooled.steal_cores:.2f} cores"
         warnings = ""
         if self.warnings:
             items = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
@@ -421,8 +433,7 @@ def benchmark(
     """Time each runner at every (batch, sequence) in the config, interleaving the runners run by run.
 
     Each round runs every runner once, in an order rotated round by round, so no runner always follows the
-    same neighbour.
-    With `config.time_budget_s`, a shape stops after the round that crosses the budget (never
+    same neighbour. With `config.time_budget_s`, a shape stops after the round that crosses the budget (never
     before `config.min_iterations` rounds); its rows say how many rounds they are over.
 
     Args:
@@ -534,12 +545,17 @@ def benchmark(
     machine = machine_info()
     load = (load_before, _load_average()) if load_before is not None else None
     pooled = pooled_contention(contention)
-    if pooled is not None and pooled[0] > WAIT_LIMIT and pooled[1] is not None and pooled[1] <= OTHERS_LIMIT:
+    if (
+        pooled is not None
+        and pooled.wait_fraction > WAIT_LIMIT
+        and pooled.others_cores is not None
+        and pooled.others_cores <= OTHERS_LIMIT
+    ):
         notes.append(
-            f"this process's own threads waited for a core {pooled[0]:.0%} of the timed time while other processes "
-            f"used {pooled[1]:.2f} cores: more of its threads wanted to run than there are cores (measured: PyTorch's "
-            "2-thread pool beside the other candidates in one process; not with PyTorch at 1 thread); that is this "
-            "benchmark's own doing, not a busy machine"
+            f"this process's own threads waited for a core {pooled.wait_fraction:.0%} of the timed time while other "
+            f"processes used {pooled.others_cores:.2f} cores: more of its threads wanted to run than there are "
+            "cores (measured: PyTorch's 2-thread pool beside the other candidates in one process; not with PyTorch "
+            "at 1 thread); that is this benchmark's own doing, not a busy machine"
         )
     return BenchmarkResult(
         rows=tuple(rows),
@@ -602,8 +618,13 @@ def busy_warnings(
     found = []
     pooled = pooled_contention(contention)
     if pooled is not None:
-        waited, others, wall_s = pooled
-        if wall_s >= MIN_CONTENTION_WINDOW_S and waited > WAIT_LIMIT and others is not None and others > OTHERS_LIMIT:
+        waited, others = pooled.wait_fraction, pooled.others_cores
+        if (
+            pooled.wall_s >= MIN_CONTENTION_WINDOW_S
+            and waited > WAIT_LIMIT
+            and others is not None
+            and others > OTHERS_LIMIT
+        ):
             most = max(contention, key=lambda c: c.wait_fraction)
             found.append(
                 f"Other processes kept {others:.1f} of the {cores} cores busy while timing, and this benchmark's "
